@@ -1,0 +1,1 @@
+"""Where uploaded bytes live: a small core protocol and its implementations."""
