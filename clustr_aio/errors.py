@@ -11,7 +11,7 @@ from typing import ClassVar
 
 
 class ClustrError(Exception):
-    """Base of every error a client is allowed to see. ``detail`` is shown to the client verbatim."""
+    """Base of every error a client may see; ``detail`` is shown to the client verbatim."""
 
     status: ClassVar[int] = 500
 

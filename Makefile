@@ -1,0 +1,47 @@
+# Quick start: `make run` serves on the defaults, `make test` runs the whole suite.
+# Both create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install run dev test lint format system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Stamp files: reinstall only when a requirements file changes.
+$(VENV)/.runtime: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements.txt requirements-dev.txt pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps --editable .
+	touch $@ $(VENV)/.runtime
+
+install: $(VENV)/.dev  ## runtime + test/lint tools + the clustr-aio console script
+
+run: $(VENV)/.runtime  ## serve on the defaults (config.toml < .env < environment)
+	$(BIN)/python -m clustr_aio
+
+dev: $(VENV)/.runtime  ## serve, restarting on code changes
+	RELOAD=true $(BIN)/python -m clustr_aio
+
+system-deps:  ## Debian packages the tests drive (curl, …); installs only what is missing
+	./.ci/system-deps
+
+test: install system-deps  ## the whole suite, through real servers, sockets and clients
+	$(BIN)/python -m pytest
+
+lint: install  ## ruff + mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,62 @@
+"""``python -m clustr_aio`` / ``clustr-aio``: load the settings and serve."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from clustr_aio.config import Settings, SettingsError, load_settings
+from clustr_aio.server import serve
+
+PACKAGE_DIR = Path(__file__).parent
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(f"clustr-aio: error: {error}", file=sys.stderr)
+        return 2
+    _configure_logging(settings)
+    if settings.reload:
+        return _serve_with_reload()
+    return _serve(settings)
+
+
+def _serve(settings: Settings) -> int:
+    try:
+        asyncio.run(serve(settings))
+    except OSError as error:  # the port is taken, the folder is not writable…
+        print(f"clustr-aio: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _serve_with_reload() -> int:
+    import watchfiles  # only needed in development
+
+    logging.getLogger("clustr_aio").info("reloading on changes under %s", PACKAGE_DIR)
+    watchfiles.run_process(PACKAGE_DIR, target=_reloaded_child)
+    return 0
+
+
+def _reloaded_child() -> None:
+    settings = load_settings(reload=False)
+    _configure_logging(settings)
+    sys.exit(_serve(settings))
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

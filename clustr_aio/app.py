@@ -1,0 +1,73 @@
+"""The application factory: ``create_app(settings)`` wires settings, storage, routes and
+middlewares. Resources are opened and closed in ``cleanup_ctx``, in dependency order."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp_cors
+from aiohttp import web
+
+from clustr_aio import middlewares
+from clustr_aio.config import Settings
+from clustr_aio.handlers import root, upload
+from clustr_aio.ingest.limits import UploadLimits
+from clustr_aio.ingest.pipeline import IngestPolicy
+from clustr_aio.keys import INGEST_POLICY, SETTINGS, STORAGE
+from clustr_aio.storage.local import LocalStorage
+
+UPLOADS_ROUTE = "uploads"
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[
+            middlewares.request_id,
+            middlewares.json_errors,
+            middlewares.hide_dot_paths(settings.upload_url_path),
+        ],
+    )
+    app[SETTINGS] = settings
+    app[INGEST_POLICY] = IngestPolicy(
+        allowed_extensions=settings.allowed_extensions,
+        limits=UploadLimits(
+            max_file_size=settings.max_file_size,
+            max_request_size=settings.max_request_size,
+            max_files=settings.max_files,
+        ),
+    )
+    app.cleanup_ctx.append(_local_storage)
+    app.on_response_prepare.append(middlewares.security_headers)
+
+    app.router.add_routes(root.routes)
+    app.router.add_routes(upload.routes)
+    # add_static insists that the folder exists already.
+    settings.upload_folder.mkdir(parents=True, exist_ok=True)
+    app.router.add_static(
+        settings.upload_url_path,
+        settings.upload_folder,
+        name=UPLOADS_ROUTE,
+        show_index=False,
+        follow_symlinks=False,
+    )
+    _allow_cors(app, settings.cors_origins)
+    return app
+
+
+async def _local_storage(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    storage = LocalStorage(settings.upload_folder, fsync=settings.fsync)
+    await storage.open()
+    app[STORAGE] = storage
+    yield
+    await storage.close()
+
+
+def _allow_cors(app: web.Application, origins: tuple[str, ...]) -> None:
+    # aiohttp-cors has no "allow everything" switch: spell it out per origin.
+    options = aiohttp_cors.ResourceOptions(
+        allow_credentials=False, expose_headers="*", allow_headers="*", max_age=600
+    )
+    cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
+    for route in list(app.router.routes()):
+        cors.add(route)

@@ -1,0 +1,1 @@
+"""HTTP handlers: thin adapters between requests and the ingest pipeline."""

@@ -1,0 +1,77 @@
+"""Original client file names → safe stored names. Pure functions; no I/O.
+
+A stored name is served back under ``UPLOAD_URL_PATH`` and written into the upload folder, so it
+must be a plain, single path segment that no client can turn into a path traversal, a hidden file
+or a name the filesystem rejects. It stays recognisably close to what the user uploaded.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+MAX_NAME_BYTES = 255
+"""The longest file name (in bytes) that ext4, XFS, btrfs and most others accept."""
+
+FALLBACK_STEM = "file"
+
+# Characters that are legal on Linux but hostile elsewhere (Windows clients downloading the file,
+# shells, URLs): replaced rather than dropped so that "a:b.jpg" does not become "ab.jpg".
+_HOSTILE = frozenset('<>:"|?*\\/')
+_SUFFIX_ROOM = len("-99999")
+
+
+def extension_of(original: str) -> str:
+    """The lower-case extension of the basename, without the dot ("" when there is none)."""
+    base = basename(original)
+    stem, dot, ext = base.rpartition(".")
+    return ext.lower() if dot and stem.strip(".") else ""
+
+
+def basename(original: str) -> str:
+    """The last path segment, whichever separator the client's platform used."""
+    return original.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def safe_name(original: str) -> str:
+    """A stored name derived from ``original``: one segment, no control characters, no leading
+    dot, lower-case extension, NFC, at most ``MAX_NAME_BYTES`` bytes with room left for the
+    ``-N`` suffix that :func:`numbered` adds when the name is already taken."""
+    base = unicodedata.normalize("NFC", basename(original))
+    cleaned = "".join(_clean_char(c) for c in base).strip().lstrip(".").strip()
+    stem, dot, ext = cleaned.rpartition(".")
+    if not dot:
+        stem, ext = cleaned, ""
+    ext = _truncate_utf8(ext.lower(), 16)
+    stem = stem.rstrip(". ") or FALLBACK_STEM
+    budget = MAX_NAME_BYTES - _SUFFIX_ROOM - (len(ext.encode()) + 1 if ext else 0)
+    stem = _truncate_utf8(stem, budget).rstrip(". ") or FALLBACK_STEM
+    return f"{stem}.{ext}" if ext else stem
+
+
+def numbered(name: str, n: int) -> str:
+    """The ``n``-th alternative for a taken ``name``: photo.jpg → photo-1.jpg, photo-2.jpg, …"""
+    if n == 0:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        return f"{name}-{n}"
+    return f"{stem}-{n}.{ext}"
+
+
+def _clean_char(c: str) -> str:
+    if c in _HOSTILE:
+        return "_"
+    category = unicodedata.category(c)
+    if category[0] == "C":  # control, format (bidi overrides!), surrogates, private use
+        return ""
+    if category[0] == "Z":  # all kinds of spaces become a plain space
+        return " "
+    return c
+
+
+def _truncate_utf8(text: str, max_bytes: int) -> str:
+    """Cut ``text`` to at most ``max_bytes`` UTF-8 bytes without splitting a character."""
+    encoded = text.encode()
+    if len(encoded) <= max_bytes:
+        return text
+    return encoded[:max_bytes].decode(errors="ignore")

@@ -1,0 +1,15 @@
+"""Every typed application and request key, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from clustr_aio.config import Settings
+from clustr_aio.ingest.pipeline import IngestPolicy
+from clustr_aio.storage.base import Storage
+
+SETTINGS = web.AppKey("settings", Settings)
+STORAGE = web.AppKey("storage", Storage)
+INGEST_POLICY = web.AppKey("ingest_policy", IngestPolicy)
+
+REQUEST_ID = web.RequestKey("request_id", str)

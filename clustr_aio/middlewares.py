@@ -1,0 +1,83 @@
+"""Cross-cutting request handling: request ids, JSON errors, hidden paths, security headers.
+
+This is the one place where library and domain errors become HTTP responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from clustr_aio.errors import ClientDisconnected, ClustrError
+from clustr_aio.keys import REQUEST_ID
+from clustr_aio.responses import error_response
+
+log = logging.getLogger("clustr_aio")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Headers of an HTTPException worth keeping on the JSON version (Allow on a 405, for one).
+_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate", "Location")
+
+
+@web.middleware
+async def request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tag the request with an id (the client's X-Request-ID if it is sane) for the logs."""
+    offered = request.headers.get(REQUEST_ID_HEADER, "")
+    rid = offered if _CLIENT_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex[:16]
+    request[REQUEST_ID] = rid
+    response = await handler(request)
+    response.headers[REQUEST_ID_HEADER] = rid
+    return response
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every error into ``{"detail": ...}`` with the right status; no traceback leaks."""
+    try:
+        return await handler(request)
+    except ClustrError as error:
+        return error_response(error.status, error.detail)
+    except ClientDisconnected:
+        log.info("client disconnected mid-upload; nothing of it was kept")
+        return error_response(400, "client disconnected before the upload was complete")
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        kept = {k: v for k in _KEPT_HEADERS if (v := error.headers.get(k)) is not None}
+        # aiohttp's default text is "404: Not Found"; FastAPI's detail is just "Not Found".
+        text = error.text or ""
+        detail = error.reason if text in ("", f"{error.status}: {error.reason}") else text
+        return error_response(error.status, detail, headers=kept)
+    except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "Internal Server Error")
+
+
+def hide_dot_paths(url_prefix: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """404 for any path segment under ``url_prefix`` that starts with a dot: temporary files
+    live in ``UPLOAD_FOLDER/.incoming`` and stored names never start with a dot."""
+    prefix = url_prefix.rstrip("/") + "/"
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path.startswith(prefix) and any(s.startswith(".") for s in path.split("/")):
+            raise web.HTTPNotFound()
+        return await handler(request)
+
+    return middleware
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: on every response, static files and errors included."""
+    response.headers["X-Content-Type-Options"] = "nosniff"

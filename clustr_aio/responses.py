@@ -1,0 +1,13 @@
+"""The JSON error body every client sees, FastAPI-shaped: ``{"detail": "..."}``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aiohttp import web
+
+
+def error_response(
+    status: int, detail: str, *, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.json_response({"detail": detail}, status=status, headers=headers)

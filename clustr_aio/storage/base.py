@@ -1,0 +1,84 @@
+"""The storage interface every backend implements (local folder now; S3-compatible later).
+
+The core is deliberately small, in the manner of tusd's ``DataStore``: one request's files are
+received into an :class:`UploadBatch` and then published all together or discarded all together.
+Optional capabilities (listing, deleting, serving, free-space checks…) are separate protocols
+that a backend may also implement, so adding one never forces every backend to change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+Buffer = bytes | memoryview
+
+
+class FileWriter(Protocol):
+    """One file being received. Writes may be buffered and complete in the background: errors
+    surface from a later :meth:`write`, from :meth:`close` or from :meth:`UploadBatch.publish`."""
+
+    async def write(self, data: Buffer) -> None: ...
+
+    async def close(self) -> None:
+        """No more data will come for this file."""
+
+
+class UploadBatch(Protocol):
+    """The files of one upload. Nothing of it is visible to readers until :meth:`publish`."""
+
+    def add_file(self, desired_name: str) -> FileWriter:
+        """Start receiving a file that should be stored as ``desired_name`` (already safe)."""
+
+    async def publish(self) -> list[str]:
+        """Make every closed file visible, atomically per file and never overwriting: a taken
+        name gets a numbered alternative. Returns the stored names in the order the files were
+        added. On failure nothing of the batch stays visible."""
+
+    async def discard(self) -> None:
+        """Forget every file of the batch. Safe to call at any point, more than once."""
+
+
+class Storage(Protocol):
+    """The core capability: receive batches of files."""
+
+    def batch(self) -> UploadBatch: ...
+
+
+@runtime_checkable
+class SpaceReporting(Protocol):
+    """Optional capability: how many bytes can still be stored."""
+
+    async def free_space(self) -> int: ...
+
+
+class BatchScope:
+    """``async with BatchScope(storage.batch()) as batch:`` — the batch is discarded unless it
+    was published, even when the surrounding task is cancelled (client gone, server stopping)."""
+
+    def __init__(self, batch: UploadBatch) -> None:
+        self._batch = batch
+        self._published: Sequence[str] | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    def add_file(self, desired_name: str) -> FileWriter:
+        return self._batch.add_file(desired_name)
+
+    async def publish(self) -> list[str]:
+        names = await self._batch.publish()
+        self._published = names
+        return names
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._published is None:
+            # Shielded: a second cancellation must not leave temp files behind.
+            await asyncio.shield(self._batch.discard())

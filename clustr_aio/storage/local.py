@@ -1,0 +1,295 @@
+"""Storage in a local folder.
+
+Layout::
+
+    UPLOAD_FOLDER/
+        photo.jpg, photo-1.jpg, …      published files (served under UPLOAD_URL_PATH)
+        .incoming/                      never served: dot-paths are hidden from the static route
+            <process id>/               one per running process, flock-ed while it lives
+                .lock
+                <batch id>/<n>          temporary files of one request
+
+Temporary files live on the same filesystem as the folder (a sandboxed service may write only
+there), so publishing is an ``os.link`` — atomic, and failing with ``EEXIST`` instead of
+overwriting — followed by one directory ``fsync`` per batch. A process that dies leaves its
+``.incoming/<process id>`` behind unlocked; the next process to start removes it.
+
+All blocking calls run on a dedicated thread pool, so the event loop never waits on the disk.
+File data is handed to the pool in blocks of ``write_block`` bytes (``os.writev`` of the received
+chunks, no joining), and one block per file may be in flight while the next one is received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from clustr_aio.errors import InsufficientStorage
+from clustr_aio.ingest.names import numbered
+from clustr_aio.storage.base import Buffer
+
+INCOMING_DIR = ".incoming"
+_LOCK_FILE = ".lock"
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+_MAX_NAME_ATTEMPTS = 100_000
+_LOCKLESS_GRACE_SECONDS = 60
+_T = TypeVar("_T")
+
+
+class LocalStorage:
+    """Stores published files in ``folder``. Open with :meth:`open`, release with :meth:`close`."""
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        fsync: bool = True,
+        io_threads: int = 16,
+        write_block: int = 1024 * 1024,
+        files_in_flight: int = 8,
+    ) -> None:
+        self.folder = folder
+        self.fsync = fsync
+        self.write_block = write_block
+        self.files_in_flight = files_in_flight
+        self._io_threads = io_threads
+        self._executor: ThreadPoolExecutor | None = None
+        self._own_dir: Path | None = None
+        self._lock_fd: int | None = None
+        # Where to start probing for a free numbered name, per desired name. Only a hint: the
+        # atomic os.link decides, so a stale hint can cost a few probes but never a collision.
+        self._next_number: dict[str, int] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._executor = ThreadPoolExecutor(self._io_threads, thread_name_prefix="clustr-io")
+        self._own_dir, self._lock_fd = await self.run(self._open_sync)
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        await self.run(self._close_sync)
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    def _open_sync(self) -> tuple[Path, int]:
+        incoming = self.folder / INCOMING_DIR
+        incoming.mkdir(parents=True, exist_ok=True)
+        own = incoming / uuid.uuid4().hex
+        own.mkdir()
+        lock_fd = os.open(own / _LOCK_FILE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        sweep_stale_incoming(self.folder)
+        return own, lock_fd
+
+    def _close_sync(self) -> None:
+        if self._own_dir is not None:
+            shutil.rmtree(self._own_dir, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+        self._own_dir = self._lock_fd = None
+
+    async def run(self, fn: Callable[..., _T], *args: object) -> _T:
+        """Run a blocking call on the storage's thread pool."""
+        assert self._executor is not None, "LocalStorage used before open()"
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- Storage ---------------------------------------------------------------------------
+
+    def batch(self) -> LocalBatch:
+        assert self._own_dir is not None, "LocalStorage used before open()"
+        return LocalBatch(self, self._own_dir / uuid.uuid4().hex)
+
+    async def free_space(self) -> int:
+        stats = await self.run(os.statvfs, self.folder)
+        return stats.f_bavail * stats.f_frsize
+
+    def link_unique(self, source: Path, desired: str) -> str:
+        """Hard-link ``source`` into the folder as ``desired`` or its first free numbered
+        alternative; atomic and never overwriting. Blocking."""
+        first = self._next_number.get(desired, 0)
+        for n in range(first, first + _MAX_NAME_ATTEMPTS):
+            candidate = numbered(desired, n)
+            try:
+                os.link(source, self.folder / candidate)
+            except FileExistsError:
+                continue
+            self._next_number[desired] = n + 1
+            return candidate
+        raise FileExistsError(errno.EEXIST, f"no free name found for {desired!r}")
+
+
+class LocalBatch:
+    """The temporary files of one request, in their own directory under ``.incoming``."""
+
+    def __init__(self, storage: LocalStorage, directory: Path) -> None:
+        self._storage = storage
+        self._dir = directory
+        self._files: list[LocalFile] = []
+        self._closing: deque[asyncio.Future[None]] = deque()
+
+    def add_file(self, desired_name: str) -> LocalFile:
+        file = LocalFile(self, self._dir / str(len(self._files)), desired_name)
+        self._files.append(file)
+        return file
+
+    async def _closed(self, last_write: asyncio.Future[None]) -> None:
+        """Let a file's last write and fsync finish in the background while the next file is
+        received (that is what makes FSYNC=true cheap), with a bound on how many are pending."""
+        self._closing.append(last_write)
+        while len(self._closing) > self._storage.files_in_flight:
+            await self._closing.popleft()
+
+    async def publish(self) -> list[str]:
+        while self._closing:
+            await self._closing.popleft()
+        return await self._storage.run(self._publish_sync)
+
+    def _publish_sync(self) -> list[str]:
+        storage = self._storage
+        published: list[str] = []
+        try:
+            for file in self._files:
+                published.append(storage.link_unique(file.path, file.desired_name))
+            if storage.fsync and published:
+                fsync_directory(storage.folder)
+        except BaseException:
+            for name in published:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(storage.folder / name)
+            raise
+        shutil.rmtree(self._dir, ignore_errors=True)
+        return published
+
+    async def discard(self) -> None:
+        # Threads cannot be cancelled: wait until every write has stopped touching the files.
+        pending = [f.in_flight for f in self._files if f.in_flight is not None]
+        await asyncio.gather(*pending, return_exceptions=True)
+        self._closing.clear()
+        await self._storage.run(self._discard_sync)
+
+    def _discard_sync(self) -> None:
+        for file in self._files:
+            file.close_fd()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class LocalFile:
+    """One temporary file. Data is collected into blocks and written by the thread pool."""
+
+    def __init__(self, batch: LocalBatch, path: Path, desired_name: str) -> None:
+        self.path = path
+        self.desired_name = desired_name
+        self.in_flight: asyncio.Future[None] | None = None
+        self._batch = batch
+        self._storage = batch._storage
+        self._fd: int | None = None
+        self._buffers: list[Buffer] = []
+        self._buffered = 0
+
+    async def write(self, data: Buffer) -> None:
+        self._buffers.append(data)
+        self._buffered += len(data)
+        if self._buffered >= self._storage.write_block:
+            await self._submit(last=False)
+
+    async def close(self) -> None:
+        await self._submit(last=True)
+        assert self.in_flight is not None
+        await self._batch._closed(self.in_flight)
+
+    async def _submit(self, *, last: bool) -> None:
+        if self.in_flight is not None:
+            await self.in_flight  # one block in flight per file bounds memory
+        buffers, self._buffers, self._buffered = self._buffers, [], 0
+        loop = asyncio.get_running_loop()
+        executor = self._storage._executor
+        self.in_flight = loop.run_in_executor(executor, self._write_sync, buffers, last)
+
+    def _write_sync(self, buffers: list[Buffer], last: bool) -> None:
+        try:
+            if self._fd is None:
+                self._fd = _create(self.path)
+            write_all(self._fd, buffers)
+            if last:
+                if self._storage.fsync:
+                    os.fsync(self._fd)
+                self.close_fd()
+        except OSError as error:
+            if error.errno in _NO_SPACE:
+                raise InsufficientStorage("not enough space left on the storage device") from None
+            raise
+
+    def close_fd(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+def _create(path: Path) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o644)
+    except FileNotFoundError:  # first file of the batch: its directory does not exist yet
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, 0o644)
+
+
+def write_all(fd: int, buffers: Sequence[Buffer]) -> None:
+    """``os.writev`` until every byte is written (writev may write less than asked)."""
+    pending = [memoryview(b) for b in buffers if len(b)]
+    while pending:
+        written = os.writev(fd, pending[:1024])  # IOV_MAX is 1024 on Linux
+        while pending and written >= len(pending[0]):
+            written -= len(pending.pop(0))
+        if written:
+            pending[0] = pending[0][written:]
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sweep_stale_incoming(folder: Path) -> list[Path]:
+    """Remove the temporary files of processes that are gone (crashed, killed). A live process
+    holds an exclusive flock on its directory's ``.lock``; a dead one's lock is free."""
+    removed = []
+    incoming = folder / INCOMING_DIR
+    for entry in incoming.iterdir() if incoming.is_dir() else ():
+        if not entry.is_dir() or entry.is_symlink():
+            continue
+        try:
+            fd = os.open(entry / _LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            # Between its mkdir and its flock a live process has no lock yet: leave young ones.
+            if time.time() - entry.stat().st_mtime < _LOCKLESS_GRACE_SECONDS:
+                continue
+            fd = None
+        try:
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its owner is alive
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return removed

@@ -1,0 +1,73 @@
+"""Fixtures shared by the whole suite: settings isolated from the developer's environment,
+a real aiohttp server on a real socket, and a look at what is on disk."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from clustr_aio.app import create_app
+from clustr_aio.config import Settings, load_settings
+from clustr_aio.storage.local import INCOMING_DIR
+
+REPO = Path(__file__).resolve().parent.parent
+
+AiohttpClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+Client = TestClient[web.Request, web.Application]
+
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
+WEBP = b"RIFF\x24\x04\x00\x00WEBPVP8 " + bytes(range(256)) * 4
+
+
+def make_settings(upload_folder: Path, **overrides: Any) -> Settings:
+    """The repository's config.toml defaults, nothing from the developer's .env or environment."""
+    empty_env = upload_folder.parent / "empty.env"
+    empty_env.touch()
+    return load_settings(
+        environ={},
+        config_file=REPO / "config.toml",
+        env_file=empty_env,
+        upload_folder=upload_folder,
+        **overrides,
+    )
+
+
+@pytest.fixture
+def upload_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def settings(upload_dir: Path) -> Settings:
+    return make_settings(upload_dir)
+
+
+@pytest.fixture
+async def client(aiohttp_client: AiohttpClient, settings: Settings) -> Client:
+    return await aiohttp_client(create_app(settings))
+
+
+def stored_files(folder: Path) -> list[str]:
+    """Published files, sorted."""
+    return sorted(p.name for p in folder.iterdir() if p.is_file())
+
+
+def temp_files(folder: Path) -> list[Path]:
+    """Every temporary file left under .incoming (the live process's lock file excepted)."""
+    incoming = folder / INCOMING_DIR
+    if not incoming.exists():
+        return []
+    return sorted(p for p in incoming.rglob("*") if p.is_file() and p.name != ".lock")
+
+
+def assert_nothing_stored(folder: Path) -> None:
+    assert stored_files(folder) == []
+    assert temp_files(folder) == []
