@@ -205,6 +205,15 @@ def _size(raw: object) -> int:
     return value
 
 
+def _size_or_zero(raw: object) -> int:
+    """Like :func:`_size`, but 0 is allowed: it switches the check off."""
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+        return raw
+    if isinstance(raw, str):
+        return parse_size(raw)
+    raise _expected(_SIZE_EXAMPLES, raw)
+
+
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?", re.ASCII)
 
 
@@ -336,6 +345,32 @@ def _log_level(raw: object) -> str:
     return level
 
 
+_LOG_FORMATS: Final = ("text", "json")
+
+
+def _log_format(raw: object) -> str:
+    what = "one of " + ", ".join(_LOG_FORMATS)
+    log_format = _string(raw, what).lower()
+    if log_format not in _LOG_FORMATS:
+        raise _expected(what, raw)
+    return log_format
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(raw: object) -> tuple[IPNetwork, ...]:
+    """IP addresses and CIDR networks, comma-separated; ``*`` means every address."""
+    what = "* or comma-separated IP addresses or networks such as 127.0.0.1,::1,10.0.0.0/8"
+    items = _items(raw, what)
+    if items == ["*"]:
+        return (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+    try:
+        return tuple(ipaddress.ip_network(item, strict=False) for item in items)
+    except ValueError:
+        raise _expected(what, raw) from None
+
+
 # --------------------------------------------------------------------------------------------
 # Declarations
 
@@ -405,6 +440,13 @@ class Settings:
         "Public http(s) URL clients reach the server at, e.g. https://photos.example.com behind"
         " a proxy; unset: http://HOST:PORT.",
     )
+    forwarded_allow_ips: tuple[IPNetwork, ...] = _setting(
+        "127.0.0.1,::1",
+        _networks,
+        "Proxies (IP addresses or networks, comma-separated, or *) whose X-Forwarded-Proto/"
+        "X-Forwarded-Host or Forwarded headers set the scheme and host of the URLs in a response;"
+        " PUBLIC_BASE_URL, when set, wins.",
+    )
     max_file_size: int = _setting(
         "50MiB",
         _size,
@@ -415,6 +457,13 @@ class Settings:
         "10GiB", _size, "Largest accepted request body; same syntax as MAX_FILE_SIZE."
     )
     max_files: int = _setting("10000", _integer(1), "Most files accepted in one request.")
+    min_free_space: int = _setting(
+        "100MiB",
+        _size_or_zero,
+        "Free space to keep on the upload folder's filesystem: an upload that would leave less is"
+        " refused with 507 (before its body when Content-Length tells), and /readyz fails below"
+        " it; same syntax as MAX_FILE_SIZE, 0 to fill the disk to the last byte.",
+    )
     fsync: bool = _setting(
         "true",
         _boolean,
@@ -429,6 +478,12 @@ class Settings:
     )
     log_level: str = _setting(
         "INFO", _log_level, "Least severe log level shown: DEBUG, INFO, WARNING, ERROR, CRITICAL."
+    )
+    log_format: str = _setting(
+        "text",
+        _log_format,
+        "text: one line per record (without timestamps, with <N> priority prefixes when stderr is"
+        " the systemd journal); json: one JSON object per line.",
     )
     access_log: bool = _setting("true", _boolean, "Log one line per request.")
 

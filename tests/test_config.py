@@ -267,6 +267,9 @@ BAD_TEXT: list[tuple[str, str]] = [
     ("PUBLIC_BASE_URL", "https://photos.example.com:99999"),
     ("PUBLIC_BASE_URL", "https://photos.example.com:http"),
     ("PUBLIC_BASE_URL", "https://photos example.com"),
+    ("FORWARDED_ALLOW_IPS", "proxy.example.com"),
+    ("FORWARDED_ALLOW_IPS", "10.0.0.0/33"),
+    ("FORWARDED_ALLOW_IPS", "*, 10.0.0.1"),
     ("MAX_FILE_SIZE", "abc"),
     ("MAX_FILE_SIZE", "0"),
     ("MAX_FILE_SIZE", "0.1"),
@@ -278,6 +281,9 @@ BAD_TEXT: list[tuple[str, str]] = [
     ("MAX_FILES", "0"),
     ("MAX_FILES", "many"),
     ("MAX_FILES", "1e3"),
+    ("MIN_FREE_SPACE", "-1MiB"),
+    ("MIN_FREE_SPACE", "plenty"),
+    ("MIN_FREE_SPACE", ""),
     ("FSYNC", "sometimes"),
     ("CORS_ORIGINS", "example.com"),
     ("CORS_ORIGINS", "*, https://app.example.com"),
@@ -287,6 +293,8 @@ BAD_TEXT: list[tuple[str, str]] = [
     ("LOG_LEVEL", "verbose"),
     ("LOG_LEVEL", ""),
     ("LOG_LEVEL", "warn"),
+    ("LOG_FORMAT", "xml"),
+    ("LOG_FORMAT", ""),
     ("ACCESS_LOG", "nope"),
 ]
 
@@ -316,6 +324,7 @@ BAD_TOML: list[tuple[str, str]] = [
     ("ALLOWED_EXTENSIONS", 'ALLOWED_EXTENSIONS = ["png,jpg"]'),  # one item per array element
     ("UPLOAD_URL_PATH", 'UPLOAD_URL_PATH = ["/uploads"]'),
     ("PUBLIC_BASE_URL", "PUBLIC_BASE_URL = true"),
+    ("FORWARDED_ALLOW_IPS", "FORWARDED_ALLOW_IPS = [127]"),
     ("MAX_FILE_SIZE", "MAX_FILE_SIZE = -1"),
     ("MAX_FILE_SIZE", "MAX_FILE_SIZE = 0"),
     ("MAX_FILE_SIZE", "MAX_FILE_SIZE = 1.5"),
@@ -323,11 +332,15 @@ BAD_TOML: list[tuple[str, str]] = [
     ("MAX_REQUEST_SIZE", "MAX_REQUEST_SIZE = {}"),
     ("MAX_FILES", 'MAX_FILES = "0"'),
     ("MAX_FILES", "MAX_FILES = false"),
+    ("MIN_FREE_SPACE", "MIN_FREE_SPACE = -1"),
+    ("MIN_FREE_SPACE", "MIN_FREE_SPACE = 1.5"),
+    ("MIN_FREE_SPACE", "MIN_FREE_SPACE = true"),
     ("FSYNC", 'FSYNC = "perhaps"'),
     ("FSYNC", "FSYNC = 0"),
     ("CORS_ORIGINS", "CORS_ORIGINS = [1]"),
     ("CORS_ORIGINS", 'CORS_ORIGINS = ["*", "https://a.example.com"]'),
     ("LOG_LEVEL", "LOG_LEVEL = 10"),
+    ("LOG_FORMAT", "LOG_FORMAT = true"),
     ("ACCESS_LOG", 'ACCESS_LOG = "loud"'),
 ]
 
