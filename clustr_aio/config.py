@@ -192,6 +192,20 @@ def _integer(minimum: int, maximum: int | None = None) -> Callable[[object], int
     return parse
 
 
+def _seconds(raw: object) -> float:
+    """A duration in seconds, zero or more: a TOML number, or text such as ``30`` or ``2.5``."""
+    what = "a number of seconds such as 30 or 2.5"
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        value = float(raw)
+    elif isinstance(raw, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", raw, re.ASCII):
+        value = float(raw)
+    else:
+        raise _expected(what, raw)
+    if not 0 <= value < float("inf"):
+        raise _expected(what, raw)
+    return value
+
+
 def _size(raw: object) -> int:
     """A byte limit: a TOML integer, or text for :func:`parse_size`; at least one byte."""
     if isinstance(raw, int) and not isinstance(raw, bool):
@@ -418,6 +432,18 @@ class Settings:
     port: int = _setting("5000", _integer(1, 65535), "TCP port to listen on (1-65535).")
     reload: bool = _setting(
         "false", _boolean, "Restart the server when the code changes (development only)."
+    )
+    workers: int = _setting(
+        "1",
+        _integer(1, 64),
+        "Processes serving the one listening socket (1-64); more than 1 adds a supervisor that"
+        " replaces a worker that dies. Ignored when RELOAD is on.",
+    )
+    shutdown_timeout: float = _setting(
+        "30",
+        _seconds,
+        "Seconds a stopping server (SIGTERM) lets uploads in flight finish before aborting them;"
+        " keep systemd's TimeoutStopSec above it.",
     )
     # RUF009 warns that a call's result is shared by all instances; a Path is immutable.
     upload_folder: Path = _setting(  # noqa: RUF009

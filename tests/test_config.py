@@ -243,6 +243,13 @@ BAD_TEXT: list[tuple[str, str]] = [
     ("RELOAD", "maybe"),
     ("RELOAD", ""),
     ("RELOAD", "2"),
+    ("WORKERS", "0"),
+    ("WORKERS", "65"),
+    ("WORKERS", "two"),
+    ("SHUTDOWN_TIMEOUT", "-1"),
+    ("SHUTDOWN_TIMEOUT", "30s"),
+    ("SHUTDOWN_TIMEOUT", ""),
+    ("SHUTDOWN_TIMEOUT", "inf"),
     ("UPLOAD_FOLDER", ""),
     ("UPLOAD_FOLDER", "   "),
     ("ALLOWED_EXTENSIONS", ""),
@@ -318,6 +325,11 @@ BAD_TOML: list[tuple[str, str]] = [
     ("PORT", "PORT = 0"),
     ("PORT", "PORT = [5000]"),
     ("RELOAD", "RELOAD = 1"),
+    ("WORKERS", "WORKERS = 2.0"),
+    ("WORKERS", 'WORKERS = "0"'),
+    ("SHUTDOWN_TIMEOUT", "SHUTDOWN_TIMEOUT = -0.5"),
+    ("SHUTDOWN_TIMEOUT", "SHUTDOWN_TIMEOUT = true"),
+    ("SHUTDOWN_TIMEOUT", "SHUTDOWN_TIMEOUT = inf"),
     ("UPLOAD_FOLDER", "UPLOAD_FOLDER = false"),
     ("ALLOWED_EXTENSIONS", "ALLOWED_EXTENSIONS = []"),
     ("ALLOWED_EXTENSIONS", 'ALLOWED_EXTENSIONS = ["png", 1]'),
@@ -383,6 +395,25 @@ def test_size_errors_explain_themselves(tmp_path: Path) -> None:
 def test_booleans(tmp_path: Path, raw: str, expected: bool) -> None:
     settings = load(tmp_path, environ={"RELOAD": raw, "FSYNC": raw, "ACCESS_LOG": raw})
     assert (settings.reload, settings.fsync, settings.access_log) == (expected,) * 3
+
+
+@pytest.mark.parametrize(
+    ("source", "raw", "workers", "timeout"),
+    [
+        ("env", ("4", "2.5"), 4, 2.5),
+        ("env", ("64", " 0 "), 64, 0.0),
+        ("toml", ("3", "0.25"), 3, 0.25),
+        ("toml", ("1", "45"), 1, 45.0),
+    ],
+)
+def test_workers_and_shutdown_timeout(
+    tmp_path: Path, source: str, raw: tuple[str, str], workers: int, timeout: float
+) -> None:
+    if source == "env":
+        settings = load(tmp_path, environ={"WORKERS": raw[0], "SHUTDOWN_TIMEOUT": raw[1]})
+    else:
+        settings = load(tmp_path, toml=f"WORKERS = {raw[0]}\nSHUTDOWN_TIMEOUT = {raw[1]}\n")
+    assert (settings.workers, settings.shutdown_timeout) == (workers, timeout)
 
 
 def test_native_toml_values(tmp_path: Path) -> None:
