@@ -36,13 +36,17 @@ def safe_name(original: str) -> str:
     """A stored name derived from ``original``: one segment, no control characters, no leading
     dot, lower-case extension, NFC, at most ``MAX_NAME_BYTES`` bytes with room left for the
     ``-N`` suffix that :func:`numbered` adds when the name is already taken."""
-    base = unicodedata.normalize("NFC", basename(original))
-    cleaned = "".join(_clean_char(c) for c in base).strip().lstrip(".").strip()
-    stem, dot, ext = cleaned.rpartition(".")
-    if not dot:
-        stem, ext = cleaned, ""
-    ext = _truncate_utf8(ext.lower(), 16)
-    stem = stem.rstrip(". ") or FALLBACK_STEM
+    # Split off the extension by the rule extension_of applies, before cleaning: a file checked
+    # as ".jpg" must be stored as one even when nothing printable precedes the dot ("\u202e.jpg").
+    base = basename(original)
+    stem, dot, ext = base.rpartition(".")
+    if not (dot and stem.strip(".")):
+        stem, ext = base, ""
+    ext = _truncate_utf8(_clean(ext).lower(), 16)
+    stem = _clean(stem).lstrip(".").strip().rstrip(". ") or FALLBACK_STEM
+    if not ext and "." in stem:
+        # Nothing was left of the extension ("x.A.\x01"): what remains has its own ("x.A").
+        return safe_name(stem)
     budget = MAX_NAME_BYTES - _SUFFIX_ROOM - (len(ext.encode()) + 1 if ext else 0)
     stem = _truncate_utf8(stem, budget).rstrip(". ") or FALLBACK_STEM
     return f"{stem}.{ext}" if ext else stem
@@ -56,6 +60,13 @@ def numbered(name: str, n: int) -> str:
     if not dot or not stem:
         return f"{name}-{n}"
     return f"{stem}-{n}.{ext}"
+
+
+def _clean(text: str) -> str:
+    """NFC text without hostile or invisible characters, trimmed. Normalised again after the
+    cleaning, since dropping a joiner can leave a letter and a combining mark side by side."""
+    cleaned = "".join(_clean_char(c) for c in unicodedata.normalize("NFC", text))
+    return unicodedata.normalize("NFC", cleaned).strip()
 
 
 def _clean_char(c: str) -> str:
