@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from clustr_aio.config import Settings, SettingsError, load_settings
+from clustr_aio.logging_setup import configure_logging
 from clustr_aio.server import serve
 
 PACKAGE_DIR = Path(__file__).parent
@@ -51,11 +52,7 @@ def _reloaded_child() -> None:
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(level=settings.log_level, log_format=settings.log_format)
 
 
 if __name__ == "__main__":

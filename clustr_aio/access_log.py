@@ -20,4 +20,5 @@ class AccessLogger(AbstractAccessLogger):
             response.body_length,
             time * 1000,
             rid,
+            extra={"request_id": request.get(REQUEST_ID)},
         )

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from clustr_aio.errors import ClientDisconnected, ClustrError
 from clustr_aio.keys import REQUEST_ID
+from clustr_aio.logging_setup import bind_request_id, unbind_request_id
 from clustr_aio.responses import error_response
 
 log = logging.getLogger("clustr_aio")
@@ -33,7 +34,11 @@ async def request_id(request: web.Request, handler: Handler) -> web.StreamRespon
     offered = request.headers.get(REQUEST_ID_HEADER, "")
     rid = offered if _CLIENT_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex[:16]
     request[REQUEST_ID] = rid
-    response = await handler(request)
+    token = bind_request_id(rid)  # every log record of this request carries the id
+    try:
+        response = await handler(request)
+    finally:
+        unbind_request_id(token)
     response.headers[REQUEST_ID_HEADER] = rid
     return response
 
