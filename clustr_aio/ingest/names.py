@@ -43,7 +43,7 @@ def safe_name(original: str) -> str:
     if not (dot and stem.strip(".")):
         stem, ext = base, ""
     ext = _truncate_utf8(_clean(ext).lower(), 16)
-    stem = _clean(stem).lstrip(".").strip().rstrip(". ") or FALLBACK_STEM
+    stem = _clean(stem).strip(". ") or FALLBACK_STEM  # ". .x" must not become ".x"
     if not ext and "." in stem:
         # Nothing was left of the extension ("x.A.\x01"): what remains has its own ("x.A").
         return safe_name(stem)

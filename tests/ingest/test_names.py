@@ -63,6 +63,8 @@ def assert_safe(name: str) -> None:
         ("caf\u00e9.jpg", "caf\u00e9.jpg"),
         ("no\u00a0break\u2003space.jpg", "no break space.jpg"),
         ("  padded  .jpg", "padded.jpg"),
+        (" . .dotted. .jpg", "dotted.jpg"),
+        (". . .", FALLBACK_STEM),
         ("trailing dots...jpg", "trailing dots.jpg"),
         ("photo", "photo"),
         ("photo.", "photo"),
@@ -160,6 +162,7 @@ def test_numbered(name: str, n: int, expected: str) -> None:
 @example("e\u200d\u0301.jpg")  # a removed joiner leaves "e" + combining accent: re-compose
 @example("\u037e.jpg")  # GREEK QUESTION MARK: NFC turns it into ";"
 @example("\ud800.jpg")  # a lone surrogate cannot be encoded: it must go
+@example(". .x")  # dots and spaces alternate: no leading dot may survive the trimming
 @example("x.A.\x01")  # the extension cleans away: the rest's own extension is lower-cased
 @example("." * 300)
 @example("/" * 10 + "\\" * 10)
