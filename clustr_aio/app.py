@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import aiohttp_cors
-from aiohttp import web
+from aiohttp import web, web_fileresponse
 
 from clustr_aio import middlewares
 from clustr_aio.config import Settings
 from clustr_aio.handlers import root, upload
 from clustr_aio.ingest.limits import UploadLimits
 from clustr_aio.ingest.pipeline import IngestPolicy
+from clustr_aio.ingest.sniff import KNOWN_TYPES
 from clustr_aio.keys import INGEST_POLICY, SETTINGS, STORAGE
 from clustr_aio.storage.local import LocalStorage
 
@@ -43,6 +44,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(upload.routes)
     # add_static insists that the folder exists already.
     settings.upload_folder.mkdir(parents=True, exist_ok=True)
+    _name_image_types_for_static()
     app.router.add_static(
         settings.upload_url_path,
         settings.upload_folder,
@@ -52,6 +54,15 @@ def create_app(settings: Settings) -> web.Application:
     )
     _allow_cors(app, settings.cors_origins)
     return app
+
+
+def _name_image_types_for_static() -> None:
+    """aiohttp guesses a static file's Content-Type from Python's built-in table only (not
+    /etc/mime.types), and before Python 3.13 that table has no .webp: WebP files went out as
+    application/octet-stream. Teach it every image type the upload accepts."""
+    for image_type in KNOWN_TYPES:
+        for extension in image_type.extensions:
+            web_fileresponse.CONTENT_TYPES.add_type(image_type.content_type, f".{extension}")
 
 
 async def _local_storage(app: web.Application) -> AsyncIterator[None]:
