@@ -1,0 +1,196 @@
+"""``GET /uploads/{name}``: stored bytes with the right headers, and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import JPEG, PNG, WEBP, Client, temp_files
+from tests.http.helpers import (
+    eventually,
+    expect_error,
+    multipart_headers,
+    part_head,
+    raw_request,
+    request_head,
+    upload_ok,
+)
+
+SECRET = b"top secret, outside the upload folder"
+
+
+async def get_raw(client: Client, target: str) -> tuple[int, bytes, str]:
+    """GET ``target`` exactly as written (no client-side normalisation of ``..`` or ``%2e``)."""
+    host, port = client.server.host, client.server.port or 0
+    response = await raw_request(host, port, request_head("GET", target, port=port))
+    return response.status, response.body, response.headers.get("Content-Type", "")
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "content_type"),
+    [("a.jpg", JPEG, "image/jpeg"), ("b.png", PNG, "image/png"), ("c.webp", WEBP, "image/webp")],
+)
+async def test_stored_file_is_served_with_its_type(
+    client: Client, name: str, data: bytes, content_type: str
+) -> None:
+    await upload_ok(client, (name, data))
+    response = await client.get(f"/uploads/{name}")
+    assert response.status == 200
+    assert await response.read() == data
+    assert response.content_type == content_type
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["ETag"]
+    assert response.headers["Last-Modified"]
+    assert response.headers["Accept-Ranges"] == "bytes"
+
+    head = await client.head(f"/uploads/{name}")
+    assert head.status == 200
+    assert int(head.headers["Content-Length"]) == len(data)
+
+
+async def test_conditional_requests_get_304(client: Client) -> None:
+    await upload_ok(client, ("a.jpg", JPEG))
+    first = await client.get("/uploads/a.jpg")
+    etag, modified = first.headers["ETag"], first.headers["Last-Modified"]
+
+    by_etag = await client.get("/uploads/a.jpg", headers={"If-None-Match": etag})
+    assert by_etag.status == 304
+    assert await by_etag.read() == b""
+    assert by_etag.headers["X-Content-Type-Options"] == "nosniff"
+
+    by_date = await client.get("/uploads/a.jpg", headers={"If-Modified-Since": modified})
+    assert by_date.status == 304
+
+    other = await client.get("/uploads/a.jpg", headers={"If-None-Match": '"not-the-etag"'})
+    assert other.status == 200
+    assert await other.read() == JPEG
+    old = await client.get(
+        "/uploads/a.jpg", headers={"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}
+    )
+    assert old.status == 200
+
+
+@pytest.mark.parametrize(
+    ("range_header", "start", "end"),
+    [
+        ("bytes=0-3", 0, 3),
+        ("bytes=10-19", 10, 19),
+        ("bytes=-5", None, None),
+        ("bytes=100-", 100, None),
+    ],
+)
+async def test_single_range_is_206(
+    client: Client, range_header: str, start: int | None, end: int | None
+) -> None:
+    await upload_ok(client, ("a.png", PNG))
+    size = len(PNG)
+    if start is None:  # suffix range: the last 5 bytes
+        start, end = size - 5, size - 1
+    end = size - 1 if end is None else end
+    response = await client.get("/uploads/a.png", headers={"Range": range_header})
+    assert response.status == 206
+    assert response.headers["Content-Range"] == f"bytes {start}-{end}/{size}"
+    assert await response.read() == PNG[start : end + 1]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize("target", ["/uploads/", "/uploads", "/uploads/sub", "/uploads/sub/"])
+async def test_no_directory_listing(client: Client, upload_dir: Path, target: str) -> None:
+    await upload_ok(client, ("listed.jpg", JPEG))
+    (upload_dir / "sub").mkdir()
+    (upload_dir / "sub" / "inner.jpg").write_bytes(JPEG)
+    status, body, content_type = await get_raw(client, target)
+    assert status in (403, 404)
+    assert content_type.startswith("application/json")
+    assert b"listed.jpg" not in body
+    assert b"inner.jpg" not in body
+
+
+async def test_symlinks_out_of_the_folder_are_not_followed(
+    client: Client, upload_dir: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(SECRET)
+    os.symlink(outside, upload_dir / "link.jpg")
+    os.symlink(tmp_path, upload_dir / "linkdir")
+    for target in ("/uploads/link.jpg", "/uploads/linkdir/secret.jpg"):
+        status, body, content_type = await get_raw(client, target)
+        assert status == 404, target
+        assert content_type.startswith("application/json")
+        assert SECRET not in body
+
+
+ESCAPES = [
+    "/uploads/../secret.txt",
+    "/uploads/../../secret.txt",
+    "/uploads/%2e%2e/secret.txt",
+    "/uploads/%2E%2E/secret.txt",
+    "/uploads/%2e%2e%2fsecret.txt",
+    "/uploads/..%2fsecret.txt",
+    "/uploads/..%2Fsecret.txt",
+    "/uploads/.%2e/secret.txt",
+    "/uploads/%252e%252e/secret.txt",
+    "/uploads/..\\secret.txt",
+    "/uploads/..%5csecret.txt",
+    "/uploads/sub/../../secret.txt",
+    "/uploads//../secret.txt",
+    "/uploads/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "/uploads/....//secret.txt",
+    "/uploads/%00../secret.txt",
+]
+
+
+@pytest.mark.parametrize("target", ESCAPES)
+async def test_no_escape_from_the_folder(
+    client: Client, upload_dir: Path, tmp_path: Path, target: str
+) -> None:
+    (tmp_path / "secret.txt").write_bytes(SECRET)
+    (upload_dir / "sub").mkdir()
+    status, body, content_type = await get_raw(client, target)
+    assert status in (400, 403, 404), (target, status)
+    assert SECRET not in body
+    assert b"root:" not in body
+    assert content_type.startswith("application/json"), (target, content_type)
+
+
+async def test_temporary_files_are_never_served(client: Client, upload_dir: Path) -> None:
+    # An upload in progress: its first MiB is on disk under .incoming while the rest is awaited.
+    host, port = client.server.host, client.server.port or 0
+    _, writer = await asyncio.open_connection(host, port)
+    try:
+        headers = {**multipart_headers(), "Content-Length": str(64 * 1024 * 1024)}
+        writer.write(request_head("POST", "/api/upload", headers, port=port))
+        writer.write(part_head("a.jpg") + JPEG + bytes(3 * 1024 * 1024))
+        await writer.drain()
+        await eventually(lambda: bool(temp_files(upload_dir)))
+        for temp in temp_files(upload_dir):
+            relative = temp.relative_to(upload_dir).as_posix()
+            for target in (
+                f"/uploads/{relative}",
+                f"/uploads/{relative.replace('.incoming', '%2eincoming')}",
+                f"/uploads/{relative.replace('.incoming', '%2Eincoming')}",
+                f"/uploads/sub/../{relative}",
+            ):
+                status, body, _ = await get_raw(client, target)
+                assert status == 404, target
+                assert JPEG not in body
+        status, _, _ = await get_raw(client, "/uploads/.incoming/")
+        assert status == 404
+    finally:
+        writer.close()
+
+
+async def test_a_file_placed_by_hand_with_a_leading_dot_is_not_served(
+    client: Client, upload_dir: Path
+) -> None:
+    (upload_dir / ".env").write_bytes(SECRET)
+    status, body, _ = await get_raw(client, "/uploads/.env")
+    assert status == 404
+    assert SECRET not in body
+
+
+async def test_missing_file_is_404_json(client: Client) -> None:
+    await expect_error(await client.get("/uploads/never-uploaded.jpg"), 404)
