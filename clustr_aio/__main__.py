@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from pathlib import Path
 
 from clustr_aio.config import Settings, SettingsError, load_settings
 from clustr_aio.logging_setup import configure_logging
-from clustr_aio.server import serve
+from clustr_aio.server import run
 
 PACKAGE_DIR = Path(__file__).parent
 
@@ -28,13 +27,12 @@ def main() -> int:
 
 def _serve(settings: Settings) -> int:
     try:
-        asyncio.run(serve(settings))
+        return run(settings)
     except OSError as error:  # the port is taken, the folder is not writable…
         print(f"clustr-aio: error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        pass
-    return 0
+    except KeyboardInterrupt:  # Ctrl+C before the signal handlers were in place
+        return 130
 
 
 def _serve_with_reload() -> int:
@@ -46,7 +44,7 @@ def _serve_with_reload() -> int:
 
 
 def _reloaded_child() -> None:
-    settings = load_settings(reload=False)
+    settings = load_settings(reload=False, workers=1)  # the reloader restarts one process
     _configure_logging(settings)
     sys.exit(_serve(settings))
 
