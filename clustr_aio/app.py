@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import aiohttp_cors
-from aiohttp import web, web_fileresponse
+from aiohttp import hdrs, web, web_fileresponse
 
 from clustr_aio import middlewares
 from clustr_aio.config import Settings
@@ -82,3 +82,11 @@ def _allow_cors(app: web.Application, origins: tuple[str, ...]) -> None:
     cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
     for route in list(app.router.routes()):
         cors.add(route)
+    if origins:
+        app.on_response_prepare.append(_vary_on_origin)
+
+
+async def _vary_on_origin(request: web.Request, response: web.StreamResponse) -> None:
+    """aiohttp-cors answers with the caller's own Origin (even for "*"), so a shared cache in
+    front of the server must keep one answer per Origin, or it hands out another site's."""
+    response.headers.add(hdrs.VARY, hdrs.ORIGIN)
