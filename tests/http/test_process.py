@@ -1,0 +1,152 @@
+"""The program as it runs in production: ``python -m clustr_aio`` with settings in the
+environment, its log lines, its exit codes, and curl as the client."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import JPEG, PNG
+from tests.server_subprocess import ServerProcess, free_port, running_server, server_env
+
+WAIT_SECONDS = 30.0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with running_server(tmp_path_factory.mktemp("process")) as server:
+        yield server
+
+
+def upload_folder(server: ServerProcess) -> Path:
+    return server.stderr_path.parent / "uploads"
+
+
+def get(server: ServerProcess, path: str, request_id: str) -> int:
+    request = urllib.request.Request(server.url + path, headers={"X-Request-ID": request_id})
+    try:
+        with urllib.request.urlopen(request, timeout=WAIT_SECONDS) as response:
+            status: int = response.status
+    except urllib.error.HTTPError as error:
+        status = error.code
+    return status
+
+
+def log_lines_with(server: ServerProcess, text: str, count: int) -> list[str]:
+    """Wait for ``count`` log lines containing ``text`` (log writes may trail the response)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while len(found := [line for line in server.stderr_lines() if text in line]) < count:
+        assert time.monotonic() < deadline, f"{text!r} x{count} not in:\n" + "\n".join(
+            server.stderr_lines()
+        )
+        time.sleep(0.02)
+    return found
+
+
+def test_start_up_line_says_where_it_listens_and_where_files_go(server: ServerProcess) -> None:
+    [line] = log_lines_with(server, "listening on", 1)
+    assert f"http://127.0.0.1:{server.port}" in line
+    assert str(upload_folder(server)) in line
+
+
+def test_one_access_line_per_request_with_its_id(server: ServerProcess) -> None:
+    requests = {"proc-root-1": "/", "proc-root-2": "/", "proc-missing-3": "/nope"}
+    statuses = {rid: get(server, path, rid) for rid, path in requests.items()}
+    assert statuses == {"proc-root-1": 200, "proc-root-2": 200, "proc-missing-3": 404}
+    for rid, path in requests.items():
+        [line] = log_lines_with(server, rid, 1)
+        assert f"GET {path}" in line
+        assert str(statuses[rid]) in line
+    time.sleep(0.2)  # had a second line been logged for any of them, it would be there by now
+    for rid in requests:
+        assert len([line for line in server.stderr_lines() if rid in line]) == 1
+
+
+def test_curl_uploads_two_files(server: ServerProcess, tmp_path: Path) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("curl is missing: .ci/system-deps installs it")
+        pytest.skip("curl is not installed (make system-deps)")
+    (tmp_path / "a.jpg").write_bytes(JPEG)
+    (tmp_path / "b.png").write_bytes(PNG)
+    result = subprocess.run(
+        [
+            curl,
+            "--silent",
+            "--show-error",
+            "--fail-with-body",
+            "-F",
+            "files=@a.jpg",
+            "-F",
+            "files=@b.png",
+            "-F",
+            "files=@a.jpg;filename=../../../curl evil.jpg",
+            f"{server.url}/api/upload",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=WAIT_SECONDS,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    payload = json.loads(result.stdout)
+    assert payload["message"] == "Successfully uploaded 3 files"
+    names = [item["stored_filename"] for item in payload["data"]]
+    assert [item["content_type"] for item in payload["data"]] == [
+        "image/jpeg",
+        "image/png",
+        "image/jpeg",
+    ]
+    assert names[2] == "curl evil.jpg"
+    folder = upload_folder(server)
+    for name, data in zip(names, (JPEG, PNG, JPEG), strict=True):
+        assert (folder / name).read_bytes() == data
+    # …and curl fetches them back from the preview URL.
+    fetched = subprocess.run(
+        [curl, "--silent", "--fail", payload["data"][1]["preview_url"]],
+        capture_output=True,
+        timeout=WAIT_SECONDS,
+        check=False,
+    )
+    assert fetched.returncode == 0
+    assert fetched.stdout == PNG
+
+
+def test_a_bad_setting_is_one_clear_line_and_a_failure_exit(tmp_path: Path) -> None:
+    env = server_env(tmp_path / "uploads", free_port(), PORT="abc")
+    result = subprocess.run(
+        [sys.executable, "-m", "clustr_aio"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=WAIT_SECONDS,
+        check=False,
+    )
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "PORT" in lines[0]
+    assert "abc" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_sigterm_is_a_clean_exit(tmp_path: Path) -> None:
+    with running_server(tmp_path) as server:
+        assert get(server, "/", "before-sigterm") == 200
+        assert server.stop() == 0
+        log = "\n".join(server.stderr_lines())
+    assert "Traceback" not in log
+    assert "ERROR" not in log
