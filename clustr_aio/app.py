@@ -10,25 +10,29 @@ from aiohttp import hdrs, web, web_fileresponse
 
 from clustr_aio import middlewares
 from clustr_aio.config import Settings
-from clustr_aio.handlers import root, upload
+from clustr_aio.handlers import health, root, upload
 from clustr_aio.ingest.limits import UploadLimits
 from clustr_aio.ingest.pipeline import IngestPolicy
 from clustr_aio.ingest.sniff import KNOWN_TYPES
-from clustr_aio.keys import INGEST_POLICY, SETTINGS, STORAGE
+from clustr_aio.keys import INGEST_POLICY, METRICS, SETTINGS, STORAGE
+from clustr_aio.metrics import Metrics
 from clustr_aio.storage.local import LocalStorage
 
 UPLOADS_ROUTE = "uploads"
 
 
 def create_app(settings: Settings) -> web.Application:
+    metrics = Metrics()
     app = web.Application(
         middlewares=[
+            metrics.middleware(),  # first: it times everything and sees every final status
             middlewares.request_id,
             middlewares.json_errors,
             middlewares.hide_dot_paths(settings.upload_url_path),
         ],
     )
     app[SETTINGS] = settings
+    app[METRICS] = metrics
     app[INGEST_POLICY] = IngestPolicy(
         allowed_extensions=settings.allowed_extensions,
         limits=UploadLimits(
@@ -39,9 +43,11 @@ def create_app(settings: Settings) -> web.Application:
     )
     app.cleanup_ctx.append(_local_storage)
     app.on_response_prepare.append(middlewares.security_headers)
+    app.on_response_prepare.append(metrics.count_response)
 
     app.router.add_routes(root.routes)
     app.router.add_routes(upload.routes)
+    app.router.add_routes(health.routes)
     # add_static insists that the folder exists already.
     settings.upload_folder.mkdir(parents=True, exist_ok=True)
     _name_image_types_for_static()
@@ -67,7 +73,9 @@ def _name_image_types_for_static() -> None:
 
 async def _local_storage(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    storage = LocalStorage(settings.upload_folder, fsync=settings.fsync)
+    storage = LocalStorage(
+        settings.upload_folder, fsync=settings.fsync, min_free_space=settings.min_free_space
+    )
     await storage.open()
     app[STORAGE] = storage
     yield

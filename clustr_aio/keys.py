@@ -6,10 +6,12 @@ from aiohttp import web
 
 from clustr_aio.config import Settings
 from clustr_aio.ingest.pipeline import IngestPolicy
+from clustr_aio.metrics import Metrics
 from clustr_aio.storage.base import Storage
 
 SETTINGS = web.AppKey("settings", Settings)
 STORAGE = web.AppKey("storage", Storage)
 INGEST_POLICY = web.AppKey("ingest_policy", IngestPolicy)
+METRICS = web.AppKey("metrics", Metrics)
 
 REQUEST_ID = web.RequestKey("request_id", str)

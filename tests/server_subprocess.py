@@ -96,6 +96,7 @@ def running_server(
     stderr goes to a file; with ``journal=True`` the child gets ``JOURNAL_STREAM`` naming that
     file's device and inode, exactly as systemd names the journal socket it connects stderr to.
     """
+    tmp_path.mkdir(parents=True, exist_ok=True)
     folder = upload_folder or tmp_path / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()

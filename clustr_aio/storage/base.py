@@ -49,9 +49,21 @@ class Storage(Protocol):
 
 @runtime_checkable
 class SpaceReporting(Protocol):
-    """Optional capability: how many bytes can still be stored."""
+    """Optional capability: how many bytes can still be stored, and a reserve to keep free."""
 
     async def free_space(self) -> int: ...
+
+    async def ensure_room(self, incoming: int | None = None) -> None:
+        """Raise :class:`~clustr_aio.errors.InsufficientStorage` if storing ``incoming`` more
+        bytes (None: an unknown amount) would leave less than the backend's reserve free."""
+
+
+@runtime_checkable
+class ReadinessReporting(Protocol):
+    """Optional capability: whether files can be stored right now."""
+
+    async def check_writable(self) -> None:
+        """Raise ``OSError`` if a file cannot be created and published at the moment."""
 
 
 class BatchScope:

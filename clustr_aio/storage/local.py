@@ -17,6 +17,12 @@ overwriting — followed by one directory ``fsync`` per batch. A process that di
 All blocking calls run on a dedicated thread pool, so the event loop never waits on the disk.
 File data is handed to the pool in blocks of ``write_block`` bytes (``os.writev`` of the received
 chunks, no joining), and one block per file may be in flight while the next one is received.
+
+Free space: with ``min_free_space`` set, a write that runs into ``ENOSPC``/``EDQUOT`` is not the
+first sign of a full disk. The pool threads re-check free space (one ``statvfs``) each time
+``space_check_every`` more bytes have been written, by all uploads together, and once more
+before a batch is published; an upload that would leave less than the reserve fails with
+:class:`InsufficientStorage` and its files are removed like those of any failed upload.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import errno
 import fcntl
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections import deque
@@ -44,6 +51,8 @@ _LOCK_FILE = ".lock"
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _MAX_NAME_ATTEMPTS = 100_000
 _LOCKLESS_GRACE_SECONDS = 60
+_DEVICE_FULL = "not enough space left on the storage device"
+_RESERVE_REACHED = "not enough storage space left for this upload; try again later"
 _T = TypeVar("_T")
 
 
@@ -58,11 +67,22 @@ class LocalStorage:
         io_threads: int = 16,
         write_block: int = 1024 * 1024,
         files_in_flight: int = 8,
+        min_free_space: int = 0,
+        space_check_every: int | None = None,
     ) -> None:
         self.folder = folder
         self.fsync = fsync
         self.write_block = write_block
         self.files_in_flight = files_in_flight
+        self.min_free_space = min_free_space
+        # The reserve can be overrun by about one interval (plus the blocks in flight), so the
+        # interval is a quarter of the reserve, at least a write block, at most 8 MiB: one
+        # statvfs per 8 MiB costs nothing next to writing them, even on a network filesystem.
+        self.space_check_every = space_check_every or min(
+            max(min_free_space // 4, write_block), 8 * 1024 * 1024
+        )
+        self._unchecked_bytes = 0
+        self._unchecked_lock = threading.Lock()  # written to by several pool threads
         self._io_threads = io_threads
         self._executor: ThreadPoolExecutor | None = None
         self._own_dir: Path | None = None
@@ -113,8 +133,52 @@ class LocalStorage:
         return LocalBatch(self, self._own_dir / uuid.uuid4().hex)
 
     async def free_space(self) -> int:
-        stats = await self.run(os.statvfs, self.folder)
+        return await self.run(self._free_space_sync)
+
+    def _free_space_sync(self) -> int:
+        stats = os.statvfs(self.folder)
         return stats.f_bavail * stats.f_frsize
+
+    async def ensure_room(self, incoming: int | None = None) -> None:
+        if self.min_free_space > 0 or incoming:
+            await self.run(self._ensure_room_sync, incoming or 0)
+
+    def _ensure_room_sync(self, incoming: int) -> None:
+        if self._free_space_sync() - incoming >= self.min_free_space:
+            return
+        if incoming:
+            raise InsufficientStorage(
+                f"not enough storage space left for an upload of {incoming} bytes; try again later"
+            )
+        raise InsufficientStorage(_RESERVE_REACHED)
+
+    def count_written(self, size: int) -> None:
+        """After every ``space_check_every`` bytes written, check that the reserve is still
+        free. Blocking: called on the pool threads, never on the event loop."""
+        if self.min_free_space <= 0:
+            return
+        with self._unchecked_lock:
+            self._unchecked_bytes += size
+            if self._unchecked_bytes < self.space_check_every:
+                return
+            self._unchecked_bytes = 0
+        self._ensure_room_sync(0)
+
+    async def check_writable(self) -> None:
+        await self.run(self._check_writable_sync)
+
+    def _check_writable_sync(self) -> None:
+        """Do what an upload does, with an empty file: create it among the temporary files and
+        link it into the folder (under a dot-name, which is never served), then remove both."""
+        assert self._own_dir is not None, "LocalStorage used before open()"
+        name = f".ready-{uuid.uuid4().hex}"
+        probe = self._own_dir / name
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        try:
+            os.link(probe, self.folder / name)
+            os.unlink(self.folder / name)
+        finally:
+            os.unlink(probe)
 
     def link_unique(self, source: Path, desired: str) -> str:
         """Hard-link ``source`` into the folder as ``desired`` or its first free numbered
@@ -161,14 +225,19 @@ class LocalBatch:
         storage = self._storage
         published: list[str] = []
         try:
+            if storage.min_free_space > 0:
+                storage._ensure_room_sync(0)  # the last bytes written may have crossed the reserve
             for file in self._files:
                 published.append(storage.link_unique(file.path, file.desired_name))
             if storage.fsync and published:
                 fsync_directory(storage.folder)
-        except BaseException:
+        except BaseException as error:
             for name in published:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(storage.folder / name)
+            if isinstance(error, OSError) and error.errno in _NO_SPACE:
+                # A directory that needs one more block for the new names.
+                raise InsufficientStorage(_DEVICE_FULL) from None
             raise
         shutil.rmtree(self._dir, ignore_errors=True)
         return published
@@ -229,8 +298,9 @@ class LocalFile:
                 self.close_fd()
         except OSError as error:
             if error.errno in _NO_SPACE:
-                raise InsufficientStorage("not enough space left on the storage device") from None
+                raise InsufficientStorage(_DEVICE_FULL) from None
             raise
+        self._storage.count_written(sum(len(b) for b in buffers))
 
     def close_fd(self) -> None:
         if self._fd is not None:
