@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tests.server_subprocess import free_port, server_env
 
-__all__ = ["NotifySocket", "RunningServer", "start_server", "wait_until"]
+__all__ = ["NotifySocket", "RunningServer", "launch_server", "start_server", "wait_until"]
 
 WAIT_SECONDS = 30.0
 """Upper bound for anything these tests wait for; generous for a loaded 2-core CI machine."""
@@ -175,33 +175,52 @@ def start_server(
     ``listen_socket``: serve on this listening socket, passed as systemd's socket activation
     does (``LISTEN_FDS=1``, ``LISTEN_PID``, descriptor 3), instead of binding a free port.
     """
-    directory = directory or Path(tempfile.mkdtemp(prefix="clustr-aio-server-"))
-    settings = dict(env or {})
-    upload_folder = Path(settings.get("UPLOAD_FOLDER", directory / "uploads"))
-    upload_folder.mkdir(parents=True, exist_ok=True)
     for _ in range(3):  # another process may take the free port before the server binds it
-        port = listen_socket.getsockname()[1] if listen_socket else free_port()
-        notify = NotifySocket(abstract=abstract_notify_socket)
-        log_path = directory / f"server-{port}-{time.monotonic_ns()}.log"
-        child_env = server_env(upload_folder, port) | {
-            "WORKERS": str(workers),
-            "NOTIFY_SOCKET": notify.address,
-            "PYTHONUNBUFFERED": "1",
-            **settings,
-        }
-        process = _spawn(child_env, directory, log_path, listen_socket)
-        server = RunningServer(process, port, upload_folder, log_path, notify)
+        server = launch_server(
+            env,
+            workers=workers,
+            directory=directory,
+            listen_socket=listen_socket,
+            abstract_notify_socket=abstract_notify_socket,
+        )
         try:
             wait_until(server.ready_or_exited, "READY=1", timeout=ready_timeout)
         except BaseException:
             server.close()
             raise
-        if process.poll() is None:
+        if server.process.poll() is None:
             return server
         server.close()
         if "Address already in use" not in server.logs or listen_socket:
-            raise AssertionError(f"server exited with {process.returncode}:\n{server.logs}")
+            raise AssertionError(f"server exited with {server.process.returncode}:\n{server.logs}")
     raise AssertionError(f"no free port found:\n{server.logs}")
+
+
+def launch_server(
+    env: Mapping[str, str] | None = None,
+    *,
+    workers: int = 1,
+    directory: Path | None = None,
+    listen_socket: socket.socket | None = None,
+    abstract_notify_socket: bool = False,
+) -> RunningServer:
+    """Like :func:`start_server`, but return at once, ready or not (to watch a failing start)."""
+    directory = directory or Path(tempfile.mkdtemp(prefix="clustr-aio-server-"))
+    settings = dict(env or {})
+    upload_folder = Path(settings.get("UPLOAD_FOLDER", directory / "uploads"))
+    if not upload_folder.exists():
+        upload_folder.mkdir(parents=True)
+    port = listen_socket.getsockname()[1] if listen_socket else free_port()
+    notify = NotifySocket(abstract=abstract_notify_socket)
+    log_path = directory / f"server-{port}-{time.monotonic_ns()}.log"
+    child_env = server_env(upload_folder, port) | {
+        "WORKERS": str(workers),
+        "NOTIFY_SOCKET": notify.address,
+        "PYTHONUNBUFFERED": "1",
+        **settings,
+    }
+    process = _spawn(child_env, directory, log_path, listen_socket)
+    return RunningServer(process, port, upload_folder, log_path, notify)
 
 
 def _spawn(
