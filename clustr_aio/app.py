@@ -29,6 +29,7 @@ def create_app(settings: Settings) -> web.Application:
             middlewares.request_id,
             middlewares.json_errors,
             middlewares.hide_dot_paths(settings.upload_url_path),
+            middlewares.missing_static_files,
         ],
     )
     app[SETTINGS] = settings

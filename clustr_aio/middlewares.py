@@ -83,6 +83,19 @@ def hide_dot_paths(url_prefix: str) -> Callable[..., Awaitable[web.StreamRespons
     return middleware
 
 
+@web.middleware
+async def missing_static_files(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """JSON 404 for a static-route URL whose file does not exist. aiohttp's static route would
+    answer an empty ``application/octet-stream`` 404: its FileResponse only finds out while it
+    is already sending, too late for :func:`json_errors`."""
+    resource = request.match_info.route.resource
+    if isinstance(resource, web.StaticResource):
+        target = resource.get_info()["directory"] / request.match_info["filename"]
+        if not await asyncio.to_thread(target.exists):
+            raise web.HTTPNotFound()
+    return await handler(request)
+
+
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: on every response, static files and errors included."""
     response.headers["X-Content-Type-Options"] = "nosniff"
