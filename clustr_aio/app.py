@@ -10,7 +10,7 @@ from aiohttp import hdrs, web, web_fileresponse
 
 from clustr_aio import middlewares
 from clustr_aio.config import Settings
-from clustr_aio.handlers import health, root, upload
+from clustr_aio.handlers import docs, health, root, stored_files, upload
 from clustr_aio.ingest.limits import UploadLimits
 from clustr_aio.ingest.pipeline import IngestPolicy
 from clustr_aio.ingest.sniff import KNOWN_TYPES
@@ -18,7 +18,7 @@ from clustr_aio.keys import INGEST_POLICY, METRICS, SETTINGS, STORAGE
 from clustr_aio.metrics import Metrics
 from clustr_aio.storage.local import LocalStorage
 
-UPLOADS_ROUTE = "uploads"
+UPLOADS_ROUTE = stored_files.ROUTE_NAME  # the name its OpenAPI documentation is filed under
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -49,6 +49,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(root.routes)
     app.router.add_routes(upload.routes)
     app.router.add_routes(health.routes)
+    app.router.add_routes(docs.routes)
     # add_static insists that the folder exists already.
     settings.upload_folder.mkdir(parents=True, exist_ok=True)
     _name_image_types_for_static()

@@ -1,0 +1,121 @@
+"""``GET /openapi.json``, ``/docs`` (Swagger UI), ``/redoc`` (ReDoc) and their assets."""
+
+from __future__ import annotations
+
+from typing import Final
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from clustr_aio.docs import build_openapi, operation
+from clustr_aio.docs.assets import ASSETS, PAGES_DIR
+from clustr_aio.docs.schemas import FILE_REQUEST_HEADERS, file_responses, json_response
+from clustr_aio.keys import SETTINGS
+
+routes = web.RouteTableDef()
+
+_TAGS: Final = ("documentation",)
+_SWAGGER_PAGE: Final = (PAGES_DIR / "swagger.html").read_bytes()
+_REDOC_PAGE: Final = (PAGES_DIR / "redoc.html").read_bytes()
+# Revalidate every time (cheap: ETag/304), so an upgrade never runs with stale scripts.
+_NO_CACHE: Final = {"Cache-Control": "no-cache"}
+
+
+def _html_page(what: str) -> dict[int, dict[str, object]]:
+    return {200: {"description": what, "content": {"text/html": {"schema": {"type": "string"}}}}}
+
+
+@routes.get("/openapi.json")
+@operation(
+    summary="This OpenAPI document",
+    description="OpenAPI 3.1, built from the server's route table; the server URL and the "
+    "limits in the description are this server's settings.",
+    tags=_TAGS,
+    responses={
+        200: json_response(
+            "The document.",
+            {"type": "object", "required": ["openapi", "info", "paths"]},
+        )
+    },
+)
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(build_openapi(request.app), headers=_NO_CACHE)
+
+
+@routes.get("/docs")
+@operation(
+    summary="Swagger UI",
+    description="Interactive documentation: try the upload from the browser.",
+    tags=_TAGS,
+    responses=_html_page("The Swagger UI page."),
+)
+async def swagger_ui(request: web.Request) -> web.Response:
+    return _page(request, _SWAGGER_PAGE)
+
+
+@routes.get("/redoc")
+@operation(
+    summary="ReDoc",
+    description="The same document, as a readable reference.",
+    tags=_TAGS,
+    responses=_html_page("The ReDoc page."),
+)
+async def redoc(request: web.Request) -> web.Response:
+    return _page(request, _REDOC_PAGE)
+
+
+@routes.get("/docs/static/{asset}")
+@operation(
+    summary="A script, style sheet or icon of the documentation pages",
+    description="Swagger UI and ReDoc as released (from the drf-spectacular-sidecar package), "
+    "served by this server so the pages work without internet access.",
+    tags=_TAGS,
+    parameters=(
+        {
+            "name": "asset",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "enum": sorted(ASSETS)},
+            "example": "swagger-ui-bundle.js",
+        },
+        *FILE_REQUEST_HEADERS,
+    ),
+    responses=file_responses(
+        sorted({asset.media_type for asset in ASSETS.values()}),
+        what="asset",
+        not_found="No asset of that name.",
+    ),
+)
+async def docs_asset(request: web.Request) -> web.FileResponse:
+    asset = ASSETS.get(request.match_info["asset"])
+    if asset is None:
+        raise web.HTTPNotFound()
+    return web.FileResponse(asset.path, headers={"Content-Type": asset.content_type, **_NO_CACHE})
+
+
+def _page(request: web.Request, body: bytes) -> web.Response:
+    headers = {"Content-Security-Policy": _content_security_policy(request), **_NO_CACHE}
+    return web.Response(body=body, content_type="text/html", charset="utf-8", headers=headers)
+
+
+def _content_security_policy(request: web.Request) -> str:
+    """Everything from this server only. Exceptions, each needed by the pages as released:
+    inline styles (ReDoc's styled-components, Swagger UI's React), data: images (icons inside
+    Swagger UI's CSS) and a blob: worker (ReDoc's search index). Swagger UI's "Try it out" may
+    also call the server URL of the document (PUBLIC_BASE_URL), which can be another origin
+    than the one the page was loaded from."""
+    server = urlsplit(request.app[SETTINGS].base_url)
+    server_origin = f"{server.scheme}://{server.netloc}"
+    return "; ".join(
+        (
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self' 'unsafe-inline'",
+            "img-src 'self' data:",
+            f"connect-src 'self' {server_origin}",
+            "worker-src 'self' blob:",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        )
+    )
