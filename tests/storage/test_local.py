@@ -1,0 +1,304 @@
+"""The upload folder (clustr_aio.storage.local): publish without overwriting, discard without
+leftovers, sweep what dead processes left, and a full disk."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from clustr_aio.errors import InsufficientStorage
+from clustr_aio.storage.base import Buffer
+from clustr_aio.storage.local import INCOMING_DIR, LocalBatch, LocalStorage, write_all
+from tests.conftest import JPEG, PNG, assert_nothing_stored, stored_files, temp_files
+
+BLOCK = 1024
+"""A small write block: a few KiB already take several thread-pool writes."""
+
+
+@pytest.fixture
+async def storage(upload_dir: Path) -> AsyncIterator[LocalStorage]:
+    storage = LocalStorage(upload_dir, write_block=BLOCK)
+    await storage.open()
+    yield storage
+    await storage.close()
+
+
+async def store(batch: LocalBatch, name: str, data: bytes, piece: int = 300) -> None:
+    writer = batch.add_file(name)
+    for at in range(0, len(data), piece):
+        await writer.write(data[at : at + piece])
+    await writer.close()
+
+
+async def store_and_publish(batch: LocalBatch, name: str, data: bytes) -> list[str]:
+    await store(batch, name, data)
+    return await batch.publish()
+
+
+def own_dirs(folder: Path) -> list[Path]:
+    incoming = folder / INCOMING_DIR
+    return sorted(incoming.iterdir()) if incoming.exists() else []
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+async def test_open_makes_a_locked_directory_and_close_removes_it(upload_dir: Path) -> None:
+    storage = LocalStorage(upload_dir)
+    await storage.open()
+    [own] = own_dirs(upload_dir)
+    assert (own / ".lock").is_file()
+    assert held_by_someone(own / ".lock")
+    await storage.close()
+    assert own_dirs(upload_dir) == []
+    await storage.close()  # twice is fine
+
+
+# --------------------------------------------------------------------------- publish
+
+
+async def test_publish_makes_files_visible_in_order(
+    storage: LocalStorage, upload_dir: Path
+) -> None:
+    batch = storage.batch()
+    contents = {"b.png": PNG * 5, "a.jpg": JPEG, "c.jpg": b"\xff\xd8\xff" + bytes(5 * BLOCK + 7)}
+    for name, data in contents.items():
+        await store(batch, name, data)
+    assert stored_files(upload_dir) == []  # nothing visible before publish
+    assert await batch.publish() == ["b.png", "a.jpg", "c.jpg"]
+    for name, data in contents.items():
+        assert (upload_dir / name).read_bytes() == data
+    assert temp_files(upload_dir) == []
+
+
+async def test_publish_never_overwrites_and_numbers_taken_names(
+    storage: LocalStorage, upload_dir: Path
+) -> None:
+    (upload_dir / "photo.jpg").write_bytes(b"old")
+    (upload_dir / "photo-2.jpg").write_bytes(b"old 2")
+    batch = storage.batch()
+    for i in range(3):
+        await store(batch, "photo.jpg", JPEG + bytes([i]))
+    assert await batch.publish() == ["photo-1.jpg", "photo-3.jpg", "photo-4.jpg"]
+    assert (upload_dir / "photo.jpg").read_bytes() == b"old"
+    assert (upload_dir / "photo-2.jpg").read_bytes() == b"old 2"
+    assert (upload_dir / "photo-4.jpg").read_bytes() == JPEG + b"\x02"
+
+
+async def test_two_processes_publishing_the_same_names_never_collide(upload_dir: Path) -> None:
+    first, second = LocalStorage(upload_dir), LocalStorage(upload_dir)
+    await first.open()
+    await second.open()
+    try:
+        batches: list[LocalBatch] = []
+        for storage, tag in ((first, 1), (second, 2)) * 5:
+            batch = storage.batch()
+            await store(batch, "same.jpg", JPEG + bytes([tag]) * 2000 + bytes([len(batches)]))
+            batches.append(batch)
+        results = await asyncio.gather(*(batch.publish() for batch in batches))
+    finally:
+        await first.close()
+        await second.close()
+    names = [name for result in results for name in result]
+    assert sorted(names) == sorted(["same.jpg"] + [f"same-{n}.jpg" for n in range(1, 10)])
+    for i, name in enumerate(names):
+        assert (upload_dir / name).read_bytes()[-1] == i
+
+
+async def test_failed_publish_takes_back_what_it_linked(
+    storage: LocalStorage, upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = storage.batch()
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        await store(batch, name, JPEG)
+    real_link = storage.link_unique
+
+    def failing_on_the_second(source: Path, desired: str) -> str:
+        if desired == "b.jpg":
+            raise OSError(errno.EIO, "Input/output error")
+        return real_link(source, desired)
+
+    monkeypatch.setattr(storage, "link_unique", failing_on_the_second)
+    with pytest.raises(OSError, match="Input/output"):
+        await batch.publish()
+    assert stored_files(upload_dir) == []
+    await batch.discard()
+    assert_nothing_stored(upload_dir)
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+async def test_fsync_flushes_files_and_the_folder(
+    upload_dir: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool
+) -> None:
+    flushed: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        flushed.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    storage = LocalStorage(upload_dir, fsync=fsync, write_block=BLOCK)
+    await storage.open()
+    try:
+        batch = storage.batch()
+        await store(batch, "a.jpg", JPEG)
+        await store(batch, "b.png", PNG)
+        await batch.publish()
+    finally:
+        await storage.close()
+    assert len(flushed) == (3 if fsync else 0)  # two files, then the folder
+
+
+# --------------------------------------------------------------------------- discard
+
+
+async def test_discard_removes_everything_after_partial_writes(
+    storage: LocalStorage, upload_dir: Path
+) -> None:
+    batch = storage.batch()
+    await store(batch, "done.jpg", JPEG * 10)
+    writer = batch.add_file("half.jpg")
+    for _ in range(10):  # several blocks handed to the pool, the file never closed
+        await writer.write(bytes(BLOCK))
+    await asyncio.sleep(0)
+    assert temp_files(upload_dir)  # there was something to remove
+    await batch.discard()
+    assert_nothing_stored(upload_dir)
+    [own] = own_dirs(upload_dir)
+    assert sorted(p.name for p in own.iterdir()) == [".lock"]
+    await batch.discard()  # again: harmless
+
+
+async def test_discard_of_an_empty_batch(storage: LocalStorage, upload_dir: Path) -> None:
+    batch = storage.batch()
+    await batch.discard()
+    batch.add_file("never-written.jpg")
+    await batch.discard()
+    assert_nothing_stored(upload_dir)
+
+
+# --------------------------------------------------------------------------- full disk
+
+
+async def test_enospc_is_insufficient_storage_and_leaves_nothing(
+    storage: LocalStorage, upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, buffers: Sequence[Buffer], /) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "writev", full)
+    batch = storage.batch()
+    with pytest.raises(InsufficientStorage) as caught:
+        await store_and_publish(batch, "a.jpg", JPEG * 20)
+    assert caught.value.status == 507
+    await batch.discard()
+    assert_nothing_stored(upload_dir)
+
+
+def test_write_all_finishes_short_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_writev = os.writev
+
+    def stingy(fd: int, buffers: Sequence[Buffer], /) -> int:
+        return real_writev(fd, [memoryview(buffers[0])[:3]])  # at most 3 bytes a call
+
+    monkeypatch.setattr(os, "writev", stingy)
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        write_all(fd, [b"hello ", b"", memoryview(b"wide world"), b"!"])
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"hello wide world!"
+
+
+# --------------------------------------------------------------------------- sweeping
+
+
+def held_by_someone(lock: Path) -> bool:
+    """Whether another open file description holds the flock (this process's too: flock locks
+    belong to the open file, not to the process)."""
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+@pytest.fixture
+def live_process_dir(upload_dir: Path) -> Iterator[Path]:
+    """The .incoming directory of another, running process: it holds the flock on its .lock."""
+    directory = upload_dir / INCOMING_DIR / "live-process"
+    directory.mkdir(parents=True)
+    (directory / "batch").mkdir()
+    (directory / "batch" / "0").write_bytes(b"being received")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys\n"
+            "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('locked', flush=True)\n"
+            "sys.stdin.read()\n",
+            str(directory / ".lock"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    assert holder.stdin is not None
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        yield directory
+    finally:
+        holder.stdin.close()  # the holder exits, and its lock goes with it
+        holder.wait(30)
+
+
+def dead_process_dir(upload_dir: Path, name: str, *, lock: bool, age: float = 0) -> Path:
+    directory = upload_dir / INCOMING_DIR / name
+    (directory / "batch").mkdir(parents=True)
+    (directory / "batch" / "0").write_bytes(b"half a file")
+    if lock:
+        (directory / ".lock").touch()
+    if age:
+        then = time.time() - age
+        os.utime(directory, (then, then))
+    return directory
+
+
+async def test_open_sweeps_dead_processes_and_spares_live_ones(
+    upload_dir: Path, live_process_dir: Path
+) -> None:
+    dead = dead_process_dir(upload_dir, "dead-process", lock=True)
+    old_lockless = dead_process_dir(upload_dir, "crashed-before-locking", lock=False, age=3600)
+    young_lockless = dead_process_dir(upload_dir, "starting-up", lock=False)
+    (upload_dir / "published.jpg").write_bytes(JPEG)
+
+    storage = LocalStorage(upload_dir)
+    await storage.open()
+    try:
+        assert not dead.exists()
+        assert not old_lockless.exists()
+        assert young_lockless.exists()  # may be a process between its mkdir and its flock
+        assert (live_process_dir / "batch" / "0").read_bytes() == b"being received"
+        assert held_by_someone(live_process_dir / ".lock")
+        assert (upload_dir / "published.jpg").read_bytes() == JPEG
+    finally:
+        await storage.close()
+    # Closing removes only the storage's own directory.
+    assert (live_process_dir / "batch" / "0").read_bytes() == b"being received"
