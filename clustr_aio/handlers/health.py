@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from clustr_aio.docs import operation
+from clustr_aio.docs.schemas import error_response as documented_error
+from clustr_aio.docs.schemas import json_response
 from clustr_aio.keys import METRICS, SETTINGS, STORAGE
 from clustr_aio.responses import error_response
 from clustr_aio.storage.base import ReadinessReporting, SpaceReporting
@@ -19,12 +22,41 @@ from clustr_aio.storage.base import ReadinessReporting, SpaceReporting
 routes = web.RouteTableDef()
 
 
+def _status(value: str) -> dict[str, object]:
+    return {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string", "const": value}},
+    }
+
+
 @routes.get("/healthz")
+@operation(
+    summary="Liveness",
+    description="The process is alive and its event loop answers; nothing else is checked, so "
+    "a full disk never gets a live server restarted.",
+    tags=("service",),
+    responses={200: json_response("Alive.", _status("ok"))},
+)
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
 @routes.get("/readyz")
+@operation(
+    summary="Readiness",
+    description="Uploads can succeed right now: a file can be created and published in the "
+    "upload folder, and free space is above MIN_FREE_SPACE. A load balancer should send "
+    "uploads elsewhere while this answers 503.",
+    tags=("service",),
+    responses={
+        200: json_response("Ready.", _status("ready")),
+        503: documented_error(
+            "Not ready: the upload folder is not writable, or free space is below MIN_FREE_SPACE.",
+            "not ready: the upload folder is not writable: Permission denied",
+        ),
+    },
+)
 async def readyz(request: web.Request) -> web.Response:
     storage = request.app[STORAGE]
     reserve = request.app[SETTINGS].min_free_space
@@ -45,5 +77,31 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 @routes.get("/metrics")
+@operation(
+    summary="Prometheus metrics",
+    description="Prometheus text format, or OpenMetrics when the `Accept` header asks for "
+    "`application/openmetrics-text`; gzip with `Accept-Encoding: gzip`.",
+    tags=("service",),
+    parameters=(
+        {
+            "name": "name[]",
+            "in": "query",
+            "required": False,
+            "description": "Only these metric families.",
+            "schema": {"type": "array", "items": {"type": "string"}},
+            "style": "form",
+            "explode": True,
+        },
+    ),
+    responses={
+        200: {
+            "description": "The metrics.",
+            "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "application/openmetrics-text": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
 async def metrics(request: web.Request) -> web.StreamResponse:
     return await request.app[METRICS].handler(request)
