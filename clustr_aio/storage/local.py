@@ -109,8 +109,14 @@ class LocalStorage:
         incoming.mkdir(parents=True, exist_ok=True)
         own = incoming / uuid.uuid4().hex
         own.mkdir()
-        lock_fd = os.open(own / _LOCK_FILE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # Lock the file before moving it into place: a process sweeping at this very moment
+        # finds the directory either without a lock file (young: spared) or with a held one,
+        # never with a free lock it may take for a dead owner's. (The sweep skips plain files.)
+        pending = incoming / f"{own.name}{_LOCK_FILE}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        lock_fd = os.open(pending, flags, 0o600)
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(pending, own / _LOCK_FILE)
         sweep_stale_incoming(self.folder)
         return own, lock_fd
 

@@ -17,7 +17,13 @@ import pytest
 
 from clustr_aio.errors import InsufficientStorage
 from clustr_aio.storage.base import Buffer
-from clustr_aio.storage.local import INCOMING_DIR, LocalBatch, LocalStorage, write_all
+from clustr_aio.storage.local import (
+    INCOMING_DIR,
+    LocalBatch,
+    LocalStorage,
+    sweep_stale_incoming,
+    write_all,
+)
 from tests.conftest import JPEG, PNG, assert_nothing_stored, stored_files, temp_files
 
 BLOCK = 1024
@@ -302,3 +308,30 @@ async def test_open_sweeps_dead_processes_and_spares_live_ones(
         await storage.close()
     # Closing removes only the storage's own directory.
     assert (live_process_dir / "batch" / "0").read_bytes() == b"being received"
+
+
+async def test_a_sweep_at_the_worst_moment_spares_a_starting_process(
+    upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers start together, each sweeping: another one's sweep may run just before this
+    one takes its flock. Its directory must survive that, or its uploads lose their files."""
+    real_flock = fcntl.flock
+    swept: list[list[Path]] = []
+
+    def flock_right_after_someone_sweeps(fd: int, operation: int) -> None:
+        if not swept:
+            swept.append([])  # first, so that the sweep's own flock calls go straight through
+            swept[0] = sweep_stale_incoming(upload_dir)
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_right_after_someone_sweeps)
+    storage = LocalStorage(upload_dir)
+    await storage.open()
+    try:
+        assert swept == [[]]
+        [own] = own_dirs(upload_dir)
+        assert held_by_someone(own / ".lock")
+        await store_and_publish(storage.batch(), "a.jpg", JPEG)
+        assert stored_files(upload_dir) == ["a.jpg"]
+    finally:
+        await storage.close()
