@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run dev test lint format system-deps clean
+.PHONY: install run dev test lint format system-deps bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,16 @@ system-deps:  ## Debian packages the tests drive (curl, …); installs only what
 
 test: install system-deps  ## the whole suite, through real servers, sockets and clients
 	$(BIN)/python -m pytest
+
+$(VENV)/.bench: requirements.txt requirements-bench.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-bench.txt
+	touch $@
+
+# clustr_aio against nginx (dav PUT, static) on this machine, ~8 min with the default 3 rounds;
+# BENCH_ROUNDS, BENCH_ONLY=L,B,… and more: see bench/run.py. Writes bench/results/.
+bench: $(VENV)/.bench  ## benchmark against nginx, the machine's physical limit
+	./.ci/system-deps wrk:wrk
+	$(BIN)/python -m bench.run
 
 lint: install  ## ruff + mypy --strict
 	$(BIN)/ruff check .

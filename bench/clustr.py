@@ -1,0 +1,96 @@
+"""clustr_aio as the benchmark runs it: ``python -m clustr_aio`` in a subprocess, configured
+only through the environment, as systemd would run it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.proc import (
+    free_port,
+    peak_rss,
+    process_tree,
+    reset_peak_rss,
+    stop_process,
+    wait_for_http,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class ClustrServer:
+    """One clustr_aio server with its own upload folder and port."""
+
+    def __init__(
+        self, upload_folder: Path, *, fsync: bool, workers: int = 1, extra_env: dict[str, str]
+    ) -> None:
+        self.upload_folder = upload_folder
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.label = f"FSYNC={str(fsync).lower()}" + (f" WORKERS={workers}" if workers > 1 else "")
+        self._env = {
+            **os.environ,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "UPLOAD_FOLDER": str(upload_folder),
+            "FSYNC": str(fsync).lower(),
+            # Limits raised: the 1 GiB file of scenario L and the 500 files of B must fit.
+            "MAX_FILE_SIZE": "2GiB",
+            "MAX_REQUEST_SIZE": "4GiB",
+            "MAX_FILES": "10000",
+            "ACCESS_LOG": "false",
+            "LOG_LEVEL": "WARNING",
+            "RELOAD": "false",
+            # No developer .env: an empty one, so only the repository's config.toml and the above.
+            "ENV_FILE": os.devnull,
+            **({"WORKERS": str(workers)} if workers > 1 else {}),
+            **extra_env,
+        }
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.upload_folder.mkdir(parents=True, exist_ok=True)
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "clustr_aio"],
+            env=self._env,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+        )
+        wait_for_http(self.base_url + "/", self._process)
+
+    def processes(self) -> list[int]:
+        """The server's processes: one, or a supervisor and its workers with WORKERS=N."""
+        return process_tree(self.pid)
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    def reset_peak(self) -> bool:
+        return reset_peak_rss(self.processes())
+
+    def peaks(self) -> list[int]:
+        """Peak RSS of each process of the server (the master first), since the last reset."""
+        return peak_rss(self.processes())
+
+    def clear_uploads(self, keep: frozenset[str] = frozenset()) -> None:
+        """Remove the stored files (not .incoming, which the server owns), except ``keep``."""
+        with os.scandir(self.upload_folder) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") or entry.name in keep:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            stop_process(self._process)  # SIGTERM: drains, then exits (workers too)
+            self._process = None

@@ -1,0 +1,167 @@
+"""What a benchmark run leaves: a Markdown table, ``latest.json`` and a bar chart of the ratios.
+
+The chart is drawn with Pillow, already needed to make the JPEGs, rather than matplotlib, which
+would bring NumPy and a dozen other packages for six bars.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from bench.proc import MIB
+from bench.scenarios import Target
+
+RSS_LIMIT_MIB = 64
+
+
+@dataclass(slots=True)
+class ScenarioResult:
+    key: str
+    title: str
+    unit: str
+    target: Target
+    a_label: str
+    b_label: str
+    a_values: list[float] = field(default_factory=list)
+    b_values: list[float] = field(default_factory=list)
+    a_cpu: list[float] = field(default_factory=list)
+    b_cpu: list[float] = field(default_factory=list)
+    """Per round, the server's CPU seconds per request (or per run, for the timed scenarios)."""
+    a_bad_responses: int = 0
+    peak_rss: list[list[int]] = field(default_factory=list)
+    """Per round, the peak RSS in bytes of each clustr_aio process involved."""
+
+    @property
+    def ratios(self) -> list[float]:
+        return [a / b for a, b in zip(self.a_values, self.b_values, strict=True)]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def peak_rss_mib(self) -> float:
+        """The largest peak of any single process, over all rounds."""
+        return max((max(r) for r in self.peak_rss if r), default=0) / MIB
+
+    @property
+    def peak_rss_sum_mib(self) -> float:
+        """The largest sum of the processes' peaks (an upper bound of their joint peak)."""
+        return max((sum(r) for r in self.peak_rss), default=0) / MIB
+
+    @property
+    def ratio_met(self) -> bool:
+        return self.target.met_by(self.ratio) and (self.unit == "s" or self.a_bad_responses == 0)
+
+    @property
+    def rss_met(self) -> bool:
+        return self.peak_rss_mib <= RSS_LIMIT_MIB
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **{k: v for k, v in asdict(self).items() if k != "target"},
+            "target": {
+                "ratio": self.target.ratio,
+                "higher_is_better": self.target.higher_is_better,
+            },
+            "a_median": statistics.median(self.a_values),
+            "b_median": statistics.median(self.b_values),
+            "a_cpu_median": statistics.median(self.a_cpu),
+            "b_cpu_median": statistics.median(self.b_cpu),
+            "ratios": self.ratios,
+            "median_ratio": self.ratio,
+            "ratio_met": self.ratio_met,
+            "peak_rss_mib": round(self.peak_rss_mib, 1),
+            "peak_rss_sum_mib": round(self.peak_rss_sum_mib, 1),
+            "rss_met": self.rss_met,
+        }
+
+
+def _number(value: float, unit: str) -> str:
+    return f"{value:.2f} s" if unit == "s" else f"{value:.0f} req/s"
+
+
+def _cpu(result: ScenarioResult) -> str:
+    """Server CPU time, A then B: per run for the timed scenarios, per request for wrk's."""
+    a, b = statistics.median(result.a_cpu), statistics.median(result.b_cpu)
+    if result.unit == "s":
+        return f"{a:.2f} s / {b:.2f} s"
+    return f"{a * 1e3:.2f} ms / {b * 1e3:.2f} ms"
+
+
+def table(results: list[ScenarioResult]) -> str:
+    rows = [
+        "| | scenario | clustr_aio (A) | reference (B) | A / B, median of rounds | target "
+        "| peak RSS | met | server CPU, A / B |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        rss = f"{r.peak_rss_mib:.0f} MiB"
+        if any(len(p) > 1 for p in r.peak_rss):
+            rss += f" per process ({r.peak_rss_sum_mib:.0f} summed)"
+        bad = f", {r.a_bad_responses} non-2xx" if r.unit != "s" else ""
+        met = "yes" if r.ratio_met and r.rss_met else "**no**"
+        rows.append(
+            f"| {r.key} | {r.title} | {r.a_label}: {_number(statistics.median(r.a_values), r.unit)}"
+            f"{bad} | {r.b_label}: {_number(statistics.median(r.b_values), r.unit)} "
+            f"| **{r.ratio:.2f}** ({', '.join(f'{x:.2f}' for x in r.ratios)}) | {r.target} "
+            f"| {rss} | {met} | {_cpu(r)} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def write_json(path: Path, results: list[ScenarioResult], meta: dict[str, Any]) -> None:
+    document = {**meta, "scenarios": [r.to_json() for r in results]}
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def chart(path: Path, results: list[ScenarioResult], caption: str) -> None:
+    """One horizontal bar per scenario: its median ratio, the target as a black tick, green when
+    the target (ratio and RSS) is met, red when not."""
+    width, bar_h, gap, left, top = 900, 34, 14, 150, 60
+    height = top + len(results) * (bar_h + gap) + 60
+    scale_max = max(
+        [2.5, *(r.ratio * 1.1 for r in results), *(r.target.ratio * 1.1 for r in results)]
+    )
+    plot_w = width - left - 40
+
+    def x_of(ratio: float) -> int:
+        return left + round(plot_w * ratio / scale_max)
+
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=15)
+    small = ImageFont.load_default(size=12)
+    draw.text(
+        (10, 10), "clustr_aio / reference, median of per-round ratios", fill="black", font=font
+    )
+    draw.text((10, 32), caption, fill="dimgray", font=small)
+    for tick in range(int(scale_max * 2) + 1):
+        x = x_of(tick / 2)
+        draw.line([(x, top - 5), (x, height - 50)], fill="gainsboro")
+        draw.text((x - 8, height - 45), f"{tick / 2:g}", fill="dimgray", font=small)
+    x1 = x_of(1.0)
+    draw.line([(x1, top - 5), (x1, height - 50)], fill="gray", width=2)
+    for i, r in enumerate(results):
+        y = top + i * (bar_h + gap)
+        ok = r.ratio_met and r.rss_met
+        draw.rectangle([(left, y), (x_of(r.ratio), y + bar_h)], fill="#4caf50" if ok else "#e53935")
+        tx = x_of(r.target.ratio)
+        draw.line([(tx, y - 4), (tx, y + bar_h + 4)], fill="black", width=3)
+        draw.text((10, y + 2), f"{r.key}  ({r.unit})", fill="black", font=font)
+        draw.text((10, y + 19), f"target {r.target.ascii()}", fill="dimgray", font=small)
+        label = f"{r.ratio:.2f}  RSS {r.peak_rss_mib:.0f} MiB"
+        draw.text((x_of(r.ratio) + 6, y + 9), label, fill="black", font=small)
+    draw.text(
+        (left, height - 25),
+        "time scenarios (s): lower is better; rate scenarios (req/s): higher is better",
+        fill="dimgray",
+        font=small,
+    )
+    image.save(path, optimize=True)

@@ -1,0 +1,254 @@
+"""``make bench`` / ``python -m bench.run``: clustr_aio against nginx on this machine.
+
+In one run it makes its data (bench/data.py), starts clustr_aio (FSYNC=false, limits raised,
+access log off; plus an FSYNC=true one for D and a WORKERS=2 one for C2/S2 when the checkout has
+WORKERS) and nginx with the dav module (bench/nginx.py), then runs every scenario
+(bench/scenarios.py) in interleaved rounds, A then B, so that load from elsewhere on the machine
+hits both sides alike. What counts is the median of the per-round ratios A/B.
+
+Before each measurement the previous one's files are deleted and the page cache's dirty pages
+flushed (``sync``), so no side pays for the other's writeback; both sides' files and temporary
+files are on the same filesystem.
+
+Environment:
+    BENCH_ROUNDS       rounds (default 3)
+    BENCH_ONLY         comma-separated scenario keys to run, e.g. L,B (default: all)
+    BENCH_SECONDS      wrk duration per measurement (default 8)
+    BENCH_CONNECTIONS  wrk connections (default 16)
+    BENCH_OUT          where latest.json and ratios.png go (default bench/results)
+    BENCH_PROFILE      a folder: first record each clustr_aio side once under py-spy into it,
+                       as collapsed stacks (flamegraph.pl input)
+                       (with BENCH_ROUNDS=0, only that)
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.clustr import ClustrServer
+from bench.data import ensure_data
+from bench.nginx import Nginx
+from bench.proc import MIB, cpu_seconds, free_port
+from bench.scenarios import STATIC_NAME, Scenario, Setup, Side, build
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
+    only = {k.strip() for k in os.environ.get("BENCH_ONLY", "").split(",") if k.strip()}
+    out = Path(os.environ.get("BENCH_OUT", BENCH_DIR / "results"))
+    profile_dir = os.environ.get("BENCH_PROFILE")
+    data = ensure_data(BENCH_DIR / "data")
+    work = BENCH_DIR / "data" / "run"  # the same filesystem as the data, for both servers
+    shutil.rmtree(work, ignore_errors=True)
+
+    nginx = Nginx(work / "nginx", work / "nginx-root", free_port())
+    plain = ClustrServer(work / "plain", fsync=False, extra_env={})
+    synced = ClustrServer(work / "synced", fsync=True, extra_env={})
+    multi = ClustrServer(work / "multi", fsync=False, workers=2, extra_env={})
+    servers = [plain, synced, multi]
+    try:
+        nginx.start()
+        for server in servers:
+            server.start()
+        # WORKERS=2 counts only if this checkout pre-forks; else the 1-worker numbers suffice.
+        has_workers = _wait_for_workers(multi, workers=2)
+        if not has_workers:
+            multi.stop()
+            servers.remove(multi)
+        _store_static_file(data.single, nginx, servers)
+        setup = Setup(
+            data=data,
+            nginx=nginx,
+            plain=plain,
+            synced=synced,
+            multi=multi if has_workers else None,
+            wrk_seconds=int(os.environ.get("BENCH_SECONDS", "8")),
+            wrk_connections=int(os.environ.get("BENCH_CONNECTIONS", "16")),
+        )
+        scenarios = [s for s in build(setup) if not only or s.key in only]
+        if profile_dir:
+            _profile(scenarios, Path(profile_dir))
+        results = _run_rounds(scenarios, rounds)
+    finally:
+        for server in servers:
+            server.stop()
+        nginx.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    if rounds == 0:
+        return 0  # BENCH_ROUNDS=0: a profiling pass only
+    meta = _meta(rounds, setup, has_workers)
+    out.mkdir(parents=True, exist_ok=True)
+    text = report.table(results)
+    print()
+    print(f"{meta['date']}, {meta['machine']['summary']}, {rounds} rounds")
+    print(text)
+    for note in meta["notes"]:
+        print(f"- {note}")
+    report.write_json(out / "latest.json", results, meta)
+    report.chart(out / "ratios.png", results, f"{meta['date']} · {meta['machine']['summary']}")
+    (out / "latest.md").write_text(text)
+    print(f"\nwrote {out / 'latest.json'} and {out / 'ratios.png'}")
+    return 0
+
+
+def _wait_for_workers(server: ClustrServer, *, workers: int) -> bool:
+    """Whether the server pre-forked: a supervisor and its workers, or at least more than one."""
+    deadline = time.monotonic() + 10
+    while len(server.processes()) < workers + 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return len(server.processes()) > 1
+
+
+def _store_static_file(jpeg: Path, nginx: Nginx, servers: list[ClustrServer]) -> None:
+    """Scenario S's file: uploaded to each clustr_aio server, copied into nginx's root."""
+    from bench.clients import post_files
+
+    staged = BENCH_DIR / "data" / "run" / STATIC_NAME
+    shutil.copyfile(jpeg, staged)
+    for server in servers:
+        post_files(server.base_url + "/api/upload", (staged,))
+    shutil.copyfile(jpeg, nginx.static_dir / STATIC_NAME)
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    value: float
+    bad_responses: int
+    cpu_per_request: float
+    """Seconds of the server's CPU time (all processes and threads) per request."""
+    peaks: list[int]
+
+
+def _measure(side: Side, tag: str) -> _Outcome:
+    side.clear()
+    os.sync()  # the previous measurement's writeback must not be billed to this one
+    for server in side.servers:
+        server.reset_peak()
+    processes = side.processes()
+    cpu_before = cpu_seconds(processes)
+    measurement = side.measure(tag)
+    cpu = cpu_seconds(processes) - cpu_before
+    peaks = [peak for server in side.servers for peak in server.peaks()]
+    side.clear()
+    return _Outcome(measurement.value, measurement.bad_responses, cpu / measurement.requests, peaks)
+
+
+def _run_rounds(scenarios: list[Scenario], rounds: int) -> list[report.ScenarioResult]:
+    results = [
+        report.ScenarioResult(s.key, s.title, s.unit, s.target, s.a.label, s.b.label)
+        for s in scenarios
+    ]
+    # Warm-up, not counted: the first gigabytes written after boot or a long pause are much
+    # slower here (the VM's memory is touched for the first time), whichever side comes first.
+    for scenario in scenarios:
+        if scenario.unit == "s":
+            _measure(scenario.a, f"{scenario.key}-warm-a")
+            _measure(scenario.b, f"{scenario.key}-warm-b")
+    for n in range(1, rounds + 1):
+        for scenario, result in zip(scenarios, results, strict=True):
+            a = _measure(scenario.a, f"{scenario.key}-{n}-a")
+            b = _measure(scenario.b, f"{scenario.key}-{n}-b")
+            result.a_values.append(a.value)
+            result.b_values.append(b.value)
+            result.a_cpu.append(a.cpu_per_request)
+            result.b_cpu.append(b.cpu_per_request)
+            result.a_bad_responses += a.bad_responses
+            result.peak_rss.append(a.peaks)
+            rss = ", ".join(f"{p / MIB:.0f}" for p in a.peaks)
+            bad = f" ({a.bad_responses} non-2xx)" if a.bad_responses else ""
+            print(
+                f"round {n}/{rounds} {scenario.key}: A {a.value:.3f} {scenario.unit}{bad}, "
+                f"B {b.value:.3f} {scenario.unit}, A/B {a.value / b.value:.2f}, "
+                f"server CPU {_cpu_text(a, b, scenario.unit)}, peak RSS {rss} MiB",
+                flush=True,
+            )
+    return results
+
+
+def _cpu_text(a: _Outcome, b: _Outcome, unit: str) -> str:
+    if unit == "s":
+        return f"A {a.cpu_per_request:.2f} s B {b.cpu_per_request:.2f} s"
+    return f"A {a.cpu_per_request * 1e3:.2f} ms B {b.cpu_per_request * 1e3:.2f} ms per request"
+
+
+def _profile(scenarios: list[Scenario], folder: Path) -> None:
+    """Record each scenario's clustr_aio side once under py-spy (not timed: sampling slows it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    py_spy = Path(sys.executable).parent / "py-spy"
+    for scenario in scenarios:
+        for server in scenario.a.servers:
+            target = folder / f"profile-{scenario.key}-{server.port}.txt"
+            recorder = subprocess.Popen(
+                [
+                    *(str(py_spy), "record", "--subprocesses", "--threads", "--nonblocking"),
+                    *("-r", "200", "--format", "raw", "-p", str(server.pid), "-o", str(target)),
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+            try:
+                _measure(scenario.a, f"profile-{scenario.key}")
+            finally:
+                recorder.send_signal(signal.SIGINT)
+                recorder.wait(timeout=120)
+            print(f"profile of {scenario.key}: {target}", flush=True)
+
+
+def _meta(rounds: int, setup: Setup, has_workers: bool) -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    cores = os.cpu_count() or 0
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    nginx_version = subprocess.run(
+        ["/usr/sbin/nginx", "-v"], capture_output=True, text=True, check=False
+    ).stderr.strip()
+    notes = [
+        "Ratios are A/B per round; the machine is shared, so single rounds are noisy and only "
+        "the median of the per-round ratios is compared with the target.",
+        "Peak RSS is the kernel's VmHWM of each clustr_aio process, reset before each "
+        "measurement; with WORKERS=2 it is given per process and summed.",
+        f"nginx runs {1} worker process, clustr_aio one event loop per worker; wrk runs "
+        f"{1} thread with {setup.wrk_connections} connections for {setup.wrk_seconds} s.",
+    ]
+    if not has_workers:
+        notes.append("WORKERS=2 did not start two processes: C and S ran with one worker only.")
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": f"make bench  (BENCH_ROUNDS={rounds})",
+        "rounds": rounds,
+        "machine": {
+            "summary": f"{cores} cores {cpu}, {memory_gib:.0f} GiB, Linux {platform.release()}",
+            "cpu": cpu,
+            "cores": cores,
+            "memory_gib": round(memory_gib, 1),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "aiohttp": version("aiohttp"),
+            "nginx": nginx_version,
+        },
+        "notes": notes,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

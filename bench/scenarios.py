@@ -1,0 +1,226 @@
+"""The scenarios: each pits clustr_aio (side A) against a reference (side B) on the same bytes."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.clients import BenchError, WrkResult, post_files, put_file, wrk
+from bench.clustr import ClustrServer
+from bench.data import DataSet
+from bench.nginx import PUT_PREFIX, STATIC_PREFIX, Nginx
+
+STATIC_NAME = "static.jpg"
+"""The stored file scenario S fetches; kept when uploads are cleared between measurements."""
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    value: float
+    bad_responses: int = 0
+    requests: int = 1
+    """Requests the measurement made, to share out the CPU time it cost."""
+
+
+@dataclass(frozen=True, slots=True)
+class Side:
+    label: str
+    measure: Callable[[str], Measurement]
+    """Takes a tag unique to this measurement (for fresh names) and returns its number."""
+    clear: Callable[[], None]
+    """Removes what the measurement stored, so disk usage and directory sizes stay flat."""
+    processes: Callable[[], list[int]]
+    """The server's processes, whose CPU time the measurement is charged."""
+    servers: tuple[ClustrServer, ...] = ()
+    """The clustr_aio servers whose peak RSS this side's measurement counts toward."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    ratio: float
+    higher_is_better: bool
+
+    def met_by(self, ratio: float) -> bool:
+        return ratio >= self.ratio if self.higher_is_better else ratio <= self.ratio
+
+    def __str__(self) -> str:
+        return f"{'≥' if self.higher_is_better else '≤'} {self.ratio:g}"
+
+    def ascii(self) -> str:
+        """For the chart: Pillow's built-in font has no ≤ or ≥."""
+        return f"{'>=' if self.higher_is_better else '<='} {self.ratio:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    key: str
+    title: str
+    unit: str
+    target: Target
+    a: Side
+    b: Side
+    notes: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    data: DataSet
+    nginx: Nginx
+    plain: ClustrServer
+    """FSYNC=false, one worker: the server of L, B, C, S."""
+    synced: ClustrServer
+    """FSYNC=true: side A of D."""
+    multi: ClustrServer | None
+    """FSYNC=false, WORKERS=2, when the checkout has WORKERS."""
+    wrk_seconds: int
+    wrk_connections: int
+
+
+def _seconds(fn: Callable[[], float]) -> Callable[[str], Measurement]:
+    return lambda _tag: Measurement(fn())
+
+
+def _rate(result: WrkResult) -> Measurement:
+    if result.socket_errors:
+        raise BenchError(f"wrk saw {result.socket_errors} socket errors")
+    return Measurement(result.requests_per_second, result.bad_responses, result.requests)
+
+
+def _clear_nginx_puts(nginx: Nginx) -> Callable[[], None]:
+    def clear() -> None:
+        # wrk's last requests may still be landing: whatever survives goes next time.
+        shutil.rmtree(nginx.put_dir, ignore_errors=True)
+        nginx.put_dir.mkdir(exist_ok=True)
+
+    return clear
+
+
+def _upload_side(server: ClustrServer, files: tuple[Path, ...]) -> Side:
+    return Side(
+        f"clustr_aio {server.label}",
+        _seconds(lambda: post_files(server.base_url + "/api/upload", files)),
+        _clear_uploads(server),
+        server.processes,
+        (server,),
+    )
+
+
+def _clear_uploads(server: ClustrServer) -> Callable[[], None]:
+    return lambda: server.clear_uploads(keep=frozenset({STATIC_NAME}))
+
+
+def _put_side(nginx: Nginx, file: Path) -> Side:
+    return Side(
+        "nginx PUT",
+        lambda tag: Measurement(put_file(f"{nginx.base_url}{PUT_PREFIX}{tag}.bin", file)),
+        _clear_nginx_puts(nginx),
+        nginx.processes,
+    )
+
+
+def build(setup: Setup) -> list[Scenario]:
+    data, nginx, plain = setup.data, setup.nginx, setup.plain
+    secs, conns = setup.wrk_seconds, setup.wrk_connections
+    scenarios = [
+        Scenario(
+            "L",
+            "one 1 GiB file, one multipart request (curl -F) vs nginx PUT",
+            "s",
+            Target(1.3, higher_is_better=False),
+            _upload_side(plain, (data.big,)),
+            _put_side(nginx, data.big),
+        ),
+        Scenario(
+            "B",
+            f"{len(data.jpegs)} JPEGs, one multipart request vs nginx PUT of one file as large",
+            "s",
+            Target(2.0, higher_is_better=False),
+            _upload_side(plain, data.jpegs),
+            _put_side(nginx, data.batch_concat),
+        ),
+    ]
+    for server in (plain, setup.multi):
+        if server is None:
+            continue
+        suffix = "" if server is plain else "2"
+        workers = "1 worker" if server is plain else "2 workers"
+        scenarios += [
+            Scenario(
+                "C" + suffix,
+                f"wrk -c{conns} {secs}s, multipart POST of one 500 KB JPEG ({workers})"
+                " vs nginx PUT to fresh names",
+                "req/s",
+                Target(0.5, higher_is_better=True),
+                Side(
+                    f"clustr_aio {server.label}",
+                    _bound_upload_rate(server, data.single, conns, secs),
+                    _clear_uploads(server),
+                    server.processes,
+                    (server,),
+                ),
+                Side(
+                    "nginx PUT",
+                    lambda tag: _rate(
+                        wrk(
+                            nginx.base_url + PUT_PREFIX,
+                            connections=conns,
+                            seconds=secs,
+                            script="put.lua",
+                            args=(str(data.single), tag),
+                        )
+                    ),
+                    _clear_nginx_puts(nginx),
+                    nginx.processes,
+                ),
+            ),
+            Scenario(
+                "S" + suffix,
+                f"wrk -c{conns} {secs}s, GET of one stored 500 KB JPEG ({workers}) vs nginx static",
+                "req/s",
+                Target(0.6, higher_is_better=True),
+                Side(
+                    f"clustr_aio {server.label}",
+                    _bound_get_rate(f"{server.base_url}/uploads/{STATIC_NAME}", conns, secs),
+                    lambda: None,
+                    server.processes,
+                    (server,),
+                ),
+                Side(
+                    "nginx static",
+                    _bound_get_rate(f"{nginx.base_url}{STATIC_PREFIX}{STATIC_NAME}", conns, secs),
+                    lambda: None,
+                    nginx.processes,
+                ),
+            ),
+        ]
+    scenarios.append(
+        Scenario(
+            "D",
+            "durability: B with FSYNC=true vs B with FSYNC=false",
+            "s",
+            Target(1.5, higher_is_better=False),
+            _upload_side(setup.synced, data.jpegs),
+            _upload_side(plain, data.jpegs),
+        )
+    )
+    return scenarios
+
+
+def _bound_upload_rate(
+    server: ClustrServer, file: Path, conns: int, secs: int
+) -> Callable[[str], Measurement]:
+    return lambda _tag: _rate(
+        wrk(
+            server.base_url + "/api/upload",
+            connections=conns,
+            seconds=secs,
+            script="upload.lua",
+            args=(str(file), "c.jpg"),
+        )
+    )
+
+
+def _bound_get_rate(url: str, conns: int, secs: int) -> Callable[[str], Measurement]:
+    return lambda _tag: _rate(wrk(url, connections=conns, seconds=secs))
