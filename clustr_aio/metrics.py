@@ -14,8 +14,9 @@ What is measured, and where:
 With several worker processes (``WORKERS=N``) every worker counts its own requests, and a
 scrape of any one of them must show the sum. That is prometheus-client's multiprocess mode:
 each process writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` merges
-them. The supervisor calls :func:`prepare_multiprocess_dir` before it forks the workers,
-:func:`mark_worker_dead` when it reaps one, and :func:`remove_multiprocess_dir` when it exits.
+them. The supervisor calls :func:`prepare_multiprocess_dir` before it forks the workers and
+:func:`remove_multiprocess_dir` when it exits; a scrape forgets the in-flight uploads of workers
+that died (:func:`forget_dead_processes`).
 A single process without that variable keeps its values in memory and also reports its own CPU,
 memory and file descriptors (``process_*``).
 """
@@ -169,9 +170,14 @@ class Metrics:
             self._exposed = CollectorRegistry()
             # prometheus_client's multiprocess functions lack annotations (hence the ignores).
             multiprocess.MultiProcessCollector(self._exposed, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
-        self.handler: Handler = make_aiohttp_handler(self._exposed)
+        self._collect = make_aiohttp_handler(self._exposed)
+
+    async def handler(self, request: web.Request) -> web.StreamResponse:
         """``GET /metrics``: prometheus-client's own aiohttp handler (content negotiation,
         OpenMetrics, ``name[]`` filters)."""
+        if self.multiprocess_dir is not None:
+            forget_dead_processes(self.multiprocess_dir)
+        return await self._collect(request)
 
     def count_request(self, request: web.Request, status: int, seconds: float | None) -> None:
         method = request.method if request.method in _METHODS else "other"
@@ -224,6 +230,22 @@ def _elapsed(request: web.Request) -> float | None:
     return None if started is None else time.perf_counter() - started
 
 
+def forget_dead_processes(directory: Path) -> None:
+    """Drop the in-flight gauges of worker processes that are gone (killed, crashed, replaced),
+    which would otherwise count forever. Done at each scrape, so that no supervisor (ours,
+    gunicorn's) has to report its dead workers; their counters stay, as totals must."""
+    for path in directory.glob("gauge_live*_*.db"):
+        pid_text = path.stem.rpartition("_")[2]
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(int(pid_text), str(directory))  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass  # alive, under another user
+
+
 def _use_multiprocess_values() -> None:
     """prometheus-client picks its value storage once, when it is first imported, from
     ``PROMETHEUS_MULTIPROC_DIR``. A supervisor that imported it before calling
@@ -260,8 +282,9 @@ def prepare_multiprocess_dir() -> Path:
 
 
 def mark_worker_dead(pid: int) -> None:
-    """Call in the supervisor after reaping worker ``pid``: its in-flight gauge no longer
-    counts. (Its counters and histograms stay: totals never go down.)"""
+    """Worker ``pid`` is gone: its in-flight gauge no longer counts (its counters and
+    histograms stay: totals never go down). A scrape does this by itself for every dead pid;
+    a supervisor may call it right after reaping a worker."""
     directory = os.environ.get(MULTIPROCESS_ENV)
     if directory:
         multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from clustr_aio import systemd
+from clustr_aio import metrics, systemd
 from clustr_aio.access_log import AccessLogger
 from clustr_aio.app import create_app
 from clustr_aio.config import Settings
@@ -54,7 +54,12 @@ def run(settings: Settings) -> int:
         run_worker=run_worker,
         stop_timeout=settings.shutdown_timeout,
     )
-    return supervisor.run()
+    # The workers count into files in one directory; any worker's /metrics shows their sum.
+    metrics.prepare_multiprocess_dir()
+    try:
+        return supervisor.run()
+    finally:
+        metrics.remove_multiprocess_dir()  # only in the supervisor: workers leave by os._exit
 
 
 def listening_sockets(settings: Settings) -> list[socket.socket]:

@@ -4,10 +4,15 @@ with bounded labels, and summed across processes in multiprocess mode."""
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -161,6 +166,76 @@ def test_processes_sharing_a_multiprocess_dir_report_their_sum(tmp_path: Path) -
             requests = "clustr_http_requests_total"
             assert value(samples, requests, method="POST", route="/api/upload", status="200") == 3
         assert sorted(os.listdir(folder)) == [".incoming", "a.jpg", "b.jpg", "c.jpg"]
+
+
+def worker_pids(supervisor_pid: int) -> list[int]:
+    """The supervisor's children, from /proc."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[1]) == supervisor_pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.05)
+
+
+def test_workers_report_their_sum_and_forget_the_dead(tmp_path: Path) -> None:
+    """WORKERS=2 without any PROMETHEUS_MULTIPROC_DIR: the supervisor sets one up. Every scrape,
+    whichever worker answers it, sees all uploads; killed workers' uploads in flight vanish
+    from the gauge, their counts stay."""
+    with running_server(tmp_path, {"WORKERS": "2"}) as server:
+        eventually(lambda: len(worker_pids(server.process.pid)) == 2)
+        for n in range(6):
+            upload_to(server.url, f"{n}.jpg")  # one connection each: spread over the workers
+        for _ in range(6):
+            samples = scrape_url(server.url)
+            assert value(samples, "clustr_upload_stored_files_total") == 6
+            assert not series(samples, "process_cpu_seconds_total")  # multiprocess mode
+
+        # An upload in flight, then every worker killed: the supervisor starts new ones.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as hanging:
+            hanging.sendall(
+                b"POST /api/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                + f"Content-Type: {multipart_headers()['Content-Type']}\r\n\r\n".encode()
+            )
+            eventually(lambda: value(scrape_url(server.url), "clustr_uploads_in_flight") == 1)
+            old = worker_pids(server.process.pid)
+            for pid in old:
+                os.kill(pid, signal.SIGKILL)
+            eventually(
+                lambda: (
+                    len(set(worker_pids(server.process.pid)) - set(old)) == 2
+                    and server_answers(server.url)
+                )
+            )
+        samples = scrape_url(server.url)
+        assert value(samples, "clustr_uploads_in_flight") == 0
+        assert value(samples, "clustr_upload_stored_files_total") == 6
+        ours = [
+            directory
+            for directory in Path(tempfile.gettempdir()).glob("clustr-aio-metrics-*")
+            if any((directory / f"counter_{pid}.db").exists() for pid in old)
+        ]
+        assert len(ours) == 1
+        assert server.stop() == 0
+    assert not ours[0].exists()  # the supervisor removed its directory on the way out
+
+
+def server_answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=5):
+            return True
+    except OSError:
+        return False
 
 
 SUPERVISOR = textwrap.dedent(
