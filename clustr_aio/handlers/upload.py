@@ -13,7 +13,7 @@ from aiohttp.web_urldispatcher import _default_expect_handler
 from clustr_aio.docs import operation
 from clustr_aio.docs.schemas import error_response as documented_error
 from clustr_aio.docs.schemas import json_response, ref
-from clustr_aio.errors import ClientDisconnected, ClustrError, MalformedUpload
+from clustr_aio.errors import ClientDisconnected, ClustrError, MalformedUpload, NoFilesUploaded
 from clustr_aio.forwarded import request_base_url
 from clustr_aio.ingest.multipart import MultipartStream, parse_boundary
 from clustr_aio.ingest.pipeline import StoredFile, ingest_multipart
@@ -112,6 +112,8 @@ async def _check_request(request: web.Request) -> bytes:
     and whether the storage has room for it (above MIN_FREE_SPACE)."""
     request.app[INGEST_POLICY].limits.check_declared_length(request.content_length)
     boundary = parse_boundary(request.headers.get(hdrs.CONTENT_TYPE))
+    if request.content_length == 0:  # nothing sent at all: no files, not a malformed body
+        raise NoFilesUploaded("no files were uploaded: the request body is empty")
     storage = request.app[STORAGE]
     if isinstance(storage, SpaceReporting):
         await storage.ensure_room(request.content_length)

@@ -182,6 +182,13 @@ async def test_multipart_without_files_parts_is_406(client: Client, upload_dir: 
     assert_nothing_stored(upload_dir)
 
 
+async def test_multipart_with_an_empty_body_is_406(client: Client, upload_dir: Path) -> None:
+    """Nothing at all was sent: no files, rather than a malformed body."""
+    detail = await expect_error(await post_body(client, b""), 406)
+    assert "no files" in detail
+    assert_nothing_stored(upload_dir)
+
+
 async def test_multipart_with_no_parts_at_all_is_406(client: Client) -> None:
     await expect_error(await post_body(client, multipart_body()), 406)
 
