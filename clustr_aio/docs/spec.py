@@ -79,8 +79,12 @@ def _is_cors_preflight(route: web.AbstractRoute) -> bool:
     return str(getattr(route.handler, "__module__", "")).startswith("aiohttp_cors.")
 
 
-def build_openapi(app: web.Application) -> JSONObject:
-    """The whole document for ``app`` as configured (server URL, limits in the description)."""
+def build_openapi(app: web.Application, *, server_url: str | None = None) -> JSONObject:
+    """The whole document for ``app`` as configured (limits in the description).
+
+    ``server_url`` is where clients reach the API: for a served document, the base URL of
+    that request's ``preview_url``s (PUBLIC_BASE_URL, else what a trusted proxy forwarded,
+    else HOST:PORT); by default HOST:PORT or PUBLIC_BASE_URL."""
     settings = app[SETTINGS]
     paths: dict[str, JSONObject] = {}
     for key, route in sorted(served_routes(app.router), key=lambda pair: pair[0]):
@@ -100,7 +104,7 @@ def build_openapi(app: web.Application) -> JSONObject:
             "summary": "Streaming image-upload backend of Clustr.",
             "description": _description(settings),
         },
-        "servers": [{"url": settings.base_url, "description": "PUBLIC_BASE_URL, or HOST:PORT"}],
+        "servers": [{"url": server_url or settings.base_url}],
         "tags": list(TAGS),
         "paths": paths,
         "components": {

@@ -10,7 +10,7 @@ from aiohttp import web
 from clustr_aio.docs import build_openapi, operation
 from clustr_aio.docs.assets import ASSETS, PAGES_DIR
 from clustr_aio.docs.schemas import FILE_REQUEST_HEADERS, file_responses, json_response
-from clustr_aio.keys import SETTINGS
+from clustr_aio.forwarded import request_base_url
 
 routes = web.RouteTableDef()
 
@@ -28,8 +28,9 @@ def _html_page(what: str) -> dict[int, dict[str, object]]:
 @routes.get("/openapi.json")
 @operation(
     summary="This OpenAPI document",
-    description="OpenAPI 3.1, built from the server's route table; the server URL and the "
-    "limits in the description are this server's settings.",
+    description="OpenAPI 3.1, built from the server's route table. The server URL is the one "
+    "`preview_url`s are built on (PUBLIC_BASE_URL, else what a trusted proxy forwarded, else "
+    "HOST:PORT); the limits in the description are this server's settings.",
     tags=_TAGS,
     responses={
         200: json_response(
@@ -39,7 +40,8 @@ def _html_page(what: str) -> dict[int, dict[str, object]]:
     },
 )
 async def openapi_document(request: web.Request) -> web.Response:
-    return web.json_response(build_openapi(request.app), headers=_NO_CACHE)
+    document = build_openapi(request.app, server_url=request_base_url(request))
+    return web.json_response(document, headers=_NO_CACHE)
 
 
 @routes.get("/docs")
@@ -101,10 +103,9 @@ def _page(request: web.Request, body: bytes) -> web.Response:
 def _content_security_policy(request: web.Request) -> str:
     """Everything from this server only. Exceptions, each needed by the pages as released:
     inline styles (ReDoc's styled-components, Swagger UI's React), data: images (icons inside
-    Swagger UI's CSS) and a blob: worker (ReDoc's search index). Swagger UI's "Try it out" may
-    also call the server URL of the document (PUBLIC_BASE_URL), which can be another origin
-    than the one the page was loaded from."""
-    server = urlsplit(request.app[SETTINGS].base_url)
+    Swagger UI's CSS) and a blob: worker (ReDoc's search index). Swagger UI's "Try it out"
+    also calls the document's server URL, which can be another origin than the page's."""
+    server = urlsplit(request_base_url(request))
     server_origin = f"{server.scheme}://{server.netloc}"
     return "; ".join(
         (

@@ -124,6 +124,16 @@ async def test_server_url_is_the_public_base_url(
     )
 
 
+async def test_server_url_is_what_a_trusted_proxy_forwarded(live: Client) -> None:
+    """The same base URL as the preview_urls of an upload through that proxy."""
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "photos.example.com"}
+    response = await live.get("/openapi.json", headers=forwarded)  # from 127.0.0.1: trusted
+    document = await response.json()
+    assert [server["url"] for server in document["servers"]] == ["https://photos.example.com"]
+    direct = await get_document(live)
+    assert [server["url"] for server in direct["servers"]] == [str(live.make_url("")).rstrip("/")]
+
+
 def example_request(path: str, operation: JSONObject) -> tuple[str, dict[str, Any]]:
     """A URL with each path parameter set to its example, and a body a real client would send."""
     for parameter in operation.get("parameters", []):
