@@ -13,6 +13,8 @@ import urllib.request
 from io import StringIO
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from clustr_aio.logging_setup import JsonFormatter, configure_logging
 from tests.conftest import JPEG
 from tests.server_subprocess import ServerProcess, running_server
@@ -36,7 +38,17 @@ def abandon_upload(server: ServerProcess, request_id: str) -> None:
     part = b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n\r\n'
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(head + part + JPEG)
-        time.sleep(0.2)  # let the server start reading the part before the connection drops
+        # Hang up only once the handler is reading the body, not before it started.
+        deadline = time.monotonic() + 30
+        while uploads_in_flight(server) != 1:
+            assert time.monotonic() < deadline, "the upload never started"
+            time.sleep(0.05)
+
+
+def uploads_in_flight(server: ServerProcess) -> float:
+    with urllib.request.urlopen(server.url + "/metrics?name[]=clustr_uploads_in_flight") as page:
+        families = text_string_to_metric_families(page.read().decode())
+        return next(family.samples[0].value for family in families)
 
 
 def wait_for_line(server: ServerProcess, needle: str, timeout: float = 30) -> None:
