@@ -91,7 +91,8 @@ async def missing_static_files(request: web.Request, handler: Handler) -> web.St
     resource = request.match_info.route.resource
     if isinstance(resource, web.StaticResource):
         target = resource.get_info()["directory"] / request.match_info["filename"]
-        if not await asyncio.to_thread(target.exists):
+        # A page-cached stat, on the loop like the static route's own (see inline_static).
+        if not target.exists():
             raise web.HTTPNotFound()
     return await handler(request)
 
