@@ -319,7 +319,9 @@ def _create(path: Path) -> int:
     try:
         return os.open(path, flags, 0o644)
     except FileNotFoundError:  # first file of the batch: its directory does not exist yet
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Only that one level: if the upload folder itself is gone (an unmounted volume),
+        # fail rather than recreate it on the disk underneath.
+        path.parent.mkdir(exist_ok=True)
         return os.open(path, flags, 0o644)
 
 

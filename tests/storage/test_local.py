@@ -7,6 +7,7 @@ import asyncio
 import errno
 import fcntl
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -191,6 +192,18 @@ async def test_discard_of_an_empty_batch(storage: LocalStorage, upload_dir: Path
     batch.add_file("never-written.jpg")
     await batch.discard()
     assert_nothing_stored(upload_dir)
+
+
+async def test_a_vanished_upload_folder_is_not_recreated(
+    storage: LocalStorage, upload_dir: Path
+) -> None:
+    """An unmounted upload volume must fail uploads, not fill the disk underneath it."""
+    shutil.rmtree(upload_dir)
+    batch = storage.batch()
+    with pytest.raises(FileNotFoundError):
+        await store(batch, "a.jpg", JPEG)
+    await batch.discard()
+    assert not upload_dir.exists()
 
 
 # --------------------------------------------------------------------------- full disk
