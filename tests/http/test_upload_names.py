@@ -168,12 +168,6 @@ async def test_one_batch_keeps_its_order_when_numbered(client: Client, upload_di
     assert (upload_dir / "b-1.png").read_bytes() == PNG + b"new"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingest/multipart.py reads the Content-Disposition quoted-string strictly (RFC 7230"
-    " quoted-pair), so an unescaped Windows path C:\\x\\y.jpg (old IE, some HTTP libraries)"
-    " arrives as 'C:xy.jpg'; python-multipart and Werkzeug keep the last \\-segment instead",
-)
 async def test_unescaped_windows_path_keeps_its_last_segment(client: Client) -> None:
     body = multipart_body(Part(JPEG, "C:\\Users\\me\\y.jpg"))
     response = await post_body(client, body)
