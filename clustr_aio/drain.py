@@ -6,7 +6,8 @@ so an upload whose body is on its way can never finish. :class:`DrainingRunner` 
 
 1. close the listening sockets: new connections are refused (or, with socket activation, wait
    in systemd's socket for the next process);
-2. close idle keep-alive connections, now and whenever one becomes idle;
+2. close idle keep-alive connections, now and whenever one becomes idle (a connection that has
+   not sent its first request yet gets a moment: its request is likely on its way);
 3. let every request in flight go on reading its body; its response (and that of a request that
    arrives meanwhile on a kept-alive connection) carries ``Connection: close``;
 4. after ``timeout`` seconds, cancel the requests still running: the upload pipeline discards
@@ -19,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
 from aiohttp import hdrs, web
@@ -34,6 +36,8 @@ log = logging.getLogger("clustr_aio")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _POLL_SECONDS: Final = 0.05
+_FIRST_REQUEST_GRACE_SECONDS: Final = 1.0
+"""How long a drain waits for the first request of a connection accepted just before it."""
 _ABORT_GRACE_SECONDS: Final = 5.0
 """How long cancelled requests get to discard their files and answer 503."""
 _CLOSE_TIMEOUT_SECONDS: Final = 2.0
@@ -46,6 +50,9 @@ class RequestTracker:
 
     def __init__(self) -> None:
         self.draining = False
+        # The transports of connections that have carried a request (RequestHandler itself
+        # cannot be weakly referenced; its transport lives exactly as long as the connection).
+        self.used: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._aborted: set[asyncio.Task[Any]] = set()
 
@@ -63,6 +70,8 @@ class RequestTracker:
         task = asyncio.current_task()
         assert task is not None
         self._in_flight.add(task)
+        if request.transport is not None:
+            self.used.add(request.transport)
         try:
             return await handler(request)
         except asyncio.CancelledError:
@@ -114,22 +123,31 @@ class DrainingRunner(web.AppRunner):
         server = self.server
         assert server is not None, "drain() before setup()"
         self.requests.draining = True
+        loop = asyncio.get_running_loop()
+        await _stop_accepting(loop, self.sites)
         for site in list(self.sites):
             await site.stop()  # closes the listening socket; open connections stay
-        loop = asyncio.get_running_loop()
         started = loop.time()
         log.info(
             "draining: no new connections; waiting up to %gs for %d request(s) in flight",
             self.drain_timeout,
             self.requests.in_flight,
         )
+        first_seen: dict[RequestHandler, float] = {}
         while True:
+            # Sleep first: a connection accepted just before the listener closed becomes a
+            # protocol in server.connections only a few loop iterations later.
+            await asyncio.sleep(_POLL_SECONDS)
+            now = loop.time()
             for connection in server.connections:
-                if _is_idle(connection):
+                if not _is_idle(connection):
+                    continue
+                waited = now - first_seen.setdefault(connection, now)
+                used = connection.transport in self.requests.used
+                if used or waited >= _FIRST_REQUEST_GRACE_SECONDS:
                     connection.force_close()
             if not server.connections or loop.time() - started >= self.drain_timeout:
                 break
-            await asyncio.sleep(_POLL_SECONDS)
         aborted = self.requests.abort_all()
         if aborted:
             log.warning(
@@ -140,6 +158,22 @@ class DrainingRunner(web.AppRunner):
             await asyncio.wait(aborted, timeout=_ABORT_GRACE_SECONDS)
         else:
             log.info("drained in %.2fs", loop.time() - started)
+
+
+async def _stop_accepting(loop: asyncio.AbstractEventLoop, sites: Iterable[web.BaseSite]) -> None:
+    """Stop accepting, then let the connections accepted last become connections.
+
+    asyncio accepts a connection in one step and attaches its transport to the listening
+    ``Server`` in a later one; if the server is closed in between (Python 3.11 asserts it is
+    not), the accepted socket is silently dropped and its client gets a reset. So: unregister
+    the listening sockets from the loop first, give those steps their turn, and only then close.
+    """
+    for site in sites:
+        server: asyncio.AbstractServer | None = getattr(site, "_server", None)  # no public way
+        for sock in getattr(server, "sockets", None) or ():
+            loop.remove_reader(sock.fileno())
+    for _ in range(3):  # the attaching step is the first step of a task made by the accept
+        await asyncio.sleep(0)
 
 
 def _is_idle(connection: RequestHandler) -> bool:

@@ -232,12 +232,16 @@ def _spawn(
     command = [sys.executable, "-m", "clustr_aio"]
     pass_fds: tuple[int, ...] = ()
     if listen_socket is not None:
-        # LISTEN_PID must be the server's own pid: a shell learns it ($$) and keeps it (exec),
-        # moving the socket to descriptor 3 on the way, as systemd's socket activation does.
+        # LISTEN_PID must be the server's own pid: a small Python learns it and keeps it
+        # (exec), moving the socket to descriptor 3 on the way, as systemd does.
         fd = listen_socket.fileno()
-        move = "" if fd == 3 else f"3<&{fd} {fd}<&-"
-        script = f'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@" {move}'
-        command = ["/bin/sh", "-c", script, "sh", *command]
+        wrapper = (
+            "import os, sys\n"
+            f"if {fd} != 3:\n    os.dup2({fd}, 3)\n    os.close({fd})\n"
+            "os.environ |= {'LISTEN_PID': str(os.getpid()), 'LISTEN_FDS': '1'}\n"
+            "os.execv(sys.executable, [sys.executable, '-m', 'clustr_aio'])\n"
+        )
+        command = [sys.executable, "-c", wrapper]
         pass_fds = (fd,)
     with log_path.open("wb") as log:
         return subprocess.Popen(

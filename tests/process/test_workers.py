@@ -1,0 +1,165 @@
+"""WORKERS=N: a supervisor and N worker processes on one listening socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import JPEG, stored_files, temp_files
+from tests.process.conftest import StartServer
+from tests.process.server_process import WAIT_SECONDS, RunningServer, wait_until
+from tests.process.slow_client import SlowUpload, jpeg_bytes
+
+MiB = 1024 * 1024
+
+
+def get_root(server: RunningServer) -> dict[str, str]:
+    with urllib.request.urlopen(server.url + "/", timeout=WAIT_SECONDS) as reply:
+        result: dict[str, str] = json.load(reply)
+        return result
+
+
+def incoming_dir_of(pid: int, upload_folder: Path) -> Path:
+    """The ``.incoming/<id>`` directory a live worker holds locked (its open ``.lock``)."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = Path(os.readlink(fd))
+        except OSError:
+            continue
+        if target.name == ".lock" and target.parent.parent == upload_folder / ".incoming":
+            return target.parent
+    raise AssertionError(f"process {pid} holds no .incoming directory")
+
+
+def replacement_of(server: RunningServer, gone: int, before: list[int]) -> int:
+    """Wait until a new worker has replaced ``gone`` and serves; its pid."""
+    wait_until(
+        lambda: gone not in server.worker_pids() and len(server.worker_pids()) == len(before),
+        "a replacement worker",
+    )
+    (new,) = set(server.worker_pids()) - set(before)
+    server.wait_for_log(rf"worker \d \(pid {new}\) serving")
+    return new
+
+
+def test_ready_only_once_every_worker_serves(server_factory: StartServer) -> None:
+    server = server_factory(workers=3)
+    workers = server.worker_pids()
+    assert len(workers) == 3
+    # The supervisor logs each worker's readiness before it reports READY=1.
+    for pid in workers:
+        assert f"(pid {pid}) serving" in server.logs
+    fields = dict(server.notify.fields())
+    assert fields["MAINPID"] == str(server.pid)
+    assert fields["STATUS"] == "3 workers serving"
+    assert get_root(server) == {"message": "Hello World"}
+
+
+def test_a_killed_worker_is_replaced(server_factory: StartServer) -> None:
+    server = server_factory(workers=2)
+    before = server.worker_pids()
+    os.kill(before[0], signal.SIGKILL)
+    new = replacement_of(server, before[0], before)
+    assert new not in before
+    assert "killed by SIGKILL; starting a new one" in server.logs
+    for _ in range(10):  # whichever worker accepts, every request is served
+        assert get_root(server) == {"message": "Hello World"}
+    statuses = [value for key, value in server.notify.fields() if key == "STATUS"]
+    assert any(status.startswith("replacing worker ") for status in statuses)
+    assert server.stop() == 0
+
+
+def test_sigterm_drains_every_worker(server_factory: StartServer) -> None:
+    server = server_factory(workers=2)
+    data = jpeg_bytes(3 * MiB)
+    upload = SlowUpload(
+        server.port, "slow.jpg", data, burst=3 * MiB // 2, chunk=64 * 1024, delay=0.1
+    ).start()
+    wait_until(lambda: bool(temp_files(server.upload_folder)), "a temporary file")
+    server.signal(signal.SIGTERM)
+    outcome = upload.outcome()
+    assert outcome.status == 200, (outcome, server.logs)
+    assert server.wait() == 0
+    assert (server.upload_folder / "slow.jpg").read_bytes() == data
+    assert server.logs.count("exited with status 0") == 2
+    assert server.notify.has("STOPPING=1")
+    assert server.worker_pids() == []
+
+
+def test_a_worker_that_cannot_start_fails_the_service(
+    server_factory: StartServer, tmp_path: Path
+) -> None:
+    not_a_folder = tmp_path / "uploads-file"
+    not_a_folder.write_bytes(b"")
+    server = server_factory({"UPLOAD_FOLDER": str(not_a_folder)}, workers=2, wait_ready=False)
+    assert server.wait() == 1  # not a loop of workers failing forever
+    assert "before it served; stopping" in server.logs
+    assert not server.notify.has("READY=1")
+
+
+def test_workers_exit_when_the_supervisor_is_killed(server_factory: StartServer) -> None:
+    server = server_factory(workers=2)
+    workers = server.worker_pids()
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait()
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # A zombie until init reaps it: dead all the same.
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+    # Their next heartbeat finds the pipe closed: they drain and exit on their own.
+    wait_until(lambda: all(gone(pid) for pid in workers), "the orphaned workers to exit")
+
+
+def test_a_starting_worker_keeps_a_live_siblings_files(server_factory: StartServer) -> None:
+    server = server_factory(workers=2)
+    data = jpeg_bytes(3 * MiB)
+    upload = SlowUpload(
+        server.port, "slow.jpg", data, burst=3 * MiB // 2, chunk=64 * 1024, delay=0.1
+    ).start()
+    wait_until(lambda: bool(temp_files(server.upload_folder)), "a temporary file")
+    (temp,) = temp_files(server.upload_folder)
+    before = server.worker_pids()
+    owner = next(p for p in before if temp.is_relative_to(incoming_dir_of(p, server.upload_folder)))
+    (sibling,) = set(before) - {owner}
+    sibling_dir = incoming_dir_of(sibling, server.upload_folder)
+
+    os.kill(sibling, signal.SIGKILL)
+    replacement_of(server, sibling, before)  # its storage opened and swept .incoming
+
+    assert not sibling_dir.exists()  # the dead sibling's directory was swept…
+    assert temp.exists()  # …the live owner's upload was not
+    outcome = upload.outcome()
+    assert outcome.status == 200, (outcome, server.logs)
+    assert (server.upload_folder / "slow.jpg").read_bytes() == data
+    assert server.stop() == 0
+
+
+def test_killing_the_worker_mid_upload_publishes_nothing(server_factory: StartServer) -> None:
+    server = server_factory(workers=2)
+    upload = SlowUpload(
+        server.port, "partial.jpg", jpeg_bytes(3 * MiB), burst=3 * MiB // 2, delay=0.1
+    ).start()
+    wait_until(lambda: bool(temp_files(server.upload_folder)), "a temporary file")
+    (temp,) = temp_files(server.upload_folder)
+    before = server.worker_pids()
+    owner = next(p for p in before if temp.is_relative_to(incoming_dir_of(p, server.upload_folder)))
+
+    os.kill(owner, signal.SIGKILL)
+    assert upload.outcome().error is not None  # the connection died with its worker
+    replacement_of(server, owner, before)
+    assert stored_files(server.upload_folder) == []
+    assert not temp.exists()  # swept by the replacement
+    assert temp_files(server.upload_folder) == []
+    # And the service goes on: an upload now is stored.
+    done = SlowUpload(server.port, "after.jpg", JPEG).start().outcome()
+    assert done.status == 200, done
+    assert stored_files(server.upload_folder) == ["after.jpg"]
+    assert server.stop() == 0
