@@ -195,12 +195,11 @@ def _integer(minimum: int, maximum: int | None = None) -> Callable[[object], int
 def _seconds(raw: object) -> float:
     """A duration in seconds, zero or more: a TOML number, or text such as ``30`` or ``2.5``."""
     what = "a number of seconds such as 30 or 2.5"
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        value = float(raw)
-    elif isinstance(raw, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", raw, re.ASCII):
-        value = float(raw)
-    else:
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise _expected(what, raw)  # bool is an int subclass: `= true` is not one second
+    if isinstance(raw, str) and not re.fullmatch(r"\s*\d+(\.\d+)?\s*", raw, re.ASCII):
         raise _expected(what, raw)
+    value = float(raw)
     if not 0 <= value < float("inf"):
         raise _expected(what, raw)
     return value
