@@ -16,6 +16,9 @@ aiohttp is pinned; tests/http/test_static.py covers the behaviour.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
 from pathlib import Path
 
 from aiohttp import hdrs, web
@@ -62,12 +65,24 @@ class InlineStaticResource(web.StaticResource):
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         filename = request.match_info["filename"]
+        if _is_plain_name(filename):
+            # The common case, a regular file right in the folder: Path.resolve() would lstat
+            # every component of the folder's (already resolved) path to conclude the same.
+            path = os.path.join(self._directory, filename)
+            with contextlib.suppress(OSError):
+                if stat.S_ISREG(os.lstat(path).st_mode):
+                    return InlineFileResponse(path, chunk_size=self._chunk_size)
         if Path(filename).is_absolute():  # as aiohttp: //host/share would be a UNC path
             raise web.HTTPNotFound()
         response = self._resolve_path_to_response(self._directory.joinpath(filename))
         if type(response) is web.FileResponse:
             return InlineFileResponse(response._path, chunk_size=self._chunk_size)
         return response
+
+
+def _is_plain_name(filename: str) -> bool:
+    """A single path segment that names an entry of the folder itself."""
+    return filename not in ("", ".", "..") and "/" not in filename and "\0" not in filename
 
 
 def add_inline_static(
