@@ -72,6 +72,19 @@ def test_a_killed_worker_is_replaced(server_factory: StartServer) -> None:
     assert server.stop() == 0
 
 
+def test_a_hung_worker_is_killed_and_replaced(server_factory: StartServer) -> None:
+    # WATCHDOG_USEC=1 s: the supervisor pings systemd every 0.5 s, and a worker silent for 1 s
+    # is hung. SIGSTOP freezes one, exactly as an event loop stuck in a blocking call would.
+    server = server_factory({"WATCHDOG_USEC": "1000000"}, workers=2)
+    wait_until(lambda: server.notify.received().count("WATCHDOG=1") >= 2, "supervisor pings")
+    before = server.worker_pids()
+    os.kill(before[1], signal.SIGSTOP)
+    replacement_of(server, before[1], before)
+    assert "sent no heartbeat for" in server.logs
+    assert get_root(server) == {"message": "Hello World"}
+    assert server.stop() == 0
+
+
 def test_sigterm_drains_every_worker(server_factory: StartServer) -> None:
     server = server_factory(workers=2)
     data = jpeg_bytes(3 * MiB)
