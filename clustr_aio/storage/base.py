@@ -38,7 +38,9 @@ class UploadBatch(Protocol):
         added. On failure nothing of the batch stays visible."""
 
     async def discard(self) -> None:
-        """Forget every file of the batch. Safe to call at any point, more than once."""
+        """Forget every file of the batch, published ones included: a caller that discards
+        after publish() (say, cancelled while it ran) withdraws the whole upload. Safe to call
+        at any point, more than once."""
 
 
 class Storage(Protocol):

@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from clustr_aio.errors import InsufficientStorage
 from clustr_aio.ingest.names import numbered
@@ -209,6 +209,8 @@ class LocalBatch:
         self._dir = directory
         self._files: list[LocalFile] = []
         self._closing: deque[asyncio.Future[None]] = deque()
+        self._publishing: asyncio.Future[list[str]] | None = None
+        self._published: list[str] = []
 
     def add_file(self, desired_name: str) -> LocalFile:
         file = LocalFile(self, self._dir / str(len(self._files)), desired_name)
@@ -225,7 +227,10 @@ class LocalBatch:
     async def publish(self) -> list[str]:
         while self._closing:
             await self._closing.popleft()
-        return await self._storage.run(self._publish_sync)
+        # A future of its own, so that a discard() after a cancelled publish can wait for the
+        # links the pool thread is still making, and take them back.
+        self._publishing = asyncio.ensure_future(self._storage.run(self._publish_sync))
+        return await self._publishing
 
     def _publish_sync(self) -> list[str]:
         storage = self._storage
@@ -246,11 +251,15 @@ class LocalBatch:
                 raise InsufficientStorage(_DEVICE_FULL) from None
             raise
         shutil.rmtree(self._dir, ignore_errors=True)
+        self._published = published
         return published
 
     async def discard(self) -> None:
-        # Threads cannot be cancelled: wait until every write has stopped touching the files.
-        pending = [f.in_flight for f in self._files if f.in_flight is not None]
+        # Threads cannot be cancelled: wait until every write, and a publish whose caller was
+        # cancelled, have stopped touching the files.
+        pending: list[asyncio.Future[Any]] = [f.in_flight for f in self._files if f.in_flight]
+        if self._publishing is not None:
+            pending.append(self._publishing)
         await asyncio.gather(*pending, return_exceptions=True)
         self._closing.clear()
         await self._storage.run(self._discard_sync)
@@ -259,6 +268,10 @@ class LocalBatch:
         for file in self._files:
             file.close_fd()
         shutil.rmtree(self._dir, ignore_errors=True)
+        for name in self._published:  # published, but the request failed after all
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._storage.folder / name)
+        self._published = []
 
 
 class LocalFile:

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from clustr_aio.errors import InsufficientStorage
-from clustr_aio.storage.base import Buffer
+from clustr_aio.storage.base import BatchScope, Buffer
 from clustr_aio.storage.local import (
     INCOMING_DIR,
     LocalBatch,
@@ -203,7 +204,39 @@ async def test_a_vanished_upload_folder_is_not_recreated(
     with pytest.raises(FileNotFoundError):
         await store(batch, "a.jpg", JPEG)
     await batch.discard()
-    assert not upload_dir.exists()
+    assert not await asyncio.to_thread(upload_dir.exists)
+
+
+async def test_a_publish_cancelled_midway_is_taken_back(
+    storage: LocalStorage, upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drain's timeout (or handler cancellation) can strike while the pool thread is
+    linking: the client is told the upload failed, so nothing of it may stay published."""
+    linking, release = threading.Event(), threading.Event()
+    link_unique = storage.link_unique
+
+    def slow_link(source: Path, desired: str) -> str:
+        linking.set()
+        release.wait(10)
+        return link_unique(source, desired)
+
+    monkeypatch.setattr(storage, "link_unique", slow_link)
+
+    async def upload() -> None:
+        async with BatchScope(storage.batch()) as batch:
+            for name in ("a.jpg", "b.jpg"):
+                writer = batch.add_file(name)
+                await writer.write(JPEG)
+                await writer.close()
+            await batch.publish()
+
+    task = asyncio.create_task(upload())
+    assert await asyncio.to_thread(linking.wait, 10)
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert_nothing_stored(upload_dir)
 
 
 # --------------------------------------------------------------------------- full disk
