@@ -157,7 +157,8 @@ def chart(path: Path, results: list[ScenarioResult], caption: str) -> None:
         draw.text((10, y + 2), f"{r.key}  ({r.unit})", fill="black", font=font)
         draw.text((10, y + 19), f"target {r.target.ascii()}", fill="dimgray", font=small)
         label = f"{r.ratio:.2f}  RSS {r.peak_rss_mib:.0f} MiB"
-        draw.text((x_of(r.ratio) + 6, y + 9), label, fill="black", font=small)
+        # Right of both the bar and the target tick, so neither hides it.
+        draw.text((max(x_of(r.ratio), tx) + 8, y + 9), label, fill="black", font=small)
     draw.text(
         (left, height - 25),
         "time scenarios (s): lower is better; rate scenarios (req/s): higher is better",

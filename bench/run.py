@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.clients import WRK_THREADS, post_files
 from bench.clustr import ClustrServer
 from bench.data import ensure_data
 from bench.nginx import Nginx
@@ -116,7 +117,6 @@ def _wait_for_workers(server: ClustrServer, *, workers: int) -> bool:
 
 def _store_static_file(jpeg: Path, nginx: Nginx, servers: list[ClustrServer]) -> None:
     """Scenario S's file: uploaded to each clustr_aio server, copied into nginx's root."""
-    from bench.clients import post_files
 
     staged = BENCH_DIR / "data" / "run" / STATIC_NAME
     shutil.copyfile(jpeg, staged)
@@ -227,8 +227,9 @@ def _meta(rounds: int, setup: Setup, has_workers: bool) -> dict[str, Any]:
         "the median of the per-round ratios is compared with the target.",
         "Peak RSS is the kernel's VmHWM of each clustr_aio process, reset before each "
         "measurement; with WORKERS=2 it is given per process and summed.",
-        f"nginx runs {1} worker process, clustr_aio one event loop per worker; wrk runs "
-        f"{1} thread with {setup.wrk_connections} connections for {setup.wrk_seconds} s.",
+        "nginx runs one worker process (one core, like one clustr_aio event loop; the other "
+        f"core runs the client), also against WORKERS=2; wrk runs {WRK_THREADS} thread with "
+        f"{setup.wrk_connections} connections for {setup.wrk_seconds} s.",
     ]
     if not has_workers:
         notes.append("WORKERS=2 did not start two processes: C and S ran with one worker only.")
