@@ -10,13 +10,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# Files only read at run time (the /docs assets), without their declared dependencies.
+INSTALL_ASSETS := $(BIN)/pip install --quiet --no-deps -r requirements-assets.txt
+
 # Stamp files: reinstall only when a requirements file changes.
-$(VENV)/.runtime: requirements.txt | $(BIN)/python
+$(VENV)/.runtime: requirements.txt requirements-assets.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(INSTALL_ASSETS)
 	touch $@
 
-$(VENV)/.dev: requirements.txt requirements-dev.txt pyproject.toml | $(BIN)/python
+$(VENV)/.dev: requirements.txt requirements-assets.txt requirements-dev.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(INSTALL_ASSETS)
 	$(BIN)/pip install --quiet --no-deps --editable .
 	touch $@ $(VENV)/.runtime
 
@@ -34,8 +39,9 @@ system-deps:  ## Debian packages the tests drive (curl, …); installs only what
 test: install system-deps  ## the whole suite, through real servers, sockets and clients
 	$(BIN)/python -m pytest
 
-$(VENV)/.bench: requirements.txt requirements-bench.txt | $(BIN)/python
+$(VENV)/.bench: requirements.txt requirements-assets.txt requirements-bench.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-bench.txt
+	$(INSTALL_ASSETS)
 	touch $@
 
 # clustr_aio against nginx (dav PUT, static) on this machine, ~8 min with the default 3 rounds;

@@ -39,7 +39,7 @@ def _sidecar_static_dir() -> Path:
         raise RuntimeError(
             f"the {SIDECAR_PACKAGE} package (PyPI: drf-spectacular-sidecar) is not installed; "
             "the /docs and /redoc pages need its Swagger UI and ReDoc files: "
-            "pip install -r requirements.txt"
+            "pip install --no-deps -r requirements-assets.txt"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "static" / SIDECAR_PACKAGE
 
