@@ -44,7 +44,7 @@ def create_app(settings: Settings) -> web.Application:
         ),
     )
     app.cleanup_ctx.append(_local_storage)
-    app.on_response_prepare.append(middlewares.security_headers)
+    app.on_response_prepare.append(middlewares.common_headers)
     app.on_response_prepare.append(metrics.count_response)
 
     app.router.add_routes(root.routes)

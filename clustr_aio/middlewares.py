@@ -28,19 +28,24 @@ _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate", "Location")
 
 
+def ensure_request_id(request: web.BaseRequest) -> str:
+    """The request's id, assigned on first use: the client's X-Request-ID if it is sane."""
+    rid = request.get(REQUEST_ID)
+    if rid is None:
+        offered = request.headers.get(REQUEST_ID_HEADER, "")
+        rid = offered if _CLIENT_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex[:16]
+        request[REQUEST_ID] = rid
+    return rid
+
+
 @web.middleware
 async def request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Tag the request with an id (the client's X-Request-ID if it is sane) for the logs."""
-    offered = request.headers.get(REQUEST_ID_HEADER, "")
-    rid = offered if _CLIENT_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex[:16]
-    request[REQUEST_ID] = rid
-    token = bind_request_id(rid)  # every log record of this request carries the id
+    """Tag the request with an id for the logs: every record logged while it runs carries it."""
+    token = bind_request_id(ensure_request_id(request))
     try:
-        response = await handler(request)
+        return await handler(request)
     finally:
         unbind_request_id(token)
-    response.headers[REQUEST_ID_HEADER] = rid
-    return response
 
 
 @web.middleware
@@ -97,6 +102,8 @@ async def missing_static_files(request: web.Request, handler: Handler) -> web.St
     return await handler(request)
 
 
-async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: on every response, static files and errors included."""
+async def common_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: on every response, static files, errors and the refusals that
+    aiohttp sends before any middleware runs (``Expect: 100-continue``) included."""
     response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers[REQUEST_ID_HEADER] = ensure_request_id(request)

@@ -205,6 +205,7 @@ async def test_expect_continue_over_the_limit_gets_413_instead_of_100(
     assert response.status == 413
     assert response.headers["Content-Type"].startswith("application/json")
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert len(response.headers["X-Request-ID"]) == 16  # though no middleware ran
     assert "detail" in response.json()
     assert_nothing_stored(upload_dir)
 
