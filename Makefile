@@ -50,7 +50,7 @@ bench: $(VENV)/.bench  ## benchmark against nginx, the machine's physical limit
 	./.ci/system-deps wrk:wrk
 	$(BIN)/python -m bench.run
 
-lint: install  ## ruff + mypy --strict
+lint: install $(VENV)/.bench  ## ruff + mypy --strict (bench/ included, hence its packages)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
