@@ -3,9 +3,7 @@ only through the environment, as systemd would run it."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,18 +75,6 @@ class ClustrServer:
     def peaks(self) -> list[int]:
         """Peak RSS of each process of the server (the master first), since the last reset."""
         return peak_rss(self.processes())
-
-    def clear_uploads(self, keep: frozenset[str] = frozenset()) -> None:
-        """Remove the stored files (not .incoming, which the server owns), except ``keep``."""
-        with os.scandir(self.upload_folder) as entries:
-            for entry in entries:
-                if entry.name.startswith(".") or entry.name in keep:
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
 
     def stop(self) -> None:
         if self._process is not None:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.attic import Attic
 from bench.clients import WRK_THREADS, post_files
 from bench.clustr import ClustrServer
 from bench.data import ensure_data
@@ -79,6 +80,7 @@ def main() -> int:
             multi=multi if has_workers else None,
             wrk_seconds=int(os.environ.get("BENCH_SECONDS", "8")),
             wrk_connections=int(os.environ.get("BENCH_CONNECTIONS", "16")),
+            attic=Attic(work / "attic"),
         )
         scenarios = [s for s in build(setup) if not only or s.key in only]
         if profile_dir:

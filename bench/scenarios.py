@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.attic import Attic
 from bench.clients import BenchError, WrkResult, post_files, put_file, wrk
 from bench.clustr import ClustrServer
 from bench.data import DataSet
@@ -76,6 +76,8 @@ class Setup:
     """FSYNC=false, WORKERS=2, when the checkout has WORKERS."""
     wrk_seconds: int
     wrk_connections: int
+    attic: Attic
+    """Where measurements' files go instead of being deleted (see bench/attic.py)."""
 
 
 def _seconds(fn: Callable[[], float]) -> Callable[[str], Measurement]:
@@ -88,34 +90,31 @@ def _rate(result: WrkResult) -> Measurement:
     return Measurement(result.requests_per_second, result.bad_responses, result.requests)
 
 
-def _clear_nginx_puts(nginx: Nginx) -> Callable[[], None]:
-    def clear() -> None:
-        # wrk's last requests may still be landing: whatever survives goes next time.
-        shutil.rmtree(nginx.put_dir, ignore_errors=True)
-        nginx.put_dir.mkdir(exist_ok=True)
-
-    return clear
+def _clear_nginx_puts(setup: Setup) -> Callable[[], None]:
+    return lambda: setup.attic.stash(setup.nginx.put_dir)
 
 
-def _upload_side(server: ClustrServer, files: tuple[Path, ...]) -> Side:
+def _upload_side(setup: Setup, server: ClustrServer, files: tuple[Path, ...]) -> Side:
     return Side(
         f"clustr_aio {server.label}",
         _seconds(lambda: post_files(server.base_url + "/api/upload", files)),
-        _clear_uploads(server),
+        _clear_uploads(setup, server),
         server.processes,
         (server,),
     )
 
 
-def _clear_uploads(server: ClustrServer) -> Callable[[], None]:
-    return lambda: server.clear_uploads(keep=frozenset({STATIC_NAME}))
+def _clear_uploads(setup: Setup, server: ClustrServer) -> Callable[[], None]:
+    # .incoming is the server's own (and hidden, as a dot-folder); static.jpg serves S.
+    return lambda: setup.attic.stash(server.upload_folder, keep=frozenset({STATIC_NAME}))
 
 
-def _put_side(nginx: Nginx, file: Path) -> Side:
+def _put_side(setup: Setup, file: Path) -> Side:
+    nginx = setup.nginx
     return Side(
         "nginx PUT",
         lambda tag: Measurement(put_file(f"{nginx.base_url}{PUT_PREFIX}{tag}.bin", file)),
-        _clear_nginx_puts(nginx),
+        _clear_nginx_puts(setup),
         nginx.processes,
     )
 
@@ -129,16 +128,16 @@ def build(setup: Setup) -> list[Scenario]:
             "one 1 GiB file, one multipart request (curl -F) vs nginx PUT",
             "s",
             Target(1.3, higher_is_better=False),
-            _upload_side(plain, (data.big,)),
-            _put_side(nginx, data.big),
+            _upload_side(setup, plain, (data.big,)),
+            _put_side(setup, data.big),
         ),
         Scenario(
             "B",
             f"{len(data.jpegs)} JPEGs, one multipart request vs nginx PUT of one file as large",
             "s",
             Target(2.0, higher_is_better=False),
-            _upload_side(plain, data.jpegs),
-            _put_side(nginx, data.batch_concat),
+            _upload_side(setup, plain, data.jpegs),
+            _put_side(setup, data.batch_concat),
         ),
     ]
     for server in (plain, setup.multi):
@@ -156,7 +155,7 @@ def build(setup: Setup) -> list[Scenario]:
                 Side(
                     f"clustr_aio {server.label}",
                     _bound_upload_rate(server, data.single, conns, secs),
-                    _clear_uploads(server),
+                    _clear_uploads(setup, server),
                     server.processes,
                     (server,),
                 ),
@@ -171,7 +170,7 @@ def build(setup: Setup) -> list[Scenario]:
                             args=(str(data.single), tag),
                         )
                     ),
-                    _clear_nginx_puts(nginx),
+                    _clear_nginx_puts(setup),
                     nginx.processes,
                 ),
             ),
@@ -201,8 +200,8 @@ def build(setup: Setup) -> list[Scenario]:
             "durability: B with FSYNC=true vs B with FSYNC=false",
             "s",
             Target(1.5, higher_is_better=False),
-            _upload_side(setup.synced, data.jpegs),
-            _upload_side(plain, data.jpegs),
+            _upload_side(setup, setup.synced, data.jpegs),
+            _upload_side(setup, plain, data.jpegs),
         )
     )
     return scenarios
