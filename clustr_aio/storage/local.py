@@ -230,7 +230,9 @@ class LocalBatch:
         # A future of its own, so that a discard() after a cancelled publish can wait for the
         # links the pool thread is still making, and take them back.
         self._publishing = asyncio.ensure_future(self._storage.run(self._publish_sync))
-        return await self._publishing
+        # Shielded: cancelling the caller must not cancel this future while the thread links on,
+        # or discard() would not wait for the thread and could miss names it publishes later.
+        return await asyncio.shield(self._publishing)
 
     def _publish_sync(self) -> list[str]:
         storage = self._storage
