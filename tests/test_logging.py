@@ -8,7 +8,6 @@ import logging
 import re
 import socket
 import sys
-import time
 import urllib.request
 from io import StringIO
 from pathlib import Path
@@ -17,18 +16,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from clustr_aio.logging_setup import JsonFormatter, configure_logging
 from tests.conftest import JPEG
-from tests.server_subprocess import ServerProcess, running_server
+from tests.server_process import WAIT_SECONDS, RunningServer, start_server, wait_until
 
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}")
 
 
-def get(server: ServerProcess, path: str, request_id: str) -> None:
+def get(server: RunningServer, path: str, request_id: str) -> None:
     request = urllib.request.Request(server.url + path, headers={"X-Request-ID": request_id})
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with urllib.request.urlopen(request, timeout=WAIT_SECONDS) as response:
         assert response.status == 200
 
 
-def abandon_upload(server: ServerProcess, request_id: str) -> None:
+def abandon_upload(server: RunningServer, request_id: str) -> None:
     """Send the headers and a part of a multipart body, then hang up."""
     head = (
         "POST /api/upload HTTP/1.1\r\nHost: test\r\n"
@@ -36,38 +35,26 @@ def abandon_upload(server: ServerProcess, request_id: str) -> None:
         "Content-Type: multipart/form-data; boundary=b\r\n\r\n"
     ).encode()
     part = b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n\r\n'
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_SECONDS) as sock:
         sock.sendall(head + part + JPEG)
         # Hang up only once the handler is reading the body, not before it started.
-        deadline = time.monotonic() + 30
-        while uploads_in_flight(server) != 1:
-            assert time.monotonic() < deadline, "the upload never started"
-            time.sleep(0.05)
+        wait_until(lambda: uploads_in_flight(server) == 1, "the upload to start")
 
 
-def uploads_in_flight(server: ServerProcess) -> float:
+def uploads_in_flight(server: RunningServer) -> float:
     with urllib.request.urlopen(server.url + "/metrics?name[]=clustr_uploads_in_flight") as page:
         families = text_string_to_metric_families(page.read().decode())
         return next(family.samples[0].value for family in families)
 
 
-def wait_for_line(server: ServerProcess, needle: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not any(needle in line for line in server.stderr_lines()):
-        assert time.monotonic() < deadline, f"{needle!r} never logged:\n" + "\n".join(
-            server.stderr_lines()
-        )
-        time.sleep(0.05)
-
-
 def test_json_lines_carry_level_logger_and_request_id(tmp_path: Path) -> None:
-    with running_server(tmp_path, {"LOG_FORMAT": "json"}) as server:
+    with start_server({"LOG_FORMAT": "json"}, directory=tmp_path) as server:
         get(server, "/", "rid-hello")
         abandon_upload(server, "rid-gone")
-        wait_for_line(server, "client disconnected")
-        wait_for_line(server, "rid-gone")
+        server.wait_for_log("client disconnected")
+        server.wait_for_log("rid-gone")
         assert server.stop() == 0
-    lines = server.stderr_lines()
+    lines = server.logs.splitlines()
     records = [json.loads(line) for line in lines]  # every line, start-up and shutdown included
     for record in records:
         assert {"time", "level", "logger", "message"} <= record.keys()
@@ -86,11 +73,11 @@ def test_json_lines_carry_level_logger_and_request_id(tmp_path: Path) -> None:
 
 
 def test_under_journald_lines_have_priority_prefix_and_no_timestamp(tmp_path: Path) -> None:
-    with running_server(tmp_path, journal=True) as server:
+    with start_server(directory=tmp_path, journal=True) as server:
         get(server, "/", "rid-journal")
-        wait_for_line(server, "rid-journal")
+        server.wait_for_log("rid-journal")
         assert server.stop() == 0
-    lines = server.stderr_lines()
+    lines = server.logs.splitlines()
     assert lines
     for line in lines:
         assert re.match(r"<[0-7]>", line), line
@@ -102,9 +89,9 @@ def test_under_journald_lines_have_priority_prefix_and_no_timestamp(tmp_path: Pa
 def test_journal_stream_of_another_file_is_ignored(tmp_path: Path) -> None:
     """A process whose stderr was redirected away from the journal keeps ordinary lines even
     though it inherited JOURNAL_STREAM."""
-    with running_server(tmp_path, {"JOURNAL_STREAM": "1:2"}) as server:
+    with start_server({"JOURNAL_STREAM": "1:2"}, directory=tmp_path) as server:
         assert server.stop() == 0
-    lines = server.stderr_lines()
+    lines = server.logs.splitlines()
     assert lines
     for line in lines:
         assert TIMESTAMP.match(line), line

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import JPEG
-from tests.server_subprocess import REPO, ServerProcess, free_port, running_server
+from tests.conftest import JPEG, REPO
+from tests.server_process import RunningServer, free_port, start_server
 
 SITE = REPO / "deploy" / "nginx.conf"
 HOST = "photos.test"
@@ -112,10 +112,10 @@ def headers_and_body(result: subprocess.CompletedProcess[bytes]) -> tuple[str, b
 
 
 @contextmanager
-def stack(tmp_path: Path, *, buffering: bool = False) -> Iterator[tuple[ServerProcess, int, Path]]:
+def stack(tmp_path: Path, *, buffering: bool = False) -> Iterator[tuple[RunningServer, int, Path]]:
     """The server and nginx in front of it: (server, nginx's port, nginx's error log)."""
     folder = tmp_path / "uploads"
-    with running_server(tmp_path / "server", upload_folder=folder) as server:
+    with start_server({"UPLOAD_FOLDER": str(folder)}, directory=tmp_path / "server") as server:
         port = free_port()
         site = render_site(
             port=port, upstream_port=server.port, upload_folder=folder, buffering=buffering

@@ -3,7 +3,6 @@ server URL (and every ``preview_url``) points at it, as in production."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from aiohttp.test_utils import TestServer
 
 from clustr_aio.app import create_app
 from tests.conftest import make_settings
+from tests.server_process import free_port
 
 AiohttpServer = Callable[..., Awaitable[TestServer]]
 
@@ -21,9 +21,7 @@ async def start_live_server(
 ) -> TestServer:
     last_error: OSError | None = None
     for _attempt in range(5):  # another process may take the free port before we bind it
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
+        port = free_port()
         settings = make_settings(upload_dir, host="127.0.0.1", port=port, **overrides)
         try:
             return await aiohttp_server(create_app(settings), host="127.0.0.1", port=port)

@@ -24,7 +24,7 @@ from tests.http.helpers import (
     request_head,
     upload_ok,
 )
-from tests.server_subprocess import ServerProcess, running_server
+from tests.server_process import RunningServer, start_server
 
 MIB = 1024 * 1024
 
@@ -69,16 +69,16 @@ async def test_vanishing_client_leaves_nothing_in_process(
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with running_server(tmp_path_factory.mktemp("disconnect"), {"FSYNC": "true"}) as server:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with start_server({"FSYNC": "true"}, directory=tmp_path_factory.mktemp("disconnect")) as server:
         yield server
 
 
 @pytest.mark.parametrize("how", ["close", "reset", "chunked"])
 async def test_vanishing_client_leaves_nothing_in_a_real_process(
-    server: ServerProcess, how: str
+    server: RunningServer, how: str
 ) -> None:
-    upload_dir = server.stderr_path.parent / "uploads"
+    upload_dir = server.upload_folder
     for name in stored_files(upload_dir):  # the previous case's "next" upload
         (upload_dir / name).unlink()
     await vanish_mid_upload("127.0.0.1", server.port, upload_dir, how)
@@ -89,7 +89,7 @@ async def test_vanishing_client_leaves_nothing_in_a_real_process(
             assert response.status == 200, await response.text()
     assert stored_files(upload_dir) == [f"next-{how}.jpg"]
     assert server.process.poll() is None
-    log = server.stderr_lines()
+    log = server.logs.splitlines()
     assert not any("Traceback" in line for line in log)
     # Without handler cancellation the handler itself saw the client go (the production path).
     assert any("client disconnected" in line for line in log)

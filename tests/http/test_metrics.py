@@ -10,14 +10,12 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import JPEG, PNG, Client
+from tests.conftest import JPEG, PNG, REPO, Client
 from tests.http.conftest import MakeClient
 from tests.http.helpers import (
     expect_error,
@@ -28,7 +26,7 @@ from tests.http.helpers import (
     upload,
     upload_ok,
 )
-from tests.server_subprocess import REPO, running_server
+from tests.server_process import start_server, wait_until
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -154,8 +152,8 @@ def test_processes_sharing_a_multiprocess_dir_report_their_sum(tmp_path: Path) -
     env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     folder = tmp_path / "uploads"
     with (
-        running_server(tmp_path / "one", env, upload_folder=folder) as one,
-        running_server(tmp_path / "two", env, upload_folder=folder) as two,
+        start_server(env | {"UPLOAD_FOLDER": str(folder)}, directory=tmp_path / "one") as one,
+        start_server(env | {"UPLOAD_FOLDER": str(folder)}, directory=tmp_path / "two") as two,
     ):
         upload_to(one.url, "a.jpg")
         upload_to(two.url, "b.jpg")
@@ -168,32 +166,12 @@ def test_processes_sharing_a_multiprocess_dir_report_their_sum(tmp_path: Path) -
         assert sorted(os.listdir(folder)) == [".incoming", "a.jpg", "b.jpg", "c.jpg"]
 
 
-def worker_pids(supervisor_pid: int) -> list[int]:
-    """The supervisor's children, from /proc."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue  # exited meanwhile
-        if int(fields[1]) == supervisor_pid:
-            children.append(int(stat.parent.name))
-    return children
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.05)
-
-
 def test_workers_report_their_sum_and_forget_the_dead(tmp_path: Path) -> None:
     """WORKERS=2 without any PROMETHEUS_MULTIPROC_DIR: the supervisor sets one up. Every scrape,
     whichever worker answers it, sees all uploads; killed workers' uploads in flight vanish
     from the gauge, their counts stay."""
-    with running_server(tmp_path, {"WORKERS": "2"}) as server:
-        eventually(lambda: len(worker_pids(server.process.pid)) == 2)
+    with start_server(workers=2, directory=tmp_path) as server:
+        wait_until(lambda: len(server.worker_pids()) == 2, "two workers")
         for n in range(6):
             upload_to(server.url, f"{n}.jpg")  # one connection each: spread over the workers
         for _ in range(6):
@@ -207,15 +185,18 @@ def test_workers_report_their_sum_and_forget_the_dead(tmp_path: Path) -> None:
                 b"POST /api/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
                 + f"Content-Type: {multipart_headers()['Content-Type']}\r\n\r\n".encode()
             )
-            eventually(lambda: value(scrape_url(server.url), "clustr_uploads_in_flight") == 1)
-            old = worker_pids(server.process.pid)
+            wait_until(
+                lambda: value(scrape_url(server.url), "clustr_uploads_in_flight") == 1,
+                "the upload to be in flight",
+            )
+            old = server.worker_pids()
             for pid in old:
                 os.kill(pid, signal.SIGKILL)
-            eventually(
+            wait_until(
                 lambda: (
-                    len(set(worker_pids(server.process.pid)) - set(old)) == 2
-                    and server_answers(server.url)
-                )
+                    len(set(server.worker_pids()) - set(old)) == 2 and server_answers(server.url)
+                ),
+                "two new workers, serving",
             )
         samples = scrape_url(server.url)
         assert value(samples, "clustr_uploads_in_flight") == 0

@@ -17,22 +17,23 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import JPEG, PNG
-from tests.server_subprocess import ServerProcess, free_port, running_server, server_env
-
-WAIT_SECONDS = 30.0
+from tests.server_process import (
+    WAIT_SECONDS,
+    RunningServer,
+    free_port,
+    server_env,
+    start_server,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with running_server(tmp_path_factory.mktemp("process")) as server:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with start_server(directory=tmp_path_factory.mktemp("process")) as server:
         yield server
 
 
-def upload_folder(server: ServerProcess) -> Path:
-    return server.stderr_path.parent / "uploads"
-
-
-def get(server: ServerProcess, path: str, request_id: str) -> int:
+def get(server: RunningServer, path: str, request_id: str) -> int:
     request = urllib.request.Request(server.url + path, headers={"X-Request-ID": request_id})
     try:
         with urllib.request.urlopen(request, timeout=WAIT_SECONDS) as response:
@@ -42,24 +43,26 @@ def get(server: ServerProcess, path: str, request_id: str) -> int:
     return status
 
 
-def log_lines_with(server: ServerProcess, text: str, count: int) -> list[str]:
+def lines_with(server: RunningServer, text: str) -> list[str]:
+    return [line for line in server.logs.splitlines() if text in line]
+
+
+def log_lines_with(server: RunningServer, text: str, count: int) -> list[str]:
     """Wait for ``count`` log lines containing ``text`` (log writes may trail the response)."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    while len(found := [line for line in server.stderr_lines() if text in line]) < count:
-        assert time.monotonic() < deadline, f"{text!r} x{count} not in:\n" + "\n".join(
-            server.stderr_lines()
-        )
-        time.sleep(0.02)
-    return found
+    wait_until(
+        lambda: len(lines_with(server, text)) >= count,
+        lambda: f"{text!r} x{count} in:\n{server.logs}",
+    )
+    return lines_with(server, text)
 
 
-def test_start_up_line_says_where_it_listens_and_where_files_go(server: ServerProcess) -> None:
+def test_start_up_line_says_where_it_listens_and_where_files_go(server: RunningServer) -> None:
     [line] = log_lines_with(server, "listening on", 1)
     assert f"http://127.0.0.1:{server.port}" in line
-    assert str(upload_folder(server)) in line
+    assert str(server.upload_folder) in line
 
 
-def test_one_access_line_per_request_with_its_id(server: ServerProcess) -> None:
+def test_one_access_line_per_request_with_its_id(server: RunningServer) -> None:
     requests = {"proc-root-1": "/", "proc-root-2": "/", "proc-missing-3": "/nope"}
     statuses = {rid: get(server, path, rid) for rid, path in requests.items()}
     assert statuses == {"proc-root-1": 200, "proc-root-2": 200, "proc-missing-3": 404}
@@ -69,10 +72,10 @@ def test_one_access_line_per_request_with_its_id(server: ServerProcess) -> None:
         assert str(statuses[rid]) in line
     time.sleep(0.2)  # had a second line been logged for any of them, it would be there by now
     for rid in requests:
-        assert len([line for line in server.stderr_lines() if rid in line]) == 1
+        assert len(lines_with(server, rid)) == 1
 
 
-def test_curl_uploads_two_files(server: ServerProcess, tmp_path: Path) -> None:
+def test_curl_uploads_two_files(server: RunningServer, tmp_path: Path) -> None:
     curl = shutil.which("curl")
     if curl is None:
         if os.environ.get("CI") == "true":
@@ -109,7 +112,7 @@ def test_curl_uploads_two_files(server: ServerProcess, tmp_path: Path) -> None:
         "image/jpeg",
     ]
     assert names[2] == "curl evil.jpg"
-    folder = upload_folder(server)
+    folder = server.upload_folder
     for name, data in zip(names, (JPEG, PNG, JPEG), strict=True):
         assert (folder / name).read_bytes() == data
     # …and curl fetches them back from the preview URL.
@@ -144,9 +147,9 @@ def test_a_bad_setting_is_one_clear_line_and_a_failure_exit(tmp_path: Path) -> N
 
 
 def test_sigterm_is_a_clean_exit(tmp_path: Path) -> None:
-    with running_server(tmp_path) as server:
+    with start_server(directory=tmp_path) as server:
         assert get(server, "/", "before-sigterm") == 200
         assert server.stop() == 0
-        log = "\n".join(server.stderr_lines())
+        log = server.logs
     assert "Traceback" not in log
     assert "ERROR" not in log

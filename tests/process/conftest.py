@@ -8,22 +8,20 @@ from typing import Any
 
 import pytest
 
-from tests.process.server_process import RunningServer, launch_server, start_server
+from tests.server_process import RunningServer, start_server
 
 StartServer = Callable[..., RunningServer]
 
 
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[StartServer]:
-    """``server_factory(env, workers=N, ...)``: :func:`start_server` in this test's tmp_path
-    (:func:`launch_server` with ``wait_ready=False``); every server is killed at teardown."""
+    """``server_factory(env, workers=N, ...)``: :func:`start_server` in this test's tmp_path;
+    every server is killed at teardown."""
     started: list[RunningServer] = []
 
-    def start(
-        env: dict[str, str] | None = None, *, wait_ready: bool = True, **options: Any
-    ) -> RunningServer:
+    def start(env: dict[str, str] | None = None, **options: Any) -> RunningServer:
         options.setdefault("directory", tmp_path)
-        server = (start_server if wait_ready else launch_server)(env, **options)
+        server = start_server(env, **options)
         started.append(server)
         return server
 

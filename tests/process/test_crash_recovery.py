@@ -10,8 +10,8 @@ import pytest
 
 from tests.conftest import stored_files, temp_files
 from tests.process.conftest import StartServer
-from tests.process.server_process import WAIT_SECONDS, wait_until
 from tests.process.slow_client import SlowUpload, jpeg_bytes
+from tests.server_process import WAIT_SECONDS, wait_until
 
 MiB = 1024 * 1024
 

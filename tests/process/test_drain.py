@@ -8,8 +8,8 @@ import time
 
 from tests.conftest import stored_files, temp_files
 from tests.process.conftest import StartServer
-from tests.process.server_process import RunningServer, wait_until
 from tests.process.slow_client import SlowUpload, jpeg_bytes
+from tests.server_process import RunningServer, wait_until
 
 
 def connection_refused(port: int) -> bool:

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import JPEG, stored_files, temp_files
-from tests.process.server_process import WAIT_SECONDS, wait_until
 from tests.process.slow_client import SlowUpload, jpeg_bytes
-from tests.server_subprocess import free_port, server_env
+from tests.server_process import WAIT_SECONDS, free_port, server_env, wait_until
 
 MiB = 1024 * 1024
 

@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 from tests.process.conftest import StartServer
-from tests.process.server_process import wait_until
+from tests.server_process import wait_until
 
 
 def test_ready_once_listening_with_status_and_mainpid(server_factory: StartServer) -> None:

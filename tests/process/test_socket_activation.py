@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.process.conftest import StartServer
-from tests.process.server_process import WAIT_SECONDS
+from tests.server_process import WAIT_SECONDS
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from tests.conftest import JPEG, stored_files, temp_files
 from tests.process.conftest import StartServer
-from tests.process.server_process import WAIT_SECONDS, RunningServer, wait_until
 from tests.process.slow_client import SlowUpload, jpeg_bytes
+from tests.server_process import WAIT_SECONDS, RunningServer, wait_until
 
 MiB = 1024 * 1024
 

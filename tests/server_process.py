@@ -1,9 +1,12 @@
-"""Start ``python -m clustr_aio`` as a real process, the way systemd does, for tests of the
-process model: signals, ``kill -9``, workers, socket activation, sd_notify.
+"""Start ``python -m clustr_aio`` as a real process, the way systemd does: the one way the tests
+start the whole program (its logging, its environment handling, signals, ``kill -9``, workers,
+socket activation, sd_notify).
 
-``start_server(env, workers=N)`` hands the child a ``NOTIFY_SOCKET`` of its own and returns once
-the server has sent ``READY=1`` on it (the readiness systemd would see), so no test polls a port.
-Always stop what you start: the ``server_factory`` fixture in ``tests/process/conftest.py`` does.
+``start_server(env, workers=N, directory=tmp_path)`` hands the child a ``NOTIFY_SOCKET`` of its
+own and returns once the server has sent ``READY=1`` on it (the readiness systemd would see, and
+with workers only once every one serves), so no test polls a port. Always stop what you start:
+``with start_server(...) as server:``, or the ``server_factory`` fixture in
+``tests/process/conftest.py``; either kills whatever is left of it at the end.
 """
 
 from __future__ import annotations
@@ -21,22 +24,73 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 
-from tests.server_subprocess import free_port, server_env
+from clustr_aio.config import SETTINGS
 
-__all__ = ["NotifySocket", "RunningServer", "launch_server", "start_server", "wait_until"]
+__all__ = [
+    "WAIT_SECONDS",
+    "NotifySocket",
+    "RunningServer",
+    "free_port",
+    "server_env",
+    "start_server",
+    "wait_until",
+]
 
+REPO = Path(__file__).resolve().parent.parent
 WAIT_SECONDS = 30.0
 """Upper bound for anything these tests wait for; generous for a loaded 2-core CI machine."""
 
+# Variables that would change how the child behaves if inherited from the developer's shell.
+_SCRUBBED = frozenset(
+    {spec.name for spec in SETTINGS}
+    | {"CONFIG_FILE", "ENV_FILE", "JOURNAL_STREAM", "PROMETHEUS_MULTIPROC_DIR"}
+    # systemd's, when the tests themselves run under it: the child gets its own or none.
+    | {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}
+    | {"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
+)
 
-def wait_until(condition: Callable[[], bool], what: str, *, timeout: float = WAIT_SECONDS) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+
+def wait_until(
+    condition: Callable[[], bool], what: str | Callable[[], str], *, timeout: float = WAIT_SECONDS
+) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds.
+
+    ``what`` may be a function, to describe the state at the failure (a log, say), not at the
+    start of the wait.
+    """
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+            description = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {description}")
         time.sleep(0.02)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (another process may take it before you bind)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def server_env(upload_folder: Path, port: int, **settings: str) -> dict[str, str]:
+    """The inherited environment minus anything that configures the server, plus settings:
+    for running the program (or gunicorn) directly, where :func:`start_server` does not fit."""
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+    empty_env = upload_folder.parent / "server-test.env"
+    empty_env.touch()
+    env |= {
+        "ENV_FILE": str(empty_env),  # not the developer's .env
+        "UPLOAD_FOLDER": str(upload_folder),
+        "PORT": str(port),
+        "FSYNC": "false",
+        # The repository's clustr_aio, even where it is not installed into the interpreter.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    return env | settings
 
 
 class NotifySocket:
@@ -82,7 +136,8 @@ class NotifySocket:
 
 @dataclass
 class RunningServer:
-    """A started server. ``port``/``url`` to reach it, ``upload_folder`` to look at the disk."""
+    """A started server. ``port``/``url`` to reach it, ``upload_folder`` to look at the disk,
+    ``logs`` for what it wrote to stdout and stderr (still there after it stopped)."""
 
     process: subprocess.Popen[bytes]
     port: int
@@ -90,6 +145,17 @@ class RunningServer:
     log_path: Path
     notify: NotifySocket
     _closed: bool = field(default=False, repr=False)
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
     @property
     def pid(self) -> int:
@@ -113,11 +179,11 @@ class RunningServer:
                 found.append(match)
             return match is not None
 
-        wait_until(logged, f"{pattern!r} in the log:\n{self.logs}", timeout=timeout)
+        wait_until(logged, lambda: f"{pattern!r} in the log:\n{self.logs}", timeout=timeout)
         return found[0]
 
     def worker_pids(self) -> list[int]:
-        """The server's child processes (its workers), from /proc."""
+        """The server's live child processes (its workers), from /proc."""
         children = []
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
@@ -162,65 +228,59 @@ class RunningServer:
 def start_server(
     env: Mapping[str, str] | None = None,
     *,
+    directory: Path,
     workers: int = 1,
-    directory: Path | None = None,
     listen_socket: socket.socket | None = None,
     abstract_notify_socket: bool = False,
+    journal: bool = False,
+    wait_ready: bool = True,
     ready_timeout: float = WAIT_SECONDS,
 ) -> RunningServer:
     """Start ``python -m clustr_aio`` with settings ``env`` and wait for ``READY=1``.
 
-    ``directory`` holds the log, the notify socket and (unless ``env`` names another
-    ``UPLOAD_FOLDER``) the ``uploads`` folder; a new temporary one by default.
+    ``directory`` (created if need be) is the server's working directory and holds its log and
+    (unless ``env`` names another ``UPLOAD_FOLDER``) the ``uploads`` folder.
     ``listen_socket``: serve on this listening socket, passed as systemd's socket activation
     does (``LISTEN_FDS=1``, ``LISTEN_PID``, descriptor 3), instead of binding a free port.
+    ``journal``: the child gets ``JOURNAL_STREAM`` naming its log file's device and inode,
+    exactly as systemd names the journal socket it connects stdout and stderr to.
+    ``wait_ready=False``: return at once, ready or not (to watch a failing start).
     """
-    for _ in range(3):  # another process may take the free port before the server binds it
-        server = launch_server(
-            env,
-            workers=workers,
-            directory=directory,
-            listen_socket=listen_socket,
-            abstract_notify_socket=abstract_notify_socket,
-        )
-        try:
-            wait_until(server.ready_or_exited, "READY=1", timeout=ready_timeout)
-        except BaseException:
-            server.close()
-            raise
-        if server.process.poll() is None:
-            return server
-        server.close()
-        if "Address already in use" not in server.logs or listen_socket:
-            raise AssertionError(f"server exited with {server.process.returncode}:\n{server.logs}")
-    raise AssertionError(f"no free port found:\n{server.logs}")
-
-
-def launch_server(
-    env: Mapping[str, str] | None = None,
-    *,
-    workers: int = 1,
-    directory: Path | None = None,
-    listen_socket: socket.socket | None = None,
-    abstract_notify_socket: bool = False,
-) -> RunningServer:
-    """Like :func:`start_server`, but return at once, ready or not (to watch a failing start)."""
-    directory = directory or Path(tempfile.mkdtemp(prefix="clustr-aio-server-"))
-    settings = dict(env or {})
+    directory.mkdir(parents=True, exist_ok=True)
+    settings = {"WORKERS": str(workers), **(env or {})}
     upload_folder = Path(settings.get("UPLOAD_FOLDER", directory / "uploads"))
     if not upload_folder.exists():
         upload_folder.mkdir(parents=True)
-    port = listen_socket.getsockname()[1] if listen_socket else free_port()
-    notify = NotifySocket(abstract=abstract_notify_socket)
-    log_path = directory / f"server-{port}-{time.monotonic_ns()}.log"
-    child_env = server_env(upload_folder, port) | {
-        "WORKERS": str(workers),
-        "NOTIFY_SOCKET": notify.address,
-        "PYTHONUNBUFFERED": "1",
-        **settings,
-    }
-    process = _spawn(child_env, directory, log_path, listen_socket)
-    return RunningServer(process, port, upload_folder, log_path, notify)
+    for _ in range(3):  # another process may take the free port before the server binds it
+        port = listen_socket.getsockname()[1] if listen_socket else free_port()
+        notify = NotifySocket(abstract=abstract_notify_socket)
+        log_path = directory / f"server-{port}-{time.monotonic_ns()}.log"
+        child_env = server_env(upload_folder, port) | {
+            "NOTIFY_SOCKET": notify.address,
+            "PYTHONUNBUFFERED": "1",
+            **settings,
+        }
+        process = _spawn(child_env, directory, log_path, listen_socket, journal=journal)
+        server = RunningServer(process, port, upload_folder, log_path, notify)
+        if not wait_ready or _became_ready(server, ready_timeout, may_retry=not listen_socket):
+            return server
+    raise AssertionError(f"no free port found:\n{server.logs}")
+
+
+def _became_ready(server: RunningServer, timeout: float, *, may_retry: bool) -> bool:
+    """Whether ``server`` sent ``READY=1``; ``False`` if it lost its port to another process and
+    ``may_retry`` on another one. Fails (and closes it) if it exited for any other reason."""
+    try:
+        wait_until(server.ready_or_exited, "READY=1", timeout=timeout)
+    except BaseException:
+        server.close()
+        raise
+    if server.process.poll() is None:
+        return True
+    server.close()
+    if may_retry and "Address already in use" in server.logs:
+        return False
+    raise AssertionError(f"server exited with {server.process.returncode}:\n{server.logs}")
 
 
 def _spawn(
@@ -228,6 +288,8 @@ def _spawn(
     directory: Path,
     log_path: Path,
     listen_socket: socket.socket | None,
+    *,
+    journal: bool,
 ) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "clustr_aio"]
     pass_fds: tuple[int, ...] = ()
@@ -244,6 +306,9 @@ def _spawn(
         command = [sys.executable, "-c", wrapper]
         pass_fds = (fd,)
     with log_path.open("wb") as log:
+        if journal:
+            stat = os.fstat(log.fileno())
+            env = env | {"JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"}
         return subprocess.Popen(
             command,
             cwd=directory,
