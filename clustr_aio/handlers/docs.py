@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -20,9 +21,18 @@ _REDOC_PAGE: Final = (PAGES_DIR / "redoc.html").read_bytes()
 # Revalidate every time (cheap: ETag/304), so an upgrade never runs with stale scripts.
 _NO_CACHE: Final = {"Cache-Control": "no-cache"}
 
+_PageHandler = Callable[[web.Request], Awaitable[web.Response]]
 
-def _html_page(what: str) -> dict[int, dict[str, object]]:
-    return {200: {"description": what, "content": {"text/html": {"schema": {"type": "string"}}}}}
+
+def _html_page(title: str, description: str) -> Callable[[_PageHandler], _PageHandler]:
+    """The operation of a documentation page (the two differ only in these)."""
+    html = {"text/html": {"schema": {"type": "string"}}}
+    return operation(
+        summary=title,
+        description=description,
+        tags=_TAGS,
+        responses={200: {"description": f"The {title} page.", "content": html}},
+    )
 
 
 @routes.get("/openapi.json")
@@ -45,23 +55,13 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 
 @routes.get("/docs")
-@operation(
-    summary="Swagger UI",
-    description="Interactive documentation: try the upload from the browser.",
-    tags=_TAGS,
-    responses=_html_page("The Swagger UI page."),
-)
+@_html_page("Swagger UI", "Interactive documentation: try the upload from the browser.")
 async def swagger_ui(request: web.Request) -> web.Response:
     return _page(request, _SWAGGER_PAGE)
 
 
 @routes.get("/redoc")
-@operation(
-    summary="ReDoc",
-    description="The same document, as a readable reference.",
-    tags=_TAGS,
-    responses=_html_page("The ReDoc page."),
-)
+@_html_page("ReDoc", "The same document, as a readable reference.")
 async def redoc(request: web.Request) -> web.Response:
     return _page(request, _REDOC_PAGE)
 

@@ -11,11 +11,17 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["SlowUpload", "UploadOutcome", "jpeg_bytes"]
+from tests.conftest import temp_files
+from tests.server_process import wait_until
+
+__all__ = ["SlowUpload", "UploadOutcome", "jpeg_bytes", "upload_in_flight"]
 
 _BOUNDARY = "clustrProcessTestBoundary"
+_BURST = 3 * 1024 * 1024 // 2
+"""1.5 MiB: more than the storage's 1 MiB write blocks, so a temporary file appears at once."""
 
 
 def jpeg_bytes(size: int) -> bytes:
@@ -115,3 +121,20 @@ class SlowUpload:
                 headers={key.lower(): value for key, value in response.getheaders()},
                 body=response.read(),
             )
+
+
+def upload_in_flight(
+    port: int,
+    upload_folder: Path,
+    filename: str,
+    data: bytes,
+    *,
+    chunk: int = 64 * 1024,
+    delay: float = 0.1,
+) -> SlowUpload:
+    """Start a :class:`SlowUpload` of ``data`` and return once part of it is on disk in
+    ``upload_folder`` (in flight for sure): the first 1.5 MiB at once, the rest ``chunk`` bytes
+    every ``delay`` seconds."""
+    upload = SlowUpload(port, filename, data, burst=_BURST, chunk=chunk, delay=delay).start()
+    wait_until(lambda: bool(temp_files(upload_folder)), "a temporary file")
+    return upload

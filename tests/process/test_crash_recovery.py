@@ -10,18 +10,15 @@ import pytest
 
 from tests.conftest import stored_files, temp_files
 from tests.process.conftest import StartServer
-from tests.process.slow_client import SlowUpload, jpeg_bytes
-from tests.server_process import WAIT_SECONDS, wait_until
+from tests.process.slow_client import jpeg_bytes, upload_in_flight
+from tests.server_process import WAIT_SECONDS
 
 MiB = 1024 * 1024
 
 
 def test_the_next_start_sweeps_what_a_killed_server_left(server_factory: StartServer) -> None:
     server = server_factory()
-    upload = SlowUpload(
-        server.port, "partial.jpg", jpeg_bytes(3 * MiB), burst=3 * MiB // 2, delay=0.1
-    ).start()
-    wait_until(lambda: bool(temp_files(server.upload_folder)), "a temporary file")
+    upload = upload_in_flight(server.port, server.upload_folder, "partial.jpg", jpeg_bytes(3 * MiB))
     left_behind = temp_files(server.upload_folder)
     dead_dirs = list((server.upload_folder / ".incoming").iterdir())
 

@@ -8,7 +8,7 @@ import time
 
 from tests.conftest import stored_files, temp_files
 from tests.process.conftest import StartServer
-from tests.process.slow_client import SlowUpload, jpeg_bytes
+from tests.process.slow_client import SlowUpload, jpeg_bytes, upload_in_flight
 from tests.server_process import RunningServer, wait_until
 
 
@@ -26,12 +26,10 @@ MiB = 1024 * 1024
 def begin_slow_upload(
     server: RunningServer, data: bytes, *, chunk: int, delay: float
 ) -> SlowUpload:
-    """Start an upload and return once part of it is on disk (in flight for sure): the first
-    1.5 MiB go at once (the storage writes 1 MiB blocks), the rest at the given pace."""
-    upload = SlowUpload(
-        server.port, "slow.jpg", data, burst=3 * MiB // 2, chunk=chunk, delay=delay
-    ).start()
-    wait_until(lambda: bool(temp_files(server.upload_folder)), "a temporary file")
+    """:func:`upload_in_flight` of ``slow.jpg``, its body still on its way."""
+    upload = upload_in_flight(
+        server.port, server.upload_folder, "slow.jpg", data, chunk=chunk, delay=delay
+    )
     assert not upload.body_complete
     return upload
 

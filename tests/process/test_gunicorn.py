@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import JPEG, stored_files, temp_files
-from tests.process.slow_client import SlowUpload, jpeg_bytes
+from tests.process.slow_client import jpeg_bytes, upload_in_flight
 from tests.server_process import WAIT_SECONDS, free_port, server_env, wait_until
 
 MiB = 1024 * 1024
@@ -101,10 +101,7 @@ def test_gunicorn_serves_uploads_with_two_workers(gunicorn: Gunicorn) -> None:
 
 def test_gunicorn_workers_drain_on_sigterm(gunicorn: Gunicorn) -> None:
     data = jpeg_bytes(3 * MiB)
-    upload = SlowUpload(
-        gunicorn.port, "slow.jpg", data, burst=3 * MiB // 2, chunk=64 * 1024, delay=0.1
-    ).start()
-    wait_until(lambda: bool(temp_files(gunicorn.upload_folder)), "a temporary file")
+    upload = upload_in_flight(gunicorn.port, gunicorn.upload_folder, "slow.jpg", data)
     gunicorn.process.send_signal(signal.SIGTERM)
     outcome = upload.outcome()
     assert outcome.status == 200, (outcome, gunicorn.logs)

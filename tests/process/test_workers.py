@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.conftest import JPEG, stored_files, temp_files
 from tests.process.conftest import StartServer
-from tests.process.slow_client import SlowUpload, jpeg_bytes
+from tests.process.slow_client import SlowUpload, jpeg_bytes, upload_in_flight
 from tests.server_process import WAIT_SECONDS, RunningServer, wait_until
 
 MiB = 1024 * 1024
@@ -88,10 +88,7 @@ def test_a_hung_worker_is_killed_and_replaced(server_factory: StartServer) -> No
 def test_sigterm_drains_every_worker(server_factory: StartServer) -> None:
     server = server_factory(workers=2)
     data = jpeg_bytes(3 * MiB)
-    upload = SlowUpload(
-        server.port, "slow.jpg", data, burst=3 * MiB // 2, chunk=64 * 1024, delay=0.1
-    ).start()
-    wait_until(lambda: bool(temp_files(server.upload_folder)), "a temporary file")
+    upload = upload_in_flight(server.port, server.upload_folder, "slow.jpg", data)
     server.signal(signal.SIGTERM)
     outcome = upload.outcome()
     assert outcome.status == 200, (outcome, server.logs)
@@ -134,10 +131,7 @@ def test_workers_exit_when_the_supervisor_is_killed(server_factory: StartServer)
 def test_a_starting_worker_keeps_a_live_siblings_files(server_factory: StartServer) -> None:
     server = server_factory(workers=2)
     data = jpeg_bytes(3 * MiB)
-    upload = SlowUpload(
-        server.port, "slow.jpg", data, burst=3 * MiB // 2, chunk=64 * 1024, delay=0.1
-    ).start()
-    wait_until(lambda: bool(temp_files(server.upload_folder)), "a temporary file")
+    upload = upload_in_flight(server.port, server.upload_folder, "slow.jpg", data)
     (temp,) = temp_files(server.upload_folder)
     before = server.worker_pids()
     owner = next(p for p in before if temp.is_relative_to(incoming_dir_of(p, server.upload_folder)))
@@ -157,10 +151,7 @@ def test_a_starting_worker_keeps_a_live_siblings_files(server_factory: StartServ
 
 def test_killing_the_worker_mid_upload_publishes_nothing(server_factory: StartServer) -> None:
     server = server_factory(workers=2)
-    upload = SlowUpload(
-        server.port, "partial.jpg", jpeg_bytes(3 * MiB), burst=3 * MiB // 2, delay=0.1
-    ).start()
-    wait_until(lambda: bool(temp_files(server.upload_folder)), "a temporary file")
+    upload = upload_in_flight(server.port, server.upload_folder, "partial.jpg", jpeg_bytes(3 * MiB))
     (temp,) = temp_files(server.upload_folder)
     before = server.worker_pids()
     owner = next(p for p in before if temp.is_relative_to(incoming_dir_of(p, server.upload_folder)))
