@@ -182,6 +182,10 @@ class RunningServer:
         wait_until(logged, lambda: f"{pattern!r} in the log:\n{self.logs}", timeout=timeout)
         return found[0]
 
+    def wait_for_worker_serving(self, pid: int) -> None:
+        """Until the supervisor has logged that worker ``pid`` serves (it wrote ``R``)."""
+        self.wait_for_log(rf"worker \d+ \(pid {pid}\) serving")
+
     def worker_pids(self) -> list[int]:
         """The server's live child processes (its workers), from /proc."""
         children = []

@@ -192,12 +192,11 @@ def test_workers_report_their_sum_and_forget_the_dead(tmp_path: Path) -> None:
             old = server.worker_pids()
             for pid in old:
                 os.kill(pid, signal.SIGKILL)
-            wait_until(
-                lambda: (
-                    len(set(server.worker_pids()) - set(old)) == 2 and server_answers(server.url)
-                ),
-                "two new workers, serving",
-            )
+            wait_until(lambda: len(set(server.worker_pids()) - set(old)) == 2, "two new workers")
+            # Both serving, not just forked: one still starting when stop() comes would end
+            # with SIGTERM's status rather than 0.
+            for pid in set(server.worker_pids()) - set(old):
+                server.wait_for_worker_serving(pid)
         samples = scrape_url(server.url)
         assert value(samples, "clustr_uploads_in_flight") == 0
         assert value(samples, "clustr_upload_stored_files_total") == 6
@@ -209,14 +208,6 @@ def test_workers_report_their_sum_and_forget_the_dead(tmp_path: Path) -> None:
         assert len(ours) == 1
         assert server.stop() == 0
     assert not ours[0].exists()  # the supervisor removed its directory on the way out
-
-
-def server_answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/healthz", timeout=5):
-            return True
-    except OSError:
-        return False
 
 
 SUPERVISOR = textwrap.dedent(

@@ -62,7 +62,11 @@ def gunicorn(tmp_path: Path) -> Iterator[Gunicorn]:
         )
     server = Gunicorn(process, port, upload_folder, log_path)
     try:
-        wait_until(server.answers, "gunicorn to answer GET /")
+        # Both workers booted (they log it as they start), not only the first to answer.
+        wait_until(
+            lambda: server.answers() and server.logs.count("Booting worker") >= 2,
+            lambda: f"gunicorn's two workers to answer GET /:\n{server.logs}",
+        )
         yield server
     finally:
         if process.poll() is None:

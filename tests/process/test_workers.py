@@ -41,7 +41,7 @@ def replacement_of(server: RunningServer, gone: int, before: list[int]) -> int:
         "a replacement worker",
     )
     (new,) = set(server.worker_pids()) - set(before)
-    server.wait_for_log(rf"worker \d \(pid {new}\) serving")
+    server.wait_for_worker_serving(new)
     return new
 
 
