@@ -200,23 +200,31 @@ class Supervisor:
     def _spawn(self, number: int) -> None:
         read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            os.close(read_end)
-            self._become_worker(write_end)
+        # Until the child has dropped the supervisor's signal handlers, a stop signal sent to
+        # it would run them (and be lost): hold stop signals back across the fork.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                os.close(read_end)
+                self._become_worker(write_end, mask)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(write_end)
         worker = _Worker(number, pid, read_end, last_heartbeat=time.monotonic())
         self._workers[pid] = worker
         self._selector.register(read_end, selectors.EVENT_READ, worker)
         log.info("worker %d (pid %d) started", number, pid)
 
-    def _become_worker(self, report_fd: int) -> NoReturn:
+    def _become_worker(self, report_fd: int, signal_mask: set[int | signal.Signals]) -> NoReturn:
         """In the forked child: shed the supervisor's state, serve, exit."""
         status = 1
         try:
             signal.set_wakeup_fd(-1)
             for sig in (*_STOP_SIGNALS, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)  # asyncio installs its own for SIGTERM/INT
+            # A stop that arrived since the fork is delivered now, and ends this worker.
+            signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
             self._selector.close()
             for fd in (
                 self._wakeup_read,
@@ -259,7 +267,10 @@ class Supervisor:
         )
         if self._stopping:
             log.info("worker %d (pid %d) %s", worker.number, worker.pid, how)
-            if code != 0:
+            # A replacement still starting up has no handler for the forwarded stop signal
+            # yet and dies of it: with nothing to drain, that is a clean stop too.
+            stopped_before_serving = not worker.ready and -code in _STOP_SIGNALS
+            if code != 0 and not stopped_before_serving:
                 self._exit_status = 1
         elif not worker.ready:
             log.error(

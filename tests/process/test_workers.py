@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 import urllib.request
 from pathlib import Path
 
@@ -70,6 +71,24 @@ def test_a_killed_worker_is_replaced(server_factory: StartServer) -> None:
     statuses = [value for key, value in server.notify.fields() if key == "STATUS"]
     assert any(status.startswith("replacing worker ") for status in statuses)
     assert server.stop() == 0
+
+
+def test_a_stop_while_a_replacement_starts_is_clean(server_factory: StartServer) -> None:
+    """SIGTERM reaching a replacement worker before it can drain kills it outright; that
+    is still a clean stop (exit 0, so systemd does not mark the unit failed)."""
+    server = server_factory(workers=2)
+    before = server.worker_pids()
+    os.kill(before[0], signal.SIGKILL)
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not (new := set(server.worker_pids()) - set(before)):  # no sleep: catch it early
+        assert time.monotonic() < deadline, "no replacement worker"
+    (replacement,) = new
+    # Freeze it while still starting, so that the stop reaches it before it can drain.
+    os.kill(replacement, signal.SIGSTOP)
+    server.signal(signal.SIGTERM)
+    wait_until(lambda: "stopping 2 worker(s)" in server.logs, "the supervisor to forward the stop")
+    os.kill(replacement, signal.SIGCONT)
+    assert server.wait() == 0, server.logs
 
 
 def test_a_hung_worker_is_killed_and_replaced(server_factory: StartServer) -> None:
