@@ -23,6 +23,8 @@ import sys
 from collections.abc import Mapping
 from typing import Final, TextIO
 
+from aiohttp.http_exceptions import BadHttpMessage
+
 __all__ = ["bind_request_id", "configure_logging", "is_journal_stream"]
 
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -70,6 +72,27 @@ class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "request_id", None) is None:
             record.request_id = _request_id.get()
+        return True
+
+
+class _UnparseableRequestFilter(logging.Filter):
+    """aiohttp logs every request it cannot parse (a port scanner, TLS spoken to the plain
+    port, a broken client) at ERROR with a traceback. That is the client's error, not ours:
+    it becomes one INFO line saying what was wrong, and is dropped below INFO."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self._level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, BadHttpMessage):
+            return True
+        if self._level > logging.INFO:
+            return False
+        record.msg, record.args = "%s: %s", (record.getMessage(), " ".join(error.message.split()))
+        record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        record.exc_info = record.exc_text = None
         return True
 
 
@@ -136,6 +159,7 @@ def configure_logging(
     handler = logging.StreamHandler(stream)
     handler.setFormatter(make_formatter(log_format, journal=is_journal_stream(stream, environ)))
     handler.addFilter(_RequestIdFilter())
+    handler.addFilter(_UnparseableRequestFilter(logging.getLevelName(level)))
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)

@@ -132,3 +132,18 @@ def test_journal_text_prefixes_every_line_of_a_traceback(tmp_path: Path) -> None
     assert len(lines) > 3
     assert all(line.startswith("<3>") for line in lines[:-1])
     assert lines[-1] == "<4>WARNING clustr_aio.test: careful"
+
+
+def test_an_unparseable_request_is_one_info_line_without_a_traceback(tmp_path: Path) -> None:
+    """aiohttp logs a request it cannot parse at ERROR with a traceback; scanners and TLS
+    spoken to the plain port would fill the journal with them."""
+    with start_server({}, directory=tmp_path) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_SECONDS) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+            assert sock.recv(100).split(b" ")[1] == b"400"
+        server.wait_for_log("Invalid header token")
+        assert server.stop() == 0
+    [line] = [line for line in server.logs.splitlines() if "Invalid header token" in line]
+    assert " INFO aiohttp.server: " in line
+    assert "Traceback" not in server.logs
+    assert " ERROR " not in server.logs
