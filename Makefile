@@ -44,7 +44,7 @@ $(VENV)/.bench: requirements.txt requirements-assets.txt requirements-bench.txt 
 	$(INSTALL_ASSETS)
 	touch $@
 
-# clustr_aio against nginx (dav PUT, static) on this machine, ~8 min with the default 3 rounds;
+# clustr_aio against nginx (dav PUT, static) on this machine, ~6 min with the default 5 rounds;
 # BENCH_ROUNDS, BENCH_ONLY=L,B,… and more: see bench/run.py. Writes bench/results/.
 bench: $(VENV)/.bench  ## benchmark against nginx, the machine's physical limit
 	./.ci/system-deps wrk:wrk

@@ -11,7 +11,7 @@ flushed (``sync``), so no side pays for the other's writeback; both sides' files
 files are on the same filesystem.
 
 Environment:
-    BENCH_ROUNDS       rounds (default 3)
+    BENCH_ROUNDS       rounds (default 5: about 6 minutes)
     BENCH_ONLY         comma-separated scenario keys to run, e.g. L,B (default: all)
     BENCH_SECONDS      wrk duration per measurement (default 8)
     BENCH_CONNECTIONS  wrk connections (default 16)
@@ -49,7 +49,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 
 
 def main() -> int:
-    rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
+    rounds = int(os.environ.get("BENCH_ROUNDS", "5"))
     only = {k.strip() for k in os.environ.get("BENCH_ONLY", "").split(",") if k.strip()}
     out = Path(os.environ.get("BENCH_OUT", BENCH_DIR / "results"))
     profile_dir = os.environ.get("BENCH_PROFILE")
