@@ -347,26 +347,21 @@ def _cors_origins(raw: object) -> tuple[str, ...]:
     return tuple(origins)
 
 
-_LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+def _one_of(*choices: str, normalise: Callable[[str], str]) -> Callable[[object], str]:
+    """A parser accepting ``choices`` only, after ``normalise`` (say, upper-casing)."""
+    what = "one of " + ", ".join(choices)
+
+    def parse(raw: object) -> str:
+        value = normalise(_string(raw, what))
+        if value not in choices:
+            raise _expected(what, raw)
+        return value
+
+    return parse
 
 
-def _log_level(raw: object) -> str:
-    what = "one of " + ", ".join(_LOG_LEVELS)
-    level = _string(raw, what).upper()
-    if level not in _LOG_LEVELS:
-        raise _expected(what, raw)
-    return level
-
-
-_LOG_FORMATS: Final = ("text", "json")
-
-
-def _log_format(raw: object) -> str:
-    what = "one of " + ", ".join(_LOG_FORMATS)
-    log_format = _string(raw, what).lower()
-    if log_format not in _LOG_FORMATS:
-        raise _expected(what, raw)
-    return log_format
+_log_level = _one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", normalise=str.upper)
+_log_format = _one_of("text", "json", normalise=str.lower)
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
