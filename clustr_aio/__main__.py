@@ -39,11 +39,14 @@ def _serve_with_reload() -> int:
     import watchfiles  # only needed in development
 
     logging.getLogger("clustr_aio").info("reloading on changes under %s", PACKAGE_DIR)
-    watchfiles.run_process(PACKAGE_DIR, target=_reloaded_child)
+    # By dotted name: watchfiles starts the child with multiprocessing's "spawn", which cannot
+    # find a function of the __main__ module that `python -m` ran.
+    watchfiles.run_process(PACKAGE_DIR, target="clustr_aio.__main__.reloaded_child")
     return 0
 
 
-def _reloaded_child() -> None:
+def reloaded_child() -> None:
+    """The server process that RELOAD=true restarts on every change."""
     settings = load_settings(reload=False, workers=1)  # the reloader restarts one process
     _configure_logging(settings)
     sys.exit(_serve(settings))
