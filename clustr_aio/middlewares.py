@@ -1,4 +1,4 @@
-"""Cross-cutting request handling: request ids, JSON errors, hidden paths, security headers.
+"""Cross-cutting request handling: request ids, JSON errors, security headers.
 
 This is the one place where library and domain errors become HTTP responses.
 """
@@ -71,35 +71,6 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "Internal Server Error")
-
-
-def hide_dot_paths(url_prefix: str) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """404 for any path segment under ``url_prefix`` that starts with a dot: temporary files
-    live in ``UPLOAD_FOLDER/.incoming`` and stored names never start with a dot."""
-    prefix = url_prefix.rstrip("/") + "/"
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = request.path
-        if path.startswith(prefix) and any(s.startswith(".") for s in path.split("/")):
-            raise web.HTTPNotFound()
-        return await handler(request)
-
-    return middleware
-
-
-@web.middleware
-async def missing_static_files(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """JSON 404 for a static-route URL whose file does not exist. aiohttp's static route would
-    answer an empty ``application/octet-stream`` 404: its FileResponse only finds out while it
-    is already sending, too late for :func:`json_errors`."""
-    resource = request.match_info.route.resource
-    if isinstance(resource, web.StaticResource):
-        target = resource.get_info()["directory"] / request.match_info["filename"]
-        # A page-cached stat, on the loop like the static route's own (see inline_static).
-        if not target.exists():
-            raise web.HTTPNotFound()
-    return await handler(request)
 
 
 async def common_headers(request: web.Request, response: web.StreamResponse) -> None:

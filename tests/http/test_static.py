@@ -15,6 +15,7 @@ from tests.http.helpers import (
     multipart_headers,
     part_head,
     raw_request,
+    read_response,
     request_head,
     upload_ok,
 )
@@ -194,3 +195,85 @@ async def test_a_file_placed_by_hand_with_a_leading_dot_is_not_served(
 
 async def test_missing_file_is_404_json(client: Client) -> None:
     await expect_error(await client.get("/uploads/never-uploaded.jpg"), 404)
+
+
+# A GET with one of these headers takes aiohttp's FileResponse (the slow path): an If-None-Match
+# that matches nothing changes nothing else.
+SLOW_PATH = {"If-None-Match": '"matches-nothing"'}
+SAME_ON_BOTH_PATHS = (
+    "Content-Type",
+    "Content-Length",
+    "ETag",
+    "Last-Modified",
+    "Accept-Ranges",
+    "X-Content-Type-Options",
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("a.jpg", JPEG),
+        ("b.PNG", PNG),
+        ("c.webp", WEBP),
+        ("no-extension", JPEG),
+        ("d.tar.gz", PNG),
+        ("e.unknown-type", PNG),
+        ("empty.jpg", b""),
+    ],
+)
+async def test_fast_and_slow_paths_answer_alike(
+    client: Client, upload_dir: Path, name: str, data: bytes
+) -> None:
+    (upload_dir / name).write_bytes(data)  # placed by hand: the upload accepts only images
+    fast = await client.get(f"/uploads/{name}")
+    slow = await client.get(f"/uploads/{name}", headers=SLOW_PATH)
+    assert (fast.status, slow.status) == (200, 200)
+    assert await fast.read() == await slow.read() == data
+    for header in SAME_ON_BOTH_PATHS:
+        assert fast.headers.get(header) == slow.headers.get(header), header
+    fast_head = await client.head(f"/uploads/{name}")
+    slow_head = await client.head(f"/uploads/{name}", headers=SLOW_PATH)
+    for header in SAME_ON_BOTH_PATHS:
+        assert fast_head.headers.get(header) == slow_head.headers.get(header), header
+    assert await fast_head.read() == b""
+
+
+async def test_one_connection_serves_file_after_file(client: Client) -> None:
+    # The body goes straight to the socket, around aiohttp's writer: the connection must stay
+    # in step, with requests sent back to back (pipelined) as well as one by one.
+    await upload_ok(client, ("a.jpg", JPEG), ("b.png", PNG))
+    host, port = client.server.host, client.server.port or 0
+    get_a = request_head("GET", "/uploads/a.jpg", port=port)
+    get_b = request_head("GET", "/uploads/b.png", {"Range": "bytes=4-9"}, port=port)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        for request, body in ((get_a, JPEG), (get_b, PNG[4:10]), (get_a, JPEG)):
+            writer.write(request)
+            assert (await read_response(reader)).body == body
+        writer.write(get_a + get_b + get_a)
+        for body in (JPEG, PNG[4:10], JPEG):
+            assert (await read_response(reader)).body == body
+    finally:
+        writer.close()
+
+
+async def test_a_fifo_in_the_folder_is_refused_without_blocking(
+    client: Client, upload_dir: Path
+) -> None:
+    # Opening a FIFO for reading waits for a writer: on the event loop, that would be forever.
+    os.mkfifo(upload_dir / "pipe.jpg")
+    response = await asyncio.wait_for(client.get("/uploads/pipe.jpg"), timeout=5)
+    await expect_error(response, 403)
+
+
+async def test_precompressed_siblings_are_never_served(client: Client, upload_dir: Path) -> None:
+    # aiohttp's FileResponse would answer a.jpg with a.jpg.gz for Accept-Encoding: gzip.
+    await upload_ok(client, ("a.jpg", JPEG))
+    (upload_dir / "a.jpg.gz").write_bytes(b"not the photo")
+    for headers in ({}, SLOW_PATH):
+        response = await client.get(
+            "/uploads/a.jpg", headers={"Accept-Encoding": "gzip", **headers}, auto_decompress=False
+        )
+        assert await response.read() == JPEG
+        assert "Content-Encoding" not in response.headers
