@@ -171,6 +171,9 @@ class Metrics:
             # prometheus_client's multiprocess functions lack annotations (hence the ignores).
             multiprocess.MultiProcessCollector(self._exposed, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
         self._collect = make_aiohttp_handler(self._exposed)
+        # (method, route, status) -> its request counter and duration histogram; bounded, as
+        # the labels are.
+        self._request_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def handler(self, request: web.Request) -> web.StreamResponse:
         """``GET /metrics``: prometheus-client's own aiohttp handler (content negotiation,
@@ -181,10 +184,19 @@ class Metrics:
 
     def count_request(self, request: web.Request, status: int, seconds: float | None) -> None:
         method = request.method if request.method in _METHODS else "other"
-        route = route_template(request)
-        self.requests.labels(method, route, str(status)).inc()
+        key = (method, route_template(request), status)
+        series = self._request_series.get(key)
+        if series is None:
+            # labels() costs a lock and a tuple of strings every time: keep its answers.
+            route = key[1]
+            series = (
+                self.requests.labels(method, route, str(status)),
+                self.request_duration.labels(method, route),
+            )
+            self._request_series[key] = series
+        series[0].inc()
         if seconds is not None:
-            self.request_duration.labels(method, route).observe(seconds)
+            series[1].observe(seconds)
 
     def count_rejection(self, error: ClustrError | ClientDisconnected) -> None:
         self.rejections.labels(rejection_reason(error)).inc()
