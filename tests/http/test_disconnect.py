@@ -1,4 +1,5 @@
-"""A client that goes away mid-body leaves nothing on disk, and the server carries on.
+"""A client that goes away mid-upload leaves nothing on disk, one that goes away mid-download
+leaves no error behind, and the server carries on.
 
 Run twice over: in the pytest-aiohttp server (which cancels the handler when the connection
 drops: ``handler_cancellation=True``) and in a real ``python -m clustr_aio`` (which does not, as
@@ -8,6 +9,8 @@ in production: the handler sees the read fail instead). The two take different c
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,3 +96,29 @@ async def test_vanishing_client_leaves_nothing_in_a_real_process(
     assert not any("Traceback" in line for line in log)
     # Without handler cancellation the handler itself saw the client go (the production path).
     assert any("client disconnected" in line for line in log)
+
+
+@pytest.mark.parametrize("headers", [{}, {"Range": "bytes=100-"}], ids=["whole", "range"])
+async def test_client_vanishing_mid_download_leaves_the_server_serving(
+    server: RunningServer, headers: dict[str, str]
+) -> None:
+    # 16 MiB: more than the socket buffers take, so the sender is left waiting for room
+    # (asyncio's loop.sendfile then) when the client resets the connection.
+    data = bytes(range(256)) * (16 * MIB // 256)
+    (server.upload_folder / "large.png").write_bytes(data)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(request_head("GET", "/uploads/large.png", headers, port=server.port))
+    await reader.readexactly(64 * 1024)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+    writer.close()
+    await asyncio.sleep(0.2)
+
+    url = f"{server.url}/uploads/large.png"
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
+        assert response.status in (200, 206)
+        assert await response.read() == data[100 if headers else 0 :]
+    assert server.process.poll() is None
+    assert not any("Traceback" in line or " ERROR " in line for line in server.logs.splitlines()), (
+        server.logs
+    )
