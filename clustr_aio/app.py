@@ -3,7 +3,7 @@ middlewares. Resources are opened and closed in ``cleanup_ctx``, in dependency o
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp_cors
 from aiohttp import hdrs, web, web_fileresponse
@@ -18,6 +18,8 @@ from clustr_aio.inline_static import add_inline_static
 from clustr_aio.keys import INGEST_POLICY, METRICS, SETTINGS, STORAGE
 from clustr_aio.metrics import Metrics
 from clustr_aio.storage.local import LocalStorage
+
+ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
 
 UPLOADS_ROUTE = stored_files.ROUTE_NAME  # the name its OpenAPI documentation is filed under
 
@@ -88,8 +90,24 @@ def _allow_cors(app: web.Application, origins: tuple[str, ...]) -> None:
     cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
     for route in list(app.router.routes()):
         cors.add(route)
+    assert cors._cors_impl is not None
+    _ask_for_origin_first(app, cors._cors_impl._on_response_prepare)
     if origins:
         app.on_response_prepare.append(_vary_on_origin)
+
+
+def _ask_for_origin_first(app: web.Application, cors_hook: ResponseHook) -> None:
+    """aiohttp-cors's response hook looks up the route's configuration (a ChainMap and two
+    subclass checks) before it looks for an ``Origin`` header, without which nothing is CORS
+    (its step 6.1.1). Most requests have none: same-origin ones, photos loaded by ``<img>``.
+    Ask first. ``index`` fails at startup, not silently, if aiohttp-cors changes."""
+    hooks = app.on_response_prepare
+
+    async def only_with_origin(request: web.Request, response: web.StreamResponse) -> None:
+        if hdrs.ORIGIN in request.headers:
+            await cors_hook(request, response)
+
+    hooks[hooks.index(cors_hook)] = only_with_origin
 
 
 async def _vary_on_origin(request: web.Request, response: web.StreamResponse) -> None:
