@@ -86,18 +86,7 @@ class InlineFileResponse(web.FileResponse):
     async def _sendfile(
         self, request: BaseRequest, fobj: IO[Any], offset: int, count: int
     ) -> AbstractStreamWriter:
-        transport = request.transport
-        if transport is None:
-            raise ConnectionResetError("Connection lost")
-        # Keep the head unsent, to send it in one segment with the file's first bytes.
-        self._send_headers_immediately = False
-        writer = await web.StreamResponse.prepare(self, request)
-        assert isinstance(writer, StreamWriter)
-        head = _take_unsent_head(writer)
-        await send_head_and_file(transport, head, fobj, offset, count)
-        writer.output_size += count  # as aiohttp's own write path counts it, for the access log
-        await web.StreamResponse.write_eof(self)
-        return writer
+        return await _prepare_and_send(self, request, fobj, offset, count)
 
     async def _refuse(self, request: BaseRequest, status: int) -> AbstractStreamWriter | None:
         self.set_status(status)
@@ -107,8 +96,6 @@ class InlineFileResponse(web.FileResponse):
 class StoredFileResponse(web.StreamResponse):
     """The fast path's answer: 200 with the whole of a regular file, already open. Its headers
     are those aiohttp's ``FileResponse`` gives a 200 (tests/http/test_static.py compares)."""
-
-    _send_headers_immediately = False  # the head goes out with the file's first bytes
 
     def __init__(self, file: io.FileIO, st: os.stat_result, content_type: str) -> None:
         super().__init__()
@@ -121,18 +108,27 @@ class StoredFileResponse(web.StreamResponse):
 
     async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
         with self._file:
-            writer = await super().prepare(request)
             size = self.content_length or 0
             if request.method == hdrs.METH_HEAD or not size:
-                return writer  # write_eof sends the head alone
-            transport = request.transport
-            if transport is None:
-                raise ConnectionResetError("Connection lost")
-            assert isinstance(writer, StreamWriter)
-            await send_head_and_file(transport, _take_unsent_head(writer), self._file, 0, size)
-            writer.output_size += size  # as aiohttp's own write path counts it, for the access log
-            await super().write_eof()
-            return writer
+                return await super().prepare(request)  # write_eof sends the head alone
+            return await _prepare_and_send(self, request, self._file, 0, size)
+
+
+async def _prepare_and_send(
+    response: web.StreamResponse, request: BaseRequest, file: IO[Any], offset: int, count: int
+) -> AbstractStreamWriter:
+    """``StreamResponse.prepare``, then its head and ``count`` bytes of ``file`` from
+    ``offset`` through :func:`~clustr_aio.sendfile.send_head_and_file`."""
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("Connection lost")
+    response._send_headers_immediately = False  # to go out with the file's first bytes
+    writer = await web.StreamResponse.prepare(response, request)
+    assert isinstance(writer, StreamWriter)
+    await send_head_and_file(transport, _take_unsent_head(writer), file, offset, count)
+    writer.output_size += count  # as aiohttp's own write path counts it, for the access log
+    await web.StreamResponse.write_eof(response)
+    return writer
 
 
 def _take_unsent_head(writer: StreamWriter) -> bytes:
