@@ -61,6 +61,8 @@ async def send_head_and_file(
 
 
 def _socket_of(transport: asyncio.Transport) -> socket.socket | None:
+    if transport.get_extra_info("sslcontext") is not None:
+        return None  # the socket carries TLS records: every byte must go through the transport
     # get_extra_info gives asyncio's TransportSocket, which has no send(); the socket is inside.
     wrapper = transport.get_extra_info("socket")
     sock = getattr(wrapper, "_sock", wrapper)

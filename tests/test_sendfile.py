@@ -1,16 +1,18 @@
 """``send_head_and_file`` over real TCP sockets: the bytes arrive whole and in order, whichever
-way they go (the socket taking everything, a full socket, bytes already queued)."""
+way they go (the socket taking everything, a full socket, bytes already queued, TLS)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import trustme
 
 from clustr_aio.sendfile import send_head_and_file
 
@@ -27,8 +29,16 @@ class Connection:
     writer: asyncio.StreamWriter
 
 
-@pytest.fixture
-async def connection() -> AsyncIterator[Connection]:
+async def connect(*, tls: bool = False) -> AsyncIterator[Connection]:
+    """A server that accepts one connection, and a client connected to it (over TLS with a
+    throwaway CA if ``tls``)."""
+    server_tls = client_tls = None
+    if tls:
+        ca = trustme.CA()
+        server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+        client_tls = ssl.create_default_context()
+        ca.configure_trust(client_tls)
     accepted: asyncio.Future[asyncio.Transport] = asyncio.get_running_loop().create_future()
 
     class Accept(asyncio.Protocol):
@@ -36,9 +46,10 @@ async def connection() -> AsyncIterator[Connection]:
             assert isinstance(transport, asyncio.Transport)
             accepted.set_result(transport)
 
-    server = await asyncio.get_running_loop().create_server(Accept, "127.0.0.1", 0)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Accept, "127.0.0.1", 0, ssl=server_tls)
     port = server.sockets[0].getsockname()[1]
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_tls)
     transport = await accepted
     try:
         yield Connection(transport, reader, writer)
@@ -47,6 +58,18 @@ async def connection() -> AsyncIterator[Connection]:
         writer.close()
         server.close()
         await server.wait_closed()
+
+
+@pytest.fixture
+async def connection() -> AsyncIterator[Connection]:
+    async for made in connect():
+        yield made
+
+
+@pytest.fixture
+async def tls_connection() -> AsyncIterator[Connection]:
+    async for made in connect(tls=True):
+        yield made
 
 
 def data_file(tmp_path: Path, size: int) -> Path:
@@ -61,6 +84,18 @@ async def test_head_then_the_range_of_the_file(connection: Connection, tmp_path:
         await send_head_and_file(connection.transport, HEAD, file, 1000, 250_000)
     received = await connection.reader.readexactly(len(HEAD) + 250_000)
     assert received == HEAD + path.read_bytes()[1000:251_000]
+
+
+async def test_over_tls_every_byte_goes_through_the_transport(
+    tls_connection: Connection, tmp_path: Path
+) -> None:
+    # The socket under a TLS transport carries records: plain bytes written to it directly
+    # would break the connection.
+    path = data_file(tmp_path, 300_000)
+    with path.open("rb") as file:
+        await send_head_and_file(tls_connection.transport, HEAD, file, 0, 300_000)
+    received = await tls_connection.reader.readexactly(len(HEAD) + 300_000)
+    assert received == HEAD + path.read_bytes()
 
 
 async def test_a_full_socket_hands_the_rest_to_asyncio(
