@@ -108,7 +108,7 @@ def main() -> int:
                     results.setdefault((scenario, server.name), []).append((value, cpu))
                     print(
                         f"round {n + 1} {scenario} {server.name}: {value:.3f}, "
-                        f"{cpu * 1e3:.2f} ms CPU per request",
+                        f"{cpu * 1e3:.3f} ms CPU per request",
                         flush=True,
                     )
     finally:
@@ -119,7 +119,7 @@ def main() -> int:
     for (scenario, name), values in results.items():
         value = statistics.median(v for v, _ in values)
         cpu = statistics.median(c for _, c in values)
-        print(f"  {scenario} {name}: {value:.3f}, {cpu * 1e3:.2f} ms CPU per request")
+        print(f"  {scenario} {name}: {value:.3f}, {cpu * 1e3:.3f} ms CPU per request")
     return 0
 
 
