@@ -159,8 +159,13 @@ class InlineStaticResource(web.StaticResource):
         if Path(filename).is_absolute():  # as aiohttp: //host/share would be a UNC path
             raise web.HTTPNotFound()
         path = self._directory.joinpath(filename)
-        if not path.exists():  # 404 now, as JSON; FileResponse would answer it empty
-            raise web.HTTPNotFound()
+        # Refusals now, as JSON errors; FileResponse would answer them with an empty body.
+        try:
+            mode = path.stat().st_mode
+        except (OSError, ValueError):  # missing, or a name the system refuses (a NUL byte)
+            raise web.HTTPNotFound() from None
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a FIFO, a socket, a device
+            raise web.HTTPForbidden()
         response = self._resolve_path_to_response(path)
         if type(response) is web.FileResponse:
             return InlineFileResponse(response._path)
