@@ -6,9 +6,9 @@ import logging
 import sys
 from pathlib import Path
 
-from clustr_aio.config import Settings, SettingsError, load_settings
-from clustr_aio.logging_setup import configure_logging
-from clustr_aio.server import run
+from clustr_aio.observability.logs import configure_logging
+from clustr_aio.runtime.server import run
+from clustr_aio.settings import Settings, SettingsError, load_settings
 
 PACKAGE_DIR = Path(__file__).parent
 

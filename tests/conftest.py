@@ -11,9 +11,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from clustr_aio.app import create_app
-from clustr_aio.config import Settings, load_settings
+from clustr_aio.settings import Settings, load_settings
 from clustr_aio.storage.local import INCOMING_DIR
+from clustr_aio.web.app import create_app
 
 REPO = Path(__file__).resolve().parent.parent
 

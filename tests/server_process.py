@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from clustr_aio.config import SETTINGS
+from clustr_aio.settings import SETTINGS
 
 __all__ = [
     "WAIT_SECONDS",
@@ -78,7 +78,7 @@ def free_port() -> int:
 
 def server_env(upload_folder: Path, port: int, **settings: str) -> dict[str, str]:
     """The inherited environment minus anything that configures the server, plus settings:
-    for running the program (or gunicorn) directly, where :func:`start_server` does not fit."""
+    for running the program directly, where :func:`start_server` does not fit."""
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
     empty_env = upload_folder.parent / "server-test.env"
     empty_env.touch()

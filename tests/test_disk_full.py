@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from clustr_aio.app import create_app
 from clustr_aio.storage import local
+from clustr_aio.web.app import create_app
 from tests.conftest import JPEG, AiohttpClient, Client, assert_nothing_stored, make_settings
 from tests.http.helpers import (
     expect_error,

@@ -9,7 +9,7 @@ straddles two reads is caught by holding back only the chunk's tail that could s
 
 The scanner knows nothing of HTTP: it pulls from an async callable (in production
 ``request.content.readany``). Every malformed body raises
-:class:`~clustr_aio.errors.MalformedUpload`; exceptions raised by ``read`` itself (client
+:class:`~clustr_aio.domain.errors.MalformedUpload`; exceptions raised by ``read`` itself (client
 disconnects) propagate untouched. Once any exception has been raised the stream must not be used
 again.
 """
@@ -29,7 +29,7 @@ from aiohttp.multipart import (
     parse_content_disposition,
 )
 
-from clustr_aio.errors import MalformedUpload, NoFilesUploaded
+from clustr_aio.domain.errors import MalformedUpload, NoFilesUploaded
 
 __all__ = ["MultipartStream", "PartInfo", "ReadChunk", "parse_boundary"]
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from clustr_aio.errors import NoFilesUploaded, UnsupportedFile
-from clustr_aio.ingest.limits import UploadLimits
+from clustr_aio.domain.errors import NoFilesUploaded, UnsupportedFile
+from clustr_aio.domain.limits import UploadLimits
+from clustr_aio.domain.names import extension_of, safe_name
+from clustr_aio.domain.sniff import SNIFF_BYTES, verify_content
 from clustr_aio.ingest.multipart import MultipartStream, PartInfo
-from clustr_aio.ingest.names import extension_of, safe_name
-from clustr_aio.ingest.sniff import SNIFF_BYTES, verify_content
 from clustr_aio.storage.base import BatchScope, Buffer, Storage
 
 
@@ -47,8 +47,8 @@ async def ingest_multipart(
 ) -> list[StoredFile]:
     """Receive every file part into one storage batch, then publish them all, or nothing.
 
-    Raises a :class:`~clustr_aio.errors.ClustrError` on the first part that breaks the policy;
-    the batch is then discarded, as it is when the caller's task is cancelled.
+    Raises a :class:`~clustr_aio.domain.errors.ClustrError` on the first part that breaks the
+    policy; the batch is then discarded, as it is when the caller's task is cancelled.
     """
     received: list[_Received] = []
     async with BatchScope(storage.batch()) as batch:

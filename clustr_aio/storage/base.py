@@ -56,7 +56,7 @@ class SpaceReporting(Protocol):
     async def free_space(self) -> int: ...
 
     async def ensure_room(self, incoming: int | None = None) -> None:
-        """Raise :class:`~clustr_aio.errors.InsufficientStorage` if storing ``incoming`` more
+        """Raise :class:`~clustr_aio.domain.errors.InsufficientStorage` if storing ``incoming`` more
         bytes (None: an unknown amount) would leave less than the backend's reserve free."""
 
 

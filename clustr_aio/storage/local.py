@@ -43,8 +43,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from clustr_aio.errors import InsufficientStorage
-from clustr_aio.ingest.names import numbered
+from clustr_aio.domain.errors import InsufficientStorage
+from clustr_aio.domain.names import numbered
 from clustr_aio.storage.base import Buffer
 
 INCOMING_DIR = ".incoming"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from clustr_aio.app import create_app
+from clustr_aio.web.app import create_app
 from tests.conftest import AiohttpClient, Client, make_settings
 
 MakeClient = Callable[..., Awaitable[Client]]

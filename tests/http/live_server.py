@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestServer
 
-from clustr_aio.app import create_app
+from clustr_aio.web.app import create_app
 from tests.conftest import make_settings
 from tests.server_process import free_port
 

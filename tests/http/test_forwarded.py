@@ -8,7 +8,7 @@ import ipaddress
 
 import pytest
 
-from clustr_aio.forwarded import is_trusted
+from clustr_aio.web.forwarded import is_trusted
 from tests.conftest import JPEG
 from tests.http.conftest import MakeClient
 from tests.http.helpers import files_body, multipart_headers

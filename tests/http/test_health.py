@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from clustr_aio.app import create_app
-from clustr_aio.config import parse_size
+from clustr_aio.settings import parse_size
+from clustr_aio.web.app import create_app
 from tests.conftest import JPEG, AiohttpClient, make_settings
 from tests.http.conftest import MakeClient
 from tests.http.helpers import expect_error, upload

@@ -213,9 +213,9 @@ def test_workers_report_their_sum_and_forget_the_dead(tmp_path: Path) -> None:
 SUPERVISOR = textwrap.dedent(
     """
     import os, sys
-    import clustr_aio.app  # imports prometheus_client before the directory is prepared
+    import clustr_aio.web.app  # imports prometheus_client before the directory is prepared
     from prometheus_client import generate_latest
-    from clustr_aio import metrics
+    from clustr_aio.observability import metrics
 
     directory = metrics.prepare_multiprocess_dir()
     children = []

@@ -15,16 +15,17 @@ import pytest
 from aiohttp import FormData, web
 from openapi_spec_validator import validate
 
-from clustr_aio.app import create_app
-from clustr_aio.docs import JSONObject, build_openapi, served_routes
-from clustr_aio.docs.assets import ASSETS
-from clustr_aio.docs.spec import RouteKey
+from clustr_aio.web.app import create_app
+from clustr_aio.web.openapi import JSONObject, build_openapi, served_routes
+from clustr_aio.web.openapi.assets import ASSETS
+from clustr_aio.web.openapi.spec import RouteKey
 from tests.conftest import JPEG, AiohttpClient, Client, make_settings
 from tests.http.live_server import AiohttpServer, start_live_server
 
 HOW_TO_DOCUMENT = (
-    "document each route next to its handler with @clustr_aio.docs.operation(...) "
-    "(a static route: clustr_aio.docs.document_static), built from clustr_aio.docs.schemas"
+    "document each route next to its handler with @clustr_aio.web.openapi.operation(...) "
+    "(a static route: clustr_aio.web.openapi.document_static), "
+    "built from clustr_aio.web.openapi.schemas"
 )
 
 

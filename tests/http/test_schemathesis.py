@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from clustr_aio.docs import build_openapi
+from clustr_aio.web.openapi import build_openapi
 from tests.conftest import JPEG, stored_files, temp_files
 from tests.http.live_server import AiohttpServer, start_live_server
 

@@ -8,7 +8,7 @@ from urllib.parse import quote
 import pytest
 from yarl import URL
 
-from clustr_aio.config import Settings
+from clustr_aio.settings import Settings
 from tests.conftest import JPEG, PNG, WEBP, Client, assert_nothing_stored, stored_files
 from tests.http.conftest import MakeClient
 from tests.http.helpers import (

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clustr_aio.ingest.names import MAX_NAME_BYTES
+from clustr_aio.domain.names import MAX_NAME_BYTES
 from tests.conftest import JPEG, PNG, WEBP, Client, stored_files, temp_files
 from tests.http.helpers import Part, multipart_body, post_body, upload_ok
 

@@ -21,7 +21,7 @@ from aiohttp.streams import StreamReader
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clustr_aio.errors import ClientDisconnected, MalformedUpload, NoFilesUploaded
+from clustr_aio.domain.errors import ClientDisconnected, MalformedUpload, NoFilesUploaded
 from clustr_aio.ingest.multipart import (
     MultipartStream,
     PartInfo,

@@ -9,8 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from clustr_aio.errors import MalformedUpload, NoFilesUploaded, UnsupportedFile, UploadTooLarge
-from clustr_aio.ingest.limits import UploadLimits
+from clustr_aio.domain.errors import (
+    MalformedUpload,
+    NoFilesUploaded,
+    UnsupportedFile,
+    UploadTooLarge,
+)
+from clustr_aio.domain.limits import UploadLimits
 from clustr_aio.ingest.multipart import MultipartStream
 from clustr_aio.ingest.pipeline import IngestPolicy, StoredFile, ingest_multipart
 from clustr_aio.storage.local import LocalStorage

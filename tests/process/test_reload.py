@@ -30,7 +30,7 @@ def test_a_code_change_restarts_the_server(server_factory: StartServer, tmp_path
     starts = server.logs.count("clustr_aio listening on")
     assert starts == 1
 
-    root = directory / "clustr_aio" / "handlers" / "root.py"
+    root = directory / "clustr_aio" / "web" / "routes" / "root.py"
     root.write_text(root.read_text().replace('"Hello World"', '"Hello again"'))
     wait_until(
         lambda: server.logs.count("clustr_aio listening on") == 2,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from clustr_aio.errors import InsufficientStorage
+from clustr_aio.domain.errors import InsufficientStorage
 from clustr_aio.storage.base import BatchScope, Buffer
 from clustr_aio.storage.local import (
     INCOMING_DIR,

@@ -1,0 +1,54 @@
+"""Domain errors that carry their HTTP status.
+
+The ingest pipeline and storage raise these without knowing anything about HTTP beyond the
+status number (as tusd's ``NewError(code, msg, status)`` does); one middleware in
+:mod:`clustr_aio.web.middlewares` turns them into ``{"detail": ...}`` responses.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ClustrError(Exception):
+    """Base of every error a client may see; ``detail`` is shown to the client verbatim."""
+
+    status: ClassVar[int] = 500
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class MalformedUpload(ClustrError):
+    """The body is not well-formed multipart (bad boundary, truncated part, nested multipart…)."""
+
+    status = 400
+
+
+class NoFilesUploaded(ClustrError):
+    """The request carried no ``files`` part (406, as the original FastAPI service answered)."""
+
+    status = 406
+
+
+class UploadTooLarge(ClustrError):
+    """A file, the request or the number of files crossed a configured limit."""
+
+    status = 413
+
+
+class UnsupportedFile(ClustrError):
+    """The extension is not allowed, or the bytes are not what the extension claims."""
+
+    status = 415
+
+
+class InsufficientStorage(ClustrError):
+    """The disk is full, or free space would drop below ``MIN_FREE_SPACE``."""
+
+    status = 507
+
+
+class ClientDisconnected(Exception):
+    """The client went away mid-body. Not a ClustrError: there is nobody left to answer."""

@@ -1,0 +1,60 @@
+"""Detect an image type from its first bytes, and check it against the file's extension."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clustr_aio.domain.errors import UnsupportedFile
+
+OCTET_STREAM = "application/octet-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageType:
+    content_type: str
+    extensions: frozenset[str]
+    magic: tuple[tuple[int, bytes], ...]
+    """(offset, bytes) pairs that must all match."""
+
+    def matches(self, head: bytes) -> bool:
+        return all(head[at : at + len(sig)] == sig for at, sig in self.magic)
+
+
+KNOWN_TYPES: tuple[ImageType, ...] = (
+    ImageType("image/jpeg", frozenset({"jpg", "jpeg"}), ((0, b"\xff\xd8\xff"),)),
+    ImageType("image/png", frozenset({"png"}), ((0, b"\x89PNG\r\n\x1a\n"),)),
+    ImageType("image/webp", frozenset({"webp"}), ((0, b"RIFF"), (8, b"WEBP"))),
+)
+"""The image types whose bytes are checked. To support another, add a row here."""
+
+SNIFF_BYTES = max(at + len(sig) for t in KNOWN_TYPES for at, sig in t.magic)
+"""How many leading bytes :func:`detect_type` needs to decide."""
+
+_BY_EXTENSION = {ext: t for t in KNOWN_TYPES for ext in t.extensions}
+
+
+def detect_type(head: bytes) -> ImageType | None:
+    """The known type whose magic bytes ``head`` starts with, if any."""
+    return next((t for t in KNOWN_TYPES if t.matches(head)), None)
+
+
+def verify_content(extension: str, head: bytes, *, filename: str) -> str:
+    """The content type of a file whose name ends in ``extension`` and whose bytes start with
+    ``head`` (at least ``SNIFF_BYTES`` of them, or all of a shorter file).
+
+    Raises :class:`UnsupportedFile` when the file is empty or its bytes are not what the
+    extension claims. Extensions that are allowed but not a known image type (say ``bin``) are
+    stored as ``application/octet-stream``.
+    """
+    if not head:
+        raise UnsupportedFile(f"{filename!r} is empty")
+    claimed = _BY_EXTENSION.get(extension)
+    if claimed is None:
+        return OCTET_STREAM
+    if claimed.matches(head):
+        return claimed.content_type
+    actual = detect_type(head)
+    found = f"{actual.content_type} data" if actual else "data that is not a known image type"
+    raise UnsupportedFile(
+        f"{filename!r} is named .{extension} but holds {found}; expected {claimed.content_type}"
+    )

@@ -1,0 +1,2 @@
+"""The process model: listening sockets, the supervisor and its workers, systemd's readiness
+and watchdog, the graceful drain."""

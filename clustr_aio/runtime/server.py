@@ -1,0 +1,174 @@
+"""The process model, composed: listening sockets (bound here or inherited from systemd), one
+serving process or a supervisor with workers, readiness and watchdog reports, and a graceful
+drain on SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from clustr_aio.observability import metrics
+from clustr_aio.observability.access_log import AccessLogger
+from clustr_aio.runtime import systemd
+from clustr_aio.runtime.drain import DrainingRunner
+from clustr_aio.runtime.systemd import Notifier, SystemdNotifier
+from clustr_aio.runtime.workers import Supervisor, WorkerNotifier
+from clustr_aio.settings import Settings
+from clustr_aio.web.app import create_app
+
+__all__ = ["listening_sockets", "make_runner", "run", "serve"]
+
+log = logging.getLogger("clustr_aio")
+access_log = logging.getLogger("clustr_aio.access")
+
+_BACKLOG = 1024  # uploads arrive in bursts (a whole album at once); the kernel caps it anyway
+
+
+def run(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT with ``settings.workers`` processes; the exit status.
+
+    Raises:
+        OSError: the address cannot be bound, the upload folder is not writable, ….
+    """
+    listeners = listening_sockets(settings)
+    notifier = SystemdNotifier()
+    if settings.workers == 1:
+        asyncio.run(serve(settings, listeners=listeners, notifier=notifier))
+        return 0
+
+    def run_worker(worker_notifier: WorkerNotifier) -> int:
+        asyncio.run(serve(settings, listeners=listeners, notifier=worker_notifier))
+        return 0
+
+    supervisor = Supervisor(
+        workers=settings.workers,
+        listeners=listeners,
+        notifier=notifier,
+        run_worker=run_worker,
+        stop_timeout=settings.shutdown_timeout,
+    )
+    # The workers count into files in one directory; any worker's /metrics shows their sum.
+    metrics.prepare_multiprocess_dir()
+    try:
+        return supervisor.run()
+    finally:
+        metrics.remove_multiprocess_dir()  # only in the supervisor: workers leave by os._exit
+
+
+def listening_sockets(settings: Settings) -> list[socket.socket]:
+    """The sockets systemd passed (socket activation), else new ones bound to HOST and PORT."""
+    inherited = systemd.listen_fds()
+    if inherited:
+        log.info("using %d listening socket(s) passed by systemd", len(inherited))
+        return inherited
+    return bind(settings.host, settings.port)
+
+
+def bind(host: str, port: int) -> list[socket.socket]:
+    """Listening TCP sockets on every address ``host`` resolves to, as asyncio's
+    ``create_server`` would make them; bound here so that workers can share them."""
+    infos = socket.getaddrinfo(
+        host, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                # One socket per family, as asyncio does: "::" must not also claim IPv4.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(_BACKLOG)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def make_runner(settings: Settings) -> DrainingRunner:
+    """The application in a runner that drains for ``SHUTDOWN_TIMEOUT`` before it closes."""
+    return DrainingRunner(
+        create_app(settings),
+        drain_timeout=settings.shutdown_timeout,
+        access_log_class=AccessLogger,
+        access_log=access_log if settings.access_log else None,
+    )
+
+
+async def serve(
+    settings: Settings, *, listeners: Sequence[socket.socket], notifier: Notifier
+) -> None:
+    """Serve on ``listeners`` until SIGTERM or SIGINT, then drain and return."""
+    runner = make_runner(settings)
+    await runner.setup()  # opens the storage, which sweeps what dead processes left behind
+    watchdog: asyncio.Task[None] | None = None
+    try:
+        names = []
+        for sock in listeners:
+            site = web.SockSite(runner, sock)
+            await site.start()
+            names.append(site.name)
+        check_writable(settings.upload_folder)
+        stop = _stop_event()
+        log.info(
+            "clustr_aio listening on %s, storing uploads in %s, serving them at %s%s",
+            ", ".join(names),
+            settings.upload_folder,
+            settings.base_url,
+            settings.upload_url_path,
+        )
+        notifier.ready(f"serving on {', '.join(names)}")
+        watchdog = asyncio.create_task(_feed_watchdog(notifier, stop))
+        await stop.wait()
+        in_flight = runner.requests.in_flight
+        log.info("stopping: draining %d request(s) in flight", in_flight)
+        notifier.stopping(f"stopping: draining {in_flight} request(s) in flight")
+        await runner.drain()
+    finally:
+        await runner.cleanup()
+        if watchdog is not None:
+            watchdog.cancel()
+
+
+def check_writable(folder: Path) -> None:
+    """Fail start-up, rather than every upload, when the folder cannot be written (a read-only
+    mount, a ``ReadWritePaths=`` naming another folder, wrong ownership)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OSError(errno.EACCES, "the upload folder is not writable", str(folder))
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def request_stop(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.info("%s: already stopping", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, request_stop, sig)
+    return stop
+
+
+async def _feed_watchdog(notifier: Notifier, stop: asyncio.Event) -> None:
+    """Ping while the event loop runs: a loop that hangs stops the pings, and is restarted."""
+    interval = notifier.watchdog_interval
+    if interval is None:
+        return
+    while True:
+        if not notifier.watchdog() and not stop.is_set():
+            log.error("the supervisor is gone; stopping")
+            stop.set()
+        await asyncio.sleep(interval)

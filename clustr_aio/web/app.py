@@ -1,0 +1,116 @@
+"""The application factory: ``create_app(settings)`` wires settings, storage, routes and
+middlewares. Resources are opened and closed in ``cleanup_ctx``, in dependency order."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp_cors
+from aiohttp import hdrs, web, web_fileresponse
+
+from clustr_aio.domain.limits import UploadLimits
+from clustr_aio.domain.sniff import KNOWN_TYPES
+from clustr_aio.ingest.pipeline import IngestPolicy
+from clustr_aio.observability.metrics import Metrics
+from clustr_aio.settings import Settings
+from clustr_aio.storage.local import LocalStorage
+from clustr_aio.web import middlewares
+from clustr_aio.web.inline_static import add_inline_static
+from clustr_aio.web.keys import INGEST_POLICY, METRICS, SETTINGS, STORAGE
+from clustr_aio.web.routes import docs, health, root, stored_files, upload
+
+ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
+
+UPLOADS_ROUTE = stored_files.ROUTE_NAME  # the name its OpenAPI documentation is filed under
+
+
+def create_app(settings: Settings) -> web.Application:
+    metrics = Metrics()
+    app = web.Application(
+        middlewares=[
+            metrics.middleware(),  # first: it times everything and sees every final status
+            middlewares.request_id,
+            middlewares.json_errors,
+        ],
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[INGEST_POLICY] = IngestPolicy(
+        allowed_extensions=settings.allowed_extensions,
+        limits=UploadLimits(
+            max_file_size=settings.max_file_size,
+            max_request_size=settings.max_request_size,
+            max_files=settings.max_files,
+        ),
+    )
+    app.cleanup_ctx.append(_local_storage)
+    app.on_response_prepare.append(middlewares.common_headers)
+    app.on_response_prepare.append(metrics.count_response)
+
+    app.router.add_routes(root.routes)
+    app.router.add_routes(upload.routes)
+    app.router.add_routes(health.routes)
+    app.router.add_routes(docs.routes)
+    # add_static insists that the folder exists already.
+    settings.upload_folder.mkdir(parents=True, exist_ok=True)
+    _name_image_types_for_static()
+    # add_static, with a fast path for the most frequent request (see inline_static).
+    add_inline_static(
+        app.router, settings.upload_url_path, settings.upload_folder, name=UPLOADS_ROUTE
+    )
+    _allow_cors(app, settings.cors_origins)
+    return app
+
+
+def _name_image_types_for_static() -> None:
+    """aiohttp guesses a static file's Content-Type from Python's built-in table only (not
+    /etc/mime.types), and before Python 3.13 that table has no .webp: WebP files went out as
+    application/octet-stream. Teach it every image type the upload accepts."""
+    for image_type in KNOWN_TYPES:
+        for extension in image_type.extensions:
+            web_fileresponse.CONTENT_TYPES.add_type(image_type.content_type, f".{extension}")
+
+
+async def _local_storage(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    storage = LocalStorage(
+        settings.upload_folder, fsync=settings.fsync, min_free_space=settings.min_free_space
+    )
+    await storage.open()
+    app[STORAGE] = storage
+    yield
+    await storage.close()
+
+
+def _allow_cors(app: web.Application, origins: tuple[str, ...]) -> None:
+    # aiohttp-cors has no "allow everything" switch: spell it out per origin.
+    options = aiohttp_cors.ResourceOptions(
+        allow_credentials=False, expose_headers="*", allow_headers="*", max_age=600
+    )
+    cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
+    for route in list(app.router.routes()):
+        cors.add(route)
+    assert cors._cors_impl is not None
+    _ask_for_origin_first(app, cors._cors_impl._on_response_prepare)
+    if origins:
+        app.on_response_prepare.append(_vary_on_origin)
+
+
+def _ask_for_origin_first(app: web.Application, cors_hook: ResponseHook) -> None:
+    """aiohttp-cors's response hook looks up the route's configuration (a ChainMap and two
+    subclass checks) before it looks for an ``Origin`` header, without which nothing is CORS
+    (its step 6.1.1). Most requests have none: same-origin ones, photos loaded by ``<img>``.
+    Ask first. ``index`` fails at startup, not silently, if aiohttp-cors changes."""
+    hooks = app.on_response_prepare
+
+    async def only_with_origin(request: web.Request, response: web.StreamResponse) -> None:
+        if hdrs.ORIGIN in request.headers:
+            await cors_hook(request, response)
+
+    hooks[hooks.index(cors_hook)] = only_with_origin
+
+
+async def _vary_on_origin(request: web.Request, response: web.StreamResponse) -> None:
+    """aiohttp-cors answers with the caller's own Origin (even for "*"), so a shared cache in
+    front of the server must keep one answer per Origin, or it hands out another site's."""
+    response.headers.add(hdrs.VARY, hdrs.ORIGIN)

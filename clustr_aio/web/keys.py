@@ -1,0 +1,17 @@
+"""Every typed application and request key, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from clustr_aio.ingest.pipeline import IngestPolicy
+from clustr_aio.observability.metrics import Metrics
+from clustr_aio.settings import Settings
+from clustr_aio.storage.base import Storage
+
+SETTINGS = web.AppKey("settings", Settings)
+STORAGE = web.AppKey("storage", Storage)
+INGEST_POLICY = web.AppKey("ingest_policy", IngestPolicy)
+METRICS = web.AppKey("metrics", Metrics)
+
+REQUEST_ID = web.RequestKey("request_id", str)

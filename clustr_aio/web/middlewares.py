@@ -1,0 +1,87 @@
+"""Cross-cutting request handling: request ids, JSON errors, security headers.
+
+This is the one place where library and domain errors become HTTP responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from clustr_aio.domain.errors import ClientDisconnected, ClustrError
+from clustr_aio.observability.logs import bind_request_id, unbind_request_id
+from clustr_aio.web.keys import REQUEST_ID
+from clustr_aio.web.responses import error_response
+
+log = logging.getLogger("clustr_aio")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Headers of an HTTPException worth keeping on the JSON version (Allow on a 405, for one).
+_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate", "Location")
+
+
+def new_request_id() -> str:
+    """64 random bits as 16 hex digits. Ids tell requests apart in the logs and guard nothing,
+    so the random module's generator makes them, without a getrandom syscall per request (as
+    uuid4 made). It is reseeded in every forked worker, unlike a Random instance of our own."""
+    return f"{random.getrandbits(64):016x}"
+
+
+def ensure_request_id(request: web.BaseRequest) -> str:
+    """The request's id, assigned on first use: the client's X-Request-ID if it is sane."""
+    rid = request.get(REQUEST_ID)
+    if rid is None:
+        offered = request.headers.get(REQUEST_ID_HEADER, "")
+        rid = offered if _CLIENT_REQUEST_ID.fullmatch(offered) else new_request_id()
+        request[REQUEST_ID] = rid
+    return rid
+
+
+@web.middleware
+async def request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tag the request with an id for the logs: every record logged while it runs carries it."""
+    token = bind_request_id(ensure_request_id(request))
+    try:
+        return await handler(request)
+    finally:
+        unbind_request_id(token)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every error into ``{"detail": ...}`` with the right status; no traceback leaks."""
+    try:
+        return await handler(request)
+    except ClustrError as error:
+        return error_response(error.status, error.detail)
+    except ClientDisconnected:
+        log.info("client disconnected mid-upload; nothing of it was kept")
+        return error_response(400, "client disconnected before the upload was complete")
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        kept = {k: v for k in _KEPT_HEADERS if (v := error.headers.get(k)) is not None}
+        # aiohttp's default text is "404: Not Found"; FastAPI's detail is just "Not Found".
+        text = error.text or ""
+        detail = error.reason if text in ("", f"{error.status}: {error.reason}") else text
+        return error_response(error.status, detail, headers=kept)
+    except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "Internal Server Error")
+
+
+async def common_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: on every response, static files, errors and the refusals that
+    aiohttp sends before any middleware runs (``Expect: 100-continue``) included."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers[REQUEST_ID_HEADER] = ensure_request_id(request)

@@ -1,0 +1,248 @@
+"""Shared pieces of the OpenAPI document: component schemas and response builders.
+
+Handlers compose their operations from these, so every ``{"detail": ...}`` error, every file
+response and every JSON body is described the same way everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+from clustr_aio.domain.sniff import KNOWN_TYPES, OCTET_STREAM
+from clustr_aio.web.openapi.registry import JSONObject
+
+JSON: Final = "application/json"
+
+
+def ref(schema: str) -> JSONObject:
+    return {"$ref": f"#/components/schemas/{schema}"}
+
+
+STORED_CONTENT_TYPES: Final = (*(t.content_type for t in KNOWN_TYPES), OCTET_STREAM)
+"""What ``content_type`` of an upload item can be: a sniffed image type, or octet-stream for an
+allowed extension that is not a known image type."""
+
+COMPONENT_SCHEMAS: Final[JSONObject] = {
+    "Error": {
+        "type": "object",
+        "description": "Every error this server answers, whatever the status.",
+        "required": ["detail"],
+        "properties": {
+            "detail": {"type": "string", "description": "What went wrong, for a person."}
+        },
+        "examples": [{"detail": "Not Found"}],
+    },
+    "Greeting": {
+        "type": "object",
+        "required": ["message"],
+        "properties": {"message": {"type": "string", "const": "Hello World"}},
+    },
+    "UploadedFile": {
+        "type": "object",
+        "description": "One stored file, in the order its part arrived.",
+        "required": [
+            "stored_filename",
+            "preview_url",
+            "original_filename",
+            "file_size",
+            "content_type",
+        ],
+        "properties": {
+            "stored_filename": {
+                "type": "string",
+                "description": "The name the file is stored and served under: the original "
+                "basename made safe, with a -1, -2, ... suffix when the name was taken.",
+                "examples": ["beach.jpg", "beach-1.jpg"],
+            },
+            "preview_url": {
+                "type": "string",
+                "format": "uri",
+                "description": "Absolute URL of the stored file (`GET /uploads/{filename}`).",
+                "examples": ["http://127.0.0.1:5000/uploads/beach.jpg"],
+            },
+            "original_filename": {
+                "type": "string",
+                "description": "The filename the client sent, verbatim.",
+                "examples": ["beach.jpg"],
+            },
+            "file_size": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Bytes stored (empty files are refused).",
+                "examples": [482113],
+            },
+            "content_type": {
+                "type": "string",
+                "enum": list(STORED_CONTENT_TYPES),
+                "description": "Detected from the file's bytes, never taken from the client.",
+            },
+        },
+    },
+    "UploadResponse": {
+        "type": "object",
+        "required": ["message", "data"],
+        "properties": {
+            "message": {
+                "type": "string",
+                "pattern": "^Successfully uploaded [0-9]+ files$",
+                "examples": ["Successfully uploaded 2 files"],
+            },
+            "data": {"type": "array", "minItems": 1, "items": ref("UploadedFile")},
+        },
+        "examples": [
+            {
+                "message": "Successfully uploaded 2 files",
+                "data": [
+                    {
+                        "stored_filename": "beach.jpg",
+                        "preview_url": "http://127.0.0.1:5000/uploads/beach.jpg",
+                        "original_filename": "beach.jpg",
+                        "file_size": 482113,
+                        "content_type": "image/jpeg",
+                    },
+                    {
+                        "stored_filename": "dunes.png",
+                        "preview_url": "http://127.0.0.1:5000/uploads/dunes.png",
+                        "original_filename": "dunes.png",
+                        "file_size": 1021877,
+                        "content_type": "image/png",
+                    },
+                ],
+            }
+        ],
+    },
+    "UploadForm": {
+        "type": "object",
+        "required": ["files"],
+        "properties": {
+            "files": {
+                "type": "array",
+                "minItems": 1,
+                "description": "One part per file, every part named `files`; parts with "
+                "other names are read past.",
+                # format: binary is what Swagger UI turns into a file chooser per item.
+                "items": {"type": "string", "format": "binary"},
+            }
+        },
+        # Fields with other names are read past. No name may hold a NUL: a part header that
+        # does is malformed multipart (400).
+        "propertyNames": {"pattern": "^[^\\x00]*$"},
+    },
+}
+
+REQUEST_ID_RESPONSE_HEADER: Final[JSONObject] = {
+    "description": "The request's id, as in the server log: the client's own `X-Request-ID` "
+    "if it sent a sane one (1-64 of `A-Z a-z 0-9 . _ -`), else a new one.",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+}
+"""The middleware in :mod:`clustr_aio.web.middlewares` sets it on every response."""
+
+
+def json_response(
+    description: str, schema: JSONObject, *, example: object | None = None
+) -> JSONObject:
+    media: JSONObject = {"schema": schema}
+    if example is not None:
+        media["example"] = example
+    return {"description": description, "content": {JSON: media}}
+
+
+def error_response(description: str, *examples: str) -> JSONObject:
+    """A ``{"detail": ...}`` response; each example is a ``detail`` this status really sends."""
+    media: JSONObject = {"schema": ref("Error")}
+    if len(examples) == 1:
+        media["example"] = {"detail": examples[0]}
+    elif examples:
+        media["examples"] = {
+            f"example{n}": {"summary": detail, "value": {"detail": detail}}
+            for n, detail in enumerate(examples, start=1)
+        }
+    return {"description": description, "content": {JSON: media}}
+
+
+def file_responses(
+    media_types: Iterable[str], *, what: str, not_found: str
+) -> Mapping[int, JSONObject]:
+    """What aiohttp's ``FileResponse`` answers for a GET (static files and docs assets alike):
+    validators, conditional requests and single byte ranges."""
+    binary: JSONObject = {media_type: {} for media_type in media_types}
+    validators: JSONObject = {
+        "ETag": {"description": "Changes when the file does.", "schema": {"type": "string"}},
+        "Last-Modified": {"schema": {"type": "string"}},
+    }
+    return {
+        200: {
+            "description": f"The {what}. Content-Type follows the file name's extension.",
+            "headers": {
+                **validators,
+                "Accept-Ranges": {"schema": {"type": "string", "const": "bytes"}},
+            },
+            "content": binary,
+        },
+        206: {
+            "description": "The byte range asked for with `Range` (one range only).",
+            "headers": {
+                **validators,
+                "Content-Range": {
+                    "required": True,
+                    "schema": {"type": "string", "examples": ["bytes 0-1023/482113"]},
+                },
+            },
+            "content": binary,
+        },
+        304: {
+            "description": "Not modified: `If-None-Match` or `If-Modified-Since` matched. No body.",
+            "headers": validators,
+        },
+        404: error_response(not_found, "Not Found"),
+        412: {"description": "`If-Match` or `If-Unmodified-Since` failed. No body."},
+        416: {
+            "description": "The `Range` cannot be satisfied (starts past the end, or malformed). "
+            "No body.",
+            "headers": {
+                "Content-Range": {
+                    "description": "`bytes */<file size>`",
+                    "schema": {"type": "string", "examples": ["bytes */482113"]},
+                }
+            },
+        },
+    }
+
+
+def _header(name: str, description: str, example: str) -> JSONObject:
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string"},
+        "example": example,
+    }
+
+
+FILE_REQUEST_HEADERS: Final[tuple[JSONObject, ...]] = (
+    _header("Range", "One byte range: `bytes=0-1023`, `bytes=1024-`, `bytes=-500`.", "bytes=0-1"),
+    _header(
+        "If-None-Match",
+        "An ETag from an earlier response: 304 if it still matches.",
+        '"18a7f3c2b-75b41"',
+    ),
+    _header(
+        "If-Modified-Since",
+        "An HTTP date: 304 if the file has not changed since.",
+        "Wed, 21 Oct 2015 07:28:00 GMT",
+    ),
+    _header(
+        "If-Range",
+        "Apply `Range` only if the file has not changed since this HTTP date.",
+        "Wed, 21 Oct 2015 07:28:00 GMT",
+    ),
+    _header("If-Match", "412 unless the file's ETag matches.", "*"),
+    _header(
+        "If-Unmodified-Since",
+        "412 if the file has changed since this HTTP date.",
+        "Wed, 21 Oct 2015 07:28:00 GMT",
+    ),
+)
+"""The request headers :func:`file_responses` reacts to."""

@@ -1,0 +1,164 @@
+"""The OpenAPI 3.1 document, built from the app's route table.
+
+Paths and methods come from the router, never from a hand-kept list: each route contributes the
+operation its handler module declared (:mod:`.registry`), and a route with none
+is missing from the document, which ``tests/http/test_openapi.py`` turns into a failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from aiohttp import web
+
+import clustr_aio
+from clustr_aio.settings import Settings
+from clustr_aio.web.keys import SETTINGS
+from clustr_aio.web.middlewares import REQUEST_ID_HEADER
+from clustr_aio.web.openapi.registry import JSONObject, operation_for
+from clustr_aio.web.openapi.schemas import (
+    COMPONENT_SCHEMAS,
+    REQUEST_ID_RESPONSE_HEADER,
+    error_response,
+)
+
+OPENAPI_VERSION: Final = "3.1.0"
+
+TAGS: Final = (
+    {"name": "upload", "description": "Send images; they are checked and stored all or nothing."},
+    {"name": "files", "description": "Read the stored files back."},
+    {"name": "service", "description": "Liveness and the like."},
+    {"name": "documentation", "description": "This document, and the pages that render it."},
+)
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class RouteKey:
+    """A path template as OpenAPI writes it, and an upper-case method."""
+
+    path: str
+    method: str
+
+
+def served_routes(router: web.UrlDispatcher) -> Iterator[tuple[RouteKey, web.AbstractRoute]]:
+    """Every route that needs documenting.
+
+    Left out: the ``OPTIONS`` routes aiohttp-cors adds to answer CORS preflights, and the
+    ``HEAD`` aiohttp adds beside every ``GET`` (same answer, no body; RFC 9110 section 9.3.2).
+    """
+    for resource in router.resources():
+        path = openapi_path(resource)
+        methods = {route.method for route in resource}
+        for route in resource:
+            if route.method == "HEAD" and "GET" in methods:
+                continue
+            if route.method == "OPTIONS" and _is_cors_preflight(route):
+                continue
+            yield RouteKey(path, route.method), route
+
+
+def openapi_path(resource: web.AbstractResource) -> str:
+    """``/uploads/{filename}`` for a static route, the route's template for the others."""
+    if isinstance(resource, web.StaticResource):
+        return f"{resource.canonical.rstrip('/')}/{{filename}}"
+    return resource.canonical  # placeholders without their regex: "/a/{name}"
+
+
+def _default_operation_id(key: RouteKey, route: web.AbstractRoute) -> str:
+    if isinstance(route.resource, web.StaticResource) and route.resource.name:
+        return f"{key.method.lower()}_{route.resource.name}"
+    return str(getattr(route.handler, "__name__", f"{key.method.lower()}_{key.path}"))
+
+
+def _with_request_id(response: JSONObject) -> JSONObject:
+    """A copy of ``response`` that also lists the header the middleware sets on every response
+    (a copy: the operation's own dicts are shared by every app and every request)."""
+    reference = {"$ref": f"#/components/headers/{REQUEST_ID_HEADER}"}
+    return {**response, "headers": {**response.get("headers", {}), REQUEST_ID_HEADER: reference}}
+
+
+def _is_cors_preflight(route: web.AbstractRoute) -> bool:
+    return str(getattr(route.handler, "__module__", "")).startswith("aiohttp_cors.")
+
+
+def build_openapi(app: web.Application, *, server_url: str | None = None) -> JSONObject:
+    """The whole document for ``app`` as configured (limits in the description).
+
+    ``server_url`` is where clients reach the API: for a served document, the base URL of
+    that request's ``preview_url``s (PUBLIC_BASE_URL, else what a trusted proxy forwarded,
+    else HOST:PORT); by default HOST:PORT or PUBLIC_BASE_URL."""
+    settings = app[SETTINGS]
+    paths: dict[str, JSONObject] = {}
+    for key, route in sorted(served_routes(app.router), key=lambda pair: pair[0]):
+        operation = operation_for(route)
+        if operation is None:
+            continue
+        rendered = operation.to_openapi(_default_operation_id(key, route))
+        rendered["responses"] = {
+            status: _with_request_id(response) for status, response in rendered["responses"].items()
+        }
+        paths.setdefault(key.path, {})[key.method.lower()] = rendered
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "clustr_aio",
+            "version": clustr_aio.__version__,
+            "summary": "Streaming image-upload backend of Clustr.",
+            "description": _description(settings),
+        },
+        "servers": [{"url": server_url or settings.base_url}],
+        "tags": list(TAGS),
+        "paths": paths,
+        "components": {
+            "schemas": COMPONENT_SCHEMAS,
+            "headers": {REQUEST_ID_HEADER: REQUEST_ID_RESPONSE_HEADER},
+            "responses": {
+                "NotFound": error_response("No route matches the path.", "Not Found"),
+                "MethodNotAllowed": {
+                    **error_response(
+                        "The path exists but not for this method.", "Method Not Allowed"
+                    ),
+                    "headers": {
+                        "Allow": {
+                            "description": "The methods the path accepts.",
+                            "schema": {"type": "string"},
+                        }
+                    },
+                },
+            },
+        },
+    }
+
+
+def _description(settings: Settings) -> str:
+    extensions = ", ".join(sorted(settings.allowed_extensions))
+    return f"""\
+Accepts image uploads (`POST /api/upload`, one to thousands of files per request), streams every
+part to disk as it arrives, checks each file's bytes, stores the batch **all or nothing** and
+serves the stored files under `{settings.upload_url_path}`.
+
+**Limits on this server**
+
+| Limit | Value |
+|---|---|
+| Accepted extensions | {extensions} |
+| Largest file (`MAX_FILE_SIZE`) | {_size(settings.max_file_size)} |
+| Largest request body (`MAX_REQUEST_SIZE`) | {_size(settings.max_request_size)} |
+| Most files per request (`MAX_FILES`) | {settings.max_files} |
+
+**Errors** are always JSON, `{{"detail": "<what went wrong>"}}`, whatever the status: besides
+the statuses listed for each operation, any path answers 404 when no route matches it, and 405
+(with an `Allow` header) when the path exists but not for that method.
+
+Every response carries `{REQUEST_ID_HEADER}`, the id the server logs the request under; send
+your own (1-64 of `A-Z a-z 0-9 . _ -`) to follow a request through the logs.
+"""
+
+
+def _size(count: int) -> str:
+    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= factor and count % factor == 0:
+            return f"{count // factor} {unit} ({count} bytes)"
+    return f"{count} bytes"

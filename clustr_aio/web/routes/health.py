@@ -1,0 +1,107 @@
+"""Liveness, readiness and metrics for supervisors, load balancers and Prometheus.
+
+- ``GET /healthz``: the process is alive and its event loop answers. Nothing else is checked,
+  so a full disk never gets a live server restarted.
+- ``GET /readyz``: uploads can succeed right now: a file can be created and published in the
+  upload folder, and free space is above ``MIN_FREE_SPACE``. 503 with a ``detail`` otherwise,
+  so a load balancer sends uploads elsewhere until an operator has made room.
+- ``GET /metrics``: Prometheus text (or OpenMetrics) from :mod:`clustr_aio.observability.metrics`.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from clustr_aio.storage.base import ReadinessReporting, SpaceReporting
+from clustr_aio.web.keys import METRICS, SETTINGS, STORAGE
+from clustr_aio.web.openapi import operation
+from clustr_aio.web.openapi.schemas import error_response as documented_error
+from clustr_aio.web.openapi.schemas import json_response
+from clustr_aio.web.responses import error_response
+
+routes = web.RouteTableDef()
+
+
+def _status(value: str) -> dict[str, object]:
+    return {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string", "const": value}},
+    }
+
+
+@routes.get("/healthz")
+@operation(
+    summary="Liveness",
+    description="The process is alive and its event loop answers; nothing else is checked, so "
+    "a full disk never gets a live server restarted.",
+    tags=("service",),
+    responses={200: json_response("Alive.", _status("ok"))},
+)
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+@operation(
+    summary="Readiness",
+    description="Uploads can succeed right now: a file can be created and published in the "
+    "upload folder, and free space is above MIN_FREE_SPACE. A load balancer should send "
+    "uploads elsewhere while this answers 503.",
+    tags=("service",),
+    responses={
+        200: json_response("Ready.", _status("ready")),
+        503: documented_error(
+            "Not ready: the upload folder is not writable, or free space is below MIN_FREE_SPACE.",
+            "not ready: the upload folder is not writable: Permission denied",
+        ),
+    },
+)
+async def readyz(request: web.Request) -> web.Response:
+    storage = request.app[STORAGE]
+    reserve = request.app[SETTINGS].min_free_space
+    try:
+        if isinstance(storage, ReadinessReporting):
+            await storage.check_writable()
+        free = await storage.free_space() if isinstance(storage, SpaceReporting) else None
+    except OSError as error:
+        reason = error.strerror or str(error)
+        return error_response(503, f"not ready: the upload folder is not writable: {reason}")
+    if free is not None and free < reserve:
+        return error_response(
+            503,
+            f"not ready: {free} bytes free in the upload folder, less than MIN_FREE_SPACE"
+            f" ({reserve} bytes)",
+        )
+    return web.json_response({"status": "ready"})
+
+
+@routes.get("/metrics")
+@operation(
+    summary="Prometheus metrics",
+    description="Prometheus text format, or OpenMetrics when the `Accept` header asks for "
+    "`application/openmetrics-text`; gzip with `Accept-Encoding: gzip`.",
+    tags=("service",),
+    parameters=(
+        {
+            "name": "name[]",
+            "in": "query",
+            "required": False,
+            "description": "Only these metric families.",
+            "schema": {"type": "array", "items": {"type": "string"}},
+            "style": "form",
+            "explode": True,
+        },
+    ),
+    responses={
+        200: {
+            "description": "The metrics.",
+            "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "application/openmetrics-text": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+async def metrics(request: web.Request) -> web.StreamResponse:
+    return await request.app[METRICS].handler(request)

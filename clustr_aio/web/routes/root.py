@@ -1,0 +1,21 @@
+"""``GET /``: the liveness greeting the original FastAPI service answered."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from clustr_aio.web.openapi import operation
+from clustr_aio.web.openapi.schemas import json_response, ref
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/")
+@operation(
+    summary="Greeting",
+    description="Answers as long as the server is up; the original service's `GET /`.",
+    tags=("service",),
+    responses={200: json_response("The server is up.", ref("Greeting"))},
+)
+async def hello(request: web.Request) -> web.Response:
+    return web.json_response({"message": "Hello World"})

@@ -1,0 +1,135 @@
+"""``POST /api/upload``: multipart ``files`` parts in, the JSON envelope out."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
+
+# aiohttp exposes no public "send 100 Continue"; its default expect handler is that, and stable.
+from aiohttp.web_urldispatcher import _default_expect_handler
+
+from clustr_aio.domain.errors import (
+    ClientDisconnected,
+    ClustrError,
+    MalformedUpload,
+    NoFilesUploaded,
+)
+from clustr_aio.ingest.multipart import MultipartStream, parse_boundary
+from clustr_aio.ingest.pipeline import StoredFile, ingest_multipart
+from clustr_aio.storage.base import SpaceReporting
+from clustr_aio.web.forwarded import request_base_url
+from clustr_aio.web.keys import INGEST_POLICY, METRICS, SETTINGS, STORAGE
+from clustr_aio.web.openapi import operation
+from clustr_aio.web.openapi.schemas import error_response as documented_error
+from clustr_aio.web.openapi.schemas import json_response, ref
+from clustr_aio.web.responses import error_response
+
+routes = web.RouteTableDef()
+
+
+async def refuse_early(request: web.Request) -> web.StreamResponse | None:
+    """Expect handler: answer 413/406/400/507 instead of ``100 Continue`` when the headers
+    alone show the upload will be refused, so the client never sends the body."""
+    try:
+        await _check_request(request)
+    except ClustrError as error:
+        request.app[METRICS].count_rejection(error)
+        return error_response(error.status, error.detail)
+    await _default_expect_handler(request)
+    return None
+
+
+@routes.post("/api/upload", expect_handler=refuse_early)
+@operation(
+    summary="Upload images",
+    description="Send one or many files as `multipart/form-data` parts named `files` (`curl -F "
+    "files=@a.jpg -F files=@b.png`). Each part is streamed to disk as it arrives and its bytes "
+    "are checked against its extension; only when every part is accepted are the files "
+    "published, all at once: any error leaves nothing stored. With `Expect: 100-continue`, a "
+    "request whose headers already break a limit is refused before its body is sent.",
+    tags=("upload",),
+    request_body={
+        "required": True,
+        "content": {"multipart/form-data": {"schema": ref("UploadForm")}},
+    },
+    responses={
+        200: json_response("Every file was stored.", ref("UploadResponse")),
+        400: documented_error(
+            "The body is not well-formed multipart: bad boundary, truncated part, nested "
+            "multipart, or the client broke off.",
+            "multipart/form-data Content-Type has no boundary parameter",
+        ),
+        406: documented_error(
+            "No `files` part, or the body is not multipart/form-data at all.",
+            "no files were uploaded: send them as multipart parts named 'files'",
+            "request body is not multipart/form-data",
+        ),
+        413: documented_error(
+            "A file is over MAX_FILE_SIZE, the body over MAX_REQUEST_SIZE, or there are more "
+            "than MAX_FILES files.",
+            "'huge.jpg' is larger than the limit of 52428800 bytes per file",
+            "request body is larger than the limit of 10737418240 bytes",
+            "too many files: at most 10000 per request",
+        ),
+        415: documented_error(
+            "An extension not in ALLOWED_EXTENSIONS, an empty file, or bytes that are not what "
+            "the extension claims.",
+            "'notes.txt': files of type .txt are not accepted; allowed: jpeg, jpg, png, webp",
+            "'fake.png' is named .png but holds image/jpeg data; expected image/png",
+            "'empty.jpg' is empty",
+        ),
+        507: documented_error(
+            "The disk is full, or storing the upload would leave less than MIN_FREE_SPACE free"
+            " (refused before the body when Content-Length tells); nothing was stored.",
+            "not enough space left on the storage device",
+            "not enough storage space left for an upload of 4294967296 bytes; try again later",
+        ),
+    },
+)
+async def upload(request: web.Request) -> web.Response:
+    with request.app[METRICS].track_upload() as tracked:
+        boundary = await _check_request(request)
+        body = request.app[INGEST_POLICY].limits.counting(request.content.readany)
+        parts = MultipartStream(body, boundary)
+        try:
+            stored = await ingest_multipart(parts, request.app[STORAGE], request.app[INGEST_POLICY])
+        except ConnectionError as error:
+            raise ClientDisconnected() from error
+        except HttpProcessingError as error:  # e.g. broken chunked encoding or a short body
+            raise MalformedUpload(f"malformed request body: {error.message}") from None
+        finally:
+            tracked.received(body.bytes_read)
+        tracked.stored(stored)
+    # The host the client used, through a trusted proxy, unless PUBLIC_BASE_URL says otherwise.
+    files_url = request_base_url(request) + request.app[SETTINGS].upload_url_path
+    return web.json_response(
+        {
+            "message": f"Successfully uploaded {len(stored)} files",
+            "data": [_envelope_item(files_url, item) for item in stored],
+        }
+    )
+
+
+async def _check_request(request: web.Request) -> bytes:
+    """What can be refused before reading the body: its declared length, its content type,
+    and whether the storage has room for it (above MIN_FREE_SPACE)."""
+    request.app[INGEST_POLICY].limits.check_declared_length(request.content_length)
+    boundary = parse_boundary(request.headers.get(hdrs.CONTENT_TYPE))
+    if request.content_length == 0:  # nothing sent at all: no files, not a malformed body
+        raise NoFilesUploaded("no files were uploaded: the request body is empty")
+    storage = request.app[STORAGE]
+    if isinstance(storage, SpaceReporting):
+        await storage.ensure_room(request.content_length)
+    return boundary
+
+
+def _envelope_item(files_url: str, item: StoredFile) -> dict[str, object]:
+    return {
+        "stored_filename": item.stored_filename,
+        "preview_url": f"{files_url}/{quote(item.stored_filename)}",
+        "original_filename": item.original_filename,
+        "file_size": item.file_size,
+        "content_type": item.content_type,
+    }
