@@ -16,8 +16,8 @@ from clustr_aio.domain.errors import (
     MalformedUpload,
     NoFilesUploaded,
 )
-from clustr_aio.ingest.multipart import MultipartStream, parse_boundary
-from clustr_aio.ingest.pipeline import StoredFile, ingest_multipart
+from clustr_aio.ingest.multipart import MultipartStream, file_parts, parse_boundary
+from clustr_aio.ingest.pipeline import StoredFile, ingest_batch
 from clustr_aio.storage.base import SpaceReporting
 from clustr_aio.web.forwarded import request_base_url
 from clustr_aio.web.keys import INGEST_POLICY, METRICS, SETTINGS, STORAGE
@@ -91,10 +91,11 @@ async def refuse_early(request: web.Request) -> web.StreamResponse | None:
 async def upload(request: web.Request) -> web.Response:
     with request.app[METRICS].track_upload() as tracked:
         boundary = await _check_request(request)
-        body = request.app[INGEST_POLICY].limits.counting(request.content.readany)
-        parts = MultipartStream(body, boundary)
+        policy = request.app[INGEST_POLICY]
+        body = policy.limits.counting(request.content.readany)
+        files = file_parts(MultipartStream(body, boundary), policy.field_name)
         try:
-            stored = await ingest_multipart(parts, request.app[STORAGE], request.app[INGEST_POLICY])
+            stored = await ingest_batch(files, request.app[STORAGE], policy)
         except ConnectionError as error:
             raise ClientDisconnected() from error
         except HttpProcessingError as error:  # e.g. broken chunked encoding or a short body
