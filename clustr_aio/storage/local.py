@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 
 from clustr_aio.domain.errors import InsufficientStorage
 from clustr_aio.domain.names import numbered
-from clustr_aio.storage.base import Buffer
+from clustr_aio.storage.base import Buffer, OnDisk
 
 INCOMING_DIR = ".incoming"
 _LOCK_FILE = ".lock"
@@ -72,6 +72,7 @@ class LocalStorage:
         space_check_every: int | None = None,
     ) -> None:
         self.folder = folder
+        self._folder_text = os.fspath(folder)
         self.fsync = fsync
         self.write_block = write_block
         self.files_in_flight = files_in_flight
@@ -91,6 +92,15 @@ class LocalStorage:
         # Where to start probing for a free numbered name, per desired name. Only a hint: the
         # atomic os.link decides, so a stale hint can cost a few probes but never a collision.
         self._next_number: dict[str, int] = {}
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def locate(self, name: str) -> OnDisk | None:
+        """The published file ``name``: one path segment right in the folder. Dot-names are
+        never stored (temporary files live in ``.incoming``), so they are never located."""
+        if not name or name[0] == "." or "/" in name or "\0" in name:
+            return None
+        return OnDisk(os.path.join(self._folder_text, name))
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -23,8 +23,7 @@ from tests.conftest import JPEG, AiohttpClient, Client, make_settings
 from tests.http.live_server import AiohttpServer, start_live_server
 
 HOW_TO_DOCUMENT = (
-    "document each route next to its handler with @clustr_aio.web.openapi.operation(...) "
-    "(a static route: clustr_aio.web.openapi.document_static), "
+    "document each route next to its handler with @clustr_aio.web.openapi.operation(...), "
     "built from clustr_aio.web.openapi.schemas"
 )
 

@@ -49,7 +49,7 @@ def served_routes(router: web.UrlDispatcher) -> Iterator[tuple[RouteKey, web.Abs
     ``HEAD`` aiohttp adds beside every ``GET`` (same answer, no body; RFC 9110 section 9.3.2).
     """
     for resource in router.resources():
-        path = openapi_path(resource)
+        path = resource.canonical  # placeholders without their regex: "/a/{name}"
         methods = {route.method for route in resource}
         for route in resource:
             if route.method == "HEAD" and "GET" in methods:
@@ -59,16 +59,7 @@ def served_routes(router: web.UrlDispatcher) -> Iterator[tuple[RouteKey, web.Abs
             yield RouteKey(path, route.method), route
 
 
-def openapi_path(resource: web.AbstractResource) -> str:
-    """``/uploads/{filename}`` for a static route, the route's template for the others."""
-    if isinstance(resource, web.StaticResource):
-        return f"{resource.canonical.rstrip('/')}/{{filename}}"
-    return resource.canonical  # placeholders without their regex: "/a/{name}"
-
-
 def _default_operation_id(key: RouteKey, route: web.AbstractRoute) -> str:
-    if isinstance(route.resource, web.StaticResource) and route.resource.name:
-        return f"{key.method.lower()}_{route.resource.name}"
     return str(getattr(route.handler, "__name__", f"{key.method.lower()}_{key.path}"))
 
 
