@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from clustr_aio.web.forwarded import request_base_url
+from clustr_aio.web.base_url import request_base_url
 from clustr_aio.web.openapi import build_openapi, operation
 from clustr_aio.web.openapi.assets import ASSETS, PAGES_DIR
 from clustr_aio.web.openapi.schemas import FILE_REQUEST_HEADERS, file_responses, json_response

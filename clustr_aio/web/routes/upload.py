@@ -19,7 +19,7 @@ from clustr_aio.domain.errors import (
 from clustr_aio.ingest.multipart import MultipartStream, file_parts, parse_boundary
 from clustr_aio.ingest.pipeline import StoredFile, ingest_batch
 from clustr_aio.storage.base import SpaceReporting
-from clustr_aio.web.forwarded import request_base_url
+from clustr_aio.web.base_url import request_base_url
 from clustr_aio.web.keys import INGEST_POLICY, METRICS, SETTINGS, STORAGE
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import error_response as documented_error
