@@ -19,8 +19,8 @@ from clustr_aio.web.keys import SETTINGS
 from clustr_aio.web.middlewares import REQUEST_ID_HEADER
 from clustr_aio.web.openapi.registry import JSONObject, operation_for
 from clustr_aio.web.openapi.schemas import (
-    COMPONENT_SCHEMAS,
     REQUEST_ID_RESPONSE_HEADER,
+    component_schemas,
     error_response,
 )
 
@@ -103,7 +103,7 @@ def build_openapi(app: web.Application, *, server_url: str | None = None) -> JSO
         "tags": list(TAGS),
         "paths": paths,
         "components": {
-            "schemas": COMPONENT_SCHEMAS,
+            "schemas": component_schemas(),
             "headers": {REQUEST_ID_HEADER: REQUEST_ID_RESPONSE_HEADER},
             "responses": {
                 "NotFound": error_response("No route matches the path.", "Not Found"),

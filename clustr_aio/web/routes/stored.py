@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from clustr_aio.domain.models import STORED_CONTENT_TYPES
 from clustr_aio.storage.base import OnDisk, Redirect
 from clustr_aio.web.file_response import CONTENT_SECURITY_POLICY, file_response
 from clustr_aio.web.keys import FILE_READER
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import (
     FILE_REQUEST_HEADERS,
-    STORED_CONTENT_TYPES,
     error_response,
     file_responses,
 )

@@ -16,6 +16,7 @@ from clustr_aio.domain.errors import (
     MalformedUpload,
     NoFilesUploaded,
 )
+from clustr_aio.domain.models import UploadedFile, UploadResponse
 from clustr_aio.ingest.multipart import MultipartStream, file_parts, parse_boundary
 from clustr_aio.ingest.pipeline import StoredFile, ingest_batch
 from clustr_aio.storage.base import SpaceReporting
@@ -106,10 +107,10 @@ async def upload(request: web.Request) -> web.Response:
     # The host the client used, through a trusted proxy, unless PUBLIC_BASE_URL says otherwise.
     files_url = request_base_url(request) + request.app[SETTINGS].upload_url_path
     return web.json_response(
-        {
-            "message": f"Successfully uploaded {len(stored)} files",
-            "data": [_envelope_item(files_url, item) for item in stored],
-        }
+        UploadResponse(
+            message=f"Successfully uploaded {len(stored)} files",
+            data=[_envelope_item(files_url, item) for item in stored],
+        )
     )
 
 
@@ -126,11 +127,11 @@ async def _check_request(request: web.Request) -> bytes:
     return boundary
 
 
-def _envelope_item(files_url: str, item: StoredFile) -> dict[str, object]:
-    return {
-        "stored_filename": item.stored_filename,
-        "preview_url": f"{files_url}/{quote(item.stored_filename)}",
-        "original_filename": item.original_filename,
-        "file_size": item.file_size,
-        "content_type": item.content_type,
-    }
+def _envelope_item(files_url: str, item: StoredFile) -> UploadedFile:
+    return UploadedFile(
+        stored_filename=item.stored_filename,
+        preview_url=f"{files_url}/{quote(item.stored_filename)}",
+        original_filename=item.original_filename,
+        file_size=item.file_size,
+        content_type=item.content_type,
+    )
