@@ -22,9 +22,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import aiohttp
+from aiohttp import BodyPartReader, MultipartReader, StreamReader
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.multipart import BodyPartReader, MultipartReader
-from aiohttp.streams import StreamReader
 
 from clustr_aio.ingest.multipart import MultipartStream
 

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
-from aiohttp.multipart import (
+from aiohttp import (
     BadContentDispositionHeader,
     BadContentDispositionParam,
     content_disposition_filename,

@@ -25,7 +25,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
 from aiohttp import hdrs, web
-from aiohttp.web_protocol import RequestHandler
 
 from clustr_aio.web.responses import error_response
 
@@ -133,7 +132,7 @@ class DrainingRunner(web.AppRunner):
             self.drain_timeout,
             self.requests.in_flight,
         )
-        first_seen: dict[RequestHandler, float] = {}
+        first_seen: dict[web.RequestHandler, float] = {}
         while True:
             # Sleep first: a connection accepted just before the listener closed becomes a
             # protocol in server.connections only a few loop iterations later.
@@ -176,7 +175,7 @@ async def _stop_accepting(loop: asyncio.AbstractEventLoop, sites: Iterable[web.B
         await asyncio.sleep(0)
 
 
-def _is_idle(connection: RequestHandler) -> bool:
+def _is_idle(connection: web.RequestHandler) -> bool:
     """Whether the connection waits for its next request, with none being received or handled.
 
     aiohttp has no public flag for it; this is the test its own keep-alive timer makes

@@ -40,7 +40,6 @@ from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_writer import StreamWriter
 from aiohttp.web_fileresponse import CONTENT_TYPES, FALLBACK_CONTENT_TYPE, _FileResponseResult
-from aiohttp.web_request import BaseRequest
 
 from clustr_aio.web.sendfile import send_head_and_file
 
@@ -63,7 +62,7 @@ class InlineFileResponse(web.FileResponse):
     """``FileResponse`` with its filesystem calls on the event loop, and the body sent by
     :func:`~clustr_aio.web.sendfile.send_head_and_file`: the slow path."""
 
-    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         # aiohttp's FileResponse.prepare minus the thread-pool round trips; "" for
         # Accept-Encoding: pre-compressed siblings are never served.
         try:
@@ -84,11 +83,11 @@ class InlineFileResponse(web.FileResponse):
             return await self._prepare_open_file(request, fobj, st, None)
 
     async def _sendfile(
-        self, request: BaseRequest, fobj: IO[Any], offset: int, count: int
+        self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int
     ) -> AbstractStreamWriter:
         return await _prepare_and_send(self, request, fobj, offset, count)
 
-    async def _refuse(self, request: BaseRequest, status: int) -> AbstractStreamWriter | None:
+    async def _refuse(self, request: web.BaseRequest, status: int) -> AbstractStreamWriter | None:
         self.set_status(status)
         return await web.StreamResponse.prepare(self, request)
 
@@ -106,7 +105,7 @@ class StoredFileResponse(web.StreamResponse):
         self.last_modified = st.st_mtime
         self.content_length = st.st_size
 
-    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         with self._file:
             size = self.content_length or 0
             if request.method == hdrs.METH_HEAD or not size:
@@ -115,7 +114,7 @@ class StoredFileResponse(web.StreamResponse):
 
 
 async def _prepare_and_send(
-    response: web.StreamResponse, request: BaseRequest, file: IO[Any], offset: int, count: int
+    response: web.StreamResponse, request: web.BaseRequest, file: IO[Any], offset: int, count: int
 ) -> AbstractStreamWriter:
     """``StreamResponse.prepare``, then its head and ``count`` bytes of ``file`` from
     ``offset`` through :func:`~clustr_aio.web.sendfile.send_head_and_file`."""

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from typing import cast
 
 import pytest
-from aiohttp.base_protocol import BaseProtocol
-from aiohttp.multipart import (
+from aiohttp import (
     BodyPartReader,
     MultipartReader,
+    StreamReader,
     content_disposition_filename,
     parse_content_disposition,
 )
-from aiohttp.streams import StreamReader
+from aiohttp.base_protocol import BaseProtocol
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
