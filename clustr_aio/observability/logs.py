@@ -26,7 +26,7 @@ import sys
 from collections.abc import Mapping
 from typing import Final, TextIO
 
-from aiohttp.http_exceptions import BadHttpMessage
+from clustr_aio.compat import BadHttpMessage
 
 __all__ = ["bind_request_id", "configure_logging", "is_journal_stream"]
 

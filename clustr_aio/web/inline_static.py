@@ -23,8 +23,9 @@ other error. Pre-compressed siblings (``a.jpg.gz`` for ``Accept-Encoding: gzip``
 looked for: a stored file is served as it was stored.
 
 The cost: a cold ``stat`` on a slow disk stalls the loop for its duration. This relies on
-aiohttp internals (``FileResponse._make_response`` and friends, the writer's unsent head),
-which is why aiohttp is pinned; tests/http/test_static.py covers the behaviour.
+aiohttp internals (``FileResponse``'s steps, the writer's unsent head, reached through
+:mod:`clustr_aio.compat`), which is why aiohttp is pinned; tests/http/test_static.py covers the
+behaviour.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ from typing import IO, Any, Final
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
-from aiohttp.http_writer import StreamWriter
-from aiohttp.web_fileresponse import CONTENT_TYPES, FALLBACK_CONTENT_TYPE, _FileResponseResult
 
+from clustr_aio import compat
+from clustr_aio.compat import FileResponseResult
 from clustr_aio.web.sendfile import send_head_and_file
 
 __all__ = ["InlineFileResponse", "InlineStaticResource", "StoredFileResponse", "add_inline_static"]
@@ -58,7 +59,7 @@ _SLOW_PATH_HEADERS: Final = (
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-class InlineFileResponse(web.FileResponse):
+class InlineFileResponse(compat.FileResponseBodySender):
     """``FileResponse`` with its filesystem calls on the event loop, and the body sent by
     :func:`~clustr_aio.web.sendfile.send_head_and_file`: the slow path."""
 
@@ -66,23 +67,23 @@ class InlineFileResponse(web.FileResponse):
         # aiohttp's FileResponse.prepare minus the thread-pool round trips; "" for
         # Accept-Encoding: pre-compressed siblings are never served.
         try:
-            result, fobj, st, _ = self._make_response(request, "")
+            result, fobj, st = compat.plan_file_response(self, request)
         except PermissionError:
             return await self._refuse(request, web.HTTPForbidden.status_code)
         except OSError:
             return await self._refuse(request, web.HTTPNotFound.status_code)
-        if result is _FileResponseResult.NOT_ACCEPTABLE:  # not a regular file
+        if result is FileResponseResult.NOT_ACCEPTABLE:  # not a regular file
             return await self._refuse(request, web.HTTPForbidden.status_code)
-        if result is _FileResponseResult.PRE_CONDITION_FAILED:
-            return await self._precondition_failed(request)
-        if result is _FileResponseResult.NOT_MODIFIED:
+        if result is FileResponseResult.PRE_CONDITION_FAILED:
+            return await compat.answer_precondition_failed(self, request)
+        if result is FileResponseResult.NOT_MODIFIED:
             etag = f"{st.st_mtime_ns:x}-{st.st_size:x}"
-            return await self._not_modified(request, etag, st.st_mtime)
+            return await compat.answer_not_modified(self, request, etag, st.st_mtime)
         assert fobj is not None
         with fobj:
-            return await self._prepare_open_file(request, fobj, st, None)
+            return await compat.send_open_file(self, request, fobj, st)
 
-    async def _sendfile(
+    async def send_body(
         self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int
     ) -> AbstractStreamWriter:
         return await _prepare_and_send(self, request, fobj, offset, count)
@@ -121,31 +122,18 @@ async def _prepare_and_send(
     transport = request.transport
     if transport is None:
         raise ConnectionResetError("Connection lost")
-    response._send_headers_immediately = False  # to go out with the file's first bytes
-    writer = await web.StreamResponse.prepare(response, request)
-    assert isinstance(writer, StreamWriter)
-    await send_head_and_file(transport, _take_unsent_head(writer), file, offset, count)
+    writer, head = await compat.prepare_keeping_head(response, request)  # to go with the file
+    await send_head_and_file(transport, head, file, offset, count)
     writer.output_size += count  # as aiohttp's own write path counts it, for the access log
     await web.StreamResponse.write_eof(response)
     return writer
 
 
-def _take_unsent_head(writer: StreamWriter) -> bytes:
-    """The status line and headers that ``prepare`` serialised but did not send, which the
-    writer then considers sent."""
-    head = writer._headers_buf
-    assert head is not None
-    assert not writer._headers_written
-    writer._headers_buf = None
-    writer._headers_written = True
-    return head
-
-
-class InlineStaticResource(web.StaticResource):
+class InlineStaticResource(compat.StaticResourceHandler):
     """``StaticResource`` that looks the file up on the event loop and answers with
     :class:`InlineFileResponse`; see the module's documentation."""
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         return self._response_for(request, request.match_info["filename"])
 
     def _response_for(self, request: web.Request, filename: str) -> web.StreamResponse:
@@ -157,7 +145,7 @@ class InlineStaticResource(web.StaticResource):
                 return response
         if Path(filename).is_absolute():  # as aiohttp: //host/share would be a UNC path
             raise web.HTTPNotFound()
-        path = self._directory.joinpath(filename)
+        path = compat.static_directory(self).joinpath(filename)
         # Refusals now, as JSON errors; FileResponse would answer them with an empty body.
         try:
             mode = path.stat().st_mode
@@ -165,9 +153,9 @@ class InlineStaticResource(web.StaticResource):
             raise web.HTTPNotFound() from None
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a FIFO, a socket, a device
             raise web.HTTPForbidden()
-        response = self._resolve_path_to_response(path)
+        response = compat.static_response(self, path)
         if type(response) is web.FileResponse:
-            return InlineFileResponse(response._path)
+            return InlineFileResponse(compat.file_response_path(response))
         return response
 
     def _fast_response(self, request: web.Request, filename: str) -> web.StreamResponse | None:
@@ -175,7 +163,7 @@ class InlineStaticResource(web.StaticResource):
         headers = request.headers
         if any(header in headers for header in _SLOW_PATH_HEADERS):
             return None
-        path = os.path.join(self._directory, filename)
+        path = os.path.join(compat.static_directory(self), filename)
         try:
             fd = os.open(path, _OPEN_FLAGS)
         except FileNotFoundError:
@@ -197,7 +185,7 @@ class InlineStaticResource(web.StaticResource):
 def _content_type(extension: str) -> str:
     """aiohttp's guess for a file name ending in ``extension``: its table has no encodings, so
     the guess depends on the last extension alone."""
-    return CONTENT_TYPES.guess_type("file" + extension)[0] or FALLBACK_CONTENT_TYPE
+    return compat.CONTENT_TYPES.guess_type("file" + extension)[0] or compat.FALLBACK_CONTENT_TYPE
 
 
 def add_inline_static(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from aiohttp import HttpVersion11, hdrs, web
-from aiohttp.http_exceptions import HttpProcessingError
 
+from clustr_aio.compat import HttpProcessingError
 from clustr_aio.domain.errors import (
     ClientDisconnected,
     ClustrError,
