@@ -53,7 +53,10 @@ def reloaded_child() -> None:
 
 
 def _configure_logging(settings: Settings) -> None:
-    configure_logging(level=settings.log_level, log_format=settings.log_format)
+    # Workers inherit the supervisor's logging (and its stderr): their lines must tell them apart.
+    configure_logging(
+        level=settings.log_level, log_format=settings.log_format, with_pid=settings.workers > 1
+    )
 
 
 if __name__ == "__main__":

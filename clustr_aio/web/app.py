@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp_cors
 from aiohttp import hdrs, web
 
+from clustr_aio.compat import cors_response_hook
 from clustr_aio.domain.limits import UploadLimits
 from clustr_aio.ingest.pipeline import IngestPolicy
 from clustr_aio.observability.metrics import Metrics
@@ -69,8 +70,7 @@ def _allow_cors(app: web.Application, origins: tuple[str, ...]) -> None:
     cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
     for route in list(app.router.routes()):
         cors.add(route)
-    assert cors._cors_impl is not None
-    _ask_for_origin_first(app, cors._cors_impl._on_response_prepare)
+    _ask_for_origin_first(app, cors_response_hook(cors))
     if origins:
         app.on_response_prepare.append(_vary_on_origin)
 
