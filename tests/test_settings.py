@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import tomllib
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from clustr_aio import settings as config
 from clustr_aio.settings import (
@@ -85,15 +85,31 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.log_level == "INFO"
     assert settings.access_log is True
     assert settings.base_url == "http://127.0.0.1:5000"
-    assert settings == Settings()
+    assert settings == Settings(upload_folder=REPO_ROOT / "uploads")
+
+
+def test_settings_alone_reads_neither_files_nor_the_environment(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PORT", "6010")
+    (workdir / ".env").write_text("HOST=10.0.0.1\n")
+    defaults = Settings()
+    assert (defaults.port, defaults.host) == (5000, "127.0.0.1")
+    assert defaults.upload_folder == workdir / "uploads"  # relative: to the working directory
+    assert Settings(port=6011).port == 6011  # by attribute, as type checkers see it…
+    assert Settings.model_validate({"PORT": "6012"}).port == 6012  # …or by setting name
+    with pytest.raises(ValidationError):
+        Settings(port=0)
+    with pytest.raises(ValidationError):
+        Settings(prot=1)  # type: ignore[call-arg]
 
 
 def test_shipped_config_toml_equals_builtin_defaults(workdir: Path) -> None:
     assert DEFAULT_CONFIG_FILE == REPO_ROOT / "config.toml"
     assert DEFAULT_CONFIG_FILE.is_file()
-    from_file = load_settings(environ={}, config_file=DEFAULT_CONFIG_FILE)
-    assert from_file == Settings()
-    assert load_settings(environ={}) == Settings()  # the default config file, no .env in workdir
+    defaults = Settings(upload_folder=REPO_ROOT / "uploads")
+    assert load_settings(environ={}, config_file=DEFAULT_CONFIG_FILE) == defaults
+    assert load_settings(environ={}) == defaults  # the default config file, no .env in workdir
 
 
 def test_shipped_config_toml_documents_every_setting() -> None:
@@ -153,7 +169,8 @@ def test_missing_default_config_file_is_fine(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(config, "DEFAULT_CONFIG_FILE", workdir / "absent.toml")
-    assert load_settings(environ={"PORT": "6000"}) == Settings(port=6000)
+    settings = load_settings(environ={"PORT": "6000"})
+    assert settings == Settings(port=6000, upload_folder=REPO_ROOT / "uploads")
 
 
 def test_default_env_file_is_dotenv_in_working_directory(workdir: Path, tmp_path: Path) -> None:
@@ -166,7 +183,8 @@ def test_default_env_file_is_dotenv_in_working_directory(workdir: Path, tmp_path
 def test_missing_default_env_file_is_fine(workdir: Path, tmp_path: Path) -> None:
     config_file = tmp_path / "empty.toml"
     config_file.write_text("")
-    assert load_settings(environ={}, config_file=config_file) == Settings()
+    settings = load_settings(environ={}, config_file=config_file)
+    assert settings == Settings(upload_folder=REPO_ROOT / "uploads")
 
 
 def test_env_file_and_config_file_from_environment(workdir: Path, tmp_path: Path) -> None:
@@ -185,6 +203,20 @@ def test_missing_named_file_is_an_error(workdir: Path, variable: str) -> None:
     with pytest.raises(SettingsError) as caught:
         load_settings(environ={variable: str(missing)})
     assert str(caught.value) == f"{variable}: {missing} does not exist"
+
+
+@pytest.mark.parametrize("variable", ["CONFIG_FILE", "ENV_FILE"])
+def test_named_file_that_is_a_directory_is_an_error(workdir: Path, variable: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(environ={variable: str(workdir)})
+    assert str(caught.value) == f"{variable}: {workdir} is a directory"
+
+
+def test_env_file_may_be_dev_null(workdir: Path) -> None:
+    empty = workdir / "empty.toml"
+    empty.write_text("")
+    settings = load_settings(environ={"ENV_FILE": os.devnull}, config_file=empty)
+    assert settings == Settings(upload_folder=REPO_ROOT / "uploads")
 
 
 def test_missing_config_file_argument_is_an_error(workdir: Path) -> None:
@@ -686,26 +718,23 @@ def test_base_url_from_loaded_ipv6_host(tmp_path: Path) -> None:
 # Metadata and docs
 
 
-def test_settings_metadata_matches_the_dataclass() -> None:
-    fields = [f.name for f in dataclasses.fields(Settings)]
+def test_settings_metadata_matches_the_model() -> None:
+    fields = list(Settings.model_fields)
     assert [spec.attribute for spec in SETTINGS] == fields
     assert [spec.name for spec in SETTINGS] == [name.upper() for name in fields]
     assert all(spec.description and "\n" not in spec.description for spec in SETTINGS)
 
 
-def test_each_default_text_parses_to_the_field_default() -> None:
-    defaults = Settings()
-    for spec in SETTINGS:
-        parsed = spec.parse(spec.default)
-        if isinstance(parsed, Path):
-            parsed = REPO_ROOT / parsed
-        assert parsed == getattr(defaults, spec.attribute), spec.name
+def test_each_default_as_user_text_gives_the_default(tmp_path: Path, workdir: Path) -> None:
+    """The README shows the defaults as text: written so in the environment, each is the default."""
+    everything = {spec.name: spec.default for spec in SETTINGS}
+    assert load(tmp_path, environ=everything) == Settings()
 
 
 def test_settings_are_frozen() -> None:
     settings = Settings()
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        settings.port = 1  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        settings.port = 1
 
 
 def test_settings_table_markdown() -> None:
