@@ -10,8 +10,11 @@ Each setting is read from the highest layer that names it:
 3. environment variables with the setting's exact name (all others are ignored),
 4. keyword overrides to :func:`load_settings` (already-typed values, for tests and the benchmark).
 
-``CONFIG_FILE`` and ``ENV_FILE`` themselves are read from the environment only. A key in
-``config.toml`` that is not a setting is an error that suggests the closest one.
+``CONFIG_FILE`` and ``ENV_FILE`` themselves are read from the environment only. Everything in
+the two files is meant for this server, so a name there that is not a setting is an error that
+suggests the closest one (``MAX_FILESIZE: unknown setting in /srv/.env (did you mean
+MAX_FILE_SIZE?)``); the environment holds everybody's variables, so it is only read for the
+settings' exact names.
 
 Value syntax, shared by all layers (TOML may also use native booleans, integers and arrays):
 
@@ -643,11 +646,13 @@ def _check_named_file(path: Path, variable: str) -> None:
 
 
 def _check_names(names: Iterable[str], origin: str) -> None:
-    """Everything in config.toml is meant for this server (unlike the environment): a name
-    that is not a setting is a typo."""
+    """Everything in config.toml and .env is meant for this server (unlike the environment):
+    a name that is not a setting is a typo, or a setting in the wrong place."""
     for name in names:
         if name in _BY_NAME:
             continue
+        if name in ("CONFIG_FILE", "ENV_FILE"):
+            raise SettingsError(f"{name}: read from the environment only, not from {origin}")
         close = difflib.get_close_matches(name.upper(), _BY_NAME, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise SettingsError(f"{name}: unknown setting in {origin}{hint}")
@@ -677,10 +682,11 @@ def _env_file_layer(env_file: Path | None, environ: Mapping[str, str]) -> _Layer
         source = DotEnvSettingsSource(Settings, env_file=path)
     except (OSError, UnicodeDecodeError) as error:
         raise SettingsError(f"ENV_FILE: cannot read {path}: {error}") from None
-    # Unknown names are ignored, as in the environment. Relative paths in .env are relative to
-    # where the server was started, as the parser takes them. A bare "NAME" line has no value:
-    # it sets nothing, and the source leaves it out.
-    return _Layer(str(path), {name: v for name, v in source().items() if name in _BY_NAME})
+    # env_vars: every name in the file, a bare "NAME" line (no value, which sets nothing) too.
+    _check_names(source.env_vars, str(path))
+    # Relative paths in .env are relative to where the server was started, as the parser takes
+    # them, so the layer needs no anchoring.
+    return _Layer(str(path), source())
 
 
 def _environment_layer(environ: Mapping[str, str]) -> _Layer:
@@ -717,7 +723,7 @@ def load_settings(
         overrides: typed values by field name (``port=0``), used as given, without validation.
 
     Raises:
-        SettingsError: a named file is missing or unreadable, config.toml has an unknown key, or
+        SettingsError: a named file is missing or unreadable, a file names an unknown setting, or
             a value is malformed. Only the value that wins is parsed.
         TypeError: an override names no setting.
     """

@@ -147,10 +147,9 @@ def test_unknown_override_is_a_type_error(tmp_path: Path) -> None:
 
 def test_dotenv_does_not_touch_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MAX_FILES", raising=False)
-    settings = load(tmp_path, dotenv="MAX_FILES=7\nSOMETHING_ELSE=1\n")
+    settings = load(tmp_path, dotenv="MAX_FILES=7\n")
     assert settings.max_files == 7
     assert "MAX_FILES" not in os.environ
-    assert "SOMETHING_ELSE" not in os.environ
 
 
 def test_dotenv_syntax_quotes_export_and_valueless_lines(tmp_path: Path) -> None:
@@ -241,6 +240,40 @@ def test_config_file_that_is_not_toml(tmp_path: Path) -> None:
 def test_unknown_config_key_is_named(tmp_path: Path, toml: str, expected: str) -> None:
     path = tmp_path / "conf" / "config.toml"
     assert load_error(tmp_path, toml=toml) == expected.format(path=path)
+
+
+@pytest.mark.parametrize(
+    ("dotenv", "expected"),
+    [
+        (
+            "MAX_FILESIZE=1\n",
+            "MAX_FILESIZE: unknown setting in {path} (did you mean MAX_FILE_SIZE?)",
+        ),
+        ("MAX_FILESIZE\n", "MAX_FILESIZE: unknown setting in {path} (did you mean MAX_FILE_SIZE?)"),
+        (
+            "MAX_FILESIZE=\n",
+            "MAX_FILESIZE: unknown setting in {path} (did you mean MAX_FILE_SIZE?)",
+        ),
+        ("port=5000\n", "port: unknown setting in {path} (did you mean PORT?)"),
+        ("export PROT=1\n", "PROT: unknown setting in {path} (did you mean PORT?)"),
+        ("DATABASE_URL=x\n", "DATABASE_URL: unknown setting in {path}"),
+    ],
+)
+def test_unknown_dotenv_name_is_named(tmp_path: Path, dotenv: str, expected: str) -> None:
+    path = tmp_path / "dot.env"
+    assert load_error(tmp_path, dotenv="PORT=5001\n" + dotenv) == expected.format(path=path)
+
+
+@pytest.mark.parametrize("name", ["CONFIG_FILE", "ENV_FILE"])
+def test_file_names_are_read_from_the_environment_only(tmp_path: Path, name: str) -> None:
+    dotenv = tmp_path / "dot.env"
+    assert load_error(tmp_path, dotenv=f"{name}=/x\n") == (
+        f"{name}: read from the environment only, not from {dotenv}"
+    )
+    toml = tmp_path / "conf" / "config.toml"
+    assert load_error(tmp_path, toml=f'{name} = "/x"\n') == (
+        f"{name}: read from the environment only, not from {toml}"
+    )
 
 
 def test_error_names_setting_value_and_source(tmp_path: Path) -> None:

@@ -126,24 +126,40 @@ def test_curl_uploads_two_files(server: RunningServer, tmp_path: Path) -> None:
     assert fetched.stdout == PNG
 
 
-def test_a_bad_setting_is_one_clear_line_and_a_failure_exit(tmp_path: Path) -> None:
-    env = server_env(tmp_path / "uploads", free_port(), PORT="abc")
+def start_up_error(env: dict[str, str], cwd: Path, *, status: int) -> str:
+    """The one line ``python -m clustr_aio`` prints when it cannot start, after ``clustr-aio:
+    error:``; it must exit with ``status``, without a traceback or anything else."""
     result = subprocess.run(
         [sys.executable, "-m", "clustr_aio"],
         env=env,
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=WAIT_SECONDS,
         check=False,
     )
-    assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "PORT" in lines[0]
-    assert "abc" in lines[0]
-    assert "Traceback" not in result.stderr
+    assert result.returncode == status, result.stderr
     assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("clustr-aio: error: ")
+    return lines[0].removeprefix("clustr-aio: error: ")
+
+
+def test_a_bad_setting_is_one_clear_line_and_a_failure_exit(tmp_path: Path) -> None:
+    env = server_env(tmp_path / "uploads", free_port(), PORT="abc")
+    assert start_up_error(env, tmp_path, status=2) == (
+        "PORT: expected an integer from 1 to 65535, got 'abc' (from environment)"
+    )
+
+
+def test_a_misspelt_name_in_dotenv_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PORT=5001\nMAX_FILESIZE=1\n")
+    env = server_env(tmp_path / "uploads", free_port())
+    del env["ENV_FILE"]  # the .env in the working directory, as a user has it
+    assert start_up_error(env, tmp_path, status=2) == (
+        f"MAX_FILESIZE: unknown setting in {tmp_path / '.env'} (did you mean MAX_FILE_SIZE?)"
+    )
 
 
 def test_sigterm_is_a_clean_exit(tmp_path: Path) -> None:
