@@ -3,7 +3,7 @@ environment, declared on pydantic-settings.
 
 Each setting is read from the highest layer that names it:
 
-1. the TOML file ``CONFIG_FILE`` (default: ``config.toml`` at the repository root; a missing
+1. the TOML file ``CONFIG_FILE`` (default: ``config.toml`` in the working directory; a missing
    default file is fine, its values equal the built-in ones; a missing named file is an error),
 2. the dotenv file ``ENV_FILE`` (default: ``.env`` in the working directory, missing is fine),
    read without modifying ``os.environ``,
@@ -16,14 +16,18 @@ suggests the closest one (``MAX_FILESIZE: unknown setting in /srv/.env (did you 
 MAX_FILE_SIZE?)``); the environment holds everybody's variables, so it is only read for the
 settings' exact names.
 
+Nothing is looked for beside the code: whether run from a checkout or installed into
+site-packages, the server finds ``config.toml``, ``.env`` and the default ``uploads`` folder
+where it is started (or beside ``CONFIG_FILE``).
+
 Value syntax, shared by all layers (TOML may also use native booleans, integers and arrays):
 
 - booleans: true/false, 1/0, yes/no, on/off, case-insensitive;
 - sizes: see :func:`parse_size`;
 - lists: comma-separated text, or a TOML array of strings;
-- relative paths: relative to the directory of ``config.toml`` when they come from it, to the
-  working directory when they come from ``.env`` or the environment; the built-in default
-  (``uploads``) is relative to the repository root, where ``config.toml`` lives.
+- relative paths: relative to the directory of ``config.toml`` when they come from it, and for
+  the built-in default (``uploads``: as if ``config.toml`` had it, which it does); relative to
+  the working directory when they come from ``.env`` or the environment.
 
 A bad value raises :class:`SettingsError` whose text is one line naming the setting, e.g.
 ``PORT: expected an integer from 1 to 65535, got 'abc' (from environment)``.
@@ -66,7 +70,6 @@ from pydantic_settings import (
 
 __all__ = [
     "DEFAULT_CONFIG_FILE",
-    "REPO_ROOT",
     "SETTINGS",
     "IPNetwork",
     "SettingSpec",
@@ -77,10 +80,8 @@ __all__ = [
     "settings_table_markdown",
 ]
 
-REPO_ROOT: Final = Path(__file__).resolve().parent.parent
-"""The parent of the ``clustr_aio`` package: home of ``config.toml`` and the default uploads."""
-
-DEFAULT_CONFIG_FILE: Final = REPO_ROOT / "config.toml"
+DEFAULT_CONFIG_FILE: Final = Path("config.toml")
+"""Relative to the working directory, like ``.env``: never to the installed code."""
 
 
 class SettingsError(ValueError):
@@ -476,7 +477,8 @@ class Settings(BaseSettings):
     upload_folder: _Directory = _setting(
         "uploads",
         "Directory files are stored in; a relative path is relative to config.toml's directory"
-        " if set there, to the working directory if set in .env or the environment.",
+        " if set there or not set at all, to the working directory if set in .env or the"
+        " environment.",
     )
     allowed_extensions: _Extensions = _setting(
         "png,jpg,jpeg,webp",
@@ -658,11 +660,12 @@ def _check_names(names: Iterable[str], origin: str) -> None:
         raise SettingsError(f"{name}: unknown setting in {origin}{hint}")
 
 
-def _config_layer(config_file: Path | None, environ: Mapping[str, str]) -> _Layer:
+def _config_layer(config_file: Path | None, environ: Mapping[str, str]) -> tuple[_Layer, Path]:
+    """config.toml's layer, and the directory its relative paths (and the defaults') start from."""
     named = _file_path(config_file, environ, "CONFIG_FILE")
     if named is not None:
         _check_named_file(named, "CONFIG_FILE")
-    path = named or DEFAULT_CONFIG_FILE  # a missing default file reads as empty
+    path = named or DEFAULT_CONFIG_FILE.absolute()  # a missing default file reads as empty
     try:
         source = TomlConfigSettingsSource(Settings, toml_file=path)
     except OSError as error:
@@ -670,7 +673,7 @@ def _config_layer(config_file: Path | None, environ: Mapping[str, str]) -> _Laye
     except tomllib.TOMLDecodeError as error:
         raise SettingsError(f"CONFIG_FILE: {path} is not valid TOML: {error}") from None
     _check_names(source.toml_data, str(path))
-    return _Layer.anchored(str(path), source(), path.parent)
+    return _Layer.anchored(str(path), source(), path.parent), path.parent
 
 
 def _env_file_layer(env_file: Path | None, environ: Mapping[str, str]) -> _Layer:
@@ -718,7 +721,8 @@ def load_settings(
 
     Args:
         environ: the environment to read (default ``os.environ``).
-        config_file: the TOML file (default ``$CONFIG_FILE``, else the repository's config.toml).
+        config_file: the TOML file (default ``$CONFIG_FILE``, else config.toml in the working
+            directory).
         env_file: the dotenv file (default ``$ENV_FILE``, else ``.env`` in the working directory).
         overrides: typed values by field name (``port=0``), used as given, without validation.
 
@@ -731,10 +735,11 @@ def load_settings(
     if unknown:
         raise TypeError(f"load_settings() got overrides for unknown settings: {', '.join(unknown)}")
     env = os.environ if environ is None else environ
+    config, config_dir = _config_layer(config_file, env)
     defaults = {spec.name: spec.default for spec in SETTINGS}
     layers = (
-        _Layer.anchored("built-in defaults", defaults, REPO_ROOT),  # beside the shipped config.toml
-        _config_layer(config_file, env),
+        _Layer.anchored("built-in defaults", defaults, config_dir),  # as if config.toml had them
+        config,
         _env_file_layer(env_file, env),
         _environment_layer(env),
     )

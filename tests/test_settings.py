@@ -10,10 +10,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from clustr_aio import settings as config
 from clustr_aio.settings import (
     DEFAULT_CONFIG_FILE,
-    REPO_ROOT,
     SETTINGS,
     Settings,
     SettingsError,
@@ -21,6 +19,7 @@ from clustr_aio.settings import (
     parse_size,
     settings_table_markdown,
 )
+from tests.conftest import REPO
 
 KiB, MiB, GiB, TiB = 2**10, 2**20, 2**30, 2**40
 
@@ -73,7 +72,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.host == "127.0.0.1"
     assert settings.port == 5000
     assert settings.reload is False
-    assert settings.upload_folder == REPO_ROOT / "uploads"
+    # Beside config.toml, as if it said UPLOAD_FOLDER = "uploads" (the shipped one does).
+    assert settings.upload_folder == tmp_path / "conf" / "uploads"
     assert settings.allowed_extensions == {"png", "jpg", "jpeg", "webp"}
     assert settings.upload_url_path == "/uploads"
     assert settings.public_base_url is None
@@ -85,7 +85,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.log_level == "INFO"
     assert settings.access_log is True
     assert settings.base_url == "http://127.0.0.1:5000"
-    assert settings == Settings(upload_folder=REPO_ROOT / "uploads")
+    assert settings == Settings(upload_folder=tmp_path / "conf" / "uploads")
 
 
 def test_settings_alone_reads_neither_files_nor_the_environment(
@@ -93,8 +93,9 @@ def test_settings_alone_reads_neither_files_nor_the_environment(
 ) -> None:
     monkeypatch.setenv("PORT", "6010")
     (workdir / ".env").write_text("HOST=10.0.0.1\n")
+    (workdir / "config.toml").write_text("MAX_FILES = 3\n")
     defaults = Settings()
-    assert (defaults.port, defaults.host) == (5000, "127.0.0.1")
+    assert (defaults.port, defaults.host, defaults.max_files) == (5000, "127.0.0.1", 10000)
     assert defaults.upload_folder == workdir / "uploads"  # relative: to the working directory
     assert Settings(port=6011).port == 6011  # by attribute, as type checkers see it…
     assert Settings.model_validate({"PORT": "6012"}).port == 6012  # …or by setting name
@@ -105,15 +106,37 @@ def test_settings_alone_reads_neither_files_nor_the_environment(
 
 
 def test_shipped_config_toml_equals_builtin_defaults(workdir: Path) -> None:
-    assert DEFAULT_CONFIG_FILE == REPO_ROOT / "config.toml"
-    assert DEFAULT_CONFIG_FILE.is_file()
-    defaults = Settings(upload_folder=REPO_ROOT / "uploads")
-    assert load_settings(environ={}, config_file=DEFAULT_CONFIG_FILE) == defaults
-    assert load_settings(environ={}) == defaults  # the default config file, no .env in workdir
+    shipped = REPO / "config.toml"
+    from_file = load_settings(environ={}, config_file=shipped)
+    assert from_file == Settings(upload_folder=REPO / "uploads")
+    # The default config file, no .env in workdir: config.toml absent, then present.
+    assert load_settings(environ={}) == Settings()
+    (workdir / "config.toml").write_text(shipped.read_text())
+    assert load_settings(environ={}) == Settings()
+
+
+def test_default_config_file_is_config_toml_in_working_directory(workdir: Path) -> None:
+    assert DEFAULT_CONFIG_FILE.name == "config.toml"
+    assert not DEFAULT_CONFIG_FILE.is_absolute()  # found where the server starts, not the code
+    (workdir / "config.toml").write_text('PORT = 6003\nUPLOAD_FOLDER = "store"\n')
+    settings = load_settings(environ={})
+    assert settings.port == 6003
+    assert settings.upload_folder == workdir / "store"
+
+
+def test_default_upload_folder_is_beside_a_named_config_file(workdir: Path, tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "config.toml").write_text("PORT = 6004\n")
+    settings = load_settings(environ={"CONFIG_FILE": str(tmp_path / "etc" / "config.toml")})
+    assert settings.port == 6004
+    assert settings.upload_folder == tmp_path / "etc" / "uploads"
+    # Named in the environment, relative to the working directory as ever.
+    environ = {"CONFIG_FILE": str(tmp_path / "etc" / "config.toml"), "UPLOAD_FOLDER": "u"}
+    assert load_settings(environ=environ).upload_folder == workdir / "u"
 
 
 def test_shipped_config_toml_documents_every_setting() -> None:
-    text = DEFAULT_CONFIG_FILE.read_text()
+    text = (REPO / "config.toml").read_text()
     for spec in SETTINGS:
         # Set, or commented out when the default is "unset"; each preceded by a comment line.
         assignment = f"# {spec.name} = " if spec.default == "" else f"{spec.name} = "
@@ -164,12 +187,9 @@ def test_unknown_environment_variables_are_ignored(tmp_path: Path) -> None:
     assert settings.port == 5000
 
 
-def test_missing_default_config_file_is_fine(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(config, "DEFAULT_CONFIG_FILE", workdir / "absent.toml")
-    settings = load_settings(environ={"PORT": "6000"})
-    assert settings == Settings(port=6000, upload_folder=REPO_ROOT / "uploads")
+def test_missing_default_config_file_is_fine(workdir: Path) -> None:
+    assert not (workdir / "config.toml").exists()
+    assert load_settings(environ={"PORT": "6000"}) == Settings(port=6000)
 
 
 def test_default_env_file_is_dotenv_in_working_directory(workdir: Path, tmp_path: Path) -> None:
@@ -183,7 +203,7 @@ def test_missing_default_env_file_is_fine(workdir: Path, tmp_path: Path) -> None
     config_file = tmp_path / "empty.toml"
     config_file.write_text("")
     settings = load_settings(environ={}, config_file=config_file)
-    assert settings == Settings(upload_folder=REPO_ROOT / "uploads")
+    assert settings == Settings(upload_folder=tmp_path / "uploads")
 
 
 def test_env_file_and_config_file_from_environment(workdir: Path, tmp_path: Path) -> None:
@@ -212,10 +232,7 @@ def test_named_file_that_is_a_directory_is_an_error(workdir: Path, variable: str
 
 
 def test_env_file_may_be_dev_null(workdir: Path) -> None:
-    empty = workdir / "empty.toml"
-    empty.write_text("")
-    settings = load_settings(environ={"ENV_FILE": os.devnull}, config_file=empty)
-    assert settings == Settings(upload_folder=REPO_ROOT / "uploads")
+    assert load_settings(environ={"ENV_FILE": os.devnull}) == Settings()
 
 
 def test_missing_config_file_argument_is_an_error(workdir: Path) -> None:
@@ -785,7 +802,7 @@ def test_settings_table_markdown() -> None:
 
 
 def test_readme_documents_every_setting() -> None:
-    readme = REPO_ROOT / "README.md"
+    readme = REPO / "README.md"
     if not readme.exists():
         pytest.skip("README.md does not exist yet; it is written separately")
     text = readme.read_text()
@@ -794,7 +811,7 @@ def test_readme_documents_every_setting() -> None:
 
 
 def test_readme_settings_table_is_current() -> None:
-    readme = REPO_ROOT / "README.md"
+    readme = REPO / "README.md"
     start, end = "<!-- settings-table:start -->\n", "<!-- settings-table:end -->"
     text = readme.read_text() if readme.exists() else ""
     if start not in text or end not in text:
