@@ -99,6 +99,18 @@ def test_the_installed_copy_is_the_one_imported(venv: Path, tmp_path: Path) -> N
     assert Path(where.strip()).is_relative_to(installed_site_packages(venv))
 
 
+def test_the_package_declares_the_pinned_dependencies(venv: Path) -> None:
+    [metadata] = installed_site_packages(venv).glob("clustr_aio-*.dist-info/METADATA")
+    declared = [
+        line.removeprefix("Requires-Dist: ")
+        for line in metadata.read_text().splitlines()
+        if line.startswith("Requires-Dist: ")
+    ]
+    lines = (REPO / "requirements.txt").read_text().splitlines()
+    pinned = [line for line in lines if line and not line.startswith("#")]
+    assert declared == pinned
+
+
 def test_installed_server_uses_its_working_directory(venv: Path, tmp_path: Path) -> None:
     workdir = tmp_path / "service"
     workdir.mkdir()
@@ -121,5 +133,8 @@ def test_installed_server_uses_its_working_directory(venv: Path, tmp_path: Path)
             [item] = json.load(response)["data"]
         assert item["preview_url"] == f"{server.url}/media/installed.jpg"  # ./config.toml
         assert (workdir / "uploads" / "installed.jpg").read_bytes() == JPEG  # ./uploads
+        for page in ("/docs", "/redoc", "/docs/static/swagger-initializer.js"):  # package data
+            with urllib.request.urlopen(server.url + page, timeout=WAIT_SECONDS) as response:
+                assert response.status == 200, page
         assert server.stop() == 0, server.logs
     assert not (installed_site_packages(venv) / "uploads").exists()
