@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from clustr_aio.storage.local import INCOMING_DIR
 from tests.conftest import JPEG, stored_files, temp_files
 from tests.process.conftest import StartServer
 from tests.process.slow_client import SlowUpload, jpeg_bytes, upload_in_flight
@@ -164,9 +165,12 @@ def test_sigterm_drains_every_worker(server_factory: StartServer) -> None:
 def test_a_worker_that_cannot_start_fails_the_service(
     server_factory: StartServer, tmp_path: Path
 ) -> None:
-    not_a_folder = tmp_path / "uploads-file"
-    not_a_folder.write_bytes(b"")
-    server = server_factory({"UPLOAD_FOLDER": str(not_a_folder)}, workers=2, wait_ready=False)
+    # A folder the start-up checks accept (it exists and takes files) but where each worker's
+    # storage cannot open: its .incoming directory is taken by a file.
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    (folder / INCOMING_DIR).write_bytes(b"")
+    server = server_factory({"UPLOAD_FOLDER": str(folder)}, workers=2, wait_ready=False)
     assert server.wait() == 1  # not a loop of workers failing forever
     assert "before it served; stopping" in server.logs
     assert not server.notify.has("READY=1")
