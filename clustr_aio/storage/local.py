@@ -13,7 +13,8 @@ Layout::
 Temporary files live on the same filesystem as the folder (a sandboxed service may write only
 there), so publishing is an ``os.link`` — atomic, and failing with ``EEXIST`` instead of
 overwriting — followed by one directory ``fsync`` per batch. A process that dies leaves its
-``.incoming/<process id>`` behind unlocked; the next process to start removes it.
+``.incoming/<process id>`` behind unlocked; the next process to start removes it, after rolling
+back any publish it was in the middle of (see :mod:`clustr_aio.storage.journal`).
 
 All blocking calls run on a dedicated thread pool, so the event loop never waits on the disk.
 File data is handed to the pool in blocks of ``write_block`` bytes (``os.writev`` of the received
@@ -32,6 +33,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import shutil
 import threading
@@ -45,7 +47,11 @@ from typing import Any, TypeVar
 
 from clustr_aio.domain.errors import InsufficientStorage
 from clustr_aio.domain.names import numbered
+from clustr_aio.storage import journal
 from clustr_aio.storage.base import Buffer
+from clustr_aio.storage.journal import fsync_directory
+
+log = logging.getLogger("clustr_aio")
 
 INCOMING_DIR = ".incoming"
 _LOCK_FILE = ".lock"
@@ -91,11 +97,13 @@ class LocalStorage:
         # Where to start probing for a free numbered name, per desired name. Only a hint: the
         # atomic os.link decides, so a stale hint can cost a few probes but never a collision.
         self._next_number: dict[str, int] = {}
+        self.pause: journal.PausePoint | None = None  # tests only: see journal.pause_points
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
         self._executor = ThreadPoolExecutor(self._io_threads, thread_name_prefix="clustr-io")
+        self.pause = journal.pause_points(os.environ)
         self._own_dir, self._lock_fd = await self.run(self._open_sync)
 
     async def close(self) -> None:
@@ -202,6 +210,10 @@ class LocalStorage:
         raise FileExistsError(errno.EEXIST, f"no free name found for {desired!r}")
 
 
+class _Withdrawn(Exception):
+    """The publish's caller was cancelled before the commit: take the links back."""
+
+
 class LocalBatch:
     """The temporary files of one request, ``<batch id>.<n>`` in the process's directory."""
 
@@ -213,6 +225,7 @@ class LocalBatch:
         self._closing: deque[asyncio.Future[None]] = deque()
         self._publishing: asyncio.Future[list[str]] | None = None
         self._published: list[str] = []
+        self._withdrawn = False  # set on the loop, read by the publishing thread before commit
 
     def add_file(self, desired_name: str) -> LocalFile:
         file = LocalFile(self, self._dir / f"{self._id}.{len(self._files)}", desired_name)
@@ -234,29 +247,57 @@ class LocalBatch:
         self._publishing = asyncio.ensure_future(self._storage.run(self._publish_sync))
         # Shielded: cancelling the caller must not cancel this future while the thread links on,
         # or discard() would not wait for the thread and could miss names it publishes later.
-        return await asyncio.shield(self._publishing)
+        try:
+            return await asyncio.shield(self._publishing)
+        except asyncio.CancelledError:
+            self._withdrawn = True  # the thread takes its links back instead of committing
+            raise
 
     def _publish_sync(self) -> list[str]:
+        """Journal, link, flush, commit (see :mod:`clustr_aio.storage.journal`)."""
         storage = self._storage
+        pause = storage.pause
         published: list[str] = []
+        journal_file: Path | None = None
         try:
             if storage.min_free_space > 0:
                 storage._ensure_room_sync(0)  # the last bytes written may have crossed the reserve
-            for file in self._files:
+            if self._files:
+                planned = [(file.path, file.desired_name) for file in self._files]
+                journal_file = journal.begin(self._dir, self._id, planned, durable=storage.fsync)
+            for n, file in enumerate(self._files):
+                if pause is not None:
+                    pause(f"link {n}")
                 published.append(storage.link_unique(file.path, file.desired_name))
             if storage.fsync and published:
                 fsync_directory(storage.folder)
+            if pause is not None:
+                pause("commit")
+            if self._withdrawn:
+                raise _Withdrawn()
         except BaseException as error:
-            for name in published:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(storage.folder / name)
+            self._take_back(published, journal_file)
             if isinstance(error, OSError) and error.errno in _NO_SPACE:
                 # A directory that needs one more block for the new names.
                 raise InsufficientStorage(_DEVICE_FULL) from None
             raise
+        if journal_file is not None:
+            journal.commit(journal_file, durable=storage.fsync)
         self._remove_temporaries()
         self._published = published
         return published
+
+    def _take_back(self, published: list[str], journal_file: Path | None) -> None:
+        """Unlink what a publish that failed had linked, then (and only then: a crash in
+        between leaves the journal for the next start) its journal."""
+        storage = self._storage
+        for name in published:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(storage.folder / name)
+        if journal_file is not None:
+            if storage.fsync and published:
+                fsync_directory(storage.folder)
+            journal.commit(journal_file, durable=storage.fsync)
 
     async def discard(self) -> None:
         # Threads cannot be cancelled: wait until every write, and a publish whose caller was
@@ -353,17 +394,10 @@ def write_all(fd: int, buffers: Sequence[Buffer]) -> None:
             pending[0] = pending[0][written:]
 
 
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def sweep_stale_incoming(folder: Path) -> list[Path]:
-    """Remove the temporary files of processes that are gone (crashed, killed). A live process
-    holds an exclusive flock on its directory's ``.lock``; a dead one's lock is free."""
+    """Remove the temporary files of processes that are gone (crashed, killed), first rolling
+    back the publish any of them was in the middle of. A live process holds an exclusive flock
+    on its directory's ``.lock``; a dead one's lock is free."""
     removed = []
     incoming = folder / INCOMING_DIR
     for entry in incoming.iterdir() if incoming.is_dir() else ():
@@ -382,6 +416,11 @@ def sweep_stale_incoming(folder: Path) -> list[Path]:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # its owner is alive
+            try:
+                journal.roll_back(entry, folder)
+            except OSError as error:  # keep the evidence; the next start tries again
+                log.error("cannot roll back the publishes journaled in %s: %s", entry, error)
+                continue
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
         finally:

@@ -139,6 +139,7 @@ async def test_failed_publish_takes_back_what_it_linked(
     with pytest.raises(OSError, match="Input/output"):
         await batch.publish()
     assert stored_files(upload_dir) == []
+    assert not list((upload_dir / INCOMING_DIR).glob("*/*.journal"))  # gone after the links
     await batch.discard()
     assert_nothing_stored(upload_dir)
 
@@ -164,7 +165,8 @@ async def test_fsync_flushes_files_and_the_folder(
         await batch.publish()
     finally:
         await storage.close()
-    assert len(flushed) == (3 if fsync else 0)  # two files, then the folder
+    # Two files; the journal's directory entry; the folder; the journal's removal (the commit).
+    assert len(flushed) == (5 if fsync else 0)
 
 
 # --------------------------------------------------------------------------- discard
