@@ -439,6 +439,38 @@ class Settings:
         "Seconds a stopping server (SIGTERM) lets uploads in flight finish before aborting them;"
         " keep systemd's TimeoutStopSec above it.",
     )
+    request_header_timeout: float = _setting(
+        "10",
+        _seconds,
+        "Seconds a client has, from the first byte of a request, to send its request line and"
+        " headers; a slower one gets a 408 and its connection is closed. 0: no limit.",
+    )
+    body_idle_timeout: float = _setting(
+        "30",
+        _seconds,
+        "Seconds an upload's body may go without a byte while the server waits for one; then a"
+        " 408 (or, if no answer can be sent any more, a closed connection), and nothing of the"
+        " upload is kept. 0: no limit.",
+    )
+    keepalive_timeout: float = _setting(
+        "75",
+        _seconds,
+        "Seconds a connection may stay idle, between requests or before its first one, before"
+        " it is closed. 0: no limit.",
+    )
+    max_connections: int = _setting(
+        "4096",
+        _integer(1),
+        "Most open client connections per process (fewer if the descriptor limit, RLIMIT_NOFILE,"
+        " leaves less room): at the limit, the connection idle the longest is closed to make"
+        " room, and a new one is closed if every connection is busy.",
+    )
+    max_concurrent_uploads: int = _setting(
+        "64",
+        _integer(1),
+        "Most uploads received at the same time per process; one more is refused with 503 and"
+        " Retry-After before its body is read.",
+    )
     # RUF009 warns that a call's result is shared by all instances; a Path is immutable.
     upload_folder: Path = _setting(  # noqa: RUF009
         "uploads",
