@@ -52,3 +52,9 @@ class InsufficientStorage(ClustrError):
 
 class ClientDisconnected(Exception):
     """The client went away mid-body. Not a ClustrError: there is nobody left to answer."""
+
+
+class EncodedBody(ClustrError):
+    """The body has a Content-Encoding: compressed bodies are refused, never inflated."""
+
+    status = 415

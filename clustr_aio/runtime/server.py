@@ -10,8 +10,9 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -24,10 +25,15 @@ from clustr_aio.runtime.workers import Supervisor, WorkerNotifier
 from clustr_aio.settings import Settings
 from clustr_aio.web.app import create_app
 
-__all__ = ["listening_sockets", "make_runner", "run", "serve"]
+__all__ = ["PROTOCOL_OPTIONS", "listening_sockets", "make_runner", "run", "serve"]
 
 log = logging.getLogger("clustr_aio")
 access_log = logging.getLogger("clustr_aio.access")
+
+PROTOCOL_OPTIONS: Final[Mapping[str, Any]] = {
+    "auto_decompress": False,  # a compressed body is refused, never inflated (web.protection)
+}
+"""Options of aiohttp's RequestHandler, given to every server (tests' servers too)."""
 
 _BACKLOG = 1024  # uploads arrive in bursts (a whole album at once); the kernel caps it anyway
 
@@ -96,13 +102,15 @@ def bind(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
-def make_runner(settings: Settings) -> DrainingRunner:
-    """The application in a runner that drains for ``SHUTDOWN_TIMEOUT`` before it closes."""
+def make_runner(settings: Settings, app: web.Application | None = None) -> DrainingRunner:
+    """The application (``create_app(settings)`` unless given) in a runner that drains for
+    ``SHUTDOWN_TIMEOUT`` before it closes."""
     return DrainingRunner(
-        create_app(settings),
+        create_app(settings) if app is None else app,
         drain_timeout=settings.shutdown_timeout,
         access_log_class=AccessLogger,
         access_log=access_log if settings.access_log else None,
+        **PROTOCOL_OPTIONS,
     )
 
 

@@ -6,6 +6,7 @@ from urllib.parse import quote
 
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 # aiohttp exposes no public "send 100 Continue"; its default expect handler is that, and stable.
 from aiohttp.web_urldispatcher import _default_expect_handler
@@ -24,6 +25,7 @@ from clustr_aio.web.keys import INGEST_POLICY, METRICS, SETTINGS, STORAGE
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import error_response as documented_error
 from clustr_aio.web.openapi.schemas import json_response, ref
+from clustr_aio.web.protection import refuse_content_encoding
 from clustr_aio.web.responses import error_response
 
 routes = web.RouteTableDef()
@@ -74,8 +76,8 @@ async def refuse_early(request: web.Request) -> web.StreamResponse | None:
             "too many files: at most 10000 per request",
         ),
         415: documented_error(
-            "An extension not in ALLOWED_EXTENSIONS, an empty file, or bytes that are not what "
-            "the extension claims.",
+            "An extension not in ALLOWED_EXTENSIONS, an empty file, bytes that are not what "
+            "the extension claims, or a body with a Content-Encoding (never inflated).",
             "'notes.txt': files of type .txt are not accepted; allowed: jpeg, jpg, png, webp",
             "'fake.png' is named .png but holds image/jpeg data; expected image/png",
             "'empty.jpg' is empty",
@@ -99,6 +101,8 @@ async def upload(request: web.Request) -> web.Response:
             raise ClientDisconnected() from error
         except HttpProcessingError as error:  # e.g. broken chunked encoding or a short body
             raise MalformedUpload(f"malformed request body: {error.message}") from None
+        except RequestPayloadError:  # what the parser sets on the body stream mid-read
+            raise MalformedUpload("malformed request body") from None
         finally:
             tracked.received(body.bytes_read)
         tracked.stored(stored)
@@ -113,8 +117,9 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def _check_request(request: web.Request) -> bytes:
-    """What can be refused before reading the body: its declared length, its content type,
-    and whether the storage has room for it (above MIN_FREE_SPACE)."""
+    """What can be refused before reading the body: a Content-Encoding, its declared length,
+    its content type, and whether the storage has room for it (above MIN_FREE_SPACE)."""
+    refuse_content_encoding(request.headers)
     request.app[INGEST_POLICY].limits.check_declared_length(request.content_length)
     boundary = parse_boundary(request.headers.get(hdrs.CONTENT_TYPE))
     if request.content_length == 0:  # nothing sent at all: no files, not a malformed body
