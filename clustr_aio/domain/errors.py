@@ -26,6 +26,12 @@ class MalformedUpload(ClustrError):
     status = 400
 
 
+class RequestTimeout(ClustrError):
+    """The client sent too slowly: its headers, or its body's next byte, came too late."""
+
+    status = 408
+
+
 class NoFilesUploaded(ClustrError):
     """The request carried no ``files`` part (406, as the original FastAPI service answered)."""
 

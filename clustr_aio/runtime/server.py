@@ -20,6 +20,7 @@ from clustr_aio.observability import metrics
 from clustr_aio.observability.access_log import AccessLogger
 from clustr_aio.runtime import systemd
 from clustr_aio.runtime.drain import DrainingRunner
+from clustr_aio.runtime.protocol import NO_LIMIT, ConnectionGuard
 from clustr_aio.runtime.systemd import Notifier, SystemdNotifier
 from clustr_aio.runtime.workers import Supervisor, WorkerNotifier
 from clustr_aio.settings import Settings
@@ -105,9 +106,16 @@ def bind(host: str, port: int) -> list[socket.socket]:
 def make_runner(settings: Settings, app: web.Application | None = None) -> DrainingRunner:
     """The application (``create_app(settings)`` unless given) in a runner that drains for
     ``SHUTDOWN_TIMEOUT`` before it closes."""
+    guard = ConnectionGuard.fitted(
+        header_timeout=settings.request_header_timeout or NO_LIMIT,
+        body_idle_timeout=settings.body_idle_timeout or NO_LIMIT,
+        max_connections=settings.max_connections,
+    )
     return DrainingRunner(
         create_app(settings) if app is None else app,
         drain_timeout=settings.shutdown_timeout,
+        guard=guard,
+        keepalive_timeout=settings.keepalive_timeout or NO_LIMIT,
         access_log_class=AccessLogger,
         access_log=access_log if settings.access_log else None,
         **PROTOCOL_OPTIONS,
