@@ -68,10 +68,18 @@ class ProductionServer(TestServer):
         return make_runner(self.settings, self.app)
 
 
-@pytest.fixture
-async def production_client(aiohttp_client: AiohttpClient, settings: Settings) -> Client:
-    """Like ``client``, through the production runner (see :class:`ProductionServer`)."""
+async def serve_production(
+    aiohttp_client: AiohttpClient, upload_dir: Path, **overrides: Any
+) -> Client:
+    """A client of ``create_app`` with these settings, served by :class:`ProductionServer`."""
+    settings = make_settings(upload_dir, **overrides)
     return await aiohttp_client(ProductionServer(create_app(settings), settings))
+
+
+@pytest.fixture
+async def production_client(aiohttp_client: AiohttpClient, upload_dir: Path) -> Client:
+    """Like ``client``, through the production runner (see :class:`ProductionServer`)."""
+    return await serve_production(aiohttp_client, upload_dir)
 
 
 def stored_files(folder: Path) -> list[str]:

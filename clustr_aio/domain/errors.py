@@ -14,6 +14,8 @@ class ClustrError(Exception):
     """Base of every error a client may see; ``detail`` is shown to the client verbatim."""
 
     status: ClassVar[int] = 500
+    retry_after: ClassVar[int | None] = None
+    """Seconds to send as ``Retry-After``, for a refusal that is only for now."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -48,6 +50,13 @@ class UnsupportedFile(ClustrError):
     """The extension is not allowed, or the bytes are not what the extension claims."""
 
     status = 415
+
+
+class ServerBusy(ClustrError):
+    """Too many uploads at once (MAX_CONCURRENT_UPLOADS), or no file descriptor left."""
+
+    status = 503
+    retry_after = 1
 
 
 class InsufficientStorage(ClustrError):

@@ -93,6 +93,9 @@ async def _receive_file(
         size += len(chunk)
         policy.limits.check_file_size(size, filename)
         await writer.write(chunk)
+    # Let go of the head: its chunks are slices of the first read, which they would keep whole
+    # in memory for as long as the part lasts (a stalled upload: for good).
+    del head_chunks
     while chunk := await parts.read_chunk():
         size += len(chunk)
         policy.limits.check_file_size(size, filename)

@@ -16,6 +16,10 @@ lingering read that outlives the client. :class:`GuardedRequestHandler` changes 
 - **Connections** (``MAX_CONNECTIONS``, lowered to fit ``RLIMIT_NOFILE``): at the limit, the
   connection that has been idle the longest (between requests, or still sending its head) is
   closed to make room; if every one is busy with a request, the new one gets a 503 and is closed.
+- **Memory per connection**: once more than :data:`CROWD` connections are open, each new one
+  reads the socket 32 KiB at a time (not asyncio's 256 KiB) and its body stream stops reading
+  the socket above 64 KiB (aiohttp's default is 128 KiB): a stalled upload then holds about one
+  read buffer, and many of them do not add up to hundreds of MiB. Below that, the defaults.
 - **Errors as JSON**: every error aiohttp answers itself (the parser's, an unknown ``Expect``,
   an exception that escapes the middlewares) is ``{"detail"}`` with ``X-Request-ID`` and
   ``nosniff``, never the request's bytes, and one INFO log line.
@@ -23,11 +27,12 @@ lingering read that outlives the client. :class:`GuardedRequestHandler` changes 
   and the connection closes; a parser error in the middle of a body (a bad chunk size) fails
   that body at once (a 400 from the upload) instead of leaving its handler waiting.
 
-aiohttp has no public hooks for any of it. The private names used, all of ``RequestHandler``
-or of its module, are: ``_ErrInfo``, ``_messages``, ``_waiter``, ``_request_count``,
+aiohttp has no public hooks for any of it. The private names used are, of ``RequestHandler``
+or its module: ``_ErrInfo``, ``_messages``, ``_waiter``, ``_request_count``,
 ``_current_request``, ``_lingering_time``, ``_reading_paused``, ``_force_close``, ``_close``,
-``_loop``, and the runner's ``_make_server`` (see :func:`guard_server`); aiohttp is pinned, and
-tests/runtime/test_protocol.py covers each behaviour.
+``_loop``; of ``Server``: ``_loop``, ``_kwargs``, ``_connections`` (as its own factory uses
+them); of the runner: ``_make_server`` (see :func:`guard_server`); of asyncio's socket
+transport: ``max_size``. aiohttp is pinned; tests/runtime/test_protocol.py covers each use.
 """
 
 from __future__ import annotations
@@ -56,18 +61,34 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 from aiohttp.web_request import BaseRequest
 
 from clustr_aio.domain.errors import RequestTimeout
+from clustr_aio.runtime.memory import TrimAfterLoad
 from clustr_aio.web.middlewares import REQUEST_ID_HEADER, ensure_request_id
 from clustr_aio.web.responses import error_response
 
-__all__ = ["ConnectionGuard", "GuardedRequestHandler", "GuardedServer", "guard_server"]
+__all__ = [
+    "ConnectionGuard",
+    "GuardedRequestHandler",
+    "GuardedServer",
+    "guard_server",
+    "limit_accept_error_logs",
+]
 
 log = logging.getLogger("clustr_aio")
 
 NO_LIMIT: Final = 10.0**9
 """Seconds standing for "never" where aiohttp wants a number (about 31 years)."""
 
+CROWD: Final = 64
+"""Open connections beyond which new ones get small read buffers."""
+_CROWD_READ_SIZE: Final = 32 * 1024
+_CROWD_BUFSIZE: Final = 32 * 1024  # StreamReader's limit: it pauses reading above twice this
+
 _FD_RESERVE_MIN: Final = 64
 """Descriptors kept for what is not a client connection: temporary files, the journal, logs."""
+_ACCEPT_BURST: Final = 128
+"""Connections asyncio may accept in one go (aiohttp's site backlog) before any of them is
+made a connection, and so before the limit can close another to make room: they need
+descriptors too, or accept fails with EMFILE and asyncio stops accepting for a second."""
 
 # The detail of each parser error, by exception class: what was wrong, never the bytes.
 _PARSER_DETAILS: Final[tuple[tuple[type[BaseException], str], ...]] = (
@@ -110,11 +131,11 @@ class ConnectionGuard:
     def fitted(
         cls, *, header_timeout: float, body_idle_timeout: float, max_connections: int
     ) -> ConnectionGuard:
-        """With ``max_connections`` lowered to leave descriptors for files under the soft
-        ``RLIMIT_NOFILE`` (an eighth of it, at least 64)."""
+        """With ``max_connections`` lowered to leave descriptors under the soft
+        ``RLIMIT_NOFILE`` for files (an eighth of it, at least 64) and for a burst of accepts."""
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != resource.RLIM_INFINITY:
-            room = soft - max(_FD_RESERVE_MIN, soft // 8)
+            room = soft - max(_FD_RESERVE_MIN, soft // 8) - _ACCEPT_BURST
             max_connections = max(1, min(max_connections, room))
         return cls(header_timeout, body_idle_timeout, max_connections)
 
@@ -124,20 +145,29 @@ class GuardedServer(web.Server):
     connections and keeping them under the guard's limit."""
 
     guard: ConnectionGuard
+    trim: TrimAfterLoad
 
     def __call__(self) -> RequestHandler:
+        if self.guard.open >= CROWD:
+            return GuardedRequestHandler(
+                self, loop=self._loop, **(self._kwargs | {"read_bufsize": _CROWD_BUFSIZE})
+            )
         return GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         super().connection_made(handler, transport)
         guard = self.guard
         guard.open += 1
+        self.trim.opened(guard.open)
+        if guard.open > CROWD and hasattr(transport, "max_size"):
+            transport.max_size = _CROWD_READ_SIZE  # asyncio's recv() size, for this one
         if guard.open > guard.max_connections:
             self._make_room(handler, transport)
 
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
         if handler in self._connections:
             self.guard.open -= 1
+            self.trim.closed(self.guard.open)
         super().connection_lost(handler, exc)
 
     def _make_room(self, newcomer: RequestHandler, transport: asyncio.Transport) -> None:
@@ -176,6 +206,7 @@ def guard_server(server: web.Server, guard: ConnectionGuard) -> GuardedServer:
     server.__class__ = GuardedServer
     assert isinstance(server, GuardedServer)
     server.guard = guard
+    server.trim = TrimAfterLoad(asyncio.get_running_loop())
     return server
 
 
@@ -195,8 +226,14 @@ class GuardedRequestHandler(RequestHandler):
 
     @property
     def evictable(self) -> bool:
-        """Whether closing it loses no request: idle, or still sending a request's head."""
-        return self._phase != _BODY and not self._messages
+        """Whether closing it loses no request (idle, or still sending a request's head), and
+        it is not closing already (its descriptor is released a loop iteration later)."""
+        return (
+            self._phase != _BODY
+            and not self._messages
+            and not self._force_close
+            and self.transport is not None
+        )
 
     # -- input -------------------------------------------------------------------------------
 
@@ -392,3 +429,36 @@ def _reason(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Error"
+
+
+_ACCEPT_ERROR: Final = "socket.accept() out of system resource"
+_ACCEPT_LOG_EVERY: Final = 10.0
+
+
+def limit_accept_error_logs(loop: asyncio.AbstractEventLoop) -> None:
+    """asyncio logs every failed ``accept`` (EMFILE at the descriptor limit) with a traceback:
+    thousands a second under a flood. Make it one WARNING line per 10 s, with a count; every
+    other error goes to the handler that was there."""
+    previous = loop.get_exception_handler()
+    last = [-_ACCEPT_LOG_EVERY, 0]  # when the last line was logged; errors since
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") != _ACCEPT_ERROR:
+            if previous is None:
+                loop.default_exception_handler(context)
+            else:
+                previous(loop, context)
+            return
+        last[1] += 1
+        now = loop.time()
+        if now - last[0] >= _ACCEPT_LOG_EVERY:
+            log.warning(
+                "cannot accept connections: %s (%d time(s) in the last %gs; asyncio retries "
+                "after a second)",
+                context.get("exception"),
+                last[1],
+                _ACCEPT_LOG_EVERY,
+            )
+            last[0], last[1] = now, 0
+
+    loop.set_exception_handler(handler)

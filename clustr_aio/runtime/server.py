@@ -20,7 +20,7 @@ from clustr_aio.observability import metrics
 from clustr_aio.observability.access_log import AccessLogger
 from clustr_aio.runtime import systemd
 from clustr_aio.runtime.drain import DrainingRunner
-from clustr_aio.runtime.protocol import NO_LIMIT, ConnectionGuard
+from clustr_aio.runtime.protocol import NO_LIMIT, ConnectionGuard, limit_accept_error_logs
 from clustr_aio.runtime.systemd import Notifier, SystemdNotifier
 from clustr_aio.runtime.workers import Supervisor, WorkerNotifier
 from clustr_aio.settings import Settings
@@ -126,6 +126,7 @@ async def serve(
     settings: Settings, *, listeners: Sequence[socket.socket], notifier: Notifier
 ) -> None:
     """Serve on ``listeners`` until SIGTERM or SIGINT, then drain and return."""
+    limit_accept_error_logs(asyncio.get_running_loop())
     runner = make_runner(settings)
     await runner.setup()  # opens the storage, which sweeps what dead processes left behind
     watchdog: asyncio.Task[None] | None = None

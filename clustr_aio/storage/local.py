@@ -19,6 +19,13 @@ back any publish it was in the middle of (see :mod:`clustr_aio.storage.journal`)
 All blocking calls run on a dedicated thread pool, so the event loop never waits on the disk.
 File data is handed to the pool in blocks of ``write_block`` bytes (``os.writev`` of the received
 chunks, no joining), and one block per file may be in flight while the next one is received.
+Memory: 300 uploads that sent 1 MB each and stalled held 300 MB of RAM, a block each. So the
+bytes received and not yet written, by all uploads together, are kept under ``memory_budget``:
+a write that finds it exceeded first hands its own file's bytes to the pool, then waits until
+writes have brought the total back under the budget (meanwhile its upload reads no more, so
+aiohttp stops reading its socket, and TCP holds the client back). And a block that is still
+not full ``idle_flush`` seconds after its first bytes came is written as it is, so an upload
+that stalls holds nothing for long.
 
 Free space: with ``min_free_space`` set, a write that runs into ``ENOSPC``/``EDQUOT`` is not the
 first sign of a full disk. The pool threads re-check free space (one ``statvfs``) each time
@@ -45,7 +52,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from clustr_aio.domain.errors import InsufficientStorage
+from clustr_aio.domain.errors import InsufficientStorage, ServerBusy
 from clustr_aio.domain.names import numbered
 from clustr_aio.storage import journal
 from clustr_aio.storage.base import Buffer
@@ -56,6 +63,8 @@ log = logging.getLogger("clustr_aio")
 INCOMING_DIR = ".incoming"
 _LOCK_FILE = ".lock"
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+_NO_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+_NO_DESCRIPTOR_LEFT = "the server has too many files open; retry shortly"
 _MAX_NAME_ATTEMPTS = 100_000
 _LOCKLESS_GRACE_SECONDS = 60
 _DEVICE_FULL = "not enough space left on the storage device"
@@ -74,6 +83,8 @@ class LocalStorage:
         io_threads: int = 16,
         write_block: int = 1024 * 1024,
         files_in_flight: int = 8,
+        idle_flush: float = 0.25,
+        memory_budget: int = 32 * 1024 * 1024,
         min_free_space: int = 0,
         space_check_every: int | None = None,
     ) -> None:
@@ -81,6 +92,10 @@ class LocalStorage:
         self.fsync = fsync
         self.write_block = write_block
         self.files_in_flight = files_in_flight
+        self.idle_flush = idle_flush
+        self.memory_budget = memory_budget
+        self._held = 0  # bytes received and not yet written, every file together
+        self._below_budget = asyncio.Event()
         self.min_free_space = min_free_space
         # The reserve can be overrun by about one interval (plus the blocks in flight), so the
         # interval is a quarter of the reserve, at least a write block, at most 8 MiB: one
@@ -178,6 +193,23 @@ class LocalStorage:
                 return
             self._unchecked_bytes = 0
         self._ensure_room_sync(0)
+
+    def hold(self, size: int) -> None:
+        self._held += size
+
+    def release(self, size: int) -> None:
+        self._held -= size
+        if self._held <= self.memory_budget:
+            self._below_budget.set()
+
+    @property
+    def over_budget(self) -> bool:
+        return self._held > self.memory_budget
+
+    async def wait_below_budget(self) -> None:
+        while self._held > self.memory_budget:
+            self._below_budget.clear()
+            await self._below_budget.wait()
 
     async def check_writable(self) -> None:
         await self.run(self._check_writable_sync)
@@ -300,12 +332,16 @@ class LocalBatch:
             journal.commit(journal_file, durable=storage.fsync)
 
     async def discard(self) -> None:
+        for file in self._files:
+            file.stop_flushing()  # no write may start after the files are removed
         # Threads cannot be cancelled: wait until every write, and a publish whose caller was
         # cancelled, have stopped touching the files.
         pending: list[asyncio.Future[Any]] = [f.in_flight for f in self._files if f.in_flight]
         if self._publishing is not None:
             pending.append(self._publishing)
         await asyncio.gather(*pending, return_exceptions=True)
+        for file in self._files:
+            file.drop_buffers()
         self._closing.clear()
         await self._storage.run(self._discard_sync)
 
@@ -336,25 +372,72 @@ class LocalFile:
         self._fd: int | None = None
         self._buffers: list[Buffer] = []
         self._buffered = 0
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flushing = True  # until the last block is submitted, or the batch discarded
 
     async def write(self, data: Buffer) -> None:
+        storage = self._storage
         self._buffers.append(data)
         self._buffered += len(data)
-        if self._buffered >= self._storage.write_block:
+        storage.hold(len(data))
+        if self._buffered >= storage.write_block:
             await self._submit(last=False)
+        elif storage.over_budget:
+            await self._submit(last=False)  # this file's part of the excess goes first
+        elif self._flush_timer is None and self._flushing:
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(self._storage.idle_flush, self._flush_idle)
 
     async def close(self) -> None:
+        self.stop_flushing()
         await self._submit(last=True)
         assert self.in_flight is not None
         await self._batch._closed(self.in_flight)
 
+    def stop_flushing(self) -> None:
+        self._flushing = False
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+
+    def _flush_idle(self) -> None:
+        """Timer: write out what has waited ``idle_flush`` seconds for its block to fill."""
+        self._flush_timer = None
+        if not self._flushing or not self._buffers:
+            return
+        pending = self.in_flight
+        if pending is not None and not pending.done():  # the disk is behind: later
+            self._flush_timer = asyncio.get_running_loop().call_later(
+                self._storage.idle_flush, self._flush_idle
+            )
+            return
+        if pending is not None and pending.exception() is not None:
+            return  # the next write() or close() raises it
+        self._start_write(last=False)
+
     async def _submit(self, *, last: bool) -> None:
-        if self.in_flight is not None:
-            await self.in_flight  # one block in flight per file bounds memory
-        buffers, self._buffers, self._buffered = self._buffers, [], 0
+        # One block in flight per file bounds memory; the idle flush may start one while this
+        # waits for another, so wait until none is.
+        while (pending := self.in_flight) is not None:
+            await pending
+            if pending is self.in_flight:
+                break
+        self._start_write(last=last)
+        if self._storage.over_budget:
+            await self._storage.wait_below_budget()
+
+    def _start_write(self, *, last: bool) -> None:
+        buffers, size = self._buffers, self._buffered
+        self._buffers, self._buffered = [], 0
         loop = asyncio.get_running_loop()
         executor = self._storage._executor
         self.in_flight = loop.run_in_executor(executor, self._write_sync, buffers, last)
+        self.in_flight.add_done_callback(lambda _: self._storage.release(size))
+
+    def drop_buffers(self) -> None:
+        """Forget what was never handed to the pool (the batch is being discarded)."""
+        size, self._buffers, self._buffered = self._buffered, [], 0
+        self._storage.release(size)
 
     def _write_sync(self, buffers: list[Buffer], last: bool) -> None:
         try:
@@ -368,6 +451,8 @@ class LocalFile:
         except OSError as error:
             if error.errno in _NO_SPACE:
                 raise InsufficientStorage(_DEVICE_FULL) from None
+            if error.errno in _NO_DESCRIPTORS:  # at RLIMIT_NOFILE: busy, not broken
+                raise ServerBusy(_NO_DESCRIPTOR_LEFT) from None
             raise
         self._storage.count_written(sum(len(b) for b in buffers))
 

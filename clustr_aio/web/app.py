@@ -16,7 +16,8 @@ from clustr_aio.settings import Settings
 from clustr_aio.storage.local import LocalStorage
 from clustr_aio.web import middlewares
 from clustr_aio.web.inline_static import add_inline_static
-from clustr_aio.web.keys import INGEST_POLICY, METRICS, SETTINGS, STORAGE
+from clustr_aio.web.keys import INGEST_POLICY, METRICS, SETTINGS, STORAGE, UPLOAD_SLOTS
+from clustr_aio.web.protection import UploadSlots
 from clustr_aio.web.routes import docs, health, root, stored_files, upload
 
 ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
@@ -35,6 +36,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
+    app[UPLOAD_SLOTS] = UploadSlots(settings.max_concurrent_uploads)
     app[INGEST_POLICY] = IngestPolicy(
         allowed_extensions=settings.allowed_extensions,
         limits=UploadLimits(

@@ -8,10 +8,12 @@ from clustr_aio.ingest.pipeline import IngestPolicy
 from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
 from clustr_aio.storage.base import Storage
+from clustr_aio.web.protection import UploadSlots
 
 SETTINGS = web.AppKey("settings", Settings)
 STORAGE = web.AppKey("storage", Storage)
 INGEST_POLICY = web.AppKey("ingest_policy", IngestPolicy)
 METRICS = web.AppKey("metrics", Metrics)
+UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
 
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -12,15 +12,7 @@ from typing import Any
 
 import pytest
 
-from clustr_aio.web.app import create_app
-from tests.conftest import (
-    JPEG,
-    AiohttpClient,
-    Client,
-    ProductionServer,
-    assert_nothing_stored,
-    make_settings,
-)
+from tests.conftest import JPEG, AiohttpClient, Client, assert_nothing_stored, serve_production
 from tests.http.helpers import (
     BOUNDARY,
     RawResponse,
@@ -39,14 +31,14 @@ SHORT = 0.5
 
 @pytest.fixture
 async def server(aiohttp_client: AiohttpClient, upload_dir: Path) -> Client:
-    settings = make_settings(
+    return await serve_production(
+        aiohttp_client,
         upload_dir,
         request_header_timeout=SHORT,
         body_idle_timeout=SHORT,
         keepalive_timeout=2 * SHORT,
         max_connections=8,
     )
-    return await aiohttp_client(ProductionServer(create_app(settings), settings))
 
 
 @pytest.fixture

@@ -21,12 +21,12 @@ from clustr_aio.ingest.multipart import MultipartStream, parse_boundary
 from clustr_aio.ingest.pipeline import StoredFile, ingest_multipart
 from clustr_aio.storage.base import SpaceReporting
 from clustr_aio.web.forwarded import request_base_url
-from clustr_aio.web.keys import INGEST_POLICY, METRICS, SETTINGS, STORAGE
+from clustr_aio.web.keys import INGEST_POLICY, METRICS, SETTINGS, STORAGE, UPLOAD_SLOTS
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import error_response as documented_error
 from clustr_aio.web.openapi.schemas import json_response, ref
 from clustr_aio.web.protection import refuse_content_encoding
-from clustr_aio.web.responses import error_response
+from clustr_aio.web.responses import clustr_error_response
 
 routes = web.RouteTableDef()
 
@@ -35,10 +35,11 @@ async def refuse_early(request: web.Request) -> web.StreamResponse | None:
     """Expect handler: answer 413/406/400/507 instead of ``100 Continue`` when the headers
     alone show the upload will be refused, so the client never sends the body."""
     try:
+        request.app[UPLOAD_SLOTS].check()
         await _check_request(request)
     except ClustrError as error:
         request.app[METRICS].count_rejection(error)
-        return error_response(error.status, error.detail)
+        return clustr_error_response(error)
     await _default_expect_handler(request)
     return None
 
@@ -82,6 +83,11 @@ async def refuse_early(request: web.Request) -> web.StreamResponse | None:
             "'fake.png' is named .png but holds image/jpeg data; expected image/png",
             "'empty.jpg' is empty",
         ),
+        503: documented_error(
+            "MAX_CONCURRENT_UPLOADS uploads are being received already, or the server is out "
+            "of file descriptors; refused before the body is read, with Retry-After.",
+            "too many uploads at once; retry shortly",
+        ),
         507: documented_error(
             "The disk is full, or storing the upload would leave less than MIN_FREE_SPACE free"
             " (refused before the body when Content-Length tells); nothing was stored.",
@@ -91,7 +97,7 @@ async def refuse_early(request: web.Request) -> web.StreamResponse | None:
     },
 )
 async def upload(request: web.Request) -> web.Response:
-    with request.app[METRICS].track_upload() as tracked:
+    with request.app[METRICS].track_upload() as tracked, request.app[UPLOAD_SLOTS].take():
         boundary = await _check_request(request)
         body = request.app[INGEST_POLICY].limits.counting(request.content.readany)
         parts = MultipartStream(body, boundary)
