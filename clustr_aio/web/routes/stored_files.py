@@ -21,8 +21,10 @@ document_static(
         summary="Download a stored file",
         description="The bytes of a file stored by `POST /api/upload`, at the `preview_url` its "
         "upload answered. Supports `ETag`/`If-None-Match`, `Last-Modified`/`If-Modified-Since` "
-        "(304) and a single `Range` (206); `HEAD` answers the same headers without the body. "
-        "Names that start with a dot are never served.",
+        "(304) and a single `Range` (206, or the whole file when `If-Range` names another "
+        "version); `HEAD` answers the same headers without the body. Only regular files "
+        "directly in the upload folder are served: names that start with a dot, anything in a "
+        "sub-folder and symbolic links are a 404.",
         tags=("files",),
         operation_id="get_stored_file",
         parameters=(
