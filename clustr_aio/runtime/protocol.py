@@ -20,6 +20,8 @@ lingering read that outlives the client. :class:`GuardedRequestHandler` changes 
   reads the socket 32 KiB at a time (not asyncio's 256 KiB) and its body stream stops reading
   the socket above 64 KiB (aiohttp's default is 128 KiB): a stalled upload then holds about one
   read buffer, and many of them do not add up to hundreds of MiB. Below that, the defaults.
+- **Head size**: a request line and headers of more than :data:`MAX_HEAD_BYTES` (64 KiB) are
+  a 431, and the connection is closed; aiohttp alone allows 128 lines of 8190 bytes.
 - **Errors as JSON**: every error aiohttp answers itself (the parser's, an unknown ``Expect``,
   an exception that escapes the middlewares) is ``{"detail"}`` with ``X-Request-ID`` and
   ``nosniff``, never the request's bytes, and one INFO log line.
@@ -107,6 +109,9 @@ _STATUS_DETAILS: Final = {
     504: "Gateway Timeout",
 }
 _HEAD_TIMEOUT: Final = "the request's headers did not arrive in time"
+MAX_HEAD_BYTES: Final = 64 * 1024
+"""The most a request line and headers may take together; more is a 431."""
+_HEAD_TOO_LARGE: Final = f"the request's headers are larger than {MAX_HEAD_BYTES} bytes"
 _CHUNKED_HTTP10: Final = "Transfer-Encoding: chunked is not allowed in an HTTP/1.0 request"
 _TOO_MANY_CONNECTIONS: Final = b"the server has too many connections open; retry shortly"
 
@@ -213,12 +218,21 @@ def guard_server(server: web.Server, guard: ConnectionGuard) -> GuardedServer:
 class GuardedRequestHandler(RequestHandler):
     """See the module documentation."""
 
-    __slots__ = ("_deadline", "_guard", "_lingering_payload", "_phase", "_timer", "last_active")
+    __slots__ = (
+        "_deadline",
+        "_guard",
+        "_head_bytes",
+        "_lingering_payload",
+        "_phase",
+        "_timer",
+        "last_active",
+    )
 
     def __init__(self, manager: GuardedServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = manager.guard
         self._phase = _IDLE
+        self._head_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
         self._lingering_payload: Any = None
@@ -244,14 +258,21 @@ class GuardedRequestHandler(RequestHandler):
         self.last_active = now
         if self._phase == _IDLE and data:
             self._phase = _HEAD
+            self._head_bytes = 0
             self._arm(now + self._guard.header_timeout)
+        if self._phase == _HEAD:
+            self._head_bytes += len(data)
         count = self._request_count
         super().data_received(data)
         if self._request_count != count:
             self._check_new_messages(self._request_count - count)
-        if self._request_count != count and self._phase == _HEAD:
-            self._phase = _BODY
-            self._arm(now + self._guard.body_idle_timeout)
+            if self._phase == _HEAD:
+                self._phase = _BODY
+                self._arm(now + self._guard.body_idle_timeout)
+        elif self._phase == _HEAD and self._head_bytes > MAX_HEAD_BYTES:
+            # aiohttp bounds each header line (8190 bytes) and their number (128): a head of
+            # 1 MB, held by the parser while it waits for the rest (200 of them: 437 MiB).
+            self._queue_error(431, BadHttpMessage(_HEAD_TOO_LARGE))
 
     def _check_new_messages(self, new: int) -> None:
         queued = list(self._messages)
@@ -365,7 +386,7 @@ class GuardedRequestHandler(RequestHandler):
     ) -> web.StreamResponse:
         """aiohttp's answer to a request it could not parse or handle, as JSON, one log line
         (debug for a first request that is not HTTP at all: scanners, TLS on the plain port)."""
-        detail = _parser_detail(exc) if status == 400 else _STATUS_DETAILS.get(status)
+        detail = _parser_detail(exc) if status in (400, 431) else _STATUS_DETAILS.get(status)
         if status >= 500:
             log.error("error handling %s %s", request.method, request.path, exc_info=exc)
         elif self._request_count == 1 and isinstance(exc, BadHttpMethod):
@@ -409,7 +430,7 @@ def _parser_detail(exc: BaseException | None) -> str:
     for kind, detail in _PARSER_DETAILS:
         if isinstance(exc, kind):
             return detail
-    if isinstance(exc, BadHttpMessage) and exc.message == _CHUNKED_HTTP10:
+    if isinstance(exc, BadHttpMessage) and exc.message in (_CHUNKED_HTTP10, _HEAD_TOO_LARGE):
         return exc.message
     if isinstance(exc, HttpProcessingError) and "header" in exc.message.lower():
         return "malformed or too many header fields"

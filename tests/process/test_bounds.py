@@ -3,6 +3,7 @@ stalled uploads, the connections held by slow ones, the descriptor limit."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import time
@@ -87,6 +88,25 @@ def test_stalled_uploads_hold_little_memory_and_give_it_back(
     )
     assert peak <= 128 * 1024, f"peak RSS {peak // 1024} MiB"
     assert after < 80 * 1024, f"RSS after {after // 1024} MiB"
+
+
+def test_unfinished_1_mb_heads_hold_little_memory(
+    server_factory: StartServer, sockets: list[socket.socket]
+) -> None:
+    """200 connections each sending 127 header lines of 8 kB (what aiohttp's line limits allow)
+    and no blank line: issue 10 measured 439 MiB; the 64 KiB head limit answers 431 first."""
+    server = server_factory({"REQUEST_HEADER_TIMEOUT": "60"})
+    lines = b"".join(b"X-%03d: %s\r\n" % (n, b"a" * 8000) for n in range(127))
+    for _ in range(200):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sockets.append(sock)
+        with contextlib.suppress(OSError):  # refused and closed after 64 KiB
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + lines)
+    wait_until(lambda: bytes_in_transit(server.port) == 0, "the server to read or refuse it all")
+    peak = status_kib(server.pid, "VmHWM")
+    print(f"RSS peak with 200 unfinished 1 MB heads: {peak // 1024} MiB")
+    assert peak <= 128 * 1024
+    assert server.logs.count("431") >= 190  # their access lines
 
 
 def hold_slow_connections(port: int, count: int, sockets: list[socket.socket]) -> None:

@@ -249,3 +249,28 @@ def assert_json_error_canned(response: RawResponse) -> None:
     assert response.status == 503
     assert response.headers["Retry-After"] == "1"
     assert "connections" in response.json()["detail"]
+
+
+# --------------------------------------------------------------------------- head size
+
+
+async def test_a_head_over_64_kib_is_a_431_and_the_connection_closes(connect: Connect) -> None:
+    reader, writer = await connect()
+    lines = b"".join(b"X-%03d: %s\r\n" % (n, b"a" * 8000) for n in range(9))  # 72 kB, no end
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n" + lines)
+    response = await read_response(reader)
+    detail = assert_json_error(response, 431, not_echoed=b"aaaa")
+    assert "larger than 65536 bytes" in detail
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+
+
+async def test_a_large_head_under_the_limit_and_a_body_in_one_packet_are_fine(
+    connect: Connect,
+) -> None:
+    reader, writer = await connect()
+    lines = {f"X-{n}": "a" * 7000 for n in range(8)}  # 56 kB of headers
+    body = part_head("big.jpg") + JPEG + bytes(200_000) + f"\r\n--{BOUNDARY}--\r\n".encode()
+    headers = {**lines, "Content-Length": str(len(body)), **multipart_headers()}
+    writer.write(request_head("POST", "/api/upload", headers) + body)  # one write
+    response = await read_response(reader)
+    assert response.status == 200, response.body
