@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -161,4 +162,47 @@ def test_a_normal_client_is_answered_while_1000_slow_ones_are_held(
         assert held == 1000  # under MAX_CONNECTIONS, each is held until its head times out
     else:
         assert held < 512  # room is made by closing the longest idle ones
+    assert "Traceback" not in server.logs
+
+
+def test_an_idle_flood_is_closed_after_the_keepalive_timeout(
+    server_factory: StartServer, sockets: list[socket.socket]
+) -> None:
+    """1,000 connections that never send a byte (issue 10: 2,000 of them were all still open
+    after 2 minutes)."""
+    server = server_factory({"KEEPALIVE_TIMEOUT": "1"})
+    for _ in range(1000):
+        sockets.append(socket.create_connection(("127.0.0.1", server.port)))
+    started = time.monotonic()
+    for sock in sockets:
+        sock.settimeout(max(0.1, started + 10 - time.monotonic()))
+        assert sock.recv(1) == b""  # closed by the server
+    print(f"1,000 idle connections closed {time.monotonic() - started:.1f} s after the last")
+    _, answer = timed_get(server.port)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_broken_chunk_mid_upload_is_answered_at_once_and_does_not_hold_up_a_stop(
+    server_factory: StartServer, sockets: list[socket.socket]
+) -> None:
+    """Issue 10: no answer until the client left, and a SIGTERM drain held for the whole
+    SHUTDOWN_TIMEOUT."""
+    server = server_factory({"SHUTDOWN_TIMEOUT": "30"})
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sockets.append(sock)
+    head = upload_head(server.port, 0, "a.jpg").replace(
+        b"Content-Length: 0", b"Transfer-Encoding: chunked"
+    )
+    start, part = head.split(b"\r\n\r\n", 1)
+    first = part + jpeg_bytes(10_000)
+    sock.sendall(start + b"\r\n\r\n" + b"%x\r\n" % len(first) + first + b"\r\n")
+    wait_until(lambda: bool(temp_files(server.upload_folder)), "the upload to be under way")
+    sock.sendall(b"zz-not-a-size\r\n")
+    answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    assert time.monotonic() - started < 5
+    assert temp_files(server.upload_folder) == []
     assert "Traceback" not in server.logs
