@@ -80,6 +80,8 @@ log = logging.getLogger("clustr_aio")
 NO_LIMIT: Final = 10.0**9
 """Seconds standing for "never" where aiohttp wants a number (about 31 years)."""
 
+_LIMIT_LOG_EVERY: Final = 10.0
+
 CROWD: Final = 64
 """Open connections beyond which new ones get small read buffers."""
 _CROWD_READ_SIZE: Final = 32 * 1024
@@ -104,7 +106,7 @@ _PARSER_DETAILS: Final[tuple[tuple[type[BaseException], str], ...]] = (
 _STATUS_DETAILS: Final = {
     400: "malformed HTTP request",
     408: "the request took too long to arrive",
-    417: "unsupported Expect header: only 100-continue is",
+    417: "unsupported Expect header: only 100-continue is supported",
     500: "Internal Server Error",
     504: "Gateway Timeout",
 }
@@ -131,6 +133,8 @@ class ConnectionGuard:
     open: int = 0
     evicted: int = 0
     refused: int = 0
+    logged_at: float = float("-inf")
+    """When the limit was last reported in the log (once per 10 s at most)."""
 
     @classmethod
     def fitted(
@@ -186,13 +190,24 @@ class GuardedServer(web.Server):
                 and (victim is None or connection.last_active < victim.last_active)
             ):
                 victim = connection
+        guard = self.guard
         if victim is not None:
-            self.guard.evicted += 1
+            guard.evicted += 1
             victim.force_close()
-            return
-        self.guard.refused += 1
-        transport.write(_canned_503())
-        newcomer.force_close()
+        else:
+            guard.refused += 1
+            transport.write(_canned_503())
+            newcomer.force_close()
+        now = self._loop.time()
+        if now - guard.logged_at >= _LIMIT_LOG_EVERY:
+            guard.logged_at = now
+            log.warning(
+                "at the connection limit (%d): %d idle connection(s) closed to make room, %d "
+                "new one(s) refused with 503, since start",
+                guard.max_connections,
+                guard.evicted,
+                guard.refused,
+            )
 
 
 def _canned_503() -> bytes:

@@ -411,7 +411,7 @@ class LocalFile:
                 self._storage.idle_flush, self._flush_idle
             )
             return
-        if pending is not None and pending.exception() is not None:
+        if pending is not None and (pending.cancelled() or pending.exception() is not None):
             return  # the next write() or close() raises it
         self._start_write(last=False)
 
