@@ -42,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -135,6 +135,14 @@ class ConnectionGuard:
     refused: int = 0
     logged_at: float = float("-inf")
     """When the limit was last reported in the log (once per 10 s at most)."""
+    idle: dict[GuardedRequestHandler, None] = field(default_factory=dict)
+    """The connections that may be closed to make room (idle, or sending a head), the one
+    active longest ago first: a dict keeps insertion order, and activity re-inserts."""
+
+    def active(self, connection: GuardedRequestHandler, *, evictable: bool) -> None:
+        self.idle.pop(connection, None)
+        if evictable:
+            self.idle[connection] = None
 
     @classmethod
     def fitted(
@@ -167,6 +175,8 @@ class GuardedServer(web.Server):
         super().connection_made(handler, transport)
         guard = self.guard
         guard.open += 1
+        if isinstance(handler, GuardedRequestHandler):
+            guard.active(handler, evictable=True)
         self.trim.opened(guard.open)
         if guard.open > CROWD and hasattr(transport, "max_size"):
             transport.max_size = _CROWD_READ_SIZE  # asyncio's recv() size, for this one
@@ -176,22 +186,20 @@ class GuardedServer(web.Server):
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
         if handler in self._connections:
             self.guard.open -= 1
+            self.guard.idle.pop(handler, None)  # type: ignore[call-overload]
             self.trim.closed(self.guard.open)
         super().connection_lost(handler, exc)
 
     def _make_room(self, newcomer: RequestHandler, transport: asyncio.Transport) -> None:
         """Close the connection idle the longest; if all are busy, turn the newcomer away."""
-        victim: GuardedRequestHandler | None = None
-        for connection in self._connections:
-            if (
-                connection is not newcomer
-                and isinstance(connection, GuardedRequestHandler)
-                and connection.evictable
-                and (victim is None or connection.last_active < victim.last_active)
-            ):
-                victim = connection
         guard = self.guard
+        victim: GuardedRequestHandler | None = None
+        for connection in guard.idle:  # oldest first; the newcomer is last
+            if connection is not newcomer and connection.evictable:
+                victim = connection
+                break
         if victim is not None:
+            guard.idle.pop(victim)
             guard.evicted += 1
             victim.force_close()
         else:
@@ -288,6 +296,7 @@ class GuardedRequestHandler(RequestHandler):
             # aiohttp bounds each header line (8190 bytes) and their number (128): a head of
             # 1 MB, held by the parser while it waits for the rest (200 of them: 437 MiB).
             self._queue_error(431, BadHttpMessage(_HEAD_TOO_LARGE))
+        self._guard.active(self, evictable=self.evictable)
 
     def _check_new_messages(self, new: int) -> None:
         queued = list(self._messages)
@@ -387,6 +396,7 @@ class GuardedRequestHandler(RequestHandler):
         finally:
             self._phase = _BODY if self._messages else _IDLE
             self.last_active = self._loop.time()
+            self._guard.active(self, evictable=self.evictable)
             if self._phase == _BODY:
                 self._arm(self.last_active + self._guard.body_idle_timeout)
             if not request.content.is_eof():
