@@ -14,6 +14,8 @@ class ClustrError(Exception):
     """Base of every error a client may see; ``detail`` is shown to the client verbatim."""
 
     status: ClassVar[int] = 500
+    retry_after: ClassVar[int | None] = None
+    """Seconds to send as ``Retry-After``, for a refusal that is only for now."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -24,6 +26,12 @@ class MalformedUpload(ClustrError):
     """The body is not well-formed multipart (bad boundary, truncated part, nested multipart…)."""
 
     status = 400
+
+
+class RequestTimeout(ClustrError):
+    """The client sent too slowly: its headers, or its body's next byte, came too late."""
+
+    status = 408
 
 
 class NoFilesUploaded(ClustrError):
@@ -44,6 +52,13 @@ class UnsupportedFile(ClustrError):
     status = 415
 
 
+class ServerBusy(ClustrError):
+    """Too many uploads at once (MAX_CONCURRENT_UPLOADS), or no file descriptor left."""
+
+    status = 503
+    retry_after = 1
+
+
 class InsufficientStorage(ClustrError):
     """The disk is full, or free space would drop below ``MIN_FREE_SPACE``."""
 
@@ -52,3 +67,9 @@ class InsufficientStorage(ClustrError):
 
 class ClientDisconnected(Exception):
     """The client went away mid-body. Not a ClustrError: there is nobody left to answer."""
+
+
+class EncodedBody(ClustrError):
+    """The body has a Content-Encoding: compressed bodies are refused, never inflated."""
+
+    status = 415

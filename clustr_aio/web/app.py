@@ -16,7 +16,8 @@ from clustr_aio.settings import Settings
 from clustr_aio.storage.base import Reading
 from clustr_aio.storage.factory import open_storage
 from clustr_aio.web import middlewares
-from clustr_aio.web.keys import FILE_READER, INGEST_POLICY, METRICS, SETTINGS, STORAGE
+from clustr_aio.web.keys import FILE_READER, INGEST_POLICY, METRICS, SETTINGS, STORAGE, UPLOAD_SLOTS
+from clustr_aio.web.protection import UploadSlots
 from clustr_aio.web.routes import docs, health, root, stored, upload
 
 ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
@@ -33,6 +34,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
+    app[UPLOAD_SLOTS] = UploadSlots(settings.max_concurrent_uploads)
     app[INGEST_POLICY] = IngestPolicy(
         allowed_extensions=settings.allowed_extensions,
         limits=UploadLimits(
