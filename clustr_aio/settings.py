@@ -362,6 +362,28 @@ def _one_of(*choices: str, normalise: Callable[[str], str]) -> Callable[[object]
 
 _log_level = _one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", normalise=str.upper)
 _log_format = _one_of("text", "json", normalise=str.lower)
+_dedupe = _one_of("off", "reuse", "reject", normalise=str.lower)
+
+
+def _database_url(raw: object) -> str | None:
+    """A PostgreSQL URL (``postgresql://`` or ``postgres://``) or ``sqlite:///<path>``; empty
+    means the embedded SQLite file beside the uploads."""
+    what = "a postgresql://user:password@host/database or sqlite:///path URL"
+    text = _string(raw, what)
+    if not text:
+        return None
+    shown = raw if "@" not in text else "<a URL with credentials>"  # a password is never echoed
+    try:
+        parts = urlsplit(text)
+        _ = parts.port
+    except ValueError:
+        raise _expected(what, shown) from None
+    scheme = parts.scheme.lower()
+    if scheme in ("postgresql", "postgres") and (parts.hostname or parts.query or parts.path):
+        return text
+    if scheme == "sqlite" and parts.path not in ("", "/"):
+        return text
+    raise _expected(what, shown)
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -506,6 +528,19 @@ class Settings:
         " the systemd journal); json: one JSON object per line.",
     )
     access_log: bool = _setting("true", _boolean, "Log one line per request.")
+    database_url: str | None = _setting(
+        "",
+        _database_url,
+        "The catalog of stored files: postgresql://user:password@host/db for PostgreSQL (shared"
+        " by every process and machine), sqlite:///path for a SQLite file elsewhere; unset: a"
+        " SQLite file in UPLOAD_FOLDER (.catalog.sqlite3, never served).",
+    )
+    dedupe: str = _setting(
+        "off",
+        _dedupe,
+        "A file whose bytes (sha256) are already stored: off stores it again, reuse answers with"
+        " the stored file (duplicate: true), reject refuses the upload with 409.",
+    )
 
     @property
     def base_url(self) -> str:
