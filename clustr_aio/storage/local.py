@@ -125,6 +125,7 @@ class LocalStorage:
             return False
         if self.fsync:
             fsync_directory(self.folder)
+        self._next_number.clear()  # a freed name is the first to be taken again
         return True
 
     # -- lifecycle -------------------------------------------------------------------------

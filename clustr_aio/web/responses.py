@@ -6,10 +6,19 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from clustr_aio.domain.models import ErrorBody
+from clustr_aio.domain.errors import ClustrError
+from clustr_aio.domain.models import ErrorBody, UploadError
 
 
 def error_response(
     status: int, detail: str, *, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     return web.json_response(ErrorBody(detail=detail), status=status, headers=headers)
+
+
+def clustr_error_response(error: ClustrError) -> web.Response:
+    """``{"detail"}``, and the file and its index when the error is about one of an upload's."""
+    if error.file is None or error.index is None:
+        return error_response(error.status, error.detail)
+    body = UploadError(detail=error.detail, file=error.file, index=error.index)
+    return web.json_response(body, status=error.status)
