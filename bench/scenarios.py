@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import catalog
 from bench.attic import Attic
 from bench.clients import BenchError, WrkResult, post_files, put_file, wrk
 from bench.clustr import ClustrServer
@@ -206,7 +209,58 @@ def build(setup: Setup) -> list[Scenario]:
                 ),
             ),
         ]
+    scenarios += _catalog_scenarios()
     return scenarios
+
+
+PAGE_BUDGET_MS = 20.0
+CHECK_BUDGET_MS = 100.0
+
+
+def _budget(label: str, value: float) -> Side:
+    """A fixed number to hold side A to (the issue's target), in place of a reference server."""
+    return Side(label, lambda _tag: Measurement(value), lambda: None, lambda: [])
+
+
+def _catalog_scenarios() -> list[Scenario]:
+    """K, K2: the catalog's queries, timed server side in this process (bench/catalog.py), on
+    a SQLite catalog of BENCH_CATALOG_RECORDS (1,000,000) records, made once under
+    bench/data and kept."""
+
+    def figures() -> catalog.CatalogFigures:
+        return asyncio.run(catalog.figures("sqlite", str(catalog.sqlite_path())))
+
+    this_process = [os.getpid()]
+    return [
+        Scenario(
+            "K",
+            f"a page of 100 from {catalog.RECORDS:,} records (SQLite), p99 server side"
+            " vs the 20 ms budget",
+            "ms",
+            Target(1.0, higher_is_better=False),
+            Side(
+                "clustr_aio catalog",
+                lambda _tag: Measurement(figures().page_p99_ms, requests=catalog.PAGES),
+                lambda: None,
+                lambda: this_process,
+            ),
+            _budget("budget", PAGE_BUDGET_MS),
+        ),
+        Scenario(
+            "K2",
+            f"check of {catalog.CHECK_HASHES:,} sha256 among {catalog.RECORDS:,} records"
+            " (SQLite), median server side vs the 100 ms budget",
+            "ms",
+            Target(1.0, higher_is_better=False),
+            Side(
+                "clustr_aio catalog",
+                lambda _tag: Measurement(figures().check_p50_ms, requests=catalog.CHECK_ROUNDS),
+                lambda: None,
+                lambda: this_process,
+            ),
+            _budget("budget", CHECK_BUDGET_MS),
+        ),
+    ]
 
 
 def _bound_upload_rate(

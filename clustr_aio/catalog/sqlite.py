@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import sqlite3
@@ -62,7 +63,6 @@ _COLUMNS: Final = (
 _PLACEHOLDERS: Final = ", ".join("?" * 10)
 _BUSY_TIMEOUT_MS: Final = 30_000
 _READERS: Final = 4
-_SHA256_BATCH: Final = 500  # bound parameters per IN (...): SQLite allows 32766 since 3.32
 
 
 def _row(record: FileRecord) -> tuple[object, ...]:
@@ -260,15 +260,16 @@ class SqliteCatalog:
         return await self._read(self._by_sha256_sync, list(dict.fromkeys(digests)))
 
     def _by_sha256_sync(self, digests: list[str]) -> dict[str, FileRecord]:
+        # One query for them all: the digests as one JSON array parameter, each looked up in
+        # the sha256 index; the oldest record per digest is the first in id order.
+        query = (
+            f"SELECT {_COLUMNS} FROM files WHERE sha256 IN (SELECT value FROM json_each(?)) "
+            "ORDER BY id"
+        )
         found: dict[str, FileRecord] = {}
-        connection = self._reader()
-        for start in range(0, len(digests), _SHA256_BATCH):
-            chunk = digests[start : start + _SHA256_BATCH]
-            marks = ", ".join("?" * len(chunk))
-            # The oldest record per digest: rows come in id order, the first one wins.
-            query = f"SELECT {_COLUMNS} FROM files WHERE sha256 IN ({marks}) ORDER BY id"
-            for row in connection.execute(query, chunk):
-                found.setdefault(row[5], _record(row))
+        for row in self._reader().execute(query, (json.dumps(digests),)):
+            if row[5] not in found:
+                found[row[5]] = _record(row)
         return found
 
     async def stored_names(self) -> dict[str, str]:
