@@ -226,41 +226,38 @@ def _catalog_scenarios() -> list[Scenario]:
     """K, K2: the catalog's queries, timed server side in this process (bench/catalog.py), on
     a SQLite catalog of BENCH_CATALOG_RECORDS (1,000,000) records, made once under
     bench/data and kept."""
-
-    def figures() -> catalog.CatalogFigures:
-        return asyncio.run(catalog.figures("sqlite", str(catalog.sqlite_path())))
-
-    this_process = [os.getpid()]
+    records = f"{catalog.RECORDS:,} records (SQLite)"
     return [
-        Scenario(
+        _catalog_scenario(
             "K",
-            f"a page of 100 from {catalog.RECORDS:,} records (SQLite), p99 server side"
-            " vs the 20 ms budget",
-            "ms",
-            Target(1.0, higher_is_better=False),
-            Side(
-                "clustr_aio catalog",
-                lambda _tag: Measurement(figures().page_p99_ms, requests=catalog.PAGES),
-                lambda: None,
-                lambda: this_process,
-            ),
-            _budget("budget", PAGE_BUDGET_MS),
+            f"a page of 100 from {records}, p99 server side vs the 20 ms budget",
+            PAGE_BUDGET_MS,
+            lambda figures: Measurement(figures.page_p99_ms, requests=catalog.PAGES),
         ),
-        Scenario(
+        _catalog_scenario(
             "K2",
-            f"check of {catalog.CHECK_HASHES:,} sha256 among {catalog.RECORDS:,} records"
-            " (SQLite), median server side vs the 100 ms budget",
-            "ms",
-            Target(1.0, higher_is_better=False),
-            Side(
-                "clustr_aio catalog",
-                lambda _tag: Measurement(figures().check_p50_ms, requests=catalog.CHECK_ROUNDS),
-                lambda: None,
-                lambda: this_process,
-            ),
-            _budget("budget", CHECK_BUDGET_MS),
+            f"check of {catalog.CHECK_HASHES:,} sha256 among {records}, median server side"
+            " vs the 100 ms budget",
+            CHECK_BUDGET_MS,
+            lambda figures: Measurement(figures.check_p50_ms, requests=catalog.CHECK_ROUNDS),
         ),
     ]
+
+
+def _catalog_scenario(
+    key: str,
+    title: str,
+    budget_ms: float,
+    pick: Callable[[catalog.CatalogFigures], Measurement],
+) -> Scenario:
+    def measure(_tag: str) -> Measurement:
+        return pick(asyncio.run(catalog.figures("sqlite", str(catalog.sqlite_path()))))
+
+    this_process = [os.getpid()]
+    side = Side("clustr_aio catalog", measure, lambda: None, lambda: this_process)
+    return Scenario(
+        key, title, "ms", Target(1.0, higher_is_better=False), side, _budget("budget", budget_ms)
+    )
 
 
 def _bound_upload_rate(
