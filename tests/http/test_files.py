@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 
+from clustr_aio.catalog.factory import SQLITE_FILE
 from clustr_aio.catalog.ids import new_id
 from clustr_aio.catalog.postgres import PostgresCatalog
 from clustr_aio.catalog.sqlite import SqliteCatalog
@@ -62,6 +63,17 @@ async def test_an_uploaded_file_is_listed_and_found_by_its_id(catalogued: MakeCl
     found = await response.json()
     assert found == {k: v for k, v in item.items() if k != "duplicate"}
     assert await list_all(client) == [found]
+
+
+async def test_the_embedded_catalog_lives_beside_the_uploads_and_is_never_served(
+    make_client: MakeClient, upload_dir: Path
+) -> None:
+    client = await make_client()
+    await upload_ok(client, ("a.jpg", JPEG))
+    assert (upload_dir / SQLITE_FILE).is_file()
+    for name in (SQLITE_FILE, f"{SQLITE_FILE}-wal", f"{SQLITE_FILE}-shm", f"{SQLITE_FILE}.lock"):
+        await expect_error(await client.get(f"/uploads/{name}"), 404)
+    assert stored_files(upload_dir) == ["a.jpg"]
 
 
 async def test_pages_over_2500_files_with_deletes_between_them_neither_repeat_nor_skip(
