@@ -174,7 +174,11 @@ async def _ingest(
         ]
         names = await batch.publish()
         if withdrawn:
-            await _unlink(storage, [names[slot] for slot in withdrawn])
+            try:
+                await _unlink(storage, [names[slot] for slot in withdrawn])
+            except BaseException:
+                await batch.withdraw()  # published, but no record will follow: take all back
+                raise
         results: list[StoredFile | RefusedFile] = []
         records: list[FileRecord] = []
         by_digest: dict[str, FileRecord] = {}

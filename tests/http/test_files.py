@@ -15,6 +15,7 @@ from clustr_aio.catalog.factory import SQLITE_FILE
 from clustr_aio.catalog.ids import new_id
 from clustr_aio.catalog.postgres import PostgresCatalog
 from clustr_aio.catalog.sqlite import SqliteCatalog
+from clustr_aio.storage.local import LocalStorage
 from tests.conftest import JPEG, PNG, WEBP, Client, stored_files, temp_files
 from tests.http.conftest import MakeClient
 from tests.http.helpers import error_body, expect_error, files_body, post_body, upload, upload_ok
@@ -217,6 +218,21 @@ async def test_a_failed_commit_withdraws_the_published_files(
     assert temp_files(upload_dir) == []
     monkeypatch.undo()
     assert await list_all(client) == []
+
+
+async def test_a_duplicate_that_cannot_be_unlinked_withdraws_the_whole_upload(
+    catalogued: MakeClient, upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await catalogued(dedupe="reuse")
+    await upload_ok(client, ("a.jpg", JPEG))
+
+    async def fail(self: object, name: str) -> bool:
+        raise PermissionError(13, "read-only", name)
+
+    monkeypatch.setattr(LocalStorage, "delete", fail)
+    await expect_error(await upload(client, ("new.png", PNG), ("again.jpg", JPEG)), 500)
+    assert stored_files(upload_dir) == ["a.jpg"]  # neither the new file nor the duplicate's copy
+    assert len(await list_all(client)) == 1
 
 
 # ----------------------------------------------------------------------------- reconciliation
