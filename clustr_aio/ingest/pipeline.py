@@ -10,23 +10,35 @@ files into one storage batch and publishes them together.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
 
-from clustr_aio.domain.errors import NoFilesUploaded, UnsupportedFile
+from clustr_aio.catalog.base import Catalog, FileRecord
+from clustr_aio.catalog.ids import id_time, new_id
+from clustr_aio.domain.errors import ClustrError, DuplicateFile, NoFilesUploaded, UnsupportedFile
 from clustr_aio.domain.limits import UploadLimits
 from clustr_aio.domain.names import extension_of, safe_name
 from clustr_aio.domain.sniff import SNIFF_BYTES, verify_content
-from clustr_aio.storage.base import BatchScope, Buffer, Storage
+from clustr_aio.ingest.hashing import StreamHasher
+from clustr_aio.storage.base import BatchScope, Buffer, Deleting, Storage
 
 __all__ = [
+    "Dedupe",
     "IncomingFile",
     "IngestPolicy",
     "ReceivedFile",
+    "RefusedFile",
     "StoredFile",
     "ingest_batch",
+    "ingest_each",
     "ingest_file",
 ]
+
+Dedupe = Literal["off", "reuse", "reject"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -38,6 +50,9 @@ class IngestPolicy:
     field_name: str = "files"
     """Multipart parts with another name are read past (they still count toward the request
     size)."""
+    dedupe: Dedupe = "off"
+    """A file whose sha256 is catalogued already: stored again (off), answered with the stored
+    file (reuse), or refused with 409 (reject)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,44 +71,216 @@ class ReceivedFile:
     original_filename: str
     file_size: int
     content_type: str
+    sha256: str
+    slot: int
+    """Its position in the storage batch (the order of ``add_file`` calls)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class StoredFile:
     stored_filename: str
     original_filename: str
     file_size: int
     content_type: str
+    id: str
+    sha256: str
+    created_at: datetime
+    duplicate: bool = False
+    """DEDUPE=reuse: these bytes were stored already, and this is that file."""
+
+    @classmethod
+    def of(cls, record: FileRecord, *, duplicate: bool = False) -> StoredFile:
+        return cls(
+            stored_filename=record.stored_name,
+            original_filename=record.original_name,
+            file_size=record.size,
+            content_type=record.content_type,
+            id=record.id,
+            sha256=record.sha256,
+            created_at=record.created_at,
+            duplicate=duplicate,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedFile:
+    """``ingest_each``: a file that was not stored, and why."""
+
+    original_filename: str
+    error: ClustrError
 
 
 async def ingest_batch(
-    files: AsyncIterable[IncomingFile], storage: Storage, policy: IngestPolicy
+    files: AsyncIterable[IncomingFile],
+    storage: Storage,
+    policy: IngestPolicy,
+    catalog: Catalog | None = None,
 ) -> list[StoredFile]:
-    """Receive every file into one storage batch, then publish them all, or nothing.
+    """Receive every file into one storage batch, then publish them all and commit their
+    records (to ``catalog``, when given) in one transaction, or nothing.
 
     Raises a :class:`~clustr_aio.domain.errors.ClustrError` on the first file that breaks the
-    policy (:class:`NoFilesUploaded` when there was none); the batch is then discarded, as it is
-    when the caller's task is cancelled.
+    policy (:class:`NoFilesUploaded` when there was none), naming that file and its index; the
+    batch is then discarded, as it is when the caller's task is cancelled.
     """
-    received: list[ReceivedFile] = []
+    outcomes = await _ingest(files, storage, policy, catalog, atomic=True)
+    return [o for o in outcomes if isinstance(o, StoredFile)]
+
+
+async def ingest_each(
+    files: AsyncIterable[IncomingFile],
+    storage: Storage,
+    policy: IngestPolicy,
+    catalog: Catalog | None = None,
+) -> list[StoredFile | RefusedFile]:
+    """As :func:`ingest_batch`, but a refused file (an error that is ``per_file``) is one
+    :class:`RefusedFile` among the results, in its place, and the others are stored. Errors of
+    the request (malformed body, request too large, disk full) still refuse it all."""
+    return await _ingest(files, storage, policy, catalog, atomic=False)
+
+
+async def _ingest(
+    files: AsyncIterable[IncomingFile],
+    storage: Storage,
+    policy: IngestPolicy,
+    catalog: Catalog | None,
+    *,
+    atomic: bool,
+) -> list[StoredFile | RefusedFile]:
+    received: list[ReceivedFile | RefusedFile] = []
+    withdrawn: list[int] = []  # slots received in part (then refused): unlinked after publish
     async with BatchScope(storage.batch()) as batch:
         async for incoming in files:
-            policy.limits.check_file_count(len(received) + 1)
-            received.append(await ingest_file(incoming, batch, policy))
+            index = len(received)
+            slots = batch.files
+            try:
+                policy.limits.check_file_count(index + 1)
+                received.append(await ingest_file(incoming, batch, policy))
+            except ClustrError as error:
+                error.about(incoming.filename, index)
+                if atomic or not error.per_file:
+                    raise
+                received.append(RefusedFile(incoming.filename, error))
+                withdrawn.extend(range(slots, batch.files))
         if not received:
             raise NoFilesUploaded(
                 f"no files were uploaded: send them as multipart parts named {policy.field_name!r}"
             )
+        outcomes = await _deduplicate(received, policy.dedupe, catalog, atomic=atomic)
+        # Duplicates (reused or refused) were received into the batch too: take them back.
+        kept = {o.slot for o in outcomes if isinstance(o, ReceivedFile)}
+        withdrawn += [
+            r.slot for r in received if isinstance(r, ReceivedFile) and r.slot not in kept
+        ]
         names = await batch.publish()
-    return [
-        StoredFile(name, r.original_filename, r.file_size, r.content_type)
-        for name, r in zip(names, received, strict=True)
-    ]
+        if withdrawn:
+            try:
+                await _unlink(storage, [names[slot] for slot in withdrawn])
+            except BaseException:
+                await batch.withdraw()  # published, but no record will follow: take all back
+                raise
+        results: list[StoredFile | RefusedFile] = []
+        records: list[FileRecord] = []
+        by_digest: dict[str, FileRecord] = {}
+        for outcome in outcomes:
+            if isinstance(outcome, RefusedFile):
+                results.append(outcome)
+            elif isinstance(outcome, _Duplicate):
+                stored = outcome.existing or by_digest[outcome.file.sha256]
+                results.append(StoredFile.of(stored, duplicate=True))
+            else:
+                record = _new_record(outcome, names[outcome.slot])
+                records.append(record)
+                by_digest.setdefault(record.sha256, record)
+                results.append(StoredFile.of(record))
+        if catalog is not None and records:
+            await _commit(catalog, records, batch)
+    return results
+
+
+@dataclass(frozen=True, slots=True)
+class _Duplicate:
+    """DEDUPE=reuse: ``file`` holds bytes stored already (``existing``), or received earlier in
+    this very upload (``existing`` None)."""
+
+    file: ReceivedFile
+    existing: FileRecord | None
+
+
+async def _deduplicate(
+    received: Sequence[ReceivedFile | RefusedFile],
+    dedupe: Dedupe,
+    catalog: Catalog | None,
+    *,
+    atomic: bool,
+) -> list[ReceivedFile | RefusedFile | _Duplicate]:
+    files = [r for r in received if isinstance(r, ReceivedFile)]
+    if dedupe == "off" or not files:
+        return list(received)
+    stored = await catalog.by_sha256([f.sha256 for f in files]) if catalog is not None else {}
+    seen: set[str] = set()
+    outcomes: list[ReceivedFile | RefusedFile | _Duplicate] = []
+    for index, outcome in enumerate(received):
+        if isinstance(outcome, RefusedFile):
+            outcomes.append(outcome)
+            continue
+        existing = stored.get(outcome.sha256)
+        if existing is None and outcome.sha256 not in seen:
+            seen.add(outcome.sha256)
+            outcomes.append(outcome)
+        elif dedupe == "reuse":
+            outcomes.append(_Duplicate(outcome, existing))
+        else:
+            name = outcome.original_filename
+            where = f"as {existing.stored_name!r}" if existing else "earlier in this upload"
+            error = DuplicateFile(f"{name!r} is stored already, {where}")
+            error.about(name, index)
+            if atomic:
+                raise error
+            outcomes.append(RefusedFile(name, error))
+    return outcomes
+
+
+def _new_record(file: ReceivedFile, stored_name: str) -> FileRecord:
+    record_id = new_id()
+    return FileRecord(
+        id=record_id,
+        stored_name=stored_name,
+        original_name=file.original_filename,
+        size=file.file_size,
+        content_type=file.content_type,
+        sha256=file.sha256,
+        created_at=id_time(record_id),
+    )
+
+
+async def _unlink(storage: Storage, names: Sequence[str]) -> None:
+    """Unlink files that were published with their batch but are not part of the upload."""
+    if not isinstance(storage, Deleting):
+        raise TypeError("this storage cannot delete files: DEDUPE=reuse and atomic=false need it")
+    for name in names:
+        await storage.delete(name)
+
+
+async def _commit(catalog: Catalog, records: Sequence[FileRecord], batch: BatchScope) -> None:
+    """Commit the records of the files just published, or withdraw the files: a file is never
+    left without its record, nor a record without its file. Once begun, the commit runs to
+    its end even if the caller is cancelled (then it withdraws the files only if it failed)."""
+
+    async def commit_or_withdraw() -> None:
+        try:
+            await catalog.add(records)
+        except BaseException:
+            await batch.withdraw()
+            raise
+
+    await asyncio.shield(asyncio.ensure_future(commit_or_withdraw()))
 
 
 async def ingest_file(file: IncomingFile, batch: BatchScope, policy: IngestPolicy) -> ReceivedFile:
     """Check one file and stream it into ``batch``: its extension before any byte is read, its
-    first bytes against the extension before any byte is written, its size as it grows."""
+    first bytes against the extension before any byte is written, its size as it grows; its
+    sha256 is computed as the bytes pass (:mod:`.hashing`)."""
     filename = file.filename
     extension = _allowed_extension(filename, policy.allowed_extensions)  # a nameless file fails
     head_chunks = await _read_head(file.chunks)
@@ -101,21 +288,34 @@ async def ingest_file(file: IncomingFile, batch: BatchScope, policy: IngestPolic
         extension, _first_bytes(head_chunks, SNIFF_BYTES), filename=filename
     )
 
+    slot = batch.files
     writer = batch.add_file(safe_name(filename))
+    hasher = StreamHasher()
     size = 0
-    for chunk in head_chunks:
-        size += len(chunk)
-        policy.limits.check_file_size(size, filename)
-        await writer.write(chunk)
-    # Let go of the head: its chunks are slices of the first read, which they would keep whole
-    # in memory for as long as the part lasts (a stalled upload: for good).
-    del head_chunks
-    async for chunk in file.chunks:
-        size += len(chunk)
-        policy.limits.check_file_size(size, filename)
-        await writer.write(chunk)
+    try:
+        for chunk in head_chunks:
+            size += len(chunk)
+            policy.limits.check_file_size(size, filename)
+            await writer.write(chunk)
+            await hasher.update(chunk)
+        # Let go of the head: its chunks are slices of the first read, which they would keep
+        # whole in memory for as long as the part lasts (a stalled upload: for good).
+        del head_chunks
+        async for chunk in file.chunks:
+            size += len(chunk)
+            policy.limits.check_file_size(size, filename)
+            await writer.write(chunk)
+            await hasher.update(chunk)
+        sha256 = await hasher.hexdigest()
+    except ClustrError as error:
+        if error.per_file:  # the batch goes on: close the file, to be withdrawn once published
+            with contextlib.suppress(Exception):
+                await writer.close()
+        raise
+    finally:
+        hasher.release()  # after the digest, nothing; else what it held counts no more
     await writer.close()
-    return ReceivedFile(filename, size, content_type)
+    return ReceivedFile(filename, size, content_type, sha256, slot)
 
 
 def _allowed_extension(filename: str, allowed: frozenset[str]) -> str:

@@ -19,6 +19,8 @@ from clustr_aio.settings.values import (
     parse_byte_limit,
     parse_byte_limit_or_zero,
     parse_cors_origins,
+    parse_database_url,
+    parse_dedupe,
     parse_extensions,
     parse_host,
     parse_log_format,
@@ -61,6 +63,8 @@ _SizeOrZero = Annotated[int, PlainValidator(parse_byte_limit_or_zero)]
 _Origins = Annotated[tuple[str, ...], PlainValidator(parse_cors_origins)]
 _LogLevel = Annotated[str, PlainValidator(parse_log_level)]
 _LogFormat = Annotated[str, PlainValidator(parse_log_format)]
+_DatabaseUrl = Annotated[str | None, PlainValidator(parse_database_url)]
+_Dedupe = Annotated[str, PlainValidator(parse_dedupe)]
 
 
 def _setting(default: str, description: str) -> Any:
@@ -192,6 +196,17 @@ class Settings(BaseSettings):
         " the systemd journal); json: one JSON object per line.",
     )
     access_log: _Boolean = _setting("true", "Log one line per request.")
+    database_url: _DatabaseUrl = _setting(
+        "",
+        "The catalog of stored files: postgresql://user:password@host/db for PostgreSQL (shared"
+        " by every process and machine), sqlite:///path for a SQLite file elsewhere; unset: a"
+        " SQLite file in UPLOAD_FOLDER (.catalog.sqlite3, never served).",
+    )
+    dedupe: _Dedupe = _setting(
+        "off",
+        "A file whose bytes (sha256) are already stored: off stores it again, reuse answers with"
+        " the stored file (duplicate: true), reject refuses the upload with 409.",
+    )
 
     @classmethod
     def settings_customise_sources(
