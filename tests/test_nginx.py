@@ -146,8 +146,26 @@ def test_upload_through_nginx_streams_and_files_are_served_by_nginx(tmp_path: Pa
         assert body == BIG
         assert "content-type: image/jpeg" in head
         assert "x-content-type-options: nosniff" in head
+        assert "content-security-policy: default-src 'none'; sandbox" in head
+        assert "content-disposition" not in head
 
-        for hidden in ("/uploads/.incoming/", "/uploads/.incoming", "/uploads/%2eincoming/"):
+        # A type the server does not check (an operator widened ALLOWED_EXTENSIONS): a download.
+        ((tmp_path / "uploads") / "page.html").write_bytes(b"<script>alert(1)</script>")
+        head, _ = headers_and_body(curl(port, "/uploads/page.html", "--include"))
+        assert "content-type: application/octet-stream" in head
+        assert "content-disposition: attachment" in head
+        assert "content-security-policy: default-src 'none'; sandbox" in head
+        ((tmp_path / "uploads") / "sub").mkdir()
+        ((tmp_path / "uploads") / "sub" / "inner.jpg").write_bytes(BIG[:100])
+        os.symlink(big, (tmp_path / "uploads") / "link.jpg")
+
+        hidden_paths = ("/uploads/.incoming/", "/uploads/.incoming", "/uploads/%2eincoming/")
+        for hidden in (
+            *hidden_paths,
+            "/uploads/sub/inner.jpg",
+            "/uploads/sub/",
+            "/uploads/link.jpg",
+        ):
             refused = curl(port, hidden, "--include")
             head, body = headers_and_body(refused)
             assert head.startswith("http/1.1 404"), (hidden, head)

@@ -33,6 +33,11 @@ SNIFF_BYTES = max(at + len(sig) for t in KNOWN_TYPES for at, sig in t.magic)
 _BY_EXTENSION = {ext: t for t in KNOWN_TYPES for ext in t.extensions}
 
 
+def type_for_extension(extension: str) -> ImageType | None:
+    """The known type of files named ``.extension`` (lower case, without the dot), if any."""
+    return _BY_EXTENSION.get(extension)
+
+
 def detect_type(head: bytes) -> ImageType | None:
     """The known type whose magic bytes ``head`` starts with, if any."""
     return next((t for t in KNOWN_TYPES if t.matches(head)), None)

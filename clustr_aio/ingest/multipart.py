@@ -11,18 +11,19 @@ The scanner knows nothing of HTTP: it pulls from an async callable (in productio
 ``request.content.readany``). Every malformed body raises
 :class:`~clustr_aio.domain.errors.MalformedUpload`; exceptions raised by ``read`` itself (client
 disconnects) propagate untouched. Once any exception has been raised the stream must not be used
-again.
+again. :func:`file_parts` hands its file parts to the ingest pipeline as
+:class:`~clustr_aio.ingest.pipeline.IncomingFile` objects.
 """
 
 from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
-from aiohttp.multipart import (
+from aiohttp import (
     BadContentDispositionHeader,
     BadContentDispositionParam,
     content_disposition_filename,
@@ -30,8 +31,9 @@ from aiohttp.multipart import (
 )
 
 from clustr_aio.domain.errors import MalformedUpload, NoFilesUploaded
+from clustr_aio.ingest.pipeline import IncomingFile
 
-__all__ = ["MultipartStream", "PartInfo", "ReadChunk", "parse_boundary"]
+__all__ = ["MultipartStream", "PartInfo", "ReadChunk", "file_parts", "parse_boundary"]
 
 ReadChunk = Callable[[], Awaitable[bytes]]
 """Returns the next bytes available, ``b""`` at EOF (``request.content.readany`` in production)."""
@@ -102,6 +104,45 @@ def _boundary_problem(boundary: bytes) -> str | None:
     if len(boundary) > _MAX_BOUNDARY:
         return f"is longer than {_MAX_BOUNDARY} characters"
     return None
+
+
+async def file_parts(stream: MultipartStream, field_name: str) -> AsyncIterator[IncomingFile]:
+    """The file parts named ``field_name``, in order; other parts are read past. A part with
+    neither a filename nor a byte is an HTML form's empty file input (no file was chosen) and is
+    skipped too; a nameless part with bytes is handed on, for the pipeline to refuse."""
+    while (part := await stream.next_part()) is not None:
+        if part.name != field_name:
+            continue
+        chunks = _PartChunks(stream)
+        if not part.filename:
+            first = await stream.read_chunk()
+            if not first:
+                continue
+            chunks.pending = first
+        yield IncomingFile(part.filename or "", chunks)
+
+
+class _PartChunks:
+    """The current part's body as an async iterator (``read_chunk`` until ``b""``), with one
+    chunk already read put back in front."""
+
+    __slots__ = ("_stream", "pending")
+
+    def __init__(self, stream: MultipartStream) -> None:
+        self._stream = stream
+        self.pending: bytes | memoryview | None = None
+
+    def __aiter__(self) -> _PartChunks:
+        return self
+
+    async def __anext__(self) -> bytes | memoryview:
+        if self.pending is not None:
+            chunk, self.pending = self.pending, None
+            return chunk
+        chunk = await self._stream.read_chunk()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
 
 @dataclass(frozen=True, slots=True)

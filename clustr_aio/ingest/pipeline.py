@@ -1,20 +1,32 @@
-"""The ingest pipeline: a stream of multipart parts in, validated files published to storage.
+"""The ingest pipeline: files in (a name and an async stream of chunks each), validated files
+published to storage, all of them or none.
 
-It knows no HTTP. Driven today by a multipart upload; a resumable (tus) upload will feed the same
-checks and the same storage batch with the bytes of one file.
+It knows no HTTP and no wire format. :func:`ingest_file` is the one path every source of bytes
+takes into a batch — a multipart part (:func:`clustr_aio.ingest.multipart.file_parts`), and
+later a finished resumable upload — so the checks are written once: the extension, the bytes
+against the extension, the per-file size limit. :func:`ingest_batch` receives a whole request's
+files into one storage batch and publishes them together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from clustr_aio.domain.errors import NoFilesUploaded, UnsupportedFile
 from clustr_aio.domain.limits import UploadLimits
 from clustr_aio.domain.names import extension_of, safe_name
 from clustr_aio.domain.sniff import SNIFF_BYTES, verify_content
-from clustr_aio.ingest.multipart import MultipartStream, PartInfo
 from clustr_aio.storage.base import BatchScope, Buffer, Storage
+
+__all__ = [
+    "IncomingFile",
+    "IngestPolicy",
+    "ReceivedFile",
+    "StoredFile",
+    "ingest_batch",
+    "ingest_file",
+]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -24,7 +36,26 @@ class IngestPolicy:
     allowed_extensions: frozenset[str]
     limits: UploadLimits
     field_name: str = "files"
-    """Parts with another name are read past (they still count toward the request size)."""
+    """Multipart parts with another name are read past (they still count toward the request
+    size)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingFile:
+    """One file as a source delivers it: the name the client gave, and its bytes as they come.
+    ``chunks`` must be read to its end before the source's next file is asked for."""
+
+    filename: str
+    chunks: AsyncIterator[Buffer]
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedFile:
+    """A file received into a batch and checked, not yet published."""
+
+    original_filename: str
+    file_size: int
+    content_type: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,29 +66,20 @@ class StoredFile:
     content_type: str
 
 
-@dataclass(frozen=True, slots=True)
-class _Received:
-    original_filename: str
-    file_size: int
-    content_type: str
-
-
-async def ingest_multipart(
-    parts: MultipartStream, storage: Storage, policy: IngestPolicy
+async def ingest_batch(
+    files: AsyncIterable[IncomingFile], storage: Storage, policy: IngestPolicy
 ) -> list[StoredFile]:
-    """Receive every file part into one storage batch, then publish them all, or nothing.
+    """Receive every file into one storage batch, then publish them all, or nothing.
 
-    Raises a :class:`~clustr_aio.domain.errors.ClustrError` on the first part that breaks the
-    policy; the batch is then discarded, as it is when the caller's task is cancelled.
+    Raises a :class:`~clustr_aio.domain.errors.ClustrError` on the first file that breaks the
+    policy (:class:`NoFilesUploaded` when there was none); the batch is then discarded, as it is
+    when the caller's task is cancelled.
     """
-    received: list[_Received] = []
+    received: list[ReceivedFile] = []
     async with BatchScope(storage.batch()) as batch:
-        while (part := await parts.next_part()) is not None:
-            if part.name != policy.field_name:
-                continue
-            file = await _receive_file(part, parts, batch, policy, files_so_far=len(received))
-            if file is not None:
-                received.append(file)
+        async for incoming in files:
+            policy.limits.check_file_count(len(received) + 1)
+            received.append(await ingest_file(incoming, batch, policy))
         if not received:
             raise NoFilesUploaded(
                 f"no files were uploaded: send them as multipart parts named {policy.field_name!r}"
@@ -69,39 +91,31 @@ async def ingest_multipart(
     ]
 
 
-async def _receive_file(
-    part: PartInfo,
-    parts: MultipartStream,
-    batch: BatchScope,
-    policy: IngestPolicy,
-    *,
-    files_so_far: int,
-) -> _Received | None:
-    filename = part.filename or ""
-    if not filename and not await _read_head(parts):
-        return None  # an HTML form's empty file input (no name, no bytes): no file was chosen
-    policy.limits.check_file_count(files_so_far + 1)
+async def ingest_file(file: IncomingFile, batch: BatchScope, policy: IngestPolicy) -> ReceivedFile:
+    """Check one file and stream it into ``batch``: its extension before any byte is read, its
+    first bytes against the extension before any byte is written, its size as it grows."""
+    filename = file.filename
     extension = _allowed_extension(filename, policy.allowed_extensions)  # a nameless file fails
-    head_chunks = await _read_head(parts)
-    head = _first_bytes(head_chunks, SNIFF_BYTES)
-    content_type = verify_content(extension, head, filename=filename)
+    head_chunks = await _read_head(file.chunks)
+    content_type = verify_content(
+        extension, _first_bytes(head_chunks, SNIFF_BYTES), filename=filename
+    )
 
     writer = batch.add_file(safe_name(filename))
     size = 0
-    chunk: Buffer = b""
     for chunk in head_chunks:
         size += len(chunk)
         policy.limits.check_file_size(size, filename)
         await writer.write(chunk)
     # Let go of the head: its chunks are slices of the first read, which they would keep whole
-    # in memory for as long as the part lasts (a stalled upload: for good).
+    # in memory for as long as the file lasts (a stalled upload: for good).
     del head_chunks
-    while chunk := await parts.read_chunk():
+    async for chunk in file.chunks:
         size += len(chunk)
         policy.limits.check_file_size(size, filename)
         await writer.write(chunk)
     await writer.close()
-    return _Received(filename, size, content_type)
+    return ReceivedFile(filename, size, content_type)
 
 
 def _allowed_extension(filename: str, allowed: frozenset[str]) -> str:
@@ -113,14 +127,17 @@ def _allowed_extension(filename: str, allowed: frozenset[str]) -> str:
     return extension
 
 
-async def _read_head(parts: MultipartStream) -> list[Buffer]:
-    """The part's first chunks, enough of them to hold ``SNIFF_BYTES`` (fewer at the part's end)."""
-    chunks: list[Buffer] = []
+async def _read_head(chunks: AsyncIterator[Buffer]) -> list[Buffer]:
+    """The first chunks, enough of them to hold ``SNIFF_BYTES`` (fewer at the stream's end)."""
+    head: list[Buffer] = []
     have = 0
-    while have < SNIFF_BYTES and (chunk := await parts.read_chunk()):
-        chunks.append(chunk)
+    while have < SNIFF_BYTES:
+        chunk = await anext(chunks, None)
+        if chunk is None:
+            break
+        head.append(chunk)
         have += len(chunk)
-    return chunks
+    return head
 
 
 def _first_bytes(chunks: Sequence[Buffer], n: int) -> bytes:

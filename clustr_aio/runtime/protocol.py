@@ -29,12 +29,11 @@ lingering read that outlives the client. :class:`GuardedRequestHandler` changes 
   and the connection closes; a parser error in the middle of a body (a bad chunk size) fails
   that body at once (a 400 from the upload) instead of leaving its handler waiting.
 
-aiohttp has no public hooks for any of it. The private names used are, of ``RequestHandler``
-or its module: ``_ErrInfo``, ``_messages``, ``_waiter``, ``_request_count``,
-``_current_request``, ``_lingering_time``, ``_reading_paused``, ``_force_close``, ``_close``,
-``_loop``; of ``Server``: ``_loop``, ``_kwargs``, ``_connections`` (as its own factory uses
-them); of the runner: ``_make_server`` (see :func:`guard_server`); of asyncio's socket
-transport: ``max_size``. aiohttp is pinned; tests/runtime/test_protocol.py covers each use.
+aiohttp has no public hooks for any of it. The private names used, all reached through
+:mod:`clustr_aio.compat` (whose tests touch each one), are: of ``RequestHandler`` or its module,
+``_ErrInfo`` and the attributes in ``compat.GUARDED_HANDLER_ATTRIBUTES``; of ``Server``, those in
+``compat.GUARDED_SERVER_ATTRIBUTES``; of the runner, ``_make_server`` (see :func:`guard_server`);
+of asyncio's socket transport, ``max_size``. tests/runtime/test_protocol.py covers each use.
 """
 
 from __future__ import annotations
@@ -46,22 +45,20 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final
 
-from aiohttp import hdrs, web
-from aiohttp.http import HttpVersion10
-from aiohttp.http_exceptions import (
+from aiohttp import EMPTY_PAYLOAD, HttpVersion10, hdrs, web
+from aiohttp.web import BaseRequest, RequestHandler, RequestPayloadError
+
+from clustr_aio.compat import (
     BadHttpMessage,
     BadHttpMethod,
     BadStatusLine,
     ContentLengthError,
+    ErrInfo,
     HttpProcessingError,
     InvalidHeader,
     LineTooLong,
     TransferEncodingError,
 )
-from aiohttp.streams import EMPTY_PAYLOAD
-from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
-from aiohttp.web_request import BaseRequest
-
 from clustr_aio.domain.errors import RequestTimeout
 from clustr_aio.runtime.memory import TrimAfterLoad
 from clustr_aio.web.middlewares import REQUEST_ID_HEADER, ensure_request_id
@@ -93,6 +90,7 @@ _ACCEPT_BURST: Final = 128
 """Connections asyncio may accept in one go (aiohttp's site backlog) before any of them is
 made a connection, and so before the limit can close another to make room: they need
 descriptors too, or accept fails with EMFILE and asyncio stops accepting for a second."""
+
 
 # The detail of each parser error, by exception class: what was wrong, never the bytes.
 _PARSER_DETAILS: Final[tuple[tuple[type[BaseException], str], ...]] = (
@@ -303,7 +301,7 @@ class GuardedRequestHandler(RequestHandler):
         first_new = len(queued) - new
         for at in range(first_new, len(queued)):
             message = queued[at][0]
-            if isinstance(message, _ErrInfo):
+            if isinstance(message, ErrInfo):
                 if self._fail_unfinished_bodies(queued[:first_new], message.exc):
                     # A parse error inside a body being received: that body fails now (its
                     # handler answers 400), and the connection ends after the answers.
@@ -332,7 +330,7 @@ class GuardedRequestHandler(RequestHandler):
 
     def _queue_error(self, status: int, error: BaseException) -> None:
         """Answer ``status`` (see :meth:`handle_error`) after what is queued, read no more."""
-        self._messages.append((_ErrInfo(status=status, exc=error, message=""), EMPTY_PAYLOAD))
+        self._messages.append((ErrInfo(status=status, exc=error, message=""), EMPTY_PAYLOAD))
         self._close = True  # data_received ignores what comes next
         waiter = self._waiter
         if waiter is not None and not waiter.done():

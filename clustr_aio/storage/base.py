@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
@@ -66,6 +67,35 @@ class ReadinessReporting(Protocol):
 
     async def check_writable(self) -> None:
         """Raise ``OSError`` if a file cannot be created and published at the moment."""
+
+
+@dataclass(frozen=True, slots=True)
+class OnDisk:
+    """A stored file's bytes are this regular file on this machine: serve it with sendfile."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """A stored file's bytes are at this URL (a short-lived presigned one, say): send the
+    client there."""
+
+    url: str
+
+
+StoredLocation = OnDisk | Redirect
+"""Where a client can read a stored file's bytes; one more variant per way of serving."""
+
+
+@runtime_checkable
+class Reading(Protocol):
+    """Optional capability: stored files can be read back by name (``GET /uploads/{name}``)."""
+
+    async def locate(self, name: str) -> StoredLocation | None:
+        """Where the stored file ``name`` can be read; None for a name no stored file can
+        have (a dot-name, a path, an empty name). A location may still turn out to hold nothing
+        (a file never stored there, or deleted since): that is for the reader to find out."""
 
 
 class BatchScope:

@@ -55,7 +55,7 @@ from typing import Any, TypeVar
 from clustr_aio.domain.errors import InsufficientStorage, ServerBusy
 from clustr_aio.domain.names import numbered
 from clustr_aio.storage import journal
-from clustr_aio.storage.base import Buffer
+from clustr_aio.storage.base import Buffer, OnDisk
 from clustr_aio.storage.journal import fsync_directory
 
 log = logging.getLogger("clustr_aio")
@@ -89,6 +89,7 @@ class LocalStorage:
         space_check_every: int | None = None,
     ) -> None:
         self.folder = folder
+        self._folder_text = os.fspath(folder)
         self.fsync = fsync
         self.write_block = write_block
         self.files_in_flight = files_in_flight
@@ -113,6 +114,15 @@ class LocalStorage:
         # atomic os.link decides, so a stale hint can cost a few probes but never a collision.
         self._next_number: dict[str, int] = {}
         self.pause: journal.PausePoint | None = None  # tests only: see journal.pause_points
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def locate(self, name: str) -> OnDisk | None:
+        """The published file ``name``: one path segment right in the folder. Dot-names are
+        never stored (temporary files live in ``.incoming``), so they are never located."""
+        if not name or name[0] == "." or "/" in name or "\0" in name:
+            return None
+        return OnDisk(os.path.join(self._folder_text, name))
 
     # -- lifecycle -------------------------------------------------------------------------
 

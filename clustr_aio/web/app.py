@@ -6,23 +6,28 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp_cors
-from aiohttp import hdrs, web, web_fileresponse
+from aiohttp import hdrs, web
 
+from clustr_aio.compat import cors_response_hook
 from clustr_aio.domain.limits import UploadLimits
-from clustr_aio.domain.sniff import KNOWN_TYPES
 from clustr_aio.ingest.pipeline import IngestPolicy
 from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
-from clustr_aio.storage.local import LocalStorage
+from clustr_aio.storage.base import Reading
+from clustr_aio.storage.factory import open_storage
 from clustr_aio.web import middlewares
-from clustr_aio.web.inline_static import add_inline_static
-from clustr_aio.web.keys import INGEST_POLICY, METRICS, SETTINGS, STORAGE, UPLOAD_SLOTS
+from clustr_aio.web.keys import (
+    FILE_READER,
+    INGEST_POLICY,
+    METRICS,
+    SETTINGS,
+    STORAGE,
+    UPLOAD_SLOTS,
+)
 from clustr_aio.web.protection import UploadSlots
-from clustr_aio.web.routes import docs, health, root, stored_files, upload
+from clustr_aio.web.routes import docs, health, root, stored, upload
 
 ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
-
-UPLOADS_ROUTE = stored_files.ROUTE_NAME  # the name its OpenAPI documentation is filed under
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -45,7 +50,7 @@ def create_app(settings: Settings) -> web.Application:
             max_files=settings.max_files,
         ),
     )
-    app.cleanup_ctx.append(_local_storage)
+    app.cleanup_ctx.append(_storage)
     app.on_response_prepare.append(middlewares.common_headers)
     app.on_response_prepare.append(metrics.count_response)
 
@@ -53,35 +58,17 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(upload.routes)
     app.router.add_routes(health.routes)
     app.router.add_routes(docs.routes)
-    # add_static insists that the folder exists already.
-    settings.upload_folder.mkdir(parents=True, exist_ok=True)
-    _name_image_types_for_static()
-    # add_static, with a fast path for the most frequent request (see inline_static).
-    add_inline_static(
-        app.router, settings.upload_url_path, settings.upload_folder, name=UPLOADS_ROUTE
-    )
+    stored.add_routes(app.router, settings.upload_url_path)
     _allow_cors(app, settings.cors_origins)
     return app
 
 
-def _name_image_types_for_static() -> None:
-    """aiohttp guesses a static file's Content-Type from Python's built-in table only (not
-    /etc/mime.types), and before Python 3.13 that table has no .webp: WebP files went out as
-    application/octet-stream. Teach it every image type the upload accepts."""
-    for image_type in KNOWN_TYPES:
-        for extension in image_type.extensions:
-            web_fileresponse.CONTENT_TYPES.add_type(image_type.content_type, f".{extension}")
-
-
-async def _local_storage(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    storage = LocalStorage(
-        settings.upload_folder, fsync=settings.fsync, min_free_space=settings.min_free_space
-    )
-    await storage.open()
-    app[STORAGE] = storage
-    yield
-    await storage.close()
+async def _storage(app: web.Application) -> AsyncIterator[None]:
+    async with open_storage(app[SETTINGS]) as storage:
+        app[STORAGE] = storage
+        if isinstance(storage, Reading):
+            app[FILE_READER] = storage
+        yield
 
 
 def _allow_cors(app: web.Application, origins: tuple[str, ...]) -> None:
@@ -92,8 +79,7 @@ def _allow_cors(app: web.Application, origins: tuple[str, ...]) -> None:
     cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
     for route in list(app.router.routes()):
         cors.add(route)
-    assert cors._cors_impl is not None
-    _ask_for_origin_first(app, cors._cors_impl._on_response_prepare)
+    _ask_for_origin_first(app, cors_response_hook(cors))
     if origins:
         app.on_response_prepare.append(_vary_on_origin)
 

@@ -7,11 +7,13 @@ from aiohttp import web
 from clustr_aio.ingest.pipeline import IngestPolicy
 from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
-from clustr_aio.storage.base import Storage
+from clustr_aio.storage.base import Reading, Storage
 from clustr_aio.web.protection import UploadSlots
 
 SETTINGS = web.AppKey("settings", Settings)
 STORAGE = web.AppKey("storage", Storage)
+FILE_READER = web.AppKey("file_reader", Reading)
+"""The storage, when it has the reading capability (``GET /uploads/{filename}``); else unset."""
 INGEST_POLICY = web.AppKey("ingest_policy", IngestPolicy)
 METRICS = web.AppKey("metrics", Metrics)
 UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)

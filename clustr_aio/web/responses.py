@@ -7,12 +7,13 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from clustr_aio.domain.errors import ClustrError
+from clustr_aio.domain.models import ErrorBody
 
 
 def error_response(
     status: int, detail: str, *, headers: Mapping[str, str] | None = None
 ) -> web.Response:
-    return web.json_response({"detail": detail}, status=status, headers=headers)
+    return web.json_response(ErrorBody(detail=detail), status=status, headers=headers)
 
 
 def clustr_error_response(error: ClustrError) -> web.Response:

@@ -8,7 +8,7 @@ import ipaddress
 
 import pytest
 
-from clustr_aio.web.forwarded import is_trusted
+from clustr_aio.web.base_url import is_trusted
 from tests.conftest import JPEG
 from tests.http.conftest import MakeClient
 from tests.http.helpers import files_body, multipart_headers
@@ -118,3 +118,44 @@ def test_trust_by_address_network_and_mapped_ipv4() -> None:
     assert not is_trusted("127.0.0.2", loopback)
     assert not is_trusted("10.1.2.3", loopback)
     assert is_trusted("10.1.2.3", (ipaddress.ip_network("10.0.0.0/8"),))
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+@pytest.mark.parametrize(
+    ("host_header", "expected"),
+    [
+        ("192.168.1.20:5000", "http://192.168.1.20:5000/uploads/a.jpg"),
+        ("photos.lan", "http://photos.lan/uploads/a.jpg"),
+        ("[fe80::1]:5000", "http://[fe80::1]:5000/uploads/a.jpg"),
+        # Anything but a host and optional port is not believed: the configured URL instead.
+        ("evil.example/path", "http://127.0.0.1:5000/uploads/a.jpg"),
+        ("a.example:99999", "http://127.0.0.1:5000/uploads/a.jpg"),
+        ("user@a.example", "http://127.0.0.1:5000/uploads/a.jpg"),
+    ],
+)
+async def test_a_wildcard_bind_links_to_the_host_the_client_used(
+    make_client: MakeClient, host: str, host_header: str, expected: str
+) -> None:
+    # Untrusted peer: no forwarded header counts, only the Host header the client sent.
+    url = await preview_url(
+        make_client, {"Host": host_header}, host=host, port=5000, forwarded_allow_ips=()
+    )
+    if host == "::" and expected.startswith("http://127.0.0.1"):
+        expected = expected.replace("127.0.0.1", "[::1]")
+    assert url == expected
+
+
+async def test_a_wildcard_bind_still_prefers_the_public_url(make_client: MakeClient) -> None:
+    url = await preview_url(
+        make_client,
+        {"Host": "192.168.1.20:5000"},
+        host="0.0.0.0",
+        public_base_url="https://photos.example.com",
+    )
+    assert url == "https://photos.example.com/uploads/a.jpg"
+
+
+async def test_the_docs_server_url_follows_the_host_too(make_client: MakeClient) -> None:
+    client = await make_client(host="0.0.0.0", port=5000, forwarded_allow_ips=())
+    document = await (await client.get("/openapi.json", headers={"Host": "10.1.2.3:5000"})).json()
+    assert document["servers"] == [{"url": "http://10.1.2.3:5000"}]

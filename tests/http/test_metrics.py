@@ -74,8 +74,8 @@ async def test_uploads_and_rejections_are_counted(make_client: MakeClient) -> No
     assert value(samples, requests, method="POST", route="/api/upload", status="415") == 1
     assert value(samples, requests, method="POST", route="/api/upload", status="406") == 1
     # A stored file is counted under its route's template, not under its own path.
-    assert value(samples, requests, method="GET", route="/uploads", status="200") == 1
-    assert value(samples, requests, method="GET", route="/uploads", status="304") == 1
+    assert value(samples, requests, method="GET", route="/uploads/{filename}", status="200") == 1
+    assert value(samples, requests, method="GET", route="/uploads/{filename}", status="304") == 1
 
     assert value(samples, "clustr_upload_stored_files_total") == 2
     assert value(samples, "clustr_upload_stored_bytes_total") == len(JPEG) + len(PNG)
@@ -115,7 +115,7 @@ async def test_labels_stay_bounded_whatever_clients_send(make_client: MakeClient
     samples = await scrape(client)
     labels = series(samples, "clustr_http_requests_total")
     assert {"method": "GET", "route": "unmatched", "status": "404"} in labels
-    assert {"method": "GET", "route": "/uploads", "status": "404"} in labels
+    assert {"method": "GET", "route": "/uploads/{filename}", "status": "404"} in labels
     assert {"method": "other", "route": "unmatched", "status": "405"} in labels
     assert not any("no/such" in label["route"] or "missing" in label["route"] for label in labels)
     assert len(labels) <= 4  # the three above and, maybe, this very scrape

@@ -7,8 +7,13 @@ import os
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
-from tests.conftest import JPEG, PNG, WEBP, Client, temp_files
+from clustr_aio.storage.base import Redirect, StoredLocation
+from clustr_aio.web.app import create_app
+from clustr_aio.web.keys import FILE_READER
+from tests.conftest import JPEG, PNG, WEBP, AiohttpClient, Client, make_settings, temp_files
+from tests.http.conftest import MakeClient
 from tests.http.helpers import (
     eventually,
     expect_error,
@@ -98,13 +103,17 @@ async def test_single_range_is_206(
     assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
-@pytest.mark.parametrize("target", ["/uploads/", "/uploads", "/uploads/sub", "/uploads/sub/"])
-async def test_no_directory_listing(client: Client, upload_dir: Path, target: str) -> None:
+@pytest.mark.parametrize(
+    "target", ["/uploads/", "/uploads", "/uploads/sub", "/uploads/sub/", "/uploads/sub/inner.jpg"]
+)
+async def test_no_directory_listing_and_no_sub_folders(
+    client: Client, upload_dir: Path, target: str
+) -> None:
     await upload_ok(client, ("listed.jpg", JPEG))
     (upload_dir / "sub").mkdir()
     (upload_dir / "sub" / "inner.jpg").write_bytes(JPEG)
     status, body, content_type = await get_raw(client, target)
-    assert status in (403, 404)
+    assert status == 404
     assert content_type.startswith("application/json")
     assert b"listed.jpg" not in body
     assert b"inner.jpg" not in body
@@ -278,6 +287,87 @@ async def test_precompressed_siblings_are_never_served(client: Client, upload_di
         )
         assert await response.read() == JPEG
         assert "Content-Encoding" not in response.headers
+
+
+CSP = "default-src 'none'; sandbox"
+PAGE = b"<html><script>alert(document.cookie)</script></html>"
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+
+
+@pytest.mark.parametrize("headers", [{}, SLOW_PATH], ids=["fast", "slow"])
+async def test_files_that_are_not_checked_images_are_downloads_never_pages(
+    make_client: MakeClient, headers: dict[str, str]
+) -> None:
+    # An operator who widens ALLOWED_EXTENSIONS must not turn /uploads into a script host.
+    client = await make_client(allowed_extensions=frozenset({"jpg", "html", "svg"}))
+    await upload_ok(client, ("page.html", PAGE), ("icon.svg", SVG), ("a.jpg", JPEG))
+    for name, data in (("page.html", PAGE), ("icon.svg", SVG)):
+        response = await client.get(f"/uploads/{name}", headers=headers)
+        assert response.status == 200
+        assert await response.read() == data
+        assert response.headers["Content-Type"] == "application/octet-stream"
+        assert response.headers["Content-Disposition"] == "attachment"
+        assert response.headers["Content-Security-Policy"] == CSP
+    photo = await client.get("/uploads/a.jpg", headers=headers)
+    assert photo.headers["Content-Type"] == "image/jpeg"
+    assert "Content-Disposition" not in photo.headers
+    assert photo.headers["Content-Security-Policy"] == CSP
+
+
+@pytest.mark.parametrize(
+    ("target", "headers", "status"),
+    [
+        ("/uploads/missing.jpg", {}, 404),
+        ("/uploads/a.jpg", {"If-None-Match": "*"}, 304),
+        ("/uploads/a.jpg", {"Range": "bytes=4-9"}, 206),
+        ("/uploads/.hidden.jpg", {}, 404),
+    ],
+)
+async def test_every_stored_file_answer_carries_the_policy(
+    client: Client, target: str, headers: dict[str, str], status: int
+) -> None:
+    await upload_ok(client, ("a.jpg", JPEG))
+    response = await client.get(target, headers=headers)
+    assert response.status == status
+    assert response.headers["Content-Security-Policy"] == CSP
+
+
+class ElsewhereStorage:
+    """A reader whose bytes live at another URL, as an object store's would."""
+
+    async def locate(self, name: str) -> StoredLocation | None:
+        return Redirect(f"https://objects.example.com/bucket/{name}") if name != "x" else None
+
+
+async def test_files_are_read_through_the_storage(
+    aiohttp_client: AiohttpClient, upload_dir: Path
+) -> None:
+    app = create_app(make_settings(upload_dir))
+
+    async def swap_reader(app: web.Application) -> None:
+        app[FILE_READER] = ElsewhereStorage()
+
+    app.on_startup.append(swap_reader)
+    client = await aiohttp_client(app)
+    (upload_dir / "a.jpg").write_bytes(JPEG)  # on disk, yet this storage says it is elsewhere
+    response = await client.get("/uploads/a.jpg", allow_redirects=False)
+    assert response.status == 302
+    assert response.headers["Location"] == "https://objects.example.com/bucket/a.jpg"
+    await expect_error(await client.get("/uploads/x"), 404)
+
+
+async def test_a_storage_without_reading_serves_nothing(
+    aiohttp_client: AiohttpClient, upload_dir: Path
+) -> None:
+    app = create_app(make_settings(upload_dir))
+
+    async def drop_reader(app: web.Application) -> None:
+        del app[FILE_READER]
+
+    app.on_startup.append(drop_reader)
+    client = await aiohttp_client(app)
+    (upload_dir / "a.jpg").write_bytes(JPEG)
+    await expect_error(await client.get("/uploads/a.jpg"), 404)
 
 
 # --------------------------------------------------------------------------- what is served

@@ -16,8 +16,8 @@ from clustr_aio.domain.errors import (
     UploadTooLarge,
 )
 from clustr_aio.domain.limits import UploadLimits
-from clustr_aio.ingest.multipart import MultipartStream
-from clustr_aio.ingest.pipeline import IngestPolicy, StoredFile, ingest_multipart
+from clustr_aio.ingest.multipart import MultipartStream, file_parts
+from clustr_aio.ingest.pipeline import IngestPolicy, StoredFile, ingest_batch
 from clustr_aio.storage.local import LocalStorage
 from tests.conftest import JPEG, PNG, WEBP, assert_nothing_stored, stored_files, temp_files
 from tests.http.helpers import BOUNDARY, Part, files_body, multipart_body
@@ -60,9 +60,8 @@ async def ingest(
 ) -> list[StoredFile]:
     read = body if isinstance(body, Body) else Body(body)
     limits = policy.limits
-    return await ingest_multipart(
-        MultipartStream(limits.counting(read), BOUNDARY.encode()), storage, policy
-    )
+    stream = MultipartStream(limits.counting(read), BOUNDARY.encode())
+    return await ingest_batch(file_parts(stream, policy.field_name), storage, policy)
 
 
 @pytest.mark.parametrize("size", [1, 5, 13, 4096, 1 << 20])
@@ -198,8 +197,10 @@ async def test_cancelled_mid_file_stores_nothing(storage: LocalStorage, upload_d
         return b""
 
     task = asyncio.create_task(
-        ingest_multipart(
-            MultipartStream(POLICY.limits.counting(read), BOUNDARY.encode()), storage, POLICY
+        ingest_batch(
+            file_parts(MultipartStream(POLICY.limits.counting(read), BOUNDARY.encode()), "files"),
+            storage,
+            POLICY,
         )
     )
     await asyncio.wait_for(started.wait(), 30)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from clustr_aio.domain.errors import InsufficientStorage
-from clustr_aio.storage.base import BatchScope, Buffer
+from clustr_aio.storage.base import BatchScope, Buffer, OnDisk
 from clustr_aio.storage.local import (
     INCOMING_DIR,
     LocalBatch,
@@ -383,6 +383,13 @@ async def test_a_sweep_at_the_worst_moment_spares_a_starting_process(
         assert stored_files(upload_dir) == ["a.jpg"]
     finally:
         await storage.close()
+
+
+async def test_the_local_storage_locates_only_plain_names(upload_dir: Path) -> None:
+    storage = LocalStorage(upload_dir)
+    assert await storage.locate("a.jpg") == OnDisk(str(upload_dir / "a.jpg"))
+    for name in ("", ".incoming", "a/b.jpg", "../a.jpg", "a\0.jpg"):
+        assert await storage.locate(name) is None, name
 
 
 # --------------------------------------------------------------------------- memory

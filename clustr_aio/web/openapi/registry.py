@@ -7,10 +7,10 @@ it adds them to its ``RouteTableDef``::
     @operation(summary="Greeting", tags=("service",), responses={200: json_response(...)})
     async def hello(request: web.Request) -> web.Response: ...
 
-Routes aiohttp serves without a handler of ours (``add_static``) are documented by route name
-with :func:`document_static`. :mod:`.spec` walks the app's route table and asks
-:func:`operation_for` about every route; a route nobody documented is left out of the document,
-and ``tests/http/test_openapi.py`` fails until it is documented.
+The operation is kept on the handler function itself, not in a registry filled as modules are
+imported. :mod:`.spec` walks the app's route table and asks :func:`operation_for` about every
+route; a route nobody documented is left out of the document, and
+``tests/http/test_openapi.py`` fails until it is documented.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class Operation:
     description: str = ""
     tags: tuple[str, ...] = ()
     operation_id: str | None = None
-    """Defaults to the handler's name (or ``<method>_<route name>`` for a static route)."""
+    """Defaults to the handler's name."""
     parameters: tuple[JSONObject, ...] = ()
     request_body: JSONObject | None = None
     responses: Mapping[int, JSONObject] = field(default_factory=dict)
@@ -58,8 +58,7 @@ class Operation:
         return document
 
 
-_BY_HANDLER: dict[Callable[..., Any], Operation] = {}
-_BY_ROUTE_NAME: dict[str, dict[str, Operation]] = {}
+_ATTRIBUTE = "__openapi_operation__"
 
 
 def operation(
@@ -86,24 +85,14 @@ def operation(
         responses=responses,
     )
 
-    def register(handler: Handler) -> Handler:
-        _BY_HANDLER[handler] = documented
+    def document(handler: Handler) -> Handler:
+        setattr(handler, _ATTRIBUTE, documented)
         return handler
 
-    return register
-
-
-def document_static(route_name: str, *, get: Operation) -> None:
-    """Document the ``GET`` of the static route added with ``add_static(..., name=route_name)``.
-
-    Its path in the document is ``<prefix>/{filename}``: declare that path parameter.
-    """
-    _BY_ROUTE_NAME[route_name] = {"GET": get}
+    return document
 
 
 def operation_for(route: web.AbstractRoute) -> Operation | None:
     """The documentation of ``route``, or ``None`` if nobody wrote any."""
-    if isinstance(route.resource, web.StaticResource):
-        name = route.resource.name
-        return _BY_ROUTE_NAME.get(name, {}).get(route.method) if name else None
-    return _BY_HANDLER.get(route.handler)
+    found = getattr(route.handler, _ATTRIBUTE, None)
+    return found if isinstance(found, Operation) else None

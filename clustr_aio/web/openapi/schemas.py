@@ -1,135 +1,67 @@
 """Shared pieces of the OpenAPI document: component schemas and response builders.
 
+The component schemas are derived from the API's models (:mod:`clustr_aio.domain.models`), the
+bodies the handlers really build, so the document cannot drift from them.
+
 Handlers compose their operations from these, so every ``{"detail": ...}`` error, every file
 response and every JSON body is described the same way everywhere.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-from clustr_aio.domain.sniff import KNOWN_TYPES, OCTET_STREAM
+from pydantic import TypeAdapter
+
+from clustr_aio.domain.models import ErrorBody, Greeting, UploadResponse
 from clustr_aio.web.openapi.registry import JSONObject
 
 JSON: Final = "application/json"
 
 
+_REF_TEMPLATE: Final = "#/components/schemas/{model}"
+
+
 def ref(schema: str) -> JSONObject:
-    return {"$ref": f"#/components/schemas/{schema}"}
+    return {"$ref": _REF_TEMPLATE.format(model=schema)}
 
 
-STORED_CONTENT_TYPES: Final = (*(t.content_type for t in KNOWN_TYPES), OCTET_STREAM)
-"""What ``content_type`` of an upload item can be: a sniffed image type, or octet-stream for an
-allowed extension that is not a known image type."""
+API_MODELS: Final = (ErrorBody, Greeting, UploadResponse)
+"""The JSON bodies whose schemas are components of the document (with those they contain)."""
 
-COMPONENT_SCHEMAS: Final[JSONObject] = {
-    "Error": {
-        "type": "object",
-        "description": "Every error this server answers, whatever the status.",
-        "required": ["detail"],
-        "properties": {
-            "detail": {"type": "string", "description": "What went wrong, for a person."}
-        },
-        "examples": [{"detail": "Not Found"}],
+UPLOAD_FORM: Final[JSONObject] = {
+    "type": "object",
+    "required": ["files"],
+    "properties": {
+        "files": {
+            "type": "array",
+            "minItems": 1,
+            "description": "One part per file, every part named `files`; parts with "
+            "other names are read past.",
+            # format: binary is what Swagger UI turns into a file chooser per item.
+            "items": {"type": "string", "format": "binary"},
+        }
     },
-    "Greeting": {
-        "type": "object",
-        "required": ["message"],
-        "properties": {"message": {"type": "string", "const": "Hello World"}},
-    },
-    "UploadedFile": {
-        "type": "object",
-        "description": "One stored file, in the order its part arrived.",
-        "required": [
-            "stored_filename",
-            "preview_url",
-            "original_filename",
-            "file_size",
-            "content_type",
-        ],
-        "properties": {
-            "stored_filename": {
-                "type": "string",
-                "description": "The name the file is stored and served under: the original "
-                "basename made safe, with a -1, -2, ... suffix when the name was taken.",
-                "examples": ["beach.jpg", "beach-1.jpg"],
-            },
-            "preview_url": {
-                "type": "string",
-                "format": "uri",
-                "description": "Absolute URL of the stored file (`GET /uploads/{filename}`).",
-                "examples": ["http://127.0.0.1:5000/uploads/beach.jpg"],
-            },
-            "original_filename": {
-                "type": "string",
-                "description": "The filename the client sent, verbatim.",
-                "examples": ["beach.jpg"],
-            },
-            "file_size": {
-                "type": "integer",
-                "minimum": 1,
-                "description": "Bytes stored (empty files are refused).",
-                "examples": [482113],
-            },
-            "content_type": {
-                "type": "string",
-                "enum": list(STORED_CONTENT_TYPES),
-                "description": "Detected from the file's bytes, never taken from the client.",
-            },
-        },
-    },
-    "UploadResponse": {
-        "type": "object",
-        "required": ["message", "data"],
-        "properties": {
-            "message": {
-                "type": "string",
-                "pattern": "^Successfully uploaded [0-9]+ files$",
-                "examples": ["Successfully uploaded 2 files"],
-            },
-            "data": {"type": "array", "minItems": 1, "items": ref("UploadedFile")},
-        },
-        "examples": [
-            {
-                "message": "Successfully uploaded 2 files",
-                "data": [
-                    {
-                        "stored_filename": "beach.jpg",
-                        "preview_url": "http://127.0.0.1:5000/uploads/beach.jpg",
-                        "original_filename": "beach.jpg",
-                        "file_size": 482113,
-                        "content_type": "image/jpeg",
-                    },
-                    {
-                        "stored_filename": "dunes.png",
-                        "preview_url": "http://127.0.0.1:5000/uploads/dunes.png",
-                        "original_filename": "dunes.png",
-                        "file_size": 1021877,
-                        "content_type": "image/png",
-                    },
-                ],
-            }
-        ],
-    },
-    "UploadForm": {
-        "type": "object",
-        "required": ["files"],
-        "properties": {
-            "files": {
-                "type": "array",
-                "minItems": 1,
-                "description": "One part per file, every part named `files`; parts with "
-                "other names are read past.",
-                # format: binary is what Swagger UI turns into a file chooser per item.
-                "items": {"type": "string", "format": "binary"},
-            }
-        },
-        # Fields with other names are read past. No name may hold a NUL: a part header that
-        # does is malformed multipart (400).
-        "propertyNames": {"pattern": "^[^\\x00]*$"},
-    },
+    # Fields with other names are read past. No name may hold a NUL: a part header that
+    # does is malformed multipart (400).
+    "propertyNames": {"pattern": "^[^\\x00]*$"},
 }
+"""The multipart form of ``POST /api/upload``: a request body read part by part, never a
+model the server builds."""
+
+
+@functools.cache
+def component_schemas() -> JSONObject:
+    """``components.schemas``: derived from :data:`API_MODELS` (made once, on first use)."""
+    components: JSONObject = {"UploadForm": UPLOAD_FORM}
+    for model in API_MODELS:
+        schema = TypeAdapter(model).json_schema(mode="serialization", ref_template=_REF_TEMPLATE)
+        components.update(schema.pop("$defs", {}))
+        components[schema["title"]] = schema
+    return components
+
 
 REQUEST_ID_RESPONSE_HEADER: Final[JSONObject] = {
     "description": "The request's id, as in the server log: the client's own `X-Request-ID` "

@@ -14,13 +14,14 @@ from typing import Final
 from aiohttp import web
 
 import clustr_aio
+from clustr_aio.compat import is_cors_preflight
 from clustr_aio.settings import Settings
 from clustr_aio.web.keys import SETTINGS
 from clustr_aio.web.middlewares import REQUEST_ID_HEADER
 from clustr_aio.web.openapi.registry import JSONObject, operation_for
 from clustr_aio.web.openapi.schemas import (
-    COMPONENT_SCHEMAS,
     REQUEST_ID_RESPONSE_HEADER,
+    component_schemas,
     error_response,
 )
 
@@ -49,26 +50,17 @@ def served_routes(router: web.UrlDispatcher) -> Iterator[tuple[RouteKey, web.Abs
     ``HEAD`` aiohttp adds beside every ``GET`` (same answer, no body; RFC 9110 section 9.3.2).
     """
     for resource in router.resources():
-        path = openapi_path(resource)
+        path = resource.canonical  # placeholders without their regex: "/a/{name}"
         methods = {route.method for route in resource}
         for route in resource:
             if route.method == "HEAD" and "GET" in methods:
                 continue
-            if route.method == "OPTIONS" and _is_cors_preflight(route):
+            if route.method == "OPTIONS" and is_cors_preflight(route):
                 continue
             yield RouteKey(path, route.method), route
 
 
-def openapi_path(resource: web.AbstractResource) -> str:
-    """``/uploads/{filename}`` for a static route, the route's template for the others."""
-    if isinstance(resource, web.StaticResource):
-        return f"{resource.canonical.rstrip('/')}/{{filename}}"
-    return resource.canonical  # placeholders without their regex: "/a/{name}"
-
-
 def _default_operation_id(key: RouteKey, route: web.AbstractRoute) -> str:
-    if isinstance(route.resource, web.StaticResource) and route.resource.name:
-        return f"{key.method.lower()}_{route.resource.name}"
     return str(getattr(route.handler, "__name__", f"{key.method.lower()}_{key.path}"))
 
 
@@ -77,10 +69,6 @@ def _with_request_id(response: JSONObject) -> JSONObject:
     (a copy: the operation's own dicts are shared by every app and every request)."""
     reference = {"$ref": f"#/components/headers/{REQUEST_ID_HEADER}"}
     return {**response, "headers": {**response.get("headers", {}), REQUEST_ID_HEADER: reference}}
-
-
-def _is_cors_preflight(route: web.AbstractRoute) -> bool:
-    return str(getattr(route.handler, "__module__", "")).startswith("aiohttp_cors.")
 
 
 def build_openapi(app: web.Application, *, server_url: str | None = None) -> JSONObject:
@@ -112,7 +100,7 @@ def build_openapi(app: web.Application, *, server_url: str | None = None) -> JSO
         "tags": list(TAGS),
         "paths": paths,
         "components": {
-            "schemas": COMPONENT_SCHEMAS,
+            "schemas": component_schemas(),
             "headers": {REQUEST_ID_HEADER: REQUEST_ID_RESPONSE_HEADER},
             "responses": {
                 "NotFound": error_response("No route matches the path.", "Not Found"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from clustr_aio.domain.models import Greeting
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import json_response, ref
 
@@ -18,4 +19,4 @@ routes = web.RouteTableDef()
     responses={200: json_response("The server is up.", ref("Greeting"))},
 )
 async def hello(request: web.Request) -> web.Response:
-    return web.json_response({"message": "Hello World"})
+    return web.json_response(Greeting(message="Hello World"))

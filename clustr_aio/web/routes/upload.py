@@ -4,23 +4,20 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from aiohttp import hdrs, web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
+from aiohttp import HttpVersion11, hdrs, web
 
-# aiohttp exposes no public "send 100 Continue"; its default expect handler is that, and stable.
-from aiohttp.web_urldispatcher import _default_expect_handler
-
+from clustr_aio.compat import HttpProcessingError
 from clustr_aio.domain.errors import (
     ClientDisconnected,
     ClustrError,
     MalformedUpload,
     NoFilesUploaded,
 )
-from clustr_aio.ingest.multipart import MultipartStream, parse_boundary
-from clustr_aio.ingest.pipeline import StoredFile, ingest_multipart
+from clustr_aio.domain.models import UploadedFile, UploadResponse
+from clustr_aio.ingest.multipart import MultipartStream, file_parts, parse_boundary
+from clustr_aio.ingest.pipeline import StoredFile, ingest_batch
 from clustr_aio.storage.base import SpaceReporting
-from clustr_aio.web.forwarded import request_base_url
+from clustr_aio.web.base_url import request_base_url
 from clustr_aio.web.keys import INGEST_POLICY, METRICS, SETTINGS, STORAGE, UPLOAD_SLOTS
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import error_response as documented_error
@@ -40,8 +37,20 @@ async def refuse_early(request: web.Request) -> web.StreamResponse | None:
     except ClustrError as error:
         request.app[METRICS].count_rejection(error)
         return clustr_error_response(error)
-    await _default_expect_handler(request)
+    await _continue(request)
     return None
+
+
+async def _continue(request: web.Request) -> None:
+    """What aiohttp's own expect handler does, which a route's replacing it must do too (its
+    "Expect Header" documentation): ``100 Continue`` for HTTP/1.1, 417 for another expectation."""
+    if request.version != HttpVersion11:
+        return  # an HTTP/1.0 client sends its body without waiting for an interim answer
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the interim answer is not part of the response's bytes
 
 
 @routes.post("/api/upload", expect_handler=refuse_early)
@@ -99,15 +108,16 @@ async def refuse_early(request: web.Request) -> web.StreamResponse | None:
 async def upload(request: web.Request) -> web.Response:
     with request.app[METRICS].track_upload() as tracked, request.app[UPLOAD_SLOTS].take():
         boundary = await _check_request(request)
-        body = request.app[INGEST_POLICY].limits.counting(request.content.readany)
-        parts = MultipartStream(body, boundary)
+        policy = request.app[INGEST_POLICY]
+        body = policy.limits.counting(request.content.readany)
+        files = file_parts(MultipartStream(body, boundary), policy.field_name)
         try:
-            stored = await ingest_multipart(parts, request.app[STORAGE], request.app[INGEST_POLICY])
+            stored = await ingest_batch(files, request.app[STORAGE], policy)
         except ConnectionError as error:
             raise ClientDisconnected() from error
         except HttpProcessingError as error:  # e.g. broken chunked encoding or a short body
             raise MalformedUpload(f"malformed request body: {error.message}") from None
-        except RequestPayloadError:  # what the parser sets on the body stream mid-read
+        except web.RequestPayloadError:  # what the parser sets on the body stream mid-read
             raise MalformedUpload("malformed request body") from None
         finally:
             tracked.received(body.bytes_read)
@@ -115,10 +125,10 @@ async def upload(request: web.Request) -> web.Response:
     # The host the client used, through a trusted proxy, unless PUBLIC_BASE_URL says otherwise.
     files_url = request_base_url(request) + request.app[SETTINGS].upload_url_path
     return web.json_response(
-        {
-            "message": f"Successfully uploaded {len(stored)} files",
-            "data": [_envelope_item(files_url, item) for item in stored],
-        }
+        UploadResponse(
+            message=f"Successfully uploaded {len(stored)} files",
+            data=[_envelope_item(files_url, item) for item in stored],
+        )
     )
 
 
@@ -136,11 +146,11 @@ async def _check_request(request: web.Request) -> bytes:
     return boundary
 
 
-def _envelope_item(files_url: str, item: StoredFile) -> dict[str, object]:
-    return {
-        "stored_filename": item.stored_filename,
-        "preview_url": f"{files_url}/{quote(item.stored_filename)}",
-        "original_filename": item.original_filename,
-        "file_size": item.file_size,
-        "content_type": item.content_type,
-    }
+def _envelope_item(files_url: str, item: StoredFile) -> UploadedFile:
+    return UploadedFile(
+        stored_filename=item.stored_filename,
+        preview_url=f"{files_url}/{quote(item.stored_filename)}",
+        original_filename=item.original_filename,
+        file_size=item.file_size,
+        content_type=item.content_type,
+    )

@@ -1,4 +1,5 @@
-"""The URL a client reached this server at, for the links in a response (``preview_url``).
+"""The URL a client reached this server at, for the links in a response (``preview_url``,
+the OpenAPI document's server). :func:`request_base_url` is the one place it is decided.
 
 In order:
 
@@ -8,7 +9,10 @@ In order:
    ``X-Forwarded-Host`` or, failing those, RFC 7239 ``Forwarded``: that scheme and host, with
    the ``Host`` header standing in for a host the proxy did not forward. A proxy appends to
    these headers, so of several values the last, set by the trusted proxy itself, is used.
-3. Otherwise ``http://HOST:PORT`` from the settings.
+3. With a wildcard ``HOST`` (``0.0.0.0``, ``::``: every interface), the ``Host`` header the
+   client sent: a phone on the LAN that reached ``192.168.1.20:5000`` gets links to it, not
+   to the server's own loopback address.
+4. Otherwise ``http://HOST:PORT`` from the settings.
 
 A value that is not a plain ``http``/``https`` scheme or ``host[:port]`` is ignored: it ends up
 in URLs handed to other clients.
@@ -16,6 +20,7 @@ in URLs handed to other clients.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -42,9 +47,23 @@ def request_base_url(request: web.Request) -> str:
     settings = request.app[SETTINGS]
     if settings.public_base_url is not None:
         return settings.public_base_url
-    if not is_trusted(request.remote, settings.forwarded_allow_ips):
-        return settings.base_url
-    return forwarded_base_url(request.headers, request.host) or settings.base_url
+    if is_trusted(request.remote, settings.forwarded_allow_ips):
+        forwarded = forwarded_base_url(request.headers, request.host)
+        if forwarded is not None:
+            return forwarded
+    if _is_wildcard(settings.host):
+        host = request.headers.get(hdrs.HOST, "")
+        if _is_host_port(host):
+            return f"{request.scheme}://{host}"
+    return settings.base_url
+
+
+@functools.lru_cache(maxsize=8)
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False  # a host name
 
 
 def is_trusted(peer: str | None, networks: Iterable[IPNetwork]) -> bool:
