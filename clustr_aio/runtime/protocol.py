@@ -79,8 +79,8 @@ NO_LIMIT: Final = 10.0**9
 
 _LIMIT_LOG_EVERY: Final = 10.0
 
-CROWD: Final = 64
-"""Open connections beyond which new ones get small read buffers."""
+CROWD: Final = 32
+"""Open connections beyond which new ones get small read buffers (bench drives 16)."""
 _CROWD_READ_SIZE: Final = 32 * 1024
 _CROWD_BUFSIZE: Final = 32 * 1024  # StreamReader's limit: it pauses reading above twice this
 
