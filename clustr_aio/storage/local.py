@@ -84,7 +84,7 @@ class LocalStorage:
         write_block: int = 1024 * 1024,
         files_in_flight: int = 8,
         idle_flush: float = 0.25,
-        memory_budget: int = 32 * 1024 * 1024,
+        memory_budget: int = 16 * 1024 * 1024,
         min_free_space: int = 0,
         space_check_every: int | None = None,
     ) -> None:
