@@ -213,3 +213,64 @@ def test_a_broken_chunk_mid_upload_is_answered_at_once_and_does_not_hold_up_a_st
     assert time.monotonic() - started < 5
     assert temp_files(server.upload_folder) == []
     assert "Traceback" not in server.logs
+
+
+def test_a_body_trickled_at_1_byte_a_second_is_cut_after_one_window(
+    server_factory: StartServer, sockets: list[socket.socket]
+) -> None:
+    """Issue 10: a body trickled at 1 byte/s was still open after 2 minutes. It never goes
+    BODY_IDLE_TIMEOUT without a byte, so only MIN_BODY_RATE (the default, 1 KiB/s) cuts it."""
+    server = server_factory({"BODY_IDLE_TIMEOUT": "2"})
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sockets.append(sock)
+    sock.sendall(upload_head(server.port, 10 * MiB, "trickle.jpg") + jpeg_bytes(1000))
+    started = time.monotonic()
+    answer = b""
+    sock.settimeout(1)
+    while not answer and time.monotonic() - started < 10:
+        with contextlib.suppress(TimeoutError):
+            answer = sock.recv(65536)  # a second, then one more byte
+        if not answer:
+            sock.send(b"\x00")
+    elapsed = time.monotonic() - started
+    print(f"a body trickled at 1 byte/s answered after {elapsed:.1f} s: {answer[:12]!r}")
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b"slower than 1024 bytes/s" in answer
+    assert 2 <= elapsed < 5
+    assert "under MIN_BODY_RATE" in server.logs
+    wait_until(lambda: not temp_files(server.upload_folder), "the upload's files to go")
+
+
+def established_to(port: int) -> int:
+    """Open TCP connections whose local port is ``port`` (the server's side of each)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(
+        1
+        for line in lines
+        if int(line.split()[1].split(":")[1], 16) == port and line.split()[3] == "01"
+    )
+
+
+def test_a_client_that_stops_reading_a_large_download_is_closed_after_send_timeout(
+    server_factory: StartServer, sockets: list[socket.socket]
+) -> None:
+    """A GET of a 32 MiB file from a client that reads nothing: the kernel's buffers fill, the
+    client's window is zero, and without SEND_TIMEOUT the connection (and its descriptor and
+    file) stayed for as long as the client liked: sendfile(2) waits with no timer of its own."""
+    server = server_factory({"SEND_TIMEOUT": "2"})
+    (server.upload_folder / "large.jpg").write_bytes(jpeg_bytes(32 * MiB))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sockets.append(sock)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(b"GET /uploads/large.jpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    wait_until(lambda: established_to(server.port) == 1, "the download to start")
+    started = time.monotonic()
+    wait_until(lambda: established_to(server.port) == 0, "the server to close", timeout=20)
+    elapsed = time.monotonic() - started
+    print(f"a client that stopped reading was closed after {elapsed:.1f} s")
+    assert elapsed >= 1.5
+    _, answer = timed_get(server.port)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert '"GET /uploads/large.jpg" 200' in server.logs  # its access line, once it ended
+    assert "Traceback" not in server.logs
