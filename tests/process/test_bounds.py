@@ -4,7 +4,9 @@ stalled uploads, the connections held by slow ones, the descriptor limit."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import resource
 import signal
 import socket
 import time
@@ -274,3 +276,56 @@ def test_a_client_that_stops_reading_a_large_download_is_closed_after_send_timeo
     assert answer.startswith(b"HTTP/1.1 200 ")
     assert '"GET /uploads/large.jpg" 200' in server.logs  # its access line, once it ended
     assert "Traceback" not in server.logs
+
+
+def open_descriptors(pid: int) -> list[int]:
+    return sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_at_the_descriptor_limit_an_upload_is_a_503_and_accept_errors_are_one_line(
+    server_factory: StartServer, sockets: list[socket.socket]
+) -> None:
+    """Issue 10: at RLIMIT_NOFILE an upload on an open connection got a 500 (EMFILE creating
+    its temporary file) and asyncio logged 25,000 accept tracebacks in 12 s. The server's soft
+    limit is lowered (prlimit) to the descriptors it holds, with connections open: then every
+    descriptor is taken, the next accept fails, and so does the upload's temporary file."""
+    server = server_factory()
+    upload = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sockets.append(upload)
+    _, answer = timed_get(server.port)  # the server is warm: its lazy files are open
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    wait_until(lambda: established_to(server.port) == 1, "the upload's connection only")
+    _, hard = resource.prlimit(server.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(
+        server.pid, resource.RLIMIT_NOFILE, (max(open_descriptors(server.pid)) + 1, hard)
+    )
+    try:
+        for _ in range(100):  # fill the holes below the limit, then a flood waits in the backlog
+            sockets.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+        server.wait_for_log("cannot accept connections")
+        body = f"\r\n--{BOUNDARY}--\r\n".encode()
+        data = jpeg_bytes(2 * MiB)  # over a write block: the temporary file is created at once
+        head = upload_head(server.port, 0, "a.jpg")
+        part = head.split(b"\r\n\r\n", 1)[1]
+        length = len(part) + len(data) + len(body)
+        upload.sendall(upload_head(server.port, length, "a.jpg") + data + body)
+        answer = upload.recv(65536)
+        time.sleep(2.5)  # asyncio retries the accept every second: two more failures at least
+    finally:
+        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (hard, hard))
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 503 "), answer
+    headers, _, body_bytes = rest.partition(b"\r\n\r\n")
+    assert b"Retry-After: 1" in headers
+    assert b"application/json" in headers
+    assert b"too many files open" in body_bytes
+    logs = server.logs
+    assert logs.count("cannot accept connections") == 1, logs  # one line per 10 s
+    assert "Traceback" not in logs
+    assert " 500 " not in logs
+    for sock in sockets[1:]:
+        sock.close()
+    # With the limit back, the backlog is accepted and uploads succeed again.
+    wait_until(lambda: not temp_files(server.upload_folder), "the refused upload's files to go")
+    _, answer = timed_get(server.port)
+    assert answer.startswith(b"HTTP/1.1 200 ")
