@@ -43,6 +43,15 @@ class Catalog(Protocol):
         whose stored name is already catalogued replaces that record (the start-up
         reconciliation may have adopted the file between its link and this commit)."""
 
+    async def add_unique(
+        self, records: Sequence[FileRecord], *, all_or_none: bool
+    ) -> dict[str, FileRecord]:
+        """``add`` for ``DEDUPE``: in one transaction, serialised with every other
+        ``add_unique`` of the same digests (in any process), insert the records whose sha256
+        is not catalogued yet; for each that is (another upload of the same bytes got there
+        first), its oldest record, the record given is not inserted. With ``all_or_none``,
+        one such digest means nothing is inserted. The records' digests are distinct."""
+
     async def adopt(self, records: Sequence[FileRecord]) -> int:
         """Insert the records whose stored name is not catalogued yet; how many were."""
 

@@ -46,6 +46,7 @@ comparison in every index lookup and mean nothing for hex digests and file names
 
 _MIGRATION_LOCK: Final = 0x636C757374720001  # "clustr" + 1: the advisory lock of migrations
 _MAINTENANCE_LOCK: Final = 0x636C757374720002
+_DEDUPE_LOCKS: Final = 0x636C757374720100  # + a digest's first byte: add_unique's locks
 _COLUMNS: Final = (
     "id, stored_name, original_name, size, content_type, sha256, created_at, width, height, owner"
 )
@@ -53,6 +54,16 @@ _COLUMN_NAMES: Final = _COLUMNS.split(", ")
 _UNNEST: Final = (
     "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], "
     "$6::text[], $7::timestamptz[], $8::integer[], $9::integer[], $10::text[])"
+)
+_UPSERT: Final = (
+    f"INSERT INTO files ({_COLUMNS}) {_UNNEST} ON CONFLICT (stored_name) DO UPDATE SET "
+    f"{', '.join(f'{c} = excluded.{c}' for c in _COLUMN_NAMES)}"
+)
+"""An upload's records: one whose stored name is catalogued already replaces that record (the
+start-up reconciliation may have adopted the file between its link and this commit)."""
+_OLDEST_BY_SHA256: Final = (
+    "SELECT f.* FROM unnest($1::text[]) AS d (digest) CROSS JOIN LATERAL ("
+    f"SELECT {_COLUMNS} FROM files WHERE sha256 = d.digest ORDER BY id LIMIT 1) AS f"
 )
 
 
@@ -136,12 +147,29 @@ class PostgresCatalog:
             self._pool = None
 
     async def add(self, records: Sequence[FileRecord]) -> None:
-        update = ", ".join(f"{c} = excluded.{c}" for c in _COLUMN_NAMES)
-        await self.pool.execute(
-            f"INSERT INTO files ({_COLUMNS}) {_UNNEST} "
-            f"ON CONFLICT (stored_name) DO UPDATE SET {update}",
-            *_columns(records),
-        )
+        await self.pool.execute(_UPSERT, *_columns(records))
+
+    async def add_unique(
+        self, records: Sequence[FileRecord], *, all_or_none: bool
+    ) -> dict[str, FileRecord]:
+        digests = [r.sha256 for r in records]
+        # Transaction locks on the digests' buckets (their first byte: at most 256 locks, in
+        # one order, so two batches never deadlock), taken before the look-up: an upload of
+        # the same bytes commits before ours looks, or looks after ours committed.
+        buckets = sorted({_DEDUPE_LOCKS + int(d[:2], 16) for d in digests})
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k",
+                buckets,
+            )
+            taken = {
+                row["sha256"]: _record(row)
+                for row in await connection.fetch(_OLDEST_BY_SHA256, digests)
+            }
+            fresh = [r for r in records if r.sha256 not in taken]
+            if fresh and not (taken and all_or_none):
+                await connection.execute(_UPSERT, *_columns(fresh))
+        return taken
 
     async def adopt(self, records: Sequence[FileRecord]) -> int:
         status = await self.pool.execute(
@@ -180,11 +208,7 @@ class PostgresCatalog:
     async def by_sha256(self, digests: Sequence[str]) -> dict[str, FileRecord]:
         # One index probe per digest for its oldest record (faster here than DISTINCT ON over
         # "= ANY": no sort of every match).
-        rows = await self.pool.fetch(
-            f"SELECT f.* FROM unnest($1::text[]) AS d (digest) CROSS JOIN LATERAL ("
-            f"SELECT {_COLUMNS} FROM files WHERE sha256 = d.digest ORDER BY id LIMIT 1) AS f",
-            list(dict.fromkeys(digests)),
-        )
+        rows = await self.pool.fetch(_OLDEST_BY_SHA256, list(dict.fromkeys(digests)))
         return {row["sha256"]: _record(row) for row in rows}
 
     async def delete(self, record_ids: Sequence[str]) -> list[FileRecord]:

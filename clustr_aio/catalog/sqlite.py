@@ -61,6 +61,12 @@ _COLUMNS: Final = (
     "id, stored_name, original_name, size, content_type, sha256, created_us, width, height, owner"
 )
 _PLACEHOLDERS: Final = ", ".join("?" * 10)
+_UPSERT: Final = (
+    f"INSERT INTO files ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) ON CONFLICT (stored_name) DO UPDATE "
+    f"SET {', '.join(f'{c} = excluded.{c}' for c in _COLUMNS.split(', '))}"
+)
+"""An upload's records: one whose stored name is catalogued already replaces that record (the
+start-up reconciliation may have adopted the file between its link and this commit)."""
 _BUSY_TIMEOUT_MS: Final = 30_000
 _READERS: Final = 4
 
@@ -94,6 +100,19 @@ def _record(row: Sequence[Any]) -> FileRecord:
         height=row[8],
         owner=row[9],
     )
+
+
+def _oldest_by_sha256(connection: sqlite3.Connection, digests: list[str]) -> dict[str, FileRecord]:
+    # One query for them all: the digests as one JSON array parameter, each looked up in the
+    # sha256 index; the oldest record per digest is the first in id order.
+    query = (
+        f"SELECT {_COLUMNS} FROM files WHERE sha256 IN (SELECT value FROM json_each(?)) ORDER BY id"
+    )
+    found: dict[str, FileRecord] = {}
+    for row in connection.execute(query, (json.dumps(digests),)):
+        if row[5] not in found:
+            found[row[5]] = _record(row)
+    return found
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -202,12 +221,30 @@ class SqliteCatalog:
     # -- Catalog ---------------------------------------------------------------------------
 
     async def add(self, records: Sequence[FileRecord]) -> None:
-        update = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", "))
-        statement = (
-            f"INSERT INTO files ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) "
-            f"ON CONFLICT (stored_name) DO UPDATE SET {update}"
-        )
-        await self._write(self._transaction, statement, [_row(r) for r in records])
+        await self._write(self._transaction, _UPSERT, [_row(r) for r in records])
+
+    async def add_unique(
+        self, records: Sequence[FileRecord], *, all_or_none: bool
+    ) -> dict[str, FileRecord]:
+        return await self._write(self._add_unique_sync, list(records), all_or_none)
+
+    def _add_unique_sync(
+        self, records: list[FileRecord], all_or_none: bool
+    ) -> dict[str, FileRecord]:
+        # BEGIN IMMEDIATE holds the file's write lock, across processes, from the look-up to
+        # the commit: no other upload's records can land in between.
+        connection = self._write_connection
+        assert connection is not None, "SqliteCatalog used before open()"
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            taken = _oldest_by_sha256(connection, [r.sha256 for r in records])
+            if not (taken and all_or_none):
+                connection.executemany(_UPSERT, [_row(r) for r in records if r.sha256 not in taken])
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        return taken
 
     async def adopt(self, records: Sequence[FileRecord]) -> int:
         statement = (
@@ -271,17 +308,7 @@ class SqliteCatalog:
         return await self._read(self._by_sha256_sync, list(dict.fromkeys(digests)))
 
     def _by_sha256_sync(self, digests: list[str]) -> dict[str, FileRecord]:
-        # One query for them all: the digests as one JSON array parameter, each looked up in
-        # the sha256 index; the oldest record per digest is the first in id order.
-        query = (
-            f"SELECT {_COLUMNS} FROM files WHERE sha256 IN (SELECT value FROM json_each(?)) "
-            "ORDER BY id"
-        )
-        found: dict[str, FileRecord] = {}
-        for row in self._reader().execute(query, (json.dumps(digests),)):
-            if row[5] not in found:
-                found[row[5]] = _record(row)
-        return found
+        return _oldest_by_sha256(self._reader(), digests)
 
     async def stored_names(self) -> dict[str, str]:
         return await self._read(self._stored_names_sync)

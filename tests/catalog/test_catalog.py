@@ -131,6 +131,37 @@ async def test_by_sha256_finds_the_oldest_record_of_each_digest(catalog: Catalog
     assert await catalog.by_sha256([*many, other.sha256]) == {other.sha256: other}
 
 
+async def test_add_unique_inserts_only_bytes_not_stored_yet(catalog: Catalog) -> None:
+    stored = record("a.jpg", b"x")
+    await catalog.add([stored])
+    again, new = record("a-1.jpg", b"x"), record("b.jpg", b"y")
+    assert await catalog.add_unique([again, new], all_or_none=False) == {stored.sha256: stored}
+    assert await catalog.stored_names() == {"a.jpg": stored.id, "b.jpg": new.id}
+    late, other = record("b-1.jpg", b"y"), record("c.jpg", b"z")
+    assert await catalog.add_unique([other, late], all_or_none=True) == {new.sha256: new}
+    assert "c.jpg" not in await catalog.stored_names()  # all or none: none
+
+
+async def test_add_unique_from_two_processes_at_once_stores_the_bytes_once(
+    catalog_settings: Settings,
+) -> None:
+    """Two catalogs on one database (two workers), committing the same new bytes at the same
+    moment, 20 times over: one insert wins each time, the other is told of it."""
+    async with open_catalog(catalog_settings) as one, open_catalog(catalog_settings) as two:
+        for n in range(20):
+            data = b"same bytes %d" % n
+            first, second = record(f"a{n}.jpg", data), record(f"b{n}.jpg", data)
+            raced = await asyncio.gather(
+                one.add_unique([first], all_or_none=False),
+                two.add_unique([second], all_or_none=False),
+            )
+            assert sorted(len(r) for r in raced) == [0, 1]
+            winner = first if not raced[0] else second
+            assert [r[winner.sha256] for r in raced if r] == [winner]
+            assert await one.by_sha256([winner.sha256]) == {winner.sha256: winner}
+        assert len(await one.stored_names()) == 20
+
+
 async def test_delete_answers_what_existed(catalog: Catalog) -> None:
     a, b = record("a.jpg"), record("b.jpg")
     await catalog.add([a, b])
