@@ -72,6 +72,10 @@ class Catalog(Protocol):
     async def stored_names(self) -> dict[str, str]:
         """Every record's stored name and id (for the start-up reconciliation)."""
 
+    async def check(self) -> None:
+        """Raise :class:`~clustr_aio.domain.errors.CatalogUnavailable` if the catalog cannot
+        answer a query right now (for ``/readyz``)."""
+
     def exclusive(self) -> AbstractAsyncContextManager[bool]:
         """Whether this process holds the catalog's maintenance lock while inside (it does not
         wait: False when another process holds it). One process of several reconciles."""

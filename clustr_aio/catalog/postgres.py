@@ -7,6 +7,7 @@ at once, one migrates while the others wait, then find ``clustr_schema.version``
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -16,6 +17,7 @@ from typing import Any, Final
 import asyncpg
 
 from clustr_aio.catalog.base import FileRecord, Order
+from clustr_aio.domain.errors import CatalogUnavailable
 
 __all__ = ["MIGRATIONS", "PostgresCatalog"]
 
@@ -44,6 +46,15 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 are compared byte by byte (``COLLATE "C"``): no locale's rules, which cost a strcoll per
 comparison in every index lookup and mean nothing for hex digests and file names."""
 
+_UNREACHABLE: Final = (
+    OSError,  # refused, no socket file, reset
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # the connection went away under a query
+    asyncpg.OperatorInterventionError,  # shutting down, starting up
+    asyncpg.InterfaceError,  # the connection is closed
+)
+_CHECK_TIMEOUT: Final = 2.0
+"""Seconds /readyz waits for the database (a pool connection and one query)."""
 _MIGRATION_LOCK: Final = 0x636C757374720001  # "clustr" + 1: the advisory lock of migrations
 _MAINTENANCE_LOCK: Final = 0x636C757374720002
 _DEDUPE_LOCKS: Final = 0x636C757374720100  # + a digest's first byte: add_unique's locks
@@ -147,7 +158,8 @@ class PostgresCatalog:
             self._pool = None
 
     async def add(self, records: Sequence[FileRecord]) -> None:
-        await self.pool.execute(_UPSERT, *_columns(records))
+        async with self._reachable():
+            await self.pool.execute(_UPSERT, *_columns(records))
 
     async def add_unique(
         self, records: Sequence[FileRecord], *, all_or_none: bool
@@ -157,7 +169,11 @@ class PostgresCatalog:
         # one order, so two batches never deadlock), taken before the look-up: an upload of
         # the same bytes commits before ours looks, or looks after ours committed.
         buckets = sorted({_DEDUPE_LOCKS + int(d[:2], 16) for d in digests})
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with (
+            self._reachable(),
+            self.pool.acquire() as connection,
+            connection.transaction(),
+        ):
             await connection.execute(
                 "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k",
                 buckets,
@@ -217,6 +233,22 @@ class PostgresCatalog:
             _uuids(record_ids),
         )
         return [_record(row) for row in rows]
+
+    async def check(self) -> None:
+        async with self._reachable(), asyncio.timeout(_CHECK_TIMEOUT):
+            await self.pool.fetchval("SELECT 1")
+
+    @contextlib.asynccontextmanager
+    async def _reachable(self) -> AsyncIterator[None]:
+        """The database's being down, restarted or unreachable as :class:`CatalogUnavailable`:
+        a 503, busy for now, not a 500 (the pool replaces a closed connection by itself)."""
+        try:
+            yield
+        except _UNREACHABLE as error:
+            reason = str(error) or type(error).__name__
+            raise CatalogUnavailable(
+                f"the catalog's database cannot be reached: {reason}"
+            ) from None
 
     async def stored_names(self) -> dict[str, str]:
         rows = await self.pool.fetch("SELECT stored_name, id FROM files")

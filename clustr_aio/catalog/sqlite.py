@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from clustr_aio.catalog.base import FileRecord, Order
+from clustr_aio.domain.errors import CatalogUnavailable
 
 __all__ = ["MIGRATIONS", "SqliteCatalog"]
 
@@ -309,6 +310,15 @@ class SqliteCatalog:
 
     def _by_sha256_sync(self, digests: list[str]) -> dict[str, FileRecord]:
         return _oldest_by_sha256(self._reader(), digests)
+
+    async def check(self) -> None:
+        await self._read(self._check_sync)
+
+    def _check_sync(self) -> None:
+        try:
+            self._reader().execute("SELECT 1 FROM files LIMIT 1").fetchall()
+        except sqlite3.Error as error:
+            raise CatalogUnavailable(f"the catalog cannot be read: {error}") from None
 
     async def stored_names(self) -> dict[str, str]:
         return await self._read(self._stored_names_sync)
