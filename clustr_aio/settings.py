@@ -362,6 +362,26 @@ def _one_of(*choices: str, normalise: Callable[[str], str]) -> Callable[[object]
 
 _log_level = _one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", normalise=str.upper)
 _log_format = _one_of("text", "json", normalise=str.lower)
+_strip_metadata = _one_of("location", "all", "none", normalise=str.lower)
+_thumbnails = _one_of("lazy", "eager", normalise=str.lower)
+
+_MAX_THUMBNAIL_SIZE: Final = 4096
+
+
+def _thumbnail_sizes(raw: object) -> tuple[int, ...]:
+    """Longest sides in pixels, comma-separated or a TOML array; in order (the first is the
+    default), without repeats."""
+    what = f"comma-separated sizes in pixels from 1 to {_MAX_THUMBNAIL_SIZE} such as 256,1024"
+    if isinstance(raw, list) and all(type(item) is int for item in raw):  # no bools
+        items = [str(item) for item in raw]
+    else:
+        items = _items(raw, what)
+    if not items or not all(re.fullmatch(r"\d+", item, re.ASCII) for item in items):
+        raise _expected(what, raw)
+    sizes = tuple(dict.fromkeys(int(item) for item in items))
+    if not all(1 <= size <= _MAX_THUMBNAIL_SIZE for size in sizes):
+        raise _expected(what, raw)
+    return sizes
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -506,6 +526,30 @@ class Settings:
         " the systemd journal); json: one JSON object per line.",
     )
     access_log: bool = _setting("true", _boolean, "Log one line per request.")
+    max_image_pixels: int = _setting(
+        "100000000",
+        _integer(1),
+        "Most pixels in one image (width x height, the frames of an animation summed): a larger"
+        " one is refused with 413 as soon as its header shows it, before any decode.",
+    )
+    strip_metadata: str = _setting(
+        "location",
+        _strip_metadata,
+        "Metadata removed from stored images, losslessly: location (GPS and location tags of"
+        " EXIF, XMP and IPTC), all (everything but orientation and ICC profile), none.",
+    )
+    thumbnail_sizes: tuple[int, ...] = _setting(
+        "256,1024",
+        _thumbnail_sizes,
+        "Thumbnail sizes offered, longest side in pixels, comma-separated; the first is the"
+        " default. Any other size asked for is a 400.",
+    )
+    thumbnails: str = _setting(
+        "lazy",
+        _thumbnails,
+        "lazy: a thumbnail is rendered on its first request; eager: every size is rendered in"
+        " the background after the upload's 200, behind requests.",
+    )
 
     @property
     def base_url(self) -> str:
