@@ -44,6 +44,14 @@ class UnsupportedFile(ClustrError):
     status = 415
 
 
+class ImageTooLarge(UploadTooLarge):
+    """An image's header shows more pixels than ``MAX_IMAGE_PIXELS`` (a decompression bomb)."""
+
+
+class BrokenImage(UnsupportedFile):
+    """An image whose structure does not hold together: truncated, a bad CRC, a missing end."""
+
+
 class InsufficientStorage(ClustrError):
     """The disk is full, or free space would drop below ``MIN_FREE_SPACE``."""
 

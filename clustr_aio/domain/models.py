@@ -69,6 +69,36 @@ class UploadedFile(TypedDict):
             json_schema_extra={"enum": list(STORED_CONTENT_TYPES)},
         ),
     ]
+    width: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            description="Width in pixels as displayed (EXIF orientation applied), read from the"
+            " image's header; null for a file that is not a known image type.",
+            examples=[3024],
+        ),
+    ]
+    height: Annotated[
+        int | None,
+        Field(ge=1, description="Height in pixels as displayed; null as `width`.", examples=[4032]),
+    ]
+    orientation: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=8,
+            description="The EXIF orientation (1 upright, 6 turned 90° clockwise for display, ...);"
+            " 1 when the image has none; null as `width`.",
+            examples=[6],
+        ),
+    ]
+    metadata_removed: Annotated[
+        bool,
+        Field(
+            description="Whether the stored file lost metadata the upload had (STRIP_METADATA):"
+            " then `file_size` is what is stored, fewer bytes than were sent.",
+        ),
+    ]
 
 
 _EXAMPLE_UPLOAD: Final[JsonDict] = {
@@ -80,6 +110,10 @@ _EXAMPLE_UPLOAD: Final[JsonDict] = {
             "original_filename": "beach.jpg",
             "file_size": 482113,
             "content_type": "image/jpeg",
+            "width": 3024,
+            "height": 4032,
+            "orientation": 6,
+            "metadata_removed": True,
         },
         {
             "stored_filename": "dunes.png",
@@ -87,6 +121,10 @@ _EXAMPLE_UPLOAD: Final[JsonDict] = {
             "original_filename": "dunes.png",
             "file_size": 1021877,
             "content_type": "image/png",
+            "width": 1920,
+            "height": 1080,
+            "orientation": 1,
+            "metadata_removed": False,
         },
     ],
 }

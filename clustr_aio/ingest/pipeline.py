@@ -17,7 +17,9 @@ from clustr_aio.domain.errors import NoFilesUploaded, UnsupportedFile
 from clustr_aio.domain.limits import UploadLimits
 from clustr_aio.domain.names import extension_of, safe_name
 from clustr_aio.domain.sniff import SNIFF_BYTES, verify_content
-from clustr_aio.storage.base import BatchScope, Buffer, Storage
+from clustr_aio.images.metadata import StripMode
+from clustr_aio.images.structure import ImageInfo, image_check
+from clustr_aio.storage.base import BatchScope, Buffer, FileWriter, HeadPatching, Storage
 
 __all__ = [
     "IncomingFile",
@@ -38,6 +40,8 @@ class IngestPolicy:
     field_name: str = "files"
     """Multipart parts with another name are read past (they still count toward the request
     size)."""
+    max_image_pixels: int = 100_000_000
+    strip_metadata: StripMode = "location"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +59,10 @@ class ReceivedFile:
 
     original_filename: str
     file_size: int
+    """Bytes stored: fewer than were sent when metadata was removed."""
     content_type: str
+    image: ImageInfo | None = None
+    """What the structure check read, for the known image types."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,7 @@ class StoredFile:
     original_filename: str
     file_size: int
     content_type: str
+    image: ImageInfo | None = None
 
 
 async def ingest_batch(
@@ -86,33 +94,79 @@ async def ingest_batch(
             )
         names = await batch.publish()
     return [
-        StoredFile(name, r.original_filename, r.file_size, r.content_type)
+        StoredFile(name, r.original_filename, r.file_size, r.content_type, r.image)
         for name, r in zip(names, received, strict=True)
     ]
 
 
 async def ingest_file(file: IncomingFile, batch: BatchScope, policy: IngestPolicy) -> ReceivedFile:
     """Check one file and stream it into ``batch``: its extension before any byte is read, its
-    first bytes against the extension before any byte is written, its size as it grows."""
+    first bytes against the extension before any byte is written, its size as it grows, and an
+    image's structure, pixel count and metadata as its bytes pass
+    (:mod:`clustr_aio.images.structure`: one pass, no decode)."""
     filename = file.filename
     extension = _allowed_extension(filename, policy.allowed_extensions)  # a nameless file fails
     head_chunks = await _read_head(file.chunks)
     content_type = verify_content(
         extension, _first_bytes(head_chunks, SNIFF_BYTES), filename=filename
     )
+    check = image_check(
+        content_type,
+        filename,
+        max_pixels=policy.max_image_pixels,
+        strip=policy.strip_metadata,
+    )
 
-    writer = batch.add_file(safe_name(filename))
+    writer: FileWriter = batch.add_file(safe_name(filename))
+    if check is not None and not isinstance(writer, HeadPatching):
+        writer = _HeldUntilClose(writer)
     size = 0
     for chunk in head_chunks:
         size += len(chunk)
         policy.limits.check_file_size(size, filename)
-        await writer.write(chunk)
+        await _write(writer, check.feed(chunk) if check else (chunk,))
     async for chunk in file.chunks:
         size += len(chunk)
         policy.limits.check_file_size(size, filename)
-        await writer.write(chunk)
+        await _write(writer, check.feed(chunk) if check else (chunk,))
+    if check is None:
+        await writer.close()
+        return ReceivedFile(filename, size, content_type)
+    await _write(writer, check.finish())
+    if check.patches:
+        assert isinstance(writer, HeadPatching)  # made one above
+        for offset, data in check.patches:
+            writer.patch(offset, data)
     await writer.close()
-    return ReceivedFile(filename, size, content_type)
+    return ReceivedFile(filename, check.written, content_type, check.info)
+
+
+async def _write(writer: FileWriter, pieces: Sequence[Buffer]) -> None:
+    for piece in pieces:
+        await writer.write(piece)
+
+
+class _HeldUntilClose:
+    """A writer that cannot patch (:class:`HeadPatching`) made one that can: an image is held
+    in memory until its end, then written whole."""
+
+    def __init__(self, writer: FileWriter) -> None:
+        self._writer = writer
+        self._held: list[bytes] = []
+        self._patches: list[tuple[int, bytes]] = []
+
+    async def write(self, data: Buffer) -> None:
+        self._held.append(bytes(data))
+
+    def patch(self, offset: int, data: bytes) -> None:
+        self._patches.append((offset, data))
+
+    async def close(self) -> None:
+        whole = bytearray(b"".join(self._held))
+        for offset, data in self._patches:
+            whole[offset : offset + len(data)] = data
+        await self._writer.write(bytes(whole))
+        await self._writer.close()
 
 
 def _allowed_extension(filename: str, allowed: frozenset[str]) -> str:

@@ -305,6 +305,11 @@ class LocalFile:
         self._fd: int | None = None
         self._buffers: list[Buffer] = []
         self._buffered = 0
+        self._patches: list[tuple[int, bytes]] = []
+
+    def patch(self, offset: int, data: bytes) -> None:
+        """Applied by the last write, before its fsync (:class:`HeadPatching`)."""
+        self._patches.append((offset, data))
 
     async def write(self, data: Buffer) -> None:
         self._buffers.append(data)
@@ -331,6 +336,8 @@ class LocalFile:
                 self._fd = _create(self.path)
             write_all(self._fd, buffers)
             if last:
+                for offset, data in self._patches:
+                    os.pwrite(self._fd, data, offset)
                 if self._storage.fsync:
                     os.fsync(self._fd)
                 self.close_fd()

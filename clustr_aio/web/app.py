@@ -4,11 +4,13 @@ middlewares. Resources are opened and closed in ``cleanup_ctx``, in dependency o
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import cast
 
 import aiohttp_cors
 from aiohttp import hdrs, web
 
 from clustr_aio.domain.limits import UploadLimits
+from clustr_aio.images.metadata import StripMode
 from clustr_aio.ingest.pipeline import IngestPolicy
 from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
@@ -39,6 +41,8 @@ def create_app(settings: Settings) -> web.Application:
             max_request_size=settings.max_request_size,
             max_files=settings.max_files,
         ),
+        max_image_pixels=settings.max_image_pixels,
+        strip_metadata=cast(StripMode, settings.strip_metadata),
     )
     app.cleanup_ctx.append(_storage)
     app.on_response_prepare.append(middlewares.common_headers)

@@ -40,6 +40,10 @@ async def test_the_document_derives_its_schemas_from_the_models(client: Client) 
         "original_filename",
         "file_size",
         "content_type",
+        "width",
+        "height",
+        "orientation",
+        "metadata_removed",
     ]
     assert item["description"] == UploadedFile.__doc__  # the model's own words
     assert schemas["UploadResponse"]["properties"]["data"]["items"] == {

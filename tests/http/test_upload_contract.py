@@ -49,6 +49,10 @@ async def test_one_file_is_stored_and_described(
         "original_filename": filename,
         "file_size": len(data),
         "content_type": content_type,
+        "width": 32,
+        "height": 24,
+        "orientation": 1,
+        "metadata_removed": False,
     }
     assert (upload_dir / filename).read_bytes() == data
     assert stored_files(upload_dir) == [filename]

@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 
 from clustr_aio.domain.errors import (
+    BrokenImage,
     MalformedUpload,
     NoFilesUploaded,
     UnsupportedFile,
     UploadTooLarge,
 )
 from clustr_aio.domain.limits import UploadLimits
+from clustr_aio.images.structure import ImageInfo
 from clustr_aio.ingest.multipart import MultipartStream, file_parts
 from clustr_aio.ingest.pipeline import IngestPolicy, StoredFile, ingest_batch
 from clustr_aio.storage.local import LocalStorage
@@ -26,6 +28,9 @@ POLICY = IngestPolicy(
     allowed_extensions=frozenset({"jpg", "jpeg", "png", "webp", "bin"}),
     limits=UploadLimits(max_file_size=64 * 1024, max_request_size=1024 * 1024, max_files=5),
 )
+
+FIXTURE_IMAGE = ImageInfo(32, 24, orientation=1, metadata_removed=False)
+"""What the structure check reads from tests.conftest's JPEG, PNG and WEBP."""
 
 
 class Body:
@@ -71,9 +76,9 @@ async def test_files_are_stored_and_described_in_order(
     files = [("a.jpg", JPEG), ("b.png", PNG * 3), ("c.webp", WEBP), ("d.bin", b"\x00\x01")]
     stored = await ingest(storage, Body(files_body(*files), size))
     assert stored == [
-        StoredFile("a.jpg", "a.jpg", len(JPEG), "image/jpeg"),
-        StoredFile("b.png", "b.png", len(PNG) * 3, "image/png"),
-        StoredFile("c.webp", "c.webp", len(WEBP), "image/webp"),
+        StoredFile("a.jpg", "a.jpg", len(JPEG), "image/jpeg", FIXTURE_IMAGE),
+        StoredFile("b.png", "b.png", len(PNG) * 3, "image/png", FIXTURE_IMAGE),
+        StoredFile("c.webp", "c.webp", len(WEBP), "image/webp", FIXTURE_IMAGE),
         StoredFile("d.bin", "d.bin", 2, "application/octet-stream"),
     ]
     for name, data in files:
@@ -82,9 +87,12 @@ async def test_files_are_stored_and_described_in_order(
 
 
 async def test_a_file_of_fewer_bytes_than_the_signature_window(storage: LocalStorage) -> None:
-    [stored] = await ingest(storage, Body(files_body(("tiny.jpg", b"\xff\xd8\xff")), 1))
+    # Sniffed as a JPEG from its 3 bytes, then found to be no whole one.
+    with pytest.raises(BrokenImage, match=r"'tiny\.jpg' is not a valid JPEG image: it ends inside"):
+        await ingest(storage, Body(files_body(("tiny.jpg", b"\xff\xd8\xff")), 1))
+    [stored] = await ingest(storage, Body(files_body(("tiny.bin", b"\xff\xd8\xff")), 1))
     assert stored.file_size == 3
-    assert stored.content_type == "image/jpeg"
+    assert stored.content_type == "application/octet-stream"
 
 
 async def test_stored_names_are_safe_and_numbered(storage: LocalStorage, upload_dir: Path) -> None:

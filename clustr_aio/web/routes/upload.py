@@ -47,7 +47,9 @@ async def refuse_early(request: web.Request) -> web.StreamResponse | None:
     summary="Upload images",
     description="Send one or many files as `multipart/form-data` parts named `files` (`curl -F "
     "files=@a.jpg -F files=@b.png`). Each part is streamed to disk as it arrives and its bytes "
-    "are checked against its extension; only when every part is accepted are the files "
+    "are checked against its extension, an image's structure and size as they pass (its "
+    "metadata filtered by STRIP_METADATA, losslessly); only when every part is accepted are the "
+    "files "
     "published, all at once: any error leaves nothing stored. With `Expect: 100-continue`, a "
     "request whose headers already break a limit is refused before its body is sent.",
     tags=("upload",),
@@ -68,15 +70,19 @@ async def refuse_early(request: web.Request) -> web.StreamResponse | None:
             "request body is not multipart/form-data",
         ),
         413: documented_error(
-            "A file is over MAX_FILE_SIZE, the body over MAX_REQUEST_SIZE, or there are more "
-            "than MAX_FILES files.",
+            "A file is over MAX_FILE_SIZE, the body over MAX_REQUEST_SIZE, there are more "
+            "than MAX_FILES files, or an image's header shows more than MAX_IMAGE_PIXELS.",
+            "'bomb.png' is 30000 x 30000 pixels (900000000 in all), more than MAX_IMAGE_PIXELS"
+            " (100000000)",
             "'huge.jpg' is larger than the limit of 52428800 bytes per file",
             "request body is larger than the limit of 10737418240 bytes",
             "too many files: at most 10000 per request",
         ),
         415: documented_error(
-            "An extension not in ALLOWED_EXTENSIONS, an empty file, or bytes that are not what "
-            "the extension claims.",
+            "An extension not in ALLOWED_EXTENSIONS, an empty file, bytes that are not what "
+            "the extension claims, or an image whose structure does not hold together.",
+            "'cut.jpg' is not a valid JPEG image: it ends inside its image data, before the EOI"
+            " marker (truncated)",
             "'notes.txt': files of type .txt are not accepted; allowed: jpeg, jpg, png, webp",
             "'fake.png' is named .png but holds image/jpeg data; expected image/png",
             "'empty.jpg' is empty",
@@ -128,10 +134,15 @@ async def _check_request(request: web.Request) -> bytes:
 
 
 def _envelope_item(files_url: str, item: StoredFile) -> UploadedFile:
+    image = item.image
     return UploadedFile(
         stored_filename=item.stored_filename,
         preview_url=f"{files_url}/{quote(item.stored_filename)}",
         original_filename=item.original_filename,
         file_size=item.file_size,
         content_type=item.content_type,
+        width=image.width if image else None,
+        height=image.height if image else None,
+        orientation=image.orientation if image else None,
+        metadata_removed=image.metadata_removed if image else False,
     )
