@@ -19,6 +19,11 @@ class ClustrError(Exception):
         super().__init__(detail)
         self.detail = detail
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers that go with the error (Retry-After, say)."""
+        return {}
+
 
 class MalformedUpload(ClustrError):
     """The body is not well-formed multipart (bad boundary, truncated part, nested multipart…)."""
@@ -56,6 +61,27 @@ class InsufficientStorage(ClustrError):
     """The disk is full, or free space would drop below ``MIN_FREE_SPACE``."""
 
     status = 507
+
+
+class ThumbnailUnavailable(ClustrError):
+    """The stored image cannot be rendered (it passed the structure check, yet does not
+    decode); remembered, so asking again costs no render."""
+
+    status = 422
+
+
+class ThumbnailsBusy(ClustrError):
+    """The thumbnail queue is full: ask again after ``retry_after`` seconds."""
+
+    status = 503
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class ClientDisconnected(Exception):

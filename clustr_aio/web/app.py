@@ -3,6 +3,7 @@ middlewares. Resources are opened and closed in ``cleanup_ctx``, in dependency o
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import cast
 
@@ -11,13 +12,21 @@ from aiohttp import hdrs, web
 
 from clustr_aio.domain.limits import UploadLimits
 from clustr_aio.images.metadata import StripMode
+from clustr_aio.images.thumbnails import THUMBNAIL_DIR, Thumbnailer
 from clustr_aio.ingest.pipeline import IngestPolicy
 from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
 from clustr_aio.storage.base import Reading
 from clustr_aio.storage.factory import open_storage
 from clustr_aio.web import middlewares
-from clustr_aio.web.keys import FILE_READER, INGEST_POLICY, METRICS, SETTINGS, STORAGE
+from clustr_aio.web.keys import (
+    FILE_READER,
+    INGEST_POLICY,
+    METRICS,
+    SETTINGS,
+    STORAGE,
+    THUMBNAILER,
+)
 from clustr_aio.web.routes import docs, health, root, stored, upload
 
 ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
@@ -45,6 +54,7 @@ def create_app(settings: Settings) -> web.Application:
         strip_metadata=cast(StripMode, settings.strip_metadata),
     )
     app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(_thumbnailer)
     app.on_response_prepare.append(middlewares.common_headers)
     app.on_response_prepare.append(metrics.count_response)
 
@@ -63,6 +73,22 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         if isinstance(storage, Reading):
             app[FILE_READER] = storage
         yield
+
+
+async def _thumbnailer(app: web.Application) -> AsyncIterator[None]:
+    """The thumbnail renderer and its cache, under a dot-name of the upload folder: on the same
+    filesystem (atomic renames, a sandbox that may write only there), and never served, since
+    /uploads and nginx refuse dot-paths."""
+    settings = app[SETTINGS]
+    thumbnailer = Thumbnailer(
+        settings.upload_folder / THUMBNAIL_DIR,
+        workers=min(2, os.cpu_count() or 1),
+        on_rendered=app[METRICS].thumbnails_rendered.inc,
+    )
+    await thumbnailer.start()
+    app[THUMBNAILER] = thumbnailer
+    yield
+    await thumbnailer.close()
 
 
 def _allow_cors(app: web.Application, origins: tuple[str, ...]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from clustr_aio.images.thumbnails import Thumbnailer
 from clustr_aio.ingest.pipeline import IngestPolicy
 from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
@@ -15,5 +16,6 @@ FILE_READER = web.AppKey("file_reader", Reading)
 """The storage, when it has the reading capability (``GET /uploads/{filename}``); else unset."""
 INGEST_POLICY = web.AppKey("ingest_policy", IngestPolicy)
 METRICS = web.AppKey("metrics", Metrics)
+THUMBNAILER = web.AppKey("thumbnailer", Thumbnailer)
 
 REQUEST_ID = web.RequestKey("request_id", str)

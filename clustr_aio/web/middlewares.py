@@ -61,7 +61,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except ClustrError as error:
-        return error_response(error.status, error.detail)
+        return error_response(error.status, error.detail, headers=error.headers or None)
     except ClientDisconnected:
         log.info("client disconnected mid-upload; nothing of it was kept")
         return error_response(400, "client disconnected before the upload was complete")
