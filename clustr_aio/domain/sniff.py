@@ -24,8 +24,10 @@ KNOWN_TYPES: tuple[ImageType, ...] = (
     ImageType("image/jpeg", frozenset({"jpg", "jpeg"}), ((0, b"\xff\xd8\xff"),)),
     ImageType("image/png", frozenset({"png"}), ((0, b"\x89PNG\r\n\x1a\n"),)),
     ImageType("image/webp", frozenset({"webp"}), ((0, b"RIFF"), (8, b"WEBP"))),
+    ImageType("image/gif", frozenset({"gif"}), ((0, b"GIF8"), (5, b"a"))),  # GIF87a, GIF89a
 )
-"""The image types whose bytes are checked. To support another, add a row here."""
+"""The image types whose bytes are checked (each needs a parser in
+:mod:`clustr_aio.images.structure`). GIF is off by default: not in ``ALLOWED_EXTENSIONS``."""
 
 SNIFF_BYTES = max(at + len(sig) for t in KNOWN_TYPES for at, sig in t.magic)
 """How many leading bytes :func:`detect_type` needs to decide."""

@@ -9,6 +9,8 @@ passed through as slices of the received chunks, never decoded nor copied.
 - JPEG: markers and segments up to the first SOS (SOF gives the size), then the entropy-coded
   data is passed through up to EOI, which must be there.
 - PNG: every chunk's CRC, IHDR first (the size), IEND last; APNG frames (fcTL) add up.
+- GIF: the screen descriptor (the size), colour tables, every block's sub-blocks to the
+  trailer; frames after the first add up. Its comments and XMP are dropped (not filtered).
 - WebP: the RIFF size against the bytes, VP8X/VP8/VP8L (the size), ANMF frames add up. When
   metadata chunks change size the RIFF size (bytes 4-7) and VP8X's flags (byte 20) are known
   only at the end: they come back as :attr:`ImageCheck.patches`, for the writer to apply to
@@ -47,7 +49,12 @@ __all__ = ["MAX_METADATA_UNIT", "ImageCheck", "ImageInfo", "image_check"]
 MAX_METADATA_UNIT: Final = 16 * 1024 * 1024
 """The largest metadata chunk read into memory to be filtered; a larger one is a 415."""
 
-_FORMATS: Final = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WebP"}
+_FORMATS: Final = {
+    "image/jpeg": "JPEG",
+    "image/png": "PNG",
+    "image/webp": "WebP",
+    "image/gif": "GIF",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,8 +418,86 @@ def _webp_frame(
     return head
 
 
+# -------------------------------------------------------------------------------------- GIF
+
+_GIF_XMP: Final = b"XMP DataXMP"
+_GIF_ICC: Final = b"ICCRGBG1012"
+_GIF_LOOP: Final = frozenset({b"NETSCAPE2.0", b"ANIMEXTS1.0"})
+
+
+def _gif(filter_: MetadataFilter, found: _Found, broken: Broken) -> ParserGenerator:
+    header = yield Read(13, "the GIF header")
+    if header[:6] not in (b"GIF87a", b"GIF89a"):
+        raise broken("it does not start with GIF87a or GIF89a")
+    width, height, packed = struct.unpack_from("<HHB", header, 6)
+    if not (width and height):
+        raise broken(f"its screen is {width} x {height} pixels")
+    found.size(width, height)  # the canvas a decoder allocates
+    yield Emit(header)
+    if packed & 0x80:  # the global colour table
+        yield Pass(3 << ((packed & 7) + 1), True, "the global colour table")
+    frames = 0
+    while True:
+        introducer = (yield ReadOrEnd(1, "a block"))[:1]
+        if not introducer:
+            raise broken("it ends before its trailer (truncated)")
+        if introducer == b";":  # the trailer
+            yield Emit(introducer)
+            yield Rest(keep=filter_.mode != "all")
+            return
+        if introducer == b",":  # an image: descriptor, local colour table, LZW data
+            descriptor = yield Read(9, "an image descriptor")
+            frame_width, frame_height, frame_packed = struct.unpack_from("<HHB", descriptor, 4)
+            frames += 1
+            if frames > 1:
+                found.add_pixels(frame_width, frame_height)
+            yield Emit(introducer + descriptor)
+            if frame_packed & 0x80:
+                yield Pass(3 << ((frame_packed & 7) + 1), True, "a local colour table")
+            yield Pass(1, True, "an image's LZW code size")
+            yield from _gif_sub_blocks(keep=True, what="an image's data")
+        elif introducer == b"!":  # an extension: label, then sub-blocks
+            label = yield Read(1, "an extension")
+            if label in (b"\xf9", b"\x01"):  # graphic control, plain text: display
+                yield Emit(introducer + label)
+                yield from _gif_sub_blocks(keep=True, what="an extension")
+                continue
+            first = yield Read(1, "an extension")
+            data = (yield Read(first[0], "an extension")) if first[0] else b""
+            keep = _gif_extension(filter_, label, data)
+            if keep:
+                yield Emit(introducer + label + first + data)
+            yield from _gif_sub_blocks(keep=keep, what="an extension")
+        else:
+            raise broken(f"a block starts with byte 0x{introducer[0]:02x}")
+
+
+def _gif_extension(filter_: MetadataFilter, label: bytes, first: bytes) -> bool:
+    """Whether an extension is kept, from its label and first sub-block (an application
+    extension's identifier). Comments and XMP go under ``location`` and ``all`` (an XMP
+    packet in GIF sub-blocks is not filtered in place), loop counts and ICC profiles stay."""
+    if label == b"\xff" and (first in _GIF_LOOP or first == _GIF_ICC):
+        return True
+    if label == b"\xff" and first == _GIF_XMP and filter_.mode == "location":
+        filter_.drop()
+        return False
+    return filter_.other(first) is not None
+
+
+def _gif_sub_blocks(*, keep: bool, what: str) -> SubParser:
+    """Sub-blocks (a length byte, that many bytes) through the empty one that ends them."""
+    while True:
+        length = yield Read(1, what)
+        if keep:
+            yield Emit(length)
+        if not length[0]:
+            return b""
+        yield Pass(length[0], keep, what)
+
+
 _PARSERS: Final[dict[str, Callable[[MetadataFilter, _Found, Broken], ParserGenerator]]] = {
     "JPEG": _jpeg,
     "PNG": _png,
     "WebP": _webp,
+    "GIF": _gif,
 }

@@ -100,9 +100,7 @@ def render(source: str, size: int, fmt: ThumbnailFormat) -> bytes:
         # An ICC profile (or CMYK) is converted to sRGB; without one the pixels are sRGB
         # already, and asking for the conversion anyway would cost a 12 MP JPEG 11 ms of lcms.
         header = pyvips.Image.new_from_file(source)
-        convert = (
-            header.get_typeof("icc-profile-data") != 0 or header.interpretation == "cmyk"
-        )
+        convert = header.get_typeof("icc-profile-data") != 0 or header.interpretation == "cmyk"
         options = {"export_profile": "srgb"} if convert else {}
         image = pyvips.Image.thumbnail(
             source, size, height=size, size="down", fail_on="error", **options

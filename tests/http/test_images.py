@@ -4,6 +4,7 @@ refused at their header, broken and truncated images refused with what is wrong.
 
 from __future__ import annotations
 
+import io
 import struct
 import time
 import tracemalloc
@@ -11,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from tests.conftest import assert_nothing_stored
 from tests.http.conftest import MakeClient
 from tests.http.helpers import expect_error, part_head, upload, upload_ok
 from tests.http.test_upload_limits import send
 from tests.images.photos import (
+    COMMENT,
     encode,
     exiftool_tags,
     needs_exiftool,
@@ -188,6 +191,37 @@ async def test_every_format_is_held_to_max_image_pixels(
     if name.endswith(".png"):
         return  # its IDAT is cut short: the structure check refuses it once the size passes
     await upload_ok(lower, (name, data))
+
+
+@needs_exiftool
+@pytest.mark.parametrize("strip", ["location", "all", "none"])
+async def test_a_gif_when_allowed(
+    make_client: MakeClient, upload_dir: Path, tmp_path: Path, strip: str
+) -> None:
+    """GIF is off by default; allowed, it is checked and filtered as the others are: its
+    comment and XMP packet go (XMP under location too: it is not filtered in place)."""
+    gif = phone_photo(tmp_path, "gif", size=(40, 30))
+    client = await make_client(allowed_extensions=frozenset({"gif"}), strip_metadata=strip)
+    [item] = await upload_ok(client, ("anim.gif", gif))
+    stored = (upload_dir / "anim.gif").read_bytes()
+    assert (item["content_type"], item["width"], item["height"]) == ("image/gif", 40, 30)
+    assert item["metadata_removed"] is (strip != "none")
+    tags = exiftool_tags(stored, tmp_path, "gif")
+    assert any(tag.startswith("XMP:") for tag in tags) is (strip == "none")
+    assert (COMMENT in stored) is (strip != "all")
+    for frame in range(3):
+        assert gif_frame(stored, frame) == gif_frame(gif, frame)
+    cut = await upload(client, ("cut.gif", gif[: len(gif) // 2]))
+    assert "'cut.gif' is not a valid GIF image: it ends inside" in await expect_error(cut, 415)
+    small = await make_client(allowed_extensions=frozenset({"gif"}), max_image_pixels=3599)
+    detail = await expect_error(await upload(small, ("anim.gif", gif)), 413)
+    assert "(3600 in all)" in detail  # the canvas and the second and third frames
+
+
+def gif_frame(data: bytes, frame: int) -> bytes:
+    with Image.open(io.BytesIO(data)) as image:
+        image.seek(frame)
+        return image.convert("RGB").tobytes()
 
 
 async def test_an_animation_counts_every_frame(make_client: MakeClient) -> None:

@@ -21,7 +21,9 @@ needs_exiftool = pytest.mark.skipif(
     EXIFTOOL is None, reason="exiftool missing (Debian libimage-exiftool-perl, .ci/system-deps)"
 )
 
-FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF"}
+
+COMMENT = b"taken on a phone"
 
 GPS = {
     piexif.GPSIFD.GPSLatitudeRef: b"N",
@@ -76,9 +78,13 @@ def phone_photo(
 ) -> bytes:
     """A photo as a phone leaves it: EXIF with orientation, camera and GPS, an ICC profile, and
     (written by exiftool) XMP with GPS and a city, IPTC with a city, a comment or text chunk."""
-    data = encode(
-        ext, picture(size), exif=exif_bytes(orientation=orientation), icc_profile=srgb_profile()
-    )
+    if ext == "gif":  # no EXIF in GIF: a comment and (below) XMP; three frames
+        frames = [picture(size).rotate(angle) for angle in (0, 90, 180)]
+        data = encode(ext, frames[0], save_all=True, append_images=frames[1:], comment=COMMENT)
+    else:
+        data = encode(
+            ext, picture(size), exif=exif_bytes(orientation=orientation), icc_profile=srgb_profile()
+        )
     if EXIFTOOL is None:
         return data
     path = tmp_path / f"phone.{ext}"

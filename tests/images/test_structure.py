@@ -19,7 +19,7 @@ from clustr_aio.ingest.pipeline import IncomingFile, IngestPolicy, ingest_file
 from clustr_aio.storage.base import BatchScope, Buffer, FileWriter, UploadBatch
 from tests.images.photos import encode, exif_bytes, phone_photo, picture, pixels
 
-CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif"}
 
 
 def run(check: ImageCheck, data: bytes, piece: int) -> bytes:
