@@ -19,13 +19,12 @@ import os
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
-from aiohttp.base_protocol import BaseProtocol
-from aiohttp.multipart import BodyPartReader, MultipartReader
-from aiohttp.streams import StreamReader
+from aiohttp import BodyPartReader, MultipartReader
 
+from clustr_aio.compat import fed_stream_reader
 from clustr_aio.ingest.multipart import MultipartStream
 
 BOUNDARY = b"----WebKitFormBoundary7MA4YWxkTrZu0gW"
@@ -70,27 +69,11 @@ async def run_scanner(chunks: list[bytes]) -> tuple[int, float]:
     return total, time.perf_counter() - start
 
 
-class _Protocol:
-    """Just enough of aiohttp's BaseProtocol for a StreamReader that is fed up front."""
-
-    connected = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self, resume_parser: bool = True) -> None:
-        pass
-
-
 def aiohttp_runner(read_size: int) -> Runner:
     """A runner for aiohttp's MultipartReader, reading parts with read_chunk(read_size)."""
 
     async def run(chunks: list[bytes]) -> tuple[int, float]:
-        loop = asyncio.get_running_loop()
-        content = StreamReader(cast(BaseProtocol, _Protocol()), 2**16, loop=loop)
-        for chunk in chunks:  # not timed: in a server the protocol does this anyway
-            content.feed_data(chunk)
-        content.feed_eof()
+        content = fed_stream_reader(chunks)  # not timed: in a server the protocol does this
         headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY.decode()}"}
         start = time.perf_counter()
         reader = MultipartReader(headers, content)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from clustr_aio.observability.logs import configure_logging
-from clustr_aio.runtime.server import run
+from clustr_aio.runtime.server import StartupError, run
 from clustr_aio.settings import Settings, SettingsError, load_settings
 
 PACKAGE_DIR = Path(__file__).parent
@@ -28,7 +28,7 @@ def main() -> int:
 def _serve(settings: Settings) -> int:
     try:
         return run(settings)
-    except OSError as error:  # the port is taken, the folder is not writable…
+    except (StartupError, OSError) as error:  # the folder is not writable, the port is taken…
         print(f"clustr-aio: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl+C before the signal handlers were in place
@@ -53,7 +53,10 @@ def reloaded_child() -> None:
 
 
 def _configure_logging(settings: Settings) -> None:
-    configure_logging(level=settings.log_level, log_format=settings.log_format)
+    # Workers inherit the supervisor's logging (and its stderr): their lines must tell them apart.
+    configure_logging(
+        level=settings.log_level, log_format=settings.log_format, with_pid=settings.workers > 1
+    )
 
 
 if __name__ == "__main__":

@@ -1,53 +1,77 @@
-"""Settings: built-in defaults (mirrored in ``config.toml``) < a ``.env`` file < the environment.
+"""Settings: built-in defaults (mirrored in ``config.toml``) < ``config.toml`` < ``.env`` < the
+environment, declared on pydantic-settings.
 
 Each setting is read from the highest layer that names it:
 
-1. the TOML file ``CONFIG_FILE`` (default: ``config.toml`` at the repository root; a missing
+1. the TOML file ``CONFIG_FILE`` (default: ``config.toml`` in the working directory; a missing
    default file is fine, its values equal the built-in ones; a missing named file is an error),
 2. the dotenv file ``ENV_FILE`` (default: ``.env`` in the working directory, missing is fine),
-   read with ``dotenv_values`` so ``os.environ`` is never modified,
+   read without modifying ``os.environ``,
 3. environment variables with the setting's exact name (all others are ignored),
 4. keyword overrides to :func:`load_settings` (already-typed values, for tests and the benchmark).
 
-``CONFIG_FILE`` and ``ENV_FILE`` themselves are read from the environment only.
+``CONFIG_FILE`` and ``ENV_FILE`` themselves are read from the environment only. Everything in
+the two files is meant for this server, so a name there that is not a setting is an error that
+suggests the closest one (``MAX_FILESIZE: unknown setting in /srv/.env (did you mean
+MAX_FILE_SIZE?)``); the environment holds everybody's variables, so it is only read for the
+settings' exact names.
+
+Nothing is looked for beside the code: whether run from a checkout or installed into
+site-packages, the server finds ``config.toml``, ``.env`` and the default ``uploads`` folder
+where it is started (or beside ``CONFIG_FILE``).
 
 Value syntax, shared by all layers (TOML may also use native booleans, integers and arrays):
 
 - booleans: true/false, 1/0, yes/no, on/off, case-insensitive;
 - sizes: see :func:`parse_size`;
 - lists: comma-separated text, or a TOML array of strings;
-- relative paths: relative to the directory of ``config.toml`` when they come from it, to the
-  working directory when they come from ``.env`` or the environment.
+- relative paths: relative to the directory of ``config.toml`` when they come from it, and for
+  the built-in default (``uploads``: as if ``config.toml`` had it, which it does); relative to
+  the working directory when they come from ``.env`` or the environment.
 
 A bad value raises :class:`SettingsError` whose text is one line naming the setting, e.g.
 ``PORT: expected an integer from 1 to 65535, got 'abc' (from environment)``.
 
-Adding a setting is one declaration in :class:`Settings`: the field, its type, and a
-``_setting(default_text, parser, description)`` call. ``SETTINGS``, the README table and the
-loader all derive from it; add the key to ``config.toml`` too (a test checks it).
+pydantic-settings reads the files (``TomlConfigSettingsSource``, ``DotEnvSettingsSource``) and
+:class:`Settings` validates the values: one ``PlainValidator`` parser per setting, since the
+syntax above is stricter than pydantic's lax mode (TOML's ``PORT = true`` or ``WORKERS = 2.0``
+are errors) and friendlier than its strict mode (text from the environment is parsed).
+:func:`load_settings` stacks the layers itself, because it must know which one each value came
+from: errors name it, and relative paths are anchored at its directory.
+
+Adding a setting is one declaration in :class:`Settings`: the field, its type (a parser in
+``Annotated``), and ``_setting(default_text, description)``. ``SETTINGS``, the README table and
+the loader all derive from it; add the key to ``config.toml`` too (a test checks it).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Final, TypeVar, cast
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
-from dotenv import dotenv_values
+from pydantic import Field, PlainValidator, ValidationError
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 __all__ = [
     "DEFAULT_CONFIG_FILE",
-    "REPO_ROOT",
     "SETTINGS",
+    "IPNetwork",
     "SettingSpec",
     "Settings",
     "SettingsError",
@@ -56,12 +80,8 @@ __all__ = [
     "settings_table_markdown",
 ]
 
-REPO_ROOT: Final = Path(__file__).resolve().parent.parent
-"""The parent of the ``clustr_aio`` package: home of ``config.toml`` and the default uploads."""
-
-DEFAULT_CONFIG_FILE: Final = REPO_ROOT / "config.toml"
-
-T = TypeVar("T")
+DEFAULT_CONFIG_FILE: Final = Path("config.toml")
+"""Relative to the working directory, like ``.env``: never to the installed code."""
 
 
 class SettingsError(ValueError):
@@ -124,7 +144,8 @@ def parse_size(text: str) -> int:
 
 # --------------------------------------------------------------------------------------------
 # Parsers: raw value (str from .env/environment, or a native TOML value) -> typed value.
-# Each raises ValueError("expected <what>, got <raw>"); the loader prefixes the setting's name.
+# Each raises ValueError("expected <what>, got <raw>"); pydantic reports it as a ValidationError,
+# which the loader turns into one line prefixed with the setting's name.
 
 
 def _expected(what: str, raw: object) -> ValueError:
@@ -256,12 +277,19 @@ def _host(raw: object) -> str:
 
 
 def _path(raw: object) -> Path:
-    """A path; the loader anchors a relative one at the directory of the layer it came from."""
+    """An absolute path: a relative one is taken as relative to the working directory (the
+    loader has already anchored those from ``config.toml`` at its directory). A ``Path`` is
+    welcome too: ``Settings(upload_folder=folder)``."""
     what = "a directory path"
-    text = _string(raw, what)
+    text = _string(str(raw) if isinstance(raw, Path) else raw, what)
     if not text:
         raise _expected(what, raw)
-    return Path(text).expanduser()
+    return _resolve(text, Path.cwd())
+
+
+def _resolve(text: str, base_dir: Path) -> Path:
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else base_dir / path
 
 
 _EXTENSION = re.compile(r"[a-z0-9]+", re.ASCII)
@@ -402,154 +430,163 @@ def _networks(raw: object) -> tuple[IPNetwork, ...]:
 # --------------------------------------------------------------------------------------------
 # Declarations
 
+# Each setting's type with its parser. PlainValidator: the parser alone decides, pydantic's own
+# coercion never runs (it would take TOML's `true` for port 1, and 2.0 for two workers).
+_Host = Annotated[str, PlainValidator(_host)]
+_Port = Annotated[int, PlainValidator(_integer(1, 65535))]
+_Workers = Annotated[int, PlainValidator(_integer(1, 64))]
+_Count = Annotated[int, PlainValidator(_integer(1))]
+_Boolean = Annotated[bool, PlainValidator(_boolean)]
+_Seconds = Annotated[float, PlainValidator(_seconds)]
+_Directory = Annotated[Path, PlainValidator(_path)]
+_Extensions = Annotated[frozenset[str], PlainValidator(_extensions)]
+_UrlPath = Annotated[str, PlainValidator(_url_path)]
+_PublicBaseUrl = Annotated[str | None, PlainValidator(_public_base_url)]
+_Networks = Annotated[tuple[IPNetwork, ...], PlainValidator(_networks)]
+_Size = Annotated[int, PlainValidator(_size)]
+_SizeOrZero = Annotated[int, PlainValidator(_size_or_zero)]
+_Origins = Annotated[tuple[str, ...], PlainValidator(_cors_origins)]
+_LogLevel = Annotated[str, PlainValidator(_log_level)]
+_LogFormat = Annotated[str, PlainValidator(_log_format)]
+_StripMetadata = Annotated[Literal["location", "all", "none"], PlainValidator(_strip_metadata)]
+_ThumbnailSizes = Annotated[tuple[int, ...], PlainValidator(_thumbnail_sizes)]
+_Thumbnails = Annotated[Literal["lazy", "eager"], PlainValidator(_thumbnails)]
 
-@dataclass(frozen=True, slots=True)
-class _Declaration:
-    """What ``_setting`` stores in a field's metadata."""
 
-    default: str
-    parse: Callable[[object], object]
-    description: str
-
-
-_METADATA_KEY: Final = "clustr_aio.setting"
-
-
-def _anchor(value: T, base_dir: Path) -> T:
-    """Resolve a relative ``Path`` value against the directory of the layer it came from."""
-    if isinstance(value, Path) and not value.is_absolute():
-        return cast(T, base_dir / value)  # a Path, so still a T
-    return value
-
-
-def _setting(default: str, parse: Callable[[object], T], description: str) -> T:
+def _setting(default: str, description: str) -> Any:
     """Declare a setting field.
 
-    ``default`` is text as it would appear in ``.env`` ("" for unset); it goes through ``parse``
-    like any other value, so built-in defaults obey the same rules as user values. Relative paths
-    in defaults are anchored at the repository root, where ``config.toml`` lives.
+    ``default`` is text as it would appear in ``.env`` ("" for unset): the field's parser reads
+    it like any other value (``validate_default``), so built-in defaults obey the same rules as
+    user values, and the README shows them as a user would write them. Typed ``Any`` because
+    the text is not the field's type until it is parsed.
     """
-    value = _anchor(parse(default), REPO_ROOT)
-    return field(default=value, metadata={_METADATA_KEY: _Declaration(default, parse, description)})
+    return Field(default, description=description)
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Settings:
-    """Validated, typed configuration. ``Settings()`` holds the built-in defaults.
+class Settings(BaseSettings):
+    """Validated, typed configuration. ``Settings()`` holds the built-in defaults, and
+    ``Settings(port=80)`` validates what it is given; neither reads a file or the environment.
 
     Build it with :func:`load_settings`; every value has already been checked.
     """
 
-    host: str = _setting(
-        "127.0.0.1", _host, "Address to bind; 0.0.0.0 or :: listens on all interfaces."
+    model_config = SettingsConfigDict(
+        alias_generator=str.upper,  # PORT in the files and the environment, settings.port here
+        validate_by_alias=True,
+        validate_by_name=True,  # Settings(port=80), as type checkers expect, or Settings(PORT=80)
+        case_sensitive=True,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,  # the defaults are text, parsed like user values
+        enable_decoding=False,  # lists are comma-separated text, never JSON
     )
-    port: int = _setting("5000", _integer(1, 65535), "TCP port to listen on (1-65535).")
-    reload: bool = _setting(
-        "false", _boolean, "Restart the server when the code changes (development only)."
+
+    host: _Host = _setting("127.0.0.1", "Address to bind; 0.0.0.0 or :: listens on all interfaces.")
+    port: _Port = _setting("5000", "TCP port to listen on (1-65535).")
+    reload: _Boolean = _setting(
+        "false", "Restart the server when the code changes (development only)."
     )
-    workers: int = _setting(
+    workers: _Workers = _setting(
         "1",
-        _integer(1, 64),
         "Processes serving the one listening socket (1-64); more than 1 adds a supervisor that"
         " replaces a worker that dies. Ignored when RELOAD is on.",
     )
-    shutdown_timeout: float = _setting(
+    shutdown_timeout: _Seconds = _setting(
         "30",
-        _seconds,
         "Seconds a stopping server (SIGTERM) lets uploads in flight finish before aborting them;"
         " keep systemd's TimeoutStopSec above it.",
     )
-    # RUF009 warns that a call's result is shared by all instances; a Path is immutable.
-    upload_folder: Path = _setting(  # noqa: RUF009
+    upload_folder: _Directory = _setting(
         "uploads",
-        _path,
         "Directory files are stored in; a relative path is relative to config.toml's directory"
-        " if set there, to the working directory if set in .env or the environment.",
+        " if set there or not set at all, to the working directory if set in .env or the"
+        " environment.",
     )
-    allowed_extensions: frozenset[str] = _setting(
+    allowed_extensions: _Extensions = _setting(
         "png,jpg,jpeg,webp",
-        _extensions,
         "Accepted file extensions: comma-separated, case-insensitive, leading dot optional.",
     )
-    upload_url_path: str = _setting(
-        "/uploads", _url_path, "URL path prefix stored files are served under (not / alone)."
+    upload_url_path: _UrlPath = _setting(
+        "/uploads", "URL path prefix stored files are served under (not / alone)."
     )
-    public_base_url: str | None = _setting(
+    public_base_url: _PublicBaseUrl = _setting(
         "",
-        _public_base_url,
         "Public http(s) URL clients reach the server at, e.g. https://photos.example.com behind"
         " a proxy; unset: http://HOST:PORT.",
     )
-    forwarded_allow_ips: tuple[IPNetwork, ...] = _setting(
+    forwarded_allow_ips: _Networks = _setting(
         "127.0.0.1,::1",
-        _networks,
         "Proxies (IP addresses or networks, comma-separated, or *) whose X-Forwarded-Proto/"
         "X-Forwarded-Host or Forwarded headers set the scheme and host of the URLs in a response;"
         " PUBLIC_BASE_URL, when set, wins.",
     )
-    max_file_size: int = _setting(
+    max_file_size: _Size = _setting(
         "50MiB",
-        _size,
         "Largest accepted file: bytes or a size like 25MB, 1.5GB, 1GiB (kB/MB/GB decimal,"
         " KiB/MiB/GiB and bare k/m/g binary).",
     )
-    max_request_size: int = _setting(
-        "10GiB", _size, "Largest accepted request body; same syntax as MAX_FILE_SIZE."
+    max_request_size: _Size = _setting(
+        "10GiB", "Largest accepted request body; same syntax as MAX_FILE_SIZE."
     )
-    max_files: int = _setting("10000", _integer(1), "Most files accepted in one request.")
-    min_free_space: int = _setting(
+    max_files: _Count = _setting("10000", "Most files accepted in one request.")
+    min_free_space: _SizeOrZero = _setting(
         "100MiB",
-        _size_or_zero,
         "Free space to keep on the upload folder's filesystem: an upload that would leave less is"
         " refused with 507 (before its body when Content-Length tells), and /readyz fails below"
         " it; same syntax as MAX_FILE_SIZE, 0 to fill the disk to the last byte.",
     )
-    fsync: bool = _setting(
+    fsync: _Boolean = _setting(
         "true",
-        _boolean,
         "Flush each file and its directory to disk before answering 200; off is faster but a"
         " crash can lose files already reported as stored.",
     )
-    cors_origins: tuple[str, ...] = _setting(
+    cors_origins: _Origins = _setting(
         "*",
-        _cors_origins,
         "Origins allowed to call the API from a browser: *, comma-separated origins, or empty"
         " for none.",
     )
-    log_level: str = _setting(
-        "INFO", _log_level, "Least severe log level shown: DEBUG, INFO, WARNING, ERROR, CRITICAL."
+    log_level: _LogLevel = _setting(
+        "INFO", "Least severe log level shown: DEBUG, INFO, WARNING, ERROR, CRITICAL."
     )
-    log_format: str = _setting(
+    log_format: _LogFormat = _setting(
         "text",
-        _log_format,
         "text: one line per record (without timestamps, with <N> priority prefixes when stderr is"
         " the systemd journal); json: one JSON object per line.",
     )
-    access_log: bool = _setting("true", _boolean, "Log one line per request.")
-    max_image_pixels: int = _setting(
+    access_log: _Boolean = _setting("true", "Log one line per request.")
+    max_image_pixels: _Count = _setting(
         "100000000",
-        _integer(1),
         "Most pixels in one image (width x height, the frames of an animation summed): a larger"
         " one is refused with 413 as soon as its header shows it, before any decode.",
     )
-    strip_metadata: str = _setting(
+    strip_metadata: _StripMetadata = _setting(
         "location",
-        _strip_metadata,
         "Metadata removed from stored images, losslessly: location (GPS and location tags of"
         " EXIF, XMP and IPTC), all (everything but orientation and ICC profile), none.",
     )
-    thumbnail_sizes: tuple[int, ...] = _setting(
+    thumbnail_sizes: _ThumbnailSizes = _setting(
         "256,1024",
-        _thumbnail_sizes,
         "Thumbnail sizes offered, longest side in pixels, comma-separated; the first is the"
         " default. Any other size asked for is a 400.",
     )
-    thumbnails: str = _setting(
+    thumbnails: _Thumbnails = _setting(
         "lazy",
-        _thumbnails,
         "lazy: a thumbnail is rendered on its first request; eager: every size is rendered in"
         " the background after the upload's 200, behind requests.",
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the values given to the constructor: :func:`load_settings` reads the layers."""
+        return (init_settings,)
 
     @property
     def base_url(self) -> str:
@@ -575,25 +612,30 @@ class Settings:
 
 @dataclass(frozen=True, slots=True)
 class SettingSpec:
-    """Documentation and parser of one setting, derived from its :class:`Settings` field."""
+    """Documentation of one setting, derived from its :class:`Settings` field."""
 
     name: str  # "PORT": the config.toml key and the environment variable
     attribute: str  # "port": the Settings field
     default: str  # as text, as in config.toml/.env; "" means unset
     description: str  # one line
-    parse: Callable[[object], object]
+    is_path: bool  # relative values are anchored at the directory of their layer
 
 
-SETTINGS: Final[tuple[SettingSpec, ...]] = tuple(
-    SettingSpec(
-        name=f.name.upper(),
-        attribute=f.name,
-        default=f.metadata[_METADATA_KEY].default,
-        description=f.metadata[_METADATA_KEY].description,
-        parse=f.metadata[_METADATA_KEY].parse,
+def _spec(attribute: str) -> SettingSpec:
+    field = Settings.model_fields[attribute]
+    assert field.alias is not None
+    assert isinstance(field.default, str)
+    assert field.description is not None
+    return SettingSpec(
+        name=field.alias,
+        attribute=attribute,
+        default=field.default,
+        description=field.description,
+        is_path=field.annotation is Path,
     )
-    for f in dataclasses.fields(Settings)
-)
+
+
+SETTINGS: Final[tuple[SettingSpec, ...]] = tuple(map(_spec, Settings.model_fields))
 
 _BY_NAME: Final[Mapping[str, SettingSpec]] = {spec.name: spec for spec in SETTINGS}
 _BY_ATTRIBUTE: Final[Mapping[str, SettingSpec]] = {spec.attribute: spec for spec in SETTINGS}
@@ -616,11 +658,21 @@ def settings_table_markdown() -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Layer:
-    """The raw values of one configuration source."""
+    """The raw values of one configuration source, relative paths already anchored."""
 
     origin: str  # named in error messages: "environment" or the file's path
-    base_dir: Path  # relative paths from this layer are relative to this directory
     values: Mapping[str, object]
+
+    @classmethod
+    def anchored(cls, origin: str, values: Mapping[str, object], base_dir: Path) -> _Layer:
+        """A layer whose relative paths are relative to ``base_dir``, not the working directory."""
+
+        def anchor(name: str, value: object) -> object:
+            if _BY_NAME[name].is_path and isinstance(value, str) and value.strip():
+                return str(_resolve(value.strip(), base_dir))
+            return value  # not a path, or not one at all: the parser reports it as given
+
+        return cls(origin, {name: anchor(name, value) for name, value in values.items()})
 
 
 def _file_path(given: Path | None, environ: Mapping[str, str], variable: str) -> Path | None:
@@ -631,52 +683,74 @@ def _file_path(given: Path | None, environ: Mapping[str, str], variable: str) ->
     return Path(named).absolute() if named else None
 
 
-def _config_layer(config_file: Path | None, environ: Mapping[str, str]) -> _Layer:
+def _check_named_file(path: Path, variable: str) -> None:
+    if not path.exists():
+        raise SettingsError(f"{variable}: {path} does not exist")
+    if path.is_dir():
+        raise SettingsError(f"{variable}: {path} is a directory")
+
+
+def _check_names(names: Iterable[str], origin: str) -> None:
+    """Everything in config.toml and .env is meant for this server (unlike the environment):
+    a name that is not a setting is a typo, or a setting in the wrong place."""
+    for name in names:
+        if name in _BY_NAME:
+            continue
+        if name in ("CONFIG_FILE", "ENV_FILE"):
+            raise SettingsError(f"{name}: read from the environment only, not from {origin}")
+        close = difflib.get_close_matches(name.upper(), _BY_NAME, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise SettingsError(f"{name}: unknown setting in {origin}{hint}")
+
+
+def _config_layer(config_file: Path | None, environ: Mapping[str, str]) -> tuple[_Layer, Path]:
+    """config.toml's layer, and the directory its relative paths (and the defaults') start from."""
     named = _file_path(config_file, environ, "CONFIG_FILE")
-    path = named or DEFAULT_CONFIG_FILE
+    if named is not None:
+        _check_named_file(named, "CONFIG_FILE")
+    path = named or DEFAULT_CONFIG_FILE.absolute()  # a missing default file reads as empty
     try:
-        with path.open("rb") as file:
-            values = tomllib.load(file)
-    except FileNotFoundError:
-        if named is not None:
-            raise SettingsError(f"CONFIG_FILE: {path} does not exist") from None
-        values = {}  # the built-in defaults are the shipped config.toml's values
+        source = TomlConfigSettingsSource(Settings, toml_file=path)
     except OSError as error:
         raise SettingsError(f"CONFIG_FILE: cannot read {path}: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise SettingsError(f"CONFIG_FILE: {path} is not valid TOML: {error}") from None
-    for key in values:
-        if key not in _BY_NAME:
-            # Unlike the environment, everything in config.toml is meant for us: catch typos.
-            close = difflib.get_close_matches(key.upper(), _BY_NAME, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise SettingsError(f"{key}: unknown setting in {path}{hint}")
-    return _Layer(str(path), path.parent, values)
+    _check_names(source.toml_data, str(path))
+    return _Layer.anchored(str(path), source(), path.parent), path.parent
 
 
 def _env_file_layer(env_file: Path | None, environ: Mapping[str, str]) -> _Layer:
     named = _file_path(env_file, environ, "ENV_FILE")
-    path = named or Path(".env").absolute()
-    cwd = Path.cwd()  # relative paths in .env are relative to where the server was started
-    if not path.exists():
-        if named is not None:
-            raise SettingsError(f"ENV_FILE: {path} does not exist")
-        return _Layer(str(path), cwd, {})
+    if named is not None:
+        _check_named_file(named, "ENV_FILE")
+    path = named or Path(".env").absolute()  # a missing default file reads as empty
     try:
-        values = dotenv_values(path)
+        source = DotEnvSettingsSource(Settings, env_file=path)
     except (OSError, UnicodeDecodeError) as error:
         raise SettingsError(f"ENV_FILE: cannot read {path}: {error}") from None
-    # A bare "NAME" line has no value (None): it sets nothing.
-    return _Layer(str(path), cwd, {k: v for k, v in values.items() if v is not None})
+    # env_vars: every name in the file, a bare "NAME" line (no value, which sets nothing) too.
+    _check_names(source.env_vars, str(path))
+    # Relative paths in .env are relative to where the server was started, as the parser takes
+    # them, so the layer needs no anchoring.
+    return _Layer(str(path), source())
 
 
-def _parse(spec: SettingSpec, layer: _Layer) -> object:
-    raw = layer.values[spec.name]
-    try:
-        value = spec.parse(raw)
-    except ValueError as error:
-        raise SettingsError(f"{spec.name}: {error} (from {layer.origin})") from None
-    return _anchor(value, layer.base_dir)
+def _environment_layer(environ: Mapping[str, str]) -> _Layer:
+    # pydantic-settings' EnvSettingsSource reads os.environ only; this is what it would read
+    # there with case_sensitive=True (the exact names), from the mapping we were given.
+    return _Layer("environment", {name: environ[name] for name in _BY_NAME if name in environ})
+
+
+def _one_line(error: ErrorDetails, origins: Mapping[str, str]) -> str:
+    """A pydantic error as ``NAME: what was wrong (from where)``."""
+    name = str(error["loc"][0]) if error["loc"] else "settings"
+    cause = error.get("ctx", {}).get("error")
+    if error["type"] == "value_error" and cause is not None:
+        message = str(cause)  # a parser's "expected ..., got ..."
+    else:  # a check of pydantic's own, in its words
+        message = f"{error['msg'][:1].lower()}{error['msg'][1:]}, got {error['input']!r}"
+    origin = origins.get(name)
+    return f"{name}: {message}" + (f" (from {origin})" if origin else "")
 
 
 def load_settings(
@@ -690,12 +764,13 @@ def load_settings(
 
     Args:
         environ: the environment to read (default ``os.environ``).
-        config_file: the TOML file (default ``$CONFIG_FILE``, else the repository's config.toml).
+        config_file: the TOML file (default ``$CONFIG_FILE``, else config.toml in the working
+            directory).
         env_file: the dotenv file (default ``$ENV_FILE``, else ``.env`` in the working directory).
         overrides: typed values by field name (``port=0``), used as given, without validation.
 
     Raises:
-        SettingsError: a named file is missing or unreadable, config.toml has an unknown key, or
+        SettingsError: a named file is missing or unreadable, a file names an unknown setting, or
             a value is malformed. Only the value that wins is parsed.
         TypeError: an override names no setting.
     """
@@ -703,17 +778,23 @@ def load_settings(
     if unknown:
         raise TypeError(f"load_settings() got overrides for unknown settings: {', '.join(unknown)}")
     env = os.environ if environ is None else environ
+    config, config_dir = _config_layer(config_file, env)
+    defaults = {spec.name: spec.default for spec in SETTINGS}
     layers = (
-        _config_layer(config_file, env),
+        _Layer.anchored("built-in defaults", defaults, config_dir),  # as if config.toml had them
+        config,
         _env_file_layer(env_file, env),
-        _Layer("environment", Path.cwd(), {s.name: env[s.name] for s in SETTINGS if s.name in env}),
+        _environment_layer(env),
     )
-    # Any: each value was produced by its own field's parser, which mypy checked against the field.
-    values: dict[str, Any] = dict(overrides)
-    for spec in SETTINGS:
-        if spec.attribute in values:
-            continue
-        layer = next((layer for layer in reversed(layers) if spec.name in layer.values), None)
-        if layer is not None:
-            values[spec.attribute] = _parse(spec, layer)
-    return dataclasses.replace(Settings(), **values)
+    values: dict[str, object] = {}
+    origins: dict[str, str] = {}
+    for layer in layers:
+        values |= layer.values
+        origins |= dict.fromkeys(layer.values, layer.origin)
+    for attribute in overrides:
+        del values[_BY_ATTRIBUTE[attribute].name]  # set below as given, so never parsed
+    try:
+        settings = Settings.model_validate(values)
+    except ValidationError as error:
+        raise SettingsError(_one_line(error.errors()[0], origins)) from None
+    return settings.model_copy(update=overrides)

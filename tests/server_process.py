@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -32,8 +32,10 @@ __all__ = [
     "WAIT_SECONDS",
     "NotifySocket",
     "RunningServer",
+    "clean_env",
     "free_port",
     "server_env",
+    "spawn_logged",
     "start_server",
     "wait_until",
 ]
@@ -76,10 +78,15 @@ def free_port() -> int:
         return port
 
 
+def clean_env() -> dict[str, str]:
+    """The inherited environment minus anything that configures the server."""
+    return {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+
+
 def server_env(upload_folder: Path, port: int, **settings: str) -> dict[str, str]:
-    """The inherited environment minus anything that configures the server, plus settings:
-    for running the program directly, where :func:`start_server` does not fit."""
-    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+    """:func:`clean_env` plus settings: for running the program directly, where
+    :func:`start_server` does not fit."""
+    env = clean_env()
     empty_env = upload_folder.parent / "server-test.env"
     empty_env.touch()
     env |= {
@@ -309,13 +316,29 @@ def _spawn(
         )
         command = [sys.executable, "-c", wrapper]
         pass_fds = (fd,)
+    return spawn_logged(
+        command, env=env, cwd=directory, log_path=log_path, pass_fds=pass_fds, journal=journal
+    )
+
+
+def spawn_logged(
+    command: Sequence[str | Path],
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+    log_path: Path,
+    pass_fds: Sequence[int] = (),
+    journal: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` the way servers are started here: stdin closed, stdout and stderr into
+    ``log_path``, in a session of its own (``journal``: see :func:`start_server`)."""
     with log_path.open("wb") as log:
         if journal:
             stat = os.fstat(log.fileno())
-            env = env | {"JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"}
+            env = {**env, "JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"}
         return subprocess.Popen(
             command,
-            cwd=directory,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,

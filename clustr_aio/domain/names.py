@@ -3,6 +3,12 @@
 A stored name is served back under ``UPLOAD_URL_PATH`` and written into the upload folder, so it
 must be a plain, single path segment that no client can turn into a path traversal, a hidden file
 or a name the filesystem rejects. It stays recognisably close to what the user uploaded.
+
+The extension is whatever follows the basename's last dot, as the original FastAPI service's
+``filename.rsplit(".", 1)[1].lower()`` check took it: ``photo.JPG`` has ``jpg``, ``photo`` and
+``photo.`` have none, and a name that is only an extension (``.jpg``, ``..jpg``, ``...PNG``) has
+that extension. Such a name is stored under the neutral stem :data:`FALLBACK_STEM` (``file.jpg``,
+then ``file-1.jpg`` when taken), as is any name whose stem cleans away to nothing.
 """
 
 from __future__ import annotations
@@ -22,9 +28,13 @@ _SUFFIX_ROOM = len("-99999")
 
 def extension_of(original: str) -> str:
     """The lower-case extension of the basename, without the dot ("" when there is none)."""
-    base = basename(original)
+    return _split(basename(original))[1].lower()
+
+
+def _split(base: str) -> tuple[str, str]:
+    """``base`` as (stem, extension) at its last dot; the stem may be empty or only dots."""
     stem, dot, ext = base.rpartition(".")
-    return ext.lower() if dot and stem.strip(".") else ""
+    return (stem, ext) if dot else (base, "")
 
 
 def basename(original: str) -> str:
@@ -37,11 +47,9 @@ def safe_name(original: str) -> str:
     dot, lower-case extension, NFC, at most ``MAX_NAME_BYTES`` bytes with room left for the
     ``-N`` suffix that :func:`numbered` adds when the name is already taken."""
     # Split off the extension by the rule extension_of applies, before cleaning: a file checked
-    # as ".jpg" must be stored as one even when nothing printable precedes the dot ("\u202e.jpg").
-    base = basename(original)
-    stem, dot, ext = base.rpartition(".")
-    if not (dot and stem.strip(".")):
-        stem, ext = base, ""
+    # as ".jpg" must be stored as one even when nothing printable precedes the dot (".jpg",
+    # "\u202e.jpg").
+    stem, ext = _split(basename(original))
     ext = _truncate_utf8(_clean(ext).lower(), 16)
     stem = _clean(stem).strip(". ") or FALLBACK_STEM  # ". .x" must not become ".x"
     if not ext and "." in stem:

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
-from aiohttp.multipart import (
+from aiohttp import (
     BadContentDispositionHeader,
     BadContentDispositionParam,
     content_disposition_filename,

@@ -3,6 +3,9 @@
 - ``LOG_FORMAT=text`` (default): ``2026-01-31 12:00:00,123 INFO clustr_aio: message`` lines.
 - ``LOG_FORMAT=json``: one JSON object per line: ``time``, ``level``, ``logger``, ``message``,
   ``request_id`` (while a request is being handled) and ``exception`` (the formatted traceback).
+- ``WORKERS`` > 1: the supervisor and its workers share stderr, so every line says which process
+  wrote it: ``… INFO [pid 1234] clustr_aio: message`` in text, ``"pid": 1234`` in JSON (the
+  journal cannot tell them apart either: it records the pid that opened the stream).
 - stderr is the systemd journal (``JOURNAL_STREAM`` names stderr's device and inode, as
   systemd sets it for ``StandardError=journal``): every line starts with a syslog priority such
   as ``<6>`` so journald files it at the right level (``SyslogLevelPrefix=``, on by default), and
@@ -23,7 +26,7 @@ import sys
 from collections.abc import Mapping
 from typing import Final, TextIO
 
-from aiohttp.http_exceptions import BadHttpMessage
+from clustr_aio.compat import BadHttpMessage
 
 __all__ = ["bind_request_id", "configure_logging", "is_journal_stream"]
 
@@ -40,8 +43,13 @@ _SYSLOG_PRIORITY: Final[Mapping[int, int]] = {
     logging.DEBUG: 7,
 }
 
-_TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-_JOURNAL_TEXT_FORMAT: Final = "%(levelname)s %(name)s: %(message)s"
+
+def _text_format(*, journal: bool, with_pid: bool) -> str:
+    """``%(asctime)s %(levelname)s [pid %(process)d] %(name)s: %(message)s``: no timestamp
+    under the journal (it records its own), the pid only when there are several processes."""
+    stamp = "" if journal else "%(asctime)s "
+    pid = "[pid %(process)d] " if with_pid else ""
+    return f"{stamp}%(levelname)s {pid}%(name)s: %(message)s"
 
 
 def bind_request_id(request_id: str) -> contextvars.Token[str | None]:
@@ -97,7 +105,12 @@ class _UnparseableRequestFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record, on one line (tracebacks included, escaped)."""
+    """One JSON object per record, on one line (tracebacks included, escaped); with
+    ``with_pid``, the ``pid`` of the process that logged it."""
+
+    def __init__(self, *, with_pid: bool = False) -> None:
+        super().__init__()
+        self._with_pid = with_pid
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -105,9 +118,11 @@ class JsonFormatter(logging.Formatter):
                 timespec="milliseconds"
             ),
             "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
         }
+        if self._with_pid:
+            entry["pid"] = record.process
+        entry["logger"] = record.name
+        entry["message"] = record.getMessage()
         request_id = getattr(record, "request_id", None)
         if request_id is not None:
             entry["request_id"] = request_id
@@ -136,11 +151,11 @@ class _JournalPrefix(logging.Formatter):
         return "\n".join(prefix + line for line in self._inner.format(record).splitlines())
 
 
-def make_formatter(log_format: str, *, journal: bool) -> logging.Formatter:
+def make_formatter(log_format: str, *, journal: bool, with_pid: bool = False) -> logging.Formatter:
     inner = (
-        JsonFormatter()
+        JsonFormatter(with_pid=with_pid)
         if log_format == "json"
-        else logging.Formatter(_JOURNAL_TEXT_FORMAT if journal else _TEXT_FORMAT)
+        else logging.Formatter(_text_format(journal=journal, with_pid=with_pid))
     )
     return _JournalPrefix(inner) if journal else inner
 
@@ -151,13 +166,16 @@ def configure_logging(
     log_format: str,
     stream: TextIO | None = None,
     environ: Mapping[str, str] | None = None,
+    with_pid: bool = False,
 ) -> None:
     """Send every logger's records at ``level`` or above to ``stream`` (stderr) in
-    ``log_format`` ("text" or "json"), journal-aware. Replaces handlers set up before."""
+    ``log_format`` ("text" or "json"), journal-aware, each naming the process that logged it
+    when ``with_pid`` (set it before forking workers). Replaces handlers set up before."""
     stream = sys.stderr if stream is None else stream
     environ = os.environ if environ is None else environ
+    journal = is_journal_stream(stream, environ)
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(make_formatter(log_format, journal=is_journal_stream(stream, environ)))
+    handler.setFormatter(make_formatter(log_format, journal=journal, with_pid=with_pid))
     handler.addFilter(_RequestIdFilter())
     handler.addFilter(_UnparseableRequestFilter(logging.getLevelName(level)))
     root = logging.getLogger()

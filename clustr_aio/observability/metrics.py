@@ -44,10 +44,10 @@ from prometheus_client import (
     Histogram,
     ProcessCollector,
     multiprocess,
-    values,
 )
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from clustr_aio.compat import pids_with_live_gauges, use_multiprocess_values
 from clustr_aio.domain.errors import ClientDisconnected, ClustrError
 from clustr_aio.ingest.pipeline import StoredFile
 
@@ -122,7 +122,7 @@ class Metrics:
         directory = os.environ.get(MULTIPROCESS_ENV)
         self.multiprocess_dir = Path(directory) if directory else None
         if self.multiprocess_dir is not None:
-            _use_multiprocess_values()
+            use_multiprocess_values()
         # Our own registry, not the global one: several applications in one process (tests)
         # must not collide, and in multiprocess mode the scrape reads the files instead.
         registry = CollectorRegistry()
@@ -253,25 +253,13 @@ def forget_dead_processes(directory: Path) -> None:
     """Drop the in-flight gauges of worker processes that are gone (killed, crashed, replaced),
     which would otherwise count forever. Done at each scrape, so that no supervisor (ours,
     gunicorn's) has to report its dead workers; their counters stay, as totals must."""
-    for path in directory.glob("gauge_live*_*.db"):
-        pid_text = path.stem.rpartition("_")[2]
-        if not pid_text.isdigit():
-            continue
+    for pid in pids_with_live_gauges(directory):
         try:
-            os.kill(int(pid_text), 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
-            multiprocess.mark_process_dead(int(pid_text), str(directory))  # type: ignore[no-untyped-call]
+            multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
         except PermissionError:
             pass  # alive, under another user
-
-
-def _use_multiprocess_values() -> None:
-    """prometheus-client picks its value storage once, when it is first imported, from
-    ``PROMETHEUS_MULTIPROC_DIR``. A supervisor that imported it before calling
-    :func:`prepare_multiprocess_dir` forks workers with in-memory values; switch them to
-    file-backed ones before any metric is created."""
-    if not getattr(values.ValueClass, "_multiprocess", False):
-        values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,7 +284,9 @@ def prepare_multiprocess_dir() -> Path:
         directory = Path(tempfile.mkdtemp(prefix="clustr-aio-metrics-"))
         _created_dir = directory
         os.environ[MULTIPROCESS_ENV] = str(directory)
-    _use_multiprocess_values()
+    # prometheus-client chose in-memory values when it was imported, before the variable was
+    # set: the workers forked from here must count into files.
+    use_multiprocess_values()
     return directory
 
 

@@ -25,8 +25,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
 from aiohttp import hdrs, web
-from aiohttp.web_protocol import RequestHandler
 
+from clustr_aio.compat import connection_is_idle, site_server
 from clustr_aio.web.responses import error_response
 
 __all__ = ["DrainingRunner", "RequestTracker"]
@@ -133,14 +133,14 @@ class DrainingRunner(web.AppRunner):
             self.drain_timeout,
             self.requests.in_flight,
         )
-        first_seen: dict[RequestHandler, float] = {}
+        first_seen: dict[web.RequestHandler, float] = {}
         while True:
             # Sleep first: a connection accepted just before the listener closed becomes a
             # protocol in server.connections only a few loop iterations later.
             await asyncio.sleep(_POLL_SECONDS)
             now = loop.time()
             for connection in server.connections:
-                if not _is_idle(connection):
+                if not connection_is_idle(connection):
                     continue
                 waited = now - first_seen.setdefault(connection, now)
                 used = connection.transport in self.requests.used
@@ -169,19 +169,8 @@ async def _stop_accepting(loop: asyncio.AbstractEventLoop, sites: Iterable[web.B
     the listening sockets from the loop first, give those steps their turn, and only then close.
     """
     for site in sites:
-        server: asyncio.AbstractServer | None = getattr(site, "_server", None)  # no public way
-        for sock in getattr(server, "sockets", None) or ():
+        server = site_server(site)
+        for sock in server.sockets if server is not None else ():
             loop.remove_reader(sock.fileno())
     for _ in range(3):  # the attaching step is the first step of a task made by the accept
         await asyncio.sleep(0)
-
-
-def _is_idle(connection: RequestHandler) -> bool:
-    """Whether the connection waits for its next request, with none being received or handled.
-
-    aiohttp has no public flag for it; this is the test its own keep-alive timer makes
-    (``RequestHandler._process_keepalive``): the handler awaits ``_waiter`` only when its queue
-    of parsed requests is empty, and a request that arrives completes the waiter at once.
-    """
-    waiter: asyncio.Future[None] | None = getattr(connection, "_waiter", None)
-    return waiter is not None and not waiter.done()

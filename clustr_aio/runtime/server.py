@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,8 +24,9 @@ from clustr_aio.runtime.systemd import Notifier, SystemdNotifier
 from clustr_aio.runtime.workers import Supervisor, WorkerNotifier
 from clustr_aio.settings import Settings
 from clustr_aio.web.app import create_app
+from clustr_aio.web.openapi.assets import AssetsNotInstalled, docs_assets
 
-__all__ = ["listening_sockets", "make_runner", "run", "serve"]
+__all__ = ["StartupError", "listening_sockets", "make_runner", "prepare", "run", "serve"]
 
 log = logging.getLogger("clustr_aio")
 access_log = logging.getLogger("clustr_aio.access")
@@ -32,12 +34,17 @@ access_log = logging.getLogger("clustr_aio.access")
 _BACKLOG = 1024  # uploads arrive in bursts (a whole album at once); the kernel caps it anyway
 
 
+class StartupError(Exception):
+    """The server cannot start; ``str(e)`` is the one line to print, without a traceback."""
+
+
 def run(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT with ``settings.workers`` processes; the exit status.
 
     Raises:
-        OSError: the address cannot be bound, the upload folder is not writable, ….
+        StartupError: see :func:`prepare` and :func:`listening_sockets`.
     """
+    prepare(settings)
     listeners = listening_sockets(settings)
     notifier = SystemdNotifier()
     if settings.workers == 1:
@@ -64,12 +71,24 @@ def run(settings: Settings) -> int:
 
 
 def listening_sockets(settings: Settings) -> list[socket.socket]:
-    """The sockets systemd passed (socket activation), else new ones bound to HOST and PORT."""
+    """The sockets systemd passed (socket activation), else new ones bound to HOST and PORT.
+
+    Raises:
+        StartupError: HOST does not resolve, or HOST:PORT cannot be bound.
+    """
     inherited = systemd.listen_fds()
     if inherited:
         log.info("using %d listening socket(s) passed by systemd", len(inherited))
         return inherited
-    return bind(settings.host, settings.port)
+    try:
+        return bind(settings.host, settings.port)
+    except socket.gaierror as error:
+        raise StartupError(f"HOST: cannot resolve {settings.host!r}: {error.strerror}") from None
+    except OSError as error:
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        raise StartupError(
+            f"HOST, PORT: cannot listen on {host}:{settings.port}: {error.strerror}"
+        ) from None
 
 
 def bind(host: str, port: int) -> list[socket.socket]:
@@ -139,6 +158,41 @@ async def serve(
         await runner.cleanup()
         if watchdog is not None:
             watchdog.cancel()
+
+
+def prepare(settings: Settings) -> None:
+    """Check what every serving process needs, once, before anything is bound or forked: a
+    problem is then one line from one process, not a traceback from each worker.
+
+    Raises:
+        StartupError: the upload folder cannot be created or written to, or the docs assets
+            are not installed.
+    """
+    prepare_upload_folder(settings.upload_folder)
+    try:
+        docs_assets()
+    except AssetsNotInstalled as error:
+        raise StartupError(str(error)) from None
+
+
+def prepare_upload_folder(folder: Path) -> None:
+    """Create ``folder`` if need be, and write a file into it: ``os.access`` says yes to root
+    on a read-only or sandboxed path that a real write refuses."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StartupError(f"UPLOAD_FOLDER: {str(folder)!r} is not a directory") from None
+    except OSError as error:
+        raise StartupError(
+            f"UPLOAD_FOLDER: cannot create {str(folder)!r}: {error.strerror}"
+        ) from None
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise StartupError(
+            f"UPLOAD_FOLDER: cannot write to {str(folder)!r}: {error.strerror}"
+        ) from None
 
 
 def check_writable(folder: Path) -> None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import cast
 
 import aiohttp_cors
 from aiohttp import hdrs, web
 
+from clustr_aio.compat import cors_response_hook
 from clustr_aio.domain.limits import UploadLimits
-from clustr_aio.images.metadata import StripMode
 from clustr_aio.images.thumbnails import THUMBNAIL_DIR, Thumbnailer
 from clustr_aio.ingest.pipeline import IngestPolicy
 from clustr_aio.observability.metrics import Metrics
@@ -51,7 +50,7 @@ def create_app(settings: Settings) -> web.Application:
             max_files=settings.max_files,
         ),
         max_image_pixels=settings.max_image_pixels,
-        strip_metadata=cast(StripMode, settings.strip_metadata),
+        strip_metadata=settings.strip_metadata,
     )
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_thumbnailer)
@@ -99,8 +98,7 @@ def _allow_cors(app: web.Application, origins: tuple[str, ...]) -> None:
     cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
     for route in list(app.router.routes()):
         cors.add(route)
-    assert cors._cors_impl is not None
-    _ask_for_origin_first(app, cors._cors_impl._on_response_prepare)
+    _ask_for_origin_first(app, cors_response_hook(cors))
     if origins:
         app.on_response_prepare.append(_vary_on_origin)
 

@@ -45,10 +45,9 @@ from typing import IO, Any, Final
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
-from aiohttp.http_writer import StreamWriter
-from aiohttp.web_fileresponse import _FileResponseResult
-from aiohttp.web_request import BaseRequest
 
+from clustr_aio import compat
+from clustr_aio.compat import FileResponseResult
 from clustr_aio.domain.sniff import OCTET_STREAM, type_for_extension
 from clustr_aio.web.responses import error_response
 from clustr_aio.web.sendfile import send_head_and_file
@@ -129,36 +128,36 @@ def _refusal_for_mode(mode: int) -> web.Response:
     return error_response(403, "Forbidden", headers=_ERROR_HEADERS)  # a FIFO, socket, device
 
 
-class InlineFileResponse(web.FileResponse):
+class InlineFileResponse(compat.FileResponseBodySender):
     """``FileResponse`` with its filesystem calls on the event loop, and the body sent by
     :func:`~clustr_aio.web.sendfile.send_head_and_file`: the slow path."""
 
-    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         # aiohttp's FileResponse.prepare minus the thread-pool round trips; "" for
         # Accept-Encoding: pre-compressed siblings are never served.
         try:
-            result, fobj, st, _ = self._make_response(request, "")
+            result, fobj, st = compat.plan_file_response(self, request)
         except PermissionError:
             return await self._refuse(request, web.HTTPForbidden.status_code)
         except OSError:
             return await self._refuse(request, web.HTTPNotFound.status_code)
-        if result is _FileResponseResult.NOT_ACCEPTABLE:  # not a regular file
+        if result is FileResponseResult.NOT_ACCEPTABLE:  # not a regular file
             return await self._refuse(request, web.HTTPForbidden.status_code)
-        if result is _FileResponseResult.PRE_CONDITION_FAILED:
-            return await self._precondition_failed(request)
-        if result is _FileResponseResult.NOT_MODIFIED:
+        if result is FileResponseResult.PRE_CONDITION_FAILED:
+            return await compat.answer_precondition_failed(self, request)
+        if result is FileResponseResult.NOT_MODIFIED:
             etag = f"{st.st_mtime_ns:x}-{st.st_size:x}"
-            return await self._not_modified(request, etag, st.st_mtime)
+            return await compat.answer_not_modified(self, request, etag, st.st_mtime)
         assert fobj is not None
         with fobj:
-            return await self._prepare_open_file(request, fobj, st, None)
+            return await compat.send_open_file(self, request, fobj, st)
 
-    async def _sendfile(
-        self, request: BaseRequest, fobj: IO[Any], offset: int, count: int
+    async def send_body(
+        self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int
     ) -> AbstractStreamWriter:
         return await _prepare_and_send(self, request, fobj, offset, count)
 
-    async def _refuse(self, request: BaseRequest, status: int) -> AbstractStreamWriter | None:
+    async def _refuse(self, request: web.BaseRequest, status: int) -> AbstractStreamWriter | None:
         self.set_status(status)
         return await web.StreamResponse.prepare(self, request)
 
@@ -175,7 +174,7 @@ class StoredFileResponse(web.StreamResponse):
         self.last_modified = st.st_mtime
         self.content_length = st.st_size
 
-    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         with self._file:
             size = self.content_length or 0
             if request.method == hdrs.METH_HEAD or not size:
@@ -184,28 +183,15 @@ class StoredFileResponse(web.StreamResponse):
 
 
 async def _prepare_and_send(
-    response: web.StreamResponse, request: BaseRequest, file: IO[Any], offset: int, count: int
+    response: web.StreamResponse, request: web.BaseRequest, file: IO[Any], offset: int, count: int
 ) -> AbstractStreamWriter:
     """``StreamResponse.prepare``, then its head and ``count`` bytes of ``file`` from
     ``offset`` through :func:`~clustr_aio.web.sendfile.send_head_and_file`."""
     transport = request.transport
     if transport is None:
         raise ConnectionResetError("Connection lost")
-    response._send_headers_immediately = False  # to go out with the file's first bytes
-    writer = await web.StreamResponse.prepare(response, request)
-    assert isinstance(writer, StreamWriter)
-    await send_head_and_file(transport, _take_unsent_head(writer), file, offset, count)
+    writer, head = await compat.prepare_keeping_head(response, request)  # to go with the file
+    await send_head_and_file(transport, head, file, offset, count)
     writer.output_size += count  # as aiohttp's own write path counts it, for the access log
     await web.StreamResponse.write_eof(response)
     return writer
-
-
-def _take_unsent_head(writer: StreamWriter) -> bytes:
-    """The status line and headers that ``prepare`` serialised but did not send, which the
-    writer then considers sent."""
-    head = writer._headers_buf
-    assert head is not None
-    assert not writer._headers_written
-    writer._headers_buf = None
-    writer._headers_written = True
-    return head

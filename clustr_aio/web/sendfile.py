@@ -23,6 +23,8 @@ import os
 import socket
 from typing import IO, Any
 
+from clustr_aio.compat import plain_socket
+
 __all__ = ["send_head_and_file"]
 
 
@@ -64,6 +66,4 @@ def _socket_of(transport: asyncio.Transport) -> socket.socket | None:
     if transport.get_extra_info("sslcontext") is not None:
         return None  # the socket carries TLS records: every byte must go through the transport
     # get_extra_info gives asyncio's TransportSocket, which has no send(); the socket is inside.
-    wrapper = transport.get_extra_info("socket")
-    sock = getattr(wrapper, "_sock", wrapper)
-    return sock if isinstance(sock, socket.socket) else None
+    return plain_socket(transport)

@@ -47,8 +47,12 @@ def assert_safe(name: str) -> None:
         ("C:\\x\\y.jpg", "y.jpg"),
         ("..\\..\\windows\\win.ini.png", "win.ini.png"),
         (".hidden.jpg", "hidden.jpg"),
-        ("...jpg", "jpg"),
-        (".hidden", "hidden"),
+        # A name that is only an extension keeps it, under the neutral stem.
+        (".jpg", f"{FALLBACK_STEM}.jpg"),
+        ("..jpg", f"{FALLBACK_STEM}.jpg"),
+        ("...PNG", f"{FALLBACK_STEM}.png"),
+        ("dir/.webp", f"{FALLBACK_STEM}.webp"),
+        (".hidden", f"{FALLBACK_STEM}.hidden"),
         ("..", FALLBACK_STEM),
         ("", FALLBACK_STEM),
         ("/", FALLBACK_STEM),
@@ -93,8 +97,11 @@ def test_safe_name(original: str, expected: str) -> None:
         ("C:\\dir.png\\x", ""),
         ("photo", ""),
         ("photo.", ""),
-        (".jpg", ""),
-        ("...jpg", ""),
+        (".jpg", "jpg"),  # only an extension: it counts, as in the original's rsplit(".", 1)
+        ("..jpg", "jpg"),
+        ("...PNG", "png"),
+        (".", ""),
+        ("..", ""),
         (".hidden.jpg", "jpg"),
         ("a.jpg ", "jpg "),  # not trimmed: "jpg " is not an allowed extension
     ],
@@ -108,6 +115,8 @@ def test_extension_of(original: str, expected: str) -> None:
     [
         "\u202e.jpg",
         " .jpg",
+        ".jpg",
+        "..JPG",
         "\u200b.png",
         "..\\.webp\\x.JPEG",
         "x.\u202ejpg",

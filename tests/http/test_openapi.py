@@ -17,7 +17,7 @@ from openapi_spec_validator import validate
 
 from clustr_aio.web.app import create_app
 from clustr_aio.web.openapi import JSONObject, build_openapi, served_routes
-from clustr_aio.web.openapi.assets import ASSETS
+from clustr_aio.web.openapi.assets import MEDIA_TYPES, docs_assets
 from clustr_aio.web.openapi.spec import RouteKey
 from tests.conftest import JPEG, AiohttpClient, Client, make_settings
 from tests.http.live_server import AiohttpServer, start_live_server
@@ -191,7 +191,9 @@ async def test_page_loads_only_this_servers_files(live: Client, page: str) -> No
 
 
 async def test_assets_are_the_packaged_swagger_ui_and_redoc(live: Client) -> None:
-    for name, asset in ASSETS.items():
+    assets = docs_assets()
+    assert set(assets) == set(MEDIA_TYPES)
+    for name, asset in assets.items():
         response = await live.get(f"/docs/static/{name}")
         assert response.status == 200, name
         assert response.headers["Content-Type"] == asset.content_type
@@ -200,7 +202,7 @@ async def test_assets_are_the_packaged_swagger_ui_and_redoc(live: Client) -> Non
             f"/docs/static/{name}", headers={"If-None-Match": response.headers["ETag"]}
         )
         assert again.status == 304, name
-    assert b"SwaggerUIBundle" in ASSETS["swagger-ui-bundle.js"].path.read_bytes()[:2000]
+    assert b"SwaggerUIBundle" in assets["swagger-ui-bundle.js"].path.read_bytes()[:2000]
     # The package's __init__ imports Django: it is read from, never imported.
     assert "django" not in sys.modules
 

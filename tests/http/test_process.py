@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -126,24 +127,89 @@ def test_curl_uploads_two_files(server: RunningServer, tmp_path: Path) -> None:
     assert fetched.stdout == PNG
 
 
-def test_a_bad_setting_is_one_clear_line_and_a_failure_exit(tmp_path: Path) -> None:
-    env = server_env(tmp_path / "uploads", free_port(), PORT="abc")
+def start_up_error(
+    env: dict[str, str],
+    cwd: Path,
+    *,
+    status: int,
+    python_args: Sequence[str] = ("-m", "clustr_aio"),
+) -> str:
+    """The one line ``python -m clustr_aio`` prints when it cannot start, after ``clustr-aio:
+    error:``; it must exit with ``status``, without a traceback or anything else."""
     result = subprocess.run(
-        [sys.executable, "-m", "clustr_aio"],
+        [sys.executable, *python_args],
         env=env,
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=WAIT_SECONDS,
         check=False,
     )
-    assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "PORT" in lines[0]
-    assert "abc" in lines[0]
-    assert "Traceback" not in result.stderr
+    assert result.returncode == status, result.stderr
     assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("clustr-aio: error: ")
+    return lines[0].removeprefix("clustr-aio: error: ")
+
+
+def test_a_bad_setting_is_one_clear_line_and_a_failure_exit(tmp_path: Path) -> None:
+    env = server_env(tmp_path / "uploads", free_port(), PORT="abc")
+    assert start_up_error(env, tmp_path, status=2) == (
+        "PORT: expected an integer from 1 to 65535, got 'abc' (from environment)"
+    )
+
+
+def test_a_misspelt_name_in_dotenv_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PORT=5001\nMAX_FILESIZE=1\n")
+    env = server_env(tmp_path / "uploads", free_port())
+    del env["ENV_FILE"]  # the .env in the working directory, as a user has it
+    assert start_up_error(env, tmp_path, status=2) == (
+        f"MAX_FILESIZE: unknown setting in {tmp_path / '.env'} (did you mean MAX_FILE_SIZE?)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("folder", "expected"),
+    [
+        ("{tmp}/a-file", "UPLOAD_FOLDER: '{tmp}/a-file' is not a directory"),
+        ("/proc/clustr-aio-test", "UPLOAD_FOLDER: cannot create '/proc/clustr-aio-test': "),
+        ("/sys", "UPLOAD_FOLDER: cannot write to '/sys': "),  # sysfs refuses files, even root's
+    ],
+)
+def test_an_unusable_upload_folder_is_one_clear_line(
+    tmp_path: Path, folder: str, expected: str
+) -> None:
+    (tmp_path / "a-file").touch()
+    folder = folder.format(tmp=tmp_path)
+    # Two workers: checked once, before they start, not a traceback from each.
+    env = server_env(tmp_path / "uploads", free_port(), UPLOAD_FOLDER=folder, WORKERS="2")
+    assert start_up_error(env, tmp_path, status=1).startswith(expected.format(tmp=tmp_path))
+
+
+def test_missing_docs_assets_are_one_clear_line(tmp_path: Path) -> None:
+    # The real entry point, in an interpreter where the package cannot be found.
+    hide_sidecar = (
+        "import sys; sys.modules['drf_spectacular_sidecar'] = None\n"
+        "from clustr_aio.__main__ import main; sys.exit(main())"
+    )
+    env = server_env(tmp_path / "uploads", free_port())
+    error = start_up_error(env, tmp_path, status=1, python_args=("-c", hide_sidecar))
+    assert error.startswith("the drf_spectacular_sidecar package (PyPI: drf-spectacular-sidecar)")
+    assert error.endswith(": pip install --no-deps -r requirements-assets.txt")
+
+
+def test_an_address_that_cannot_be_bound_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        env = server_env(tmp_path / "uploads", port)
+        assert start_up_error(env, tmp_path, status=1) == (
+            f"HOST, PORT: cannot listen on 127.0.0.1:{port}: Address already in use"
+        )
+    env = server_env(tmp_path / "uploads", port, HOST="clustr-aio-test.invalid")
+    assert start_up_error(env, tmp_path, status=1).startswith(
+        "HOST: cannot resolve 'clustr-aio-test.invalid': "
+    )
 
 
 def test_sigterm_is_a_clean_exit(tmp_path: Path) -> None:

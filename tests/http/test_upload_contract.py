@@ -212,8 +212,9 @@ async def test_only_an_empty_file_input_is_406(client: Client) -> None:
         ("photo.jpg.exe", JPEG),
         ("photo", JPEG),
         ("photo.", JPEG),
-        (".jpg", JPEG),
-        ("...jpg", JPEG),
+        (".", JPEG),
+        (".jpg.", JPEG),
+        (".gif", b"GIF89a" + bytes(100)),  # only an extension, but not an allowed one
         ("photo.jpg ", JPEG),
         ("a.png", JPEG),  # JPEG bytes behind a .png name
         ("a.jpg", PNG),

@@ -8,6 +8,8 @@ never answer (the wait times out and the test fails).
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +23,7 @@ from tests.http.helpers import (
     RawResponse,
     chunk,
     chunked,
+    eventually,
     expect_error,
     files_body,
     multipart_body,
@@ -254,3 +257,49 @@ async def test_expect_continue_without_length_gets_100(client: Client, upload_di
         response = await read_response(reader)
     assert response.status == 200, response.body
     assert stored_files(upload_dir) == ["a.jpg"]
+
+
+async def test_an_unknown_expectation_is_417(client: Client, upload_dir: Path) -> None:
+    headers = {"Content-Length": "1000", "Expect": "something-else"}
+    response = await send(client, headers)
+    assert response.status == 417
+    assert b"something-else" in response.body
+    assert_nothing_stored(upload_dir)
+
+
+async def test_http_1_0_gets_no_100_continue(client: Client, upload_dir: Path) -> None:
+    """An HTTP/1.0 client cannot take an interim response: it sends the body at once."""
+    body = files_body(("a.jpg", JPEG))
+    headers = {"Content-Length": str(len(body)), "Expect": "100-continue"}
+    head = upload_head(client, headers).replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1)
+    async with connection(client) as (reader, writer):
+        writer.write(head + body)
+        await writer.drain()
+        response = await read_response(reader)
+    assert response.status == 200, response.body
+    assert stored_files(upload_dir) == ["a.jpg"]
+
+
+async def test_the_100_continue_is_not_counted_as_response_bytes(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The access line's byte count is the final response's, as for any other request."""
+    caplog.set_level(logging.INFO, logger="aiohttp.access")  # the test server's access log
+    body = files_body(("a.jpg", JPEG))
+    async with connection(client) as (reader, writer):
+        headers = {"Content-Length": str(len(body)), "Expect": "100-continue"}
+        writer.write(upload_head(client, headers))
+        await writer.drain()
+        assert (await read_head(reader)).status == 100
+        writer.write(body)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head)[1])  # type: ignore[index]
+        await reader.readexactly(length)
+
+    def logged() -> bool:
+        return any("POST /api/upload" in r.getMessage() for r in caplog.records)
+
+    await eventually(logged)
+    [line] = [r.getMessage() for r in caplog.records if "POST /api/upload" in r.getMessage()]
+    assert f'" 200 {len(head) + length} ' in line, (line, len(head) + length)

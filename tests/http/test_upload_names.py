@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clustr_aio.domain.names import MAX_NAME_BYTES
+from clustr_aio.domain.names import FALLBACK_STEM, MAX_NAME_BYTES
 from tests.conftest import JPEG, PNG, WEBP, Client, stored_files, temp_files
 from tests.http.helpers import Part, multipart_body, post_body, upload_ok
 
@@ -166,6 +166,35 @@ async def test_one_batch_keeps_its_order_when_numbered(client: Client, upload_di
     items = await upload_ok(client, ("a.jpg", JPEG), ("b.png", PNG + b"new"), ("c.webp", WEBP))
     assert [i["stored_filename"] for i in items] == ["a.jpg", "b-1.png", "c.webp"]
     assert (upload_dir / "b-1.png").read_bytes() == PNG + b"new"
+
+
+@pytest.mark.parametrize("original", [".jpg", "..jpg", "...JPG", "\u202e.jpg"])
+async def test_a_name_that_is_only_an_extension_is_stored_under_the_neutral_stem(
+    client: Client, upload_dir: Path, original: str
+) -> None:
+    """As the original's ``filename.rsplit(".", 1)[1]`` check: ".jpg" has the extension jpg."""
+    [first] = await upload_ok(client, (original, JPEG))
+    [second] = await upload_ok(client, (original, JPEG + b"2"))
+    assert first["original_filename"] == original
+    assert first["content_type"] == "image/jpeg"
+    assert [first["stored_filename"], second["stored_filename"]] == [
+        f"{FALLBACK_STEM}.jpg",
+        f"{FALLBACK_STEM}-1.jpg",
+    ]
+    assert_stored_safely(upload_dir, f"{FALLBACK_STEM}.jpg", JPEG)
+    assert_stored_safely(upload_dir, f"{FALLBACK_STEM}-1.jpg", JPEG + b"2")
+
+
+async def test_extension_only_names_of_several_types_in_one_batch(
+    client: Client, upload_dir: Path
+) -> None:
+    items = await upload_ok(client, (".jpg", JPEG), ("...PNG", PNG), ("..jpg", JPEG + b"2"))
+    assert [i["stored_filename"] for i in items] == [
+        f"{FALLBACK_STEM}.jpg",
+        f"{FALLBACK_STEM}.png",
+        f"{FALLBACK_STEM}-1.jpg",
+    ]
+    assert stored_files(upload_dir) == sorted(i["stored_filename"] for i in items)
 
 
 async def test_unescaped_windows_path_keeps_its_last_segment(client: Client) -> None:

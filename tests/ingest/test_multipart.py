@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import cast
 
 import pytest
-from aiohttp.base_protocol import BaseProtocol
-from aiohttp.multipart import (
+from aiohttp import (
     BodyPartReader,
     MultipartReader,
     content_disposition_filename,
     parse_content_disposition,
 )
-from aiohttp.streams import StreamReader
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from clustr_aio.compat import fed_stream_reader
 from clustr_aio.domain.errors import ClientDisconnected, MalformedUpload, NoFilesUploaded
 from clustr_aio.ingest.multipart import (
     MultipartStream,
@@ -638,24 +635,9 @@ def test_backslashes_in_a_quoted_filename_are_literal(value: str, filename: str)
     assert aiohttp_disposition(value) != ("files", filename)  # where aiohttp would differ
 
 
-class _Protocol:
-    """Just enough of aiohttp's BaseProtocol for a StreamReader fed up front."""
-
-    connected = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self, resume_parser: bool = True) -> None:
-        pass
-
-
 async def aiohttp_parse(body: bytes, boundary: bytes, chunk: int) -> list[tuple[PartInfo, bytes]]:
     """The oracle: aiohttp's own MultipartReader on the same body."""
-    stream = StreamReader(cast(BaseProtocol, _Protocol()), 1 << 16, loop=asyncio.get_running_loop())
-    for i in range(0, len(body), chunk):
-        stream.feed_data(body[i : i + chunk])
-    stream.feed_eof()
+    stream = fed_stream_reader(body[i : i + chunk] for i in range(0, len(body), chunk))
     content_type = f'multipart/form-data; boundary="{boundary.decode()}"'
     reader = MultipartReader({"Content-Type": content_type}, stream)
     out: list[tuple[PartInfo, bytes]] = []

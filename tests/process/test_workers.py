@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
+from clustr_aio.storage.local import INCOMING_DIR
 from tests.conftest import JPEG, stored_files, temp_files
 from tests.process.conftest import StartServer
 from tests.process.slow_client import SlowUpload, jpeg_bytes, upload_in_flight
@@ -57,6 +61,46 @@ def test_ready_only_once_every_worker_serves(server_factory: StartServer) -> Non
     assert fields["MAINPID"] == str(server.pid)
     assert fields["STATUS"] == "3 workers serving"
     assert get_root(server) == {"message": "Hello World"}
+
+
+# A text line's level, pid and logger, after its timestamp (or, under the journal, its priority).
+TEXT_LINE = re.compile(r"(?:\d{4}-\d\d-\d\d \S+|<[0-7]>)(?: |)(\w+) \[pid (\d+)\] ([\w.]+): ")
+
+
+def pid_and_message(line: str, log_format: str) -> tuple[int, str]:
+    """Which process wrote the log ``line``, and what it says."""
+    if log_format == "json":
+        record = json.loads(line)
+        assert isinstance(record["pid"], int), line
+        return record["pid"], record["message"]
+    match = TEXT_LINE.match(line)
+    assert match, line
+    return int(match[2]), line[match.end() :]
+
+
+@pytest.mark.parametrize(
+    ("log_format", "journal"), [("text", False), ("json", False), ("text", True)]
+)
+def test_every_log_line_names_the_process_that_wrote_it(
+    server_factory: StartServer, log_format: str, journal: bool
+) -> None:
+    server = server_factory({"LOG_FORMAT": log_format}, workers=2, journal=journal)
+    workers = server.worker_pids()
+    for _ in range(4):  # access lines, from whichever worker accepts
+        assert get_root(server) == {"message": "Hello World"}
+    wait_until(lambda: server.logs.count("GET /") == 4, "four access lines")
+    assert server.stop() == 0
+    lines = [pid_and_message(line, log_format) for line in server.logs.splitlines()]
+    by_pid: dict[int, list[str]] = {}
+    for pid, message in lines:
+        by_pid.setdefault(pid, []).append(message)
+    assert set(by_pid) == {server.pid, *workers}, server.logs
+    supervisor = by_pid[server.pid]
+    for pid in workers:
+        assert any(f"(pid {pid}) started" in message for message in supervisor)
+        assert any(message.startswith("clustr_aio listening on") for message in by_pid[pid])
+    assert any(message.startswith("supervisor: SIGTERM received") for message in supervisor)
+    assert not any("listening on" in message or "GET /" in message for message in supervisor)
 
 
 def test_a_killed_worker_is_replaced(server_factory: StartServer) -> None:
@@ -121,9 +165,12 @@ def test_sigterm_drains_every_worker(server_factory: StartServer) -> None:
 def test_a_worker_that_cannot_start_fails_the_service(
     server_factory: StartServer, tmp_path: Path
 ) -> None:
-    not_a_folder = tmp_path / "uploads-file"
-    not_a_folder.write_bytes(b"")
-    server = server_factory({"UPLOAD_FOLDER": str(not_a_folder)}, workers=2, wait_ready=False)
+    # A folder the start-up checks accept (it exists and takes files) but where each worker's
+    # storage cannot open: its .incoming directory is taken by a file.
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    (folder / INCOMING_DIR).write_bytes(b"")
+    server = server_factory({"UPLOAD_FOLDER": str(folder)}, workers=2, wait_ready=False)
     assert server.wait() == 1  # not a loop of workers failing forever
     assert "before it served; stopping" in server.logs
     assert not server.notify.has("READY=1")

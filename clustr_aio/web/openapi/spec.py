@@ -14,6 +14,7 @@ from typing import Final
 from aiohttp import web
 
 import clustr_aio
+from clustr_aio.compat import is_cors_preflight
 from clustr_aio.settings import Settings
 from clustr_aio.web.keys import SETTINGS
 from clustr_aio.web.middlewares import REQUEST_ID_HEADER
@@ -54,7 +55,7 @@ def served_routes(router: web.UrlDispatcher) -> Iterator[tuple[RouteKey, web.Abs
         for route in resource:
             if route.method == "HEAD" and "GET" in methods:
                 continue
-            if route.method == "OPTIONS" and _is_cors_preflight(route):
+            if route.method == "OPTIONS" and is_cors_preflight(route):
                 continue
             yield RouteKey(path, route.method), route
 
@@ -68,10 +69,6 @@ def _with_request_id(response: JSONObject) -> JSONObject:
     (a copy: the operation's own dicts are shared by every app and every request)."""
     reference = {"$ref": f"#/components/headers/{REQUEST_ID_HEADER}"}
     return {**response, "headers": {**response.get("headers", {}), REQUEST_ID_HEADER: reference}}
-
-
-def _is_cors_preflight(route: web.AbstractRoute) -> bool:
-    return str(getattr(route.handler, "__module__", "")).startswith("aiohttp_cors.")
 
 
 def build_openapi(app: web.Application, *, server_url: str | None = None) -> JSONObject:

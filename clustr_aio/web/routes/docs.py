@@ -10,7 +10,7 @@ from aiohttp import web
 
 from clustr_aio.web.base_url import request_base_url
 from clustr_aio.web.openapi import build_openapi, operation
-from clustr_aio.web.openapi.assets import ASSETS, PAGES_DIR
+from clustr_aio.web.openapi.assets import MEDIA_TYPES, PAGES_DIR, docs_assets
 from clustr_aio.web.openapi.schemas import FILE_REQUEST_HEADERS, file_responses, json_response
 
 routes = web.RouteTableDef()
@@ -77,19 +77,19 @@ async def redoc(request: web.Request) -> web.Response:
             "name": "asset",
             "in": "path",
             "required": True,
-            "schema": {"type": "string", "enum": sorted(ASSETS)},
+            "schema": {"type": "string", "enum": sorted(MEDIA_TYPES)},
             "example": "swagger-ui-bundle.js",
         },
         *FILE_REQUEST_HEADERS,
     ),
     responses=file_responses(
-        sorted({asset.media_type for asset in ASSETS.values()}),
+        sorted(set(MEDIA_TYPES.values())),
         what="asset",
         not_found="No asset of that name.",
     ),
 )
 async def docs_asset(request: web.Request) -> web.FileResponse:
-    asset = ASSETS.get(request.match_info["asset"])
+    asset = docs_assets().get(request.match_info["asset"])
     if asset is None:
         raise web.HTTPNotFound()
     return web.FileResponse(asset.path, headers={"Content-Type": asset.content_type, **_NO_CACHE})

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from aiohttp import hdrs, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import HttpVersion11, hdrs, web
 
-# aiohttp exposes no public "send 100 Continue"; its default expect handler is that, and stable.
-from aiohttp.web_urldispatcher import _default_expect_handler
-
+from clustr_aio.compat import HttpProcessingError
 from clustr_aio.domain.errors import (
     ClientDisconnected,
     ClustrError,
@@ -38,8 +35,20 @@ async def refuse_early(request: web.Request) -> web.StreamResponse | None:
     except ClustrError as error:
         request.app[METRICS].count_rejection(error)
         return error_response(error.status, error.detail)
-    await _default_expect_handler(request)
+    await _continue(request)
     return None
+
+
+async def _continue(request: web.Request) -> None:
+    """What aiohttp's own expect handler does, which a route's replacing it must do too (its
+    "Expect Header" documentation): ``100 Continue`` for HTTP/1.1, 417 for another expectation."""
+    if request.version != HttpVersion11:
+        return  # an HTTP/1.0 client sends its body without waiting for an interim answer
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the interim answer is not part of the response's bytes
 
 
 @routes.post("/api/upload", expect_handler=refuse_early)

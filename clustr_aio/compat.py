@@ -1,0 +1,270 @@
+"""The private internals of aiohttp, aiohttp-cors, asyncio and prometheus-client that clustr_aio
+relies on: this is the only module that imports or reaches them; everything else uses the names
+below. ``tests/test_compat.py`` touches each one, so a library upgrade that moves one fails there,
+by name, rather than in the middle of a request.
+
+Each entry says why it is needed, which public API is missing, and since which release it has
+been as used here (checked against the pinned aiohttp 3.14.5, aiohttp-cors 0.8.1,
+prometheus-client 0.26.0 and Python 3.11).
+
+aiohttp
+-------
+- :data:`HttpProcessingError`, :data:`BadHttpMessage` (``aiohttp.http_exceptions``, 3.0): what
+  aiohttp raises for a broken request body (out of ``request.content.read*``) and logs for a
+  request it cannot parse. Neither is exported by ``aiohttp`` or ``aiohttp.web``, nor
+  documented; ``web.RequestPayloadError`` covers only some body errors.
+- Stored files (``web/file_response.py`` serves them without aiohttp's thread-pool round
+  trips, keeping ``FileResponse``'s policies for ranges and preconditions): aiohttp has no
+  public hook for how a ``FileResponse`` finds its file or sends its body.
+
+  - :data:`FileResponseResult` (``_FileResponseResult``, 3.12), :func:`plan_file_response`
+    (``FileResponse._make_response``, 3.12), :func:`send_open_file` (``_prepare_open_file``,
+    3.12), :func:`answer_not_modified` and :func:`answer_precondition_failed`
+    (``_not_modified``, ``_precondition_failed``, 3.8): ``FileResponse.prepare`` in its steps,
+    minus the executor.
+  - :class:`FileResponseBodySender` (``FileResponse._sendfile``, 3.8): where a subclass sends
+    the body.
+  - :func:`prepare_keeping_head` (``StreamResponse._send_headers_immediately``,
+    ``StreamWriter._headers_buf`` and ``_headers_written``, 3.12): the serialised head, to
+    send with the file's first bytes in one ``sendfile`` burst.
+
+- Draining (``runtime/drain.py``): :func:`site_server` (``BaseSite._server``, 3.0): the
+  listening ``asyncio.Server``, to stop accepting before closing (a site exposes only ``name``
+  and ``stop()``); :func:`connection_is_idle` (``RequestHandler._waiter``, 3.0): whether a
+  connection waits for its next request (there is no public flag).
+- Tests and the multipart benchmark: :func:`fed_stream_reader` (``aiohttp.StreamReader``'s
+  constructor with a ``base_protocol.BaseProtocol``, 3.7): aiohttp documents no way to make
+  the body stream a ``MultipartReader`` reads outside a server.
+
+aiohttp-cors
+------------
+- :func:`cors_response_hook` (``CorsConfig._cors_impl._on_response_prepare``, 0.4.0): the
+  response hook ``setup`` installs, to run it only for requests with an ``Origin``; there is
+  no option for that.
+- :func:`is_cors_preflight`: the OPTIONS routes ``CorsConfig.add`` creates are told apart only
+  by their handler living in ``aiohttp_cors`` (every release); no API lists them.
+
+asyncio
+-------
+- :func:`plain_socket` (``trsock.TransportSocket._sock``, Python 3.8): the socket behind
+  ``get_extra_info("socket")``, whose wrapper has no ``send`` (``MSG_MORE`` needs one); there
+  is no public way to the socket object.
+
+prometheus-client
+-----------------
+- :func:`use_multiprocess_values` (``prometheus_client.values.ValueClass``,
+  ``MultiProcessValue`` and its ``_multiprocess`` flag, 0.5.0): the value storage is chosen
+  once, at import, from ``PROMETHEUS_MULTIPROC_DIR``; a supervisor that sets the variable
+  later must switch it. The documented way (set it before the process starts) does not fit a
+  server that creates the directory itself.
+- :func:`pids_with_live_gauges` (the ``gauge_live<mode>_<pid>.db`` files, 0.5.0): which
+  processes' live gauges are on disk, for ``multiprocess.mark_process_dead``, which needs the
+  pids; nothing lists them.
+
+Gone, for a public equivalent: ``web_urldispatcher._default_expect_handler`` (the upload's
+expect handler writes ``100 Continue`` through ``request.writer``, as aiohttp documents);
+``web_fileresponse.CONTENT_TYPES`` (stored files get an explicit Content-Type from the image
+types the upload checks, which ``FileResponse`` keeps); ``StaticResource`` and its internals
+(``/uploads/{filename}`` is an ordinary route that asks the storage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import IO, Any, Final, cast
+
+import aiohttp_cors
+from aiohttp import StreamReader, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError
+from aiohttp.http_writer import StreamWriter
+from aiohttp.web_fileresponse import _FileResponseResult as FileResponseResult
+from prometheus_client import values
+
+__all__ = [
+    "BadHttpMessage",
+    "FileResponseBodySender",
+    "FileResponseResult",
+    "HttpProcessingError",
+    "answer_not_modified",
+    "answer_precondition_failed",
+    "connection_is_idle",
+    "cors_response_hook",
+    "fed_stream_reader",
+    "is_cors_preflight",
+    "pids_with_live_gauges",
+    "plain_socket",
+    "plan_file_response",
+    "prepare_keeping_head",
+    "send_open_file",
+    "site_server",
+    "use_multiprocess_values",
+]
+
+ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
+
+# --------------------------------------------------------------------------- aiohttp: static files
+
+
+def plan_file_response(
+    response: web.FileResponse, request: web.BaseRequest
+) -> tuple[FileResponseResult, io.BufferedReader | None, os.stat_result]:
+    """What ``response`` will answer (send, 304, 412, refuse a non-file) with its file opened
+    and stat'ed, on the calling thread. Pre-compressed siblings are never looked for.
+
+    Raises:
+        OSError: the file cannot be opened or stat'ed (missing, no permission, ...).
+    """
+    result, fobj, st, _encoding = response._make_response(request, "")
+    return result, fobj, st
+
+
+async def send_open_file(
+    response: web.FileResponse,
+    request: web.BaseRequest,
+    fobj: io.BufferedReader,
+    st: os.stat_result,
+) -> AbstractStreamWriter | None:
+    """The 200 or 206 (or 416) for the open file, as ``FileResponse.prepare`` would send it."""
+    return await response._prepare_open_file(request, fobj, st, None)
+
+
+async def answer_not_modified(
+    response: web.FileResponse, request: web.BaseRequest, etag: str, last_modified: float
+) -> AbstractStreamWriter | None:
+    return await response._not_modified(request, etag, last_modified)
+
+
+async def answer_precondition_failed(
+    response: web.FileResponse, request: web.BaseRequest
+) -> AbstractStreamWriter | None:
+    return await response._precondition_failed(request)
+
+
+class FileResponseBodySender(web.FileResponse):
+    """A ``FileResponse`` whose body is sent by its :meth:`send_body`: aiohttp calls the
+    private ``_sendfile`` for that, which every subclass's ``send_body`` becomes."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        setattr(cls, "_sendfile", cls.send_body)  # noqa: B010 (mypy forbids assigning a method)
+
+    async def send_body(
+        self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int
+    ) -> AbstractStreamWriter:
+        """Prepare the response and send ``count`` bytes of ``fobj`` from ``offset``."""
+        return await web.FileResponse._sendfile(self, request, fobj, offset, count)
+
+
+async def prepare_keeping_head(
+    response: web.StreamResponse, request: web.BaseRequest
+) -> tuple[AbstractStreamWriter, bytes]:
+    """``StreamResponse.prepare`` (the base class's, whatever ``response`` is), except that the
+    status line and headers are handed back instead of sent; the writer takes them as sent."""
+    response._send_headers_immediately = False
+    writer = await web.StreamResponse.prepare(response, request)
+    assert isinstance(writer, StreamWriter)
+    head = writer._headers_buf
+    assert head is not None
+    assert not writer._headers_written
+    writer._headers_buf = None
+    writer._headers_written = True
+    return writer, head
+
+
+# --------------------------------------------------------------------------- aiohttp: the server
+
+
+def site_server(site: web.BaseSite) -> asyncio.Server | None:
+    """The listening ``asyncio.Server`` of a started site (None before ``start``, and for a
+    named-pipe site, which has none)."""
+    server = site._server
+    return server if isinstance(server, asyncio.Server) else None
+
+
+def connection_is_idle(connection: web.RequestHandler) -> bool:
+    """Whether the connection waits for its next request, with none being received or handled.
+
+    The test aiohttp's own keep-alive timer makes: the handler awaits ``_waiter`` only when its
+    queue of parsed requests is empty, and a request that arrives completes the waiter at once.
+    """
+    waiter: asyncio.Future[None] | None = connection._waiter
+    return waiter is not None and not waiter.done()
+
+
+class _IdleProtocol:
+    """Just enough of aiohttp's ``BaseProtocol`` for a ``StreamReader`` fed up front."""
+
+    connected = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        pass
+
+
+def fed_stream_reader(chunks: Iterable[bytes]) -> StreamReader:
+    """A request-body stream already holding ``chunks`` and its end (call it in a running
+    event loop), as ``request.content`` would hand them to a ``MultipartReader``."""
+    stream = StreamReader(
+        cast(BaseProtocol, _IdleProtocol()), 1 << 16, loop=asyncio.get_running_loop()
+    )
+    for chunk in chunks:
+        stream.feed_data(chunk)
+    stream.feed_eof()
+    return stream
+
+
+# --------------------------------------------------------------------------- aiohttp-cors
+
+
+def cors_response_hook(cors: aiohttp_cors.CorsConfig) -> ResponseHook:
+    """The ``on_response_prepare`` hook that ``aiohttp_cors.setup`` appended to the app."""
+    impl = cors._cors_impl
+    assert impl is not None
+    hook: ResponseHook = impl._on_response_prepare
+    return hook
+
+
+def is_cors_preflight(route: web.AbstractRoute) -> bool:
+    """Whether ``route`` is an OPTIONS route that aiohttp-cors added for preflight requests."""
+    return str(getattr(route.handler, "__module__", "")).startswith("aiohttp_cors.")
+
+
+# --------------------------------------------------------------------------- asyncio
+
+
+def plain_socket(transport: asyncio.BaseTransport) -> socket.socket | None:
+    """The socket object behind ``transport`` (None when it has none)."""
+    wrapper = transport.get_extra_info("socket")
+    sock = getattr(wrapper, "_sock", wrapper)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+# --------------------------------------------------------------------------- prometheus-client
+
+_LIVE_GAUGE_FILES: Final = "gauge_live*_*.db"
+
+
+def use_multiprocess_values() -> None:
+    """Make metrics created from now on file-backed (``PROMETHEUS_MULTIPROC_DIR`` must be
+    set), even if prometheus-client was imported before the variable was."""
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
+def pids_with_live_gauges(directory: Path) -> set[int]:
+    """The processes whose ``live*`` gauges have a file in the multiprocess ``directory``."""
+    pids = set()
+    for path in directory.glob(_LIVE_GAUGE_FILES):
+        pid_text = path.stem.rpartition("_")[2]
+        if pid_text.isdigit():
+            pids.add(int(pid_text))
+    return pids
