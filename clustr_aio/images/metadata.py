@@ -46,6 +46,10 @@ _IPTC_PLACE: Final = re.compile(rb"\x1c\x02[\x5a\x5c\x5f\x64\x65]")
 # PNG text keywords whose text is another metadata format, hex-encoded (ImageMagick, exiftool).
 _RAW_PROFILE: Final = re.compile(rb"Raw profile type (?:exif|app1|xmp|iptc|8bim)", re.IGNORECASE)
 XMP_KEYWORD: Final = b"XML:com.adobe.xmp"
+_EMPTY_XMP: Final = (
+    b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"/><?xpacket end="w"?>'
+)
 
 
 class MetadataFilter:
@@ -93,6 +97,42 @@ class MetadataFilter:
             return self._changed(payload, None)
         return payload if stripped is None else self._changed(payload, prefix + stripped)
 
+    def exif_in_place(self, payload: bytes) -> bytes:
+        """:meth:`exif` at the same length (HEIF items, whose offsets must not move), padded
+        with zeros. What would be left out whole becomes a minimal, upright EXIF instead, since
+        decoders (libavif) refuse an Exif item that is not one."""
+        kept = self.exif(payload)
+        if kept is None:
+            kept = tiff_of(payload)[0] + orientation_exif(1)
+        if len(kept) > len(payload):
+            return bytes(len(payload))
+        return kept + bytes(len(payload) - len(kept))
+
+    def set_orientation(self, orientation: int) -> None:
+        """The orientation display applies, known from elsewhere than EXIF (HEIF's irot and
+        imir): EXIF's is then not used."""
+        self.orientation = orientation
+        self._seen_exif = True
+
+    def xmp_in_place(self, packet: bytes) -> bytes:
+        """:meth:`xmp` at the same length: properties removed become spaces (XML white
+        space), a packet removed whole an empty packet padded with spaces."""
+        if self.mode == "none":
+            return packet
+        if self.mode == "location":
+            if not _PLACE_NAME.search(packet):
+                return packet
+            scrubbed = _PLACE_ATTRIBUTE.sub(_blank, packet)
+            scrubbed = _PLACE_EMPTY_ELEMENT.sub(_blank, scrubbed)
+            scrubbed = _PLACE_ELEMENT.sub(_blank, scrubbed)
+            if not _PLACE_NAME.search(scrubbed):
+                self.removed = True
+                return scrubbed
+        self.removed = True
+        if len(packet) < len(_EMPTY_XMP):
+            return b" " * len(packet)
+        return _EMPTY_XMP + b" " * (len(packet) - len(_EMPTY_XMP))
+
     def xmp(self, packet: bytes) -> bytes | None:
         if self.mode == "none":
             return packet
@@ -128,6 +168,10 @@ class MetadataFilter:
         if chunk_type == b"iTXt" and keyword == XMP_KEYWORD:
             return self._changed(data, _png_xmp(self, data))
         return data
+
+
+def _blank(match: re.Match[bytes]) -> bytes:
+    return b" " * len(match[0])
 
 
 def _png_xmp(filter_: MetadataFilter, data: bytes) -> bytes | None:

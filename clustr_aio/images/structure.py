@@ -16,6 +16,9 @@ passed through as slices of the received chunks, never decoded nor copied.
   only at the end: they come back as :attr:`ImageCheck.patches`, for the writer to apply to
   the first bytes of the file before it is published.
 
+- AVIF, HEIC: :mod:`clustr_aio.images.isobmff` (boxes to the end; EXIF and XMP items edited
+  in place, at the same length).
+
 What follows an image's end (after EOI, IEND, the RIFF size: a phone's motion-photo video, an
 MPF second image, junk) is kept, unless ``STRIP_METADATA=all``; it is not looked into.
 """
@@ -30,6 +33,7 @@ from typing import Final
 
 from clustr_aio.domain.errors import BrokenImage, ImageTooLarge
 from clustr_aio.images.exif import EXIF_PREFIX
+from clustr_aio.images.isobmff import isobmff_parser
 from clustr_aio.images.metadata import MetadataFilter, StripMode
 from clustr_aio.images.stream import (
     Emit,
@@ -54,6 +58,8 @@ _FORMATS: Final = {
     "image/png": "PNG",
     "image/webp": "WebP",
     "image/gif": "GIF",
+    "image/avif": "AVIF",
+    "image/heic": "HEIC",
 }
 
 
@@ -495,9 +501,15 @@ def _gif_sub_blocks(*, keep: bool, what: str) -> SubParser:
         yield Pass(length[0], keep, what)
 
 
+def _isobmff(filter_: MetadataFilter, found: _Found, broken: Broken) -> ParserGenerator:
+    return isobmff_parser(filter_, found, broken, MAX_METADATA_UNIT)
+
+
 _PARSERS: Final[dict[str, Callable[[MetadataFilter, _Found, Broken], ParserGenerator]]] = {
     "JPEG": _jpeg,
     "PNG": _png,
     "WebP": _webp,
     "GIF": _gif,
+    "AVIF": _isobmff,
+    "HEIC": _isobmff,
 }

@@ -31,6 +31,10 @@ def test_sniff_bytes_covers_the_longest_signature() -> None:
         (WEBP, "image/webp"),
         (b"\xff\xd8\xff", "image/jpeg"),  # the whole signature and nothing more
         (GIF, "image/gif"),
+        (b"\x00\x00\x00\x1cftypavif", "image/avif"),
+        (b"\x00\x00\x00\x18ftypheic", "image/heic"),
+        (b"\x00\x00\x00\x18ftypmif1", "image/heic"),
+        (b"\x00\x00\x00\x18ftypisom", None),  # an MP4 video
         (b"GIF87a", "image/gif"),
         (BMP, None),
         (TEXT, None),
@@ -94,4 +98,6 @@ def test_known_types_are_consistent() -> None:
         "image/png",
         "image/webp",
         "image/gif",
+        "image/avif",
+        "image/heic",
     }

@@ -218,6 +218,39 @@ async def test_a_gif_when_allowed(
     assert "(3600 in all)" in detail  # the canvas and the second and third frames
 
 
+@needs_exiftool
+@pytest.mark.parametrize("strip", ["location", "all", "none"])
+async def test_avif_and_heic_when_allowed(
+    make_client: MakeClient, upload_dir: Path, tmp_path: Path, strip: str
+) -> None:
+    """Their EXIF and XMP items are edited in place (no offset moves); the rotation is HEIF's
+    irot (Pillow turns EXIF orientation 6 into irot 3)."""
+    avif = phone_photo(tmp_path, "avif", orientation=6, size=(64, 48))
+    # The same container under a HEIC brand: structurally a HEIF file (not decodable as one).
+    heic = avif[:8] + b"heic" + avif[12:]
+    allowed = frozenset({"avif", "heic"})
+    client = await make_client(allowed_extensions=allowed, strip_metadata=strip)
+    items = await upload_ok(client, ("p.avif", avif), ("p.heic", heic))
+    assert [item["content_type"] for item in items] == ["image/avif", "image/heic"]
+    for item, original in zip(items, (avif, heic), strict=True):
+        assert (item["width"], item["height"], item["orientation"]) == (48, 64, 6)
+        assert item["metadata_removed"] is (strip != "none")
+        stored = (upload_dir / item["stored_filename"]).read_bytes()
+        assert len(stored) == len(original)
+        tags = exiftool_tags(stored, tmp_path, item["stored_filename"].rpartition(".")[2])
+        assert any("GPS" in tag for tag in tags) is (strip == "none")
+        assert ("XMP:City" in tags) is (strip == "none")
+        assert ("XMP:Creator" in tags) is (strip != "all")
+        assert ("EXIF:Make" in tags) is (strip != "all")
+    assert pixels((upload_dir / "p.avif").read_bytes()) == pixels(avif)
+    cut = await upload(client, ("cut.avif", avif[: len(avif) - 10]))
+    assert "'cut.avif' is not a valid AVIF image: it ends inside" in await expect_error(cut, 415)
+    at = avif.index(b"ispe") + 8
+    huge = avif[:at] + struct.pack(">II", 20_000, 20_000) + avif[at + 8 :]
+    detail = await expect_error(await upload(client, ("huge.avif", huge)), 413)
+    assert "'huge.avif' is 20000 x 20000 pixels" in detail
+
+
 def gif_frame(data: bytes, frame: int) -> bytes:
     with Image.open(io.BytesIO(data)) as image:
         image.seek(frame)

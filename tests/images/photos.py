@@ -21,7 +21,7 @@ needs_exiftool = pytest.mark.skipif(
     EXIFTOOL is None, reason="exiftool missing (Debian libimage-exiftool-perl, .ci/system-deps)"
 )
 
-FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF"}
+FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF", "avif": "AVIF"}
 
 COMMENT = b"taken on a phone"
 
@@ -67,7 +67,7 @@ def picture(size: tuple[int, int] = (64, 48)) -> Image.Image:
 
 def encode(ext: str, image: Image.Image, **options: Any) -> bytes:
     out = io.BytesIO()
-    if ext == "webp":
+    if ext in ("webp", "avif"):
         options.setdefault("quality", 80)
     image.save(out, FORMATS[ext], **options)
     return out.getvalue()

@@ -19,7 +19,13 @@ from clustr_aio.ingest.pipeline import IncomingFile, IngestPolicy, ingest_file
 from clustr_aio.storage.base import BatchScope, Buffer, FileWriter, UploadBatch
 from tests.images.photos import encode, exif_bytes, phone_photo, picture, pixels
 
-CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif"}
+CONTENT_TYPES = {
+    "jpg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "avif": "image/avif",
+}
 
 
 def run(check: ImageCheck, data: bytes, piece: int) -> bytes:
@@ -44,12 +50,15 @@ def checked(ext: str, data: bytes, mode: StripMode = "location", piece: int = 40
 def test_the_output_does_not_depend_on_how_the_bytes_are_cut(
     tmp_path: Path, ext: str, mode: StripMode
 ) -> None:
-    photo = phone_photo(tmp_path, ext) + b"trailer"
+    # After the image's end, bytes are not looked into; an ISOBMFF file (AVIF) has no end but
+    # the file's: bytes after its last box would be a box.
+    trailer = b"" if ext == "avif" else b"trailer"
+    photo = phone_photo(tmp_path, ext) + trailer
     whole = checked(ext, photo, mode, len(photo))
     for piece in (1, 2, 3, 7, 64, 1000):
         assert checked(ext, photo, mode, piece) == whole, piece
     assert pixels(whole) == pixels(photo)
-    assert whole.endswith(b"trailer") == (mode != "all")  # after the image's end: not looked at
+    assert whole.endswith(b"trailer") == (mode != "all" and ext != "avif")
 
 
 def test_an_eoi_split_across_two_reads_is_found() -> None:
