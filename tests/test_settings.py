@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from clustr_aio import settings as settings_module
 from clustr_aio.settings import (
     DEFAULT_CONFIG_FILE,
     SETTINGS,
     Settings,
     SettingsError,
     load_settings,
+    loading,
     parse_size,
     settings_table_markdown,
 )
@@ -314,7 +314,7 @@ def test_an_error_of_pydantic_s_own_is_one_line_too() -> None:
     with pytest.raises(ValidationError) as caught:
         TypeAdapter(dict[str, int]).validate_python({"PORT": "abc"})
     [error] = caught.value.errors()
-    assert settings_module._one_line(error, {"PORT": "environment"}) == (
+    assert loading._one_line(error, {"PORT": "environment"}) == (
         "PORT: input should be a valid integer, unable to parse string as an integer, got 'abc'"
         " (from environment)"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Final
 from urllib.parse import urlsplit
@@ -16,8 +17,6 @@ from clustr_aio.web.openapi.schemas import FILE_REQUEST_HEADERS, file_responses,
 routes = web.RouteTableDef()
 
 _TAGS: Final = ("documentation",)
-_SWAGGER_PAGE: Final = (PAGES_DIR / "swagger.html").read_bytes()
-_REDOC_PAGE: Final = (PAGES_DIR / "redoc.html").read_bytes()
 # Revalidate every time (cheap: ETag/304), so an upgrade never runs with stale scripts.
 _NO_CACHE: Final = {"Cache-Control": "no-cache"}
 
@@ -57,13 +56,13 @@ async def openapi_document(request: web.Request) -> web.Response:
 @routes.get("/docs")
 @_html_page("Swagger UI", "Interactive documentation: try the upload from the browser.")
 async def swagger_ui(request: web.Request) -> web.Response:
-    return _page(request, _SWAGGER_PAGE)
+    return _page(request, _page_bytes("swagger.html"))
 
 
 @routes.get("/redoc")
 @_html_page("ReDoc", "The same document, as a readable reference.")
 async def redoc(request: web.Request) -> web.Response:
-    return _page(request, _REDOC_PAGE)
+    return _page(request, _page_bytes("redoc.html"))
 
 
 @routes.get("/docs/static/{asset}")
@@ -93,6 +92,12 @@ async def docs_asset(request: web.Request) -> web.FileResponse:
     if asset is None:
         raise web.HTTPNotFound()
     return web.FileResponse(asset.path, headers={"Content-Type": asset.content_type, **_NO_CACHE})
+
+
+@functools.cache
+def _page_bytes(name: str) -> bytes:
+    """A page shipped in the package, read on first request (importing reads no file)."""
+    return (PAGES_DIR / name).read_bytes()
 
 
 def _page(request: web.Request, body: bytes) -> web.Response:

@@ -1,0 +1,268 @@
+"""The declarations: one field per setting, its parser, its default (as text) and its
+description; ``SETTINGS`` and the README table derive from them."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import Field, PlainValidator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from clustr_aio.settings.values import (
+    IPNetwork,
+    integer_between,
+    parse_boolean,
+    parse_byte_limit,
+    parse_byte_limit_or_zero,
+    parse_cors_origins,
+    parse_extensions,
+    parse_host,
+    parse_log_format,
+    parse_log_level,
+    parse_networks,
+    parse_path,
+    parse_public_base_url,
+    parse_seconds,
+    parse_strip_metadata,
+    parse_thumbnail_sizes,
+    parse_thumbnails,
+    parse_url_path,
+)
+
+__all__ = [
+    "BY_ATTRIBUTE",
+    "BY_NAME",
+    "SETTINGS",
+    "SettingSpec",
+    "Settings",
+    "settings_table_markdown",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Declarations
+
+# Each setting's type with its parser. PlainValidator: the parser alone decides, pydantic's own
+# coercion never runs (it would take TOML's `true` for port 1, and 2.0 for two workers).
+_Host = Annotated[str, PlainValidator(parse_host)]
+_Port = Annotated[int, PlainValidator(integer_between(1, 65535))]
+_Workers = Annotated[int, PlainValidator(integer_between(1, 64))]
+_Count = Annotated[int, PlainValidator(integer_between(1))]
+_Boolean = Annotated[bool, PlainValidator(parse_boolean)]
+_Seconds = Annotated[float, PlainValidator(parse_seconds)]
+_Directory = Annotated[Path, PlainValidator(parse_path)]
+_Extensions = Annotated[frozenset[str], PlainValidator(parse_extensions)]
+_UrlPath = Annotated[str, PlainValidator(parse_url_path)]
+_PublicBaseUrl = Annotated[str | None, PlainValidator(parse_public_base_url)]
+_Networks = Annotated[tuple[IPNetwork, ...], PlainValidator(parse_networks)]
+_Size = Annotated[int, PlainValidator(parse_byte_limit)]
+_SizeOrZero = Annotated[int, PlainValidator(parse_byte_limit_or_zero)]
+_Origins = Annotated[tuple[str, ...], PlainValidator(parse_cors_origins)]
+_LogLevel = Annotated[str, PlainValidator(parse_log_level)]
+_LogFormat = Annotated[str, PlainValidator(parse_log_format)]
+_StripMetadata = Annotated[Literal["location", "all", "none"], PlainValidator(parse_strip_metadata)]
+_ThumbnailSizes = Annotated[tuple[int, ...], PlainValidator(parse_thumbnail_sizes)]
+_Thumbnails = Annotated[Literal["lazy", "eager"], PlainValidator(parse_thumbnails)]
+
+
+def _setting(default: str, description: str) -> Any:
+    """Declare a setting field.
+
+    ``default`` is text as it would appear in ``.env`` ("" for unset): the field's parser reads
+    it like any other value (``validate_default``), so built-in defaults obey the same rules as
+    user values, and the README shows them as a user would write them. Typed ``Any`` because
+    the text is not the field's type until it is parsed.
+    """
+    return Field(default, description=description)
+
+
+class Settings(BaseSettings):
+    """Validated, typed configuration. ``Settings()`` holds the built-in defaults, and
+    ``Settings(port=80)`` validates what it is given; neither reads a file or the environment.
+
+    Build it with :func:`load_settings`; every value has already been checked.
+    """
+
+    model_config = SettingsConfigDict(
+        alias_generator=str.upper,  # PORT in the files and the environment, settings.port here
+        validate_by_alias=True,
+        validate_by_name=True,  # Settings(port=80), as type checkers expect, or Settings(PORT=80)
+        case_sensitive=True,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,  # the defaults are text, parsed like user values
+        enable_decoding=False,  # lists are comma-separated text, never JSON
+    )
+
+    host: _Host = _setting("127.0.0.1", "Address to bind; 0.0.0.0 or :: listens on all interfaces.")
+    port: _Port = _setting("5000", "TCP port to listen on (1-65535).")
+    reload: _Boolean = _setting(
+        "false", "Restart the server when the code changes (development only)."
+    )
+    workers: _Workers = _setting(
+        "1",
+        "Processes serving the one listening socket (1-64); more than 1 adds a supervisor that"
+        " replaces a worker that dies. Ignored when RELOAD is on.",
+    )
+    shutdown_timeout: _Seconds = _setting(
+        "30",
+        "Seconds a stopping server (SIGTERM) lets uploads in flight finish before aborting them;"
+        " keep systemd's TimeoutStopSec above it.",
+    )
+    upload_folder: _Directory = _setting(
+        "uploads",
+        "Directory files are stored in; a relative path is relative to config.toml's directory"
+        " if set there or not set at all, to the working directory if set in .env or the"
+        " environment.",
+    )
+    allowed_extensions: _Extensions = _setting(
+        "png,jpg,jpeg,webp",
+        "Accepted file extensions: comma-separated, case-insensitive, leading dot optional.",
+    )
+    upload_url_path: _UrlPath = _setting(
+        "/uploads", "URL path prefix stored files are served under (not / alone)."
+    )
+    public_base_url: _PublicBaseUrl = _setting(
+        "",
+        "Public http(s) URL clients reach the server at, e.g. https://photos.example.com behind"
+        " a proxy; unset: http://HOST:PORT.",
+    )
+    forwarded_allow_ips: _Networks = _setting(
+        "127.0.0.1,::1",
+        "Proxies (IP addresses or networks, comma-separated, or *) whose X-Forwarded-Proto/"
+        "X-Forwarded-Host or Forwarded headers set the scheme and host of the URLs in a response;"
+        " PUBLIC_BASE_URL, when set, wins.",
+    )
+    max_file_size: _Size = _setting(
+        "50MiB",
+        "Largest accepted file: bytes or a size like 25MB, 1.5GB, 1GiB (kB/MB/GB decimal,"
+        " KiB/MiB/GiB and bare k/m/g binary).",
+    )
+    max_request_size: _Size = _setting(
+        "10GiB", "Largest accepted request body; same syntax as MAX_FILE_SIZE."
+    )
+    max_files: _Count = _setting("10000", "Most files accepted in one request.")
+    min_free_space: _SizeOrZero = _setting(
+        "100MiB",
+        "Free space to keep on the upload folder's filesystem: an upload that would leave less is"
+        " refused with 507 (before its body when Content-Length tells), and /readyz fails below"
+        " it; same syntax as MAX_FILE_SIZE, 0 to fill the disk to the last byte.",
+    )
+    fsync: _Boolean = _setting(
+        "true",
+        "Flush each file and its directory to disk before answering 200; off is faster but a"
+        " crash can lose files already reported as stored.",
+    )
+    cors_origins: _Origins = _setting(
+        "*",
+        "Origins allowed to call the API from a browser: *, comma-separated origins, or empty"
+        " for none.",
+    )
+    log_level: _LogLevel = _setting(
+        "INFO", "Least severe log level shown: DEBUG, INFO, WARNING, ERROR, CRITICAL."
+    )
+    log_format: _LogFormat = _setting(
+        "text",
+        "text: one line per record (without timestamps, with <N> priority prefixes when stderr is"
+        " the systemd journal); json: one JSON object per line.",
+    )
+    access_log: _Boolean = _setting("true", "Log one line per request.")
+    max_image_pixels: _Count = _setting(
+        "100000000",
+        "Most pixels in one image (width x height, the frames of an animation summed): a larger"
+        " one is refused with 413 as soon as its header shows it, before any decode.",
+    )
+    strip_metadata: _StripMetadata = _setting(
+        "location",
+        "Metadata removed from stored images, losslessly: location (GPS and location tags of"
+        " EXIF, XMP and IPTC), all (everything but orientation and ICC profile), none.",
+    )
+    thumbnail_sizes: _ThumbnailSizes = _setting(
+        "256,1024",
+        "Thumbnail sizes offered, longest side in pixels, comma-separated; the first is the"
+        " default. Any other size asked for is a 400.",
+    )
+    thumbnails: _Thumbnails = _setting(
+        "lazy",
+        "lazy: a thumbnail is rendered on its first request; eager: every size is rendered in"
+        " the background after the upload's 200, behind requests.",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the values given to the constructor: :func:`load_settings` reads the layers."""
+        return (init_settings,)
+
+    @property
+    def base_url(self) -> str:
+        """Where clients reach this server: ``public_base_url`` if set, else ``http://HOST:PORT``.
+
+        A wildcard bind address (0.0.0.0, ::) means "every interface" and is not an address a
+        browser can connect to, so it becomes the loopback address of the same family (127.0.0.1,
+        [::1]). IPv6 addresses are bracketed, as URLs require.
+        """
+        if self.public_base_url is not None:
+            return self.public_base_url
+        try:
+            address = ipaddress.ip_address(self.host)
+        except ValueError:
+            return f"http://{self.host}:{self.port}"  # a host name
+        if address.is_unspecified:
+            address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+        if address.version == 6:
+            # A zone ("fe80::1%eth0") must be percent-escaped inside a URL (RFC 6874).
+            return f"http://[{str(address).replace('%', '%25')}]:{self.port}"
+        return f"http://{address}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class SettingSpec:
+    """Documentation of one setting, derived from its :class:`Settings` field."""
+
+    name: str  # "PORT": the config.toml key and the environment variable
+    attribute: str  # "port": the Settings field
+    default: str  # as text, as in config.toml/.env; "" means unset
+    description: str  # one line
+    is_path: bool  # relative values are anchored at the directory of their layer
+
+
+def _spec(attribute: str) -> SettingSpec:
+    field = Settings.model_fields[attribute]
+    assert field.alias is not None
+    assert isinstance(field.default, str)
+    assert field.description is not None
+    return SettingSpec(
+        name=field.alias,
+        attribute=attribute,
+        default=field.default,
+        description=field.description,
+        is_path=field.annotation is Path,
+    )
+
+
+SETTINGS: Final[tuple[SettingSpec, ...]] = tuple(map(_spec, Settings.model_fields))
+
+BY_NAME: Final[Mapping[str, SettingSpec]] = {spec.name: spec for spec in SETTINGS}
+BY_ATTRIBUTE: Final[Mapping[str, SettingSpec]] = {spec.attribute: spec for spec in SETTINGS}
+
+
+def settings_table_markdown() -> str:
+    """A Markdown table of every setting (name, default, description), for the README."""
+    rows = ["| Setting | Default | Description |", "|---|---|---|"]
+    for spec in SETTINGS:
+        default = f"`{spec.default}`" if spec.default else "(unset)"
+        # "|" would end the cell and a lone "*" can start emphasis; both are literal here.
+        description = spec.description.replace("|", "\\|").replace("*", "\\*")
+        rows.append(f"| `{spec.name}` | {default} | {description} |")
+    return "\n".join(rows) + "\n"
