@@ -139,6 +139,8 @@ class _Job:
     fmt: ThumbnailFormat
     future: asyncio.Future[None]
     request: bool
+    """A request waits for it (else an eager render); it then counts toward the queue limit."""
+    started: bool = False
 
 
 class Thumbnailer:
@@ -150,6 +152,7 @@ class Thumbnailer:
         *,
         workers: int = 2,
         queue_limit: int = 64,
+        eager_limit: int = 10_000,
         retry_after: int = 1,
         on_rendered: Callable[[], None] = lambda: None,
         renderer: Renderer = render,
@@ -157,13 +160,14 @@ class Thumbnailer:
         self.cache_dir = cache_dir
         self.workers = workers
         self.queue_limit = queue_limit
+        self.eager_limit = eager_limit
         self.retry_after = retry_after
         self._on_rendered = on_rendered
         self._render = renderer
         self._queue: asyncio.PriorityQueue[tuple[int, int, _Job]] = asyncio.PriorityQueue()
         self._order = itertools.count()
         self._pending_requests = 0
-        self._inflight: dict[Path, asyncio.Future[None]] = {}
+        self._inflight: dict[Path, _Job] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -205,23 +209,50 @@ class Thumbnailer:
         target = self._target(file_key, etag, size, fmt)
         found = _cached(target)
         if found is None:
-            future = self._inflight.get(target)
-            if future is None:
+            job = self._inflight.get(target)
+            if job is None:
                 if request and self._pending_requests >= self.queue_limit:
                     raise ThumbnailsBusy(
                         "too many thumbnails are being rendered; try again shortly",
                         retry_after=self.retry_after,
                     )
-                future = asyncio.get_running_loop().create_future()
-                self._inflight[target] = future
-                job = _Job(os.fspath(source), target, size, fmt, future, request)
-                self._pending_requests += request
-                self._queue.put_nowait((0 if request else 1, next(self._order), job))
-            await asyncio.shield(future)
+                job = self._enqueue(source, target, size, fmt, request=request)
+            elif request and not job.request and not job.started:
+                # An eager render nobody waited for: a request now does, so it moves up.
+                job.request = True
+                self._pending_requests += 1
+                self._queue.put_nowait((0, next(self._order), job))
+            await asyncio.shield(job.future)
             found = _cached(target)
             if found is None:  # removed meanwhile (the file was deleted)
                 raise ThumbnailUnavailable("the file's thumbnails were removed while rendering")
         return Thumbnail(target, f'"{etag}"', fmt.content_type, found)
+
+    def prefetch(
+        self, source: Path, *, file_key: str, content_hash: str, size: int, fmt: ThumbnailFormat
+    ) -> None:
+        """Queue an eager render (``THUMBNAILS=eager``, after an upload's 200) behind every
+        request, unless it is cached, queued, or ``eager_limit`` renders already wait."""
+        etag = self.identity(content_hash, size, fmt)
+        target = self._target(file_key, etag, size, fmt)
+        if target in self._inflight or self._queue.qsize() >= self.eager_limit:
+            return
+        try:
+            if _cached(target) is not None:
+                return
+        except ThumbnailUnavailable:
+            return
+        self._enqueue(source, target, size, fmt, request=False)
+
+    def _enqueue(
+        self, source: Path, target: Path, size: int, fmt: ThumbnailFormat, *, request: bool
+    ) -> _Job:
+        future = asyncio.get_running_loop().create_future()
+        job = _Job(os.fspath(source), target, size, fmt, future, request)
+        self._inflight[target] = job
+        self._pending_requests += request
+        self._queue.put_nowait((0 if request else 1, next(self._order), job))
+        return job
 
     async def remove(self, file_key: str) -> None:
         """Forget every thumbnail of a file (it was deleted)."""
@@ -232,6 +263,9 @@ class Thumbnailer:
         loop = asyncio.get_running_loop()
         while True:
             _, _, job = await self._queue.get()
+            if job.started:  # queued twice (moved up for a request): done already
+                continue
+            job.started = True
             try:
                 rendered = await loop.run_in_executor(self._executor, self._run, job)
             except BaseException as error:  # handed to the requests waiting for it

@@ -26,6 +26,7 @@ from clustr_aio.images.thumbnails import (
 from clustr_aio.web.app import create_app
 from clustr_aio.web.keys import THUMBNAILER
 from tests.conftest import AiohttpClient, make_settings
+from tests.http.helpers import eventually
 from tests.images.photos import encode, exif_bytes, phone_photo, picture
 
 WEBP = FORMATS["webp"]
@@ -230,3 +231,48 @@ async def test_the_server_counts_renders_in_metrics(
     await asyncio.gather(*(get(thumbnailer, source) for _ in range(100)))
     metrics = await (await client.get("/metrics")).text()
     assert "\nclustr_thumbnails_rendered_total 1.0\n" in metrics
+
+
+async def test_eager_renders_wait_behind_requests(
+    cache: Path, counting: Counting, tmp_path: Path
+) -> None:
+    order: list[str] = []
+
+    def recording(source: str, size: int, fmt: ThumbnailFormat) -> bytes:
+        order.append(Path(source).stem)
+        return counting(source, size, fmt)
+
+    thumbnailer = Thumbnailer(cache, workers=1, renderer=recording)
+    await thumbnailer.start()
+    try:
+        counting.release.clear()
+        blocker = asyncio.ensure_future(
+            thumbnailer.get(
+                image_file(tmp_path / "first.png", (40, 30)),
+                file_key="first",
+                content_hash="0",
+                size=32,
+                fmt=WEBP,
+            )
+        )
+        await asyncio.sleep(0.05)  # the one render thread is busy with it
+        for n in range(3):
+            source = image_file(tmp_path / f"eager{n}.png", (40, 30))
+            thumbnailer.prefetch(source, file_key=f"e{n}", content_hash=str(n), size=32, fmt=WEBP)
+        requested = image_file(tmp_path / "requested.png", (40, 30))
+        request = asyncio.ensure_future(
+            thumbnailer.get(requested, file_key="r", content_hash="r", size=32, fmt=WEBP)
+        )
+        moved = asyncio.ensure_future(  # an eager render a request now waits for moves up
+            thumbnailer.get(
+                tmp_path / "eager2.png", file_key="e2", content_hash="2", size=32, fmt=WEBP
+            )
+        )
+        await asyncio.sleep(0.05)
+        counting.release.set()
+        await asyncio.gather(blocker, request, moved)
+        await eventually(lambda: len(order) == 5)
+    finally:
+        await thumbnailer.close()
+    assert order == ["first", "requested", "eager2", "eager0", "eager1"]
+    assert counting.calls == 5  # eager2 once, though prefetched and then requested
