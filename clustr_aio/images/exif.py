@@ -109,17 +109,20 @@ def strip_gps(tiff: bytes) -> bytes | None:
     if entry is None:
         return None
     gps = t.u32(entry + 8)
+    count = t.u16(ifd0)
+    end = ifd0 + 2 + 12 * count + 4
     try:
         spans = [(gps, 2 + 12 * len(t.entries(gps)) + 4)]
         spans += [span for at in t.entries(gps) if (span := t.value_span(at)) is not None]
     except ExifError:
         spans = []  # a GPS pointer to nowhere: removing the pointer is all there is to do
+    if any(offset < end and ifd0 < offset + size for offset, size in spans):
+        raise ExifError("the GPS IFD overlaps IFD0")
     for offset, size in spans:
         data[offset : offset + size] = bytes(size)
     # Close the gap in IFD0: the later entries and the next-IFD pointer move up 12 bytes.
-    end = ifd0 + 2 + 12 * t.u16(ifd0) + 4
     data[entry:end] = data[entry + 12 : end] + bytes(12)
-    struct.pack_into(t.order + "H", data, ifd0, t.u16(ifd0) - 1)
+    struct.pack_into(t.order + "H", data, ifd0, count - 1)
     return bytes(data)
 
 

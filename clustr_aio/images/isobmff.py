@@ -88,7 +88,9 @@ def isobmff_parser(
                 raise broken(f"{name} is larger than {max_unit} bytes")
             data = yield Read(body, name)
             if kind == b"meta":
-                data = _meta_box(filter_, found, broken, data, offset + len(header), edits)
+                data = _meta_box(
+                    filter_, found, broken, data, offset + len(header), edits, max_unit
+                )
                 seen_meta = True
             seen_ftyp = True
             yield Emit(data)
@@ -132,6 +134,7 @@ def _meta_box(
     data: bytes,
     body_offset: int,
     edits: list[tuple[int, int, bool]],
+    max_unit: int,
 ) -> bytes:
     """Reads ``meta`` (a FullBox), reports the size, queues the mdat edits; returns meta with
     its idat items edited."""
@@ -143,7 +146,10 @@ def _meta_box(
         raise broken("its meta box is malformed") from None
     if meta.primary is None:
         raise broken("it has no primary item (pitm)")
-    props = [meta.properties[i - 1] for i in meta.associations.get(meta.primary, [])]
+    indices = meta.associations.get(meta.primary, [])
+    if not all(0 <= i <= len(meta.properties) for i in indices):
+        raise broken("its primary item has a property that is not there")
+    props = [meta.properties[i - 1] for i in indices if i]  # 0: no property
     ispe = next((body for kind, body in props if kind == b"ispe"), None)
     if ispe is None or len(ispe) < 12:
         raise broken("its primary item has no size (ispe)")
@@ -164,6 +170,8 @@ def _meta_box(
         if len(extents) != 1 or method not in (0, 1):
             raise broken("a metadata item is stored in a way that cannot be filtered")
         at, length = extents[0]
+        if length > max_unit:
+            raise broken(f"a metadata item is larger than {max_unit} bytes")
         if method == 0:
             if at < body_offset:
                 raise broken("a metadata item comes before the meta box and cannot be filtered")

@@ -4,13 +4,17 @@ header patches, and a storage that cannot patch."""
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import piexif
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from clustr_aio.domain.errors import BrokenImage, ImageTooLarge
 from clustr_aio.domain.limits import UploadLimits
 from clustr_aio.images.exif import orientation_exif, read_orientation, strip_gps, tiff_of
 from clustr_aio.images.metadata import StripMode
@@ -163,3 +167,40 @@ async def test_a_writer_that_cannot_patch_gets_the_whole_file_at_its_end(tmp_pat
     assert writer.closed
     assert bytes(writer.data) == checked("webp", photo, "all")
     assert received.file_size == len(writer.data)
+
+
+MUTATION = st.tuples(
+    st.sampled_from(["set", "delete", "insert", "cut"]),
+    st.floats(0, 1, exclude_max=True),
+    st.binary(min_size=1, max_size=8),
+)
+
+
+@pytest.mark.parametrize("ext", CONTENT_TYPES)
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutations=st.lists(MUTATION, min_size=1, max_size=4))
+def test_a_damaged_image_is_refused_as_such_never_with_another_error(
+    photos: dict[str, bytes], ext: str, mutations: list[tuple[str, float, bytes]]
+) -> None:
+    """Whatever the damage, the check answers with BrokenImage (415) or ImageTooLarge (413),
+    or accepts: never an IndexError or struct.error, which would be a 500."""
+    data = bytearray(photos[ext])
+    for kind, where, value in mutations:
+        at = int(where * len(data))
+        if kind == "set":
+            data[at : at + len(value)] = value
+        elif kind == "delete":
+            del data[at : at + len(value) * 8]
+        elif kind == "insert":
+            data[at:at] = value
+        else:
+            del data[at:]
+    for mode in ("location", "all", "none"):
+        with contextlib.suppress(BrokenImage, ImageTooLarge):
+            checked(ext, bytes(data), mode, 500)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    folder = tmp_path_factory.mktemp("photos")
+    return {ext: phone_photo(folder, ext) for ext in CONTENT_TYPES}
