@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from clustr_aio.images.metadata import StripMode
 from clustr_aio.images.structure import ImageCheck, image_check
 from clustr_aio.ingest.pipeline import IncomingFile, IngestPolicy, ingest_file
 from clustr_aio.storage.base import BatchScope, Buffer, FileWriter, UploadBatch
-from tests.images.photos import encode, exif_bytes, phone_photo, picture, pixels
+from tests.images.photos import encode, exif_bytes, phone_photo, picture, pixels, png_chunk
 
 CONTENT_TYPES = {
     "jpg": "image/jpeg",
@@ -204,3 +205,22 @@ def test_a_damaged_image_is_refused_as_such_never_with_another_error(
 def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     folder = tmp_path_factory.mktemp("photos")
     return {ext: phone_photo(folder, ext) for ext in CONTENT_TYPES}
+
+
+def test_png_raw_profiles_and_xmp_text_go_under_location() -> None:
+    """ImageMagick keeps EXIF, XMP and IPTC as hex in text chunks, which exiftool reads as
+    such: under location they go; other text stays, and an iTXt XMP packet is filtered."""
+    png = encode("png", picture((20, 10)))
+    iend = png.rindex(b"IEND") - 4
+    xmp = b'<x:xmpmeta><rdf:Description exif:GPSLatitude="1" dc:title="t"/></x:xmpmeta>'
+    chunks = (
+        png_chunk(b"zTXt", b"Raw profile type exif\x00\x00" + zlib.compress(b"exif\n 4\n0000"))
+        + png_chunk(b"tEXt", b"Comment\x00a comment")
+        + png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp)
+    )
+    stored = checked("png", png[:iend] + chunks + png[iend:], "location")
+    assert b"Raw profile type" not in stored
+    assert b"a comment" in stored
+    assert b"GPSLatitude" not in stored
+    assert b'dc:title="t"' in stored
+    assert pixels(stored) == pixels(png)
