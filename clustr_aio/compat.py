@@ -19,8 +19,8 @@ aiohttp
 
   - :data:`FileResponseResult` (``_FileResponseResult``, 3.12), :func:`plan_file_response`
     (``FileResponse._make_response``, 3.12), :func:`send_open_file` (``_prepare_open_file``,
-    3.12), :func:`answer_not_modified` and :func:`answer_precondition_failed`
-    (``_not_modified``, ``_precondition_failed``, 3.8): ``FileResponse.prepare`` in its steps,
+    3.12), :func:`answer_not_modified`
+    (``_not_modified``, 3.8): ``FileResponse.prepare`` in its steps,
     minus the executor.
   - :class:`FileResponseBodySender` (``FileResponse._sendfile``, 3.8): where a subclass sends
     the body.
@@ -101,7 +101,6 @@ __all__ = [
     "FileResponseResult",
     "HttpProcessingError",
     "answer_not_modified",
-    "answer_precondition_failed",
     "connection_is_idle",
     "cors_response_hook",
     "dotenv_source_names",
@@ -149,12 +148,6 @@ async def answer_not_modified(
     response: web.FileResponse, request: web.BaseRequest, etag: str, last_modified: float
 ) -> AbstractStreamWriter | None:
     return await response._not_modified(request, etag, last_modified)
-
-
-async def answer_precondition_failed(
-    response: web.FileResponse, request: web.BaseRequest
-) -> AbstractStreamWriter | None:
-    return await response._precondition_failed(request)
 
 
 class FileResponseBodySender(web.FileResponse):

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
+from clustr_aio.runtime.server import make_runner
 from clustr_aio.settings import Settings, load_settings
 from clustr_aio.storage.local import INCOMING_DIR
 from clustr_aio.web.app import create_app
@@ -66,6 +67,32 @@ def settings(upload_dir: Path) -> Settings:
 @pytest.fixture
 async def client(aiohttp_client: AiohttpClient, settings: Settings) -> Client:
     return await aiohttp_client(create_app(settings))
+
+
+class ProductionServer(TestServer):
+    """A test server that serves the app through :func:`clustr_aio.runtime.server.make_runner`
+    (its protocol options, timeouts and limits), as ``python -m clustr_aio`` does."""
+
+    def __init__(self, app: web.Application, settings: Settings) -> None:
+        super().__init__(app, host="127.0.0.1")
+        self.settings = settings
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return make_runner(self.settings, self.app)
+
+
+async def serve_production(
+    aiohttp_client: AiohttpClient, upload_dir: Path, **overrides: Any
+) -> Client:
+    """A client of ``create_app`` with these settings, served by :class:`ProductionServer`."""
+    settings = make_settings(upload_dir, **overrides)
+    return await aiohttp_client(ProductionServer(create_app(settings), settings))
+
+
+@pytest.fixture
+async def production_client(aiohttp_client: AiohttpClient, upload_dir: Path) -> Client:
+    """Like ``client``, through the production runner (see :class:`ProductionServer`)."""
+    return await serve_production(aiohttp_client, upload_dir)
 
 
 def stored_files(folder: Path) -> list[str]:

@@ -12,8 +12,10 @@ with workers only once every one serves), so no test polls a port. Always stop w
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -246,6 +248,7 @@ def start_server(
     journal: bool = False,
     wait_ready: bool = True,
     ready_timeout: float = WAIT_SECONDS,
+    max_open_files: int | None = None,
 ) -> RunningServer:
     """Start ``python -m clustr_aio`` with settings ``env`` and wait for ``READY=1``.
 
@@ -256,6 +259,7 @@ def start_server(
     ``journal``: the child gets ``JOURNAL_STREAM`` naming its log file's device and inode,
     exactly as systemd names the journal socket it connects stdout and stderr to.
     ``wait_ready=False``: return at once, ready or not (to watch a failing start).
+    ``max_open_files``: the child's RLIMIT_NOFILE (soft and hard), as ``prlimit`` would set it.
     """
     directory.mkdir(parents=True, exist_ok=True)
     settings = {"WORKERS": str(workers), **(env or {})}
@@ -271,7 +275,9 @@ def start_server(
             "PYTHONUNBUFFERED": "1",
             **settings,
         }
-        process = _spawn(child_env, directory, log_path, listen_socket, journal=journal)
+        process = _spawn(
+            child_env, directory, log_path, listen_socket, journal=journal, nofile=max_open_files
+        )
         server = RunningServer(process, port, upload_folder, log_path, notify)
         if not wait_ready or _became_ready(server, ready_timeout, may_retry=not listen_socket):
             return server
@@ -301,6 +307,7 @@ def _spawn(
     listen_socket: socket.socket | None,
     *,
     journal: bool,
+    nofile: int | None = None,
 ) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "clustr_aio"]
     pass_fds: tuple[int, ...] = ()
@@ -317,7 +324,13 @@ def _spawn(
         command = [sys.executable, "-c", wrapper]
         pass_fds = (fd,)
     return spawn_logged(
-        command, env=env, cwd=directory, log_path=log_path, pass_fds=pass_fds, journal=journal
+        command,
+        env=env,
+        cwd=directory,
+        log_path=log_path,
+        pass_fds=pass_fds,
+        journal=journal,
+        nofile=nofile,
     )
 
 
@@ -329,9 +342,11 @@ def spawn_logged(
     log_path: Path,
     pass_fds: Sequence[int] = (),
     journal: bool = False,
+    nofile: int | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``command`` the way servers are started here: stdin closed, stdout and stderr into
-    ``log_path``, in a session of its own (``journal``: see :func:`start_server`)."""
+    ``log_path``, in a session of its own (``journal``: see :func:`start_server`), with at most
+    ``nofile`` open descriptors if given."""
     with log_path.open("wb") as log:
         if journal:
             stat = os.fstat(log.fileno())
@@ -345,4 +360,9 @@ def spawn_logged(
             stderr=subprocess.STDOUT,
             pass_fds=pass_fds,
             start_new_session=True,  # its own process group, so that close() reaches workers
+            preexec_fn=None if nofile is None else functools.partial(_limit_files, nofile),
         )
+
+
+def _limit_files(nofile: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))

@@ -14,21 +14,24 @@ class ClustrError(Exception):
     """Base of every error a client may see; ``detail`` is shown to the client verbatim."""
 
     status: ClassVar[int] = 500
+    retry_after: ClassVar[int | None] = None
+    """Seconds to send as ``Retry-After``, for a refusal that is only for now."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """Response headers that go with the error (Retry-After, say)."""
-        return {}
 
 
 class MalformedUpload(ClustrError):
     """The body is not well-formed multipart (bad boundary, truncated part, nested multipart…)."""
 
     status = 400
+
+
+class RequestTimeout(ClustrError):
+    """The client sent too slowly: its headers, or its body's next byte, came too late."""
+
+    status = 408
 
 
 class NoFilesUploaded(ClustrError):
@@ -57,6 +60,13 @@ class BrokenImage(UnsupportedFile):
     """An image whose structure does not hold together: truncated, a bad CRC, a missing end."""
 
 
+class ServerBusy(ClustrError):
+    """Too many uploads at once (MAX_CONCURRENT_UPLOADS), or no file descriptor left."""
+
+    status = 503
+    retry_after = 1
+
+
 class InsufficientStorage(ClustrError):
     """The disk is full, or free space would drop below ``MIN_FREE_SPACE``."""
 
@@ -71,18 +81,17 @@ class ThumbnailUnavailable(ClustrError):
 
 
 class ThumbnailsBusy(ClustrError):
-    """The thumbnail queue is full: ask again after ``retry_after`` seconds."""
+    """The thumbnail queue is full: ask again in a second."""
 
     status = 503
-
-    def __init__(self, detail: str, *, retry_after: int) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
+    retry_after = 1
 
 
 class ClientDisconnected(Exception):
     """The client went away mid-body. Not a ClustrError: there is nobody left to answer."""
+
+
+class EncodedBody(ClustrError):
+    """The body has a Content-Encoding: compressed bodies are refused, never inflated."""
+
+    status = 415

@@ -153,7 +153,6 @@ class Thumbnailer:
         workers: int = 2,
         queue_limit: int = 64,
         eager_limit: int = 10_000,
-        retry_after: int = 1,
         on_rendered: Callable[[], None] = lambda: None,
         renderer: Renderer = render,
     ) -> None:
@@ -161,7 +160,6 @@ class Thumbnailer:
         self.workers = workers
         self.queue_limit = queue_limit
         self.eager_limit = eager_limit
-        self.retry_after = retry_after
         self._on_rendered = on_rendered
         self._render = renderer
         self._queue: asyncio.PriorityQueue[tuple[int, int, _Job]] = asyncio.PriorityQueue()
@@ -213,8 +211,7 @@ class Thumbnailer:
             if job is None:
                 if request and self._pending_requests >= self.queue_limit:
                     raise ThumbnailsBusy(
-                        "too many thumbnails are being rendered; try again shortly",
-                        retry_after=self.retry_after,
+                        "too many thumbnails are being rendered; try again shortly"
                     )
                 job = self._enqueue(source, target, size, fmt, request=request)
             elif request and not job.request and not job.started:

@@ -125,6 +125,9 @@ async def ingest_file(file: IncomingFile, batch: BatchScope, policy: IngestPolic
         size += len(chunk)
         policy.limits.check_file_size(size, filename)
         await _write(writer, check.feed(chunk) if check else (chunk,))
+    # Let go of the head: its chunks are slices of the first read, which they would keep whole
+    # in memory for as long as the part lasts (a stalled upload: for good).
+    del head_chunks
     async for chunk in file.chunks:
         size += len(chunk)
         policy.limits.check_file_size(size, filename)

@@ -27,6 +27,7 @@ from typing import Any, Final
 from aiohttp import hdrs, web
 
 from clustr_aio.compat import connection_is_idle, site_server
+from clustr_aio.runtime.protocol import ConnectionGuard, guard_server
 from clustr_aio.web.responses import error_response
 
 __all__ = ["DrainingRunner", "RequestTracker"]
@@ -104,13 +105,25 @@ class RequestTracker:
 class DrainingRunner(web.AppRunner):
     """An ``AppRunner`` whose :meth:`cleanup` drains first (see the module docstring)."""
 
-    def __init__(self, app: web.Application, *, drain_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        drain_timeout: float,
+        guard: ConnectionGuard | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("shutdown_timeout", _CLOSE_TIMEOUT_SECONDS)
         super().__init__(app, **kwargs)
         self.drain_timeout = drain_timeout
+        self.guard = guard
         self.requests = RequestTracker()
         self.requests.install(app)
         self._drained = False
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        return server if self.guard is None else guard_server(server, self.guard)
 
     async def cleanup(self) -> None:
         if not self._drained and self.server is not None:

@@ -11,8 +11,9 @@ import os
 import signal
 import socket
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -20,16 +21,30 @@ from clustr_aio.observability import metrics
 from clustr_aio.observability.access_log import AccessLogger
 from clustr_aio.runtime import systemd
 from clustr_aio.runtime.drain import DrainingRunner
+from clustr_aio.runtime.protocol import NO_LIMIT, ConnectionGuard, limit_accept_error_logs
 from clustr_aio.runtime.systemd import Notifier, SystemdNotifier
 from clustr_aio.runtime.workers import Supervisor, WorkerNotifier
 from clustr_aio.settings import Settings
 from clustr_aio.web.app import create_app
 from clustr_aio.web.openapi.assets import AssetsNotInstalled, docs_assets
 
-__all__ = ["StartupError", "listening_sockets", "make_runner", "prepare", "run", "serve"]
+__all__ = [
+    "PROTOCOL_OPTIONS",
+    "StartupError",
+    "listening_sockets",
+    "make_runner",
+    "prepare",
+    "run",
+    "serve",
+]
 
 log = logging.getLogger("clustr_aio")
 access_log = logging.getLogger("clustr_aio.access")
+
+PROTOCOL_OPTIONS: Final[Mapping[str, Any]] = {
+    "auto_decompress": False,  # a compressed body is refused, never inflated (web.protection)
+}
+"""Options of aiohttp's RequestHandler, given to every server (tests' servers too)."""
 
 _BACKLOG = 1024  # uploads arrive in bursts (a whole album at once); the kernel caps it anyway
 
@@ -115,13 +130,22 @@ def bind(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
-def make_runner(settings: Settings) -> DrainingRunner:
-    """The application in a runner that drains for ``SHUTDOWN_TIMEOUT`` before it closes."""
+def make_runner(settings: Settings, app: web.Application | None = None) -> DrainingRunner:
+    """The application (``create_app(settings)`` unless given) in a runner that drains for
+    ``SHUTDOWN_TIMEOUT`` before it closes."""
+    guard = ConnectionGuard.fitted(
+        header_timeout=settings.request_header_timeout or NO_LIMIT,
+        body_idle_timeout=settings.body_idle_timeout or NO_LIMIT,
+        max_connections=settings.max_connections,
+    )
     return DrainingRunner(
-        create_app(settings),
+        create_app(settings) if app is None else app,
         drain_timeout=settings.shutdown_timeout,
+        guard=guard,
+        keepalive_timeout=settings.keepalive_timeout or NO_LIMIT,
         access_log_class=AccessLogger,
         access_log=access_log if settings.access_log else None,
+        **PROTOCOL_OPTIONS,
     )
 
 
@@ -129,6 +153,7 @@ async def serve(
     settings: Settings, *, listeners: Sequence[socket.socket], notifier: Notifier
 ) -> None:
     """Serve on ``listeners`` until SIGTERM or SIGINT, then drain and return."""
+    limit_accept_error_logs(asyncio.get_running_loop())
     runner = make_runner(settings)
     await runner.setup()  # opens the storage, which sweeps what dead processes left behind
     watchdog: asyncio.Task[None] | None = None

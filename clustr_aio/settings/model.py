@@ -113,6 +113,33 @@ class Settings(BaseSettings):
         "Seconds a stopping server (SIGTERM) lets uploads in flight finish before aborting them;"
         " keep systemd's TimeoutStopSec above it.",
     )
+    request_header_timeout: _Seconds = _setting(
+        "10",
+        "Seconds a client has, from the first byte of a request, to send its request line and"
+        " headers; a slower one gets a 408 and its connection is closed. 0: no limit.",
+    )
+    body_idle_timeout: _Seconds = _setting(
+        "30",
+        "Seconds an upload's body may go without a byte while the server waits for one; then a"
+        " 408 (or, if no answer can be sent any more, a closed connection), and nothing of the"
+        " upload is kept. 0: no limit.",
+    )
+    keepalive_timeout: _Seconds = _setting(
+        "75",
+        "Seconds a connection may stay idle, between requests or before its first one, before"
+        " it is closed. 0: no limit.",
+    )
+    max_connections: _Count = _setting(
+        "4096",
+        "Most open client connections per process (fewer if the descriptor limit, RLIMIT_NOFILE,"
+        " leaves less room): at the limit, the connection idle the longest is closed to make"
+        " room, and a new one is closed if every connection is busy.",
+    )
+    max_concurrent_uploads: _Count = _setting(
+        "64",
+        "Most uploads received at the same time per process; one more is refused with 503 and"
+        " Retry-After before its body is read.",
+    )
     upload_folder: _Directory = _setting(
         "uploads",
         "Directory files are stored in; a relative path is relative to config.toml's directory"

@@ -13,11 +13,19 @@ Layout::
 Temporary files live on the same filesystem as the folder (a sandboxed service may write only
 there), so publishing is an ``os.link`` — atomic, and failing with ``EEXIST`` instead of
 overwriting — followed by one directory ``fsync`` per batch. A process that dies leaves its
-``.incoming/<process id>`` behind unlocked; the next process to start removes it.
+``.incoming/<process id>`` behind unlocked; the next process to start removes it, after rolling
+back any publish it was in the middle of (see :mod:`clustr_aio.storage.journal`).
 
 All blocking calls run on a dedicated thread pool, so the event loop never waits on the disk.
 File data is handed to the pool in blocks of ``write_block`` bytes (``os.writev`` of the received
 chunks, no joining), and one block per file may be in flight while the next one is received.
+Memory: 300 uploads that sent 1 MB each and stalled held 300 MB of RAM, a block each. So the
+bytes received and not yet written, by all uploads together, are kept under ``memory_budget``:
+a write that finds it exceeded first hands its own file's bytes to the pool, then waits until
+writes have brought the total back under the budget (meanwhile its upload reads no more, so
+aiohttp stops reading its socket, and TCP holds the client back). And a block that is still
+not full ``idle_flush`` seconds after its first bytes came is written as it is, so an upload
+that stalls holds nothing for long.
 
 Free space: with ``min_free_space`` set, a write that runs into ``ENOSPC``/``EDQUOT`` is not the
 first sign of a full disk. The pool threads re-check free space (one ``statvfs``) each time
@@ -32,6 +40,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import shutil
 import threading
@@ -43,13 +52,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from clustr_aio.domain.errors import InsufficientStorage
+from clustr_aio.domain.errors import InsufficientStorage, ServerBusy
 from clustr_aio.domain.names import numbered
+from clustr_aio.storage import journal
 from clustr_aio.storage.base import Buffer, OnDisk
+from clustr_aio.storage.journal import fsync_directory
+
+log = logging.getLogger("clustr_aio")
 
 INCOMING_DIR = ".incoming"
 _LOCK_FILE = ".lock"
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+_NO_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+_NO_DESCRIPTOR_LEFT = "the server has too many files open; retry shortly"
 _MAX_NAME_ATTEMPTS = 100_000
 _LOCKLESS_GRACE_SECONDS = 60
 _DEVICE_FULL = "not enough space left on the storage device"
@@ -68,6 +83,8 @@ class LocalStorage:
         io_threads: int = 16,
         write_block: int = 1024 * 1024,
         files_in_flight: int = 8,
+        idle_flush: float = 0.25,
+        memory_budget: int = 32 * 1024 * 1024,
         min_free_space: int = 0,
         space_check_every: int | None = None,
     ) -> None:
@@ -76,6 +93,10 @@ class LocalStorage:
         self.fsync = fsync
         self.write_block = write_block
         self.files_in_flight = files_in_flight
+        self.idle_flush = idle_flush
+        self.memory_budget = memory_budget
+        self._held = 0  # bytes received and not yet written, every file together
+        self._below_budget = asyncio.Event()
         self.min_free_space = min_free_space
         # The reserve can be overrun by about one interval (plus the blocks in flight), so the
         # interval is a quarter of the reserve, at least a write block, at most 8 MiB: one
@@ -92,6 +113,7 @@ class LocalStorage:
         # Where to start probing for a free numbered name, per desired name. Only a hint: the
         # atomic os.link decides, so a stale hint can cost a few probes but never a collision.
         self._next_number: dict[str, int] = {}
+        self.pause: journal.PausePoint | None = None  # tests only: see journal.pause_points
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -106,6 +128,7 @@ class LocalStorage:
 
     async def open(self) -> None:
         self._executor = ThreadPoolExecutor(self._io_threads, thread_name_prefix="clustr-io")
+        self.pause = journal.pause_points(os.environ)
         self._own_dir, self._lock_fd = await self.run(self._open_sync)
 
     async def close(self) -> None:
@@ -181,6 +204,23 @@ class LocalStorage:
             self._unchecked_bytes = 0
         self._ensure_room_sync(0)
 
+    def hold(self, size: int) -> None:
+        self._held += size
+
+    def release(self, size: int) -> None:
+        self._held -= size
+        if self._held <= self.memory_budget:
+            self._below_budget.set()
+
+    @property
+    def over_budget(self) -> bool:
+        return self._held > self.memory_budget
+
+    async def wait_below_budget(self) -> None:
+        while self._held > self.memory_budget:
+            self._below_budget.clear()
+            await self._below_budget.wait()
+
     async def check_writable(self) -> None:
         await self.run(self._check_writable_sync)
 
@@ -212,6 +252,10 @@ class LocalStorage:
         raise FileExistsError(errno.EEXIST, f"no free name found for {desired!r}")
 
 
+class _Withdrawn(Exception):
+    """The publish's caller was cancelled before the commit: take the links back."""
+
+
 class LocalBatch:
     """The temporary files of one request, ``<batch id>.<n>`` in the process's directory."""
 
@@ -223,6 +267,7 @@ class LocalBatch:
         self._closing: deque[asyncio.Future[None]] = deque()
         self._publishing: asyncio.Future[list[str]] | None = None
         self._published: list[str] = []
+        self._withdrawn = False  # set on the loop, read by the publishing thread before commit
 
     def add_file(self, desired_name: str) -> LocalFile:
         file = LocalFile(self, self._dir / f"{self._id}.{len(self._files)}", desired_name)
@@ -244,37 +289,69 @@ class LocalBatch:
         self._publishing = asyncio.ensure_future(self._storage.run(self._publish_sync))
         # Shielded: cancelling the caller must not cancel this future while the thread links on,
         # or discard() would not wait for the thread and could miss names it publishes later.
-        return await asyncio.shield(self._publishing)
+        try:
+            return await asyncio.shield(self._publishing)
+        except asyncio.CancelledError:
+            self._withdrawn = True  # the thread takes its links back instead of committing
+            raise
 
     def _publish_sync(self) -> list[str]:
+        """Journal, link, flush, commit (see :mod:`clustr_aio.storage.journal`)."""
         storage = self._storage
+        pause = storage.pause
         published: list[str] = []
+        journal_file: Path | None = None
         try:
             if storage.min_free_space > 0:
                 storage._ensure_room_sync(0)  # the last bytes written may have crossed the reserve
-            for file in self._files:
+            if self._files:
+                planned = [(file.path, file.desired_name) for file in self._files]
+                journal_file = journal.begin(self._dir, self._id, planned, durable=storage.fsync)
+            for n, file in enumerate(self._files):
+                if pause is not None:
+                    pause(f"link {n}")
                 published.append(storage.link_unique(file.path, file.desired_name))
             if storage.fsync and published:
                 fsync_directory(storage.folder)
+            if pause is not None:
+                pause("commit")
+            if self._withdrawn:
+                raise _Withdrawn()
         except BaseException as error:
-            for name in published:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(storage.folder / name)
+            self._take_back(published, journal_file)
             if isinstance(error, OSError) and error.errno in _NO_SPACE:
                 # A directory that needs one more block for the new names.
                 raise InsufficientStorage(_DEVICE_FULL) from None
             raise
+        if journal_file is not None:
+            journal.commit(journal_file, durable=storage.fsync)
         self._remove_temporaries()
         self._published = published
         return published
 
+    def _take_back(self, published: list[str], journal_file: Path | None) -> None:
+        """Unlink what a publish that failed had linked, then (and only then: a crash in
+        between leaves the journal for the next start) its journal."""
+        storage = self._storage
+        for name in published:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(storage.folder / name)
+        if journal_file is not None:
+            if storage.fsync and published:
+                fsync_directory(storage.folder)
+            journal.commit(journal_file, durable=storage.fsync)
+
     async def discard(self) -> None:
+        for file in self._files:
+            file.stop_flushing()  # no write may start after the files are removed
         # Threads cannot be cancelled: wait until every write, and a publish whose caller was
         # cancelled, have stopped touching the files.
         pending: list[asyncio.Future[Any]] = [f.in_flight for f in self._files if f.in_flight]
         if self._publishing is not None:
             pending.append(self._publishing)
         await asyncio.gather(*pending, return_exceptions=True)
+        for file in self._files:
+            file.drop_buffers()
         self._closing.clear()
         await self._storage.run(self._discard_sync)
 
@@ -305,6 +382,8 @@ class LocalFile:
         self._fd: int | None = None
         self._buffers: list[Buffer] = []
         self._buffered = 0
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flushing = True  # until the last block is submitted, or the batch discarded
         self._patches: list[tuple[int, bytes]] = []
 
     def patch(self, offset: int, data: bytes) -> None:
@@ -312,23 +391,68 @@ class LocalFile:
         self._patches.append((offset, data))
 
     async def write(self, data: Buffer) -> None:
+        storage = self._storage
         self._buffers.append(data)
         self._buffered += len(data)
-        if self._buffered >= self._storage.write_block:
+        storage.hold(len(data))
+        if self._buffered >= storage.write_block:
             await self._submit(last=False)
+        elif storage.over_budget:
+            await self._submit(last=False)  # this file's part of the excess goes first
+        elif self._flush_timer is None and self._flushing:
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(self._storage.idle_flush, self._flush_idle)
 
     async def close(self) -> None:
+        self.stop_flushing()
         await self._submit(last=True)
         assert self.in_flight is not None
         await self._batch._closed(self.in_flight)
 
+    def stop_flushing(self) -> None:
+        self._flushing = False
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+
+    def _flush_idle(self) -> None:
+        """Timer: write out what has waited ``idle_flush`` seconds for its block to fill."""
+        self._flush_timer = None
+        if not self._flushing or not self._buffers:
+            return
+        pending = self.in_flight
+        if pending is not None and not pending.done():  # the disk is behind: later
+            self._flush_timer = asyncio.get_running_loop().call_later(
+                self._storage.idle_flush, self._flush_idle
+            )
+            return
+        if pending is not None and (pending.cancelled() or pending.exception() is not None):
+            return  # the next write() or close() raises it
+        self._start_write(last=False)
+
     async def _submit(self, *, last: bool) -> None:
-        if self.in_flight is not None:
-            await self.in_flight  # one block in flight per file bounds memory
-        buffers, self._buffers, self._buffered = self._buffers, [], 0
+        # One block in flight per file bounds memory; the idle flush may start one while this
+        # waits for another, so wait until none is.
+        while (pending := self.in_flight) is not None:
+            await pending
+            if pending is self.in_flight:
+                break
+        self._start_write(last=last)
+        if self._storage.over_budget:
+            await self._storage.wait_below_budget()
+
+    def _start_write(self, *, last: bool) -> None:
+        buffers, size = self._buffers, self._buffered
+        self._buffers, self._buffered = [], 0
         loop = asyncio.get_running_loop()
         executor = self._storage._executor
         self.in_flight = loop.run_in_executor(executor, self._write_sync, buffers, last)
+        self.in_flight.add_done_callback(lambda _: self._storage.release(size))
+
+    def drop_buffers(self) -> None:
+        """Forget what was never handed to the pool (the batch is being discarded)."""
+        size, self._buffers, self._buffered = self._buffered, [], 0
+        self._storage.release(size)
 
     def _write_sync(self, buffers: list[Buffer], last: bool) -> None:
         try:
@@ -344,6 +468,8 @@ class LocalFile:
         except OSError as error:
             if error.errno in _NO_SPACE:
                 raise InsufficientStorage(_DEVICE_FULL) from None
+            if error.errno in _NO_DESCRIPTORS:  # at RLIMIT_NOFILE: busy, not broken
+                raise ServerBusy(_NO_DESCRIPTOR_LEFT) from None
             raise
         self._storage.count_written(sum(len(b) for b in buffers))
 
@@ -370,17 +496,10 @@ def write_all(fd: int, buffers: Sequence[Buffer]) -> None:
             pending[0] = pending[0][written:]
 
 
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def sweep_stale_incoming(folder: Path) -> list[Path]:
-    """Remove the temporary files of processes that are gone (crashed, killed). A live process
-    holds an exclusive flock on its directory's ``.lock``; a dead one's lock is free."""
+    """Remove the temporary files of processes that are gone (crashed, killed), first rolling
+    back the publish any of them was in the middle of. A live process holds an exclusive flock
+    on its directory's ``.lock``; a dead one's lock is free."""
     removed = []
     incoming = folder / INCOMING_DIR
     for entry in incoming.iterdir() if incoming.is_dir() else ():
@@ -399,6 +518,11 @@ def sweep_stale_incoming(folder: Path) -> list[Path]:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # its owner is alive
+            try:
+                journal.roll_back(entry, folder)
+            except OSError as error:  # keep the evidence; the next start tries again
+                log.error("cannot roll back the publishes journaled in %s: %s", entry, error)
+                continue
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
         finally:

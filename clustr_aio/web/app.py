@@ -25,7 +25,9 @@ from clustr_aio.web.keys import (
     SETTINGS,
     STORAGE,
     THUMBNAILER,
+    UPLOAD_SLOTS,
 )
+from clustr_aio.web.protection import UploadSlots
 from clustr_aio.web.routes import docs, health, root, stored, upload
 
 ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
@@ -42,6 +44,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
+    app[UPLOAD_SLOTS] = UploadSlots(settings.max_concurrent_uploads)
     app[INGEST_POLICY] = IngestPolicy(
         allowed_extensions=settings.allowed_extensions,
         limits=UploadLimits(

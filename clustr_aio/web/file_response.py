@@ -11,7 +11,8 @@ event loop, as nginx does, and takes a fast path for the common request:
   :func:`~clustr_aio.web.sendfile.send_head_and_file`;
 - **slow path**, for ranges and preconditions: aiohttp's ``FileResponse`` and its policies
   (206/416, 304/412), with its filesystem calls made inline and the body sent by the same
-  function.
+  function; its 412 and 416 are JSON like every error, and an ``If-Range`` naming another
+  entity tag gets the whole file (a 200), not the range.
 
 With both, ``wrk -t1 -c16 -d5s`` GETs of a 498 KB JPEG went from 3,000-3,250 to 5,500-5,830
 req/s on this 2-core machine (0.31 to 0.17-0.18 ms of server CPU each, three runs each);
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import os
 import stat
 from collections.abc import Mapping
@@ -48,6 +50,7 @@ from aiohttp.abc import AbstractStreamWriter
 
 from clustr_aio import compat
 from clustr_aio.compat import FileResponseResult
+from clustr_aio.domain.models import ErrorBody
 from clustr_aio.domain.sniff import OCTET_STREAM, type_for_extension
 from clustr_aio.web.responses import error_response
 from clustr_aio.web.sendfile import send_head_and_file
@@ -144,12 +147,22 @@ class InlineFileResponse(compat.FileResponseBodySender):
         if result is FileResponseResult.NOT_ACCEPTABLE:  # not a regular file
             return await self._refuse(request, web.HTTPForbidden.status_code)
         if result is FileResponseResult.PRE_CONDITION_FAILED:
-            return await compat.answer_precondition_failed(self, request)
+            return await self._refuse(request, 412, "Precondition Failed")
+        etag = f"{st.st_mtime_ns:x}-{st.st_size:x}"
         if result is FileResponseResult.NOT_MODIFIED:
-            etag = f"{st.st_mtime_ns:x}-{st.st_size:x}"
             return await compat.answer_not_modified(self, request, etag, st.st_mtime)
         assert fobj is not None
         with fobj:
+            if hdrs.RANGE in request.headers:
+                if _if_range_fails(request, f'"{etag}"'):
+                    # aiohttp reads If-Range only as a date, and an entity tag as no If-Range at
+                    # all: the range would be sent from a file that may have changed since.
+                    headers = request.headers.copy()
+                    del headers[hdrs.RANGE]
+                    request = request.clone(headers=headers)
+                elif _range_unsatisfiable(request, st.st_size):
+                    self.headers[hdrs.CONTENT_RANGE] = f"bytes */{st.st_size}"
+                    return await self._refuse(request, 416, "Range Not Satisfiable")
             return await compat.send_open_file(self, request, fobj, st)
 
     async def send_body(
@@ -157,9 +170,41 @@ class InlineFileResponse(compat.FileResponseBodySender):
     ) -> AbstractStreamWriter:
         return await _prepare_and_send(self, request, fobj, offset, count)
 
-    async def _refuse(self, request: web.BaseRequest, status: int) -> AbstractStreamWriter | None:
+    async def _refuse(
+        self, request: web.BaseRequest, status: int, detail: str | None = None
+    ) -> AbstractStreamWriter | None:
+        """A ``{"detail"}`` answer from within ``prepare`` (the JSON middleware is behind us)."""
         self.set_status(status)
-        return await web.StreamResponse.prepare(self, request)
+        body = json.dumps(ErrorBody(detail=detail or self.reason)).encode()
+        self.content_type = "application/json"
+        self.content_length = len(body)
+        writer = await web.StreamResponse.prepare(self, request)
+        if request.method != hdrs.METH_HEAD:
+            await self.write(body)
+        await self.write_eof()
+        return writer
+
+
+def _if_range_fails(request: web.BaseRequest, etag: str) -> bool:
+    """Whether an ``If-Range`` entity tag (a date is aiohttp's to judge) is not the file's:
+    only a strong, equal tag lets the range through (RFC 9110 section 13.1.5)."""
+    value = request.headers.get(hdrs.IF_RANGE)
+    if value is None or request.if_range is not None:
+        return False
+    return value.strip() != etag
+
+
+def _range_unsatisfiable(request: web.BaseRequest, size: int) -> bool:
+    """aiohttp's test for a 416 (in ``FileResponse._prepare_open_file``), made before it, so
+    that the 416 is JSON."""
+    try:
+        requested = request.http_range
+    except ValueError:
+        return True
+    start: int | None = requested.start
+    if start is None or (start < 0 and requested.stop is None):
+        return False
+    return start >= size
 
 
 class StoredFileResponse(web.StreamResponse):

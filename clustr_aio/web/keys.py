@@ -9,6 +9,7 @@ from clustr_aio.ingest.pipeline import IngestPolicy
 from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
 from clustr_aio.storage.base import Reading, Storage
+from clustr_aio.web.protection import UploadSlots
 
 SETTINGS = web.AppKey("settings", Settings)
 STORAGE = web.AppKey("storage", Storage)
@@ -17,5 +18,6 @@ FILE_READER = web.AppKey("file_reader", Reading)
 INGEST_POLICY = web.AppKey("ingest_policy", IngestPolicy)
 METRICS = web.AppKey("metrics", Metrics)
 THUMBNAILER = web.AppKey("thumbnailer", Thumbnailer)
+UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
 
 REQUEST_ID = web.RequestKey("request_id", str)

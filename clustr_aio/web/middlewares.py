@@ -16,7 +16,7 @@ from aiohttp import web
 from clustr_aio.domain.errors import ClientDisconnected, ClustrError
 from clustr_aio.observability.logs import bind_request_id, unbind_request_id
 from clustr_aio.web.keys import REQUEST_ID
-from clustr_aio.web.responses import error_response
+from clustr_aio.web.responses import clustr_error_response, error_response
 
 log = logging.getLogger("clustr_aio")
 
@@ -61,7 +61,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except ClustrError as error:
-        return error_response(error.status, error.detail, headers=error.headers or None)
+        return clustr_error_response(error)
     except ClientDisconnected:
         log.info("client disconnected mid-upload; nothing of it was kept")
         return error_response(400, "client disconnected before the upload was complete")

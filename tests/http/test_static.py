@@ -368,3 +368,62 @@ async def test_a_storage_without_reading_serves_nothing(
     client = await aiohttp_client(app)
     (upload_dir / "a.jpg").write_bytes(JPEG)
     await expect_error(await client.get("/uploads/a.jpg"), 404)
+
+
+# --------------------------------------------------------------------------- what is served
+
+
+async def test_a_symlink_inside_the_folder_is_not_served(client: Client, upload_dir: Path) -> None:
+    """Not even to a stored file: only regular files placed by uploads are served."""
+    (upload_dir / "real.jpg").write_bytes(JPEG)
+    os.symlink(upload_dir / "real.jpg", upload_dir / "alias.jpg")
+    os.symlink("real.jpg", upload_dir / "relative.jpg")
+    for target in ("/uploads/alias.jpg", "/uploads/relative.jpg"):
+        for headers in ({}, {"Range": "bytes=0-3"}, {"If-None-Match": '"x"'}):
+            response = await client.get(target, headers=headers)
+            await expect_error(response, 404)
+
+
+async def test_files_in_sub_folders_are_not_served(client: Client, upload_dir: Path) -> None:
+    (upload_dir / "sub" / "deeper").mkdir(parents=True)
+    (upload_dir / "sub" / "inner.jpg").write_bytes(JPEG)
+    (upload_dir / "sub" / "deeper" / "deep.jpg").write_bytes(JPEG)
+    for target in ("/uploads/sub/inner.jpg", "/uploads/sub/deeper/deep.jpg"):
+        for headers in ({}, {"Range": "bytes=0-3"}):
+            response = await client.get(target, headers=headers)
+            await expect_error(response, 404)
+
+
+async def test_a_failed_precondition_is_a_json_412(client: Client, upload_dir: Path) -> None:
+    (upload_dir / "a.jpg").write_bytes(JPEG)
+    response = await client.get("/uploads/a.jpg", headers={"If-Match": '"not-its-etag"'})
+    assert await expect_error(response, 412) == "Precondition Failed"
+
+
+@pytest.mark.parametrize("range_header", ["bytes=999999-", "bytes=abc", "bytes=5-2"])
+async def test_an_unsatisfiable_range_is_a_json_416(
+    client: Client, upload_dir: Path, range_header: str
+) -> None:
+    (upload_dir / "a.jpg").write_bytes(JPEG)
+    response = await client.get("/uploads/a.jpg", headers={"Range": range_header})
+    assert await expect_error(response, 416) == "Range Not Satisfiable"
+    assert response.headers["Content-Range"] == f"bytes */{len(JPEG)}"
+
+
+async def test_if_range_with_another_etag_gets_the_whole_file(
+    client: Client, upload_dir: Path
+) -> None:
+    (upload_dir / "a.jpg").write_bytes(JPEG)
+    etag = (await client.get("/uploads/a.jpg")).headers["ETag"]
+    stale = await client.get(
+        "/uploads/a.jpg", headers={"Range": "bytes=0-3", "If-Range": '"an-older-version"'}
+    )
+    assert stale.status == 200
+    assert await stale.read() == JPEG
+    weak = await client.get(
+        "/uploads/a.jpg", headers={"Range": "bytes=0-3", "If-Range": f"W/{etag}"}
+    )
+    assert weak.status == 200
+    current = await client.get("/uploads/a.jpg", headers={"Range": "bytes=0-3", "If-Range": etag})
+    assert current.status == 206
+    assert await current.read() == JPEG[:4]

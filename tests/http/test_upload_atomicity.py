@@ -88,6 +88,7 @@ async def test_fsync_setting_decides_whether_files_are_flushed(
     items = await upload_ok(client, *GOOD)
     for item, (_, data) in zip(items, GOOD, strict=True):
         assert (upload_dir / item["stored_filename"]).read_bytes() == data
-    # With FSYNC: each of the 3 files, then the folder once for the batch.
-    assert len(flushed) == (4 if fsync else 0)
+    # With FSYNC: each of the 3 files, the batch's journal entry, the folder once for the
+    # batch, the journal's removal (the commit).
+    assert len(flushed) == (6 if fsync else 0)
     assert stored_files(upload_dir) == ["a.jpg", "b.png", "c.webp"]

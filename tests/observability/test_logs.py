@@ -144,6 +144,6 @@ def test_an_unparseable_request_is_one_info_line_without_a_traceback(tmp_path: P
         server.wait_for_log("Invalid header token")
         assert server.stop() == 0
     [line] = [line for line in server.logs.splitlines() if "Invalid header token" in line]
-    assert " INFO aiohttp.server: " in line
+    assert " INFO clustr_aio: bad request from 127.0.0.1: 400, Invalid header token" in line
     assert "Traceback" not in server.logs
     assert " ERROR " not in server.logs

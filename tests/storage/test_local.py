@@ -139,6 +139,7 @@ async def test_failed_publish_takes_back_what_it_linked(
     with pytest.raises(OSError, match="Input/output"):
         await batch.publish()
     assert stored_files(upload_dir) == []
+    assert not list((upload_dir / INCOMING_DIR).glob("*/*.journal"))  # gone after the links
     await batch.discard()
     assert_nothing_stored(upload_dir)
 
@@ -164,7 +165,8 @@ async def test_fsync_flushes_files_and_the_folder(
         await batch.publish()
     finally:
         await storage.close()
-    assert len(flushed) == (3 if fsync else 0)  # two files, then the folder
+    # Two files; the journal's directory entry; the folder; the journal's removal (the commit).
+    assert len(flushed) == (5 if fsync else 0)
 
 
 # --------------------------------------------------------------------------- discard
@@ -388,3 +390,57 @@ async def test_the_local_storage_locates_only_plain_names(upload_dir: Path) -> N
     assert await storage.locate("a.jpg") == OnDisk(str(upload_dir / "a.jpg"))
     for name in ("", ".incoming", "a/b.jpg", "../a.jpg", "a\0.jpg"):
         assert await storage.locate(name) is None, name
+
+
+# --------------------------------------------------------------------------- memory
+
+
+async def test_a_stalled_file_is_written_out_after_idle_flush(upload_dir: Path) -> None:
+    """An upload that stops sending does not keep what it sent in memory: after idle_flush,
+    a block that is not full goes to disk as it is."""
+    storage = LocalStorage(upload_dir, write_block=1024 * 1024, idle_flush=0.05)
+    await storage.open()
+    try:
+        batch = storage.batch()
+        writer = batch.add_file("stalled.jpg")
+        await writer.write(JPEG * 10)  # far less than a block
+        assert temp_files(upload_dir) == []  # not written yet: nothing on disk
+        await asyncio.sleep(0.3)
+        [path] = temp_files(upload_dir)
+        assert path.stat().st_size == len(JPEG) * 10
+        await writer.write(PNG)
+        await writer.close()
+        assert await batch.publish() == ["stalled.jpg"]
+        assert (upload_dir / "stalled.jpg").read_bytes() == JPEG * 10 + PNG
+    finally:
+        await storage.close()
+
+
+async def test_bytes_waiting_for_the_disk_stay_under_the_memory_budget(
+    upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_writev = os.writev
+
+    def slow_writev(fd: int, buffers: Sequence[Buffer], /) -> int:
+        time.sleep(0.01)  # a slow disk: the bytes come faster than they go
+        return real_writev(fd, buffers)
+
+    monkeypatch.setattr(os, "writev", slow_writev)
+    piece = 16 * 1024
+    storage = LocalStorage(upload_dir, write_block=1024 * 1024, memory_budget=4 * piece)
+    await storage.open()
+    try:
+        batch = storage.batch()
+        writers = [batch.add_file(f"{n}.jpg") for n in range(3)]
+        held = []
+        for _ in range(20):
+            for writer in writers:
+                await writer.write(JPEG + bytes(piece - len(JPEG)))
+                held.append(storage._held)
+        for writer in writers:
+            await writer.close()
+        assert len(await batch.publish()) == 3
+    finally:
+        await storage.close()
+    assert max(held) <= 5 * piece  # the budget, and the one piece that crossed it
+    assert storage._held == 0

@@ -128,10 +128,12 @@ def file_responses(
             "headers": validators,
         },
         404: error_response(not_found, "Not Found"),
-        412: {"description": "`If-Match` or `If-Unmodified-Since` failed. No body."},
+        412: error_response("`If-Match` or `If-Unmodified-Since` failed.", "Precondition Failed"),
         416: {
-            "description": "The `Range` cannot be satisfied (starts past the end, or malformed). "
-            "No body.",
+            **error_response(
+                "The `Range` cannot be satisfied (starts past the end, or malformed).",
+                "Range Not Satisfiable",
+            ),
             "headers": {
                 "Content-Range": {
                     "description": "`bytes */<file size>`",

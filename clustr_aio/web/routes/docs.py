@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from clustr_aio.web.base_url import request_base_url
+from clustr_aio.web.file_response import InlineFileResponse
 from clustr_aio.web.openapi import build_openapi, operation
 from clustr_aio.web.openapi.assets import MEDIA_TYPES, PAGES_DIR, docs_assets
 from clustr_aio.web.openapi.schemas import FILE_REQUEST_HEADERS, file_responses, json_response
@@ -91,7 +92,9 @@ async def docs_asset(request: web.Request) -> web.FileResponse:
     asset = docs_assets().get(request.match_info["asset"])
     if asset is None:
         raise web.HTTPNotFound()
-    return web.FileResponse(asset.path, headers={"Content-Type": asset.content_type, **_NO_CACHE})
+    # As a stored file is sent: no thread-pool round trips, JSON 412/416.
+    headers = {"Content-Type": asset.content_type, **_NO_CACHE}
+    return InlineFileResponse(asset.path, headers=headers)
 
 
 @functools.cache

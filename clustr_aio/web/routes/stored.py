@@ -35,7 +35,8 @@ def add_routes(router: web.UrlDispatcher, prefix: str) -> None:
     summary="Download a stored file",
     description="The bytes of a file stored by `POST /api/upload`, at the `preview_url` its "
     "upload answered. Supports `ETag`/`If-None-Match`, `Last-Modified`/`If-Modified-Since` "
-    "(304) and a single `Range` (206); `HEAD` answers the same headers without the body. "
+    "(304) and a single `Range` (206, or the whole file when `If-Range` names another "
+    "version); `HEAD` answers the same headers without the body. "
     "Images go out as their type; any other file as `application/octet-stream` with "
     "`Content-Disposition: attachment`, and every answer carries `Content-Security-Policy: "
     "default-src 'none'; sandbox`. Names that start with a dot, symlinks and sub-folders are "

@@ -18,11 +18,12 @@ from clustr_aio.ingest.multipart import MultipartStream, file_parts, parse_bound
 from clustr_aio.ingest.pipeline import StoredFile, ingest_batch
 from clustr_aio.storage.base import SpaceReporting
 from clustr_aio.web.base_url import request_base_url
-from clustr_aio.web.keys import INGEST_POLICY, METRICS, SETTINGS, STORAGE
+from clustr_aio.web.keys import INGEST_POLICY, METRICS, SETTINGS, STORAGE, UPLOAD_SLOTS
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import error_response as documented_error
 from clustr_aio.web.openapi.schemas import json_response, ref
-from clustr_aio.web.responses import error_response
+from clustr_aio.web.protection import refuse_content_encoding
+from clustr_aio.web.responses import clustr_error_response
 
 routes = web.RouteTableDef()
 
@@ -31,10 +32,11 @@ async def refuse_early(request: web.Request) -> web.StreamResponse | None:
     """Expect handler: answer 413/406/400/507 instead of ``100 Continue`` when the headers
     alone show the upload will be refused, so the client never sends the body."""
     try:
+        request.app[UPLOAD_SLOTS].check()
         await _check_request(request)
     except ClustrError as error:
         request.app[METRICS].count_rejection(error)
-        return error_response(error.status, error.detail)
+        return clustr_error_response(error)
     await _continue(request)
     return None
 
@@ -89,12 +91,18 @@ async def _continue(request: web.Request) -> None:
         ),
         415: documented_error(
             "An extension not in ALLOWED_EXTENSIONS, an empty file, bytes that are not what "
-            "the extension claims, or an image whose structure does not hold together.",
+            "the extension claims, an image whose structure does not hold together, or a body "
+            "with a Content-Encoding (never inflated).",
             "'cut.jpg' is not a valid JPEG image: it ends inside its image data, before the EOI"
             " marker (truncated)",
             "'notes.txt': files of type .txt are not accepted; allowed: jpeg, jpg, png, webp",
             "'fake.png' is named .png but holds image/jpeg data; expected image/png",
             "'empty.jpg' is empty",
+        ),
+        503: documented_error(
+            "MAX_CONCURRENT_UPLOADS uploads are being received already, or the server is out "
+            "of file descriptors; refused before the body is read, with Retry-After.",
+            "too many uploads at once; retry shortly",
         ),
         507: documented_error(
             "The disk is full, or storing the upload would leave less than MIN_FREE_SPACE free"
@@ -105,7 +113,7 @@ async def _continue(request: web.Request) -> None:
     },
 )
 async def upload(request: web.Request) -> web.Response:
-    with request.app[METRICS].track_upload() as tracked:
+    with request.app[METRICS].track_upload() as tracked, request.app[UPLOAD_SLOTS].take():
         boundary = await _check_request(request)
         policy = request.app[INGEST_POLICY]
         body = policy.limits.counting(request.content.readany)
@@ -116,6 +124,8 @@ async def upload(request: web.Request) -> web.Response:
             raise ClientDisconnected() from error
         except HttpProcessingError as error:  # e.g. broken chunked encoding or a short body
             raise MalformedUpload(f"malformed request body: {error.message}") from None
+        except web.RequestPayloadError:  # what the parser sets on the body stream mid-read
+            raise MalformedUpload("malformed request body") from None
         finally:
             tracked.received(body.bytes_read)
         tracked.stored(stored)
@@ -130,8 +140,9 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def _check_request(request: web.Request) -> bytes:
-    """What can be refused before reading the body: its declared length, its content type,
-    and whether the storage has room for it (above MIN_FREE_SPACE)."""
+    """What can be refused before reading the body: a Content-Encoding, its declared length,
+    its content type, and whether the storage has room for it (above MIN_FREE_SPACE)."""
+    refuse_content_encoding(request.headers)
     request.app[INGEST_POLICY].limits.check_declared_length(request.content_length)
     boundary = parse_boundary(request.headers.get(hdrs.CONTENT_TYPE))
     if request.content_length == 0:  # nothing sent at all: no files, not a malformed body

@@ -1,0 +1,68 @@
+"""Giving memory back to the system once a crowd of connections has gone.
+
+glibc's ``free`` keeps most of what a burst of reads allocated: 300 stalled uploads took the
+process from 40 to 106 MiB, still held after they closed. ``malloc_trim(0)`` returns the free
+pages (measured: back to about 50 MiB). It costs a few milliseconds for a heap that size, so it
+is called only after the open connections have fallen to half a peak of at least
+:data:`TRIM_AFTER_PEAK`, a second after the fall, and at most once per such fall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import functools
+import logging
+from collections.abc import Callable
+from typing import Final
+
+__all__ = ["TRIM_AFTER_PEAK", "TrimAfterLoad", "malloc_trim"]
+
+log = logging.getLogger("clustr_aio")
+
+TRIM_AFTER_PEAK: Final = 64
+_DELAY_SECONDS: Final = 1.0
+
+
+@functools.cache
+def _malloc_trim_function() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS): nothing to do
+        return None
+    return trim
+
+
+def malloc_trim() -> bool:
+    """``malloc_trim(0)`` where the C library has it; whether it did."""
+    trim = _malloc_trim_function()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+class TrimAfterLoad:
+    """Told the number of open connections as it changes; trims after a fall (see above)."""
+
+    __slots__ = ("_handle", "_loop", "_peak")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._peak = 0
+        self._handle: asyncio.TimerHandle | None = None
+
+    def opened(self, count: int) -> None:
+        self._peak = max(self._peak, count)
+
+    def closed(self, count: int) -> None:
+        if self._peak >= TRIM_AFTER_PEAK and count <= self._peak // 2 and self._handle is None:
+            self._peak = count
+            self._handle = self._loop.call_later(_DELAY_SECONDS, self._trim)
+
+    def _trim(self) -> None:
+        self._handle = None
+        if malloc_trim():
+            log.debug("returned free memory to the system (malloc_trim)")

@@ -1,0 +1,209 @@
+"""Bounds a hostile or unlucky crowd of clients cannot push a real server past: memory held by
+stalled uploads, the connections held by slow ones, the descriptor limit."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import temp_files
+from tests.process.conftest import StartServer
+from tests.process.slow_client import jpeg_bytes
+from tests.server_process import wait_until
+
+MiB = 1024 * 1024
+BOUNDARY = "boundsTestBoundary"
+
+
+def status_kib(pid: int, field: str) -> int:
+    """A ``VmRSS``/``VmHWM`` (peak) figure of /proc/<pid>/status, in KiB."""
+    text = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+    assert match, text
+    return int(match[1])
+
+
+def bytes_in_transit(port: int) -> int:
+    """Bytes sent to loopback ``port`` that its server has not read yet: the clients' send
+    queues and the server's receive queues, from /proc/net/tcp."""
+    total = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, queues = fields[1], fields[2], fields[4]
+        tx, rx = (int(q, 16) for q in queues.split(":"))
+        if int(local.split(":")[1], 16) == port:
+            total += rx
+        elif int(remote.split(":")[1], 16) == port:
+            total += tx
+    return total
+
+
+def upload_head(port: int, length: int, filename: str) -> bytes:
+    return (
+        f"POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {length}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n"
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; '
+        f'filename="{filename}"\r\nContent-Type: image/jpeg\r\n\r\n'
+    ).encode()
+
+
+@pytest.fixture
+def sockets() -> Iterator[list[socket.socket]]:
+    opened: list[socket.socket] = []
+    yield opened
+    for sock in opened:
+        sock.close()
+
+
+def test_stalled_uploads_hold_little_memory_and_give_it_back(
+    server_factory: StartServer, sockets: list[socket.socket]
+) -> None:
+    """300 uploads that sent 1 MB and stalled: peak RSS at most 128 MiB, under 80 MiB once
+    they are gone (issue 10: 40 -> 342 MiB, and kept)."""
+    server = server_factory({"MAX_CONCURRENT_UPLOADS": "1000", "BODY_IDLE_TIMEOUT": "120"})
+    data = jpeg_bytes(MiB)
+    for n in range(300):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sockets.append(sock)
+        sock.sendall(upload_head(server.port, 4 * MiB, f"stalled-{n}.jpg") + data)
+    wait_until(lambda: bytes_in_transit(server.port) == 0, "the server to read every 1 MB")
+    time.sleep(1.5)  # and to do with them whatever it does with a stalled body
+    peak, now = status_kib(server.pid, "VmHWM"), status_kib(server.pid, "VmRSS")
+    # What they sent is on disk, not in memory.
+    assert sum(p.stat().st_size for p in temp_files(server.upload_folder)) >= 300 * MiB
+    for sock in sockets:
+        sock.close()
+    wait_until(lambda: not temp_files(server.upload_folder), "the stalled uploads' files to go")
+    time.sleep(1.0)
+    after = status_kib(server.pid, "VmRSS")
+    print(
+        f"RSS with 300 stalled uploads: {now // 1024} MiB, peak {peak // 1024} MiB, "
+        f"after {after // 1024} MiB"
+    )
+    assert peak <= 128 * 1024, f"peak RSS {peak // 1024} MiB"
+    assert after < 80 * 1024, f"RSS after {after // 1024} MiB"
+
+
+def test_unfinished_1_mb_heads_hold_little_memory(
+    server_factory: StartServer, sockets: list[socket.socket]
+) -> None:
+    """200 connections each sending 127 header lines of 8 kB (what aiohttp's line limits allow)
+    and no blank line: issue 10 measured 439 MiB; the 64 KiB head limit answers 431 first."""
+    server = server_factory({"REQUEST_HEADER_TIMEOUT": "60"})
+    lines = b"".join(b"X-%03d: %s\r\n" % (n, b"a" * 8000) for n in range(127))
+    for _ in range(200):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sockets.append(sock)
+        with contextlib.suppress(OSError):  # refused and closed after 64 KiB
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + lines)
+    wait_until(lambda: bytes_in_transit(server.port) == 0, "the server to read or refuse it all")
+    peak = status_kib(server.pid, "VmHWM")
+    print(f"RSS peak with 200 unfinished 1 MB heads: {peak // 1024} MiB")
+    assert peak <= 128 * 1024
+    assert server.logs.count("431") >= 190  # their access lines
+
+
+def hold_slow_connections(port: int, count: int, sockets: list[socket.socket]) -> None:
+    """``count`` connections sending a request head one byte at a time (a slowloris)."""
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        sockets.append(sock)
+
+
+def trickle(sockets: list[socket.socket]) -> int:
+    """One more header byte on each; how many connections are still open."""
+    alive = 0
+    for sock in sockets:
+        try:
+            sock.send(b"a")
+            alive += 1
+        except OSError:
+            pass
+    return alive
+
+
+def timed_get(port: int) -> tuple[float, bytes]:
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return time.monotonic() - started, answer
+
+
+@pytest.mark.parametrize("max_open_files", [None, 512], ids=["default-limit", "512-files"])
+def test_a_normal_client_is_answered_while_1000_slow_ones_are_held(
+    server_factory: StartServer, sockets: list[socket.socket], max_open_files: int | None
+) -> None:
+    server = server_factory({"REQUEST_HEADER_TIMEOUT": "60"}, max_open_files=max_open_files)
+    hold_slow_connections(server.port, 1000, sockets)
+    latencies = []
+    for _ in range(3):
+        held = trickle(sockets)
+        latency, answer = timed_get(server.port)
+        latencies.append(latency)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        time.sleep(0.5)
+    print(
+        f"slow connections held: {held} of 1000; GET / answered in "
+        f"{max(latencies) * 1000:.0f} ms at most"
+    )
+    assert max(latencies) < 1.0
+    if max_open_files is None:
+        assert held == 1000  # under MAX_CONNECTIONS, each is held until its head times out
+    else:
+        assert held < 512  # room is made by closing the longest idle ones
+        assert "at the connection limit" in server.logs  # said, once per 10 s at most
+    assert "Traceback" not in server.logs
+
+
+def test_an_idle_flood_is_closed_after_the_keepalive_timeout(
+    server_factory: StartServer, sockets: list[socket.socket]
+) -> None:
+    """1,000 connections that never send a byte (issue 10: 2,000 of them were all still open
+    after 2 minutes)."""
+    server = server_factory({"KEEPALIVE_TIMEOUT": "1"})
+    for _ in range(1000):
+        sockets.append(socket.create_connection(("127.0.0.1", server.port)))
+    started = time.monotonic()
+    for sock in sockets:
+        sock.settimeout(max(0.1, started + 10 - time.monotonic()))
+        assert sock.recv(1) == b""  # closed by the server
+    print(f"1,000 idle connections closed {time.monotonic() - started:.1f} s after the last")
+    _, answer = timed_get(server.port)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_broken_chunk_mid_upload_is_answered_at_once_and_does_not_hold_up_a_stop(
+    server_factory: StartServer, sockets: list[socket.socket]
+) -> None:
+    """Issue 10: no answer until the client left, and a SIGTERM drain held for the whole
+    SHUTDOWN_TIMEOUT."""
+    server = server_factory({"SHUTDOWN_TIMEOUT": "30"})
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sockets.append(sock)
+    head = upload_head(server.port, 0, "a.jpg").replace(
+        b"Content-Length: 0", b"Transfer-Encoding: chunked"
+    )
+    start, part = head.split(b"\r\n\r\n", 1)
+    first = part + jpeg_bytes(10_000)
+    sock.sendall(start + b"\r\n\r\n" + b"%x\r\n" % len(first) + first + b"\r\n")
+    wait_until(lambda: bool(temp_files(server.upload_folder)), "the upload to be under way")
+    sock.sendall(b"zz-not-a-size\r\n")
+    answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    assert time.monotonic() - started < 5
+    assert temp_files(server.upload_folder) == []
+    assert "Traceback" not in server.logs
