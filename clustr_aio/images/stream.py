@@ -79,6 +79,8 @@ class Rest:
 
 
 Request = Read | ReadOrEnd | Pass | Emit | PassUntil | Rest
+
+_COPY_LEFTOVER = 4096
 ParserGenerator = Generator[Request, Any, None]
 """A parser: yields requests, is sent their answers (``Any``: each request's own type)."""
 SubParser = Generator[Request, Any, bytes]
@@ -118,6 +120,10 @@ class Parser:
             self._queue.append(chunk if isinstance(chunk, memoryview) else memoryview(chunk))
             self._queued += len(chunk)
         self._advance(eof=False)
+        if self._queue and self._queued <= _COPY_LEFTOVER:
+            # A few bytes kept for the next request (half a header) must not keep the whole
+            # read they are a slice of alive, while the client takes its time.
+            self._queue = deque([memoryview(bytes(b"".join(self._queue)))])
         out, self._out = self._out, []
         return out
 
