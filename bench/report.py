@@ -84,6 +84,8 @@ class ScenarioResult:
 
 
 def _number(value: float, unit: str) -> str:
+    if unit == "ms":  # a latency measured in-process (the catalog's K, K2)
+        return f"{value:.2f} ms"
     return f"{value:.2f} s" if unit == "s" else f"{value:.0f} req/s"
 
 
@@ -105,7 +107,7 @@ def table(results: list[ScenarioResult]) -> str:
         rss = f"{r.peak_rss_mib:.0f} MiB"
         if any(len(p) > 1 for p in r.peak_rss):
             rss += f" per process ({r.peak_rss_sum_mib:.0f} summed)"
-        bad = f", {r.a_bad_responses} non-2xx" if r.unit != "s" else ""
+        bad = f", {r.a_bad_responses} non-2xx" if r.unit == "req/s" else ""
         met = "yes" if r.ratio_met and r.rss_met else "**no**"
         rows.append(
             f"| {r.key} | {r.title} | {r.a_label}: {_number(statistics.median(r.a_values), r.unit)}"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import catalog
 from bench.attic import Attic
 from bench.clients import BenchError, WrkResult, post_files, put_file, wrk
 from bench.clustr import ClustrServer
@@ -206,7 +209,55 @@ def build(setup: Setup) -> list[Scenario]:
                 ),
             ),
         ]
+    scenarios += _catalog_scenarios()
     return scenarios
+
+
+PAGE_BUDGET_MS = 20.0
+CHECK_BUDGET_MS = 100.0
+
+
+def _budget(label: str, value: float) -> Side:
+    """A fixed number to hold side A to (the issue's target), in place of a reference server."""
+    return Side(label, lambda _tag: Measurement(value), lambda: None, lambda: [])
+
+
+def _catalog_scenarios() -> list[Scenario]:
+    """K, K2: the catalog's queries, timed server side in this process (bench/catalog.py), on
+    a SQLite catalog of BENCH_CATALOG_RECORDS (1,000,000) records, made once under
+    bench/data and kept."""
+    records = f"{catalog.RECORDS:,} records (SQLite)"
+    return [
+        _catalog_scenario(
+            "K",
+            f"a page of 100 from {records}, p99 server side vs the 20 ms budget",
+            PAGE_BUDGET_MS,
+            lambda figures: Measurement(figures.page_p99_ms, requests=catalog.PAGES),
+        ),
+        _catalog_scenario(
+            "K2",
+            f"check of {catalog.CHECK_HASHES:,} sha256 among {records}, median server side"
+            " vs the 100 ms budget",
+            CHECK_BUDGET_MS,
+            lambda figures: Measurement(figures.check_p50_ms, requests=catalog.CHECK_ROUNDS),
+        ),
+    ]
+
+
+def _catalog_scenario(
+    key: str,
+    title: str,
+    budget_ms: float,
+    pick: Callable[[catalog.CatalogFigures], Measurement],
+) -> Scenario:
+    def measure(_tag: str) -> Measurement:
+        return pick(asyncio.run(catalog.figures("sqlite", str(catalog.sqlite_path()))))
+
+    this_process = [os.getpid()]
+    side = Side("clustr_aio catalog", measure, lambda: None, lambda: this_process)
+    return Scenario(
+        key, title, "ms", Target(1.0, higher_is_better=False), side, _budget("budget", budget_ms)
+    )
 
 
 def _bound_upload_rate(

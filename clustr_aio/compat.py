@@ -28,6 +28,23 @@ aiohttp
     ``StreamWriter._headers_buf`` and ``_headers_written``, 3.12): the serialised head, to
     send with the file's first bytes in one ``sendfile`` burst.
 
+- The hardened connection (``runtime/protocol.py``: timeouts, the connection limit, parser
+  errors as JSON). aiohttp has no hook for a request's head timing out, a body stalling, or
+  how its parser errors are answered, so it subclasses ``RequestHandler`` and ``Server``:
+
+  - :data:`ErrInfo` (``web_protocol._ErrInfo``, 3.9): the queued stand-in for a request the
+    parser refused, which the handler answers through ``handle_error``; queued for a 408/431.
+  - :data:`BadHttpMethod`, :data:`BadStatusLine`, :data:`InvalidHeader`, :data:`LineTooLong`,
+    :data:`TransferEncodingError`, :data:`ContentLengthError` (``aiohttp.http_exceptions``,
+    3.0): which parser error it was, for a detail that does not echo the request.
+  - :data:`GUARDED_HANDLER_ATTRIBUTES` of ``RequestHandler`` (its queue of parsed requests,
+    its waiter, the request being handled, its lingering time, flow-control and close flags)
+    and :data:`GUARDED_SERVER_ATTRIBUTES` of ``Server`` (its loop, handler options and
+    connections, as its own ``__call__`` uses them), plus ``BaseRunner._make_server`` (3.0),
+    overridden by ``DrainingRunner`` to swap the ``Server``'s class.
+  - asyncio's selector transport ``max_size`` (Python 3.7): the ``recv`` size, lowered for
+    connections beyond the 64th.
+
 - Draining (``runtime/drain.py``): :func:`site_server` (``BaseSite._server``, 3.0): the
   listening ``asyncio.Server``, to stop accepting before closing (a site exposes only ``name``
   and ``stop()``); :func:`connection_is_idle` (``RequestHandler._waiter``, 3.0): whether a
@@ -89,17 +106,36 @@ import aiohttp_cors
 from aiohttp import StreamReader, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError
+from aiohttp.http_exceptions import (
+    BadHttpMessage,
+    BadHttpMethod,
+    BadStatusLine,
+    ContentLengthError,
+    HttpProcessingError,
+    InvalidHeader,
+    LineTooLong,
+    TransferEncodingError,
+)
 from aiohttp.http_writer import StreamWriter
 from aiohttp.web_fileresponse import _FileResponseResult as FileResponseResult
+from aiohttp.web_protocol import _ErrInfo as ErrInfo
 from prometheus_client import values
 from pydantic_settings import DotEnvSettingsSource, TomlConfigSettingsSource
 
 __all__ = [
+    "GUARDED_HANDLER_ATTRIBUTES",
+    "GUARDED_SERVER_ATTRIBUTES",
     "BadHttpMessage",
+    "BadHttpMethod",
+    "BadStatusLine",
+    "ContentLengthError",
+    "ErrInfo",
     "FileResponseBodySender",
     "FileResponseResult",
     "HttpProcessingError",
+    "InvalidHeader",
+    "LineTooLong",
+    "TransferEncodingError",
     "answer_not_modified",
     "connection_is_idle",
     "cors_response_hook",
@@ -117,6 +153,21 @@ __all__ = [
 ]
 
 ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
+
+GUARDED_HANDLER_ATTRIBUTES: Final = (
+    "_messages",
+    "_waiter",
+    "_request_count",
+    "_current_request",
+    "_lingering_time",
+    "_reading_paused",
+    "_force_close",
+    "_close",
+    "_loop",
+)
+"""``RequestHandler`` attributes that ``runtime/protocol.py``'s subclass reads or sets."""
+GUARDED_SERVER_ATTRIBUTES: Final = ("_loop", "_kwargs", "_connections")
+"""``web.Server`` attributes that ``runtime/protocol.py``'s subclass uses."""
 
 # --------------------------------------------------------------------------- aiohttp: static files
 

@@ -17,6 +17,9 @@ from clustr_aio.runtime.server import make_runner
 from clustr_aio.settings import Settings, load_settings
 from clustr_aio.storage.local import INCOMING_DIR
 from clustr_aio.web.app import create_app
+from tests.postgres import PostgresServer, postgres_server
+
+__all__ = ["postgres_server"]  # a fixture for the whole suite
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,6 +53,16 @@ def make_settings(upload_folder: Path, **overrides: Any) -> Settings:
         upload_folder=upload_folder,
         **overrides,
     )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest) -> str | None:
+    """Each catalog backend in turn: None (the embedded SQLite file), then a fresh database
+    on the tests' own PostgreSQL (tests/postgres.py), skipped only where it is not installed."""
+    if request.param == "sqlite":
+        return None
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return await server.new_database()
 
 
 @pytest.fixture
@@ -96,8 +109,8 @@ async def production_client(aiohttp_client: AiohttpClient, upload_dir: Path) -> 
 
 
 def stored_files(folder: Path) -> list[str]:
-    """Published files, sorted."""
-    return sorted(p.name for p in folder.iterdir() if p.is_file())
+    """Published files, sorted (dot-names, never served, are the catalog's and the storage's)."""
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
 def temp_files(folder: Path) -> list[Path]:

@@ -345,8 +345,8 @@ def spawn_logged(
     nofile: int | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``command`` the way servers are started here: stdin closed, stdout and stderr into
-    ``log_path``, in a session of its own (``journal``: see :func:`start_server`), with at most
-    ``nofile`` open descriptors if given."""
+    ``log_path``, in a session of its own (``journal``: see :func:`start_server`; ``nofile``:
+    its RLIMIT_NOFILE, soft and hard)."""
     with log_path.open("wb") as log:
         if journal:
             stat = os.fstat(log.fileno())

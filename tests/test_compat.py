@@ -313,3 +313,34 @@ def test_settings_source_names(tmp_path: Path) -> None:
     dotenv.write_text("PORT=1\nBARE\n")
     names = compat.dotenv_source_names(DotEnvSettingsSource(Settings, env_file=dotenv))
     assert sorted(names) == ["BARE", "PORT"]
+
+
+# --------------------------------------------------------------------------- aiohttp: connections
+
+
+async def test_guarded_connection_internals() -> None:
+    """What runtime/protocol.py's RequestHandler and Server subclasses rely on."""
+    error = compat.ErrInfo(status=408, exc=compat.BadHttpMessage("late"), message="")
+    assert (error.status, error.message) == (408, "")
+    for kind in (
+        compat.BadHttpMethod,
+        compat.BadStatusLine,
+        compat.InvalidHeader,
+        compat.LineTooLong,
+        compat.TransferEncodingError,
+        compat.ContentLengthError,
+    ):
+        assert issubclass(kind, compat.BadHttpMessage)
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response()
+
+    server = web.Server(handler)
+    for name in compat.GUARDED_SERVER_ATTRIBUTES:
+        assert hasattr(server, name), name
+    connection = server()
+    for name in compat.GUARDED_HANDLER_ATTRIBUTES:
+        assert hasattr(connection, name), name
+    assert hasattr(web.AppRunner, "_make_server")
+    transport_class: Any = getattr(asyncio.selector_events, "_SelectorSocketTransport")  # noqa: B009
+    assert isinstance(transport_class.max_size, int)

@@ -85,6 +85,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.cors_origins == ("*",)
     assert settings.log_level == "INFO"
     assert settings.access_log is True
+    assert settings.database_url is None
+    assert settings.dedupe == "off"
     assert settings.base_url == "http://127.0.0.1:5000"
     assert settings == Settings(upload_folder=tmp_path / "conf" / "uploads")
 
@@ -274,7 +276,7 @@ def test_unknown_config_key_is_named(tmp_path: Path, toml: str, expected: str) -
         ),
         ("port=5000\n", "port: unknown setting in {path} (did you mean PORT?)"),
         ("export PROT=1\n", "PROT: unknown setting in {path} (did you mean PORT?)"),
-        ("DATABASE_URL=x\n", "DATABASE_URL: unknown setting in {path}"),
+        ("NOT_A_SETTING=x\n", "NOT_A_SETTING: unknown setting in {path}"),
     ],
 )
 def test_unknown_dotenv_name_is_named(tmp_path: Path, dotenv: str, expected: str) -> None:
@@ -403,6 +405,11 @@ BAD_TEXT: list[tuple[str, str]] = [
     ("LOG_FORMAT", "xml"),
     ("LOG_FORMAT", ""),
     ("ACCESS_LOG", "nope"),
+    ("DATABASE_URL", "mysql://localhost/db"),
+    ("DATABASE_URL", "sqlite://"),
+    ("DATABASE_URL", "postgresql://host:port/db"),
+    ("DEDUPE", "skip"),
+    ("DEDUPE", ""),
     ("MAX_IMAGE_PIXELS", "0"),
     ("MAX_IMAGE_PIXELS", "100MP"),
     ("STRIP_METADATA", "gps"),
@@ -468,6 +475,8 @@ BAD_TOML: list[tuple[str, str]] = [
     ("LOG_LEVEL", "LOG_LEVEL = 10"),
     ("LOG_FORMAT", "LOG_FORMAT = true"),
     ("ACCESS_LOG", 'ACCESS_LOG = "loud"'),
+    ("DATABASE_URL", "DATABASE_URL = 5"),
+    ("DEDUPE", "DEDUPE = true"),
     ("MAX_IMAGE_PIXELS", "MAX_IMAGE_PIXELS = 1.5"),
     ("STRIP_METADATA", "STRIP_METADATA = false"),
     ("THUMBNAIL_SIZES", "THUMBNAIL_SIZES = [256, true]"),
@@ -604,6 +613,31 @@ def test_upload_url_path_is_normalised(tmp_path: Path, raw: str, expected: str) 
 )
 def test_public_base_url(tmp_path: Path, raw: str, expected: str | None) -> None:
     assert load(tmp_path, environ={"PUBLIC_BASE_URL": raw}).public_base_url == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "postgresql://clustr:secret@db.example.com:5432/clustr",
+        "postgres:///clustr?host=/run/postgresql",
+        "sqlite:///var/lib/clustr/catalog.sqlite3",
+    ],
+)
+def test_database_url(tmp_path: Path, raw: str) -> None:
+    assert load(tmp_path, environ={"DATABASE_URL": raw}).database_url == raw
+
+
+def test_a_bad_database_url_never_shows_its_password(tmp_path: Path) -> None:
+    message = load_error(tmp_path, environ={"DATABASE_URL": "mysql://u:hunter2@db/x"})
+    assert message.startswith("DATABASE_URL: expected ")
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("off", "off"), ("Reuse", "reuse"), ("REJECT", "reject")]
+)
+def test_dedupe(tmp_path: Path, raw: str, expected: str) -> None:
+    assert load(tmp_path, environ={"DEDUPE": raw}).dedupe == expected
 
 
 def test_empty_public_base_url_in_dotenv_unsets_the_config_file_value(tmp_path: Path) -> None:

@@ -16,10 +16,20 @@ class ClustrError(Exception):
     status: ClassVar[int] = 500
     retry_after: ClassVar[int | None] = None
     """Seconds to send as ``Retry-After``, for a refusal that is only for now."""
+    per_file: ClassVar[bool] = False
+    """A refusal of one file, not of the request: ``POST /api/upload?atomic=false`` answers it
+    in that file's item and stores the others."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.file: str | None = None
+        """The upload's file (as the client named it) that the error is about, if any."""
+        self.index: int | None = None
+        """That file's position among the request's files, from 0."""
+
+    def about(self, file: str, index: int) -> None:
+        self.file, self.index = file, index
 
 
 class MalformedUpload(ClustrError):
@@ -41,15 +51,42 @@ class NoFilesUploaded(ClustrError):
 
 
 class UploadTooLarge(ClustrError):
-    """A file, the request or the number of files crossed a configured limit."""
+    """A file, or the number of files, crossed a configured limit."""
 
     status = 413
+    per_file = True
+
+
+class RequestTooLarge(UploadTooLarge):
+    """The request body crossed MAX_REQUEST_SIZE."""
+
+    per_file = False
 
 
 class UnsupportedFile(ClustrError):
     """The extension is not allowed, or the bytes are not what the extension claims."""
 
     status = 415
+    per_file = True
+
+
+class DuplicateFile(ClustrError):
+    """``DEDUPE=reject``: these bytes are stored already."""
+
+    status = 409
+    per_file = True
+
+
+class NotFound(ClustrError):
+    """No record of that id."""
+
+    status = 404
+
+
+class BadRequest(ClustrError):
+    """A parameter or JSON body the API cannot take (a bad cursor, limit, id list…)."""
+
+    status = 400
 
 
 class ImageTooLarge(UploadTooLarge):

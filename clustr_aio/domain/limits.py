@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from clustr_aio.domain.errors import UploadTooLarge
+from clustr_aio.domain.errors import RequestTooLarge, UploadTooLarge
 
 ReadChunk = Callable[[], Awaitable[bytes]]
 
@@ -39,8 +39,8 @@ class UploadLimits:
         if count > self.max_files:
             raise UploadTooLarge(f"too many files: at most {self.max_files} per request")
 
-    def _request_too_large(self) -> UploadTooLarge:
-        return UploadTooLarge(
+    def _request_too_large(self) -> RequestTooLarge:
+        return RequestTooLarge(
             f"request body is larger than the limit of {self.max_request_size} bytes"
         )
 

@@ -8,7 +8,7 @@ costs no validation or model objects, while mypy checks every key a handler writ
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, NotRequired
 
 from pydantic import ConfigDict, Field, with_config
 from pydantic.config import JsonDict
@@ -16,7 +16,25 @@ from typing_extensions import TypedDict  # pydantic reads its field docs on Pyth
 
 from clustr_aio.domain.sniff import KNOWN_TYPES, OCTET_STREAM
 
-__all__ = ["STORED_CONTENT_TYPES", "ErrorBody", "Greeting", "UploadResponse", "UploadedFile"]
+__all__ = [
+    "ID_PATTERN",
+    "SHA256_PATTERN",
+    "STORED_CONTENT_TYPES",
+    "CheckRequest",
+    "CheckResponse",
+    "CheckResult",
+    "DeleteRequest",
+    "DeleteResponse",
+    "ErrorBody",
+    "FileItem",
+    "FileList",
+    "Greeting",
+    "RefusedItem",
+    "UploadError",
+    "UploadResponse",
+    "UploadResults",
+    "UploadedFile",
+]
 
 STORED_CONTENT_TYPES: Final = (*(t.content_type for t in KNOWN_TYPES), OCTET_STREAM)
 """What ``content_type`` of an upload item can be: a sniffed image type, or octet-stream for an
@@ -30,14 +48,62 @@ class ErrorBody(TypedDict):
     detail: Annotated[str, Field(description="What went wrong, for a person.")]
 
 
+@with_config(
+    ConfigDict(
+        title="UploadError",
+        json_schema_extra={
+            "examples": [
+                {
+                    "detail": "'notes.txt': files of type .txt are not accepted; allowed: jpg, png",
+                    "file": "notes.txt",
+                    "index": 2,
+                }
+            ]
+        },
+    )
+)
+class UploadError(TypedDict):
+    """A refused upload: what went wrong and, when it is about one of the files, which."""
+
+    detail: Annotated[str, Field(description="What went wrong, for a person.")]
+    file: NotRequired[
+        Annotated[str, Field(description="The refused file's name, as the client sent it.")]
+    ]
+    index: NotRequired[
+        Annotated[int, Field(ge=0, description="The refused file's position, from 0.")]
+    ]
+
+
 class Greeting(TypedDict):
     """The original service's liveness greeting."""
 
     message: Literal["Hello World"]
 
 
-class UploadedFile(TypedDict):
-    """One stored file, in the order its part arrived."""
+ID_PATTERN: Final = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+"""A file's id: a UUIDv7, lower-case (time-sortable: the first 48 bits are Unix milliseconds)."""
+SHA256_PATTERN: Final = "^[0-9a-fA-F]{64}$"
+
+FileId = Annotated[
+    str,
+    Field(
+        pattern=ID_PATTERN,
+        description="The file's id: opaque, URL-safe, sorting by creation time.",
+        examples=["019ad8c4-6f3a-7c21-9e4b-3f5d2a1b0c9e"],
+    ),
+]
+Sha256 = Annotated[
+    str,
+    Field(
+        pattern=SHA256_PATTERN,
+        description="SHA-256 of the file's bytes, hex.",
+        examples=["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
+    ),
+]
+
+
+class FileItem(TypedDict):
+    """One stored file."""
 
     stored_filename: Annotated[
         str,
@@ -67,6 +133,16 @@ class UploadedFile(TypedDict):
         Field(
             description="Detected from the file's bytes, never taken from the client.",
             json_schema_extra={"enum": list(STORED_CONTENT_TYPES)},
+        ),
+    ]
+    id: FileId
+    sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$", description="SHA-256 of the bytes.")]
+    created_at: Annotated[
+        str,
+        Field(
+            description="When it was stored: RFC 3339, UTC.",
+            examples=["2026-12-01T09:30:23.123Z"],
+            json_schema_extra={"format": "date-time"},
         ),
     ]
     width: Annotated[
@@ -100,6 +176,87 @@ class UploadedFile(TypedDict):
         ),
     ]
 
+    thumbnail_url: Annotated[
+        str | None,
+        Field(
+            description="Absolute URL of the default thumbnail (the first of THUMBNAIL_SIZES, WebP;"
+            " `GET /api/files/{id}/thumbnail`); null for a file that is not an image.",
+            examples=["http://127.0.0.1:5000/api/files/019ad8c4-6f3a-7c21-9e4b-3f5d2a1b0c9e/thumbnail"],
+            json_schema_extra={"format": "uri"},
+        ),
+    ]
+    thumbnails: Annotated[
+        dict[str, str],
+        Field(
+            description="Every thumbnail size offered (THUMBNAIL_SIZES, longest side in pixels) and"
+            " its URL; empty for a file that is not an image.",
+            examples=[
+                {
+                    "256": "http://127.0.0.1:5000/api/files/019ad8c4-6f3a-7c21-9e4b-3f5d2a1b0c9e"
+                    "/thumbnail?size=256"
+                }
+            ],
+        ),
+    ]
+
+
+class UploadedFile(FileItem):
+    """One stored file of an upload, in the order its part arrived."""
+
+    duplicate: Annotated[
+        bool,
+        Field(
+            description="DEDUPE=reuse: these bytes were stored already, and this is that file "
+            "(its name, id and time), not a new copy."
+        ),
+    ]
+
+
+class RefusedError(TypedDict):
+    status: Annotated[int, Field(ge=400, le=599, examples=[415])]
+    detail: Annotated[str, Field(description="What went wrong, for a person.")]
+
+
+class RefusedItem(TypedDict):
+    """``atomic=false``: a file that was not stored, in its place among the items."""
+
+    original_filename: Annotated[str, Field(description="The filename the client sent.")]
+    error: RefusedError
+
+
+class FileList(TypedDict):
+    """A page of stored files."""
+
+    data: list[FileItem]
+    next_cursor: Annotated[
+        str | None,
+        Field(description="Pass as `cursor` for the next page; null on the last page."),
+    ]
+
+
+@with_config(ConfigDict(extra="forbid"))
+class DeleteRequest(TypedDict):
+    ids: Annotated[list[FileId], Field(min_length=1, max_length=1000)]
+
+
+class DeleteResponse(TypedDict):
+    deleted: Annotated[list[str], Field(description="The ids deleted now, in request order.")]
+    missing: Annotated[list[str], Field(description="The ids of no stored file.")]
+
+
+@with_config(ConfigDict(extra="forbid"))
+class CheckRequest(TypedDict):
+    sha256: Annotated[list[Sha256], Field(min_length=1, max_length=10_000)]
+
+
+class CheckResult(TypedDict):
+    sha256: Annotated[str, Field(description="As sent.")]
+    id: Annotated[str | None, Field(description="A stored file with these bytes, or null.")]
+
+
+class CheckResponse(TypedDict):
+    results: Annotated[list[CheckResult], Field(description="One per hash, in request order.")]
+
 
 _EXAMPLE_UPLOAD: Final[JsonDict] = {
     "message": "Successfully uploaded 2 files",
@@ -110,6 +267,10 @@ _EXAMPLE_UPLOAD: Final[JsonDict] = {
             "original_filename": "beach.jpg",
             "file_size": 482113,
             "content_type": "image/jpeg",
+            "id": "019ad8c4-6f3a-7c21-9e4b-3f5d2a1b0c9e",
+            "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+            "created_at": "2026-12-01T09:30:23.123Z",
+            "duplicate": False,
             "width": 3024,
             "height": 4032,
             "orientation": 6,
@@ -121,6 +282,10 @@ _EXAMPLE_UPLOAD: Final[JsonDict] = {
             "original_filename": "dunes.png",
             "file_size": 1021877,
             "content_type": "image/png",
+            "id": "019ad8c4-6f3a-7c22-8a11-7b2e4c6d8f01",
+            "sha256": "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752",
+            "created_at": "2026-12-01T09:30:23.123Z",
+            "duplicate": True,
             "width": 1920,
             "height": 1080,
             "orientation": 1,
@@ -142,3 +307,13 @@ class UploadResponse(TypedDict):
         ),
     ]
     data: Annotated[list[UploadedFile], Field(min_length=1)]
+
+
+class UploadResults(TypedDict):
+    """``atomic=false``: one item per file part, in order; the stored ones and the refused."""
+
+    message: Annotated[
+        str,
+        Field(pattern="^Uploaded [0-9]+ of [0-9]+ files$", examples=["Uploaded 2 of 3 files"]),
+    ]
+    data: Annotated[list[UploadedFile | RefusedItem], Field(min_length=1)]

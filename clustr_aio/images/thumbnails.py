@@ -43,6 +43,7 @@ __all__ = [
     "FORMATS",
     "RENDERER_VERSION",
     "THUMBNAIL_DIR",
+    "THUMBNAIL_TYPES",
     "RenderError",
     "Thumbnail",
     "ThumbnailFormat",
@@ -52,6 +53,11 @@ __all__ = [
 
 THUMBNAIL_DIR: Final = ".thumbnails"
 """The cache's directory in the upload folder (a dot-name: never served)."""
+
+THUMBNAIL_TYPES: Final = frozenset(
+    {"image/jpeg", "image/png", "image/webp", "image/gif", "image/avif", "image/heic"}
+)
+"""The stored types that have thumbnails: the image types the upload checks."""
 
 RENDERER_VERSION: Final = "vips1"
 """Part of every ETag and cache name: bump it when the rendering changes."""

@@ -4,31 +4,44 @@ published to storage, all of them or none.
 It knows no HTTP and no wire format. :func:`ingest_file` is the one path every source of bytes
 takes into a batch — a multipart part (:func:`clustr_aio.ingest.multipart.file_parts`), and
 later a finished resumable upload — so the checks are written once: the extension, the bytes
-against the extension, the per-file size limit. :func:`ingest_batch` receives a whole request's
+against the extension, the per-file size limit, an image's structure, pixel count and metadata
+(:mod:`clustr_aio.images.structure`), the sha256 of the bytes sent. :func:`ingest_batch` receives a whole request's
 files into one storage batch and publishes them together.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
 
-from clustr_aio.domain.errors import NoFilesUploaded, UnsupportedFile
+from clustr_aio.catalog.base import Catalog, FileRecord
+from clustr_aio.catalog.ids import id_time, new_id
+from clustr_aio.domain.errors import ClustrError, DuplicateFile, NoFilesUploaded, UnsupportedFile
 from clustr_aio.domain.limits import UploadLimits
 from clustr_aio.domain.names import extension_of, safe_name
 from clustr_aio.domain.sniff import SNIFF_BYTES, verify_content
 from clustr_aio.images.metadata import StripMode
 from clustr_aio.images.structure import ImageInfo, image_check
-from clustr_aio.storage.base import BatchScope, Buffer, FileWriter, HeadPatching, Storage
+from clustr_aio.ingest.hashing import StreamHasher
+from clustr_aio.storage.base import BatchScope, Buffer, Deleting, FileWriter, HeadPatching, Storage
 
 __all__ = [
+    "Dedupe",
     "IncomingFile",
     "IngestPolicy",
     "ReceivedFile",
+    "RefusedFile",
     "StoredFile",
     "ingest_batch",
+    "ingest_each",
     "ingest_file",
 ]
+
+Dedupe = Literal["off", "reuse", "reject"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -40,6 +53,9 @@ class IngestPolicy:
     field_name: str = "files"
     """Multipart parts with another name are read past (they still count toward the request
     size)."""
+    dedupe: Dedupe = "off"
+    """A file whose sha256 is catalogued already: stored again (off), answered with the stored
+    file (reuse), or refused with 409 (reject)."""
     max_image_pixels: int = 100_000_000
     strip_metadata: StripMode = "location"
 
@@ -61,49 +77,234 @@ class ReceivedFile:
     file_size: int
     """Bytes stored: fewer than were sent when metadata was removed."""
     content_type: str
+    sha256: str
+    """Of the bytes the client sent (a client's own pre-check works), not of those stored."""
+    slot: int
+    """Its position in the storage batch (the order of ``add_file`` calls)."""
     image: ImageInfo | None = None
     """What the structure check read, for the known image types."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class StoredFile:
     stored_filename: str
     original_filename: str
     file_size: int
     content_type: str
-    image: ImageInfo | None = None
+    id: str
+    sha256: str
+    created_at: datetime
+    duplicate: bool = False
+    """DEDUPE=reuse: these bytes were stored already, and this is that file."""
+    width: int | None = None
+    height: int | None = None
+    orientation: int | None = None
+    metadata_removed: bool = False
+
+    @classmethod
+    def of(cls, record: FileRecord, *, duplicate: bool = False) -> StoredFile:
+        return cls(
+            stored_filename=record.stored_name,
+            original_filename=record.original_name,
+            file_size=record.size,
+            content_type=record.content_type,
+            id=record.id,
+            sha256=record.sha256,
+            created_at=record.created_at,
+            duplicate=duplicate,
+            width=record.width,
+            height=record.height,
+            orientation=record.orientation,
+            metadata_removed=record.metadata_removed,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedFile:
+    """``ingest_each``: a file that was not stored, and why."""
+
+    original_filename: str
+    error: ClustrError
 
 
 async def ingest_batch(
-    files: AsyncIterable[IncomingFile], storage: Storage, policy: IngestPolicy
+    files: AsyncIterable[IncomingFile],
+    storage: Storage,
+    policy: IngestPolicy,
+    catalog: Catalog | None = None,
 ) -> list[StoredFile]:
-    """Receive every file into one storage batch, then publish them all, or nothing.
+    """Receive every file into one storage batch, then publish them all and commit their
+    records (to ``catalog``, when given) in one transaction, or nothing.
 
     Raises a :class:`~clustr_aio.domain.errors.ClustrError` on the first file that breaks the
-    policy (:class:`NoFilesUploaded` when there was none); the batch is then discarded, as it is
-    when the caller's task is cancelled.
+    policy (:class:`NoFilesUploaded` when there was none), naming that file and its index; the
+    batch is then discarded, as it is when the caller's task is cancelled.
     """
-    received: list[ReceivedFile] = []
+    outcomes = await _ingest(files, storage, policy, catalog, atomic=True)
+    return [o for o in outcomes if isinstance(o, StoredFile)]
+
+
+async def ingest_each(
+    files: AsyncIterable[IncomingFile],
+    storage: Storage,
+    policy: IngestPolicy,
+    catalog: Catalog | None = None,
+) -> list[StoredFile | RefusedFile]:
+    """As :func:`ingest_batch`, but a refused file (an error that is ``per_file``) is one
+    :class:`RefusedFile` among the results, in its place, and the others are stored. Errors of
+    the request (malformed body, request too large, disk full) still refuse it all."""
+    return await _ingest(files, storage, policy, catalog, atomic=False)
+
+
+async def _ingest(
+    files: AsyncIterable[IncomingFile],
+    storage: Storage,
+    policy: IngestPolicy,
+    catalog: Catalog | None,
+    *,
+    atomic: bool,
+) -> list[StoredFile | RefusedFile]:
+    received: list[ReceivedFile | RefusedFile] = []
+    withdrawn: list[int] = []  # slots received in part (then refused): unlinked after publish
     async with BatchScope(storage.batch()) as batch:
         async for incoming in files:
-            policy.limits.check_file_count(len(received) + 1)
-            received.append(await ingest_file(incoming, batch, policy))
+            index = len(received)
+            slots = batch.files
+            try:
+                policy.limits.check_file_count(index + 1)
+                received.append(await ingest_file(incoming, batch, policy))
+            except ClustrError as error:
+                error.about(incoming.filename, index)
+                if atomic or not error.per_file:
+                    raise
+                received.append(RefusedFile(incoming.filename, error))
+                withdrawn.extend(range(slots, batch.files))
         if not received:
             raise NoFilesUploaded(
                 f"no files were uploaded: send them as multipart parts named {policy.field_name!r}"
             )
+        outcomes = await _deduplicate(received, policy.dedupe, catalog, atomic=atomic)
+        # Duplicates (reused or refused) were received into the batch too: take them back.
+        kept = {o.slot for o in outcomes if isinstance(o, ReceivedFile)}
+        withdrawn += [
+            r.slot for r in received if isinstance(r, ReceivedFile) and r.slot not in kept
+        ]
         names = await batch.publish()
-    return [
-        StoredFile(name, r.original_filename, r.file_size, r.content_type, r.image)
-        for name, r in zip(names, received, strict=True)
-    ]
+        if withdrawn:
+            try:
+                await _unlink(storage, [names[slot] for slot in withdrawn])
+            except BaseException:
+                await batch.withdraw()  # published, but no record will follow: take all back
+                raise
+        results: list[StoredFile | RefusedFile] = []
+        records: list[FileRecord] = []
+        by_digest: dict[str, FileRecord] = {}
+        for outcome in outcomes:
+            if isinstance(outcome, RefusedFile):
+                results.append(outcome)
+            elif isinstance(outcome, _Duplicate):
+                stored = outcome.existing or by_digest[outcome.file.sha256]
+                results.append(StoredFile.of(stored, duplicate=True))
+            else:
+                record = _new_record(outcome, names[outcome.slot])
+                records.append(record)
+                by_digest.setdefault(record.sha256, record)
+                results.append(StoredFile.of(record))
+        if catalog is not None and records:
+            await _commit(catalog, records, batch)
+    return results
+
+
+@dataclass(frozen=True, slots=True)
+class _Duplicate:
+    """DEDUPE=reuse: ``file`` holds bytes stored already (``existing``), or received earlier in
+    this very upload (``existing`` None)."""
+
+    file: ReceivedFile
+    existing: FileRecord | None
+
+
+async def _deduplicate(
+    received: Sequence[ReceivedFile | RefusedFile],
+    dedupe: Dedupe,
+    catalog: Catalog | None,
+    *,
+    atomic: bool,
+) -> list[ReceivedFile | RefusedFile | _Duplicate]:
+    files = [r for r in received if isinstance(r, ReceivedFile)]
+    if dedupe == "off" or not files:
+        return list(received)
+    stored = await catalog.by_sha256([f.sha256 for f in files]) if catalog is not None else {}
+    seen: set[str] = set()
+    outcomes: list[ReceivedFile | RefusedFile | _Duplicate] = []
+    for index, outcome in enumerate(received):
+        if isinstance(outcome, RefusedFile):
+            outcomes.append(outcome)
+            continue
+        existing = stored.get(outcome.sha256)
+        if existing is None and outcome.sha256 not in seen:
+            seen.add(outcome.sha256)
+            outcomes.append(outcome)
+        elif dedupe == "reuse":
+            outcomes.append(_Duplicate(outcome, existing))
+        else:
+            name = outcome.original_filename
+            where = f"as {existing.stored_name!r}" if existing else "earlier in this upload"
+            error = DuplicateFile(f"{name!r} is stored already, {where}")
+            error.about(name, index)
+            if atomic:
+                raise error
+            outcomes.append(RefusedFile(name, error))
+    return outcomes
+
+
+def _new_record(file: ReceivedFile, stored_name: str) -> FileRecord:
+    record_id = new_id()
+    image = file.image
+    return FileRecord(
+        id=record_id,
+        stored_name=stored_name,
+        original_name=file.original_filename,
+        size=file.file_size,
+        content_type=file.content_type,
+        sha256=file.sha256,
+        created_at=id_time(record_id),
+        width=image.width if image else None,
+        height=image.height if image else None,
+        orientation=image.orientation if image else None,
+        metadata_removed=image.metadata_removed if image else False,
+    )
+
+
+async def _unlink(storage: Storage, names: Sequence[str]) -> None:
+    """Unlink files that were published with their batch but are not part of the upload."""
+    if not isinstance(storage, Deleting):
+        raise TypeError("this storage cannot delete files: DEDUPE=reuse and atomic=false need it")
+    for name in names:
+        await storage.delete(name)
+
+
+async def _commit(catalog: Catalog, records: Sequence[FileRecord], batch: BatchScope) -> None:
+    """Commit the records of the files just published, or withdraw the files: a file is never
+    left without its record, nor a record without its file. Once begun, the commit runs to
+    its end even if the caller is cancelled (then it withdraws the files only if it failed)."""
+
+    async def commit_or_withdraw() -> None:
+        try:
+            await catalog.add(records)
+        except BaseException:
+            await batch.withdraw()
+            raise
+
+    await asyncio.shield(asyncio.ensure_future(commit_or_withdraw()))
 
 
 async def ingest_file(file: IncomingFile, batch: BatchScope, policy: IngestPolicy) -> ReceivedFile:
     """Check one file and stream it into ``batch``: its extension before any byte is read, its
     first bytes against the extension before any byte is written, its size as it grows, and an
     image's structure, pixel count and metadata as its bytes pass
-    (:mod:`clustr_aio.images.structure`: one pass, no decode)."""
+    (:mod:`clustr_aio.images.structure`: one pass, no decode). The sha256 is that of the bytes
+    as sent, computed as they pass (:mod:`.hashing`); what is written is the filtered image."""
     filename = file.filename
     extension = _allowed_extension(filename, policy.allowed_extensions)  # a nameless file fails
     head_chunks = await _read_head(file.chunks)
@@ -111,37 +312,47 @@ async def ingest_file(file: IncomingFile, batch: BatchScope, policy: IngestPolic
         extension, _first_bytes(head_chunks, SNIFF_BYTES), filename=filename
     )
     check = image_check(
-        content_type,
-        filename,
-        max_pixels=policy.max_image_pixels,
-        strip=policy.strip_metadata,
+        content_type, filename, max_pixels=policy.max_image_pixels, strip=policy.strip_metadata
     )
 
+    slot = batch.files
     writer: FileWriter = batch.add_file(safe_name(filename))
     if check is not None and not isinstance(writer, HeadPatching):
         writer = _HeldUntilClose(writer)
+    hasher = StreamHasher()
     size = 0
-    for chunk in head_chunks:
-        size += len(chunk)
-        policy.limits.check_file_size(size, filename)
-        await _write(writer, check.feed(chunk) if check else (chunk,))
-    # Let go of the head: its chunks are slices of the first read, which they would keep whole
-    # in memory for as long as the part lasts (a stalled upload: for good).
-    del head_chunks
-    async for chunk in file.chunks:
-        size += len(chunk)
-        policy.limits.check_file_size(size, filename)
-        await _write(writer, check.feed(chunk) if check else (chunk,))
-    if check is None:
-        await writer.close()
-        return ReceivedFile(filename, size, content_type)
-    await _write(writer, check.finish())
-    if check.patches:
-        assert isinstance(writer, HeadPatching)  # made one above
-        for offset, data in check.patches:
-            writer.patch(offset, data)
+    try:
+        for chunk in head_chunks:
+            size += len(chunk)
+            policy.limits.check_file_size(size, filename)
+            await _write(writer, check.feed(chunk) if check else (chunk,))
+            await hasher.update(chunk)
+        # Let go of the head: its chunks are slices of the first read, which they would keep
+        # whole in memory for as long as the part lasts (a stalled upload: for good).
+        del head_chunks
+        async for chunk in file.chunks:
+            size += len(chunk)
+            policy.limits.check_file_size(size, filename)
+            await _write(writer, check.feed(chunk) if check else (chunk,))
+            await hasher.update(chunk)
+        if check is not None:
+            await _write(writer, check.finish())
+            if check.patches:
+                assert isinstance(writer, HeadPatching)  # made one above
+                for offset, data in check.patches:
+                    writer.patch(offset, data)
+        sha256 = await hasher.hexdigest()
+    except ClustrError as error:
+        if error.per_file:  # the batch goes on: close the file, to be withdrawn once published
+            with contextlib.suppress(Exception):
+                await writer.close()
+        raise
+    finally:
+        hasher.release()  # after the digest, nothing; else what it held counts no more
     await writer.close()
-    return ReceivedFile(filename, check.written, content_type, check.info)
+    if check is None:
+        return ReceivedFile(filename, size, content_type, sha256, slot)
+    return ReceivedFile(filename, check.written, content_type, sha256, slot, check.info)
 
 
 async def _write(writer: FileWriter, pieces: Sequence[Buffer]) -> None:

@@ -19,6 +19,8 @@ from clustr_aio.settings.values import (
     parse_byte_limit,
     parse_byte_limit_or_zero,
     parse_cors_origins,
+    parse_database_url,
+    parse_dedupe,
     parse_extensions,
     parse_host,
     parse_log_format,
@@ -64,6 +66,8 @@ _SizeOrZero = Annotated[int, PlainValidator(parse_byte_limit_or_zero)]
 _Origins = Annotated[tuple[str, ...], PlainValidator(parse_cors_origins)]
 _LogLevel = Annotated[str, PlainValidator(parse_log_level)]
 _LogFormat = Annotated[str, PlainValidator(parse_log_format)]
+_DatabaseUrl = Annotated[str | None, PlainValidator(parse_database_url)]
+_Dedupe = Annotated[str, PlainValidator(parse_dedupe)]
 _StripMetadata = Annotated[Literal["location", "all", "none"], PlainValidator(parse_strip_metadata)]
 _ThumbnailSizes = Annotated[tuple[int, ...], PlainValidator(parse_thumbnail_sizes)]
 _Thumbnails = Annotated[Literal["lazy", "eager"], PlainValidator(parse_thumbnails)]
@@ -198,6 +202,17 @@ class Settings(BaseSettings):
         " the systemd journal); json: one JSON object per line.",
     )
     access_log: _Boolean = _setting("true", "Log one line per request.")
+    database_url: _DatabaseUrl = _setting(
+        "",
+        "The catalog of stored files: postgresql://user:password@host/db for PostgreSQL (shared"
+        " by every process and machine), sqlite:///path for a SQLite file elsewhere; unset: a"
+        " SQLite file in UPLOAD_FOLDER (.catalog.sqlite3, never served).",
+    )
+    dedupe: _Dedupe = _setting(
+        "off",
+        "A file whose bytes (sha256) are already stored: off stores it again, reuse answers with"
+        " the stored file (duplicate: true), reject refuses the upload with 409.",
+    )
     max_image_pixels: _Count = _setting(
         "100000000",
         "Most pixels in one image (width x height, the frames of an animation summed): a larger"

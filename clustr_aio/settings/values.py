@@ -19,6 +19,8 @@ __all__ = [
     "parse_byte_limit",
     "parse_byte_limit_or_zero",
     "parse_cors_origins",
+    "parse_database_url",
+    "parse_dedupe",
     "parse_extensions",
     "parse_host",
     "parse_log_format",
@@ -373,3 +375,27 @@ def parse_networks(raw: object) -> tuple[IPNetwork, ...]:
         return tuple(ipaddress.ip_network(item, strict=False) for item in items)
     except ValueError:
         raise _expected(what, raw) from None
+
+
+parse_dedupe = _one_of("off", "reuse", "reject", normalise=str.lower)
+
+
+def parse_database_url(raw: object) -> str | None:
+    """A PostgreSQL URL (``postgresql://`` or ``postgres://``) or ``sqlite:///<path>``; empty
+    means the embedded SQLite file beside the uploads."""
+    what = "a postgresql://user:password@host/database or sqlite:///path URL"
+    text = _string(raw, what)
+    if not text:
+        return None
+    shown = raw if "@" not in text else "<a URL with credentials>"  # a password is never echoed
+    try:
+        parts = urlsplit(text)
+        _ = parts.port
+    except ValueError:
+        raise _expected(what, shown) from None
+    scheme = parts.scheme.lower()
+    if scheme in ("postgresql", "postgres") and (parts.hostname or parts.query or parts.path):
+        return text
+    if scheme == "sqlite" and parts.path not in ("", "/"):
+        return text
+    raise _expected(what, shown)

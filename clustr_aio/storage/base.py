@@ -110,6 +110,22 @@ class Reading(Protocol):
         (a file never stored there, or deleted since): that is for the reader to find out."""
 
 
+@runtime_checkable
+class Listing(Protocol):
+    """Optional capability: the names of every published file (the catalog's start-up
+    reconciliation compares them with its records)."""
+
+    async def names(self) -> list[str]: ...
+
+
+@runtime_checkable
+class Deleting(Protocol):
+    """Optional capability: remove a published file."""
+
+    async def delete(self, name: str) -> bool:
+        """Remove the stored file ``name``; False if there was none."""
+
+
 class BatchScope:
     """``async with BatchScope(storage.batch()) as batch:`` — the batch is discarded unless it
     was published, even when the surrounding task is cancelled (client gone, server stopping)."""
@@ -117,12 +133,19 @@ class BatchScope:
     def __init__(self, batch: UploadBatch) -> None:
         self._batch = batch
         self._published: Sequence[str] | None = None
+        self.files = 0
+        """How many files were added."""
 
     async def __aenter__(self) -> Self:
         return self
 
     def add_file(self, desired_name: str) -> FileWriter:
+        self.files += 1
         return self._batch.add_file(desired_name)
+
+    async def withdraw(self) -> None:
+        """Discard the batch, published files included (a step after publishing failed)."""
+        await asyncio.shield(self._batch.discard())
 
     async def publish(self) -> list[str]:
         names = await self._batch.publish()

@@ -84,7 +84,7 @@ class LocalStorage:
         write_block: int = 1024 * 1024,
         files_in_flight: int = 8,
         idle_flush: float = 0.25,
-        memory_budget: int = 32 * 1024 * 1024,
+        memory_budget: int = 16 * 1024 * 1024,
         min_free_space: int = 0,
         space_check_every: int | None = None,
     ) -> None:
@@ -123,6 +123,32 @@ class LocalStorage:
         if not name or name[0] == "." or "/" in name or "\0" in name:
             return None
         return OnDisk(os.path.join(self._folder_text, name))
+
+    async def names(self) -> list[str]:
+        """Every published file: the folder's regular files but dot-names."""
+        return await self.run(self._names_sync)
+
+    def _names_sync(self) -> list[str]:
+        with os.scandir(self.folder) as entries:
+            return [
+                e.name for e in entries if e.name[0] != "." and e.is_file(follow_symlinks=False)
+            ]
+
+    async def delete(self, name: str) -> bool:
+        """Unlink the published file ``name`` (and, with FSYNC, make that durable)."""
+        if await self.locate(name) is None:
+            return False
+        return await self.run(self._delete_sync, name)
+
+    def _delete_sync(self, name: str) -> bool:
+        try:
+            os.unlink(self.folder / name)
+        except FileNotFoundError:
+            return False
+        if self.fsync:
+            fsync_directory(self.folder)
+        self._next_number.clear()  # a freed name is the first to be taken again
+        return True
 
     # -- lifecycle -------------------------------------------------------------------------
 

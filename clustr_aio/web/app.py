@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import cast
 
 import aiohttp_cors
 from aiohttp import hdrs, web
 
+from clustr_aio.catalog.factory import open_catalog
+from clustr_aio.catalog.reconcile import reconcile
 from clustr_aio.compat import cors_response_hook
 from clustr_aio.domain.limits import UploadLimits
 from clustr_aio.images.thumbnails import THUMBNAIL_DIR, Thumbnailer
-from clustr_aio.ingest.pipeline import IngestPolicy
+from clustr_aio.ingest.pipeline import Dedupe, IngestPolicy
 from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
 from clustr_aio.storage.base import Reading
 from clustr_aio.storage.factory import open_storage
 from clustr_aio.web import middlewares
 from clustr_aio.web.keys import (
+    CATALOG,
     FILE_READER,
     INGEST_POLICY,
     METRICS,
@@ -28,7 +32,7 @@ from clustr_aio.web.keys import (
     UPLOAD_SLOTS,
 )
 from clustr_aio.web.protection import UploadSlots
-from clustr_aio.web.routes import docs, health, root, stored, upload
+from clustr_aio.web.routes import docs, files, health, root, stored, upload
 
 ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
 
@@ -52,6 +56,7 @@ def create_app(settings: Settings) -> web.Application:
             max_request_size=settings.max_request_size,
             max_files=settings.max_files,
         ),
+        dedupe=cast(Dedupe, settings.dedupe),  # the setting's parser allows these only
         max_image_pixels=settings.max_image_pixels,
         strip_metadata=settings.strip_metadata,
     )
@@ -62,6 +67,7 @@ def create_app(settings: Settings) -> web.Application:
 
     app.router.add_routes(root.routes)
     app.router.add_routes(upload.routes)
+    app.router.add_routes(files.routes)
     app.router.add_routes(health.routes)
     app.router.add_routes(docs.routes)
     stored.add_routes(app.router, settings.upload_url_path)
@@ -70,10 +76,14 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
-    async with open_storage(app[SETTINGS]) as storage:
+    """The storage, then the catalog of its files (reconciled with them before serving)."""
+    settings = app[SETTINGS]
+    async with open_storage(settings) as storage, open_catalog(settings) as catalog:
         app[STORAGE] = storage
         if isinstance(storage, Reading):
             app[FILE_READER] = storage
+        app[CATALOG] = catalog
+        await reconcile(catalog, storage)
         yield
 
 

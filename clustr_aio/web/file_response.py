@@ -20,6 +20,8 @@ aiohttp's stock ``add_static`` did 1,500-1,650.
 
 Only regular files are served: a symlink or a directory planted in the folder is a 404, a FIFO
 or device a 403, before any response starts, so that they become JSON like any other error.
+The slow path's own refusals (412, 416) are JSON too, and an ``If-Range`` naming another entity
+tag gets the whole file (a 200), not the range.
 Pre-compressed siblings (``a.jpg.gz`` for ``Accept-Encoding: gzip``) are never looked for: a
 stored file is served as it was stored.
 
@@ -176,6 +178,7 @@ class InlineFileResponse(compat.FileResponseBodySender):
         """A ``{"detail"}`` answer from within ``prepare`` (the JSON middleware is behind us)."""
         self.set_status(status)
         body = json.dumps(ErrorBody(detail=detail or self.reason)).encode()
+        self.headers.popall(hdrs.CONTENT_DISPOSITION, None)
         self.content_type = "application/json"
         self.content_length = len(body)
         writer = await web.StreamResponse.prepare(self, request)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from clustr_aio.catalog.base import Catalog
 from clustr_aio.images.thumbnails import Thumbnailer
 from clustr_aio.ingest.pipeline import IngestPolicy
 from clustr_aio.observability.metrics import Metrics
@@ -15,6 +16,7 @@ SETTINGS = web.AppKey("settings", Settings)
 STORAGE = web.AppKey("storage", Storage)
 FILE_READER = web.AppKey("file_reader", Reading)
 """The storage, when it has the reading capability (``GET /uploads/{filename}``); else unset."""
+CATALOG = web.AppKey("catalog", Catalog)
 INGEST_POLICY = web.AppKey("ingest_policy", IngestPolicy)
 METRICS = web.AppKey("metrics", Metrics)
 THUMBNAILER = web.AppKey("thumbnailer", Thumbnailer)

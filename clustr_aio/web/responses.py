@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from clustr_aio.domain.errors import ClustrError
-from clustr_aio.domain.models import ErrorBody
+from clustr_aio.domain.models import ErrorBody, UploadError
 
 
 def error_response(
@@ -17,6 +17,10 @@ def error_response(
 
 
 def clustr_error_response(error: ClustrError) -> web.Response:
-    """The response for a domain error, with its ``Retry-After`` if it has one."""
-    retry = {"Retry-After": str(error.retry_after)} if error.retry_after else None
-    return error_response(error.status, error.detail, headers=retry)
+    """``{"detail"}`` (with the file and its index when the error is about one of an upload's),
+    and ``Retry-After`` when the refusal is only for now."""
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+    if error.file is None or error.index is None:
+        return error_response(error.status, error.detail, headers=headers)
+    body = UploadError(detail=error.detail, file=error.file, index=error.index)
+    return web.json_response(body, status=error.status, headers=headers)

@@ -40,10 +40,16 @@ async def test_the_document_derives_its_schemas_from_the_models(client: Client) 
         "original_filename",
         "file_size",
         "content_type",
+        "id",
+        "sha256",
+        "created_at",
         "width",
         "height",
         "orientation",
         "metadata_removed",
+        "thumbnail_url",
+        "thumbnails",
+        "duplicate",
     ]
     assert item["description"] == UploadedFile.__doc__  # the model's own words
     assert schemas["UploadResponse"]["properties"]["data"]["items"] == {

@@ -66,8 +66,10 @@ def multipart_headers(boundary: str = BOUNDARY) -> dict[str, str]:
     return {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
-async def post_body(client: Client, body: bytes, boundary: str = BOUNDARY) -> ClientResponse:
-    return await client.post("/api/upload", data=body, headers=multipart_headers(boundary))
+async def post_body(
+    client: Client, body: bytes, boundary: str = BOUNDARY, *, query: str = ""
+) -> ClientResponse:
+    return await client.post(f"/api/upload{query}", data=body, headers=multipart_headers(boundary))
 
 
 async def upload(client: Client, *files: tuple[str, bytes]) -> ClientResponse:
@@ -86,18 +88,27 @@ async def upload_ok(client: Client, *files: tuple[str, bytes]) -> list[dict[str,
 
 
 async def expect_error(response: ClientResponse, status: int) -> str:
-    """Insist on a ``{"detail": ...}`` JSON error with ``status``; return the detail."""
+    """Insist on a ``{"detail": ...}`` JSON error with ``status``; return the detail. A refused
+    upload's error may also name the file it is about and its index (:func:`error_body`)."""
+    detail: str = (await error_body(response, status))["detail"]
+    return detail
+
+
+async def error_body(response: ClientResponse, status: int) -> dict[str, Any]:
+    """The JSON error body: ``{"detail"}``, or ``{"detail", "file", "index"}``."""
     text = await response.text()
     assert response.status == status, text
     assert response.content_type == "application/json"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert "Traceback" not in text
-    payload = json.loads(text)
-    assert set(payload) == {"detail"}
+    payload: dict[str, Any] = json.loads(text)
+    assert set(payload) in ({"detail"}, {"detail", "file", "index"}), payload
+    assert isinstance(payload.get("file", ""), str)
+    assert isinstance(payload.get("index", 0), int)
     detail = payload["detail"]
     assert isinstance(detail, str)
     assert detail
-    return detail
+    return payload
 
 
 # --------------------------------------------------------------------------- raw HTTP

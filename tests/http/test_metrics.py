@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from clustr_aio.catalog.factory import SQLITE_FILE
 from tests.conftest import JPEG, PNG, REPO, Client
 from tests.http.conftest import MakeClient
 from tests.http.helpers import (
@@ -163,7 +164,8 @@ def test_processes_sharing_a_multiprocess_dir_report_their_sum(tmp_path: Path) -
             assert value(samples, "clustr_upload_stored_files_total") == 3
             requests = "clustr_http_requests_total"
             assert value(samples, requests, method="POST", route="/api/upload", status="200") == 3
-        assert sorted(os.listdir(folder)) == [".incoming", "a.jpg", "b.jpg", "c.jpg"]
+        entries = sorted(e for e in os.listdir(folder) if not e.startswith(SQLITE_FILE))
+        assert entries == [".incoming", "a.jpg", "b.jpg", "c.jpg"]
 
 
 def test_workers_report_their_sum_and_forget_the_dead(tmp_path: Path) -> None:

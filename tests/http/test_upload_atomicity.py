@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from clustr_aio.catalog.factory import SQLITE_FILE
 from clustr_aio.storage.local import INCOMING_DIR
 from tests.conftest import JPEG, PNG, WEBP, Client, assert_nothing_stored, stored_files
 from tests.http.conftest import MakeClient
@@ -65,7 +66,7 @@ async def test_temporary_files_live_in_the_hidden_incoming_folder(
     client: Client, upload_dir: Path
 ) -> None:
     await upload_ok(client, *GOOD)
-    entries = sorted(os.listdir(upload_dir))
+    entries = sorted(e for e in os.listdir(upload_dir) if not e.startswith(SQLITE_FILE))
     assert entries == [INCOMING_DIR, "a.jpg", "b.png", "c.webp"]
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from yarl import URL
 
+from clustr_aio.catalog.ids import is_id
 from clustr_aio.settings import Settings
 from tests.conftest import JPEG, PNG, WEBP, Client, assert_nothing_stored, stored_files
 from tests.http.conftest import MakeClient
@@ -42,8 +46,10 @@ async def test_one_file_is_stored_and_described(
     data: bytes,
     content_type: str,
 ) -> None:
+    before = datetime.now(UTC)
     [item] = await upload_ok(client, (filename, data))
-    assert item == {
+    catalogued = {key: item.pop(key) for key in ("id", "sha256", "created_at", "duplicate")}
+    assert item == {  # the original service's fields, exactly
         "stored_filename": filename,
         "preview_url": f"{settings.base_url}/uploads/{filename}",
         "original_filename": filename,
@@ -53,7 +59,18 @@ async def test_one_file_is_stored_and_described(
         "height": 24,
         "orientation": 1,
         "metadata_removed": False,
+        "thumbnail_url": f"{settings.base_url}/api/files/{catalogued['id']}/thumbnail",
+        "thumbnails": {
+            str(size): f"{settings.base_url}/api/files/{catalogued['id']}/thumbnail?size={size}"
+            for size in (256, 1024)
+        },
     }
+    assert is_id(catalogued["id"])
+    assert catalogued["sha256"] == hashlib.sha256(data).hexdigest()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", catalogued["created_at"])
+    created = datetime.fromisoformat(catalogued["created_at"])
+    assert before - timedelta(seconds=1) <= created <= datetime.now(UTC)
+    assert catalogued["duplicate"] is False
     assert (upload_dir / filename).read_bytes() == data
     assert stored_files(upload_dir) == [filename]
 

@@ -4,6 +4,7 @@ LocalStorage in a temporary folder (clustr_aio.ingest.pipeline)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -75,11 +76,23 @@ async def test_files_are_stored_and_described_in_order(
 ) -> None:
     files = [("a.jpg", JPEG), ("b.png", PNG * 3), ("c.webp", WEBP), ("d.bin", b"\x00\x01")]
     stored = await ingest(storage, Body(files_body(*files), size))
-    assert stored == [
-        StoredFile("a.jpg", "a.jpg", len(JPEG), "image/jpeg", FIXTURE_IMAGE),
-        StoredFile("b.png", "b.png", len(PNG) * 3, "image/png", FIXTURE_IMAGE),
-        StoredFile("c.webp", "c.webp", len(WEBP), "image/webp", FIXTURE_IMAGE),
-        StoredFile("d.bin", "d.bin", 2, "application/octet-stream"),
+    assert [
+        (s.stored_filename, s.original_filename, s.file_size, s.content_type) for s in stored
+    ] == [
+        ("a.jpg", "a.jpg", len(JPEG), "image/jpeg"),
+        ("b.png", "b.png", len(PNG) * 3, "image/png"),
+        ("c.webp", "c.webp", len(WEBP), "image/webp"),
+        ("d.bin", "d.bin", 2, "application/octet-stream"),
+    ]
+    # Hashed as they streamed past (in one piece or a byte at a time), ids in arrival order.
+    assert [s.sha256 for s in stored] == [hashlib.sha256(data).hexdigest() for _, data in files]
+    assert [s.id for s in stored] == sorted(s.id for s in stored)
+    assert not any(s.duplicate for s in stored)
+    # The structure check read each image's size (the fixtures' own), and the record kept it.
+    image = FIXTURE_IMAGE
+    assert [(s.width, s.height, s.orientation, s.metadata_removed) for s in stored] == [
+        *[(image.width, image.height, image.orientation, image.metadata_removed)] * 3,
+        (None, None, None, False),
     ]
     for name, data in files:
         assert (upload_dir / name).read_bytes() == data

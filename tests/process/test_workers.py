@@ -124,11 +124,18 @@ def test_a_stop_while_a_replacement_starts_is_clean(server_factory: StartServer)
     before = server.worker_pids()
     os.kill(before[0], signal.SIGKILL)
     deadline = time.monotonic() + WAIT_SECONDS
-    while not (new := set(server.worker_pids()) - set(before)):  # no sleep: catch it early
+    while True:  # no sleep: catch it early
         assert time.monotonic() < deadline, "no replacement worker"
-    (replacement,) = new
-    # Freeze it while still starting, so that the stop reaches it before it can drain.
-    os.kill(replacement, signal.SIGSTOP)
+        new = set(server.worker_pids()) - set(before)
+        if not new:
+            continue
+        (replacement,) = new
+        # Freeze it while still starting, so that the stop reaches it before it can drain.
+        try:
+            os.kill(replacement, signal.SIGSTOP)
+            break
+        except ProcessLookupError:  # a child that lived an instant (not the worker): look again
+            continue
     server.signal(signal.SIGTERM)
     wait_until(lambda: "stopping 2 worker(s)" in server.logs, "the supervisor to forward the stop")
     os.kill(replacement, signal.SIGCONT)

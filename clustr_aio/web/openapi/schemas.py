@@ -15,7 +15,19 @@ from typing import Final
 
 from pydantic import TypeAdapter
 
-from clustr_aio.domain.models import ErrorBody, Greeting, UploadResponse
+from clustr_aio.domain.models import (
+    CheckRequest,
+    CheckResponse,
+    DeleteRequest,
+    DeleteResponse,
+    ErrorBody,
+    FileItem,
+    FileList,
+    Greeting,
+    UploadError,
+    UploadResponse,
+    UploadResults,
+)
 from clustr_aio.web.openapi.registry import JSONObject
 
 JSON: Final = "application/json"
@@ -28,7 +40,19 @@ def ref(schema: str) -> JSONObject:
     return {"$ref": _REF_TEMPLATE.format(model=schema)}
 
 
-API_MODELS: Final = (ErrorBody, Greeting, UploadResponse)
+API_MODELS: Final = (
+    ErrorBody,
+    UploadError,
+    Greeting,
+    UploadResponse,
+    UploadResults,
+    FileItem,
+    FileList,
+    DeleteRequest,
+    DeleteResponse,
+    CheckRequest,
+    CheckResponse,
+)
 """The JSON bodies whose schemas are components of the document (with those they contain)."""
 
 UPLOAD_FORM: Final[JSONObject] = {
@@ -80,9 +104,9 @@ def json_response(
     return {"description": description, "content": {JSON: media}}
 
 
-def error_response(description: str, *examples: str) -> JSONObject:
+def error_response(description: str, *examples: str, schema: str = "Error") -> JSONObject:
     """A ``{"detail": ...}`` response; each example is a ``detail`` this status really sends."""
-    media: JSONObject = {"schema": ref("Error")}
+    media: JSONObject = {"schema": ref(schema)}
     if len(examples) == 1:
         media["example"] = {"detail": examples[0]}
     elif examples:

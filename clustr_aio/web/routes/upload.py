@@ -2,30 +2,45 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 from aiohttp import HttpVersion11, hdrs, web
 
 from clustr_aio.compat import HttpProcessingError
 from clustr_aio.domain.errors import (
+    BadRequest,
     ClientDisconnected,
     ClustrError,
     MalformedUpload,
     NoFilesUploaded,
 )
-from clustr_aio.domain.models import UploadedFile, UploadResponse
+from clustr_aio.domain.models import (
+    FileItem,
+    RefusedItem,
+    UploadedFile,
+    UploadResponse,
+    UploadResults,
+)
+from clustr_aio.images.thumbnails import THUMBNAIL_TYPES
 from clustr_aio.ingest.multipart import MultipartStream, file_parts, parse_boundary
-from clustr_aio.ingest.pipeline import StoredFile, ingest_batch
+from clustr_aio.ingest.pipeline import RefusedFile, StoredFile, ingest_batch, ingest_each
 from clustr_aio.storage.base import SpaceReporting
 from clustr_aio.web.base_url import request_base_url
-from clustr_aio.web.keys import INGEST_POLICY, METRICS, SETTINGS, STORAGE, UPLOAD_SLOTS
+from clustr_aio.web.keys import CATALOG, INGEST_POLICY, METRICS, SETTINGS, STORAGE, UPLOAD_SLOTS
 from clustr_aio.web.openapi import operation
+from clustr_aio.web.openapi.registry import JSONObject
 from clustr_aio.web.openapi.schemas import error_response as documented_error
 from clustr_aio.web.openapi.schemas import json_response, ref
 from clustr_aio.web.protection import refuse_content_encoding
 from clustr_aio.web.responses import clustr_error_response
 
 routes = web.RouteTableDef()
+
+
+def upload_error(description: str, *examples: str) -> JSONObject:
+    return documented_error(description, *examples, schema="UploadError")
 
 
 async def refuse_early(request: web.Request) -> web.StreamResponse | None:
@@ -62,25 +77,44 @@ async def _continue(request: web.Request) -> None:
     "metadata filtered by STRIP_METADATA, losslessly); only when every part is accepted are the "
     "files "
     "published, all at once: any error leaves nothing stored. With `Expect: 100-continue`, a "
-    "request whose headers already break a limit is refused before its body is sent.",
+    "request whose headers already break a limit is refused before its body is sent. Each "
+    "stored file is recorded in the catalog (`GET /api/files/{id}`) before the answer. "
+    "With `?atomic=false` each valid file is stored on its own, and a refused file's item "
+    "says why (`original_filename`, `error`); errors of the request itself (malformed body, "
+    "request too large, disk full) still refuse it all. A refusal that is about one file "
+    "names it and its position (`file`, `index`).",
     tags=("upload",),
+    parameters=(
+        {
+            "name": "atomic",
+            "in": "query",
+            "required": False,
+            "description": "`true` (the default): all files or none. `false`: one item per "
+            "file part, stored or refused on its own.",
+            "schema": {"type": "string", "enum": ["true", "false"], "default": "true"},
+        },
+    ),
     request_body={
         "required": True,
         "content": {"multipart/form-data": {"schema": ref("UploadForm")}},
     },
     responses={
-        200: json_response("Every file was stored.", ref("UploadResponse")),
-        400: documented_error(
+        200: json_response(
+            "Every file was stored (`UploadResponse`); with `atomic=false`, every file was "
+            "stored or refused on its own (`UploadResults`).",
+            {"anyOf": [ref("UploadResponse"), ref("UploadResults")]},
+        ),
+        400: upload_error(
             "The body is not well-formed multipart: bad boundary, truncated part, nested "
             "multipart, or the client broke off.",
             "multipart/form-data Content-Type has no boundary parameter",
         ),
-        406: documented_error(
+        406: upload_error(
             "No `files` part, or the body is not multipart/form-data at all.",
             "no files were uploaded: send them as multipart parts named 'files'",
             "request body is not multipart/form-data",
         ),
-        413: documented_error(
+        413: upload_error(
             "A file is over MAX_FILE_SIZE, the body over MAX_REQUEST_SIZE, there are more "
             "than MAX_FILES files, or an image's header shows more than MAX_IMAGE_PIXELS.",
             "'bomb.png' is 30000 x 30000 pixels (900000000 in all), more than MAX_IMAGE_PIXELS"
@@ -89,7 +123,7 @@ async def _continue(request: web.Request) -> None:
             "request body is larger than the limit of 10737418240 bytes",
             "too many files: at most 10000 per request",
         ),
-        415: documented_error(
+        415: upload_error(
             "An extension not in ALLOWED_EXTENSIONS, an empty file, bytes that are not what "
             "the extension claims, an image whose structure does not hold together, or a body "
             "with a Content-Encoding (never inflated).",
@@ -99,12 +133,16 @@ async def _continue(request: web.Request) -> None:
             "'fake.png' is named .png but holds image/jpeg data; expected image/png",
             "'empty.jpg' is empty",
         ),
+        409: upload_error(
+            "DEDUPE=reject: a file's bytes are stored already.",
+            "'beach.jpg' is stored already, as 'beach.jpg'",
+        ),
         503: documented_error(
             "MAX_CONCURRENT_UPLOADS uploads are being received already, or the server is out "
             "of file descriptors; refused before the body is read, with Retry-After.",
             "too many uploads at once; retry shortly",
         ),
-        507: documented_error(
+        507: upload_error(
             "The disk is full, or storing the upload would leave less than MIN_FREE_SPACE free"
             " (refused before the body when Content-Length tells); nothing was stored.",
             "not enough space left on the storage device",
@@ -116,10 +154,17 @@ async def upload(request: web.Request) -> web.Response:
     with request.app[METRICS].track_upload() as tracked, request.app[UPLOAD_SLOTS].take():
         boundary = await _check_request(request)
         policy = request.app[INGEST_POLICY]
+        atomic = _atomic(request)
         body = policy.limits.counting(request.content.readany)
         files = file_parts(MultipartStream(body, boundary), policy.field_name)
+        storage, catalog = request.app[STORAGE], request.app[CATALOG]
         try:
-            stored = await ingest_batch(files, request.app[STORAGE], policy)
+            if atomic:
+                results: list[StoredFile | RefusedFile] = [
+                    *await ingest_batch(files, storage, policy, catalog)
+                ]
+            else:
+                results = await ingest_each(files, storage, policy, catalog)
         except ConnectionError as error:
             raise ClientDisconnected() from error
         except HttpProcessingError as error:  # e.g. broken chunked encoding or a short body
@@ -128,15 +173,32 @@ async def upload(request: web.Request) -> web.Response:
             raise MalformedUpload("malformed request body") from None
         finally:
             tracked.received(body.bytes_read)
-        tracked.stored(stored)
-    # The host the client used, through a trusted proxy, unless PUBLIC_BASE_URL says otherwise.
-    files_url = request_base_url(request) + request.app[SETTINGS].upload_url_path
+        stored = [r for r in results if isinstance(r, StoredFile)]
+        tracked.stored([r for r in stored if not r.duplicate])
+    urls = item_urls(request)
+    if atomic:
+        return web.json_response(
+            UploadResponse(
+                message=f"Successfully uploaded {len(stored)} files",
+                data=[upload_item(urls, item) for item in stored],
+            )
+        )
     return web.json_response(
-        UploadResponse(
-            message=f"Successfully uploaded {len(stored)} files",
-            data=[_envelope_item(files_url, item) for item in stored],
+        UploadResults(
+            message=f"Uploaded {len(stored)} of {len(results)} files",
+            data=[
+                upload_item(urls, r) if isinstance(r, StoredFile) else _refused_item(r)
+                for r in results
+            ],
         )
     )
+
+
+def _atomic(request: web.Request) -> bool:
+    value = request.query.get("atomic", "true")
+    if value not in ("true", "false"):
+        raise BadRequest(f"atomic: expected true or false, got {value!r}")
+    return value == "true"
 
 
 async def _check_request(request: web.Request) -> bytes:
@@ -153,16 +215,71 @@ async def _check_request(request: web.Request) -> bytes:
     return boundary
 
 
-def _envelope_item(files_url: str, item: StoredFile) -> UploadedFile:
-    image = item.image
-    return UploadedFile(
+@dataclass(frozen=True, slots=True)
+class ItemUrls:
+    """Where a file item's links point. The one place they are built: a preview URL, and a
+    thumbnail URL per size (so that signing them, say, is one change here)."""
+
+    files_url: str
+    """Where stored files are served (``UPLOAD_URL_PATH`` under the response's base URL)."""
+    base_url: str
+    thumbnail_sizes: tuple[int, ...]
+    """THUMBNAIL_SIZES: the first is the default, whose URL has no ``size``."""
+
+    def preview_url(self, item: StoredFile) -> str:
+        return f"{self.files_url}/{quote(item.stored_filename)}"
+
+    def thumbnail_url(self, item: StoredFile, size: int | None = None) -> str:
+        url = f"{self.base_url}/api/files/{item.id}/thumbnail"
+        return url if size is None else f"{url}?size={size}"
+
+    def thumbnails(self, item: StoredFile) -> dict[str, str]:
+        return {str(size): self.thumbnail_url(item, size) for size in self.thumbnail_sizes}
+
+
+def item_urls(request: web.Request) -> ItemUrls:
+    """The links of this response's items: the host the client used, through a trusted proxy,
+    unless PUBLIC_BASE_URL says otherwise."""
+    settings = request.app[SETTINGS]
+    base_url = request_base_url(request)
+    return ItemUrls(base_url + settings.upload_url_path, base_url, settings.thumbnail_sizes)
+
+
+def file_item(urls: ItemUrls, item: StoredFile) -> FileItem:
+    """A stored file as the API shows it (``GET /api/files/{id}``, and in upload answers)."""
+    image = item.content_type in THUMBNAIL_TYPES
+    return FileItem(
         stored_filename=item.stored_filename,
-        preview_url=f"{files_url}/{quote(item.stored_filename)}",
+        preview_url=urls.preview_url(item),
         original_filename=item.original_filename,
         file_size=item.file_size,
         content_type=item.content_type,
-        width=image.width if image else None,
-        height=image.height if image else None,
-        orientation=image.orientation if image else None,
-        metadata_removed=image.metadata_removed if image else False,
+        id=item.id,
+        sha256=item.sha256,
+        created_at=rfc3339(item.created_at),
+        width=item.width,
+        height=item.height,
+        orientation=item.orientation,
+        metadata_removed=item.metadata_removed,
+        thumbnail_url=urls.thumbnail_url(item) if image else None,
+        thumbnails=urls.thumbnails(item) if image else {},
+    )
+
+
+def upload_item(urls: ItemUrls, item: StoredFile) -> UploadedFile:
+    return UploadedFile(**file_item(urls, item), duplicate=item.duplicate)
+
+
+def rfc3339(moment: datetime) -> str:
+    """``2026-12-01T09:30:23.123Z``: UTC, milliseconds (the precision of the ids)."""
+    return (
+        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    )
+
+
+def _refused_item(refused: RefusedFile) -> RefusedItem:
+    error = refused.error
+    return RefusedItem(
+        original_filename=refused.original_filename,
+        error={"status": error.status, "detail": error.detail},
     )

@@ -1,0 +1,220 @@
+"""The catalog in PostgreSQL (``DATABASE_URL=postgresql://…``): for many processes and
+machines, through an asyncpg pool.
+
+Migrations run at open under a transaction-scoped advisory lock: of several processes starting
+at once, one migrates while the others wait, then find ``clustr_schema.version`` current.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Final
+
+import asyncpg
+
+from clustr_aio.catalog.base import FileRecord, Order
+
+__all__ = ["MIGRATIONS", "PostgresCatalog"]
+
+log = logging.getLogger("clustr_aio.catalog")
+
+MIGRATIONS: Final[tuple[str, ...]] = (
+    # 1: the files.
+    """
+    CREATE TABLE files (
+        id uuid PRIMARY KEY,
+        stored_name text COLLATE "C" NOT NULL UNIQUE,
+        original_name text NOT NULL,
+        size bigint NOT NULL,
+        content_type text NOT NULL,
+        sha256 text COLLATE "C" NOT NULL,
+        created_at timestamptz NOT NULL,
+        width integer,
+        height integer,
+        owner text
+    );
+    CREATE INDEX files_by_sha256 ON files (sha256);
+    CREATE INDEX files_by_type ON files (content_type, id);
+    """,
+    # 2: what the image check reads (width and height were there already).
+    """
+    ALTER TABLE files ADD COLUMN orientation smallint;
+    ALTER TABLE files ADD COLUMN metadata_removed boolean NOT NULL DEFAULT false;
+    """,
+)
+"""Schema versions: ``clustr_schema.version`` N means the first N have been applied. Text keys
+are compared byte by byte (``COLLATE "C"``): no locale's rules, which cost a strcoll per
+comparison in every index lookup and mean nothing for hex digests and file names."""
+
+_MIGRATION_LOCK: Final = 0x636C757374720001  # "clustr" + 1: the advisory lock of migrations
+_MAINTENANCE_LOCK: Final = 0x636C757374720002
+_COLUMNS: Final = (
+    "id, stored_name, original_name, size, content_type, sha256, created_at, width, height, owner,"
+    " orientation, metadata_removed"
+)
+_COLUMN_NAMES: Final = _COLUMNS.split(", ")
+_UNNEST: Final = (
+    "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], "
+    "$6::text[], $7::timestamptz[], $8::integer[], $9::integer[], $10::text[], $11::smallint[], "
+    "$12::boolean[])"
+)
+
+
+def _record(row: asyncpg.Record) -> FileRecord:
+    return FileRecord(
+        id=str(row["id"]),
+        stored_name=row["stored_name"],
+        original_name=row["original_name"],
+        size=row["size"],
+        content_type=row["content_type"],
+        sha256=row["sha256"],
+        created_at=row["created_at"],
+        width=row["width"],
+        height=row["height"],
+        owner=row["owner"],
+        orientation=row["orientation"],
+        metadata_removed=row["metadata_removed"],
+    )
+
+
+def _columns(records: Sequence[FileRecord]) -> list[list[Any]]:
+    """The records as one array per column, for one ``unnest`` insert (a round trip in all)."""
+    return [
+        [uuid.UUID(r.id) for r in records],
+        [r.stored_name for r in records],
+        [r.original_name for r in records],
+        [r.size for r in records],
+        [r.content_type for r in records],
+        [r.sha256 for r in records],
+        [r.created_at for r in records],
+        [r.width for r in records],
+        [r.height for r in records],
+        [r.owner for r in records],
+        [r.orientation for r in records],
+        [r.metadata_removed for r in records],
+    ]
+
+
+def _uuids(record_ids: Sequence[str]) -> list[uuid.UUID]:
+    return [uuid.UUID(record_id) for record_id in record_ids]
+
+
+class PostgresCatalog:
+    """Open with :meth:`open`, release with :meth:`close`."""
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        self._url = url
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "PostgresCatalog used before open()"
+        return self._pool
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._url, min_size=self._min_size, max_size=self._max_size
+        )
+        try:
+            await self._migrate()
+        except BaseException:
+            await self._pool.close()
+            raise
+
+    async def _migrate(self) -> None:
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await connection.execute(
+                "CREATE TABLE IF NOT EXISTS clustr_schema (version integer NOT NULL)"
+            )
+            version = await connection.fetchval("SELECT version FROM clustr_schema")
+            if version is None:
+                await connection.execute("INSERT INTO clustr_schema VALUES (0)")
+                version = 0
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                await connection.execute(script)
+                log.info("catalog: schema migrated to version %d", number)
+            await connection.execute("UPDATE clustr_schema SET version = $1", len(MIGRATIONS))
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def add(self, records: Sequence[FileRecord]) -> None:
+        update = ", ".join(f"{c} = excluded.{c}" for c in _COLUMN_NAMES)
+        await self.pool.execute(
+            f"INSERT INTO files ({_COLUMNS}) {_UNNEST} "
+            f"ON CONFLICT (stored_name) DO UPDATE SET {update}",
+            *_columns(records),
+        )
+
+    async def adopt(self, records: Sequence[FileRecord]) -> int:
+        status = await self.pool.execute(
+            f"INSERT INTO files ({_COLUMNS}) {_UNNEST} ON CONFLICT (stored_name) DO NOTHING",
+            *_columns(records),
+        )
+        return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 <rows>"
+
+    async def get(self, record_id: str) -> FileRecord | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM files WHERE id = $1", uuid.UUID(record_id)
+        )
+        return None if row is None else _record(row)
+
+    async def page(
+        self, *, limit: int, after: str | None, order: Order, content_type: str | None
+    ) -> list[FileRecord]:
+        conditions: list[str] = []
+        parameters: list[object] = []
+        if content_type is not None:
+            parameters.append(content_type)
+            conditions.append(f"content_type = ${len(parameters)}")
+        if after is not None:
+            parameters.append(uuid.UUID(after))
+            conditions.append(f"id {'<' if order == 'newest' else '>'} ${len(parameters)}")
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        direction = "DESC" if order == "newest" else "ASC"
+        parameters.append(limit)
+        rows = await self.pool.fetch(
+            f"SELECT {_COLUMNS} FROM files {where} ORDER BY id {direction} "
+            f"LIMIT ${len(parameters)}",
+            *parameters,
+        )
+        return [_record(row) for row in rows]
+
+    async def by_sha256(self, digests: Sequence[str]) -> dict[str, FileRecord]:
+        # One index probe per digest for its oldest record (faster here than DISTINCT ON over
+        # "= ANY": no sort of every match).
+        rows = await self.pool.fetch(
+            f"SELECT f.* FROM unnest($1::text[]) AS d (digest) CROSS JOIN LATERAL ("
+            f"SELECT {_COLUMNS} FROM files WHERE sha256 = d.digest ORDER BY id LIMIT 1) AS f",
+            list(dict.fromkeys(digests)),
+        )
+        return {row["sha256"]: _record(row) for row in rows}
+
+    async def delete(self, record_ids: Sequence[str]) -> list[FileRecord]:
+        rows = await self.pool.fetch(
+            f"DELETE FROM files WHERE id = ANY($1::uuid[]) RETURNING {_COLUMNS}",
+            _uuids(record_ids),
+        )
+        return [_record(row) for row in rows]
+
+    async def stored_names(self) -> dict[str, str]:
+        rows = await self.pool.fetch("SELECT stored_name, id FROM files")
+        return {row["stored_name"]: str(row["id"]) for row in rows}
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[bool]:
+        async with self.pool.acquire() as connection:
+            held = await connection.fetchval("SELECT pg_try_advisory_lock($1)", _MAINTENANCE_LOCK)
+            try:
+                yield bool(held)
+            finally:
+                if held:
+                    await connection.execute("SELECT pg_advisory_unlock($1)", _MAINTENANCE_LOCK)

@@ -1,0 +1,289 @@
+"""``/api/files``: the catalog of stored files — list, get, delete, and check by sha256."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, Final, TypeVar
+
+from aiohttp import web
+from pydantic import TypeAdapter, ValidationError
+
+from clustr_aio.catalog.base import Order
+from clustr_aio.catalog.ids import is_id
+from clustr_aio.domain.errors import BadRequest, NotFound
+from clustr_aio.domain.models import (
+    ID_PATTERN,
+    STORED_CONTENT_TYPES,
+    CheckRequest,
+    CheckResponse,
+    CheckResult,
+    DeleteRequest,
+    DeleteResponse,
+    FileList,
+)
+from clustr_aio.ingest.pipeline import StoredFile
+from clustr_aio.storage.base import Deleting
+from clustr_aio.web.keys import CATALOG, STORAGE
+from clustr_aio.web.openapi import operation
+from clustr_aio.web.openapi.registry import JSONObject
+from clustr_aio.web.openapi.schemas import JSON, error_response, json_response, ref
+from clustr_aio.web.routes.upload import file_item, item_urls
+
+routes = web.RouteTableDef()
+
+DEFAULT_LIMIT: Final = 100
+MAX_LIMIT: Final = 1000
+_ORDERS: Final[dict[str, Order]] = {"newest": "newest", "oldest": "oldest"}
+_T = TypeVar("_T")
+_ID_SEGMENT: Final = "[0-9a-f-]{36}"
+"""What the id routes match, so that ``GET /api/files/check`` is a 405 (that path is POST's),
+not a lookup of the id "check"; the id itself is checked in the handler (404)."""
+
+_ID_PARAMETER: Final[JSONObject] = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "The file's `id`, from its upload or a listing.",
+    "schema": {"type": "string", "pattern": ID_PATTERN},
+    "example": "019ad8c4-6f3a-7c21-9e4b-3f5d2a1b0c9e",
+}
+_NOT_FOUND: Final = error_response("No stored file has this id.", "no stored file has id '…'")
+
+
+def _bad_request(*examples: str) -> JSONObject:
+    return error_response("A parameter or the body is not what this operation takes.", *examples)
+
+
+# -- cursors ---------------------------------------------------------------------------------
+
+
+def encode_cursor(order: Order, last_id: str) -> str:
+    """Opaque to clients: the order's initial and the last id seen, base64url."""
+    return base64.urlsafe_b64encode(f"{order[0]}{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, order: Order) -> str:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadRequest("cursor: not a cursor this server gave out") from None
+    if not text or not is_id(text[1:]) or text[0] not in "no":
+        raise BadRequest("cursor: not a cursor this server gave out")
+    if text[0] != order[0]:
+        raise BadRequest(f"cursor: it belongs to another order than {order!r}")
+    return text[1:]
+
+
+def _limit(request: web.Request) -> int:
+    text = request.query.get("limit")
+    if text is None:
+        return DEFAULT_LIMIT
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        raise BadRequest(f"limit: expected an integer from 1 to {MAX_LIMIT}, got {text!r}")
+    return int(text)
+
+
+def _order(request: web.Request) -> Order:
+    text = request.query.get("order", "newest")
+    order = _ORDERS.get(text)
+    if order is None:
+        raise BadRequest(f"order: expected newest or oldest, got {text!r}")
+    return order
+
+
+def _content_type(request: web.Request) -> str | None:
+    text = request.query.get("content_type")
+    if text is not None and text not in STORED_CONTENT_TYPES:
+        raise BadRequest(f"content_type: expected one of {', '.join(STORED_CONTENT_TYPES)}")
+    return text
+
+
+async def _json_body(request: web.Request, adapter: TypeAdapter[_T]) -> _T:
+    if request.content_type != JSON:
+        raise BadRequest("the body must be application/json")
+    raw = await request.read()
+    try:
+        return adapter.validate_json(raw)
+    except ValidationError as error:
+        problem = error.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(part) for part in problem["loc"]) or "body"
+        raise BadRequest(f"{where}: {problem['msg']}") from None
+
+
+_DELETE_REQUEST: Final = TypeAdapter(DeleteRequest)
+_CHECK_REQUEST: Final = TypeAdapter(CheckRequest)
+
+
+def _json_request(schema: str, example: Any) -> JSONObject:
+    return {"required": True, "content": {JSON: {"schema": ref(schema), "example": example}}}
+
+
+# -- routes ----------------------------------------------------------------------------------
+
+
+@routes.get("/api/files")
+@operation(
+    summary="List stored files",
+    description="A page of the stored files, newest first (or oldest first), optionally of "
+    "one content type. Pass `next_cursor` back as `cursor` for the next page: pages are keyset "
+    "pages, so files stored or deleted meanwhile never make a page repeat or skip the others.",
+    tags=("files",),
+    parameters=(
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "description": f"Files per page, 1-{MAX_LIMIT}.",
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_LIMIT,
+                "default": DEFAULT_LIMIT,
+            },
+        },
+        {
+            "name": "cursor",
+            "in": "query",
+            "required": False,
+            "description": "`next_cursor` of the previous page, with the same `order`.",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": "order",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string", "enum": list(_ORDERS), "default": "newest"},
+        },
+        {
+            "name": "content_type",
+            "in": "query",
+            "required": False,
+            "description": "Only files of this detected type.",
+            "schema": {"type": "string", "enum": list(STORED_CONTENT_TYPES)},
+        },
+    ),
+    responses={
+        200: json_response("A page of files.", ref("FileList")),
+        400: _bad_request(
+            "limit: expected an integer from 1 to 1000, got '0'",
+            "cursor: not a cursor this server gave out",
+        ),
+    },
+)
+async def list_files(request: web.Request) -> web.Response:
+    limit, order = _limit(request), _order(request)
+    cursor = request.query.get("cursor")
+    after = decode_cursor(cursor, order) if cursor is not None else None
+    records = await request.app[CATALOG].page(
+        limit=limit + 1, after=after, order=order, content_type=_content_type(request)
+    )
+    more = len(records) > limit
+    records = records[:limit]
+    urls = item_urls(request)
+    return web.json_response(
+        FileList(
+            data=[file_item(urls, StoredFile.of(record)) for record in records],
+            next_cursor=encode_cursor(order, records[-1].id) if more else None,
+        )
+    )
+
+
+@routes.get(f"/api/files/{{id:{_ID_SEGMENT}}}")
+@operation(
+    summary="A stored file's details",
+    tags=("files",),
+    operation_id="get_file",
+    parameters=(_ID_PARAMETER,),
+    responses={200: json_response("The file.", ref("FileItem")), 404: _NOT_FOUND},
+)
+async def get_file(request: web.Request) -> web.Response:
+    record_id = request.match_info["id"]
+    record = await request.app[CATALOG].get(record_id) if is_id(record_id) else None
+    if record is None:
+        raise NotFound(f"no stored file has id {record_id!r}")
+    return web.json_response(file_item(item_urls(request), StoredFile.of(record)))
+
+
+@routes.delete(f"/api/files/{{id:{_ID_SEGMENT}}}")
+@operation(
+    summary="Delete a stored file",
+    description="Removes the file from the storage (`/uploads` answers 404 for it from now on) "
+    "and from the catalog.",
+    tags=("files",),
+    operation_id="delete_file",
+    parameters=(_ID_PARAMETER,),
+    responses={204: {"description": "Deleted."}, 404: _NOT_FOUND},
+)
+async def delete_file(request: web.Request) -> web.Response:
+    record_id = request.match_info["id"]
+    deleted = await _delete(request, [record_id] if is_id(record_id) else [])
+    if not deleted:
+        raise NotFound(f"no stored file has id {record_id!r}")
+    return web.Response(status=204)
+
+
+@routes.post("/api/files/delete")
+@operation(
+    summary="Delete stored files",
+    description="Up to 1000 at once; each as `DELETE /api/files/{id}` does.",
+    tags=("files",),
+    operation_id="delete_files",
+    request_body=_json_request("DeleteRequest", {"ids": ["019ad8c4-6f3a-7c21-9e4b-3f5d2a1b0c9e"]}),
+    responses={
+        200: json_response("What was deleted, and which ids no file has.", ref("DeleteResponse")),
+        400: _bad_request("ids: List should have at most 1000 items after validation, not 1001"),
+    },
+)
+async def delete_files(request: web.Request) -> web.Response:
+    body = await _json_body(request, _DELETE_REQUEST)
+    ids = list(dict.fromkeys(body["ids"]))
+    deleted = set(await _delete(request, ids))
+    return web.json_response(
+        DeleteResponse(
+            deleted=[i for i in ids if i in deleted], missing=[i for i in ids if i not in deleted]
+        )
+    )
+
+
+async def _delete(request: web.Request, record_ids: list[str]) -> list[str]:
+    """Unlink each file, then remove its record: a failure between the two leaves a record
+    whose file is gone, which the start-up reconciliation removes (the other order would leave
+    a file without a record, which it would adopt again)."""
+    catalog, storage = request.app[CATALOG], request.app[STORAGE]
+    if not isinstance(storage, Deleting):
+        raise web.HTTPMethodNotAllowed(request.method, [], text="this storage cannot delete")
+    found = [r for r in [await catalog.get(i) for i in record_ids] if r is not None]
+    for record in found:
+        await storage.delete(record.stored_name)
+    return [record.id for record in await catalog.delete([r.id for r in found])]
+
+
+@routes.post("/api/files/check")
+@operation(
+    summary="Which files are stored already",
+    description="Up to 10,000 SHA-256 digests of files a client is about to send: for each, "
+    "in request order, the id of a stored file with those bytes, or null. Send only the files "
+    "answered null.",
+    tags=("files",),
+    operation_id="check_files",
+    request_body=_json_request(
+        "CheckRequest",
+        {"sha256": ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]},
+    ),
+    responses={
+        200: json_response("One result per digest, in request order.", ref("CheckResponse")),
+        400: _bad_request("sha256.0: String should match pattern '^[0-9a-fA-F]{64}$'"),
+    },
+)
+async def check_files(request: web.Request) -> web.Response:
+    digests = (await _json_body(request, _CHECK_REQUEST))["sha256"]
+    stored = await request.app[CATALOG].by_sha256([d.lower() for d in digests])
+    results: list[CheckResult] = []
+    for digest in digests:
+        record = stored.get(digest.lower())
+        results.append(CheckResult(sha256=digest, id=record.id if record else None))
+    return web.json_response(CheckResponse(results=results))
+
+
+__all__ = ["decode_cursor", "encode_cursor", "routes"]
