@@ -181,7 +181,9 @@ class FileItem(TypedDict):
         Field(
             description="Absolute URL of the default thumbnail (the first of THUMBNAIL_SIZES, WebP;"
             " `GET /api/files/{id}/thumbnail`); null for a file that is not an image.",
-            examples=["http://127.0.0.1:5000/api/files/019ad8c4-6f3a-7c21-9e4b-3f5d2a1b0c9e/thumbnail"],
+            examples=[
+                "http://127.0.0.1:5000/api/files/019ad8c4-6f3a-7c21-9e4b-3f5d2a1b0c9e/thumbnail"
+            ],
             json_schema_extra={"format": "uri"},
         ),
     ]

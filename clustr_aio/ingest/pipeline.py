@@ -5,8 +5,8 @@ It knows no HTTP and no wire format. :func:`ingest_file` is the one path every s
 takes into a batch — a multipart part (:func:`clustr_aio.ingest.multipart.file_parts`), and
 later a finished resumable upload — so the checks are written once: the extension, the bytes
 against the extension, the per-file size limit, an image's structure, pixel count and metadata
-(:mod:`clustr_aio.images.structure`), the sha256 of the bytes sent. :func:`ingest_batch` receives a whole request's
-files into one storage batch and publishes them together.
+(:mod:`clustr_aio.images.structure`), the sha256 of the bytes sent. :func:`ingest_batch`
+receives a whole request's files into one storage batch and publishes them together.
 """
 
 from __future__ import annotations

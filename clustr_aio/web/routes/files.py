@@ -24,7 +24,7 @@ from clustr_aio.domain.models import (
 )
 from clustr_aio.ingest.pipeline import StoredFile
 from clustr_aio.storage.base import Deleting
-from clustr_aio.web.keys import CATALOG, STORAGE
+from clustr_aio.web.keys import CATALOG, STORAGE, THUMBNAILER
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.registry import JSONObject
 from clustr_aio.web.openapi.schemas import JSON, error_response, json_response, ref
@@ -208,8 +208,8 @@ async def get_file(request: web.Request) -> web.Response:
 @routes.delete(f"/api/files/{{id:{_ID_SEGMENT}}}")
 @operation(
     summary="Delete a stored file",
-    description="Removes the file from the storage (`/uploads` answers 404 for it from now on) "
-    "and from the catalog.",
+    description="Removes the file from the storage (`/uploads` answers 404 for it from now on), "
+    "its thumbnails, and its record.",
     tags=("files",),
     operation_id="delete_file",
     parameters=(_ID_PARAMETER,),
@@ -247,15 +247,16 @@ async def delete_files(request: web.Request) -> web.Response:
 
 
 async def _delete(request: web.Request, record_ids: list[str]) -> list[str]:
-    """Unlink each file, then remove its record: a failure between the two leaves a record
-    whose file is gone, which the start-up reconciliation removes (the other order would leave
-    a file without a record, which it would adopt again)."""
+    """Unlink each file and its thumbnails, then remove its record: a failure between the two
+    leaves a record whose file is gone, which the start-up reconciliation removes (the other
+    order would leave a file without a record, which it would adopt again)."""
     catalog, storage = request.app[CATALOG], request.app[STORAGE]
     if not isinstance(storage, Deleting):
         raise web.HTTPMethodNotAllowed(request.method, [], text="this storage cannot delete")
     found = [r for r in [await catalog.get(i) for i in record_ids] if r is not None]
     for record in found:
         await storage.delete(record.stored_name)
+        await request.app[THUMBNAILER].remove(record.id)
     return [record.id for record in await catalog.delete([r.id for r in found])]
 
 

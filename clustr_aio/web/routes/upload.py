@@ -35,6 +35,7 @@ from clustr_aio.web.openapi.schemas import error_response as documented_error
 from clustr_aio.web.openapi.schemas import json_response, ref
 from clustr_aio.web.protection import refuse_content_encoding
 from clustr_aio.web.responses import clustr_error_response
+from clustr_aio.web.routes.thumbnails import render_ahead
 
 routes = web.RouteTableDef()
 
@@ -175,6 +176,7 @@ async def upload(request: web.Request) -> web.Response:
             tracked.received(body.bytes_read)
         stored = [r for r in results if isinstance(r, StoredFile)]
         tracked.stored([r for r in stored if not r.duplicate])
+    await render_ahead(request, stored)
     urls = item_urls(request)
     if atomic:
         return web.json_response(

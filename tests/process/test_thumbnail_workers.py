@@ -1,0 +1,50 @@
+"""Thumbnails with two worker processes sharing one cache: a hundred concurrent first requests,
+spread over both, render once (an flock per thumbnail), as /metrics (summed across workers)
+counts."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import aiohttp
+
+from tests.http.helpers import files_body, multipart_headers
+from tests.images.photos import encode, picture
+from tests.process.conftest import StartServer
+from tests.server_process import WAIT_SECONDS
+
+
+async def test_two_workers_render_a_thumbnail_once(
+    server_factory: StartServer, tmp_path: Path
+) -> None:
+    server = server_factory(workers=2)
+    photo = encode("jpg", picture((3000, 2000)))
+    timeout = aiohttp.ClientTimeout(total=WAIT_SECONDS)
+    # One connection per request (no pooling), so that both workers accept some of them.
+    connector = aiohttp.TCPConnector(force_close=True, limit=0)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        async with session.post(
+            f"{server.url}/api/upload",
+            data=files_body(("p.jpg", photo)),
+            headers=multipart_headers(),
+        ) as response:
+            [item] = (await response.json())["data"]
+        url = f"{server.url}/api/files/{item['id']}/thumbnail"
+
+        async def fetch() -> tuple[int, bytes, str]:
+            async with session.get(url) as response:
+                return response.status, await response.read(), response.headers["ETag"]
+
+        answers = await asyncio.gather(*(fetch() for _ in range(100)))
+        async with session.get(f"{server.url}/metrics") as response:
+            metrics = await response.text()
+    assert {status for status, _, _ in answers} == {200}
+    assert len({body for _, body, _ in answers}) == 1
+    assert len({etag for _, _, etag in answers}) == 1
+    assert re.search(r"^clustr_thumbnails_rendered_total 1\.0$", metrics, re.M), metrics
+    pids = set(
+        re.findall(rf"\[pid (\d+)\][^\n]*GET /api/files/{item['id']}/thumbnail", server.logs)
+    )
+    assert len(pids) == 2, server.logs[-2000:]  # both workers answered some
