@@ -136,7 +136,13 @@ class FileItem(TypedDict):
         ),
     ]
     id: FileId
-    sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$", description="SHA-256 of the bytes.")]
+    sha256: Annotated[
+        str,
+        Field(
+            pattern="^[0-9a-f]{64}$",
+            description="SHA-256 of the bytes the client sent (before any metadata was removed).",
+        ),
+    ]
     created_at: Annotated[
         str,
         Field(
@@ -277,6 +283,11 @@ _EXAMPLE_UPLOAD: Final[JsonDict] = {
             "height": 4032,
             "orientation": 6,
             "metadata_removed": True,
+            "thumbnail_url": "http://127.0.0.1:5000/api/files/019ad8c4-6f3a-7c21-9e4b-3f5d2a1b0c9e/thumbnail",
+            "thumbnails": {
+                "256": "http://127.0.0.1:5000/api/files/019ad8c4-6f3a-7c21-9e4b-3f5d2a1b0c9e/thumbnail?size=256",
+                "1024": "http://127.0.0.1:5000/api/files/019ad8c4-6f3a-7c21-9e4b-3f5d2a1b0c9e/thumbnail?size=1024",
+            },
         },
         {
             "stored_filename": "dunes.png",
@@ -292,6 +303,11 @@ _EXAMPLE_UPLOAD: Final[JsonDict] = {
             "height": 1080,
             "orientation": 1,
             "metadata_removed": False,
+            "thumbnail_url": "http://127.0.0.1:5000/api/files/019ad8c4-6f3a-7c22-8a11-7b2e4c6d8f01/thumbnail",
+            "thumbnails": {
+                "256": "http://127.0.0.1:5000/api/files/019ad8c4-6f3a-7c22-8a11-7b2e4c6d8f01/thumbnail?size=256",
+                "1024": "http://127.0.0.1:5000/api/files/019ad8c4-6f3a-7c22-8a11-7b2e4c6d8f01/thumbnail?size=1024",
+            },
         },
     ],
 }

@@ -4,6 +4,7 @@ refused at their header, broken and truncated images refused with what is wrong.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 import time
@@ -83,6 +84,8 @@ async def test_location_leaves_no_gps_and_keeps_the_rest(
     assert pixels(stored) == pixels(original)
     assert item["metadata_removed"] is True
     assert item["file_size"] == len(stored) < len(original)
+    # The hash is of what the client sent, so that its own pre-check (/api/files/check) works.
+    assert item["sha256"] == hashlib.sha256(original).hexdigest()
 
 
 @needs_exiftool

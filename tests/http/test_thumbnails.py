@@ -137,7 +137,8 @@ async def test_a_strong_etag_immutable_and_304(client: Client) -> None:
     first = await client.get(thumbnail_path(item))
     body = await first.read()
     etag = first.headers["ETag"]
-    assert etag.startswith('"') and not etag.startswith("W/")
+    assert etag.startswith('"')
+    assert not etag.startswith("W/")
     assert first.headers["Cache-Control"] == IMMUTABLE
     assert first.headers["Content-Length"] == str(len(body))
     again = await client.get(thumbnail_path(item))
@@ -212,8 +213,10 @@ async def test_eager_renders_after_the_upload(make_client: MakeClient, upload_di
     client = await make_client(thumbnails="eager", allowed_extensions=frozenset({"jpg", "bin"}))
     item = await upload_one(client, "p.jpg", encode("jpg", picture((1200, 900))))
     [other] = await upload_ok(client, ("notes.bin", b"\x00\x01"))  # no thumbnails to render
-    assert other["thumbnail_url"] is None and other["thumbnails"] == {}
-    assert other["width"] is None and other["orientation"] is None
+    assert other["thumbnail_url"] is None
+    assert other["thumbnails"] == {}
+    assert other["width"] is None
+    assert other["orientation"] is None
 
     async def all_sizes() -> bool:
         return await rendered(client) == 2
@@ -287,7 +290,9 @@ async def test_items_carry_dimensions_and_links_in_either_catalog(
     assert listed == [uploaded]
     assert got == uploaded
     base = settings.base_url
-    assert got["width"] == 48 and got["height"] == 64 and got["orientation"] == 6
+    assert got["width"] == 48
+    assert got["height"] == 64
+    assert got["orientation"] == 6
     assert got["metadata_removed"] is True  # its GPS went (STRIP_METADATA=location)
     assert got["thumbnail_url"] == f"{base}/api/files/{got['id']}/thumbnail"
     assert got["thumbnails"] == {
