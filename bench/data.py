@@ -85,8 +85,8 @@ def _write_random_jpeg(path: Path, size: int) -> None:
         out.write(end)
 
 
-def _canvas() -> Image.Image:
-    width, height = JPEG_WIDTH + _MARGIN, JPEG_HEIGHT + _MARGIN
+def canvas(width: int, height: int) -> Image.Image:
+    """A noisy colour gradient: photo-like detail that JPEG cannot squeeze away."""
     noise = Image.merge(
         "RGB", [Image.effect_noise((width, height), _NOISE_SIGMA) for _ in range(3)]
     )
@@ -103,11 +103,11 @@ def _canvas() -> Image.Image:
 
 
 def _write_jpegs(paths: list[Path]) -> None:
-    canvas = _canvas()
+    picture = canvas(JPEG_WIDTH + _MARGIN, JPEG_HEIGHT + _MARGIN)
     for i, path in enumerate(paths):
         # Offsets from two coprime strides: every crop differs from every other.
         x, y = (i * 37) % _MARGIN, (i * 53) % _MARGIN
-        crop = canvas.crop((x, y, x + JPEG_WIDTH, y + JPEG_HEIGHT))
+        crop = picture.crop((x, y, x + JPEG_WIDTH, y + JPEG_HEIGHT))
         encoded = io.BytesIO()
         crop.save(encoded, "JPEG", quality=_QUALITY)
         path.parent.mkdir(parents=True, exist_ok=True)
