@@ -30,7 +30,7 @@ import hashlib
 import itertools
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,6 +260,29 @@ class Thumbnailer:
     async def remove(self, file_key: str) -> None:
         """Forget every thumbnail of a file (it was deleted)."""
         await asyncio.to_thread(shutil.rmtree, self.cache_dir / file_key, True)
+
+    async def prune(self, known: Collection[str], *, before: float) -> int:
+        """Remove the thumbnails of files not in ``known`` (a crash between a delete's unlink
+        and its :meth:`remove`, a file an operator removed); how many files' were. A folder
+        changed since ``before`` (a Unix time: when ``known`` was read) is left alone, since
+        its file may have been stored since."""
+        return await asyncio.to_thread(self._prune_sync, known, before)
+
+    def _prune_sync(self, known: Collection[str], before: float) -> int:
+        pruned = 0
+        try:
+            entries = list(os.scandir(self.cache_dir))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            if entry.name in known or not entry.is_dir(follow_symlinks=False):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if entry.stat(follow_symlinks=False).st_mtime >= before:
+                    continue
+                shutil.rmtree(entry.path)
+                pruned += 1
+        return pruned
 
     async def _work(self) -> None:
         assert self._executor is not None

@@ -3,13 +3,16 @@ middlewares. Resources are opened and closed in ``cleanup_ctx``, in dependency o
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import cast
 
 import aiohttp_cors
 from aiohttp import hdrs, web
 
+from clustr_aio.catalog.base import Catalog
 from clustr_aio.catalog.factory import open_catalog
 from clustr_aio.catalog.reconcile import reconcile
 from clustr_aio.compat import cors_response_hook
@@ -34,6 +37,7 @@ from clustr_aio.web.keys import (
 from clustr_aio.web.protection import UploadSlots
 from clustr_aio.web.routes import docs, files, health, root, stored, thumbnails, upload
 
+log = logging.getLogger("clustr_aio.images")
 ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
 
 
@@ -100,8 +104,22 @@ async def _thumbnailer(app: web.Application) -> AsyncIterator[None]:
     )
     await thumbnailer.start()
     app[THUMBNAILER] = thumbnailer
+    await _prune_thumbnails(app[CATALOG], thumbnailer)
     yield
     await thumbnailer.close()
+
+
+async def _prune_thumbnails(catalog: Catalog, thumbnailer: Thumbnailer) -> None:
+    """Thumbnails of files that have no record any more go, in the one process that holds the
+    catalog's maintenance lock (as the reconciliation, which never looks into dot-folders)."""
+    async with catalog.exclusive() as held:
+        if not held:
+            return
+        before = time.time()
+        known = set((await catalog.stored_names()).values())
+        pruned = await thumbnailer.prune(known, before=before)
+    if pruned:
+        log.info("thumbnails of %d files without a record removed", pruned)
 
 
 def _allow_cors(app: web.Application, origins: tuple[str, ...]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -257,12 +258,18 @@ async def test_the_cache_survives_a_restart_and_is_no_orphan(
     item = await upload_one(client, "p.jpg", encode("jpg", picture((640, 480))))
     etag = (await client.get(thumbnail_path(item))).headers["ETag"]
     await client.close()
+    # A crash between a delete's unlink and its thumbnails' removal left these behind.
+    orphan = upload_dir / ".thumbnails" / "019ad8c4-6f3a-7c21-9e4b-3f5d2a1b0c9e"
+    orphan.mkdir()
+    (orphan / "256-0123.webp").write_bytes(b"RIFF")
+    os.utime(orphan, (1_000_000_000, 1_000_000_000))
     restarted = await make_client()  # reconciles with the folder at start-up
     listing = await (await restarted.get("/api/files")).json()
     assert [f["id"] for f in listing["data"]] == [item["id"]]  # nothing adopted from the cache
     response = await restarted.get(thumbnail_path(item))
     assert response.headers["ETag"] == etag
     assert await rendered(restarted) == 0  # served from the cache, not rendered again
+    assert not orphan.exists()  # the thumbnails of a file without a record went
 
 
 async def test_the_cache_is_never_served(client: Client, upload_dir: Path) -> None:
