@@ -40,6 +40,7 @@ from clustr_aio.domain.errors import ThumbnailsBusy, ThumbnailUnavailable
 from clustr_aio.storage.local import write_all
 
 __all__ = [
+    "DEFAULT_FORMAT",
     "FORMATS",
     "RENDERER_VERSION",
     "THUMBNAIL_DIR",
@@ -63,6 +64,7 @@ RENDERER_VERSION: Final = "vips1"
 """Part of every ETag and cache name: bump it when the rendering changes."""
 
 FormatName = Literal["webp", "jpeg", "avif"]
+DEFAULT_FORMAT: Final = "webp"
 
 
 @dataclass(frozen=True, slots=True)

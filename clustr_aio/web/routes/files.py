@@ -9,7 +9,7 @@ from typing import Any, Final, TypeVar
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
-from clustr_aio.catalog.base import Order
+from clustr_aio.catalog.base import FileRecord, Order
 from clustr_aio.catalog.ids import is_id
 from clustr_aio.domain.errors import BadRequest, NotFound
 from clustr_aio.domain.models import (
@@ -36,11 +36,11 @@ DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 _ORDERS: Final[dict[str, Order]] = {"newest": "newest", "oldest": "oldest"}
 _T = TypeVar("_T")
-_ID_SEGMENT: Final = "[0-9a-f-]{36}"
+ID_SEGMENT: Final = "[0-9a-f-]{36}"
 """What the id routes match, so that ``GET /api/files/check`` is a 405 (that path is POST's),
 not a lookup of the id "check"; the id itself is checked in the handler (404)."""
 
-_ID_PARAMETER: Final[JSONObject] = {
+ID_PARAMETER: Final[JSONObject] = {
     "name": "id",
     "in": "path",
     "required": True,
@@ -189,30 +189,36 @@ async def list_files(request: web.Request) -> web.Response:
     )
 
 
-@routes.get(f"/api/files/{{id:{_ID_SEGMENT}}}")
+@routes.get(f"/api/files/{{id:{ID_SEGMENT}}}")
 @operation(
     summary="A stored file's details",
     tags=("files",),
     operation_id="get_file",
-    parameters=(_ID_PARAMETER,),
+    parameters=(ID_PARAMETER,),
     responses={200: json_response("The file.", ref("FileItem")), 404: _NOT_FOUND},
 )
 async def get_file(request: web.Request) -> web.Response:
+    record = await requested_record(request)
+    return web.json_response(file_item(item_urls(request), StoredFile.of(record)))
+
+
+async def requested_record(request: web.Request) -> FileRecord:
+    """The record of the route's ``{id}``; a 404 when there is none."""
     record_id = request.match_info["id"]
     record = await request.app[CATALOG].get(record_id) if is_id(record_id) else None
     if record is None:
         raise NotFound(f"no stored file has id {record_id!r}")
-    return web.json_response(file_item(item_urls(request), StoredFile.of(record)))
+    return record
 
 
-@routes.delete(f"/api/files/{{id:{_ID_SEGMENT}}}")
+@routes.delete(f"/api/files/{{id:{ID_SEGMENT}}}")
 @operation(
     summary="Delete a stored file",
     description="Removes the file from the storage (`/uploads` answers 404 for it from now on), "
     "its thumbnails, and its record.",
     tags=("files",),
     operation_id="delete_file",
-    parameters=(_ID_PARAMETER,),
+    parameters=(ID_PARAMETER,),
     responses={204: {"description": "Deleted."}, 404: _NOT_FOUND},
 )
 async def delete_file(request: web.Request) -> web.Response:
@@ -287,4 +293,11 @@ async def check_files(request: web.Request) -> web.Response:
     return web.json_response(CheckResponse(results=results))
 
 
-__all__ = ["decode_cursor", "encode_cursor", "routes"]
+__all__ = [
+    "ID_PARAMETER",
+    "ID_SEGMENT",
+    "decode_cursor",
+    "encode_cursor",
+    "requested_record",
+    "routes",
+]

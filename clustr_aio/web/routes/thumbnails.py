@@ -10,36 +10,36 @@ its ETag (the renderer's identity of the file's hash, the size and the format), 
 
 from __future__ import annotations
 
-import asyncio
-import functools
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
 from aiohttp import hdrs, web
 
 from clustr_aio.catalog.base import FileRecord
-from clustr_aio.catalog.ids import is_id
 from clustr_aio.domain.errors import BadRequest, NotFound
-from clustr_aio.images.thumbnails import FORMATS, THUMBNAIL_TYPES, Thumbnailer, ThumbnailFormat
-from clustr_aio.ingest.pipeline import StoredFile
+from clustr_aio.images.thumbnails import (
+    DEFAULT_FORMAT,
+    FORMATS,
+    THUMBNAIL_TYPES,
+    Thumbnailer,
+    ThumbnailFormat,
+)
 from clustr_aio.storage.base import OnDisk
 from clustr_aio.web.file_response import CONTENT_SECURITY_POLICY, immutable_file_response
-from clustr_aio.web.keys import CATALOG, FILE_READER, SETTINGS, THUMBNAILER
+from clustr_aio.web.keys import FILE_READER, SETTINGS, THUMBNAILER
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import error_response
+from clustr_aio.web.routes.files import ID_PARAMETER, ID_SEGMENT, requested_record
 
-__all__ = ["CACHE_CONTROL", "negotiate_format", "render_ahead", "routes"]
+__all__ = ["CACHE_CONTROL", "negotiate_format", "routes"]
 
 routes = web.RouteTableDef()
 
 CACHE_CONTROL: Final = "public, max-age=31536000, immutable"
-DEFAULT_FORMAT: Final = "webp"
 _PREFERENCE: Final = ("webp", "avif", "jpeg")
 """The server's order among formats a client accepts as much: WebP renders fastest for its
 size, AVIF is smaller but costs several times the CPU, JPEG is the fallback."""
 _MEDIA_TYPES: Final = {FORMATS[name].content_type: name for name in _PREFERENCE}
-_ID_SEGMENT: Final = "[0-9a-f-]{36}"
 
 
 def negotiate_format(accept: str | None) -> str:
@@ -91,12 +91,9 @@ def _format(request: web.Request) -> ThumbnailFormat:
 
 
 async def _record(request: web.Request) -> FileRecord:
-    record_id = request.match_info["id"]
-    record = await request.app[CATALOG].get(record_id) if is_id(record_id) else None
-    if record is None:
-        raise NotFound(f"no stored file has id {record_id!r}")
+    record = await requested_record(request)
     if record.content_type not in THUMBNAIL_TYPES:
-        raise NotFound(f"file {record_id!r} is not an image: it has no thumbnail")
+        raise NotFound(f"file {record.id!r} is not an image: it has no thumbnail")
     return record
 
 
@@ -110,7 +107,7 @@ async def _source(request: web.Request, record: FileRecord) -> Path:
     return Path(location.path)
 
 
-@routes.get(f"/api/files/{{id:{_ID_SEGMENT}}}/thumbnail")
+@routes.get(f"/api/files/{{id:{ID_SEGMENT}}}/thumbnail")
 @operation(
     summary="A stored image's thumbnail",
     description="The image scaled down to `size` (its longest side; never up), upright (EXIF "
@@ -123,14 +120,7 @@ async def _source(request: web.Request, record: FileRecord) -> Path:
     tags=("files",),
     operation_id="get_thumbnail",
     parameters=(
-        {
-            "name": "id",
-            "in": "path",
-            "required": True,
-            "description": "The file's `id`.",
-            "schema": {"type": "string"},
-            "example": "019ad8c4-6f3a-7c21-9e4b-3f5d2a1b0c9e",
-        },
+        ID_PARAMETER,
         {
             "name": "size",
             "in": "query",
@@ -212,33 +202,3 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
         return False
     tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
     return f'"{etag}"' in tags
-
-
-async def render_ahead(request: web.Request, items: Sequence[StoredFile]) -> None:
-    """``THUMBNAILS=eager``: queue every size of the new images' default-format thumbnails,
-    behind every request's render. Queued once this handler has returned, so the upload's
-    answer goes out first; nothing when the setting is ``lazy``."""
-    if request.app[SETTINGS].thumbnails != "eager":
-        return
-    reader = request.app.get(FILE_READER)
-    if reader is None:
-        return
-    thumbnailer, sizes = request.app[THUMBNAILER], request.app[SETTINGS].thumbnail_sizes
-    loop = asyncio.get_running_loop()
-    fmt = FORMATS[DEFAULT_FORMAT]
-    for item in items:
-        if item.duplicate or item.content_type not in THUMBNAIL_TYPES:
-            continue
-        location = await reader.locate(item.stored_filename)
-        if not isinstance(location, OnDisk):
-            continue
-        for size in sizes:
-            prefetch = functools.partial(
-                thumbnailer.prefetch,
-                Path(location.path),
-                file_key=item.id,
-                content_hash=item.sha256,
-                size=size,
-                fmt=fmt,
-            )
-            loop.call_soon(prefetch)

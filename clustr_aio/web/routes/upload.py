@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import HttpVersion11, hdrs, web
@@ -23,19 +27,27 @@ from clustr_aio.domain.models import (
     UploadResponse,
     UploadResults,
 )
-from clustr_aio.images.thumbnails import THUMBNAIL_TYPES
+from clustr_aio.images.thumbnails import DEFAULT_FORMAT, FORMATS, THUMBNAIL_TYPES
 from clustr_aio.ingest.multipart import MultipartStream, file_parts, parse_boundary
 from clustr_aio.ingest.pipeline import RefusedFile, StoredFile, ingest_batch, ingest_each
-from clustr_aio.storage.base import SpaceReporting
+from clustr_aio.storage.base import OnDisk, SpaceReporting
 from clustr_aio.web.base_url import request_base_url
-from clustr_aio.web.keys import CATALOG, INGEST_POLICY, METRICS, SETTINGS, STORAGE, UPLOAD_SLOTS
+from clustr_aio.web.keys import (
+    CATALOG,
+    FILE_READER,
+    INGEST_POLICY,
+    METRICS,
+    SETTINGS,
+    STORAGE,
+    THUMBNAILER,
+    UPLOAD_SLOTS,
+)
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.registry import JSONObject
 from clustr_aio.web.openapi.schemas import error_response as documented_error
 from clustr_aio.web.openapi.schemas import json_response, ref
 from clustr_aio.web.protection import refuse_content_encoding
 from clustr_aio.web.responses import clustr_error_response
-from clustr_aio.web.routes.thumbnails import render_ahead
 
 routes = web.RouteTableDef()
 
@@ -176,7 +188,7 @@ async def upload(request: web.Request) -> web.Response:
             tracked.received(body.bytes_read)
         stored = [r for r in results if isinstance(r, StoredFile)]
         tracked.stored([r for r in stored if not r.duplicate])
-    await render_ahead(request, stored)
+    await _render_ahead(request, stored)
     urls = item_urls(request)
     if atomic:
         return web.json_response(
@@ -285,3 +297,33 @@ def _refused_item(refused: RefusedFile) -> RefusedItem:
         original_filename=refused.original_filename,
         error={"status": error.status, "detail": error.detail},
     )
+
+
+async def _render_ahead(request: web.Request, items: Sequence[StoredFile]) -> None:
+    """``THUMBNAILS=eager``: queue every size of the new images' default-format thumbnails,
+    behind every request's render. Queued once this handler has returned, so the upload's
+    answer goes out first; nothing when the setting is ``lazy``."""
+    if request.app[SETTINGS].thumbnails != "eager":
+        return
+    reader = request.app.get(FILE_READER)
+    if reader is None:
+        return
+    thumbnailer, sizes = request.app[THUMBNAILER], request.app[SETTINGS].thumbnail_sizes
+    loop = asyncio.get_running_loop()
+    fmt = FORMATS[DEFAULT_FORMAT]
+    for item in items:
+        if item.duplicate or item.content_type not in THUMBNAIL_TYPES:
+            continue
+        location = await reader.locate(item.stored_filename)
+        if not isinstance(location, OnDisk):
+            continue
+        for size in sizes:
+            prefetch = functools.partial(
+                thumbnailer.prefetch,
+                Path(location.path),
+                file_key=item.id,
+                content_hash=item.sha256,
+                size=size,
+                fmt=fmt,
+            )
+            loop.call_soon(prefetch)
