@@ -82,6 +82,8 @@ class Setup:
     """12-megapixel JPEGs with EXIF and GPS, for T, T2 and M (bench/images.py)."""
     thumbnails: ClustrServer
     """FSYNC=false, WORKERS=2, its own folder (nothing else clears it): side A of T and T2."""
+    stripped: ClustrServer
+    """FSYNC=false, STRIP_METADATA=location (the default, said): side A of M."""
     unstripped: ClustrServer
     """FSYNC=false, STRIP_METADATA=none: side B of M."""
     wrk_seconds: int
@@ -276,7 +278,7 @@ def _image_scenarios(setup: Setup) -> list[Scenario]:
             " STRIP_METADATA=location vs none",
             "s",
             Target(1.1, higher_is_better=False),
-            _upload_side(setup, plain, photos),
+            _upload_side(setup, setup.stripped, photos),
             _upload_side(setup, setup.unstripped, photos),
         ),
         Scenario(

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import functools
@@ -62,6 +63,9 @@ THUMBNAIL_TYPES: Final = frozenset(
 
 RENDERER_VERSION: Final = "vips1"
 """Part of every ETag and cache name: bump it when the rendering changes."""
+
+_REMEMBERED: Final = 10_000
+"""Files whose content hash :class:`Thumbnailer` keeps (about 1.5 MB)."""
 
 FormatName = Literal["webp", "jpeg", "avif"]
 DEFAULT_FORMAT: Final = "webp"
@@ -176,6 +180,9 @@ class Thumbnailer:
         self._inflight: dict[Path, _Job] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._hashes: collections.OrderedDict[str, str] = collections.OrderedDict()
+        """The content hash of the last files asked for (LRU): a hot thumbnail is found
+        without the catalog (see :meth:`cached`)."""
 
     async def start(self) -> None:
         """Start the render threads; the cache directory is made by the first render."""
@@ -198,6 +205,26 @@ class Thumbnailer:
     def _target(self, file_key: str, etag: str, size: int, fmt: ThumbnailFormat) -> Path:
         return self.cache_dir / file_key / f"{size}-{etag}.{fmt.name}"
 
+    def cached(self, file_key: str, size: int, fmt: ThumbnailFormat) -> Thumbnail | None:
+        """The thumbnail, if it is in the cache and its file's hash was seen lately (by
+        :meth:`get`); None otherwise (then ask the catalog, and :meth:`get`). A file deleted
+        meanwhile, in any process, had its thumbnails removed first: not found here either.
+        Raises :class:`ThumbnailUnavailable` for an image that could not be rendered."""
+        content_hash = self._hashes.get(file_key)
+        if content_hash is None:
+            return None
+        self._hashes.move_to_end(file_key)
+        etag = self.identity(content_hash, size, fmt)
+        target = self._target(file_key, etag, size, fmt)
+        found = _cached(target)
+        return None if found is None else Thumbnail(target, f'"{etag}"', fmt.content_type, found)
+
+    def _remember(self, file_key: str, content_hash: str) -> None:
+        self._hashes[file_key] = content_hash
+        self._hashes.move_to_end(file_key)
+        if len(self._hashes) > _REMEMBERED:
+            self._hashes.popitem(last=False)
+
     async def get(
         self,
         source: Path,
@@ -211,6 +238,7 @@ class Thumbnailer:
         """The cached thumbnail, rendered first if it is not there yet. ``file_key`` must be a
         safe single path segment (a catalog id). Raises :class:`ThumbnailsBusy` when the queue
         is full and :class:`ThumbnailUnavailable` for an image that cannot be rendered."""
+        self._remember(file_key, content_hash)
         etag = self.identity(content_hash, size, fmt)
         target = self._target(file_key, etag, size, fmt)
         found = _cached(target)
@@ -261,6 +289,7 @@ class Thumbnailer:
 
     async def remove(self, file_key: str) -> None:
         """Forget every thumbnail of a file (it was deleted)."""
+        self._hashes.pop(file_key, None)
         await asyncio.to_thread(shutil.rmtree, self.cache_dir / file_key, True)
 
     async def prune(self, known: Collection[str], *, before: float) -> int:

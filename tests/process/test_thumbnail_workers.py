@@ -40,11 +40,18 @@ async def test_two_workers_render_a_thumbnail_once(
         answers = await asyncio.gather(*(fetch() for _ in range(100)))
         async with session.get(f"{server.url}/metrics") as response:
             metrics = await response.text()
+        # Deleted through one worker: the other, which served it from its cache, knows too.
+        async with session.delete(f"{server.url}/api/files/{item['id']}") as response:
+            assert response.status == 204
+        gone = await asyncio.gather(*(session.get(url) for _ in range(50)))
+        assert {response.status for response in gone} == {404}
     assert {status for status, _, _ in answers} == {200}
     assert len({body for _, body, _ in answers}) == 1
     assert len({etag for _, _, etag in answers}) == 1
     assert re.search(r"^clustr_thumbnails_rendered_total 1\.0$", metrics, re.M), metrics
-    pids = set(
-        re.findall(rf"\[pid (\d+)\][^\n]*GET /api/files/{item['id']}/thumbnail", server.logs)
-    )
-    assert len(pids) == 2, server.logs[-2000:]  # both workers answered some
+    # Both workers answered some of the first requests, and some after the delete.
+    pattern = rf"\[pid (\d+)\][^\n]*GET /api/files/{item['id']}/thumbnail\" (\d+)"
+    answered = set(re.findall(pattern, server.logs))
+    workers = {str(pid) for pid in server.worker_pids()}
+    assert {pid for pid, status in answered if status == "200"} == workers, server.logs[-2000:]
+    assert {pid for pid, status in answered if status == "404"} == workers, server.logs[-2000:]

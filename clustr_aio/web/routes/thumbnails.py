@@ -173,8 +173,6 @@ async def _source(request: web.Request, record: FileRecord) -> Path:
 )
 async def thumbnail(request: web.Request) -> web.StreamResponse:
     size, fmt = _size(request), _format(request)
-    record = await _record(request)
-    etag = Thumbnailer.identity(record.sha256, size, fmt)
     headers = {
         hdrs.CACHE_CONTROL: CACHE_CONTROL,
         hdrs.CONTENT_TYPE: fmt.content_type,
@@ -182,23 +180,34 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
     }
     if "format" not in request.query:
         headers[hdrs.VARY] = hdrs.ACCEPT
-    if _matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
-        response = web.Response(status=304, headers=headers)
-        response.etag = etag
-        return response
-    found = await request.app[THUMBNAILER].get(
-        await _source(request, record),
-        file_key=record.id,
-        content_hash=record.sha256,
-        size=size,
-        fmt=fmt,
-    )
-    return immutable_file_response(str(found.path), headers, etag)
+    thumbnailer = request.app[THUMBNAILER]
+    # A hot thumbnail: the cache alone (no catalog query, no thread hop).
+    found = thumbnailer.cached(request.match_info["id"], size, fmt)
+    if found is None:
+        record = await _record(request)
+        etag = f'"{Thumbnailer.identity(record.sha256, size, fmt)}"'
+        if _matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
+            return _not_modified(headers, etag)  # a client has it: no need to render it now
+        found = await thumbnailer.get(
+            await _source(request, record),
+            file_key=record.id,
+            content_hash=record.sha256,
+            size=size,
+            fmt=fmt,
+        )
+    if _matches(request.headers.get(hdrs.IF_NONE_MATCH), found.etag):
+        return _not_modified(headers, found.etag)
+    return immutable_file_response(str(found.path), headers, found.etag[1:-1])
+
+
+def _not_modified(headers: dict[str, str], etag: str) -> web.Response:
+    response = web.Response(status=304, headers=headers)
+    response.headers[hdrs.ETAG] = etag
+    return response
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:
-    """``If-None-Match`` names this ETag (weak comparison, as RFC 9110 says for it)."""
+    """``If-None-Match`` names the (quoted) ``etag``: the weak comparison RFC 9110 asks for."""
     if not if_none_match:
         return False
-    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-    return f'"{etag}"' in tags
+    return etag in {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
