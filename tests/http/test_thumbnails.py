@@ -307,3 +307,11 @@ async def test_items_carry_dimensions_and_links_in_either_catalog(
         "1024": f"{base}/api/files/{got['id']}/thumbnail?size=1024",
     }
     assert (await client.get(local(got["thumbnail_url"]))).status == 200
+
+
+async def test_the_documented_sizes_are_the_configured_ones(make_client: MakeClient) -> None:
+    client = await make_client(thumbnail_sizes=(128, 512, 2048))
+    document = await (await client.get("/openapi.json")).json()
+    operation = document["paths"]["/api/files/{id}/thumbnail"]["get"]
+    [size] = [p for p in operation["parameters"] if p["name"] == "size"]
+    assert size["schema"] == {"type": "integer", "enum": [128, 512, 2048], "default": 128}

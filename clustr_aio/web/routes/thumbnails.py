@@ -5,7 +5,8 @@ Only the sizes of ``THUMBNAIL_SIZES`` exist (an arbitrary size would let anyone 
 render and keep without end); the format is ``format``'s, else the one ``Accept`` prefers of
 WebP, AVIF and JPEG (WebP when it has no preference). A thumbnail's bytes never change under
 its ETag (the renderer's identity of the file's hash, the size and the format), so it goes out
-``immutable`` and ``If-None-Match`` is answered before anything is looked up on disk.
+``immutable``, and a matching ``If-None-Match`` is a 304 without a render. A hot thumbnail is
+found from the cache alone (:meth:`Thumbnailer.cached`: no catalog query).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from clustr_aio.web.file_response import CONTENT_SECURITY_POLICY, immutable_file
 from clustr_aio.web.keys import FILE_READER, SETTINGS, THUMBNAILER
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import error_response
+from clustr_aio.web.openapi.spec import ENUM_SETTING
 from clustr_aio.web.routes.files import ID_PARAMETER, ID_SEGMENT, requested_record
 
 __all__ = ["CACHE_CONTROL", "negotiate_format", "routes"]
@@ -127,7 +129,7 @@ async def _source(request: web.Request, record: FileRecord) -> Path:
             "required": False,
             "description": "Longest side in pixels: one of THUMBNAIL_SIZES (the first is the "
             "default); any other is a 400.",
-            "schema": {"type": "integer", "examples": [256, 1024]},
+            "schema": {"type": "integer", ENUM_SETTING: "thumbnail_sizes"},
         },
         {
             "name": "format",
