@@ -41,7 +41,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX files_by_sha256 ON files (sha256);
     CREATE INDEX files_by_type ON files (content_type, id);
     """,
-    # 2: a digest's oldest record in one index probe (sha256 = $1 ORDER BY id LIMIT 1), whatever
+    # 2: what the image check reads (width and height were there already).
+    """
+    ALTER TABLE files ADD COLUMN orientation smallint;
+    ALTER TABLE files ADD COLUMN metadata_removed boolean NOT NULL DEFAULT false;
+    """,
+    # 3: a digest's oldest record in one index probe (sha256 = $1 ORDER BY id LIMIT 1), whatever
     # the planner's statistics say. With (sha256) alone, a table not analyzed yet (just filled,
     # or just migrated) got a plan that walked the primary key in id order looking for each
     # digest: a check of 10,000 new digests among 1,000,000 records ran for over 10 minutes.
@@ -68,12 +73,14 @@ _MIGRATION_LOCK: Final = 0x636C757374720001  # "clustr" + 1: the advisory lock o
 _MAINTENANCE_LOCK: Final = 0x636C757374720002
 _DEDUPE_LOCKS: Final = 0x636C757374720100  # + a digest's first byte: add_unique's locks
 _COLUMNS: Final = (
-    "id, stored_name, original_name, size, content_type, sha256, created_at, width, height, owner"
+    "id, stored_name, original_name, size, content_type, sha256, created_at, width, height, owner,"
+    " orientation, metadata_removed"
 )
 _COLUMN_NAMES: Final = _COLUMNS.split(", ")
 _UNNEST: Final = (
     "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], "
-    "$6::text[], $7::timestamptz[], $8::integer[], $9::integer[], $10::text[])"
+    "$6::text[], $7::timestamptz[], $8::integer[], $9::integer[], $10::text[], $11::smallint[], "
+    "$12::boolean[])"
 )
 _UPSERT: Final = (
     f"INSERT INTO files ({_COLUMNS}) {_UNNEST} ON CONFLICT (stored_name) DO UPDATE SET "
@@ -99,6 +106,8 @@ def _record(row: asyncpg.Record) -> FileRecord:
         width=row["width"],
         height=row["height"],
         owner=row["owner"],
+        orientation=row["orientation"],
+        metadata_removed=row["metadata_removed"],
     )
 
 
@@ -115,6 +124,8 @@ def _columns(records: Sequence[FileRecord]) -> list[list[Any]]:
         [r.width for r in records],
         [r.height for r in records],
         [r.owner for r in records],
+        [r.orientation for r in records],
+        [r.metadata_removed for r in records],
     ]
 
 
