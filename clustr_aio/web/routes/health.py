@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from clustr_aio.auth.keys import OPEN
+from clustr_aio.domain.errors import Forbidden
 from clustr_aio.storage.base import ReadinessReporting, SpaceReporting
-from clustr_aio.web.keys import METRICS, SETTINGS, STORAGE
+from clustr_aio.web.base_url import client_address, is_trusted
+from clustr_aio.web.keys import GUARD, METRICS, SETTINGS, STORAGE
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import error_response as documented_error
 from clustr_aio.web.openapi.schemas import json_response
@@ -80,7 +83,8 @@ async def readyz(request: web.Request) -> web.Response:
 @operation(
     summary="Prometheus metrics",
     description="Prometheus text format, or OpenMetrics when the `Accept` header asks for "
-    "`application/openmetrics-text`; gzip with `Accept-Encoding: gzip`.",
+    "`application/openmetrics-text`; gzip with `Accept-Encoding: gzip`. Only to the addresses "
+    "in METRICS_ALLOW, when it is set (403 to others).",
     tags=("service",),
     parameters=(
         {
@@ -100,8 +104,18 @@ async def readyz(request: web.Request) -> web.Response:
                 "text/plain": {"schema": {"type": "string"}},
                 "application/openmetrics-text": {"schema": {"type": "string"}},
             },
-        }
+        },
+        403: documented_error(
+            "METRICS_ALLOW is set, and the client's address is not in it.",
+            "metrics are only served to the addresses in METRICS_ALLOW",
+        ),
     },
 )
 async def metrics(request: web.Request) -> web.StreamResponse:
+    allowed = request.app[SETTINGS].metrics_allow
+    # The connection's own peer: a forwarded address could be anyone's claim.
+    if allowed and not is_trusted(request.remote, allowed):
+        error = Forbidden("metrics are only served to the addresses in METRICS_ALLOW")
+        request.app[GUARD].refused(error, OPEN, client_address(request))
+        raise error
     return await request.app[METRICS].handler(request)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
-from urllib.parse import quote
 
 from aiohttp import HttpVersion11, hdrs, web
 
+from clustr_aio.auth.keys import Principal
+from clustr_aio.auth.quota import QuotaMeter
 from clustr_aio.compat import HttpProcessingError
 from clustr_aio.domain.errors import (
     BadRequest,
@@ -25,8 +27,19 @@ from clustr_aio.domain.models import (
 from clustr_aio.ingest.multipart import MultipartStream, file_parts, parse_boundary
 from clustr_aio.ingest.pipeline import RefusedFile, StoredFile, ingest_batch, ingest_each
 from clustr_aio.storage.base import SpaceReporting
-from clustr_aio.web.base_url import request_base_url
-from clustr_aio.web.keys import CATALOG, INGEST_POLICY, METRICS, SETTINGS, STORAGE, UPLOAD_SLOTS
+from clustr_aio.web.base_url import client_address
+from clustr_aio.web.guard import requires
+from clustr_aio.web.keys import (
+    CATALOG,
+    GUARD,
+    INGEST_POLICY,
+    METRICS,
+    RATE_STATE,
+    STORAGE,
+    UPLOAD_SLOTS,
+)
+from clustr_aio.web.links import FileLinks, file_links
+from clustr_aio.web.middlewares import admitted
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.registry import JSONObject
 from clustr_aio.web.openapi.schemas import error_response as documented_error
@@ -45,8 +58,9 @@ async def refuse_early(request: web.Request) -> web.StreamResponse | None:
     """Expect handler: answer 413/406/400/507 instead of ``100 Continue`` when the headers
     alone show the upload will be refused, so the client never sends the body."""
     try:
+        principal = await admitted(request)
         request.app[UPLOAD_SLOTS].check()
-        await _check_request(request)
+        await _check_request(request, principal)
     except ClustrError as error:
         request.app[METRICS].count_rejection(error)
         return clustr_error_response(error)
@@ -67,6 +81,7 @@ async def _continue(request: web.Request) -> None:
 
 
 @routes.post("/api/upload", expect_handler=refuse_early)
+@requires("upload")
 @operation(
     summary="Upload images",
     description="Send one or many files as `multipart/form-data` parts named `files` (`curl -F "
@@ -142,20 +157,25 @@ async def _continue(request: web.Request) -> None:
     },
 )
 async def upload(request: web.Request) -> web.Response:
+    principal = await admitted(request)
     with request.app[METRICS].track_upload() as tracked, request.app[UPLOAD_SLOTS].take():
-        boundary = await _check_request(request)
+        meter = _quota_meter(request, principal)
+        boundary = await _check_request(request, principal, meter)
         policy = request.app[INGEST_POLICY]
         atomic = _atomic(request)
         body = policy.limits.counting(request.content.readany)
         files = file_parts(MultipartStream(body, boundary), policy.field_name)
+        if meter is not None:
+            files = meter.metered(files)
         storage, catalog = request.app[STORAGE], request.app[CATALOG]
+        owner = principal.owner
         try:
             if atomic:
                 results: list[StoredFile | RefusedFile] = [
-                    *await ingest_batch(files, storage, policy, catalog)
+                    *await ingest_batch(files, storage, policy, catalog, owner=owner)
                 ]
             else:
-                results = await ingest_each(files, storage, policy, catalog)
+                results = await ingest_each(files, storage, policy, catalog, owner=owner)
         except ConnectionError as error:
             raise ClientDisconnected() from error
         except HttpProcessingError as error:  # e.g. broken chunked encoding or a short body
@@ -164,21 +184,25 @@ async def upload(request: web.Request) -> web.Response:
             raise MalformedUpload("malformed request body") from None
         finally:
             tracked.received(body.bytes_read)
+            if request.content_length is None:  # charged now what it could not be before
+                _charge_upload(request, principal, body.bytes_read - 1, debt=True)
+            if meter is not None:  # the records are committed (or there are none): let go
+                await asyncio.shield(asyncio.ensure_future(meter.release()))
         stored = [r for r in results if isinstance(r, StoredFile)]
         tracked.stored([r for r in stored if not r.duplicate])
-    files_url = stored_files_url(request)
+    links = file_links(request)
     if atomic:
         return web.json_response(
             UploadResponse(
                 message=f"Successfully uploaded {len(stored)} files",
-                data=[upload_item(files_url, item) for item in stored],
+                data=[upload_item(links, item) for item in stored],
             )
         )
     return web.json_response(
         UploadResults(
             message=f"Uploaded {len(stored)} of {len(results)} files",
             data=[
-                upload_item(files_url, r) if isinstance(r, StoredFile) else _refused_item(r)
+                upload_item(links, r) if isinstance(r, StoredFile) else _refused_item(r)
                 for r in results
             ],
         )
@@ -192,15 +216,28 @@ def _atomic(request: web.Request) -> bool:
     return value == "true"
 
 
-def stored_files_url(request: web.Request) -> str:
-    """Where stored files are served: the host the client used, through a trusted proxy,
-    unless PUBLIC_BASE_URL says otherwise."""
-    return request_base_url(request) + request.app[SETTINGS].upload_url_path
+def _quota_meter(request: web.Request, principal: Principal) -> QuotaMeter | None:
+    if principal.quota is None or principal.owner is None:
+        return None
+    return QuotaMeter(request.app[CATALOG], principal.owner, principal.quota)
 
 
-async def _check_request(request: web.Request) -> bytes:
+def _charge_upload(request: web.Request, principal: Principal, size: int, *, debt: bool) -> None:
+    """The upload-bytes rate limit: once before the body (the expect handler may have charged
+    already), once after it when its length was unknown."""
+    state = request.get(RATE_STATE)
+    if state is None or (state.upload_charged and not debt):
+        return
+    state.upload_charged = True
+    request.app[GUARD].charge_upload(principal, client_address(request), size, state, debt=debt)
+
+
+async def _check_request(
+    request: web.Request, principal: Principal, meter: QuotaMeter | None = None
+) -> bytes:
     """What can be refused before reading the body: a Content-Encoding, its declared length,
-    its content type, and whether the storage has room for it (above MIN_FREE_SPACE)."""
+    its content type, whether the storage has room for it (above MIN_FREE_SPACE), the upload
+    rate, and the owner's quota."""
     refuse_content_encoding(request.headers)
     request.app[INGEST_POLICY].limits.check_declared_length(request.content_length)
     boundary = parse_boundary(request.headers.get(hdrs.CONTENT_TYPE))
@@ -209,14 +246,19 @@ async def _check_request(request: web.Request) -> bytes:
     storage = request.app[STORAGE]
     if isinstance(storage, SpaceReporting):
         await storage.ensure_room(request.content_length)
+    # Of unknown length: it needs a byte left in the bucket now, and is charged once read.
+    _charge_upload(request, principal, request.content_length or 1, debt=False)
+    meter = meter or _quota_meter(request, principal)
+    if meter is not None:
+        await meter.check_declared_length(request.content_length)
     return boundary
 
 
-def file_item(files_url: str, item: StoredFile) -> FileItem:
+def file_item(links: FileLinks, item: StoredFile) -> FileItem:
     """A stored file as the API shows it (``GET /api/files/{id}``, and in upload answers)."""
     return FileItem(
         stored_filename=item.stored_filename,
-        preview_url=f"{files_url}/{quote(item.stored_filename)}",
+        preview_url=links.stored_file(item.stored_filename),
         original_filename=item.original_filename,
         file_size=item.file_size,
         content_type=item.content_type,
@@ -226,8 +268,8 @@ def file_item(files_url: str, item: StoredFile) -> FileItem:
     )
 
 
-def upload_item(files_url: str, item: StoredFile) -> UploadedFile:
-    return UploadedFile(**file_item(files_url, item), duplicate=item.duplicate)
+def upload_item(links: FileLinks, item: StoredFile) -> UploadedFile:
+    return UploadedFile(**file_item(links, item), duplicate=item.duplicate)
 
 
 def rfc3339(moment: datetime) -> str:

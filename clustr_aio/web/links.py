@@ -1,0 +1,48 @@
+"""The URLs of stored files in the API's answers (``preview_url``, and any other file URL):
+public ones, or with PUBLIC_FILES=false signed ones (:func:`clustr_aio.auth.signing.sign_path`,
+which verifies them too)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+from aiohttp import web
+
+from clustr_aio.auth.signing import sign_path
+from clustr_aio.web.base_url import request_base_url
+from clustr_aio.web.keys import SETTINGS
+
+__all__ = ["FileLinks", "file_links"]
+
+
+@dataclass(frozen=True, slots=True)
+class FileLinks:
+    base_url: str
+    """scheme://host[:port] the client reached the server at."""
+    files_path: str
+    """UPLOAD_URL_PATH."""
+    secrets: tuple[str, ...]
+    """Empty: files are public, URLs are not signed."""
+    ttl: int
+
+    def url(self, escaped_path: str) -> str:
+        """The absolute URL of ``escaped_path``, signed when files are not public. The
+        signature covers the path as the server will see it (``request.path``: unescaped)."""
+        if not self.secrets:
+            return self.base_url + escaped_path
+        query = sign_path(unquote(escaped_path), self.secrets, self.ttl)
+        return f"{self.base_url}{escaped_path}?{query}"
+
+    def stored_file(self, stored_name: str) -> str:
+        return self.url(f"{self.files_path}/{quote(stored_name)}")
+
+
+def file_links(request: web.Request) -> FileLinks:
+    settings = request.app[SETTINGS]
+    return FileLinks(
+        base_url=request_base_url(request),
+        files_path=settings.upload_url_path,
+        secrets=() if settings.public_files else settings.secret_key,
+        ttl=settings.signed_url_ttl,
+    )
