@@ -67,13 +67,15 @@ class QuotaMeter:
             yield chunk
 
     async def _grow(self) -> None:
+        # Ahead of the bytes while there is room for that; within a step of the quota the
+        # catalog grants only what is needed, so a racing upload is refused only when the
+        # bytes truly do not fit.
         need = max(self._counted, self._reserved)
-        want = max(need, self._reserved + max(_STEP, self._reserved))
         granted = await self._catalog.reserve(
             self._id,
             self.owner,
             need=need,
-            want=max(need, min(want, self.quota)),
+            want=need + max(_STEP, self._reserved),
             quota=self.quota,
             lease=datetime.now(UTC) + _LEASE,
         )
