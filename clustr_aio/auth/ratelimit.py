@@ -87,8 +87,8 @@ class SharedBuckets:
     def take(self, identity: str, rate: Rate, cost: int = 1, *, debt: bool = False) -> Decision:
         digest = hashlib.blake2b(identity.encode(), digest_size=16).digest()
         start = int.from_bytes(digest[:8], "little") % _SLOTS
-        now = self._clock()
         with _locked(self._fd):
+            now = self._clock()  # under the lock: no process writes a time later than ours
             offset, tokens, stamp = self._slot(digest, start, now)
             if stamp > now:  # a table from before a reboot
                 tokens, stamp = float(rate.amount), now
