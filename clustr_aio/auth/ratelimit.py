@@ -5,8 +5,9 @@ bucket taken from: ``bench`` measures it).
 Each bucket (an identity — a key's name, or a client address in the open mode — and a kind of
 limit) holds up to ``rate.amount`` tokens and refills at ``amount / seconds`` tokens a second.
 A request takes ``cost`` tokens; with too few it is refused and told how long until there are
-enough. ``debt=True`` takes tokens that are not there (an upload of unknown length, charged
-once it was read): the bucket goes below zero and refuses until it has refilled.
+enough (a cost over the whole bucket waits for a full one, then leaves it in debt).
+``debt=True`` takes tokens that are not there (an upload of unknown length, charged once it was
+read): the bucket goes below zero and refuses until it has refilled.
 
 The table has a fixed number of slots; an identity's slot is found by a few linear probes from
 its hash. When all of them are taken, the one unused the longest is reused: a bucket that has
@@ -93,11 +94,12 @@ class SharedBuckets:
             if stamp > now:  # a table from before a reboot
                 tokens, stamp = float(rate.amount), now
             tokens = min(float(rate.amount), tokens + (now - stamp) * rate.per_second)
-            allowed = debt or tokens >= cost
+            # More than a whole bucket is allowed once the bucket is full (then in debt).
+            allowed = debt or tokens >= min(cost, rate.amount)
             if allowed:
                 tokens -= cost
             _SLOT.pack_into(self._map, offset, digest, tokens, now)
-        missing = max(0.0, (cost if not allowed else 0) - tokens)
+        missing = 0.0 if allowed else min(cost, rate.amount) - tokens
         return Decision(
             allowed=allowed,
             remaining=max(0, math.floor(tokens)),

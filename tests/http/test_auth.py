@@ -4,6 +4,7 @@ the key's name and counted, CORS with credentials; each test against SQLite and 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import logging
@@ -79,7 +80,7 @@ async def test_unknown_revoked_and_expired_keys_are_401(keyed: Client) -> None:
     assert await expect_error(revoked, 401) == "this API key is not valid (unknown or revoked)"
     expired = await new_key(keyed, "old", "read", expires_in=timedelta(seconds=1))
     assert (await keyed.get("/api/files", headers=bearer(expired))).status == 200
-    time.sleep(1.1)
+    await asyncio.sleep(1.1)
     gone = await keyed.get("/api/files", headers=bearer(expired))
     assert await expect_error(gone, 401) == "API key 'old' expired"
 
@@ -97,7 +98,9 @@ async def test_a_key_without_the_scope_is_403_naming_it(keyed: Client) -> None:
     deleting = await keyed.delete(
         "/api/files/019ad8c4-6f3a-7c21-9e4b-3f5d2a1b0c9e", headers=bearer(reader)
     )
-    assert await expect_error(deleting, 403) == "API key 'viewer' lacks the scope this needs: delete"
+    assert (
+        await expect_error(deleting, 403) == "API key 'viewer' lacks the scope this needs: delete"
+    )
     assert (await keyed.get("/api/keys", headers=bearer(reader))).status == 403
     uploader = await new_key(keyed, "camera", "upload")
     assert (await keyed.get("/api/files", headers=bearer(uploader))).status == 403
@@ -144,7 +147,9 @@ async def test_owners_see_only_their_own_files_and_admin_sees_all(
 
     digest = hashlib.sha256(PNG).hexdigest()
     for key, expected in ((alice, None), (bob, theirs["id"])):
-        checked = await keyed.post("/api/files/check", json={"sha256": [digest]}, headers=bearer(key))
+        checked = await keyed.post(
+            "/api/files/check", json={"sha256": [digest]}, headers=bearer(key)
+        )
         assert (await checked.json())["results"] == [{"sha256": digest, "id": expected}]
 
 
@@ -171,7 +176,8 @@ async def test_keys_are_managed_over_http_by_admins(keyed: Client) -> None:
     )
     body = await made.json()
     assert made.status == 201, body
-    assert body["key"].startswith("clustr_") and len(body["key"]) >= 7 + 43
+    assert body["key"].startswith("clustr_")
+    assert len(body["key"]) >= 7 + 43
     assert (body["owner"], body["scopes"], body["quota"]) == ("phone", ["upload"], 2**20)
     listed = await (await keyed.get("/api/keys", headers=bearer(admin))).json()
     assert [k["name"] for k in listed["data"]] == ["phone", "root"]
@@ -181,7 +187,9 @@ async def test_keys_are_managed_over_http_by_admins(keyed: Client) -> None:
         "/api/keys", json={"name": "phone", "scopes": ["read"]}, headers=bearer(admin)
     )
     assert await expect_error(taken, 409) == "an API key named 'phone' exists already"
-    bad = await keyed.post("/api/keys", json={"name": "x", "scopes": ["all"]}, headers=bearer(admin))
+    bad = await keyed.post(
+        "/api/keys", json={"name": "x", "scopes": ["all"]}, headers=bearer(admin)
+    )
     assert bad.status == 400
     used = await keyed.post(
         "/api/upload",
@@ -204,7 +212,8 @@ async def test_refusals_are_logged_by_key_name_and_counted(
         await keyed.get("/api/files", headers=bearer("clustr_wrong"))
     assert "refused (forbidden, 403): key viewer" in caplog.text
     assert "refused (unauthorized, 401): key -" in caplog.text
-    assert key not in caplog.text and "clustr_wrong" not in caplog.text
+    assert key not in caplog.text
+    assert "clustr_wrong" not in caplog.text
     metrics = await (await keyed.get("/metrics")).text()
     assert 'clustr_auth_refusals_total{reason="forbidden"} 1.0' in metrics
     assert 'clustr_auth_refusals_total{reason="unauthorized"} 1.0' in metrics
@@ -234,7 +243,8 @@ async def test_cors_lets_listed_origins_send_keys_with_credentials(
     )
     assert preflight.status == 200
     allowed = preflight.headers["Access-Control-Allow-Headers"].lower()
-    assert "authorization" in allowed and "x-api-key" in allowed
+    assert "authorization" in allowed
+    assert "x-api-key" in allowed
     assert preflight.headers["Access-Control-Allow-Credentials"] == "true"
     key = await new_key(listed, "web", "read")
     actual = await listed.get("/api/files", headers={"Origin": ORIGIN, **bearer(key)})

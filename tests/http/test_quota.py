@@ -120,7 +120,9 @@ async def test_uploads_racing_for_the_last_bytes_do_not_all_succeed(
 async def test_deleting_files_gives_the_room_back(keyed: Client) -> None:
     owner = await quota_key(keyed, "cleaner", 3000)
     response = await keyed.post(
-        "/api/upload", data=files_body(("a.jpg", jpeg(3000))), headers={**multipart_headers(), **owner}
+        "/api/upload",
+        data=files_body(("a.jpg", jpeg(3000))),
+        headers={**multipart_headers(), **owner},
     )
     (item,) = (await response.json())["data"]
     assert await post(keyed, owner, ("b.jpg", jpeg(3000))) == 507

@@ -27,7 +27,8 @@ async def test_past_the_bucket_a_429_with_retry_after_and_ratelimit_headers(
         assert response.status == 200
         assert response.headers["RateLimit-Policy"] == '"requests";q=3;w=60'
         seen.append(response.headers["RateLimit"])
-    assert seen[0].startswith('"requests";r=2;t=') and seen[2].startswith('"requests";r=0;t=')
+    assert seen[0].startswith('"requests";r=2;t=')
+    assert seen[2].startswith('"requests";r=0;t=')
     refused = await client.get("/api/files")
     assert (await expect_error(refused, 429)).startswith(
         "rate limit of 3 requests per 60 s reached; retry after "
@@ -37,7 +38,8 @@ async def test_past_the_bucket_a_429_with_retry_after_and_ratelimit_headers(
     assert refused.headers["RateLimit-Policy"] == '"requests";q=3;w=60'
     # Routes outside /api are not limited, and carry no such headers.
     root = await client.get("/")
-    assert root.status == 200 and "RateLimit" not in root.headers
+    assert root.status == 200
+    assert "RateLimit" not in root.headers
     metrics = await (await client.get("/metrics")).text()
     assert 'clustr_auth_refusals_total{reason="rate_limited"} 1.0' in metrics
 

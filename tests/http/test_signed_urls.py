@@ -4,6 +4,7 @@ or not; secrets rotate."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,7 +29,8 @@ async def test_a_file_is_served_only_at_its_signed_url(make_client: MakeClient) 
     assert set(query) == {"expires", "signature"}
     assert abs(int(query["expires"][0]) - (time.time() + 3600)) < 60
     served = await client.get(url)
-    assert served.status == 200 and await served.read() == JPEG
+    assert served.status == 200
+    assert await served.read() == JPEG
     listed = await (await client.get(f"/api/files/{item['id']}")).json()
     assert (await client.get(path_of(listed["preview_url"]))).status == 200
 
@@ -64,10 +66,12 @@ async def test_an_expired_url_is_refused(make_client: MakeClient) -> None:
     client = await make_client(public_files=False, secret_key=(SECRET,), signed_url_ttl=1)
     (item,) = await upload_ok(client, ("a.jpg", JPEG))
     assert (await client.get(path_of(item["preview_url"]))).status == 200
-    time.sleep(2.1)
+    await asyncio.sleep(2.1)
     expired = await client.get(path_of(item["preview_url"]))
     assert expired.status == 403
-    assert await expired.json() == {"detail": "this file URL has expired; ask the API for a new one"}
+    assert await expired.json() == {
+        "detail": "this file URL has expired; ask the API for a new one"
+    }
 
 
 async def test_secrets_rotate_the_new_one_first(make_client: MakeClient) -> None:
