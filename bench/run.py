@@ -46,6 +46,11 @@ from bench.proc import MIB, cpu_seconds, free_port
 from bench.scenarios import STATIC_NAME, Scenario, Setup, Side, build
 
 BENCH_DIR = Path(__file__).resolve().parent
+KEYED_ENV = {
+    "AUTH": "keys",
+    "RATE_LIMIT_REQUESTS": "1000000000/s",
+    "RATE_LIMIT_UPLOAD_BYTES": "1000TiB/s",
+}
 
 
 def main() -> int:
@@ -61,7 +66,10 @@ def main() -> int:
     plain = ClustrServer(work / "plain", fsync=False, extra_env={})
     synced = ClustrServer(work / "synced", fsync=True, extra_env={})
     multi = ClustrServer(work / "multi", fsync=False, workers=2, extra_env={})
-    servers = [plain, synced, multi]
+    # Scenario A: access control on, limits far above what the benchmark reaches.
+    keyed = ClustrServer(work / "keyed", fsync=False, extra_env=KEYED_ENV)
+    key = keyed.create_key("bench", "upload")
+    servers = [plain, synced, multi, keyed]
     try:
         nginx.start()
         for server in servers:
@@ -71,7 +79,7 @@ def main() -> int:
         if not has_workers:
             multi.stop()
             servers.remove(multi)
-        _store_static_file(data.single, nginx, servers)
+        _store_static_file(data.single, nginx, [s for s in servers if s is not keyed])
         setup = Setup(
             data=data,
             nginx=nginx,
@@ -81,6 +89,8 @@ def main() -> int:
             wrk_seconds=int(os.environ.get("BENCH_SECONDS", "8")),
             wrk_connections=int(os.environ.get("BENCH_CONNECTIONS", "16")),
             attic=Attic(work / "attic"),
+            keyed=keyed,
+            key=key,
         )
         scenarios = [s for s in build(setup) if not only or s.key in only]
         if profile_dir:

@@ -9,11 +9,13 @@ from urllib.parse import quote, unquote
 
 from aiohttp import web
 
-from clustr_aio.auth.signing import sign_path
-from clustr_aio.web.base_url import request_base_url
-from clustr_aio.web.keys import SETTINGS
+from clustr_aio.auth.keys import OPEN
+from clustr_aio.auth.signing import sign_path, verify_path
+from clustr_aio.domain.errors import Forbidden
+from clustr_aio.web.base_url import client_address, request_base_url
+from clustr_aio.web.keys import GUARD, SETTINGS
 
-__all__ = ["FileLinks", "file_links"]
+__all__ = ["FileLinks", "file_links", "refuse_unsigned"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,3 +48,18 @@ def file_links(request: web.Request) -> FileLinks:
         secrets=() if settings.public_files else settings.secret_key,
         ttl=settings.signed_url_ttl,
     )
+
+
+def refuse_unsigned(request: web.Request) -> Forbidden | None:
+    """With PUBLIC_FILES=false, the refusal of a file URL that :class:`FileLinks` did not sign
+    (or whose signature expired), logged and counted; None when it may be served. Ask before
+    looking for the file: the answer must not depend on whether it exists."""
+    settings = request.app[SETTINGS]
+    if settings.public_files:
+        return None
+    try:
+        verify_path(request.path, request.query, settings.secret_key)
+    except Forbidden as error:
+        request.app[GUARD].refused(error, OPEN, client_address(request), "bad_signature")
+        return error
+    return None

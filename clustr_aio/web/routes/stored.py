@@ -8,14 +8,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from clustr_aio.auth.keys import OPEN
-from clustr_aio.auth.signing import verify_path
-from clustr_aio.domain.errors import Forbidden
 from clustr_aio.domain.models import STORED_CONTENT_TYPES
 from clustr_aio.storage.base import OnDisk, Redirect
-from clustr_aio.web.base_url import client_address
 from clustr_aio.web.file_response import CONTENT_SECURITY_POLICY, file_response
-from clustr_aio.web.keys import FILE_READER, GUARD, SETTINGS
+from clustr_aio.web.keys import FILE_READER
+from clustr_aio.web.links import refuse_unsigned
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import (
     FILE_REQUEST_HEADERS,
@@ -89,15 +86,11 @@ def add_routes(router: web.UrlDispatcher, prefix: str) -> None:
 )
 async def stored_file(request: web.Request) -> web.StreamResponse:
     name = request.match_info["filename"]
-    settings = request.app[SETTINGS]
-    if not settings.public_files:
-        try:
-            verify_path(request.path, request.query, settings.secret_key)
-        except Forbidden as error:
-            request.app[GUARD].refused(error, OPEN, client_address(request), "bad_signature")
-            return json_error(
-                403, error.detail, headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY}
-            )
+    refusal = refuse_unsigned(request)
+    if refusal is not None:
+        return json_error(
+            403, refusal.detail, headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY}
+        )
     reader = request.app.get(FILE_READER)
     location = await reader.locate(name) if reader is not None else None
     if isinstance(location, OnDisk):
