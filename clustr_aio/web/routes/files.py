@@ -117,7 +117,7 @@ def _content_type(request: web.Request) -> str | None:
     return text
 
 
-async def _json_body(request: web.Request, adapter: TypeAdapter[_T]) -> _T:
+async def json_body(request: web.Request, adapter: TypeAdapter[_T]) -> _T:
     if request.content_type != JSON:
         raise BadRequest("the body must be application/json")
     raw = await request.read()
@@ -271,7 +271,7 @@ async def delete_file(request: web.Request) -> web.Response:
     },
 )
 async def delete_files(request: web.Request) -> web.Response:
-    body = await _json_body(request, _DELETE_REQUEST)
+    body = await json_body(request, _DELETE_REQUEST)
     ids = list(dict.fromkeys(body["ids"]))
     deleted = set(await _delete(request, ids))
     return web.json_response(
@@ -315,7 +315,7 @@ async def _delete(request: web.Request, record_ids: list[str]) -> list[str]:
     },
 )
 async def check_files(request: web.Request) -> web.Response:
-    digests = (await _json_body(request, _CHECK_REQUEST))["sha256"]
+    digests = (await json_body(request, _CHECK_REQUEST))["sha256"]
     # The owner the key uploads as, like DEDUPE: what an upload with this key would find.
     owner = (await admitted(request)).owner
     stored = await request.app[CATALOG].by_sha256([d.lower() for d in digests], owner=owner)
@@ -326,4 +326,4 @@ async def check_files(request: web.Request) -> web.Response:
     return web.json_response(CheckResponse(results=results))
 
 
-__all__ = ["decode_cursor", "encode_cursor", "routes", "visible_owner"]
+__all__ = ["decode_cursor", "encode_cursor", "json_body", "routes", "visible_owner"]

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Final
 
 from aiohttp import web
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
 from clustr_aio.auth.keys import create_key, parse_duration, parse_key_name
 from clustr_aio.auth.scopes import SCOPES
@@ -20,6 +20,7 @@ from clustr_aio.web.guard import requires
 from clustr_aio.web.keys import CATALOG
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import JSON, error_response, json_response, ref
+from clustr_aio.web.routes.files import json_body
 from clustr_aio.web.routes.upload import rfc3339
 
 __all__ = ["key_item", "routes"]
@@ -80,14 +81,7 @@ async def list_keys(request: web.Request) -> web.Response:
     },
 )
 async def create(request: web.Request) -> web.Response:
-    if request.content_type != JSON:
-        raise BadRequest("the body must be application/json")
-    try:
-        body = _KEY_REQUEST.validate_json(await request.read())
-    except ValidationError as error:
-        problem = error.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(part) for part in problem["loc"]) or "body"
-        raise BadRequest(f"{where}: {problem['msg']}") from None
+    body = await json_body(request, _KEY_REQUEST)
     try:
         expires = parse_duration(body["expires_in"]) if "expires_in" in body else None
         quota = body.get("quota")
