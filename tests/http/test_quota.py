@@ -48,7 +48,7 @@ async def post(client: Client, headers: dict[str, str], *files: tuple[str, bytes
 
 
 async def test_one_byte_under_and_at_the_quota_pass_one_over_does_not(
-    keyed: Client, upload_dir: Path
+    keyed: Client, upload_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     under = await quota_key(keyed, "under", 5000)
     assert await post(keyed, under, ("a.jpg", jpeg(4999))) == 200
@@ -65,7 +65,10 @@ async def test_one_byte_under_and_at_the_quota_pass_one_over_does_not(
     assert detail.startswith("storage quota exceeded: owner 'over' may store 5000 bytes")
     assert len(stored_files(upload_dir)) == 3
     assert temp_files(upload_dir) == []
+    assert "refused (quota_exceeded, 507): key over" in caplog.text
     assert await keyed.app[CATALOG].usage("over") == 0  # nor any reservation left
+    metrics = await (await keyed.get("/metrics")).text()
+    assert 'clustr_auth_refusals_total{reason="quota_exceeded"} 2.0' in metrics
 
 
 async def test_without_content_length_the_counted_bytes_decide(keyed: Client) -> None:

@@ -16,6 +16,7 @@ from clustr_aio.domain.errors import (
     ClustrError,
     MalformedUpload,
     NoFilesUploaded,
+    QuotaExceeded,
 )
 from clustr_aio.domain.models import (
     FileItem,
@@ -149,10 +150,13 @@ async def _continue(request: web.Request) -> None:
             "too many uploads at once; retry shortly",
         ),
         507: upload_error(
-            "The disk is full, or storing the upload would leave less than MIN_FREE_SPACE free"
-            " (refused before the body when Content-Length tells); nothing was stored.",
+            "The disk is full, or storing the upload would leave less than MIN_FREE_SPACE free,"
+            " or (AUTH=keys) take the key owner's files over its quota (refused before the body"
+            " when Content-Length tells); nothing was stored.",
             "not enough space left on the storage device",
             "not enough storage space left for an upload of 4294967296 bytes; try again later",
+            "storage quota exceeded: owner 'alice' may store 10737418240 bytes and has 1024 left,"
+            " not enough for 482113 bytes; nothing of this upload was kept",
         ),
     },
 )
@@ -176,6 +180,9 @@ async def upload(request: web.Request) -> web.Response:
                 ]
             else:
                 results = await ingest_each(files, storage, policy, catalog, owner=owner)
+        except QuotaExceeded as error:
+            _refused(request, principal, error)
+            raise
         except ConnectionError as error:
             raise ClientDisconnected() from error
         except HttpProcessingError as error:  # e.g. broken chunked encoding or a short body
@@ -250,8 +257,16 @@ async def _check_request(
     _charge_upload(request, principal, request.content_length or 1, debt=False)
     meter = meter or _quota_meter(request, principal)
     if meter is not None:
-        await meter.check_declared_length(request.content_length)
+        try:
+            await meter.check_declared_length(request.content_length)
+        except QuotaExceeded as error:
+            _refused(request, principal, error)
+            raise
     return boundary
+
+
+def _refused(request: web.Request, principal: Principal, error: QuotaExceeded) -> None:
+    request.app[GUARD].refused(error, principal, client_address(request))
 
 
 def file_item(links: FileLinks, item: StoredFile) -> FileItem:
