@@ -275,6 +275,12 @@ async def test_the_openapi_document_declares_the_security_schemes(keyed: Client)
     assert upload["security"] == [{"bearerKey": ["upload"]}, {"headerKey": ["upload"]}]
     assert {"401", "403"} <= set(upload["responses"])
     assert document["paths"]["/api/keys"]["get"]["security"][0] == {"bearerKey": ["admin"]}
+    assert document["paths"]["/api/files/check"]["post"]["security"] == [
+        {"bearerKey": ["upload"]},
+        {"bearerKey": ["read"]},
+        {"headerKey": ["upload"]},
+        {"headerKey": ["read"]},
+    ]
     assert "security" not in document["paths"]["/healthz"]["get"]
 
 

@@ -150,7 +150,11 @@ def _secure(operation: JSONObject, access: Access, settings: Settings) -> None:
     scopes = list(access.scopes)
     responses = operation["responses"]
     if settings.auth == "keys":
-        operation["security"] = [{"bearerKey": scopes}, {"headerKey": scopes}]
+        # Alternatives, any one of which will do: each scheme with each scope (for schemes other
+        # than OAuth the list names roles, and a list of two would mean both).
+        operation["security"] = [
+            {scheme: [scope]} for scheme in SECURITY_SCHEMES for scope in scopes
+        ]
         needed = " or ".join(f"`{scope}`" for scope in scopes)
         operation["description"] = (
             operation.get("description", "") + f"\n\nNeeds an API key with the scope {needed} "

@@ -42,8 +42,8 @@ def add_routes(router: web.UrlDispatcher, prefix: str) -> None:
     "`Content-Disposition: attachment`, and every answer carries `Content-Security-Policy: "
     "default-src 'none'; sandbox`. Names that start with a dot, symlinks and sub-folders are "
     "never served. With PUBLIC_FILES=false, only at the signed URL the API handed out "
-    "(`expires` and `signature` in the query); without them, expired or altered: 403, "
-    "whether the file exists or not.",
+    "(`?expires=<Unix time>&signature=<HMAC>`, part of the URL as handed out, not parameters "
+    "to set); without them, expired or altered: 403, whether the file exists or not.",
     tags=("files",),
     operation_id="get_stored_file",
     parameters=(
@@ -56,20 +56,6 @@ def add_routes(router: web.UrlDispatcher, prefix: str) -> None:
             "example": "beach.jpg",
         },
         *FILE_REQUEST_HEADERS,
-        {
-            "name": "expires",
-            "in": "query",
-            "required": False,
-            "description": "PUBLIC_FILES=false: the signed URL's expiry (Unix time).",
-            "schema": {"type": "integer"},
-        },
-        {
-            "name": "signature",
-            "in": "query",
-            "required": False,
-            "description": "PUBLIC_FILES=false: the signed URL's signature.",
-            "schema": {"type": "string"},
-        },
     ),
     responses={
         **file_responses(
