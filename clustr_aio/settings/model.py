@@ -226,7 +226,8 @@ class Settings(BaseSettings):
     )
     metrics_allow: _OptionalNetworks = _setting(
         "",
-        "Addresses or networks (comma-separated) that may read /metrics; empty: any client.",
+        "Addresses or networks (comma-separated) that may read /metrics (and, with"
+        " AUTH=keys, admin keys from anywhere); empty: any client.",
     )
     rate_limit_requests: _RequestRate = _setting(
         "",

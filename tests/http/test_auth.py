@@ -227,6 +227,15 @@ async def test_metrics_allow_limits_metrics_to_listed_addresses(make_client: Mak
     )
     here = await make_client(metrics_allow=(ipaddress.ip_network("127.0.0.1/32"),))
     assert (await here.get("/metrics")).status == 200
+    keyed = await make_client(auth="keys", metrics_allow=(ipaddress.ip_network("10.0.0.0/8"),))
+    admin = await new_key(keyed, "ops", "admin")
+    reader = await new_key(keyed, "viewer", "read")
+    assert (await keyed.get("/metrics", headers=bearer(admin))).status == 200
+    for headers in (bearer(reader), bearer("clustr_nope"), {}):
+        refused = await keyed.get("/metrics", headers=headers)
+        assert await expect_error(refused, 403) == (
+            "metrics are only served to the addresses in METRICS_ALLOW and to admin keys"
+        )
 
 
 async def test_cors_lets_listed_origins_send_keys_with_credentials(

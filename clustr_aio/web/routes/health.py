@@ -13,9 +13,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from clustr_aio.auth.keys import OPEN
-from clustr_aio.domain.errors import Forbidden
+from clustr_aio.auth.scopes import ADMIN
+from clustr_aio.domain.errors import Forbidden, Unauthorized
 from clustr_aio.storage.base import ReadinessReporting, SpaceReporting
 from clustr_aio.web.base_url import client_address, is_trusted
+from clustr_aio.web.guard import presented_key
 from clustr_aio.web.keys import GUARD, METRICS, SETTINGS, STORAGE
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import error_response as documented_error
@@ -83,8 +85,8 @@ async def readyz(request: web.Request) -> web.Response:
 @operation(
     summary="Prometheus metrics",
     description="Prometheus text format, or OpenMetrics when the `Accept` header asks for "
-    "`application/openmetrics-text`; gzip with `Accept-Encoding: gzip`. Only to the addresses "
-    "in METRICS_ALLOW, when it is set (403 to others).",
+    "`application/openmetrics-text`; gzip with `Accept-Encoding: gzip`. When METRICS_ALLOW is "
+    "set, only to the addresses in it and (AUTH=keys) to admin keys; 403 to others.",
     tags=("service",),
     parameters=(
         {
@@ -112,10 +114,26 @@ async def readyz(request: web.Request) -> web.Response:
     },
 )
 async def metrics(request: web.Request) -> web.StreamResponse:
-    allowed = request.app[SETTINGS].metrics_allow
+    settings = request.app[SETTINGS]
     # The connection's own peer: a forwarded address could be anyone's claim.
-    if allowed and not is_trusted(request.remote, allowed):
-        error = Forbidden("metrics are only served to the addresses in METRICS_ALLOW")
+    allowed = settings.metrics_allow
+    if allowed and not is_trusted(request.remote, allowed) and not await _admin_key(request):
+        error = Forbidden(
+            "metrics are only served to the addresses in METRICS_ALLOW"
+            + (" and to admin keys" if settings.auth == "keys" else "")
+        )
         request.app[GUARD].refused(error, OPEN, client_address(request))
         raise error
     return await request.app[METRICS].handler(request)
+
+
+async def _admin_key(request: web.Request) -> bool:
+    """AUTH=keys: whether the request carries a valid key with the admin scope."""
+    guard = request.app[GUARD]
+    if not guard.keys_required or presented_key(request.headers) is None:
+        return False
+    try:
+        principal = await guard.keyring.authenticate(presented_key(request.headers))
+    except Unauthorized:
+        return False
+    return ADMIN in principal.scopes
