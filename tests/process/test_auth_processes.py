@@ -5,6 +5,7 @@ SECRET_KEY stops start-up with one line."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -13,13 +14,27 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
+from tests.postgres import PostgresServer
 from tests.process.conftest import StartServer
 from tests.server_process import WAIT_SECONDS, RunningServer, server_env, wait_until
 
 
-def keys_cli(server: RunningServer, *arguments: str) -> subprocess.CompletedProcess[str]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The server's (and the CLI's) catalog: the SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return {}
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return {"DATABASE_URL": asyncio.run(server.new_database())}
+
+
+def keys_cli(
+    server: RunningServer, *arguments: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``python -m clustr_aio keys …`` with the server's own settings (its catalog)."""
-    env = server_env(server.upload_folder, server.port) | {"AUTH": "keys"}
+    env = server_env(server.upload_folder, server.port) | {"AUTH": "keys", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "clustr_aio", "keys", *arguments],
         env=env,
@@ -55,24 +70,26 @@ def refusing_pids(server: RunningServer, reason: str) -> set[int]:
 
 
 def test_a_key_from_the_cli_works_at_once_and_its_revocation_reaches_every_worker(
-    server_factory: StartServer,
+    server_factory: StartServer, catalog_env: dict[str, str]
 ) -> None:
-    server = server_factory({"AUTH": "keys"}, workers=2)
+    server = server_factory({"AUTH": "keys", **catalog_env}, workers=2)
     workers = set(server.worker_pids())
     files = server.url + "/api/files"
-    made = keys_cli(server, "create", "phone", "--scopes", "upload,read", "--expires", "1d")
+    made = keys_cli(
+        server, "create", "phone", "--scopes", "upload,read", "--expires", "1d", env=catalog_env
+    )
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip()
     assert re.fullmatch(r"clustr_[A-Za-z0-9_-]{43}", key)
     assert "shown once" in made.stderr
     assert set(many(files, 40, key)) == {200}
-    listed = keys_cli(server, "list")
+    listed = keys_cli(server, "list", env=catalog_env)
     assert listed.returncode == 0
     assert "phone" in listed.stdout
     assert key not in listed.stdout
     assert "upload,read" in listed.stdout
 
-    revoked = keys_cli(server, "revoke", "phone")
+    revoked = keys_cli(server, "revoke", "phone", env=catalog_env)
     assert revoked.returncode == 0, revoked.stderr
     statuses: list[int] = []
 
@@ -82,7 +99,7 @@ def test_a_key_from_the_cli_works_at_once_and_its_revocation_reaches_every_worke
 
     wait_until(both_refused, lambda: f"both workers refusing: {server.logs}")
     assert set(statuses) == {401}  # from the first request after the revocation on
-    assert keys_cli(server, "revoke", "phone").returncode == 1
+    assert keys_cli(server, "revoke", "phone", env=catalog_env).returncode == 1
     assert key not in server.logs
 
 
