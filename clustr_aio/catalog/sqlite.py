@@ -205,6 +205,14 @@ def _owner_parameter(owner: str | None) -> tuple[str, ...]:
     return () if owner is None else (owner,)
 
 
+def _one(cursor: sqlite3.Cursor) -> Any:
+    """The first row, or None, with the statement run to its end, so that no read
+    transaction can stay open on a connection between two requests (one would keep the WAL
+    from being restarted)."""
+    rows = cursor.fetchall()
+    return rows[0] if rows else None
+
+
 def _now_us() -> int:
     return round(datetime.now(UTC).timestamp() * 1_000_000)
 
@@ -353,7 +361,7 @@ class SqliteCatalog:
 
     def _get_sync(self, record_id: str, owner: str | None) -> FileRecord | None:
         query = f"SELECT {_COLUMNS} FROM files WHERE id = ? {_owned(owner)}"
-        row = self._reader().execute(query, (record_id, *_owner_parameter(owner))).fetchone()
+        row = _one(self._reader().execute(query, (record_id, *_owner_parameter(owner))))
         return None if row is None else _record(row)
 
     async def page(
@@ -438,11 +446,9 @@ class SqliteCatalog:
             self._loop_reader.execute("PRAGMA query_only = true")
             self._loop_reader.execute("PRAGMA busy_timeout = 0")
         try:
-            row = self._loop_reader.execute(_KEY_BY_HASH, (key_hash,)).fetchone()
+            row = _one(self._loop_reader.execute(_KEY_BY_HASH, (key_hash,)))
         except sqlite3.OperationalError:
-            row = await self._read(
-                lambda: self._reader().execute(_KEY_BY_HASH, (key_hash,)).fetchone()
-            )
+            row = await self._read(lambda: _one(self._reader().execute(_KEY_BY_HASH, (key_hash,))))
         return None if row is None else _key_record(row)
 
     async def keys(self) -> list[KeyRecord]:
@@ -468,14 +474,12 @@ class SqliteCatalog:
     def _usage_sync(
         self, connection: sqlite3.Connection, owner: str, besides: str, now_us: int
     ) -> int:
-        stored = connection.execute(
-            "SELECT bytes FROM owner_usage WHERE owner = ?", (owner,)
-        ).fetchone()
+        stored = _one(connection.execute("SELECT bytes FROM owner_usage WHERE owner = ?", (owner,)))
         (reserved,) = connection.execute(
             "SELECT COALESCE(SUM(bytes), 0) FROM quota_reservations "
             "WHERE owner = ? AND id <> ? AND lease_until_us > ?",
             (owner, besides, now_us),
-        ).fetchone()
+        ).fetchall()[0]
         return (stored[0] if stored else 0) + int(reserved)
 
     async def reserve(
