@@ -40,7 +40,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX files_by_sha256 ON files (sha256);
     CREATE INDEX files_by_type ON files (content_type, id);
     """,
-    # 2: API keys, files by owner, each owner's bytes (kept by a trigger) and quota reservations.
+    # 2: what the image check reads (width and height were there already).
+    """
+    ALTER TABLE files ADD COLUMN orientation smallint;
+    ALTER TABLE files ADD COLUMN metadata_removed boolean NOT NULL DEFAULT false;
+    """,
+    # 3: API keys, files by owner, each owner's bytes (kept by a trigger) and quota reservations.
     """
     CREATE TABLE api_keys (
         name text COLLATE "C" PRIMARY KEY,
@@ -87,12 +92,14 @@ _MAINTENANCE_LOCK: Final = 0x636C757374720002
 _QUOTA_LOCKS: Final = 0x636C7573  # "clus": the first key of each owner's quota lock
 _KEY_COLUMNS: Final = "name, key_hash, scopes, owner, created_at, last_used_at, expires_at, quota"
 _COLUMNS: Final = (
-    "id, stored_name, original_name, size, content_type, sha256, created_at, width, height, owner"
+    "id, stored_name, original_name, size, content_type, sha256, created_at, width, height, owner,"
+    " orientation, metadata_removed"
 )
 _COLUMN_NAMES: Final = _COLUMNS.split(", ")
 _UNNEST: Final = (
     "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], "
-    "$6::text[], $7::timestamptz[], $8::integer[], $9::integer[], $10::text[])"
+    "$6::text[], $7::timestamptz[], $8::integer[], $9::integer[], $10::text[], $11::smallint[], "
+    "$12::boolean[])"
 )
 
 
@@ -108,6 +115,8 @@ def _record(row: asyncpg.Record) -> FileRecord:
         width=row["width"],
         height=row["height"],
         owner=row["owner"],
+        orientation=row["orientation"],
+        metadata_removed=row["metadata_removed"],
     )
 
 
@@ -146,6 +155,8 @@ def _columns(records: Sequence[FileRecord]) -> list[list[Any]]:
         [r.width for r in records],
         [r.height for r in records],
         [r.owner for r in records],
+        [r.orientation for r in records],
+        [r.metadata_removed for r in records],
     ]
 
 

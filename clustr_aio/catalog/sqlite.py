@@ -54,7 +54,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX files_by_sha256 ON files (sha256);
     CREATE INDEX files_by_type ON files (content_type, id);
     """,
-    # 2: API keys, files by owner, each owner's bytes (kept by triggers) and quota reservations.
+    # 2: what the image check reads (width and height were there already).
+    """
+    ALTER TABLE files ADD COLUMN orientation INTEGER;
+    ALTER TABLE files ADD COLUMN metadata_removed INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 3: API keys, files by owner, each owner's bytes (kept by triggers) and quota reservations.
     """
     CREATE TABLE api_keys (
         name TEXT PRIMARY KEY,
@@ -98,9 +103,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 """Schema versions: ``user_version`` N means the first N have been applied. Append only."""
 
 _COLUMNS: Final = (
-    "id, stored_name, original_name, size, content_type, sha256, created_us, width, height, owner"
+    "id, stored_name, original_name, size, content_type, sha256, created_us, width, height, owner,"
+    " orientation, metadata_removed"
 )
-_PLACEHOLDERS: Final = ", ".join("?" * 10)
+_PLACEHOLDERS: Final = ", ".join("?" * 12)
 _KEY_COLUMNS: Final = "name, key_hash, scopes, owner, created_us, last_used_us, expires_us, quota"
 _KEY_BY_HASH: Final = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?"
 _BUSY_TIMEOUT_MS: Final = 30_000
@@ -120,6 +126,8 @@ def _row(record: FileRecord) -> tuple[object, ...]:
         record.width,
         record.height,
         record.owner,
+        record.orientation,
+        record.metadata_removed,
     )
 
 
@@ -135,6 +143,8 @@ def _record(row: Sequence[Any]) -> FileRecord:
         width=row[7],
         height=row[8],
         owner=row[9],
+        orientation=row[10],
+        metadata_removed=bool(row[11]),
     )
 
 

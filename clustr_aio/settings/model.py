@@ -7,7 +7,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, PlainValidator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -33,6 +33,9 @@ from clustr_aio.settings.values import (
     parse_rate,
     parse_seconds,
     parse_secret_keys,
+    parse_strip_metadata,
+    parse_thumbnail_sizes,
+    parse_thumbnails,
     parse_url_path,
 )
 
@@ -75,6 +78,9 @@ _RequestRate = Annotated[tuple[int, int] | None, PlainValidator(parse_rate(sizes
 _ByteRate = Annotated[tuple[int, int] | None, PlainValidator(parse_rate(sizes=True))]
 _Secrets = Annotated[tuple[str, ...], PlainValidator(parse_secret_keys)]
 _PositiveSeconds = Annotated[int, PlainValidator(integer_between(1))]
+_StripMetadata = Annotated[Literal["location", "all", "none"], PlainValidator(parse_strip_metadata)]
+_ThumbnailSizes = Annotated[tuple[int, ...], PlainValidator(parse_thumbnail_sizes)]
+_Thumbnails = Annotated[Literal["lazy", "eager"], PlainValidator(parse_thumbnails)]
 
 
 def _setting(default: str, description: str, *, secret: bool = False) -> Any:
@@ -216,6 +222,26 @@ class Settings(BaseSettings):
         "off",
         "A file whose bytes (sha256) are already stored: off stores it again, reuse answers with"
         " the stored file (duplicate: true), reject refuses the upload with 409.",
+    )
+    max_image_pixels: _Count = _setting(
+        "100000000",
+        "Most pixels in one image (width x height, the frames of an animation summed): a larger"
+        " one is refused with 413 as soon as its header shows it, before any decode.",
+    )
+    strip_metadata: _StripMetadata = _setting(
+        "location",
+        "Metadata removed from stored images, losslessly: location (GPS and location tags of"
+        " EXIF, XMP and IPTC), all (everything but orientation and ICC profile), none.",
+    )
+    thumbnail_sizes: _ThumbnailSizes = _setting(
+        "256,1024",
+        "Thumbnail sizes offered, longest side in pixels, comma-separated; the first is the"
+        " default. Any other size asked for is a 400.",
+    )
+    thumbnails: _Thumbnails = _setting(
+        "lazy",
+        "lazy: a thumbnail is rendered on its first request; eager: every size is rendered in"
+        " the background after the upload's 200, behind requests.",
     )
 
     auth: _Auth = _setting(

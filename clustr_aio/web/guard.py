@@ -52,11 +52,14 @@ class Access:
     """A route's requirement: a key holding any one of ``scopes`` (admin holds them all)."""
 
     scopes: tuple[Scope, ...]
+    signed_urls: bool = False
+    """With PUBLIC_FILES=false, a URL the API signed (a thumbnail's) admits too, without a key:
+    an ``<img>`` sends none. Without a key option (AUTH=off), only a signed URL admits."""
 
 
-def requires(*scopes: Scope) -> Callable[[Handler], Handler]:
+def requires(*scopes: Scope, signed_urls: bool = False) -> Callable[[Handler], Handler]:
     """Declare, on a handler, the scopes its route needs (any one of them)."""
-    access = Access(scopes)
+    access = Access(scopes, signed_urls)
 
     def declare(handler: Handler) -> Handler:
         setattr(handler, _ATTRIBUTE, access)

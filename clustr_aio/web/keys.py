@@ -6,6 +6,7 @@ from aiohttp import web
 
 from clustr_aio.auth.keys import Principal
 from clustr_aio.catalog.base import Catalog
+from clustr_aio.images.thumbnails import Thumbnailer
 from clustr_aio.ingest.pipeline import IngestPolicy
 from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
@@ -20,6 +21,7 @@ FILE_READER = web.AppKey("file_reader", Reading)
 CATALOG = web.AppKey("catalog", Catalog)
 INGEST_POLICY = web.AppKey("ingest_policy", IngestPolicy)
 METRICS = web.AppKey("metrics", Metrics)
+THUMBNAILER = web.AppKey("thumbnailer", Thumbnailer)
 UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
 GUARD = web.AppKey("guard", Guard)
 

@@ -28,13 +28,14 @@ class FileLinks:
     """Empty: files are public, URLs are not signed."""
     ttl: int
 
-    def url(self, escaped_path: str) -> str:
-        """The absolute URL of ``escaped_path``, signed when files are not public. The
-        signature covers the path as the server will see it (``request.path``: unescaped)."""
-        if not self.secrets:
-            return self.base_url + escaped_path
-        query = sign_path(unquote(escaped_path), self.secrets, self.ttl)
-        return f"{self.base_url}{escaped_path}?{query}"
+    def url(self, escaped_path: str, query: str = "") -> str:
+        """The absolute URL of ``escaped_path`` (and ``query``), signed when files are not
+        public. The signature covers the path as the server will see it (``request.path``:
+        unescaped), not the query: any size of a thumbnail, say, is the same permission."""
+        if self.secrets:
+            signature = sign_path(unquote(escaped_path), self.secrets, self.ttl)
+            query = f"{query}&{signature}" if query else signature
+        return f"{self.base_url}{escaped_path}?{query}" if query else self.base_url + escaped_path
 
     def stored_file(self, stored_name: str) -> str:
         return self.url(f"{self.files_path}/{quote(stored_name)}")
