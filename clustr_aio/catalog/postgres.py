@@ -12,11 +12,12 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from typing import Any, Final
 
 import asyncpg
 
-from clustr_aio.catalog.base import FileRecord, Order
+from clustr_aio.catalog.base import FileRecord, KeyRecord, Order
 from clustr_aio.domain.errors import CatalogUnavailable
 
 __all__ = ["MIGRATIONS", "PostgresCatalog"]
@@ -46,7 +47,44 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE files ADD COLUMN orientation smallint;
     ALTER TABLE files ADD COLUMN metadata_removed boolean NOT NULL DEFAULT false;
     """,
-    # 3: a digest's oldest record in one index probe (sha256 = $1 ORDER BY id LIMIT 1), whatever
+    # 3: API keys, files by owner, each owner's bytes (kept by a trigger) and quota reservations.
+    """
+    CREATE TABLE api_keys (
+        name text COLLATE "C" PRIMARY KEY,
+        key_hash text COLLATE "C" NOT NULL UNIQUE,
+        scopes text[] NOT NULL,
+        owner text NOT NULL,
+        created_at timestamptz NOT NULL,
+        last_used_at timestamptz,
+        expires_at timestamptz,
+        quota bigint
+    );
+    CREATE INDEX files_by_owner ON files (owner, id);
+    CREATE TABLE owner_usage (owner text PRIMARY KEY, bytes bigint NOT NULL);
+    INSERT INTO owner_usage
+        SELECT owner, SUM(size) FROM files WHERE owner IS NOT NULL GROUP BY owner;
+    CREATE FUNCTION clustr_owner_usage() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.owner IS NOT NULL THEN
+            UPDATE owner_usage SET bytes = bytes - OLD.size WHERE owner = OLD.owner;
+        END IF;
+        IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.owner IS NOT NULL THEN
+            INSERT INTO owner_usage VALUES (NEW.owner, NEW.size)
+                ON CONFLICT (owner) DO UPDATE SET bytes = owner_usage.bytes + excluded.bytes;
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER files_owner_usage AFTER INSERT OR DELETE OR UPDATE OF owner, size ON files
+        FOR EACH ROW EXECUTE FUNCTION clustr_owner_usage();
+    CREATE TABLE quota_reservations (
+        id text COLLATE "C" PRIMARY KEY,
+        owner text NOT NULL,
+        bytes bigint NOT NULL,
+        lease_until timestamptz NOT NULL
+    );
+    CREATE INDEX quota_reservations_by_owner ON quota_reservations (owner);
+    """,
+    # 4: a digest's oldest record in one index probe (sha256 = $1 ORDER BY id LIMIT 1), whatever
     # the planner's statistics say. With (sha256) alone, a table not analyzed yet (just filled,
     # or just migrated) got a plan that walked the primary key in id order looking for each
     # digest: a check of 10,000 new digests among 1,000,000 records ran for over 10 minutes.
@@ -72,6 +110,8 @@ _CHECK_TIMEOUT: Final = 2.0
 _MIGRATION_LOCK: Final = 0x636C757374720001  # "clustr" + 1: the advisory lock of migrations
 _MAINTENANCE_LOCK: Final = 0x636C757374720002
 _DEDUPE_LOCKS: Final = 0x636C757374720100  # + a digest's first byte: add_unique's locks
+_QUOTA_LOCKS: Final = 0x636C7573  # "clus": the first key of each owner's quota lock
+_KEY_COLUMNS: Final = "name, key_hash, scopes, owner, created_at, last_used_at, expires_at, quota"
 _COLUMNS: Final = (
     "id, stored_name, original_name, size, content_type, sha256, created_at, width, height, owner,"
     " orientation, metadata_removed"
@@ -88,10 +128,6 @@ _UPSERT: Final = (
 )
 """An upload's records: one whose stored name is catalogued already replaces that record (the
 start-up reconciliation may have adopted the file between its link and this commit)."""
-_OLDEST_BY_SHA256: Final = (
-    "SELECT f.* FROM unnest($1::text[]) AS d (digest) CROSS JOIN LATERAL ("
-    f"SELECT {_COLUMNS} FROM files WHERE sha256 = d.digest ORDER BY id LIMIT 1) AS f"
-)
 
 
 def _record(row: asyncpg.Record) -> FileRecord:
@@ -109,6 +145,37 @@ def _record(row: asyncpg.Record) -> FileRecord:
         orientation=row["orientation"],
         metadata_removed=row["metadata_removed"],
     )
+
+
+def _key_record(row: asyncpg.Record) -> KeyRecord:
+    return KeyRecord(
+        name=row["name"],
+        key_hash=row["key_hash"],
+        scopes=frozenset(row["scopes"]),
+        owner=row["owner"],
+        created_at=row["created_at"],
+        last_used_at=row["last_used_at"],
+        expires_at=row["expires_at"],
+        quota=row["quota"],
+    )
+
+
+def _oldest_by_sha256(owner: str | None) -> str:
+    """Each digest's oldest record (of ``owner``'s, when given: parameter $2)."""
+    return (
+        "SELECT f.* FROM unnest($1::text[]) AS d (digest) CROSS JOIN LATERAL ("
+        f"SELECT {_COLUMNS} FROM files WHERE sha256 = d.digest {_owned(owner, 2)} "
+        "ORDER BY id LIMIT 1) AS f"
+    )
+
+
+def _owned(owner: str | None, number: int) -> str:
+    """The condition that keeps one owner's records only (parameter ``$number``)."""
+    return "" if owner is None else f"AND owner = ${number}"
+
+
+def _owner_parameter(owner: str | None) -> tuple[str, ...]:
+    return () if owner is None else (owner,)
 
 
 def _columns(records: Sequence[FileRecord]) -> list[list[Any]]:
@@ -131,6 +198,13 @@ def _columns(records: Sequence[FileRecord]) -> list[list[Any]]:
 
 def _uuids(record_ids: Sequence[str]) -> list[uuid.UUID]:
     return [uuid.UUID(record_id) for record_id in record_ids]
+
+
+_USAGE: Final = (
+    "SELECT COALESCE((SELECT bytes FROM owner_usage WHERE owner = $1), 0) + COALESCE(("
+    "SELECT SUM(bytes) FROM quota_reservations WHERE owner = $1 AND id <> $2 "
+    "AND lease_until > now()), 0)"
+)
 
 
 class PostgresCatalog:
@@ -182,7 +256,7 @@ class PostgresCatalog:
             await self.pool.execute(_UPSERT, *_columns(records))
 
     async def add_unique(
-        self, records: Sequence[FileRecord], *, all_or_none: bool
+        self, records: Sequence[FileRecord], *, all_or_none: bool, owner: str | None = None
     ) -> dict[str, FileRecord]:
         digests = [r.sha256 for r in records]
         # Transaction locks on the digests' buckets (their first byte: at most 256 locks, in
@@ -200,7 +274,9 @@ class PostgresCatalog:
             )
             taken = {
                 row["sha256"]: _record(row)
-                for row in await connection.fetch(_OLDEST_BY_SHA256, digests)
+                for row in await connection.fetch(
+                    _oldest_by_sha256(owner), digests, *_owner_parameter(owner)
+                )
             }
             fresh = [r for r in records if r.sha256 not in taken]
             if fresh and not (taken and all_or_none):
@@ -214,17 +290,28 @@ class PostgresCatalog:
         )
         return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 <rows>"
 
-    async def get(self, record_id: str) -> FileRecord | None:
+    async def get(self, record_id: str, *, owner: str | None = None) -> FileRecord | None:
         row = await self.pool.fetchrow(
-            f"SELECT {_COLUMNS} FROM files WHERE id = $1", uuid.UUID(record_id)
+            f"SELECT {_COLUMNS} FROM files WHERE id = $1 {_owned(owner, 2)}",
+            uuid.UUID(record_id),
+            *_owner_parameter(owner),
         )
         return None if row is None else _record(row)
 
     async def page(
-        self, *, limit: int, after: str | None, order: Order, content_type: str | None
+        self,
+        *,
+        limit: int,
+        after: str | None,
+        order: Order,
+        content_type: str | None,
+        owner: str | None = None,
     ) -> list[FileRecord]:
         conditions: list[str] = []
         parameters: list[object] = []
+        if owner is not None:
+            parameters.append(owner)
+            conditions.append(f"owner = ${len(parameters)}")
         if content_type is not None:
             parameters.append(content_type)
             conditions.append(f"content_type = ${len(parameters)}")
@@ -241,16 +328,23 @@ class PostgresCatalog:
         )
         return [_record(row) for row in rows]
 
-    async def by_sha256(self, digests: Sequence[str]) -> dict[str, FileRecord]:
+    async def by_sha256(
+        self, digests: Sequence[str], *, owner: str | None = None
+    ) -> dict[str, FileRecord]:
         # One index probe per digest for its oldest record (faster here than DISTINCT ON over
         # "= ANY": no sort of every match).
-        rows = await self.pool.fetch(_OLDEST_BY_SHA256, list(dict.fromkeys(digests)))
+        rows = await self.pool.fetch(
+            _oldest_by_sha256(owner), list(dict.fromkeys(digests)), *_owner_parameter(owner)
+        )
         return {row["sha256"]: _record(row) for row in rows}
 
-    async def delete(self, record_ids: Sequence[str]) -> list[FileRecord]:
+    async def delete(
+        self, record_ids: Sequence[str], *, owner: str | None = None
+    ) -> list[FileRecord]:
         rows = await self.pool.fetch(
-            f"DELETE FROM files WHERE id = ANY($1::uuid[]) RETURNING {_COLUMNS}",
+            f"DELETE FROM files WHERE id = ANY($1::uuid[]) {_owned(owner, 2)} RETURNING {_COLUMNS}",
             _uuids(record_ids),
+            *_owner_parameter(owner),
         )
         return [_record(row) for row in rows]
 
@@ -269,6 +363,72 @@ class PostgresCatalog:
             raise CatalogUnavailable(
                 f"the catalog's database cannot be reached: {reason}"
             ) from None
+
+    # -- API keys ----------------------------------------------------------------------------
+
+    async def add_key(self, key: KeyRecord) -> bool:
+        status = await self.pool.execute(
+            f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+            "ON CONFLICT (name) DO NOTHING",
+            key.name,
+            key.key_hash,
+            sorted(key.scopes),
+            key.owner,
+            key.created_at,
+            key.last_used_at,
+            key.expires_at,
+            key.quota,
+        )
+        return bool(status == "INSERT 0 1")
+
+    async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash
+        )
+        return None if row is None else _key_record(row)
+
+    async def keys(self) -> list[KeyRecord]:
+        rows = await self.pool.fetch(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY name")
+        return [_key_record(row) for row in rows]
+
+    async def revoke_key(self, name: str) -> bool:
+        status = await self.pool.execute("DELETE FROM api_keys WHERE name = $1", name)
+        return bool(status == "DELETE 1")
+
+    async def touch_key(self, name: str, when: datetime) -> None:
+        await self.pool.execute("UPDATE api_keys SET last_used_at = $1 WHERE name = $2", when, name)
+
+    # -- quotas ------------------------------------------------------------------------------
+
+    async def usage(self, owner: str) -> int:
+        return int(await self.pool.fetchval(_USAGE, owner, ""))
+
+    async def reserve(
+        self, reservation: str, owner: str, *, need: int, want: int, quota: int, lease: datetime
+    ) -> int | None:
+        async with self.pool.acquire() as connection, connection.transaction():
+            # One reservation at a time per owner, on every machine: the usage read below
+            # then includes every reservation granted before this one.
+            await connection.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))", _QUOTA_LOCKS, owner
+            )
+            used = int(await connection.fetchval(_USAGE, owner, reservation))
+            granted = want if used + want <= quota else need if used + need <= quota else None
+            if granted is not None:
+                await connection.execute(
+                    "INSERT INTO quota_reservations VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO "
+                    "UPDATE SET bytes = excluded.bytes, lease_until = excluded.lease_until",
+                    reservation,
+                    owner,
+                    granted,
+                    lease,
+                )
+        return granted
+
+    async def release(self, reservation: str) -> None:
+        await self.pool.execute(
+            "DELETE FROM quota_reservations WHERE id = $1 OR lease_until <= now()", reservation
+        )
 
     async def stored_names(self) -> dict[str, str]:
         rows = await self.pool.fetch("SELECT stored_name, id FROM files")

@@ -221,7 +221,7 @@ async def test_postgresql_finds_a_digests_oldest_record_by_index_without_statist
         digests = [hashlib.sha256(b"new %d" % n).hexdigest() for n in range(10_000)]
         async with catalog.pool.acquire() as connection:
             await connection.execute("SET plan_cache_mode = force_generic_plan")
-            plan = await connection.fetch(f"EXPLAIN {postgres._OLDEST_BY_SHA256}", digests)
+            plan = await connection.fetch(f"EXPLAIN {postgres._oldest_by_sha256(None)}", digests)
     text = "\n".join(row[0] for row in plan)
     assert "files_by_sha256_id" in text, text
     assert "files_pkey" not in text, text
