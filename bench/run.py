@@ -16,6 +16,9 @@ Environment:
     BENCH_SECONDS      wrk duration per measurement (default 8)
     BENCH_CONNECTIONS  wrk connections (default 16)
     BENCH_OUT          where latest.json and ratios.png go (default bench/results)
+    BENCH_DATABASE_URL a PostgreSQL database (postgresql://…) for KP and K2P, K and K2 on
+                       PostgreSQL (filled with BENCH_CATALOG_RECORDS records once, and kept);
+                       unset: those two are left out
     BENCH_PROFILE      a folder: first record each clustr_aio side once under py-spy into it,
                        as collapsed stacks (flamegraph.pl input)
                        (with BENCH_ROUNDS=0, only that)
@@ -36,7 +39,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import no_catalog, report
+from bench.ab import Variant
 from bench.attic import Attic
 from bench.clients import WRK_THREADS, post_files
 from bench.clustr import ClustrServer
@@ -80,7 +84,9 @@ def main() -> int:
     # Scenario A: access control on, limits far above what the benchmark reaches.
     keyed = ClustrServer(work / "keyed", fsync=False, extra_env=KEYED_ENV)
     key = keyed.create_key("bench", "upload")
-    servers = [plain, synced, multi, thumbnails, stripped, unstripped, keyed]
+    uncatalogued = Variant("no catalog", work / "uncatalogued", no_catalog.PRELUDE, {})
+    uncatalogued.label += ", catalog disabled"
+    servers = [plain, synced, multi, thumbnails, stripped, unstripped, keyed, uncatalogued]
     try:
         nginx.start()
         for server in servers:
@@ -101,6 +107,7 @@ def main() -> int:
             thumbnails=thumbnails,
             stripped=stripped,
             unstripped=unstripped,
+            uncatalogued=uncatalogued,
             wrk_seconds=int(os.environ.get("BENCH_SECONDS", "8")),
             wrk_connections=int(os.environ.get("BENCH_CONNECTIONS", "16")),
             attic=Attic(work / "attic"),

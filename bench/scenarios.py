@@ -95,6 +95,8 @@ class Setup:
     scenario A."""
     key: str
     """An upload key of ``keyed``."""
+    uncatalogued: ClustrServer | None = None
+    """``plain`` with the catalog patched out (bench/no_catalog.py): side B of BC."""
 
 
 def _seconds(fn: Callable[[], float]) -> Callable[[str], Measurement]:
@@ -157,6 +159,18 @@ def build(setup: Setup) -> list[Scenario]:
             _put_side(setup, data.batch_concat),
         ),
     ]
+    if setup.uncatalogued is not None:
+        scenarios.append(
+            Scenario(
+                "BC",
+                "the catalog's cost: B vs B on the same server with the catalog disabled"
+                " (no sha256, no database)",
+                "s",
+                Target(1.1, higher_is_better=False),
+                _upload_side(setup, plain, data.jpegs),
+                _upload_side(setup, setup.uncatalogued, data.jpegs),
+            )
+        )
     # D right after B: the same work, with the same history (C's gigabytes of freed page cache
     # made the side that came first after them measurably slower: D 1.58 there, 1.17 alone).
     scenarios.append(
@@ -346,23 +360,36 @@ def _budget(label: str, value: float) -> Side:
 def _catalog_scenarios() -> list[Scenario]:
     """K, K2: the catalog's queries, timed server side in this process (bench/catalog.py), on
     a SQLite catalog of BENCH_CATALOG_RECORDS (1,000,000) records, made once under
-    bench/data and kept."""
-    records = f"{catalog.RECORDS:,} records (SQLite)"
-    return [
-        _catalog_scenario(
-            "K",
-            f"a page of 100 from {records}, p99 server side vs the 20 ms budget",
-            PAGE_BUDGET_MS,
-            lambda figures: Measurement(figures.page_p99_ms, requests=catalog.PAGES),
-        ),
-        _catalog_scenario(
-            "K2",
-            f"check of {catalog.CHECK_HASHES:,} sha256 among {records}, median server side"
-            " vs the 100 ms budget",
-            CHECK_BUDGET_MS,
-            lambda figures: Measurement(figures.check_p50_ms, requests=catalog.CHECK_ROUNDS),
-        ),
-    ]
+    bench/data and kept; KP, K2P the same on the PostgreSQL database BENCH_DATABASE_URL
+    names, when it is set."""
+    backends = [("", "sqlite", str(catalog.sqlite_path()))]
+    if url := os.environ.get("BENCH_DATABASE_URL"):
+        backends.append(("P", "postgresql", url))
+    scenarios = []
+    for suffix, backend, where in backends:
+        records = (
+            f"{catalog.RECORDS:,} records ({'SQLite' if backend == 'sqlite' else 'PostgreSQL'})"
+        )
+        scenarios += [
+            _catalog_scenario(
+                "K" + suffix,
+                f"a page of 100 from {records}, p99 server side vs the 20 ms budget",
+                PAGE_BUDGET_MS,
+                lambda figures: Measurement(figures.page_p99_ms, requests=catalog.PAGES),
+                backend,
+                where,
+            ),
+            _catalog_scenario(
+                "K2" + suffix,
+                f"check of {catalog.CHECK_HASHES:,} sha256 among {records}, median server side"
+                " vs the 100 ms budget",
+                CHECK_BUDGET_MS,
+                lambda figures: Measurement(figures.check_p50_ms, requests=catalog.CHECK_ROUNDS),
+                backend,
+                where,
+            ),
+        ]
+    return scenarios
 
 
 def _catalog_scenario(
@@ -370,9 +397,11 @@ def _catalog_scenario(
     title: str,
     budget_ms: float,
     pick: Callable[[catalog.CatalogFigures], Measurement],
+    backend: str,
+    where: str,
 ) -> Scenario:
     def measure(_tag: str) -> Measurement:
-        return pick(asyncio.run(catalog.figures("sqlite", str(catalog.sqlite_path()))))
+        return pick(asyncio.run(catalog.figures(backend, where)))
 
     this_process = [os.getpid()]
     side = Side("clustr_aio catalog", measure, lambda: None, lambda: this_process)

@@ -10,6 +10,7 @@ PostgreSQL is a failure.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -26,7 +27,13 @@ import pytest
 
 from tests.server_process import free_port
 
-__all__ = ["PostgresServer", "find_bin_dir", "postgres_server"]
+__all__ = [
+    "PostgresCluster",
+    "PostgresServer",
+    "find_bin_dir",
+    "postgres_cluster",
+    "postgres_server",
+]
 
 
 def find_bin_dir() -> Path | None:
@@ -66,6 +73,39 @@ def _run_as(user: str | None, command: list[str], **options: object) -> None:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
+    with postgres_cluster() as cluster:
+        yield cluster.server
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresCluster:
+    """A started cluster that a test may also stop and start again (an outage)."""
+
+    server: PostgresServer
+    bin_dir: Path
+    data: Path
+    log: Path
+    run_as: str | None
+
+    def start(self) -> None:
+        options = f"-k {self.server.socket_dir} -p {self.server.port} -c listen_addresses=''"
+        options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        _run_as(
+            self.run_as,
+            [str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-o", options, "-w", "-l",
+             str(self.log), "start"],
+        )  # fmt: skip
+
+    def stop(self, mode: str = "immediate") -> None:
+        """``immediate``: a crash, which with synchronous_commit off loses the last commits;
+        ``fast``: a clean shutdown, every client disconnected."""
+        pg_ctl = str(self.bin_dir / "pg_ctl")
+        _run_as(self.run_as, [pg_ctl, "-D", str(self.data), "-m", mode, "stop"])
+
+
+@contextlib.contextmanager
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A throwaway cluster, started; removed on exit. Skips (or fails, under CI) without one."""
     bin_dir = find_bin_dir()
     if bin_dir is None:
         if os.environ.get("CI"):
@@ -83,19 +123,15 @@ def postgres_server() -> Iterator[PostgresServer]:
         entry = pwd.getpwnam(user)
         for path in (root, sockets):
             os.chown(path, entry.pw_uid, entry.pw_gid)
-    port = free_port()
+    cluster = PostgresCluster(
+        PostgresServer(sockets, free_port(), owner), bin_dir, data, root / "log", user
+    )
     try:
         _run_as(user, [str(bin_dir / "initdb"), "-D", str(data), "-U", owner, "-A", "trust"])
-        options = f"-k {sockets} -p {port} -c listen_addresses='' -c fsync=off"
-        options += " -c synchronous_commit=off -c full_page_writes=off"
-        _run_as(
-            user,
-            [str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-w", "-l",
-             str(root / "log"), "start"],
-        )  # fmt: skip
+        cluster.start()
         try:
-            yield PostgresServer(sockets, port, owner)
+            yield cluster
         finally:
-            _run_as(user, [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"])
+            cluster.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)

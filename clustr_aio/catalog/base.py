@@ -68,6 +68,16 @@ class Catalog(Protocol):
         whose stored name is already catalogued replaces that record (the start-up
         reconciliation may have adopted the file between its link and this commit)."""
 
+    async def add_unique(
+        self, records: Sequence[FileRecord], *, all_or_none: bool, owner: str | None = None
+    ) -> dict[str, FileRecord]:
+        """``add`` for ``DEDUPE``: in one transaction, serialised with every other
+        ``add_unique`` of the same digests (in any process), insert the records whose sha256
+        is not catalogued yet (among ``owner``'s records, when given, as ``by_sha256``); for
+        each that is (another upload of the same bytes got there first), its oldest record,
+        the record given is not inserted. With ``all_or_none``, one such digest means nothing
+        is inserted. The records' digests are distinct."""
+
     async def adopt(self, records: Sequence[FileRecord]) -> int:
         """Insert the records whose stored name is not catalogued yet; how many were."""
 
@@ -136,6 +146,10 @@ class Catalog(Protocol):
 
     async def stored_names(self) -> dict[str, str]:
         """Every record's stored name and id (for the start-up reconciliation)."""
+
+    async def check(self) -> None:
+        """Raise :class:`~clustr_aio.domain.errors.CatalogUnavailable` if the catalog cannot
+        answer a query right now (for ``/readyz``)."""
 
     def exclusive(self) -> AbstractAsyncContextManager[bool]:
         """Whether this process holds the catalog's maintenance lock while inside (it does not

@@ -7,6 +7,7 @@ at once, one migrates while the others wait, then find ``clustr_schema.version``
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -17,6 +18,7 @@ from typing import Any, Final
 import asyncpg
 
 from clustr_aio.catalog.base import FileRecord, KeyRecord, Order
+from clustr_aio.domain.errors import CatalogUnavailable
 
 __all__ = ["MIGRATIONS", "PostgresCatalog"]
 
@@ -82,13 +84,32 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX quota_reservations_by_owner ON quota_reservations (owner);
     """,
+    # 4: a digest's oldest record in one index probe (sha256 = $1 ORDER BY id LIMIT 1), whatever
+    # the planner's statistics say. With (sha256) alone, a table not analyzed yet (just filled,
+    # or just migrated) got a plan that walked the primary key in id order looking for each
+    # digest: a check of 10,000 new digests among 1,000,000 records ran for over 10 minutes.
+    # (SQLite's index is this already: a WITHOUT ROWID table's index ends with the key.)
+    """
+    CREATE INDEX files_by_sha256_id ON files (sha256, id);
+    DROP INDEX files_by_sha256;
+    """,
 )
 """Schema versions: ``clustr_schema.version`` N means the first N have been applied. Text keys
 are compared byte by byte (``COLLATE "C"``): no locale's rules, which cost a strcoll per
 comparison in every index lookup and mean nothing for hex digests and file names."""
 
+_UNREACHABLE: Final = (
+    OSError,  # refused, no socket file, reset
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # the connection went away under a query
+    asyncpg.OperatorInterventionError,  # shutting down, starting up
+    asyncpg.InterfaceError,  # the connection is closed
+)
+_CHECK_TIMEOUT: Final = 2.0
+"""Seconds /readyz waits for the database (a pool connection and one query)."""
 _MIGRATION_LOCK: Final = 0x636C757374720001  # "clustr" + 1: the advisory lock of migrations
 _MAINTENANCE_LOCK: Final = 0x636C757374720002
+_DEDUPE_LOCKS: Final = 0x636C757374720100  # + a digest's first byte: add_unique's locks
 _QUOTA_LOCKS: Final = 0x636C7573  # "clus": the first key of each owner's quota lock
 _KEY_COLUMNS: Final = "name, key_hash, scopes, owner, created_at, last_used_at, expires_at, quota"
 _COLUMNS: Final = (
@@ -101,6 +122,12 @@ _UNNEST: Final = (
     "$6::text[], $7::timestamptz[], $8::integer[], $9::integer[], $10::text[], $11::smallint[], "
     "$12::boolean[])"
 )
+_UPSERT: Final = (
+    f"INSERT INTO files ({_COLUMNS}) {_UNNEST} ON CONFLICT (stored_name) DO UPDATE SET "
+    f"{', '.join(f'{c} = excluded.{c}' for c in _COLUMN_NAMES)}"
+)
+"""An upload's records: one whose stored name is catalogued already replaces that record (the
+start-up reconciliation may have adopted the file between its link and this commit)."""
 
 
 def _record(row: asyncpg.Record) -> FileRecord:
@@ -130,6 +157,15 @@ def _key_record(row: asyncpg.Record) -> KeyRecord:
         last_used_at=row["last_used_at"],
         expires_at=row["expires_at"],
         quota=row["quota"],
+    )
+
+
+def _oldest_by_sha256(owner: str | None) -> str:
+    """Each digest's oldest record (of ``owner``'s, when given: parameter $2)."""
+    return (
+        "SELECT f.* FROM unnest($1::text[]) AS d (digest) CROSS JOIN LATERAL ("
+        f"SELECT {_COLUMNS} FROM files WHERE sha256 = d.digest {_owned(owner, 2)} "
+        "ORDER BY id LIMIT 1) AS f"
     )
 
 
@@ -216,12 +252,36 @@ class PostgresCatalog:
             self._pool = None
 
     async def add(self, records: Sequence[FileRecord]) -> None:
-        update = ", ".join(f"{c} = excluded.{c}" for c in _COLUMN_NAMES)
-        await self.pool.execute(
-            f"INSERT INTO files ({_COLUMNS}) {_UNNEST} "
-            f"ON CONFLICT (stored_name) DO UPDATE SET {update}",
-            *_columns(records),
-        )
+        async with self._reachable():
+            await self.pool.execute(_UPSERT, *_columns(records))
+
+    async def add_unique(
+        self, records: Sequence[FileRecord], *, all_or_none: bool, owner: str | None = None
+    ) -> dict[str, FileRecord]:
+        digests = [r.sha256 for r in records]
+        # Transaction locks on the digests' buckets (their first byte: at most 256 locks, in
+        # one order, so two batches never deadlock), taken before the look-up: an upload of
+        # the same bytes commits before ours looks, or looks after ours committed.
+        buckets = sorted({_DEDUPE_LOCKS + int(d[:2], 16) for d in digests})
+        async with (
+            self._reachable(),
+            self.pool.acquire() as connection,
+            connection.transaction(),
+        ):
+            await connection.execute(
+                "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k",
+                buckets,
+            )
+            taken = {
+                row["sha256"]: _record(row)
+                for row in await connection.fetch(
+                    _oldest_by_sha256(owner), digests, *_owner_parameter(owner)
+                )
+            }
+            fresh = [r for r in records if r.sha256 not in taken]
+            if fresh and not (taken and all_or_none):
+                await connection.execute(_UPSERT, *_columns(fresh))
+        return taken
 
     async def adopt(self, records: Sequence[FileRecord]) -> int:
         status = await self.pool.execute(
@@ -274,11 +334,7 @@ class PostgresCatalog:
         # One index probe per digest for its oldest record (faster here than DISTINCT ON over
         # "= ANY": no sort of every match).
         rows = await self.pool.fetch(
-            f"SELECT f.* FROM unnest($1::text[]) AS d (digest) CROSS JOIN LATERAL ("
-            f"SELECT {_COLUMNS} FROM files WHERE sha256 = d.digest {_owned(owner, 2)} "
-            "ORDER BY id LIMIT 1) AS f",
-            list(dict.fromkeys(digests)),
-            *_owner_parameter(owner),
+            _oldest_by_sha256(owner), list(dict.fromkeys(digests)), *_owner_parameter(owner)
         )
         return {row["sha256"]: _record(row) for row in rows}
 
@@ -291,6 +347,22 @@ class PostgresCatalog:
             *_owner_parameter(owner),
         )
         return [_record(row) for row in rows]
+
+    async def check(self) -> None:
+        async with self._reachable(), asyncio.timeout(_CHECK_TIMEOUT):
+            await self.pool.fetchval("SELECT 1")
+
+    @contextlib.asynccontextmanager
+    async def _reachable(self) -> AsyncIterator[None]:
+        """The database's being down, restarted or unreachable as :class:`CatalogUnavailable`:
+        a 503, busy for now, not a 500 (the pool replaces a closed connection by itself)."""
+        try:
+            yield
+        except _UNREACHABLE as error:
+            reason = str(error) or type(error).__name__
+            raise CatalogUnavailable(
+                f"the catalog's database cannot be reached: {reason}"
+            ) from None
 
     # -- API keys ----------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from clustr_aio.catalog.base import FileRecord, KeyRecord, Order
+from clustr_aio.domain.errors import CatalogUnavailable
 
 __all__ = ["MIGRATIONS", "SqliteCatalog"]
 
@@ -107,6 +108,12 @@ _COLUMNS: Final = (
     " orientation, metadata_removed"
 )
 _PLACEHOLDERS: Final = ", ".join("?" * 12)
+_UPSERT: Final = (
+    f"INSERT INTO files ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) ON CONFLICT (stored_name) DO UPDATE "
+    f"SET {', '.join(f'{c} = excluded.{c}' for c in _COLUMNS.split(', '))}"
+)
+"""An upload's records: one whose stored name is catalogued already replaces that record (the
+start-up reconciliation may have adopted the file between its link and this commit)."""
 _KEY_COLUMNS: Final = "name, key_hash, scopes, owner, created_us, last_used_us, expires_us, quota"
 _KEY_BY_HASH: Final = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?"
 _BUSY_TIMEOUT_MS: Final = 30_000
@@ -146,6 +153,24 @@ def _record(row: Sequence[Any]) -> FileRecord:
         orientation=row[10],
         metadata_removed=bool(row[11]),
     )
+
+
+def _oldest_by_sha256(
+    connection: sqlite3.Connection, digests: list[str], owner: str | None
+) -> dict[str, FileRecord]:
+    # One query for them all: the digests as one JSON array parameter, each looked up in the
+    # sha256 index; the oldest record per digest (of ``owner``'s, when given) is the first in
+    # id order.
+    query = (
+        f"SELECT {_COLUMNS} FROM files WHERE sha256 IN (SELECT value FROM json_each(?)) "
+        f"{_owned(owner)} ORDER BY id"
+    )
+    parameters = (json.dumps(digests), *_owner_parameter(owner))
+    found: dict[str, FileRecord] = {}
+    for row in connection.execute(query, parameters):
+        if row[5] not in found:
+            found[row[5]] = _record(row)
+    return found
 
 
 def _us(moment: datetime | None) -> int | None:
@@ -328,12 +353,30 @@ class SqliteCatalog:
     # -- Catalog ---------------------------------------------------------------------------
 
     async def add(self, records: Sequence[FileRecord]) -> None:
-        update = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", "))
-        statement = (
-            f"INSERT INTO files ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) "
-            f"ON CONFLICT (stored_name) DO UPDATE SET {update}"
-        )
-        await self._write(self._transaction, statement, [_row(r) for r in records])
+        await self._write(self._transaction, _UPSERT, [_row(r) for r in records])
+
+    async def add_unique(
+        self, records: Sequence[FileRecord], *, all_or_none: bool, owner: str | None = None
+    ) -> dict[str, FileRecord]:
+        return await self._write(self._add_unique_sync, list(records), all_or_none, owner)
+
+    def _add_unique_sync(
+        self, records: list[FileRecord], all_or_none: bool, owner: str | None
+    ) -> dict[str, FileRecord]:
+        # BEGIN IMMEDIATE holds the file's write lock, across processes, from the look-up to
+        # the commit: no other upload's records can land in between.
+        connection = self._write_connection
+        assert connection is not None, "SqliteCatalog used before open()"
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            taken = _oldest_by_sha256(connection, [r.sha256 for r in records], owner)
+            if not (taken and all_or_none):
+                connection.executemany(_UPSERT, [_row(r) for r in records if r.sha256 not in taken])
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        return taken
 
     async def adopt(self, records: Sequence[FileRecord]) -> int:
         statement = (
@@ -416,18 +459,16 @@ class SqliteCatalog:
         return await self._read(self._by_sha256_sync, list(dict.fromkeys(digests)), owner)
 
     def _by_sha256_sync(self, digests: list[str], owner: str | None) -> dict[str, FileRecord]:
-        # One query for them all: the digests as one JSON array parameter, each looked up in
-        # the sha256 index; the oldest record per digest is the first in id order.
-        query = (
-            f"SELECT {_COLUMNS} FROM files WHERE sha256 IN (SELECT value FROM json_each(?)) "
-            f"{_owned(owner)} ORDER BY id"
-        )
-        parameters = (json.dumps(digests), *_owner_parameter(owner))
-        found: dict[str, FileRecord] = {}
-        for row in self._reader().execute(query, parameters):
-            if row[5] not in found:
-                found[row[5]] = _record(row)
-        return found
+        return _oldest_by_sha256(self._reader(), digests, owner)
+
+    async def check(self) -> None:
+        await self._read(self._check_sync)
+
+    def _check_sync(self) -> None:
+        try:
+            self._reader().execute("SELECT 1 FROM files LIMIT 1").fetchall()
+        except sqlite3.Error as error:
+            raise CatalogUnavailable(f"the catalog cannot be read: {error}") from None
 
     async def stored_names(self) -> dict[str, str]:
         return await self._read(self._stored_names_sync)

@@ -108,6 +108,13 @@ class ServerBusy(ClustrError):
     retry_after = 1
 
 
+class CatalogUnavailable(ClustrError):
+    """The catalog's database cannot be reached (PostgreSQL down, its file unreadable)."""
+
+    status = 503
+    retry_after = 1
+
+
 class InsufficientStorage(ClustrError):
     """The disk is full, or free space would drop below ``MIN_FREE_SPACE``."""
 

@@ -204,22 +204,39 @@ async def _ingest(
             except BaseException:
                 await batch.withdraw()  # published, but no record will follow: take all back
                 raise
+        records = {
+            o.slot: _new_record(o, names[o.slot], owner)
+            for o in outcomes
+            if isinstance(o, ReceivedFile)
+        }
+        raced: dict[str, FileRecord] = {}  # digests another upload committed since the check
+        if catalog is not None and records:
+            raced = await _commit(
+                catalog, list(records.values()), batch, policy.dedupe, atomic, owner
+            )
+        if raced:  # the files of bytes stored meanwhile are not part of the upload after all
+            await _unlink(storage, [r.stored_name for r in records.values() if r.sha256 in raced])
         results: list[StoredFile | RefusedFile] = []
-        records: list[FileRecord] = []
-        by_digest: dict[str, FileRecord] = {}
-        for outcome in outcomes:
+        by_digest = dict(raced)  # the record a duplicate in this upload points to
+        for index, outcome in enumerate(outcomes):  # one outcome per file received, in order
             if isinstance(outcome, RefusedFile):
                 results.append(outcome)
             elif isinstance(outcome, _Duplicate):
                 stored = outcome.existing or by_digest[outcome.file.sha256]
                 results.append(StoredFile.of(stored, duplicate=True))
-            else:
-                record = _new_record(outcome, names[outcome.slot], owner)
-                records.append(record)
+            elif (existing := raced.get(outcome.sha256)) is None:
+                record = records[outcome.slot]
                 by_digest.setdefault(record.sha256, record)
                 results.append(StoredFile.of(record))
-        if catalog is not None and records:
-            await _commit(catalog, records, batch)
+            elif policy.dedupe == "reuse":
+                results.append(StoredFile.of(existing, duplicate=True))
+            else:  # reject, one file at a time (atomic: _commit raised)
+                results.append(
+                    RefusedFile(
+                        outcome.original_filename,
+                        _duplicate_error(outcome, existing, index),
+                    )
+                )
     return results
 
 
@@ -258,14 +275,19 @@ async def _deduplicate(
         elif dedupe == "reuse":
             outcomes.append(_Duplicate(outcome, existing))
         else:
-            name = outcome.original_filename
-            where = f"as {existing.stored_name!r}" if existing else "earlier in this upload"
-            error = DuplicateFile(f"{name!r} is stored already, {where}")
-            error.about(name, index)
+            error = _duplicate_error(outcome, existing, index)
             if atomic:
                 raise error
-            outcomes.append(RefusedFile(name, error))
+            outcomes.append(RefusedFile(outcome.original_filename, error))
     return outcomes
+
+
+def _duplicate_error(file: ReceivedFile, existing: FileRecord | None, index: int) -> DuplicateFile:
+    name = file.original_filename
+    where = f"as {existing.stored_name!r}" if existing else "earlier in this upload"
+    error = DuplicateFile(f"{name!r} is stored already, {where}")
+    error.about(name, index)
+    return error
 
 
 def _new_record(file: ReceivedFile, stored_name: str, owner: str | None) -> FileRecord:
@@ -295,19 +317,44 @@ async def _unlink(storage: Storage, names: Sequence[str]) -> None:
         await storage.delete(name)
 
 
-async def _commit(catalog: Catalog, records: Sequence[FileRecord], batch: BatchScope) -> None:
+async def _commit(
+    catalog: Catalog,
+    records: Sequence[FileRecord],
+    batch: BatchScope,
+    dedupe: Dedupe,
+    atomic: bool,
+    owner: str | None,
+) -> dict[str, FileRecord]:
     """Commit the records of the files just published, or withdraw the files: a file is never
     left without its record, nor a record without its file. Once begun, the commit runs to
-    its end even if the caller is cancelled (then it withdraws the files only if it failed)."""
+    its end even if the caller is cancelled (then it withdraws the files only if it failed).
 
-    async def commit_or_withdraw() -> None:
+    With ``dedupe`` on, the check before receiving may be stale (two uploads of the same new
+    bytes at once, in any processes): the commit looks again, under the catalog's lock, and
+    returns the digests stored meanwhile, whose records it did not insert. ``reject`` in one
+    piece (``atomic``): one of them refuses the whole upload."""
+
+    async def commit_or_withdraw() -> dict[str, FileRecord]:
         try:
-            await catalog.add(records)
+            if dedupe == "off":
+                await catalog.add(records)
+                return {}
+            all_or_none = atomic and dedupe == "reject"
+            raced = await catalog.add_unique(records, all_or_none=all_or_none, owner=owner)
+            if raced and all_or_none:
+                index, first = next((i, r) for i, r in enumerate(records) if r.sha256 in raced)
+                name = first.original_name
+                error = DuplicateFile(
+                    f"{name!r} is stored already, as {raced[first.sha256].stored_name!r}"
+                )
+                error.about(name, index)
+                raise error
+            return raced
         except BaseException:
             await batch.withdraw()
             raise
 
-    await asyncio.shield(asyncio.ensure_future(commit_or_withdraw()))
+    return await asyncio.shield(asyncio.ensure_future(commit_or_withdraw()))
 
 
 async def ingest_file(file: IncomingFile, batch: BatchScope, policy: IngestPolicy) -> ReceivedFile:

@@ -12,6 +12,14 @@ lingering read that outlives the client. :class:`GuardedRequestHandler` changes 
   from the socket (not paused because the handler is behind) and none arriving. Then the body
   stream fails with :class:`~clustr_aio.domain.errors.RequestTimeout`, which the upload turns
   into a JSON 408 after discarding its files (or, if its answer has begun, a closed connection).
+- **Minimum body rate** (``MIN_BODY_RATE``): over each ``BODY_IDLE_TIMEOUT`` seconds of waiting
+  for a body, at least that many bytes per second must arrive, or the body fails the same way:
+  a client trickling a byte a second is cut after one window, not after gigabytes of hours.
+  A window in which the server stopped reading (the handler behind) starts again.
+- **Send timeout** (``SEND_TIMEOUT``): ``TCP_USER_TIMEOUT`` on every connection, so the kernel
+  closes one whose client takes none of the bytes sent for that long (a zero receive window, or
+  no acknowledgement). It covers every way a response is written, ``sendfile(2)`` included,
+  which no asyncio drain timer sees.
 - **Keep-alive** (``KEEPALIVE_TIMEOUT``): aiohttp's own timer, which also starts at connect.
 - **Connections** (``MAX_CONNECTIONS``, lowered to fit ``RLIMIT_NOFILE``): at the limit, the
   connection that has been idle the longest (between requests, or still sending its head) is
@@ -39,8 +47,10 @@ of asyncio's socket transport, ``max_size``. tests/runtime/test_protocol.py cove
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import resource
+import socket
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final
@@ -132,6 +142,10 @@ class ConnectionGuard:
     header_timeout: float
     body_idle_timeout: float
     max_connections: int
+    min_body_rate: float = 0.0
+    """Bytes per second a body must average over each ``body_idle_timeout``; 0: no minimum."""
+    send_timeout: float = 0.0
+    """Seconds sent bytes may stay unacknowledged before the kernel closes; 0: its default."""
     open: int = 0
     evicted: int = 0
     refused: int = 0
@@ -148,7 +162,13 @@ class ConnectionGuard:
 
     @classmethod
     def fitted(
-        cls, *, header_timeout: float, body_idle_timeout: float, max_connections: int
+        cls,
+        *,
+        header_timeout: float,
+        body_idle_timeout: float,
+        max_connections: int,
+        min_body_rate: float = 0.0,
+        send_timeout: float = 0.0,
     ) -> ConnectionGuard:
         """With ``max_connections`` lowered to leave descriptors under the soft
         ``RLIMIT_NOFILE`` for files (an eighth of it, at least 64) and for bursts of accepts."""
@@ -156,7 +176,7 @@ class ConnectionGuard:
         if soft != resource.RLIM_INFINITY:
             room = soft - max(_FD_RESERVE_MIN, soft // 8) - _ACCEPT_BURSTS * _ACCEPT_BURST
             max_connections = max(1, min(max_connections, room))
-        return cls(header_timeout, body_idle_timeout, max_connections)
+        return cls(header_timeout, body_idle_timeout, max_connections, min_body_rate, send_timeout)
 
 
 class GuardedServer(web.Server):
@@ -180,6 +200,8 @@ class GuardedServer(web.Server):
         if isinstance(handler, GuardedRequestHandler):
             guard.active(handler, evictable=True)
         self.trim.opened(guard.open)
+        if guard.send_timeout:
+            _set_user_timeout(transport, guard.send_timeout)
         if guard.open > CROWD and hasattr(transport, "max_size"):
             transport.max_size = _CROWD_READ_SIZE  # asyncio's recv() size, for this one
         if guard.open > guard.max_connections:
@@ -220,6 +242,14 @@ class GuardedServer(web.Server):
             )
 
 
+def _set_user_timeout(transport: asyncio.Transport, seconds: float) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return  # a Unix socket (a test's, or a proxy's) has no such timeout
+    with contextlib.suppress(OSError):  # closed already: connection_lost follows
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, round(seconds * 1000))
+
+
 def _canned_503() -> bytes:
     body = b'{"detail": "' + _TOO_MANY_CONNECTIONS + b'"}'
     return (
@@ -250,6 +280,8 @@ class GuardedRequestHandler(RequestHandler):
         "_lingering_payload",
         "_phase",
         "_timer",
+        "_window_bytes",
+        "_window_start",
         "last_active",
     )
 
@@ -262,6 +294,8 @@ class GuardedRequestHandler(RequestHandler):
         self._deadline = 0.0
         self._lingering_payload: Any = None
         self.last_active = self._loop.time()
+        self._window_start = self.last_active  # the minimum body rate's current window
+        self._window_bytes = 0
 
     @property
     def evictable(self) -> bool:
@@ -287,12 +321,15 @@ class GuardedRequestHandler(RequestHandler):
             self._arm(now + self._guard.header_timeout)
         if self._phase == _HEAD:
             self._head_bytes += len(data)
+        else:
+            self._window_bytes += len(data)
         count = self._request_count
         super().data_received(data)
         if self._request_count != count:
             self._check_new_messages(self._request_count - count)
             if self._phase == _HEAD:
                 self._phase = _BODY
+                self._new_window(now)
                 self._arm(now + self._guard.body_idle_timeout)
         elif self._phase == _HEAD and self._head_bytes > MAX_HEAD_BYTES:
             # aiohttp bounds each header line (8190 bytes) and their number (128): a head of
@@ -340,6 +377,18 @@ class GuardedRequestHandler(RequestHandler):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def resume_reading(self, *args: Any, **kwargs: Any) -> None:
+        # The body stream calls this after every read; only a real resume matters: the
+        # handler caught up, the client had been held back, so its rate starts afresh.
+        paused = self._reading_paused
+        super().resume_reading(*args, **kwargs)
+        if paused:
+            self._new_window(self._loop.time())
+
+    def _new_window(self, now: float) -> None:
+        self._window_start = now
+        self._window_bytes = 0
+
     def _fail_body(self, payload: Any, error: BaseException) -> None:
         payload.set_exception(error)
         self._lingering_time = 0.0  # nothing more to read of it: close after the answer
@@ -348,7 +397,13 @@ class GuardedRequestHandler(RequestHandler):
 
     def _arm(self, deadline: float) -> None:
         self._deadline = deadline
-        if self._timer is None and deadline < NO_LIMIT:
+        timer = self._timer
+        if timer is not None and timer.when() > deadline:
+            # The head's timer, when the body's deadline comes first (a head timeout longer
+            # than the body's): a timer that fires late would delay the body's check.
+            timer.cancel()
+            self._timer = timer = None
+        if timer is None and deadline < NO_LIMIT:
             self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
@@ -373,15 +428,31 @@ class GuardedRequestHandler(RequestHandler):
             if request is None and self._messages:  # the next request waits: check again later
                 self._arm(now + self._guard.body_idle_timeout)
             return
+        timeout = self._guard.body_idle_timeout
         if self._reading_paused:  # the handler is behind, not the client
             self.last_active = now
-        deadline = self.last_active + self._guard.body_idle_timeout
-        if now < deadline:
-            self._arm(deadline)
+            self._new_window(now)
+        window_over = now >= self._window_start + timeout
+        if now >= self.last_active + timeout or (window_over and not self._window_bytes):
+            log.info("no body bytes for %gs; failing the request", timeout)
+            self._fail_body(payload, RequestTimeout(f"no body bytes received for {timeout:g} s"))
             return
-        timeout = self._guard.body_idle_timeout
-        log.info("no body bytes for %gs; failing the request", timeout)
-        self._fail_body(payload, RequestTimeout(f"no body bytes received for {timeout:g} s"))
+        if window_over:
+            rate = self._window_bytes / (now - self._window_start)
+            if rate < self._guard.min_body_rate:
+                minimum = self._guard.min_body_rate
+                log.info(
+                    "body arriving at %.0f bytes/s over %gs, under MIN_BODY_RATE (%g); failing "
+                    "the request",
+                    rate,
+                    timeout,
+                    minimum,
+                )
+                detail = f"the body arrived at {rate:.0f} bytes/s, slower than {minimum:g} bytes/s"
+                self._fail_body(payload, RequestTimeout(detail))
+                return
+            self._new_window(now)
+        self._arm(min(self.last_active, self._window_start) + timeout)
 
     # -- output ------------------------------------------------------------------------------
 
@@ -400,6 +471,7 @@ class GuardedRequestHandler(RequestHandler):
             self.last_active = self._loop.time()
             self._guard.active(self, evictable=self.evictable)
             if self._phase == _BODY:
+                self._new_window(self.last_active)
                 self._arm(self.last_active + self._guard.body_idle_timeout)
             if not request.content.is_eof():
                 self._lingering_payload = request.content

@@ -137,6 +137,8 @@ def make_runner(settings: Settings, app: web.Application | None = None) -> Drain
         header_timeout=settings.request_header_timeout or NO_LIMIT,
         body_idle_timeout=settings.body_idle_timeout or NO_LIMIT,
         max_connections=settings.max_connections,
+        min_body_rate=settings.min_body_rate,
+        send_timeout=settings.send_timeout,
     )
     return DrainingRunner(
         create_app(settings) if app is None else app,

@@ -138,6 +138,18 @@ class Settings(BaseSettings):
         " 408 (or, if no answer can be sent any more, a closed connection), and nothing of the"
         " upload is kept. 0: no limit.",
     )
+    min_body_rate: _SizeOrZero = _setting(
+        "1KiB",
+        "Bytes per second an upload's body must average over each BODY_IDLE_TIMEOUT while the"
+        " server waits for it (same syntax as MAX_FILE_SIZE); a slower one is cut as an idle"
+        " one is. 0: no minimum.",
+    )
+    send_timeout: _Seconds = _setting(
+        "60",
+        "Seconds a client may leave the bytes sent to it unacknowledged (it stopped reading, or"
+        " went away) before the kernel closes its connection (TCP_USER_TIMEOUT). 0: the"
+        " kernel's default, which is many minutes.",
+    )
     keepalive_timeout: _Seconds = _setting(
         "75",
         "Seconds a connection may stay idle, between requests or before its first one, before"

@@ -62,6 +62,7 @@ log = logging.getLogger("clustr_aio")
 
 INCOMING_DIR = ".incoming"
 _LOCK_FILE = ".lock"
+_TRASH_PREFIX = "trash-"
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _NO_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
 _NO_DESCRIPTOR_LEFT = "the server has too many files open; retry shortly"
@@ -263,6 +264,11 @@ class LocalStorage:
         finally:
             os.unlink(probe)
 
+    def empty_later(self, trash: Path) -> None:
+        """Remove a discarded batch's files on a pool thread, unawaited (``close`` waits)."""
+        assert self._executor is not None, "LocalStorage used before open()"
+        self._executor.submit(shutil.rmtree, trash, ignore_errors=True)
+
     def link_unique(self, source: Path, desired: str) -> str:
         """Hard-link ``source`` into the folder as ``desired`` or its first free numbered
         alternative; atomic and never overwriting. Blocking."""
@@ -379,16 +385,30 @@ class LocalBatch:
         for file in self._files:
             file.drop_buffers()
         self._closing.clear()
-        await self._storage.run(self._discard_sync)
+        trash = await self._storage.run(self._discard_sync)
+        if trash is not None:  # emptied in the background: the client need not wait for it
+            self._storage.empty_later(trash)
 
-    def _discard_sync(self) -> None:
+    def _discard_sync(self) -> Path | None:
         for file in self._files:
             file.close_fd()
         self._remove_temporaries()
-        for name in self._published:  # published, but the request failed after all
+        published, self._published = self._published, []
+        if not published:
+            return None
+        # Published, but the request failed after all (its commit did). Unlinking them frees
+        # their inodes, which costs this machine's ext4 0.7 ms a file: 10,000 files held the
+        # answer for 7-14 s. A rename into the process's own directory (never served, swept
+        # after a crash) takes them out of the folder for a fraction of that.
+        storage = self._storage
+        trash = self._dir / f"{_TRASH_PREFIX}{self._id}"
+        trash.mkdir(exist_ok=True)
+        for n, name in enumerate(published):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._storage.folder / name)
-        self._published = []
+                os.rename(storage.folder / name, trash / str(n))
+        if storage.fsync:
+            fsync_directory(storage.folder)
+        return trash
 
     def _remove_temporaries(self) -> None:
         for file in self._files:

@@ -18,7 +18,15 @@ from clustr_aio.catalog.sqlite import SqliteCatalog
 from clustr_aio.storage.local import LocalStorage
 from tests.conftest import JPEG, PNG, WEBP, Client, stored_files, temp_files
 from tests.http.conftest import MakeClient
-from tests.http.helpers import error_body, expect_error, files_body, post_body, upload, upload_ok
+from tests.http.helpers import (
+    error_body,
+    eventually,
+    expect_error,
+    files_body,
+    post_body,
+    upload,
+    upload_ok,
+)
 
 KIB = 1024
 
@@ -215,7 +223,7 @@ async def test_a_failed_commit_withdraws_the_published_files(
     monkeypatch.setattr(PostgresCatalog, "add", fail)
     await expect_error(await upload(client, ("a.jpg", JPEG), ("b.jpg", jpeg(1))), 500)
     assert stored_files(upload_dir) == []  # nothing without its record
-    assert temp_files(upload_dir) == []
+    await eventually(lambda: temp_files(upload_dir) == [])  # freed after the answer
     monkeypatch.undo()
     assert await list_all(client) == []
 

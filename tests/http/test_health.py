@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import time
 from pathlib import Path
 
 from clustr_aio.settings import parse_size
 from clustr_aio.web.app import create_app
-from tests.conftest import JPEG, AiohttpClient, make_settings
+from tests.conftest import JPEG, AiohttpClient, make_settings, stored_files
 from tests.http.conftest import MakeClient
 from tests.http.helpers import expect_error, upload
+from tests.postgres import postgres_cluster
 from tests.small_filesystem import cover_read_only, tmpfs
 
 LARGER_THAN_ANY_DISK = parse_size("1024TiB")
@@ -59,3 +62,31 @@ async def test_readyz_is_503_on_a_read_only_filesystem(
         detail = await expect_error(await client.get("/readyz"), 503)
         assert "Read-only file system" in detail
         await client.close()
+
+
+async def test_readyz_is_503_while_the_catalogs_postgresql_is_down_and_recovers(
+    make_client: MakeClient, upload_dir: Path
+) -> None:
+    """A private cluster, stopped and started again under a live server: the uploads' commit
+    would fail meanwhile, so a load balancer must send them elsewhere."""
+    with postgres_cluster() as cluster:
+        client = await make_client(database_url=await cluster.server.new_database())
+        assert (await client.get("/readyz")).status == 200
+        cluster.stop("fast")
+        started = time.monotonic()
+        response = await client.get("/readyz")
+        detail = await expect_error(response, 503)
+        assert time.monotonic() - started < 5
+        assert detail.startswith("not ready: the catalog's database cannot be reached"), detail
+        assert (await client.get("/healthz")).status == 200  # alive: nothing to restart
+        refused = await upload(client, ("a.jpg", JPEG))  # its commit fails: busy, not broken
+        assert "cannot be reached" in await expect_error(refused, 503)
+        assert refused.headers["Retry-After"] == "1"
+        assert stored_files(upload_dir) == []
+        cluster.start()
+        deadline = time.monotonic() + 30
+        while (response := await client.get("/readyz")).status != 200:
+            assert time.monotonic() < deadline, await response.text()
+            await asyncio.sleep(0.2)
+        assert await response.json() == {"status": "ready"}
+        assert (await upload(client, ("a.jpg", JPEG))).status == 200

@@ -117,3 +117,63 @@ def test_two_workers_uploading_the_same_names_at_once_share_one_catalog(
     assert sorted(i["id"] for i in listed) == sorted(i["id"] for i in items)
     assert sorted(stored_files(server.upload_folder)) == sorted(names)
     assert len(set(server.worker_pids())) == 2
+
+
+# Every upload's check for stored bytes waits a moment after it looked: uploads of the same
+# new bytes that start together all find them not stored yet, as they could by chance.
+_SLOW_CHECK = """
+import asyncio
+from clustr_aio.catalog import postgres, sqlite
+
+def slow(real):
+    async def by_sha256(self, digests):
+        found = await real(self, digests)
+        await asyncio.sleep(0.5)
+        return found
+    return by_sha256
+
+for backend in (sqlite.SqliteCatalog, postgres.PostgresCatalog):
+    backend.by_sha256 = slow(backend.by_sha256)
+"""
+
+
+@pytest.mark.parametrize("dedupe", ["reuse", "reject"])
+def test_uploads_of_the_same_new_bytes_at_once_store_them_once(
+    server_factory: StartServer, tmp_path: Path, database_url: str | None, dedupe: str
+) -> None:
+    """Issue 11's DEDUPE across workers: 6 uploads of the same new bytes at once (both workers
+    get some). Before, every one stored its copy; now one does, and the others are answered
+    with it (reuse) or refused (reject)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(textwrap.dedent(_SLOW_CHECK))
+    env = env_for(database_url, DEDUPE=dedupe, PYTHONPATH=f"{hook}:{REPO}")
+    server = server_factory(env, workers=2)
+    data = JPEG + b"new bytes, six times at once"
+
+    def upload(n: int) -> tuple[int, Any]:
+        try:
+            return 200, post(server.url, ("same.jpg", data), ("own.jpg", JPEG + bytes([n])))
+        except urllib.error.HTTPError as error:
+            return error.code, json.load(error)
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(upload, range(6)))
+    listed = get(f"{server.url}/api/files?limit=1000")["data"]
+    digest = hashlib.sha256(data).hexdigest()
+    assert [i["sha256"] for i in listed].count(digest) == 1
+    stored = next(i for i in listed if i["sha256"] == digest)
+    assert sorted(stored_files(server.upload_folder)) == sorted(
+        i["stored_filename"] for i in listed
+    )
+    if dedupe == "reuse":
+        assert [status for status, _ in answers] == [200] * 6
+        items = [body["data"][0] for _, body in answers]
+        assert sorted(i["duplicate"] for i in items) == [False] + [True] * 5
+        assert {i["id"] for i in items} == {stored["id"]}
+        assert len(listed) == 7  # and every upload's own file
+    else:
+        assert sorted(status for status, _ in answers) == [200] + [409] * 5
+        refused = [body for status, body in answers if status == 409]
+        assert all(b["file"] == "same.jpg" and b["index"] == 0 for b in refused), refused
+        assert len(listed) == 2  # all or nothing: the refused uploads' own files are gone too

@@ -197,6 +197,41 @@ async def test_a_body_that_keeps_coming_is_not_timed_out(
     assert response.status == 200, response.body
 
 
+async def test_a_body_trickled_under_the_minimum_rate_gets_a_408_and_nothing_is_kept(
+    aiohttp_client: AiohttpClient, upload_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Never idle for BODY_IDLE_TIMEOUT (a byte every SHORT / 5), yet far under MIN_BODY_RATE:
+    cut after one window, however much body is still to come."""
+    server = await serve_production(
+        aiohttp_client, upload_dir, body_idle_timeout=SHORT, min_body_rate=2000
+    )
+    assert server.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.server.port)
+    head = request_head("POST", "/api/upload", {"Content-Length": "1000000", **multipart_headers()})
+    writer.write(head + part_head("a.jpg") + JPEG)
+    started = time.monotonic()
+
+    async def trickle() -> None:
+        while True:
+            await asyncio.sleep(SHORT / 5)
+            writer.write(b"\x00")
+
+    sender = asyncio.ensure_future(trickle())
+    try:
+        with caplog.at_level(logging.INFO):
+            response = await asyncio.wait_for(read_response(reader), 10)
+    finally:
+        sender.cancel()
+    elapsed = time.monotonic() - started
+    detail = assert_json_error(response, 408)
+    assert "slower than 2000 bytes/s" in detail, detail
+    assert SHORT <= elapsed < 4 * SHORT
+    assert response.headers["Connection"] == "close"
+    assert any("MIN_BODY_RATE" in r.getMessage() for r in caplog.records)
+    writer.close()
+    assert_nothing_stored(upload_dir)
+
+
 async def test_an_idle_connection_is_closed_after_the_keepalive_timeout(
     connect: Connect,
 ) -> None:

@@ -27,6 +27,7 @@ from clustr_aio.storage.local import (
     write_all,
 )
 from tests.conftest import JPEG, PNG, assert_nothing_stored, stored_files, temp_files
+from tests.http.helpers import eventually
 
 BLOCK = 1024
 """A small write block: a few KiB already take several thread-pool writes."""
@@ -187,6 +188,24 @@ async def test_discard_removes_everything_after_partial_writes(
     [own] = own_dirs(upload_dir)
     assert sorted(p.name for p in own.iterdir()) == [".lock"]
     await batch.discard()  # again: harmless
+
+
+async def test_discard_after_publish_takes_the_files_out_at_once_and_frees_them_later(
+    storage: LocalStorage, upload_dir: Path
+) -> None:
+    """A commit that failed: the published files leave the folder before discard() returns
+    (renamed into the process's directory, never served); their inodes are freed on a pool
+    thread afterwards, and nothing is left."""
+    batch = storage.batch()
+    for n in range(50):
+        await store(batch, f"p{n}.jpg", JPEG)
+    await batch.publish()
+    assert len(stored_files(upload_dir)) == 50
+    await batch.discard()
+    assert stored_files(upload_dir) == []
+    [own] = own_dirs(upload_dir)
+    await eventually(lambda: sorted(p.name for p in own.iterdir()) == [".lock"])
+    assert temp_files(upload_dir) == []
 
 
 async def test_discard_of_an_empty_batch(storage: LocalStorage, upload_dir: Path) -> None:

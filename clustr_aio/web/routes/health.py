@@ -3,8 +3,9 @@
 - ``GET /healthz``: the process is alive and its event loop answers. Nothing else is checked,
   so a full disk never gets a live server restarted.
 - ``GET /readyz``: uploads can succeed right now: a file can be created and published in the
-  upload folder, and free space is above ``MIN_FREE_SPACE``. 503 with a ``detail`` otherwise,
-  so a load balancer sends uploads elsewhere until an operator has made room.
+  upload folder, free space is above ``MIN_FREE_SPACE``, and the catalog answers a query.
+  503 with a ``detail`` otherwise, so a load balancer sends uploads elsewhere until an
+  operator has made room (or the database is back).
 - ``GET /metrics``: Prometheus text (or OpenMetrics) from :mod:`clustr_aio.observability.metrics`.
 """
 
@@ -14,11 +15,11 @@ from aiohttp import web
 
 from clustr_aio.auth.keys import OPEN
 from clustr_aio.auth.scopes import ADMIN
-from clustr_aio.domain.errors import Forbidden, Unauthorized
+from clustr_aio.domain.errors import CatalogUnavailable, Forbidden, Unauthorized
 from clustr_aio.storage.base import ReadinessReporting, SpaceReporting
 from clustr_aio.web.base_url import client_address, is_trusted
 from clustr_aio.web.guard import presented_key
-from clustr_aio.web.keys import GUARD, METRICS, SETTINGS, STORAGE
+from clustr_aio.web.keys import CATALOG, GUARD, METRICS, SETTINGS, STORAGE
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import error_response as documented_error
 from clustr_aio.web.openapi.schemas import json_response
@@ -51,13 +52,14 @@ async def healthz(request: web.Request) -> web.Response:
 @operation(
     summary="Readiness",
     description="Uploads can succeed right now: a file can be created and published in the "
-    "upload folder, and free space is above MIN_FREE_SPACE. A load balancer should send "
-    "uploads elsewhere while this answers 503.",
+    "upload folder, free space is above MIN_FREE_SPACE, and the catalog's database answers. "
+    "A load balancer should send uploads elsewhere while this answers 503.",
     tags=("service",),
     responses={
         200: json_response("Ready.", _status("ready")),
         503: documented_error(
-            "Not ready: the upload folder is not writable, or free space is below MIN_FREE_SPACE.",
+            "Not ready: the upload folder is not writable, free space is below MIN_FREE_SPACE, "
+            "or the catalog cannot be reached.",
             "not ready: the upload folder is not writable: Permission denied",
         ),
     },
@@ -78,6 +80,10 @@ async def readyz(request: web.Request) -> web.Response:
             f"not ready: {free} bytes free in the upload folder, less than MIN_FREE_SPACE"
             f" ({reserve} bytes)",
         )
+    try:
+        await request.app[CATALOG].check()
+    except CatalogUnavailable as error:
+        return error_response(503, f"not ready: {error.detail}")
     return web.json_response({"status": "ready"})
 
 
