@@ -11,7 +11,8 @@ from aiohttp import web
 from clustr_aio.domain.models import STORED_CONTENT_TYPES
 from clustr_aio.storage.base import OnDisk, Redirect
 from clustr_aio.web.file_response import CONTENT_SECURITY_POLICY, file_response
-from clustr_aio.web.keys import FILE_READER
+from clustr_aio.web.remote_response import remote_response
+from clustr_aio.web.keys import CATALOG, FILE_READER
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import (
     FILE_REQUEST_HEADERS,
@@ -67,8 +68,13 @@ async def stored_file(request: web.Request) -> web.StreamResponse:
     location = await reader.locate(name) if reader is not None else None
     if isinstance(location, OnDisk):
         return file_response(request, location.path, name)
-    if isinstance(location, Redirect):
-        raise web.HTTPFound(location.url)
+    # A shared store may hold an object whose upload is not committed (yet, or ever, after a
+    # crash): the catalog decides what is stored.
+    if location is not None and name in await request.app[CATALOG].recorded([name]):
+        if isinstance(location, Redirect):
+            # Short-lived: a cache may keep the redirect for a minute, never past the URL's life.
+            raise web.HTTPFound(location.url, headers={"Cache-Control": "private, max-age=60"})
+        return await remote_response(request, location)
     return json_error(
         404, "Not Found", headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY}
     )

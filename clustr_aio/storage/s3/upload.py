@@ -1,0 +1,270 @@
+"""A batch of files streamed into the bucket as they arrive, under names nobody else can take.
+
+**Small files** (at most ``S3_PART_SIZE``) are held until their last byte and sent in one
+``PUT`` with ``If-None-Match: *``: the store writes the key only if it does not exist, so two
+instances uploading ``photo.jpg`` at the same instant cannot overwrite each other; the loser's
+412 sends it to ``photo-1.jpg``, and so on (after a first 412, one listing of the name's
+alternatives skips those already taken).
+
+**Large files** go up in parts of ``S3_PART_SIZE`` (a multipart upload), each part sent while
+the next is received. The parts leave this process as they come, so a ``412`` on
+``CompleteMultipartUpload`` could not be answered by trying the next name: the bytes are gone.
+So a large file *claims* its name first, with a small placeholder object written with
+``If-None-Match: *`` (its body unique to this upload), and its multipart upload completes with
+``If-Match: <the placeholder's ETag>``: it replaces its own placeholder, and nothing else, ever.
+
+**Nothing is visible before the catalog says so.** Objects are written under their final
+names before the batch ends (S3 has no rename, and copying every object again would double the
+work), so ``GET /uploads/{name}`` serves an object only when the catalog has its record: the
+catalog is the source of truth. A refused or abandoned batch deletes what it wrote and aborts
+its multipart uploads (:meth:`S3Batch.discard`); what a killed process could not delete, the
+reconciliation removes once it is older than ``S3_ORPHAN_GRACE`` (:mod:`.storage`).
+
+**Memory.** Per upload at most two parts' worth of bytes are held: the part (or small file)
+being received, and parts or small files being sent, ``part_size`` bytes together at most (one
+send is always allowed). A write that finds the sends over budget waits for them, so the
+request's body is not read meanwhile and TCP holds the client back: a slow store slows the
+client, it never fills the server's memory. Peak RSS ≤ the process's own (about 60 MiB) +
+2 × ``S3_PART_SIZE`` × uploads in flight (``MAX_CONCURRENT_UPLOADS`` at most).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+from botocore.exceptions import ClientError
+
+from clustr_aio.domain.names import numbered
+from clustr_aio.storage.base import Buffer
+from clustr_aio.storage.s3.client import is_missing, is_taken, store_errors
+from clustr_aio.storage.s3.naming import taken_numbers
+
+if TYPE_CHECKING:
+    from clustr_aio.storage.s3.storage import S3Storage
+
+__all__ = ["S3Batch", "S3File"]
+
+log = logging.getLogger("clustr_aio.storage")
+
+PENDING_METADATA: Final = "clustr-pending"
+"""Metadata of a large file's placeholder: the name is claimed, its bytes are on their way."""
+_MAX_NAME_ATTEMPTS: Final = 10_000
+
+
+class S3Batch:
+    """The objects one request writes: all kept (once catalogued), or all removed."""
+
+    def __init__(self, storage: S3Storage) -> None:
+        self.storage = storage
+        self.id = uuid.uuid4().hex
+        self._files: list[S3File] = []
+        self._sending: deque[tuple[asyncio.Task[None], int]] = deque()
+        self._sending_bytes = 0
+        self._discarded = False
+
+    def add_file(self, desired_name: str) -> S3File:
+        file = S3File(self, desired_name, len(self._files))
+        self._files.append(file)
+        return file
+
+    async def send(self, size: int, work: asyncio.Task[None]) -> None:
+        """Let ``work`` (sending ``size`` bytes) run in the background; wait while the bytes
+        being sent are over the budget, so the client is held back, not buffered."""
+        self._sending.append((work, size))
+        self._sending_bytes += size
+        budget = self.storage.config.part_size
+        while self._sending and self._sending_bytes > budget and len(self._sending) > 1:
+            await self._finish_oldest()
+        if self._discarded:
+            raise asyncio.CancelledError
+
+    async def _finish_oldest(self) -> None:
+        work, size = self._sending[0]
+        try:
+            await asyncio.shield(work)
+        finally:
+            if self._sending and self._sending[0][0] is work:
+                self._sending.popleft()
+                self._sending_bytes -= size
+
+    async def publish(self) -> list[str]:
+        """Every object is in place once its sends are done: wait for them. (The names were
+        taken as the files were written; the catalog commit that follows makes them served.)"""
+        while self._sending:
+            await self._finish_oldest()
+        names = []
+        for file in self._files:
+            assert file.name is not None, "publish() before every file was closed"
+            names.append(file.name)
+        return names
+
+    async def discard(self) -> None:
+        """Remove every object of the batch and abort its multipart uploads: after sends in
+        flight have finished (a PUT that lands after its delete would stay behind)."""
+        self._discarded = True
+        pending = [work for work, _ in self._sending]
+        self._sending.clear()
+        self._sending_bytes = 0
+        for work in pending:
+            with contextlib.suppress(BaseException):
+                await work
+        for file in self._files:
+            await file.remove()
+
+
+class S3File:
+    """One file: held while small, a multipart upload once it outgrows a part."""
+
+    def __init__(self, batch: S3Batch, desired_name: str, index: int) -> None:
+        self.batch = batch
+        self.desired_name = desired_name
+        self.name: str | None = None
+        """The name it is stored as: taken by its PUT, or claimed by its placeholder."""
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._placeholder_etag: str | None = None
+        self._parts: list[dict[str, object]] = []
+        self._written: set[str] = set()  # keys this file created (to delete on discard)
+
+    async def write(self, data: Buffer) -> None:
+        self._buffer += data
+        if len(self._buffer) >= self.batch.storage.config.part_size:
+            await self._send_part()
+
+    async def close(self) -> None:
+        if self._upload_id is None:
+            body, self._buffer = self._buffer, bytearray()
+            task = asyncio.ensure_future(self._put_small(bytes(body)))
+            await self.batch.send(len(body), task)
+            return
+        if self._buffer:
+            await self._send_part()
+        await self.batch.send(0, asyncio.ensure_future(self._complete()))
+
+    # -- small files -----------------------------------------------------------------------
+
+    async def _put_small(self, body: bytes) -> None:
+        storage = self.batch.storage
+        self.name = await storage.free_names.take(
+            self.desired_name, lambda key: self._put_if_absent(key, body, {})
+        )
+
+    async def _put_if_absent(self, key: str, body: bytes, metadata: dict[str, str]) -> str | None:
+        """PUT ``key`` unless it exists: its ETag, or None when it is taken."""
+        storage = self.batch.storage
+        self._written.add(key)  # before the request: it may land even if its answer never does
+        try:
+            with store_errors("PUT"):
+                try:
+                    answer = await storage.client.put_object(
+                        Bucket=storage.config.bucket,
+                        Key=key,
+                        Body=body,
+                        IfNoneMatch="*",
+                        ContentType=storage.content_type_of(key),
+                        Metadata=metadata,
+                    )
+                except ClientError as error:
+                    if not is_taken(error):
+                        raise
+                    self._written.discard(key)  # someone else's: never ours to delete
+                    return None
+        except BaseException:
+            raise
+        return str(answer["ETag"])
+
+    # -- large files -----------------------------------------------------------------------
+
+    async def _send_part(self) -> None:
+        storage = self.batch.storage
+        if self._upload_id is None:
+            await self._claim_name()
+        body, self._buffer = self._buffer, bytearray()
+        number = len(self._parts) + 1
+        entry: dict[str, object] = {"PartNumber": number}
+        self._parts.append(entry)
+        upload_id = self._upload_id
+        assert upload_id is not None and self.name is not None
+        key = storage.keys.file(self.name)
+
+        async def upload() -> None:
+            with store_errors("UploadPart"):
+                answer = await storage.client.upload_part(
+                    Bucket=storage.config.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=body,
+                )
+            entry["ETag"] = answer["ETag"]
+
+        await self.batch.send(len(body), asyncio.ensure_future(upload()))
+
+    async def _claim_name(self) -> None:
+        """Take a free name with a placeholder, then start the multipart upload on it."""
+        storage = self.batch.storage
+        marker = f"clustr placeholder {uuid.uuid4()}\n".encode()
+        etags: dict[str, str] = {}
+
+        async def claim(key: str) -> str | None:
+            etag = await self._put_if_absent(key, marker, {PENDING_METADATA: self.batch.id})
+            if etag is not None:
+                etags[key] = etag
+            return etag
+
+        self.name = await storage.free_names.take(self.desired_name, claim)
+        key = storage.keys.file(self.name)
+        self._placeholder_etag = etags[key]
+        with store_errors("CreateMultipartUpload"):
+            answer = await storage.client.create_multipart_upload(
+                Bucket=storage.config.bucket,
+                Key=key,
+                ContentType=storage.content_type_of(key),
+            )
+        self._upload_id = answer["UploadId"]
+
+    async def _complete(self) -> None:
+        storage = self.batch.storage
+        assert self.name is not None and self._upload_id is not None
+        assert self._placeholder_etag is not None
+        parts = [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in self._parts]
+        with store_errors("CompleteMultipartUpload"):
+            await storage.client.complete_multipart_upload(
+                Bucket=storage.config.bucket,
+                Key=storage.keys.file(self.name),
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                IfMatch=self._placeholder_etag,  # our placeholder, and nobody's object
+            )
+        self._upload_id = None  # complete: nothing left to abort
+
+    # -- discard ---------------------------------------------------------------------------
+
+    async def remove(self) -> None:
+        """Abort the multipart upload, delete what this file wrote. Failures are logged: the
+        reconciliation removes what is left once it is older than S3_ORPHAN_GRACE."""
+        storage = self.batch.storage
+        self._buffer = bytearray()
+        try:
+            if self._upload_id is not None:
+                with contextlib.suppress(ClientError):
+                    await storage.client.abort_multipart_upload(
+                        Bucket=storage.config.bucket,
+                        Key=storage.keys.file(self.name or self.desired_name),
+                        UploadId=self._upload_id,
+                    )
+                self._upload_id = None
+            for key in sorted(self._written):
+                try:
+                    await storage.client.delete_object(Bucket=storage.config.bucket, Key=key)
+                except ClientError as error:
+                    if not is_missing(error):
+                        raise
+            self._written.clear()
+        except Exception as error:
+            log.warning("object store: cannot remove what a refused upload wrote: %s", error)
