@@ -54,6 +54,9 @@ class S3Config:
     part_size: int = 16 * 1024 * 1024
     serve: str = "redirect"
     orphan_grace: float = 86400.0
+    presigned_seconds: int = 300
+    """How long a redirect's presigned URL is valid: long enough to start a download, too
+    short to pass around."""
     connections: int = 64
     """Connections to the store kept by this process (aiohttp's pool)."""
 

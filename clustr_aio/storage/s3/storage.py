@@ -7,7 +7,7 @@ disk: any instance can serve, delete or list any file, and one that dies leaves 
 crash leaves (below).
 
 - **Reading**: ``locate`` answers a :class:`Redirect` to a presigned GET (``S3_SERVE=redirect``,
-  valid :data:`PRESIGNED_SECONDS`), or a :class:`Proxied` object this process streams
+  valid five minutes), or a :class:`Proxied` object this process streams
   (``proxy``), Range and conditional requests passed on to the store.
 - **Orphans**: an object whose record was never committed (the process died between storing a
   batch and committing it) is not served (the route asks the catalog) and is removed by
@@ -46,13 +46,10 @@ from clustr_aio.storage.s3.client import (
 from clustr_aio.storage.s3.naming import ObjectKeys, is_stored_name, taken_numbers
 from clustr_aio.storage.s3.upload import S3Batch
 
-__all__ = ["PRESIGNED_SECONDS", "S3Storage"]
+__all__ = ["S3Storage", "Swept"]
 
 log = logging.getLogger("clustr_aio.storage")
 
-PRESIGNED_SECONDS: Final = 300
-"""How long a redirect's presigned URL is valid: long enough to start a download, too short
-to pass around."""
 _READY_PREFIX: Final = ".ready/"
 _MAX_NAME_ATTEMPTS: Final = 10_000
 _READ_CHUNK: Final = 256 * 1024
@@ -112,7 +109,7 @@ class S3Storage:
             }
         with store_errors("presigning a GET"):
             url: str = await self.client.generate_presigned_url(
-                "get_object", Params=params, ExpiresIn=PRESIGNED_SECONDS
+                "get_object", Params=params, ExpiresIn=self.config.presigned_seconds
             )
         return url
 

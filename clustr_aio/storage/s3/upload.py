@@ -129,6 +129,7 @@ class S3File:
         self._upload_id: str | None = None
         self._placeholder_etag: str | None = None
         self._parts: list[dict[str, object]] = []
+        self._part_sends: list[asyncio.Task[None]] = []
         self._written: set[str] = set()  # keys this file created (to delete on discard)
 
     async def write(self, data: Buffer) -> None:
@@ -203,7 +204,9 @@ class S3File:
                 )
             entry["ETag"] = answer["ETag"]
 
-        await self.batch.send(len(body), asyncio.ensure_future(upload()))
+        task = asyncio.ensure_future(upload())
+        self._part_sends.append(task)
+        await self.batch.send(len(body), task)
 
     async def _claim_name(self) -> None:
         """Take a free name with a placeholder, then start the multipart upload on it."""
@@ -232,6 +235,8 @@ class S3File:
         storage = self.batch.storage
         assert self.name is not None and self._upload_id is not None
         assert self._placeholder_etag is not None
+        for send in self._part_sends:
+            await asyncio.shield(send)  # each is the batch's too: it may be awaited twice
         parts = [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in self._parts]
         with store_errors("CompleteMultipartUpload"):
             await storage.client.complete_multipart_upload(
