@@ -28,8 +28,8 @@ from typing import Final
 
 from clustr_aio.catalog.base import Catalog, FileRecord
 from clustr_aio.catalog.ids import id_time, new_id
-from clustr_aio.domain.sniff import OCTET_STREAM, SNIFF_BYTES, detect_type
 from clustr_aio.domain.errors import StorageUnavailable
+from clustr_aio.domain.sniff import OCTET_STREAM, SNIFF_BYTES, detect_type
 from clustr_aio.storage.base import Listing, OnDisk, OrphanSweeping, Reading, Storage
 
 __all__ = ["Reconciled", "reconcile", "sweep_orphans"]

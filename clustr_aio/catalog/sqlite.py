@@ -294,7 +294,9 @@ class SqliteCatalog:
         return await self._read(self._recorded_sync, list(stored_names))
 
     def _recorded_sync(self, stored_names: list[str]) -> set[str]:
-        query = "SELECT stored_name FROM files WHERE stored_name IN (SELECT value FROM json_each(?))"
+        query = (
+            "SELECT stored_name FROM files WHERE stored_name IN (SELECT value FROM json_each(?))"
+        )
         return {row[0] for row in self._reader().execute(query, (json.dumps(stored_names),))}
 
     @contextlib.asynccontextmanager

@@ -233,11 +233,13 @@ class Settings(BaseSettings):
         "", "STORAGE=s3: the bucket (it must exist); required with STORAGE=s3."
     )
     s3_prefix: _Prefix = _setting(
-        "", "STORAGE=s3: a key prefix for every object, e.g. clustr/ (several services, one bucket)."
+        "",
+        "STORAGE=s3: a key prefix for every object, e.g. clustr/ (several services, one bucket).",
     )
     s3_region: _Text = _setting(
-        "", "STORAGE=s3: the region requests are signed for (SigV4); unset: the AWS default chain,"
-        " else us-east-1."
+        "",
+        "STORAGE=s3: the region requests are signed for (SigV4); unset: the AWS default chain,"
+        " else us-east-1.",
     )
     s3_access_key_id: _Text = _setting(
         "",

@@ -11,8 +11,8 @@ from typing import cast
 import aiohttp_cors
 from aiohttp import hdrs, web
 
-from clustr_aio.catalog.factory import open_catalog
 from clustr_aio.catalog.base import Catalog
+from clustr_aio.catalog.factory import open_catalog
 from clustr_aio.catalog.reconcile import reconcile, sweep_orphans
 from clustr_aio.compat import cors_response_hook
 from clustr_aio.domain.limits import UploadLimits

@@ -35,8 +35,13 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _plain = urllib.request.build_opener(_NoRedirect)
 
 
-def request(url: str, *, method: str = "GET", data: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
+def request(
+    url: str,
+    *,
+    method: str = "GET",
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
     prepared = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
     try:
         with _plain.open(prepared, timeout=60) as answer:
@@ -161,8 +166,9 @@ def test_kill_9_mid_batch_leaves_nothing_served_and_the_other_keeps_serving(
     assert fetch(b, "after.png") == PNG
     # Its sweep removes the dead one's objects and multipart upload once past the grace.
     wait_until(
-        lambda: seaweedfs_server.keys(bucket) == ["after.png"]
-        and not seaweedfs_server.uploads(bucket),
+        lambda: (
+            seaweedfs_server.keys(bucket) == ["after.png"] and not seaweedfs_server.uploads(bucket)
+        ),
         "the orphans to be swept",
     )
 
@@ -185,7 +191,8 @@ def test_the_store_stopped_mid_upload_is_a_503_then_recovery(
         weed.stop()
         outcome = upload.outcome()
         assert outcome.status == 503, outcome
-        assert outcome.headers is not None and outcome.headers["retry-after"] == "5"
+        assert outcome.headers is not None
+        assert outcome.headers["retry-after"] == "5"
         assert "try again" in outcome.json()["detail"]
         assert request(server.url + "/readyz")[0] == 503
         assert listed(server) == []
@@ -198,5 +205,3 @@ def test_the_store_stopped_mid_upload_is_a_503_then_recovery(
         assert fetch(server, "back.png") == PNG
     finally:
         weed.close()
-
-

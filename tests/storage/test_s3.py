@@ -213,22 +213,26 @@ async def test_proxy_mode_streams_with_ranges_and_preconditions(
     data = big_png(PART + 99)
     await upload_ok(client, ("v.png", data))
     whole = await client.get("/uploads/v.png")
-    assert whole.status == 200 and await whole.read() == data
+    assert whole.status == 200
+    assert await whole.read() == data
     assert whole.headers["Content-Type"] == "image/png"
     assert whole.headers["Content-Security-Policy"] == "default-src 'none'; sandbox"
     etag = whole.headers["ETag"]
     part = await client.get("/uploads/v.png", headers={"Range": "bytes=10-19"})
-    assert part.status == 206 and await part.read() == data[10:20]
+    assert part.status == 206
+    assert await part.read() == data[10:20]
     assert part.headers["Content-Range"] == f"bytes 10-19/{len(data)}"
     same = await client.get("/uploads/v.png", headers={"If-None-Match": etag})
     assert same.status == 304
     stale = await client.get("/uploads/v.png", headers={"Range": "bytes=0-0", "If-Range": '"x"'})
-    assert stale.status == 200 and len(await stale.read()) == len(data)
+    assert stale.status == 200
+    assert len(await stale.read()) == len(data)
     await error_body(await client.get("/uploads/v.png", headers={"If-Match": '"x"'}), 412)
     far = await client.get("/uploads/v.png", headers={"Range": f"bytes={len(data) + 5}-"})
     await error_body(far, 416)
     head = await client.head("/uploads/v.png")
-    assert head.status == 200 and head.headers["Content-Length"] == str(len(data))
+    assert head.status == 200
+    assert head.headers["Content-Length"] == str(len(data))
     await error_body(await client.get("/uploads/none.png"), 404)
 
 
@@ -274,10 +278,12 @@ async def test_presigned_urls_are_checked_by_the_store(
         tampered = url.replace("s.png", "t.png")
         assert (await get(tampered))[0] == 403
         status, body = await get(forged)
-        assert status == 403 and b"SignatureDoesNotMatch" in body
+        assert status == 403
+        assert b"SignatureDoesNotMatch" in body
         await asyncio.sleep(3.2)
         status, body = await get(url)
-        assert status == 403 and b"expired" in body
+        assert status == 403
+        assert b"expired" in body
 
 
 async def test_an_unreachable_store_is_503_and_not_ready(
@@ -308,6 +314,7 @@ async def test_orphans_older_than_the_grace_are_swept_recorded_files_never(
     other.put_object(Bucket=bucket, Key=".derived/orphan.png/320.webp", Body=b"t")
     other.create_multipart_upload(Bucket=bucket, Key="half.png")  # a crash mid-upload
     await eventually_async(
-        lambda: seaweedfs_server.keys(bucket) == ["kept.png"]
-        and seaweedfs_server.uploads(bucket) == []
+        lambda: (
+            seaweedfs_server.keys(bucket) == ["kept.png"] and seaweedfs_server.uploads(bucket) == []
+        )
     )

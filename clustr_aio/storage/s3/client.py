@@ -112,7 +112,11 @@ def is_taken(error: ClientError) -> bool:
 
 
 def is_missing(error: ClientError) -> bool:
-    return http_status(error) == 404 or error_code(error) in ("NoSuchKey", "NotFound", "NoSuchUpload")
+    return http_status(error) == 404 or error_code(error) in (
+        "NoSuchKey",
+        "NotFound",
+        "NoSuchUpload",
+    )
 
 
 _STORE_FAILURES = (BotoCoreError, ClientError, aiohttp.ClientError, asyncio.TimeoutError, OSError)

@@ -133,21 +133,18 @@ class S3Storage:
                 return RemoteObject(status=404)
             if conditions.if_range not in (head.etag, head.last_modified_text):
                 del arguments["Range"]
-        try:
-            with store_errors("GET"):
-                try:
-                    answer = await self.client.get_object(
-                        Bucket=self.config.bucket,
-                        Key=self.keys.file(name),
-                        **arguments,  # type: ignore[arg-type]
-                    )
-                except ClientError as error:
-                    status = http_status(error)
-                    if status in (304, 412, 416) or is_missing(error):
-                        return RemoteObject(status=status if status != 0 else 404)
-                    raise
-        except BaseException:
-            raise
+        with store_errors("GET"):
+            try:
+                answer = await self.client.get_object(
+                    Bucket=self.config.bucket,
+                    Key=self.keys.file(name),
+                    **arguments,  # type: ignore[arg-type]
+                )
+            except ClientError as error:
+                status = http_status(error)
+                if status in (304, 412, 416) or is_missing(error):
+                    return RemoteObject(status=status if status != 0 else 404)
+                raise
         body = answer["Body"]
         meta = answer["ResponseMetadata"]["HTTPStatusCode"]
 
@@ -196,7 +193,8 @@ class S3Storage:
             for start in range(0, len(derived), 1000):
                 objects = [{"Key": key} for key in derived[start : start + 1000]]
                 await self.client.delete_objects(
-                    Bucket=bucket, Delete={"Objects": objects, "Quiet": True}  # type: ignore[typeddict-item]
+                    Bucket=bucket,
+                    Delete={"Objects": objects, "Quiet": True},  # type: ignore[typeddict-item]
                 )
         return existed
 
@@ -204,7 +202,9 @@ class S3Storage:
         async for key, _ in self._objects(prefix):
             yield key
 
-    async def _objects(self, prefix: str, delimiter: str = "") -> AsyncIterator[tuple[str, datetime]]:
+    async def _objects(
+        self, prefix: str, delimiter: str = ""
+    ) -> AsyncIterator[tuple[str, datetime]]:
         paginator = self.client.get_paginator("list_objects_v2")
         async for page in paginator.paginate(
             Bucket=self.config.bucket, Prefix=prefix, Delimiter=delimiter
@@ -272,7 +272,9 @@ class S3Storage:
                 if upload["Initiated"].timestamp() < cutoff:
                     with contextlib.suppress(ClientError):
                         await self.client.abort_multipart_upload(
-                            Bucket=self.config.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                            Bucket=self.config.bucket,
+                            Key=upload["Key"],
+                            UploadId=upload["UploadId"],
                         )
                     aborted += 1
         return Swept(orphans=len(orphans), aborted_uploads=aborted)
@@ -345,4 +347,3 @@ def _http_date(value: str | None) -> datetime | None:
 
 def _format_http_date(value: datetime) -> str:
     return format_datetime(value.astimezone(UTC), usegmt=True)
-

@@ -11,7 +11,6 @@ from aiohttp import web
 from clustr_aio.domain.models import STORED_CONTENT_TYPES
 from clustr_aio.storage.base import OnDisk, Redirect
 from clustr_aio.web.file_response import CONTENT_SECURITY_POLICY, file_response
-from clustr_aio.web.remote_response import remote_response
 from clustr_aio.web.keys import CATALOG, FILE_READER
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import (
@@ -19,6 +18,7 @@ from clustr_aio.web.openapi.schemas import (
     error_response,
     file_responses,
 )
+from clustr_aio.web.remote_response import remote_response
 from clustr_aio.web.responses import error_response as json_error
 
 __all__ = ["ROUTE_NAME", "add_routes"]
@@ -59,7 +59,16 @@ def add_routes(router: web.UrlDispatcher, prefix: str) -> None:
         **file_responses(
             STORED_CONTENT_TYPES, what="file", not_found="No stored file of that name."
         ),
+        302: {
+            "description": "STORAGE=s3 with S3_SERVE=redirect: the file is at the `Location`, a "
+            "presigned URL of the store valid five minutes.",
+            "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
+        },
         403: error_response("The name is not a regular file, or not readable.", "Forbidden"),
+        503: error_response(
+            "STORAGE=s3: the store could not be reached; try again after `Retry-After`.",
+            "the file store is unavailable; nothing of this upload was kept, try again",
+        ),
     },
 )
 async def stored_file(request: web.Request) -> web.StreamResponse:
