@@ -28,12 +28,14 @@ from clustr_aio.settings.values import (
     parse_log_format,
     parse_log_level,
     parse_networks,
-    parse_optional_text,
+    parse_access_key_id,
     parse_path,
     parse_public_base_url,
     parse_s3_part_size,
     parse_s3_prefix,
+    parse_s3_region,
     parse_s3_serve,
+    parse_secret_key,
     parse_seconds,
     parse_storage,
     parse_url_path,
@@ -76,7 +78,9 @@ _Storage = Annotated[str, PlainValidator(parse_storage)]
 _Bucket = Annotated[str | None, PlainValidator(parse_bucket)]
 _Prefix = Annotated[str, PlainValidator(parse_s3_prefix)]
 _EndpointUrl = Annotated[str | None, PlainValidator(parse_endpoint_url)]
-_Text = Annotated[str | None, PlainValidator(parse_optional_text)]
+_Region = Annotated[str | None, PlainValidator(parse_s3_region)]
+_AccessKey = Annotated[str | None, PlainValidator(parse_access_key_id)]
+_SecretKey = Annotated[str | None, PlainValidator(parse_secret_key)]
 _PartSize = Annotated[int, PlainValidator(parse_s3_part_size)]
 _Serve = Annotated[str, PlainValidator(parse_s3_serve)]
 
@@ -236,17 +240,17 @@ class Settings(BaseSettings):
         "",
         "STORAGE=s3: a key prefix for every object, e.g. clustr/ (several services, one bucket).",
     )
-    s3_region: _Text = _setting(
+    s3_region: _Region = _setting(
         "",
         "STORAGE=s3: the region requests are signed for (SigV4); unset: the AWS default chain,"
         " else us-east-1.",
     )
-    s3_access_key_id: _Text = _setting(
+    s3_access_key_id: _AccessKey = _setting(
         "",
         "STORAGE=s3: the access key; unset: the standard AWS chain (AWS_ACCESS_KEY_ID,"
         " AWS_PROFILE, ~/.aws, instance roles).",
     )
-    s3_secret_access_key: _Text = _setting(
+    s3_secret_access_key: _SecretKey = _setting(
         "", "STORAGE=s3: the secret key that goes with S3_ACCESS_KEY_ID."
     )
     s3_part_size: _PartSize = _setting(

@@ -370,9 +370,35 @@ def parse_s3_part_size(raw: object) -> int:
     return value
 
 
-def parse_optional_text(raw: object) -> str | None:
-    """Free text; empty means unset."""
-    text = _string(raw, "text").strip()
+_REGION = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*", re.ASCII)
+
+
+def parse_s3_region(raw: object) -> str | None:
+    """A region name such as eu-west-1; empty means unset."""
+    what = "a region such as us-east-1"
+    text = _string(raw, what).strip()
+    if not text:
+        return None
+    if not _REGION.fullmatch(text):
+        raise _expected(what, raw)
+    return text
+
+
+def parse_access_key_id(raw: object) -> str | None:
+    """An access key id: printable, no spaces; empty means unset."""
+    what = "an access key id (printable, no spaces)"
+    text = _string(raw, what).strip()
+    if text and not text.isprintable() or " " in text:
+        raise _expected(what, raw)
+    return text or None
+
+
+def parse_secret_key(raw: object) -> str | None:
+    """A secret key: printable, no spaces; empty means unset. Never echoed in an error."""
+    what = "a secret key (printable, no spaces)"
+    text = _string(raw, what).strip() if isinstance(raw, str) else None
+    if text is None or (text and not text.isprintable()) or " " in text:
+        raise _expected(what, "<the value, not shown>")
     return text or None
 
 
