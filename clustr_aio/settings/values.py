@@ -388,7 +388,7 @@ def parse_access_key_id(raw: object) -> str | None:
     """An access key id: printable, no spaces; empty means unset."""
     what = "an access key id (printable, no spaces)"
     text = _string(raw, what).strip()
-    if text and not text.isprintable() or " " in text:
+    if (text and not text.isprintable()) or " " in text:
         raise _expected(what, raw)
     return text or None
 
