@@ -370,18 +370,24 @@ def parse_s3_part_size(raw: object) -> int:
     return value
 
 
-_REGION = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*", re.ASCII)
+def _optional_matching(pattern: str, what: str) -> Callable[[object], str | None]:
+    """A parser of text that must match ``pattern`` whole; empty means unset."""
+    compiled = re.compile(pattern, re.ASCII)
+
+    def parse(raw: object) -> str | None:
+        text = _string(raw, what).strip()
+        if text and not compiled.fullmatch(text):
+            raise _expected(what, raw)
+        return text or None
+
+    return parse
 
 
-def parse_s3_region(raw: object) -> str | None:
-    """A region name such as eu-west-1; empty means unset."""
-    what = "a region such as us-east-1"
-    text = _string(raw, what).strip()
-    if not text:
-        return None
-    if not _REGION.fullmatch(text):
-        raise _expected(what, raw)
-    return text
+parse_s3_region = _optional_matching(r"[a-z0-9]+(-[a-z0-9]+)*", "a region such as us-east-1")
+parse_bucket = _optional_matching(
+    r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]",
+    "a bucket name such as clustr-photos (3-63 of a-z, 0-9, '.', '-')",
+)
 
 
 def parse_access_key_id(raw: object) -> str | None:
@@ -400,20 +406,6 @@ def parse_secret_key(raw: object) -> str | None:
     if text is None or (text and not text.isprintable()) or " " in text:
         raise _expected(what, "<the value, not shown>")
     return text or None
-
-
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", re.ASCII)
-
-
-def parse_bucket(raw: object) -> str | None:
-    """An S3 bucket name (3-63 lower-case letters, digits, dots and hyphens); empty: unset."""
-    what = "a bucket name such as clustr-photos (3-63 of a-z, 0-9, '.', '-')"
-    text = _string(raw, what).strip()
-    if not text:
-        return None
-    if not _BUCKET.fullmatch(text):
-        raise _expected(what, raw)
-    return text
 
 
 def parse_s3_prefix(raw: object) -> str:

@@ -56,6 +56,9 @@ __all__ = ["S3Batch", "S3File"]
 
 log = logging.getLogger("clustr_aio.storage")
 
+_PARTS_IN_FLIGHT: Final = 2
+"""Parts' worth of bytes one upload may have on their way to the store: two large parts go up
+side by side (a store takes parallel parts faster than one stream), or many small files."""
 _SENDS_IN_FLIGHT: Final = 16
 """Most requests to the store one upload has under way (as many as boto3's transfer threads)."""
 PENDING_METADATA: Final = "clustr-pending"
@@ -81,7 +84,7 @@ class S3Batch:
         """Start ``work`` (sending ``size`` bytes) in the background once the sends in flight
         leave room for it in the budget; till then the caller waits, and with it the reading
         of the request. A failed send raises here, in a later send, or in publish()."""
-        budget = self.storage.config.part_size
+        budget = self.storage.config.part_size * _PARTS_IN_FLIGHT
         while self._sending and (
             self._sending_bytes + size > budget or len(self._sending) >= _SENDS_IN_FLIGHT
         ):
