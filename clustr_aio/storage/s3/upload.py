@@ -20,17 +20,16 @@ catalog is the source of truth. A refused or abandoned batch deletes what it wro
 its multipart uploads (:meth:`S3Batch.discard`); what a killed process could not delete, the
 reconciliation removes once it is older than ``S3_ORPHAN_GRACE`` (:mod:`.storage`).
 
-**Memory.** Per upload at most two parts' worth of bytes are held: the part (or small file)
-being received, as the chunks that came, and the parts or small files being sent,
-``S3_PART_SIZE`` bytes together at most (at most 16 requests). A send is started only when
-that budget has room for it; until then the upload waits, its body is not read, and TCP holds
-the client back: a slow store slows the client, it never fills the server's memory. A body is
-joined once and read out by the client in 64 KiB pieces (``io.BytesIO`` shares the bytes), so
-no second copy waits in a socket buffer. Peak RSS ≤ the process's own (about 80 MiB with
-botocore's S3 model loaded) + 3 x ``S3_PART_SIZE`` x uploads in flight (one part being sent,
-one being received, and for a moment the chunks of a part being joined;
-``MAX_CONCURRENT_UPLOADS`` uploads at most). Measured: 80 → 131 MiB for one 200 MB upload with
-16 MiB parts, 80 → 99 MiB with 8 MiB parts.
+**Memory.** What one upload holds: the part (or small file) being received, as the chunks that
+came; the parts or small files on their way to the store, 32 MiB together at most (one part
+at least; at most 16 requests); and for a moment a part's chunks while they are joined. A send
+starts only when that budget has room for it; until then the upload waits, its body is not
+read, and TCP holds the client back: a slow store slows the client, it never fills the
+server's memory. A body is joined once and read out by the HTTP client in 64 KiB pieces
+(``io.BytesIO`` shares the bytes), so no second copy waits in a socket buffer. Peak RSS ≤ the
+process's own (about 80 MiB with botocore's S3 model loaded) + (32 MiB + 2 x ``S3_PART_SIZE``)
+per upload in flight (``MAX_CONCURRENT_UPLOADS`` at most). Measured (bench/s3.py, 1 GiB):
+144 MiB with 16 MiB parts, 128 MiB with 8 MiB parts.
 """
 
 from __future__ import annotations
@@ -56,9 +55,10 @@ __all__ = ["S3Batch", "S3File"]
 
 log = logging.getLogger("clustr_aio.storage")
 
-_PARTS_IN_FLIGHT: Final = 2
-"""Parts' worth of bytes one upload may have on their way to the store: two large parts go up
-side by side (a store takes parallel parts faster than one stream), or many small files."""
+_BYTES_IN_FLIGHT: Final = 32 * 1024 * 1024
+"""Bytes one upload may have on their way to the store (one part at least): parts go up side by
+side (a store takes parallel parts faster than one stream: two of 16 MiB, four of 8 MiB), and
+small files many at a time."""
 _SENDS_IN_FLIGHT: Final = 16
 """Most requests to the store one upload has under way (as many as boto3's transfer threads)."""
 PENDING_METADATA: Final = "clustr-pending"
@@ -84,7 +84,7 @@ class S3Batch:
         """Start ``work`` (sending ``size`` bytes) in the background once the sends in flight
         leave room for it in the budget; till then the caller waits, and with it the reading
         of the request. A failed send raises here, in a later send, or in publish()."""
-        budget = self.storage.config.part_size * _PARTS_IN_FLIGHT
+        budget = max(self.storage.config.part_size, _BYTES_IN_FLIGHT)
         while self._sending and (
             self._sending_bytes + size > budget or len(self._sending) >= _SENDS_IN_FLIGHT
         ):
