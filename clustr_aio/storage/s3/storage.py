@@ -303,21 +303,21 @@ class FreeNames:
         self._next: dict[str, int] = {}
 
     async def take(self, desired: str, attempt: Callable[[str], Awaitable[str | None]]) -> str:
-        """``attempt(key)`` writes ``key`` if it is free (not None) or finds it taken (None)."""
+        """``attempt(key)`` writes ``key`` if it is free (not None) or finds it taken (None).
+
+        After a 412 the alternatives are listed and the next attempt goes past every one
+        listed, and past those this process is trying already: with two instances uploading
+        the same name at once, an upload costs a few attempts, not one per name taken."""
         n = self._next.get(desired, 0)
-        taken: set[int] = set()
-        listed = False
         for _ in range(_MAX_NAME_ATTEMPTS):
-            while n in taken:
-                n += 1
+            self._next[desired] = max(self._next.get(desired, 0), n + 1)
             name = numbered(desired, n)
-            self._next[desired] = n + 1  # concurrent uploads of this name start past this one
             if await attempt(self._storage.keys.file(name)) is not None:
                 return name
-            taken.add(n)
-            if not listed:  # one listing of the taken alternatives spares a probe per name
-                listed = True
-                taken |= await self._taken(desired)
+            taken = await self._taken(desired)
+            n = self._next[desired]
+            while n in taken:
+                n += 1
         raise FileExistsError(f"no free name found for {desired!r}")
 
     async def _taken(self, desired: str) -> set[int]:
