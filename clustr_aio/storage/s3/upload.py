@@ -29,7 +29,7 @@ server's memory. A body is joined once and read out by the HTTP client in 64 KiB
 (``io.BytesIO`` shares the bytes), so no second copy waits in a socket buffer. Peak RSS ≤ the
 process's own (about 80 MiB with botocore's S3 model loaded) + (32 MiB + 2 x ``S3_PART_SIZE``)
 per upload in flight (``MAX_CONCURRENT_UPLOADS`` at most). Measured (bench/s3.py, 1 GiB):
-144 MiB with 16 MiB parts, 128 MiB with 8 MiB parts.
+144-149 MiB with 16 MiB parts, 128 MiB with 8 MiB parts (allocator slack: a few MiB over).
 """
 
 from __future__ import annotations
