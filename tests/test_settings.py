@@ -427,6 +427,15 @@ BAD_TEXT: list[tuple[str, str]] = [
     ("S3_PART_SIZE", "6GiB"),
     ("S3_SERVE", "sendfile"),
     ("S3_ORPHAN_GRACE", "1d"),
+    ("MAX_IMAGE_PIXELS", "0"),
+    ("MAX_IMAGE_PIXELS", "100MP"),
+    ("STRIP_METADATA", "gps"),
+    ("STRIP_METADATA", ""),
+    ("THUMBNAIL_SIZES", ""),
+    ("THUMBNAIL_SIZES", "0,256"),
+    ("THUMBNAIL_SIZES", "256,5000"),
+    ("THUMBNAIL_SIZES", "256px"),
+    ("THUMBNAILS", "sometimes"),
 ]
 
 
@@ -498,6 +507,12 @@ BAD_TOML: list[tuple[str, str]] = [
     ("S3_PART_SIZE", "S3_PART_SIZE = 1024"),
     ("S3_SERVE", "S3_SERVE = true"),
     ("S3_ORPHAN_GRACE", "S3_ORPHAN_GRACE = -1"),
+    ("MAX_IMAGE_PIXELS", "MAX_IMAGE_PIXELS = 1.5"),
+    ("STRIP_METADATA", "STRIP_METADATA = false"),
+    ("THUMBNAIL_SIZES", "THUMBNAIL_SIZES = [256, true]"),
+    ("THUMBNAIL_SIZES", "THUMBNAIL_SIZES = [0]"),
+    ("THUMBNAIL_SIZES", "THUMBNAIL_SIZES = []"),
+    ("THUMBNAILS", "THUMBNAILS = 1"),
 ]
 
 
@@ -925,3 +940,22 @@ def test_s3_without_a_bucket_is_one_line_at_start_up(tmp_path: Path) -> None:
     settings = load(tmp_path, environ={"STORAGE": "S3", "S3_BUCKET": "photos", "S3_PREFIX": "a/b"})
     assert (settings.storage, settings.s3_bucket, settings.s3_prefix) == ("s3", "photos", "a/b/")
     assert settings.s3_part_size == 16 * 1024 * 1024
+
+
+def test_image_settings(tmp_path: Path) -> None:
+    settings = load(tmp_path, toml="THUMBNAIL_SIZES = [1024, 256, 1024]\n")
+    assert settings.thumbnail_sizes == (1024, 256)  # in order, the first is the default
+    settings = load(
+        tmp_path,
+        environ={
+            "THUMBNAIL_SIZES": " 128 , 64",
+            "STRIP_METADATA": "ALL",
+            "THUMBNAILS": "Eager",
+            "MAX_IMAGE_PIXELS": "50000000",
+        },
+    )
+    assert settings.thumbnail_sizes == (128, 64)
+    assert (settings.strip_metadata, settings.thumbnails) == ("all", "eager")
+    assert settings.max_image_pixels == 50_000_000
+    assert Settings().thumbnail_sizes == (256, 1024)
+    assert Settings().strip_metadata == "location"

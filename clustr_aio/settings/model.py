@@ -7,7 +7,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Final, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import Field, PlainValidator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -38,6 +38,9 @@ from clustr_aio.settings.values import (
     parse_seconds,
     parse_secret_key,
     parse_storage,
+    parse_strip_metadata,
+    parse_thumbnail_sizes,
+    parse_thumbnails,
     parse_url_path,
 )
 
@@ -83,6 +86,9 @@ _AccessKey = Annotated[str | None, PlainValidator(parse_access_key_id)]
 _SecretKey = Annotated[str | None, PlainValidator(parse_secret_key)]
 _PartSize = Annotated[int, PlainValidator(parse_s3_part_size)]
 _Serve = Annotated[str, PlainValidator(parse_s3_serve)]
+_StripMetadata = Annotated[Literal["location", "all", "none"], PlainValidator(parse_strip_metadata)]
+_ThumbnailSizes = Annotated[tuple[int, ...], PlainValidator(parse_thumbnail_sizes)]
+_Thumbnails = Annotated[Literal["lazy", "eager"], PlainValidator(parse_thumbnails)]
 
 
 def _setting(default: str, description: str) -> Any:
@@ -277,6 +283,27 @@ class Settings(BaseSettings):
         if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
             raise ValueError("S3_SECRET_ACCESS_KEY: set both S3_ACCESS_KEY_ID and it, or neither")
         return self
+
+    max_image_pixels: _Count = _setting(
+        "100000000",
+        "Most pixels in one image (width x height, the frames of an animation summed): a larger"
+        " one is refused with 413 as soon as its header shows it, before any decode.",
+    )
+    strip_metadata: _StripMetadata = _setting(
+        "location",
+        "Metadata removed from stored images, losslessly: location (GPS and location tags of"
+        " EXIF, XMP and IPTC), all (everything but orientation and ICC profile), none.",
+    )
+    thumbnail_sizes: _ThumbnailSizes = _setting(
+        "256,1024",
+        "Thumbnail sizes offered, longest side in pixels, comma-separated; the first is the"
+        " default. Any other size asked for is a 400.",
+    )
+    thumbnails: _Thumbnails = _setting(
+        "lazy",
+        "lazy: a thumbnail is rendered on its first request; eager: every size is rendered in"
+        " the background after the upload's 200, behind requests.",
+    )
 
     @classmethod
     def settings_customise_sources(
