@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import os
 import time
 from pathlib import Path
@@ -318,3 +319,30 @@ async def test_orphans_older_than_the_grace_are_swept_recorded_files_never(
             seaweedfs_server.keys(bucket) == ["kept.png"] and seaweedfs_server.uploads(bucket) == []
         )
     )
+
+
+async def test_images_whose_header_is_patched_stream_and_decode(
+    client: Client, seaweedfs_server: SeaweedServer, bucket: str, tmp_path: Path
+) -> None:
+    """Stripping a WebP's EXIF changes its RIFF size, known only at the end: the writer patches
+    the header (HeadPatching), of a small file's bytes or of a large one's first part, held back
+    for it, so no image is held whole in memory."""
+    from PIL import Image
+
+    from tests.images.photos import phone_photo
+
+    small = phone_photo(tmp_path, "webp")
+    # Large: the same photo with a big unknown chunk after it (kept), past several parts.
+    filler = os.urandom(2 * PART + 777)
+    chunk = b"ZZZZ" + len(filler).to_bytes(4, "little") + filler + b"\0" * (len(filler) % 2)
+    body = small[12:] + chunk
+    large = b"RIFF" + (len(body) + 4).to_bytes(4, "little") + b"WEBP" + body
+    items = await upload_ok(client, ("s.webp", small), ("l.webp", large))
+    for item, sent in zip(items, (small, large), strict=True):
+        stored = object_bytes(seaweedfs_server, bucket, item["stored_filename"])
+        assert len(sent) > len(stored) == item["file_size"]  # metadata went: a patch was due
+        assert int.from_bytes(stored[4:8], "little") == len(stored) - 8  # the patched size
+        with Image.open(io.BytesIO(stored)) as image:
+            image.load()
+            assert image.size == (64, 48)
+    assert seaweedfs_server.uploads(bucket) == []

@@ -22,14 +22,17 @@ reconciliation removes once it is older than ``S3_ORPHAN_GRACE`` (:mod:`.storage
 
 **Memory.** What one upload holds: the part (or small file) being received, as the chunks that
 came; the parts or small files on their way to the store, 32 MiB together at most (one part
-at least; at most 16 requests); and for a moment a part's chunks while they are joined. A send
+at least; at most 16 requests); a large file's first 5 MiB, held back as part 1 until the
+file is closed (a header patch may still come); and for a moment a part's chunks while they are
+joined. A send
 starts only when that budget has room for it; until then the upload waits, its body is not
 read, and TCP holds the client back: a slow store slows the client, it never fills the
 server's memory. A body is joined once and read out by the HTTP client in 64 KiB pieces
 (``io.BytesIO`` shares the bytes), so no second copy waits in a socket buffer. Peak RSS ≤ the
-process's own (about 80 MiB with botocore's S3 model loaded) + (32 MiB + 2 x ``S3_PART_SIZE``)
+process's own (about 80 MiB with botocore's S3 model loaded) + (37 MiB + 2 x ``S3_PART_SIZE``)
 per upload in flight (``MAX_CONCURRENT_UPLOADS`` at most). Measured (bench/s3.py, 1 GiB):
-144-149 MiB with 16 MiB parts, 128 MiB with 8 MiB parts (allocator slack: a few MiB over).
+144-149 MiB with 16 MiB parts, 128 MiB with 8 MiB parts (before part 1 was held back: 5 MiB
+more now).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import io
 import logging
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
 from botocore.exceptions import ClientError
@@ -55,6 +58,9 @@ __all__ = ["S3Batch", "S3File"]
 
 log = logging.getLogger("clustr_aio.storage")
 
+HEAD_PART_SIZE: Final = 5 * 1024 * 1024
+"""A large file's first part, S3's smallest: held back until the file is closed, so a patch
+of its header can still be applied (:class:`~clustr_aio.storage.base.HeadPatching`)."""
 _BYTES_IN_FLIGHT: Final = 32 * 1024 * 1024
 """Bytes one upload may have on their way to the store (one part at least): parts go up side by
 side (a store takes parallel parts faster than one stream: two of 16 MiB, four of 8 MiB), and
@@ -141,7 +147,15 @@ class S3File:
         self._placeholder_etag: str | None = None
         self._parts: list[dict[str, object]] = []
         self._part_sends: list[asyncio.Task[None]] = []
+        self._head: list[Buffer] = []  # a large file's part 1, held back for patches
+        self._patches: list[tuple[int, bytes]] = []
         self._written: set[str] = set()  # keys this file created (to delete on discard)
+
+    def patch(self, offset: int, data: bytes) -> None:
+        """:class:`~clustr_aio.storage.base.HeadPatching`: applied when the file is closed,
+        to a small file's bytes, or to a large file's first part, which is held back until
+        then (the first 5 MiB: a header field, such as a WebP's RIFF size, lies there)."""
+        self._patches.append((offset, data))
 
     async def write(self, data: Buffer) -> None:
         part_size = self.batch.storage.config.part_size
@@ -152,16 +166,42 @@ class S3File:
             self._held += take
             view = view[take:]
             if self._held == part_size:
-                await self._send_part()
+                if self._upload_id is None:
+                    await self._start_multipart()
+                else:
+                    await self._send_part(self._new_part(), *self._take_chunks())
+
+    async def _start_multipart(self) -> None:
+        """The file outgrew one PUT: claim its name, start the upload, keep its first 5 MiB
+        back as part 1 (for patches), send the rest of what came as part 2."""
+        await self._claim_name()
+        self._head = _split(self._chunks, HEAD_PART_SIZE)
+        self._held -= HEAD_PART_SIZE
+        self._new_part()  # part 1, sent by close()
+        if self._held:
+            await self._send_part(self._new_part(), *self._take_chunks())
 
     async def close(self) -> None:
         if self._upload_id is None:
-            chunks, self._chunks, size, self._held = self._chunks, [], self._held, 0
-            await self.batch.send(size, lambda: self._put_small(_joined(chunks)))
+            chunks, size = self._take_chunks()
+            patches = self._patches
+            await self.batch.send(size, lambda: self._put_small(_joined(chunks, patches)))
             return
         if self._held:
-            await self._send_part()
+            await self._send_part(self._new_part(), *self._take_chunks())
+        head, self._head = self._head, []
+        await self._send_part(self._parts[0], head, HEAD_PART_SIZE, self._patches)
         await self.batch.send(0, self._complete)
+
+    def _take_chunks(self) -> tuple[list[Buffer], int]:
+        chunks, size = self._chunks, self._held
+        self._chunks, self._held = [], 0
+        return chunks, size
+
+    def _new_part(self) -> dict[str, object]:
+        entry: dict[str, object] = {"PartNumber": len(self._parts) + 1}
+        self._parts.append(entry)
+        return entry
 
     # -- small files -----------------------------------------------------------------------
 
@@ -197,17 +237,19 @@ class S3File:
 
     # -- large files -----------------------------------------------------------------------
 
-    async def _send_part(self) -> None:
+    async def _send_part(
+        self,
+        entry: dict[str, object],
+        chunks: list[Buffer],
+        size: int,
+        patches: Sequence[tuple[int, bytes]] = (),
+    ) -> None:
         storage = self.batch.storage
-        if self._upload_id is None:
-            await self._claim_name()
         upload_id = self._upload_id
         assert upload_id is not None
         assert self.name is not None
         key = storage.keys.file(self.name)
-        chunks, self._chunks, size, self._held = self._chunks, [], self._held, 0
-        entry: dict[str, object] = {"PartNumber": len(self._parts) + 1}
-        self._parts.append(entry)
+        number = int(str(entry["PartNumber"]))
 
         async def upload() -> None:
             with store_errors("UploadPart"):
@@ -215,8 +257,8 @@ class S3File:
                     Bucket=storage.config.bucket,
                     Key=key,
                     UploadId=upload_id,
-                    PartNumber=int(str(entry["PartNumber"])),
-                    Body=_joined(chunks),
+                    PartNumber=number,
+                    Body=_joined(chunks, patches),
                     ContentLength=size,
                 )
             entry["ETag"] = answer["ETag"]
@@ -270,7 +312,7 @@ class S3File:
         """Abort the multipart upload, delete what this file wrote. Failures are logged: the
         sweep removes what is left once it is older than S3_ORPHAN_GRACE."""
         storage = self.batch.storage
-        self._chunks, self._held = [], 0
+        self._chunks, self._held, self._head = [], 0, []
         try:
             if self._upload_id is not None:
                 with contextlib.suppress(ClientError):
@@ -291,10 +333,33 @@ class S3File:
             log.warning("object store: cannot remove what a refused upload wrote: %s", error)
 
 
-def _joined(chunks: list[Buffer]) -> io.BytesIO:
+def _joined(chunks: list[Buffer], patches: Sequence[tuple[int, bytes]] = ()) -> io.BytesIO:
     """The chunks joined once, just before they are sent (and let go), read out by the HTTP
     client in 64 KiB pieces: no second copy of a part waits in a socket's buffer.
-    ``io.BytesIO`` shares the bytes it is given."""
-    body = io.BytesIO(b"".join(chunks))
+    ``io.BytesIO`` shares the bytes it is given (a patched body is one copy more)."""
+    body = b"".join(chunks)
     chunks.clear()
-    return body
+    if patches:
+        patched = bytearray(body)
+        for offset, data in patches:
+            if offset + len(data) > len(patched):
+                raise ValueError(f"a patch at {offset} lies past the held {len(patched)} bytes")
+            patched[offset : offset + len(data)] = data
+        body = bytes(patched)
+    return io.BytesIO(body)
+
+
+def _split(chunks: list[Buffer], size: int) -> list[Buffer]:
+    """Take the first ``size`` bytes off ``chunks`` (in place); return them as chunks."""
+    head: list[Buffer] = []
+    have = 0
+    while have < size:
+        chunk = memoryview(chunks[0])
+        take = min(len(chunk), size - have)
+        head.append(chunk[:take])
+        have += take
+        if take == len(chunk):
+            chunks.pop(0)
+        else:
+            chunks[0] = chunk[take:]
+    return head
