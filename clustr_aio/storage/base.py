@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
@@ -161,6 +162,15 @@ class Listing(Protocol):
     reconciliation compares them with its records)."""
 
     async def names(self) -> list[str]: ...
+
+
+@runtime_checkable
+class Downloading(Protocol):
+    """Optional capability of a store elsewhere: a stored file's bytes copied to this machine
+    (a thumbnail is rendered from a local file)."""
+
+    async def download(self, name: str, target: Path) -> None:
+        """Write the stored file ``name`` to the new file ``target`` (its folder is made)."""
 
 
 @runtime_checkable

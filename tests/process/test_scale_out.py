@@ -105,10 +105,23 @@ def test_upload_through_one_list_fetch_and_delete_through_the_other(
     assert sorted(i["stored_filename"] for i in listed(b)) == ["one.png", "two.png"]
     assert fetch(b, "two.png") == large
     assert fetch(b, "one.png") == PNG
+    one = next(i for i in body["data"] if i["stored_filename"] == "one.png")
+    status, headers, thumb = request(f"{b.url}/api/files/{one['id']}/thumbnail?format=webp")
+    assert status == 200, thumb
+    assert headers["Content-Type"] == "image/webp"
+    assert thumb[:4] == b"RIFF"
+    assert thumb[8:12] == b"WEBP"
+    # Rendered from a copy fetched from the bucket, which is gone once the thumbnail is made.
+    assert not [p for p in b.upload_folder.rglob(".sources/*") if p.is_file()]
     two = next(i for i in body["data"] if i["stored_filename"] == "two.png")
     assert request(f"{b.url}/api/files/{two['id']}", method="DELETE")[0] == 204
     assert fetch(a, "two.png") is None
     assert seaweedfs_server.keys(bucket) == ["one.png"]
+    # A thumbnail cached by one instance is not served once another deleted its file.
+    thumbnail = f"/api/files/{one['id']}/thumbnail?format=webp"
+    assert request(a.url + thumbnail)[0] == 200
+    assert request(f"{b.url}/api/files/{one['id']}", method="DELETE")[0] == 204
+    assert request(a.url + thumbnail)[0] == 404
     # Neither instance keeps anything of the files on its disk.
     assert not [p for p in a.upload_folder.rglob("*") if p.is_file() and "png" in p.name]
 

@@ -18,6 +18,7 @@ crash leaves (below).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -28,6 +29,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
+from pathlib import Path
 from typing import Final
 
 from botocore.exceptions import ClientError
@@ -53,6 +55,7 @@ log = logging.getLogger("clustr_aio.storage")
 _READY_PREFIX: Final = ".ready/"
 _MAX_NAME_ATTEMPTS: Final = 10_000
 _READ_CHUNK: Final = 256 * 1024
+_DOWNLOAD_CHUNK: Final = 1024 * 1024
 
 
 class S3Storage:
@@ -178,6 +181,29 @@ class S3Storage:
                 raise
         modified = answer["LastModified"]
         return _Head(answer["ETag"], _format_http_date(modified))
+
+    # -- Downloading -------------------------------------------------------------------------
+
+    async def download(self, name: str, target: Path) -> None:
+        """Copy the object to ``target``, 1 MiB at a time, written off the loop."""
+        with store_errors("GET"):
+            answer = await self.client.get_object(
+                Bucket=self.config.bucket, Key=self.keys.file(name)
+            )
+            body = answer["Body"]
+            try:
+                await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+                file = await asyncio.to_thread(target.open, "xb")
+                try:
+                    async for chunk in body.iter_chunks(_DOWNLOAD_CHUNK):
+                        await asyncio.to_thread(file.write, chunk)
+                finally:
+                    await asyncio.to_thread(file.close)
+            except BaseException:
+                await asyncio.to_thread(target.unlink, missing_ok=True)
+                raise
+            finally:
+                body.close()
 
     # -- Deleting ----------------------------------------------------------------------------
 
