@@ -26,9 +26,11 @@ from clustr_aio.settings import Settings
 from clustr_aio.storage.base import OrphanSweeping, Reading, Storage
 from clustr_aio.storage.factory import open_storage
 from clustr_aio.web import middlewares
+from clustr_aio.web.guard import Guard
 from clustr_aio.web.keys import (
     CATALOG,
     FILE_READER,
+    GUARD,
     INGEST_POLICY,
     METRICS,
     SETTINGS,
@@ -37,7 +39,7 @@ from clustr_aio.web.keys import (
     UPLOAD_SLOTS,
 )
 from clustr_aio.web.protection import UploadSlots
-from clustr_aio.web.routes import docs, files, health, root, stored, thumbnails, upload
+from clustr_aio.web.routes import docs, files, health, keys, root, stored, thumbnails, upload
 
 log = logging.getLogger("clustr_aio.images")
 ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
@@ -50,10 +52,12 @@ def create_app(settings: Settings) -> web.Application:
             metrics.middleware(),  # first: it times everything and sees every final status
             middlewares.request_id,
             middlewares.json_errors,
+            middlewares.guard,  # inside json_errors, which answers its refusals
         ],
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
+    app[GUARD] = Guard(settings, metrics, lambda: app[CATALOG])
     app[UPLOAD_SLOTS] = UploadSlots(settings.max_concurrent_uploads)
     app[INGEST_POLICY] = IngestPolicy(
         allowed_extensions=settings.allowed_extensions,
@@ -67,18 +71,26 @@ def create_app(settings: Settings) -> web.Application:
         strip_metadata=settings.strip_metadata,
     )
     app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(_rate_limits)
     app.cleanup_ctx.append(_thumbnailer)
     app.on_response_prepare.append(middlewares.common_headers)
+    if app[GUARD].limits_rates:
+        app.on_response_prepare.append(middlewares.rate_limit_headers)
     app.on_response_prepare.append(metrics.count_response)
 
     app.router.add_routes(root.routes)
     app.router.add_routes(upload.routes)
     app.router.add_routes(files.routes)
+    if settings.auth == "keys":  # in the open mode, keys are managed with the CLI only
+        app.router.add_routes(keys.routes)
     app.router.add_routes(thumbnails.routes)
     app.router.add_routes(health.routes)
     app.router.add_routes(docs.routes)
     stored.add_routes(app.router, settings.upload_url_path)
-    _allow_cors(app, settings.cors_origins)
+    # Credentials (cookies, TLS client certificates) from the listed origins only: with "*",
+    # aiohttp-cors would echo any origin, and credentials with it.
+    credentials = settings.auth == "keys" and settings.cors_origins != ("*",)
+    _allow_cors(app, settings.cors_origins, credentials=credentials)
     return app
 
 
@@ -112,6 +124,17 @@ async def _sweep_every(seconds: float, catalog: Catalog, storage: Storage) -> No
         await asyncio.sleep(seconds)
 
 
+async def _rate_limits(app: web.Application) -> AsyncIterator[None]:
+    """The rate limits' table, shared with the other workers: opened in each (after the fork,
+    so that each holds a lock of its own)."""
+    guard = app[GUARD]
+    guard.open()
+    try:
+        yield
+    finally:
+        guard.close()
+
+
 async def _thumbnailer(app: web.Application) -> AsyncIterator[None]:
     """The thumbnail renderer and its cache, under a dot-name of the upload folder: on the same
     filesystem (atomic renames, a sandbox that may write only there), and never served, since
@@ -142,10 +165,11 @@ async def _prune_thumbnails(catalog: Catalog, thumbnailer: Thumbnailer) -> None:
         log.info("thumbnails of %d files without a record removed", pruned)
 
 
-def _allow_cors(app: web.Application, origins: tuple[str, ...]) -> None:
-    # aiohttp-cors has no "allow everything" switch: spell it out per origin.
+def _allow_cors(app: web.Application, origins: tuple[str, ...], *, credentials: bool) -> None:
+    # aiohttp-cors has no "allow everything" switch: spell it out per origin. It answers a
+    # preflight with the very headers asked for, Authorization and X-API-Key included.
     options = aiohttp_cors.ResourceOptions(
-        allow_credentials=False, expose_headers="*", allow_headers="*", max_age=600
+        allow_credentials=credentials, expose_headers="*", allow_headers="*", max_age=600
     )
     cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
     for route in list(app.router.routes()):

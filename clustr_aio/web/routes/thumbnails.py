@@ -6,7 +6,10 @@ render and keep without end); the format is ``format``'s, else the one ``Accept`
 WebP, AVIF and JPEG (WebP when it has no preference). A thumbnail's bytes never change under
 its ETag (the renderer's identity of the file's hash, the size and the format), so it goes out
 ``immutable``, and a matching ``If-None-Match`` is a 304 without a render. A hot thumbnail is
-found from the cache alone (:meth:`Thumbnailer.cached`: no catalog query).
+found from the cache alone (:meth:`Thumbnailer.cached`: no catalog query) when the request may
+see every owner's files; a key that sees one owner's has the record looked up (another owner's
+image is a 404). With PUBLIC_FILES=false its URL in the items is signed, and admits without a
+key (an ``<img>`` sends none).
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ from clustr_aio.images.thumbnails import (
 )
 from clustr_aio.storage.base import Downloading, OnDisk
 from clustr_aio.web.file_response import CONTENT_SECURITY_POLICY, immutable_file_response
+from clustr_aio.web.guard import requires
 from clustr_aio.web.keys import FILE_READER, SETTINGS, STORAGE, THUMBNAILER
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import error_response
 from clustr_aio.web.openapi.spec import ENUM_SETTING
-from clustr_aio.web.routes.files import ID_PARAMETER, ID_SEGMENT, requested_record
+from clustr_aio.web.routes.files import ID_PARAMETER, ID_SEGMENT, requested_record, visible_owner
 
 __all__ = ["CACHE_CONTROL", "negotiate_format", "routes"]
 
@@ -138,6 +142,7 @@ async def _source(request: web.Request, record: FileRecord) -> AsyncIterator[Pat
 
 
 @routes.get(f"/api/files/{{id:{ID_SEGMENT}}}/thumbnail")
+@requires("read", signed_urls=True)
 @operation(
     summary="A stored image's thumbnail",
     description="The image scaled down to `size` (its longest side; never up), upright (EXIF "
@@ -212,16 +217,19 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
         headers[hdrs.VARY] = hdrs.ACCEPT
     thumbnailer = request.app[THUMBNAILER]
     file_key = request.match_info["id"]
-    # A hot thumbnail: the cache alone (no catalog query, no thread hop). Not with a bucket:
-    # its cache is this instance's, and another may have deleted the file since.
+    # A hot thumbnail: the cache alone (no catalog query, no thread hop), when the request
+    # may see every owner's files; else the record says whether it may see this one. Not with
+    # a bucket either: the cache is this instance's, and another may have deleted the file.
     shared = request.app[SETTINGS].storage != "local"
-    found = None if shared else thumbnailer.cached(file_key, size, fmt)
+    everyone = await visible_owner(request) is None
+    fast = everyone and not shared
+    found = thumbnailer.cached(file_key, size, fmt) if fast else None
     if found is None:
         record = await _record(request)
         etag = f'"{Thumbnailer.identity(record.sha256, size, fmt)}"'
         if _matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
             return _not_modified(headers, etag)  # a client has it: no need to render it now
-        found = thumbnailer.cached(file_key, size, fmt) if shared else None
+        found = None if fast else thumbnailer.cached(file_key, size, fmt)  # seen: the cache
     if found is None:
         async with _source(request, record) as source:
             found = await thumbnailer.get(
