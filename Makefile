@@ -46,9 +46,11 @@ $(VENV)/.bench: requirements.txt requirements-assets.txt requirements-bench.txt 
 
 # clustr_aio against nginx (dav PUT, static) on this machine, ~6 min with the default 5 rounds;
 # BENCH_ROUNDS, BENCH_ONLY=L,B,… and more: see bench/run.py. Writes bench/results/.
+# Then STORAGE=s3 against SeaweedFS (L3, B3: bench/s3.py).
 bench: $(VENV)/.bench  ## benchmark against nginx, the machine's physical limit
 	./.ci/system-deps wrk:wrk
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.s3
 
 lint: install $(VENV)/.bench  ## ruff + mypy --strict (bench/ included, hence its packages)
 	$(BIN)/ruff check .

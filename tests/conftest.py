@@ -18,8 +18,9 @@ from clustr_aio.settings import Settings, load_settings
 from clustr_aio.storage.local import INCOMING_DIR
 from clustr_aio.web.app import create_app
 from tests.postgres import PostgresServer, postgres_server
+from tests.seaweedfs import seaweedfs_server
 
-__all__ = ["postgres_server"]  # a fixture for the whole suite
+__all__ = ["postgres_server", "seaweedfs_server"]  # fixtures for the whole suite
 
 REPO = Path(__file__).resolve().parent.parent
 

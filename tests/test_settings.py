@@ -254,7 +254,8 @@ def test_config_file_that_is_not_toml(tmp_path: Path) -> None:
     [
         ("PROT = 5000\n", "PROT: unknown setting in {path} (did you mean PORT?)"),
         ("port = 5000\n", "port: unknown setting in {path} (did you mean PORT?)"),
-        ("[server]\nPORT = 5000\n", "server: unknown setting in {path}"),
+        # A table is no setting either (its name happens to be close to S3_SERVE).
+        ("[server]\nPORT = 5000\n", "server: unknown setting in {path} (did you mean S3_SERVE?)"),
     ],
 )
 def test_unknown_config_key_is_named(tmp_path: Path, toml: str, expected: str) -> None:
@@ -413,6 +414,22 @@ BAD_TEXT: list[tuple[str, str]] = [
     ("DATABASE_URL", "postgresql://host:port/db"),
     ("DEDUPE", "skip"),
     ("DEDUPE", ""),
+    ("STORAGE", "nfs"),
+    ("STORAGE", ""),
+    ("S3_ENDPOINT_URL", "ftp://store"),
+    ("S3_ENDPOINT_URL", "http://"),
+    ("S3_BUCKET", "Not_A_Bucket"),
+    ("S3_BUCKET", "ab"),
+    ("S3_PREFIX", "/abs"),
+    ("S3_PREFIX", "a//b"),
+    ("S3_PREFIX", "../up"),
+    ("S3_REGION", "EU West"),
+    ("S3_ACCESS_KEY_ID", "AKIA EXAMPLE"),
+    ("S3_SECRET_ACCESS_KEY", "pasted with a space"),
+    ("S3_PART_SIZE", "1MiB"),
+    ("S3_PART_SIZE", "6GiB"),
+    ("S3_SERVE", "sendfile"),
+    ("S3_ORPHAN_GRACE", "1d"),
     ("MAX_IMAGE_PIXELS", "0"),
     ("MAX_IMAGE_PIXELS", "100MP"),
     ("STRIP_METADATA", "gps"),
@@ -447,7 +464,10 @@ def test_bad_text_covers_every_setting() -> None:
 def test_bad_environment_value_names_the_setting(tmp_path: Path, name: str, raw: str) -> None:
     message = load_error(tmp_path, environ={name: raw})
     assert message.startswith(f"{name}: ")
-    assert f"{raw!r}" in message
+    if name == "S3_SECRET_ACCESS_KEY":
+        assert raw not in message  # a secret is never echoed
+    else:
+        assert f"{raw!r}" in message
     assert message.endswith(" (from environment)")
 
 
@@ -496,6 +516,16 @@ BAD_TOML: list[tuple[str, str]] = [
     ("ACCESS_LOG", 'ACCESS_LOG = "loud"'),
     ("DATABASE_URL", "DATABASE_URL = 5"),
     ("DEDUPE", "DEDUPE = true"),
+    ("STORAGE", "STORAGE = 3"),
+    ("S3_ENDPOINT_URL", "S3_ENDPOINT_URL = 8333"),
+    ("S3_BUCKET", "S3_BUCKET = true"),
+    ("S3_PREFIX", "S3_PREFIX = []"),
+    ("S3_REGION", "S3_REGION = 1"),
+    ("S3_ACCESS_KEY_ID", "S3_ACCESS_KEY_ID = 12345"),
+    ("S3_SECRET_ACCESS_KEY", "S3_SECRET_ACCESS_KEY = 12345"),
+    ("S3_PART_SIZE", "S3_PART_SIZE = 1024"),
+    ("S3_SERVE", "S3_SERVE = true"),
+    ("S3_ORPHAN_GRACE", "S3_ORPHAN_GRACE = -1"),
     ("MAX_IMAGE_PIXELS", "MAX_IMAGE_PIXELS = 1.5"),
     ("STRIP_METADATA", "STRIP_METADATA = false"),
     ("THUMBNAIL_SIZES", "THUMBNAIL_SIZES = [256, true]"),
@@ -519,7 +549,8 @@ def test_bad_toml_covers_every_setting() -> None:
 def test_bad_toml_value_names_the_setting(tmp_path: Path, name: str, line: str) -> None:
     message = load_error(tmp_path, toml=line + "\n")
     assert message.startswith(f"{name}: expected ")
-    assert f"got {tomllib.loads(line)[name]!r} (from " in message
+    shown = "'<the value, not shown>'" if name == "S3_SECRET_ACCESS_KEY" else None
+    assert f"got {shown or repr(tomllib.loads(line)[name])} (from " in message
     assert message.endswith(f"(from {tmp_path / 'conf' / 'config.toml'})")
 
 
@@ -918,6 +949,22 @@ def test_readme_settings_table_is_current() -> None:
         "README.md's settings table is stale: replace it with "
         "clustr_aio.settings.settings_table_markdown()"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# STORAGE=s3
+
+
+def test_s3_without_a_bucket_is_one_line_at_start_up(tmp_path: Path) -> None:
+    assert load_error(tmp_path, environ={"STORAGE": "s3"}) == (
+        "S3_BUCKET: required when STORAGE is s3"
+    )
+    assert "S3_SECRET_ACCESS_KEY" in load_error(
+        tmp_path, environ={"STORAGE": "s3", "S3_BUCKET": "b-1", "S3_ACCESS_KEY_ID": "k"}
+    )
+    settings = load(tmp_path, environ={"STORAGE": "S3", "S3_BUCKET": "photos", "S3_PREFIX": "a/b"})
+    assert (settings.storage, settings.s3_bucket, settings.s3_prefix) == ("s3", "photos", "a/b/")
+    assert settings.s3_part_size == 16 * 1024 * 1024
 
 
 def test_image_settings(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ record added or removed between two pages never shifts the others.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -150,6 +150,9 @@ class Catalog(Protocol):
     async def check(self) -> None:
         """Raise :class:`~clustr_aio.domain.errors.CatalogUnavailable` if the catalog cannot
         answer a query right now (for ``/readyz``)."""
+
+    async def recorded(self, stored_names: Collection[str]) -> set[str]:
+        """Which of ``stored_names`` have a record (a shared store serves only those)."""
 
     def exclusive(self) -> AbstractAsyncContextManager[bool]:
         """Whether this process holds the catalog's maintenance lock while inside (it does not

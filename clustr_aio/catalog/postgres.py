@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import datetime
 from typing import Any, Final
 
@@ -433,6 +433,12 @@ class PostgresCatalog:
     async def stored_names(self) -> dict[str, str]:
         rows = await self.pool.fetch("SELECT stored_name, id FROM files")
         return {row["stored_name"]: str(row["id"]) for row in rows}
+
+    async def recorded(self, stored_names: Collection[str]) -> set[str]:
+        rows = await self.pool.fetch(
+            "SELECT stored_name FROM files WHERE stored_name = ANY($1::text[])", list(stored_names)
+        )
+        return {row["stored_name"] for row in rows}
 
     @contextlib.asynccontextmanager
     async def exclusive(self) -> AsyncIterator[bool]:

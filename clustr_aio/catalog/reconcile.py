@@ -28,10 +28,11 @@ from typing import Final
 
 from clustr_aio.catalog.base import Catalog, FileRecord
 from clustr_aio.catalog.ids import id_time, new_id
+from clustr_aio.domain.errors import StorageUnavailable
 from clustr_aio.domain.sniff import OCTET_STREAM, SNIFF_BYTES, detect_type
-from clustr_aio.storage.base import Listing, OnDisk, Reading, Storage
+from clustr_aio.storage.base import Listing, OnDisk, OrphanSweeping, Reading, Storage
 
-__all__ = ["Reconciled", "reconcile"]
+__all__ = ["Reconciled", "reconcile", "sweep_orphans"]
 
 log = logging.getLogger("clustr_aio.catalog")
 _READ_BLOCK: Final = 1024 * 1024
@@ -77,6 +78,23 @@ async def reconcile(catalog: Catalog, storage: Storage) -> Reconciled | None:
         result.forgotten,
     )
     return result
+
+
+async def sweep_orphans(catalog: Catalog, storage: Storage) -> object | None:
+    """A shared store's reconciliation: the catalog is the source of truth, so objects
+    without a record are removed, not adopted (a crashed batch's client got no 200, and
+    nobody else was told its names). Safe on every instance at once, and at any time: only
+    what is older than the grace of the store is touched. None if the store cannot sweep, or
+    cannot be reached (the next sweep tries again)."""
+    if not isinstance(storage, OrphanSweeping):
+        return None
+    try:
+        swept = await storage.sweep(catalog.recorded)
+    except StorageUnavailable:
+        log.warning("catalog: the store is unreachable; orphans are swept next time")
+        return None
+    log.info("catalog: swept the store: %s", swept)
+    return swept
 
 
 async def _exists(storage: Reading, name: str) -> bool:

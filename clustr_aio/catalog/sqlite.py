@@ -23,7 +23,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -476,6 +476,15 @@ class SqliteCatalog:
     def _stored_names_sync(self) -> dict[str, str]:
         rows = self._reader().execute("SELECT stored_name, id FROM files")
         return dict(rows.fetchall())
+
+    async def recorded(self, stored_names: Collection[str]) -> set[str]:
+        return await self._read(self._recorded_sync, list(stored_names))
+
+    def _recorded_sync(self, stored_names: list[str]) -> set[str]:
+        query = (
+            "SELECT stored_name FROM files WHERE stored_name IN (SELECT value FROM json_each(?))"
+        )
+        return {row[0] for row in self._reader().execute(query, (json.dumps(stored_names),))}
 
     # -- API keys ----------------------------------------------------------------------------
 

@@ -115,6 +115,14 @@ class CatalogUnavailable(ClustrError):
     retry_after = 1
 
 
+class StorageUnavailable(ClustrError):
+    """The object store failed or could not be reached (STORAGE=s3): nothing of the request was
+    kept, and the same request may well succeed shortly."""
+
+    status = 503
+    retry_after = 5
+
+
 class InsufficientStorage(ClustrError):
     """The disk is full, or free space would drop below ``MIN_FREE_SPACE``."""
 

@@ -127,6 +127,8 @@ def _one_line(error: ErrorDetails, origins: Mapping[str, str]) -> str:
         message = str(cause)  # a parser's "expected ..., got ..."
     else:  # a check of pydantic's own, in its words
         message = f"{error['msg'][:1].lower()}{error['msg'][1:]}, got {error['input']!r}"
+    if not error["loc"]:
+        return message  # a check of several settings: its message names the one to set
     origin = origins.get(name)
     return f"{name}: {message}" + (f" (from {origin})" if origin else "")
 

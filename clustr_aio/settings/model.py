@@ -7,7 +7,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import Field, PlainValidator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -15,13 +15,16 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from clustr_aio.settings.values import (
     IPNetwork,
     integer_between,
+    parse_access_key_id,
     parse_auth,
     parse_boolean,
+    parse_bucket,
     parse_byte_limit,
     parse_byte_limit_or_zero,
     parse_cors_origins,
     parse_database_url,
     parse_dedupe,
+    parse_endpoint_url,
     parse_extensions,
     parse_host,
     parse_log_format,
@@ -31,8 +34,14 @@ from clustr_aio.settings.values import (
     parse_path,
     parse_public_base_url,
     parse_rate,
+    parse_s3_part_size,
+    parse_s3_prefix,
+    parse_s3_region,
+    parse_s3_serve,
     parse_seconds,
+    parse_secret_key,
     parse_secret_keys,
+    parse_storage,
     parse_strip_metadata,
     parse_thumbnail_sizes,
     parse_thumbnails,
@@ -72,6 +81,15 @@ _LogLevel = Annotated[str, PlainValidator(parse_log_level)]
 _LogFormat = Annotated[str, PlainValidator(parse_log_format)]
 _DatabaseUrl = Annotated[str | None, PlainValidator(parse_database_url)]
 _Dedupe = Annotated[str, PlainValidator(parse_dedupe)]
+_Storage = Annotated[str, PlainValidator(parse_storage)]
+_Bucket = Annotated[str | None, PlainValidator(parse_bucket)]
+_Prefix = Annotated[str, PlainValidator(parse_s3_prefix)]
+_EndpointUrl = Annotated[str | None, PlainValidator(parse_endpoint_url)]
+_Region = Annotated[str | None, PlainValidator(parse_s3_region)]
+_AccessKey = Annotated[str | None, PlainValidator(parse_access_key_id)]
+_SecretKey = Annotated[str | None, PlainValidator(parse_secret_key)]
+_PartSize = Annotated[int, PlainValidator(parse_s3_part_size)]
+_Serve = Annotated[str, PlainValidator(parse_s3_serve)]
 _Auth = Annotated[str, PlainValidator(parse_auth)]
 _OptionalNetworks = Annotated[tuple[IPNetwork, ...], PlainValidator(parse_optional_networks)]
 _RequestRate = Annotated[tuple[int, int] | None, PlainValidator(parse_rate(sizes=False))]
@@ -235,6 +253,59 @@ class Settings(BaseSettings):
         "A file whose bytes (sha256) are already stored: off stores it again, reuse answers with"
         " the stored file (duplicate: true), reject refuses the upload with 409.",
     )
+    storage: _Storage = _setting(
+        "local",
+        "Where stored files live: local (UPLOAD_FOLDER) or s3 (the S3_BUCKET of an S3-compatible"
+        " store, shared by every instance; use it with a PostgreSQL DATABASE_URL).",
+    )
+    s3_endpoint_url: _EndpointUrl = _setting(
+        "", "STORAGE=s3: the store's http(s) URL (SeaweedFS, MinIO, Ceph…); unset: AWS S3."
+    )
+    s3_bucket: _Bucket = _setting(
+        "", "STORAGE=s3: the bucket (it must exist); required with STORAGE=s3."
+    )
+    s3_prefix: _Prefix = _setting(
+        "",
+        "STORAGE=s3: a key prefix for every object, e.g. clustr/ (several services, one bucket).",
+    )
+    s3_region: _Region = _setting(
+        "",
+        "STORAGE=s3: the region requests are signed for (SigV4); unset: the AWS default chain,"
+        " else us-east-1.",
+    )
+    s3_access_key_id: _AccessKey = _setting(
+        "",
+        "STORAGE=s3: the access key; unset: the standard AWS chain (AWS_ACCESS_KEY_ID,"
+        " AWS_PROFILE, ~/.aws, instance roles).",
+    )
+    s3_secret_access_key: _SecretKey = _setting(
+        "", "STORAGE=s3: the secret key that goes with S3_ACCESS_KEY_ID."
+    )
+    s3_part_size: _PartSize = _setting(
+        "16MiB",
+        "STORAGE=s3: a file up to this size is sent in one PUT, a larger one in parts of this"
+        " size (5MiB-5GiB); each upload holds at most two parts in memory.",
+    )
+    s3_serve: _Serve = _setting(
+        "redirect",
+        "STORAGE=s3: GET /uploads/{name} answers a 302 to a presigned URL of the object, valid"
+        " 5 minutes (redirect: clients must reach S3_ENDPOINT_URL), or streams it through (proxy).",
+    )
+    s3_orphan_grace: _Seconds = _setting(
+        "86400",
+        "STORAGE=s3: seconds after which an object without a record (a crash between storing and"
+        " cataloguing) or an unfinished multipart upload is removed; keep it above the longest"
+        " upload.",
+    )
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> Self:
+        if self.storage == "s3" and self.s3_bucket is None:
+            raise ValueError("S3_BUCKET: required when STORAGE is s3")
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError("S3_SECRET_ACCESS_KEY: set both S3_ACCESS_KEY_ID and it, or neither")
+        return self
+
     max_image_pixels: _Count = _setting(
         "100000000",
         "Most pixels in one image (width x height, the frames of an animation summed): a larger"

@@ -382,6 +382,86 @@ def parse_networks(raw: object) -> tuple[IPNetwork, ...]:
 
 
 parse_dedupe = _one_of("off", "reuse", "reject", normalise=str.lower)
+parse_storage = _one_of("local", "s3", normalise=str.lower)
+parse_s3_serve = _one_of("redirect", "proxy", normalise=str.lower)
+
+_S3_MIN_PART = 5 * 1024 * 1024  # S3's smallest part but the last
+_S3_MAX_PART = 5 * 1024 * 1024 * 1024
+
+
+def parse_s3_part_size(raw: object) -> int:
+    """A multipart upload's part size: S3 takes 5 MiB to 5 GiB."""
+    value = parse_byte_limit(raw)
+    if not _S3_MIN_PART <= value <= _S3_MAX_PART:
+        raise _expected("a part size from 5MiB to 5GiB", raw)
+    return value
+
+
+def _optional_matching(pattern: str, what: str) -> Callable[[object], str | None]:
+    """A parser of text that must match ``pattern`` whole; empty means unset."""
+    compiled = re.compile(pattern, re.ASCII)
+
+    def parse(raw: object) -> str | None:
+        text = _string(raw, what).strip()
+        if text and not compiled.fullmatch(text):
+            raise _expected(what, raw)
+        return text or None
+
+    return parse
+
+
+parse_s3_region = _optional_matching(r"[a-z0-9]+(-[a-z0-9]+)*", "a region such as us-east-1")
+parse_bucket = _optional_matching(
+    r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]",
+    "a bucket name such as clustr-photos (3-63 of a-z, 0-9, '.', '-')",
+)
+
+
+def parse_access_key_id(raw: object) -> str | None:
+    """An access key id: printable, no spaces; empty means unset."""
+    what = "an access key id (printable, no spaces)"
+    text = _string(raw, what).strip()
+    if (text and not text.isprintable()) or " " in text:
+        raise _expected(what, raw)
+    return text or None
+
+
+def parse_secret_key(raw: object) -> str | None:
+    """A secret key: printable, no spaces; empty means unset. Never echoed in an error."""
+    what = "a secret key (printable, no spaces)"
+    text = _string(raw, what).strip() if isinstance(raw, str) else None
+    if text is None or (text and not text.isprintable()) or " " in text:
+        raise _expected(what, "<the value, not shown>")
+    return text or None
+
+
+def parse_s3_prefix(raw: object) -> str:
+    """A key prefix inside the bucket: "" or segments ending in "/" (one is added)."""
+    what = "a key prefix such as clustr/ (no leading /, no empty or dot segments)"
+    text = _string(raw, what).strip()
+    if not text:
+        return ""
+    text = text if text.endswith("/") else text + "/"
+    segments = text[:-1].split("/")
+    if any(not seg or seg in (".", "..") for seg in segments) or "\\" in text:
+        raise _expected(what, raw)
+    return text
+
+
+def parse_endpoint_url(raw: object) -> str | None:
+    """An http(s) URL of an S3-compatible endpoint; empty: AWS's own."""
+    what = "an http(s) URL such as http://127.0.0.1:8333"
+    text = _string(raw, what).strip()
+    if not text:
+        return None
+    try:
+        parts = urlsplit(text)
+        _ = parts.port
+    except ValueError:
+        raise _expected(what, raw) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise _expected(what, raw)
+    return text.rstrip("/")
 
 
 def parse_database_url(raw: object) -> str | None:

@@ -9,8 +9,10 @@ that a backend may also implement, so adding one never forces every backend to c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
@@ -96,8 +98,52 @@ class Redirect:
     url: str
 
 
-StoredLocation = OnDisk | Redirect
-"""Where a client can read a stored file's bytes; one more variant per way of serving."""
+@dataclass(frozen=True, slots=True)
+class ReadConditions:
+    """A read's range and preconditions, as the client sent them (HTTP header values)."""
+
+    range: str | None = None
+    if_range: str | None = None
+    if_match: str | None = None
+    if_none_match: str | None = None
+    if_modified_since: str | None = None
+    if_unmodified_since: str | None = None
+
+
+@dataclass(kw_only=True, slots=True)
+class RemoteObject:
+    """What a remote store answered a read: ``status`` in HTTP's terms (200, 206, 304, 404,
+    412, 416), and for 200/206 the bytes as they come (``release`` them when not read to the
+    end)."""
+
+    status: int
+    size: int | None = None
+    """Bytes in ``chunks`` (the range's, for a 206)."""
+    etag: str | None = None
+    last_modified: datetime | None = None
+    content_range: str | None = None
+    chunks: AsyncIterator[bytes] | None = None
+    release: Callable[[], None] | None = None
+
+
+class RemoteReading(Protocol):
+    async def fetch(self, name: str, conditions: ReadConditions) -> RemoteObject: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Proxied:
+    """A stored file's bytes are in a store clients cannot reach: this process reads them
+    (``source.fetch``) and streams them through."""
+
+    name: str
+    source: RemoteReading
+
+
+StoredLocation = OnDisk | Redirect | Proxied
+"""Where a client can read a stored file's bytes; one more variant per way of serving.
+:class:`OnDisk` is this machine's: what is there is served. The others are a store's that
+other processes write to as well, which may hold an object before its upload is committed (or
+after a crash, without a record ever): those are served only when the catalog has a record."""
 
 
 @runtime_checkable
@@ -119,11 +165,30 @@ class Listing(Protocol):
 
 
 @runtime_checkable
+class Downloading(Protocol):
+    """Optional capability of a store elsewhere: a stored file's bytes copied to this machine
+    (a thumbnail is rendered from a local file)."""
+
+    async def download(self, name: str, target: Path) -> None:
+        """Write the stored file ``name`` to the new file ``target`` (its folder is made)."""
+
+
+@runtime_checkable
 class Deleting(Protocol):
     """Optional capability: remove a published file."""
 
     async def delete(self, name: str) -> bool:
         """Remove the stored file ``name``; False if there was none."""
+
+
+@runtime_checkable
+class OrphanSweeping(Protocol):
+    """Optional capability of a store shared by many processes: objects without a record are
+    removed (not adopted: the catalog is the source of truth), once old enough that no upload
+    in flight can own them."""
+
+    async def sweep(self, recorded: Callable[[Collection[str]], Awaitable[set[str]]]) -> object:
+        """Remove orphans; ``recorded(names)`` answers which of ``names`` have a record."""
 
 
 class BatchScope:

@@ -1,30 +1,59 @@
 """The storage the settings ask for, opened and closed around the application's life.
 
-One function, so that ``create_app`` never names a backend: another backend (S3-compatible
-object storage) is one more branch here and one module beside :mod:`.local`.
+One function, so that ``create_app`` never names a backend: ``STORAGE=local`` is the upload
+folder (:mod:`.local`), ``STORAGE=s3`` a bucket shared by every instance (:mod:`.s3`).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from clustr_aio.settings import Settings
 from clustr_aio.storage.base import Storage
 from clustr_aio.storage.local import LocalStorage
 
-__all__ = ["open_storage"]
+if TYPE_CHECKING:
+    from clustr_aio.storage.s3 import S3Storage
+    from clustr_aio.storage.s3.client import S3Config
+
+__all__ = ["open_storage", "s3_config"]
 
 
 @asynccontextmanager
 async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
     """The configured storage, ready: for the local folder, created if missing, with what dead
-    processes left in ``.incoming`` swept away."""
-    storage = LocalStorage(
-        settings.upload_folder, fsync=settings.fsync, min_free_space=settings.min_free_space
-    )
+    processes left in ``.incoming`` swept away; for a bucket, a client (aiobotocore only then)."""
+    storage: LocalStorage | S3Storage
+    if settings.storage == "s3":
+        from clustr_aio.storage.s3 import S3Storage
+
+        storage = S3Storage(s3_config(settings))
+    else:
+        storage = LocalStorage(
+            settings.upload_folder, fsync=settings.fsync, min_free_space=settings.min_free_space
+        )
     await storage.open()
     try:
         yield storage
     finally:
         await storage.close()
+
+
+def s3_config(settings: Settings) -> S3Config:
+    from clustr_aio.storage.s3.client import S3Config
+
+    assert settings.s3_bucket is not None, "STORAGE=s3 without S3_BUCKET passed validation"
+    return S3Config(
+        bucket=settings.s3_bucket,
+        prefix=settings.s3_prefix,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=settings.s3_secret_access_key,
+        part_size=settings.s3_part_size,
+        serve=settings.s3_serve,
+        orphan_grace=settings.s3_orphan_grace,
+        connections=max(16, settings.max_concurrent_uploads),
+    )

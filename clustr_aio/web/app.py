@@ -3,6 +3,8 @@ middlewares. Resources are opened and closed in ``cleanup_ctx``, in dependency o
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -14,14 +16,14 @@ from aiohttp import hdrs, web
 
 from clustr_aio.catalog.base import Catalog
 from clustr_aio.catalog.factory import open_catalog
-from clustr_aio.catalog.reconcile import reconcile
+from clustr_aio.catalog.reconcile import reconcile, sweep_orphans
 from clustr_aio.compat import cors_response_hook
 from clustr_aio.domain.limits import UploadLimits
 from clustr_aio.images.thumbnails import THUMBNAIL_DIR, Thumbnailer
 from clustr_aio.ingest.pipeline import Dedupe, IngestPolicy
 from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
-from clustr_aio.storage.base import Reading
+from clustr_aio.storage.base import OrphanSweeping, Reading, Storage
 from clustr_aio.storage.factory import open_storage
 from clustr_aio.web import middlewares
 from clustr_aio.web.guard import Guard
@@ -101,7 +103,25 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
             app[FILE_READER] = storage
         app[CATALOG] = catalog
         await reconcile(catalog, storage)
-        yield
+        sweeper = None
+        if isinstance(storage, OrphanSweeping):
+            every = min(3600.0, max(1.0, settings.s3_orphan_grace / 2))
+            sweeper = asyncio.create_task(_sweep_every(every, catalog, storage))
+        try:
+            yield
+        finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
+
+
+async def _sweep_every(seconds: float, catalog: Catalog, storage: Storage) -> None:
+    """A shared store's orphans, swept at start-up and then every ``seconds``, by every
+    instance (it is safe: see :func:`sweep_orphans`)."""
+    while True:
+        await sweep_orphans(catalog, storage)
+        await asyncio.sleep(seconds)
 
 
 async def _rate_limits(app: web.Application) -> AsyncIterator[None]:

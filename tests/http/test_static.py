@@ -349,11 +349,13 @@ async def test_files_are_read_through_the_storage(
 
     app.on_startup.append(swap_reader)
     client = await aiohttp_client(app)
-    (upload_dir / "a.jpg").write_bytes(JPEG)  # on disk, yet this storage says it is elsewhere
+    await upload_ok(client, ("a.jpg", JPEG))  # on disk, yet this storage says it is elsewhere
     response = await client.get("/uploads/a.jpg", allow_redirects=False)
     assert response.status == 302
     assert response.headers["Location"] == "https://objects.example.com/bucket/a.jpg"
     await expect_error(await client.get("/uploads/x"), 404)
+    # Elsewhere is a store others write to as well: only what the catalog records is served.
+    await expect_error(await client.get("/uploads/b.jpg", allow_redirects=False), 404)
 
 
 async def test_a_storage_without_reading_serves_nothing(

@@ -80,7 +80,11 @@ def test_kill_between_publish_and_commit_then_the_next_start_adopts_the_files(
 
     uploading = threading.Thread(target=upload_until_killed, daemon=True)
     uploading.start()
-    wait_until(marker.exists, "the batch published and its commit begun")
+    # Written, not just created: the server opens the marker, then writes the names.
+    wait_until(
+        lambda: marker.exists() and bool(marker.read_text()),
+        "the batch published and its commit begun",
+    )
     assert marker.read_text().split() == ["a.jpg", "b.jpg"]
     assert stored_files(server.upload_folder) == ["a.jpg", "b.jpg"]  # linked, not recorded
     server.kill()

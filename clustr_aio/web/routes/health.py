@@ -3,9 +3,10 @@
 - ``GET /healthz``: the process is alive and its event loop answers. Nothing else is checked,
   so a full disk never gets a live server restarted.
 - ``GET /readyz``: uploads can succeed right now: a file can be created and published in the
-  upload folder, free space is above ``MIN_FREE_SPACE``, and the catalog answers a query.
-  503 with a ``detail`` otherwise, so a load balancer sends uploads elsewhere until an
-  operator has made room (or the database is back).
+  upload folder (with ``STORAGE=s3``: an object written to and deleted from the bucket), free
+  space is above ``MIN_FREE_SPACE``, and the catalog answers a query. 503 with a ``detail``
+  otherwise, so a load balancer sends uploads elsewhere until an operator has made room (or the
+  database is back).
 - ``GET /metrics``: Prometheus text (or OpenMetrics) from :mod:`clustr_aio.observability.metrics`.
 """
 
@@ -58,8 +59,8 @@ async def healthz(request: web.Request) -> web.Response:
     responses={
         200: json_response("Ready.", _status("ready")),
         503: documented_error(
-            "Not ready: the upload folder is not writable, free space is below MIN_FREE_SPACE, "
-            "or the catalog cannot be reached.",
+            "Not ready: the upload folder (or bucket) is not writable, free space is below "
+            "MIN_FREE_SPACE, or the catalog cannot be reached.",
             "not ready: the upload folder is not writable: Permission denied",
         ),
     },
@@ -73,7 +74,8 @@ async def readyz(request: web.Request) -> web.Response:
         free = await storage.free_space() if isinstance(storage, SpaceReporting) else None
     except OSError as error:
         reason = error.strerror or str(error)
-        return error_response(503, f"not ready: the upload folder is not writable: {reason}")
+        where = "the bucket" if request.app[SETTINGS].storage == "s3" else "the upload folder"
+        return error_response(503, f"not ready: {where} is not writable: {reason}")
     if free is not None and free < reserve:
         return error_response(
             503,

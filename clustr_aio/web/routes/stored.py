@@ -11,7 +11,7 @@ from aiohttp import web
 from clustr_aio.domain.models import STORED_CONTENT_TYPES
 from clustr_aio.storage.base import OnDisk, Redirect
 from clustr_aio.web.file_response import CONTENT_SECURITY_POLICY, file_response
-from clustr_aio.web.keys import FILE_READER
+from clustr_aio.web.keys import CATALOG, FILE_READER
 from clustr_aio.web.links import refuse_unsigned
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import (
@@ -19,6 +19,7 @@ from clustr_aio.web.openapi.schemas import (
     error_response,
     file_responses,
 )
+from clustr_aio.web.remote_response import remote_response
 from clustr_aio.web.responses import error_response as json_error
 
 __all__ = ["ROUTE_NAME", "add_routes"]
@@ -61,12 +62,21 @@ def add_routes(router: web.UrlDispatcher, prefix: str) -> None:
         **file_responses(
             STORED_CONTENT_TYPES, what="file", not_found="No stored file of that name."
         ),
+        302: {
+            "description": "STORAGE=s3 with S3_SERVE=redirect: the file is at the `Location`, a "
+            "presigned URL of the store valid five minutes.",
+            "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
+        },
         403: error_response(
             "The name is not a regular file, or not readable; or (PUBLIC_FILES=false) the URL "
             "is not signed, its signature is not valid, or it has expired.",
             "Forbidden",
             "this file is served only at a signed URL from the API",
             "this file URL has expired; ask the API for a new one",
+        ),
+        503: error_response(
+            "STORAGE=s3: the store could not be reached; try again after `Retry-After`.",
+            "the file store is unavailable; nothing of this upload was kept, try again",
         ),
     },
 )
@@ -81,8 +91,13 @@ async def stored_file(request: web.Request) -> web.StreamResponse:
     location = await reader.locate(name) if reader is not None else None
     if isinstance(location, OnDisk):
         return file_response(request, location.path, name)
-    if isinstance(location, Redirect):
-        raise web.HTTPFound(location.url)
+    # A shared store may hold an object whose upload is not committed (yet, or ever, after a
+    # crash): the catalog decides what is stored.
+    if location is not None and name in await request.app[CATALOG].recorded([name]):
+        if isinstance(location, Redirect):
+            # Short-lived: a cache may keep the redirect for a minute, never past the URL's life.
+            raise web.HTTPFound(location.url, headers={"Cache-Control": "private, max-age=60"})
+        return await remote_response(request, location)
     return json_error(
         404, "Not Found", headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY}
     )
