@@ -7,6 +7,7 @@ status number (as tusd's ``NewError(code, msg, status)`` does); one middleware i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 
@@ -16,6 +17,8 @@ class ClustrError(Exception):
     status: ClassVar[int] = 500
     retry_after: ClassVar[int | None] = None
     """Seconds to send as ``Retry-After``, for a refusal that is only for now."""
+    headers: ClassVar[Mapping[str, str]] = {}
+    """Headers the answer must carry (a 412 names the protocol versions the server speaks)."""
     per_file: ClassVar[bool] = False
     """A refusal of one file, not of the request: ``POST /api/upload?atomic=false`` answers it
     in that file's item and stores the others."""
@@ -110,3 +113,49 @@ class EncodedBody(ClustrError):
     """The body has a Content-Encoding: compressed bodies are refused, never inflated."""
 
     status = 415
+
+
+# -- resumable uploads (the tus protocol's answers) ---------------------------------------------
+
+
+class UploadGone(ClustrError):
+    """The resumable upload expired (the sweeper has not removed it yet: then it is a 404)."""
+
+    status = 410
+
+
+class UploadLocked(ClustrError):
+    """Another request is appending to, or removing, this resumable upload (tusd's 423)."""
+
+    status = 423
+
+
+class OffsetMismatch(ClustrError):
+    """A PATCH's Upload-Offset is not the upload's: the client must ask (HEAD) and resume."""
+
+    status = 409
+
+
+class FinalUploadPatched(ClustrError):
+    """A PATCH to the final upload of a concatenation, whose bytes are its parts'."""
+
+    status = 403
+
+
+class ChecksumMismatch(ClustrError):
+    """The chunk's bytes do not have the Upload-Checksum the client sent (tus: 460)."""
+
+    status = 460
+
+
+class WrongContentType(ClustrError):
+    """A body that must be ``application/offset+octet-stream`` is something else."""
+
+    status = 415
+
+
+class UnsupportedProtocolVersion(ClustrError):
+    """A Tus-Resumable version this server does not speak."""
+
+    status = 412
+    headers: ClassVar[Mapping[str, str]] = {"Tus-Version": "1.0.0"}

@@ -21,6 +21,7 @@ from clustr_aio.settings.values import (
     parse_cors_origins,
     parse_database_url,
     parse_dedupe,
+    parse_duration,
     parse_extensions,
     parse_host,
     parse_log_format,
@@ -65,6 +66,7 @@ _LogLevel = Annotated[str, PlainValidator(parse_log_level)]
 _LogFormat = Annotated[str, PlainValidator(parse_log_format)]
 _DatabaseUrl = Annotated[str | None, PlainValidator(parse_database_url)]
 _Dedupe = Annotated[str, PlainValidator(parse_dedupe)]
+_Duration = Annotated[float, PlainValidator(parse_duration)]
 
 
 def _setting(default: str, description: str) -> Any:
@@ -206,6 +208,11 @@ class Settings(BaseSettings):
         "off",
         "A file whose bytes (sha256) are already stored: off stores it again, reuse answers with"
         " the stored file (duplicate: true), reject refuses the upload with 409.",
+    )
+    tus_expiry: _Duration = _setting(
+        "24h",
+        "How long a resumable upload (/api/tus/) lives after its last byte came: then 410, and"
+        " its data is removed (404); seconds or 90s, 30m, 24h, 7d.",
     )
 
     @classmethod

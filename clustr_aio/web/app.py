@@ -3,6 +3,8 @@ middlewares. Resources are opened and closed in ``cleanup_ctx``, in dependency o
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import cast
 
@@ -18,6 +20,9 @@ from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
 from clustr_aio.storage.base import Reading
 from clustr_aio.storage.factory import open_storage
+from clustr_aio.storage.resumable import Resumable
+from clustr_aio.tus.handler import TusHandler
+from clustr_aio.tus.sweeper import sweep_forever
 from clustr_aio.web import middlewares
 from clustr_aio.web.keys import (
     CATALOG,
@@ -26,10 +31,11 @@ from clustr_aio.web.keys import (
     METRICS,
     SETTINGS,
     STORAGE,
+    TUS,
     UPLOAD_SLOTS,
 )
 from clustr_aio.web.protection import UploadSlots
-from clustr_aio.web.routes import docs, files, health, root, stored, upload
+from clustr_aio.web.routes import docs, files, health, root, stored, tus, upload
 
 ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
 
@@ -58,14 +64,17 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_storage)
     app.on_response_prepare.append(middlewares.common_headers)
     app.on_response_prepare.append(metrics.count_response)
+    app.on_response_prepare.append(tus.tus_headers)
 
     app.router.add_routes(root.routes)
     app.router.add_routes(upload.routes)
     app.router.add_routes(files.routes)
+    app.router.add_routes(tus.routes)
     app.router.add_routes(health.routes)
     app.router.add_routes(docs.routes)
     stored.add_routes(app.router, settings.upload_url_path)
     _allow_cors(app, settings.cors_origins)
+    tus.add_discovery(app)  # on the OPTIONS routes CORS added
     return app
 
 
@@ -78,7 +87,23 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
             app[FILE_READER] = storage
         app[CATALOG] = catalog
         await reconcile(catalog, storage)
-        yield
+        if not isinstance(storage, Resumable):
+            yield
+            return
+        app[TUS] = TusHandler(
+            store=storage.resumable_uploads(),
+            storage=storage,
+            policy=app[INGEST_POLICY],
+            catalog=catalog,
+            expiry=settings.tus_expiry,
+        )
+        sweeper = asyncio.ensure_future(sweep_forever(app[TUS]))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
 
 
 def _allow_cors(app: web.Application, origins: tuple[str, ...]) -> None:

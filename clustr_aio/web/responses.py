@@ -19,7 +19,9 @@ def error_response(
 def clustr_error_response(error: ClustrError) -> web.Response:
     """``{"detail"}`` (with the file and its index when the error is about one of an upload's),
     and ``Retry-After`` when the refusal is only for now."""
-    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+    headers = dict(error.headers)
+    if error.retry_after:
+        headers["Retry-After"] = str(error.retry_after)
     if error.file is None or error.index is None:
         return error_response(error.status, error.detail, headers=headers)
     body = UploadError(detail=error.detail, file=error.file, index=error.index)

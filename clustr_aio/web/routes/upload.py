@@ -7,12 +7,9 @@ from urllib.parse import quote
 
 from aiohttp import HttpVersion11, hdrs, web
 
-from clustr_aio.compat import HttpProcessingError
 from clustr_aio.domain.errors import (
     BadRequest,
-    ClientDisconnected,
     ClustrError,
-    MalformedUpload,
     NoFilesUploaded,
 )
 from clustr_aio.domain.models import (
@@ -31,7 +28,7 @@ from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.registry import JSONObject
 from clustr_aio.web.openapi.schemas import error_response as documented_error
 from clustr_aio.web.openapi.schemas import json_response, ref
-from clustr_aio.web.protection import refuse_content_encoding
+from clustr_aio.web.protection import body_errors, refuse_content_encoding
 from clustr_aio.web.responses import clustr_error_response
 
 routes = web.RouteTableDef()
@@ -150,18 +147,13 @@ async def upload(request: web.Request) -> web.Response:
         files = file_parts(MultipartStream(body, boundary), policy.field_name)
         storage, catalog = request.app[STORAGE], request.app[CATALOG]
         try:
-            if atomic:
-                results: list[StoredFile | RefusedFile] = [
-                    *await ingest_batch(files, storage, policy, catalog)
-                ]
-            else:
-                results = await ingest_each(files, storage, policy, catalog)
-        except ConnectionError as error:
-            raise ClientDisconnected() from error
-        except HttpProcessingError as error:  # e.g. broken chunked encoding or a short body
-            raise MalformedUpload(f"malformed request body: {error.message}") from None
-        except web.RequestPayloadError:  # what the parser sets on the body stream mid-read
-            raise MalformedUpload("malformed request body") from None
+            with body_errors():
+                if atomic:
+                    results: list[StoredFile | RefusedFile] = [
+                        *await ingest_batch(files, storage, policy, catalog)
+                    ]
+                else:
+                    results = await ingest_each(files, storage, policy, catalog)
         finally:
             tracked.received(body.bytes_read)
         stored = [r for r in results if isinstance(r, StoredFile)]
