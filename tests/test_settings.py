@@ -410,6 +410,9 @@ BAD_TEXT: list[tuple[str, str]] = [
     ("DATABASE_URL", "postgresql://host:port/db"),
     ("DEDUPE", "skip"),
     ("DEDUPE", ""),
+    ("TUS_EXPIRY", "soon"),
+    ("TUS_EXPIRY", "0"),
+    ("TUS_EXPIRY", "1w"),
 ]
 
 
@@ -468,6 +471,7 @@ BAD_TOML: list[tuple[str, str]] = [
     ("ACCESS_LOG", 'ACCESS_LOG = "loud"'),
     ("DATABASE_URL", "DATABASE_URL = 5"),
     ("DEDUPE", "DEDUPE = true"),
+    ("TUS_EXPIRY", "TUS_EXPIRY = true"),
 ]
 
 

@@ -43,7 +43,8 @@ async def created(client: Client, length: int | None, **headers: str) -> str:
 def location(response: ClientResponse) -> str:
     """The path of the upload's URL (absolute, for the server's configured address)."""
     url = URL(response.headers["Location"])
-    assert url.absolute and url.path.startswith("/api/tus/")
+    assert url.absolute
+    assert url.path.startswith("/api/tus/")
     return url.path
 
 
@@ -424,7 +425,7 @@ async def test_a_broken_connection_keeps_what_arrived_and_frees_the_lock(
 ) -> None:
     url = await created(tus, len(PHOTO))
     host, port = tus.server.host, tus.server.port
-    reader, writer = await asyncio.open_connection(host, port)
+    _reader, writer = await asyncio.open_connection(host, port)
     path = url
     writer.write(
         (
@@ -466,7 +467,8 @@ async def test_expired_upload_is_410_then_swept_to_404(
         if 404 in statuses:
             break
         await asyncio.sleep(0.05)
-    assert statuses <= {410, 404} and 404 in statuses
+    assert statuses <= {410, 404}
+    assert 404 in statuses
     assert list((upload_dir / ".tus").iterdir()) == []
 
 
@@ -485,7 +487,8 @@ async def test_tus_headers_are_exposed_to_browsers(tus: Client) -> None:
     )
     assert preflight.status == 200
     allowed = preflight.headers["Access-Control-Allow-Headers"].lower()
-    assert "upload-length" in allowed and "upload-metadata" in allowed
+    assert "upload-length" in allowed
+    assert "upload-metadata" in allowed
     response = await create(tus, len(PHOTO), **origin)
     exposed = response.headers["Access-Control-Expose-Headers"].lower().split(",")
     assert {"location", "upload-expires", "tus-resumable"} <= set(exposed)

@@ -94,6 +94,7 @@ _ID: Final[JSONObject] = {
     "required": True,
     "description": "The upload's id, the last segment of its `Location`.",
     "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+    "example": "0193c5a4e1f27c2a9d3b4e5f60718293",
 }
 
 
@@ -341,25 +342,27 @@ async def method_override(request: web.Request) -> web.StreamResponse:
     return await handler(request)
 
 
-_DOCUMENT_DISCOVERY: Final = operation(
-    summary="What this tus server supports",
-    description="tus discovery: `Tus-Version`, `Tus-Extension`, `Tus-Max-Size` "
-    "(MAX_FILE_SIZE), `Tus-Checksum-Algorithm`. A CORS preflight (with "
-    "`Access-Control-Request-Method`) is answered as one.",
-    tags=("upload",),
-    responses={
-        204: {
-            "description": f"Extensions: {', '.join(EXTENSIONS)}; checksums: "
-            f"{', '.join(CHECKSUM_ALGORITHMS)}.",
-            "headers": _headers(
-                Tus_Version="1.0.0",
-                Tus_Extension="Comma-separated.",
-                Tus_Max_Size="Bytes.",
-                Tus_Checksum_Algorithm="Comma-separated.",
-            ),
-        }
-    },
-)
+def _discovery_doc(*parameters: JSONObject) -> Callable[[Handler], Handler]:
+    return operation(
+        parameters=parameters,
+        summary="What this tus server supports",
+        description="tus discovery: `Tus-Version`, `Tus-Extension`, `Tus-Max-Size` "
+        "(MAX_FILE_SIZE), `Tus-Checksum-Algorithm`. A CORS preflight (with "
+        "`Access-Control-Request-Method`) is answered as one.",
+        tags=("upload",),
+        responses={
+            204: {
+                "description": f"Extensions: {', '.join(EXTENSIONS)}; checksums: "
+                f"{', '.join(CHECKSUM_ALGORITHMS)}.",
+                "headers": _headers(
+                    Tus_Version="1.0.0",
+                    Tus_Extension="Comma-separated.",
+                    Tus_Max_Size="Bytes.",
+                    Tus_Checksum_Algorithm="Comma-separated.",
+                ),
+            }
+        },
+    )
 
 
 def add_discovery(app: web.Application) -> None:
@@ -368,16 +371,19 @@ def add_discovery(app: web.Application) -> None:
     for resource in app.router.resources():
         if not resource.canonical.startswith(PREFIX):
             continue
+        endpoint = resource.canonical == PREFIX
+        name = "discover_tus" if endpoint else "discover_tus_upload"
+        document = _discovery_doc() if endpoint else _discovery_doc(_ID)
         for route in resource:
             if route.method == hdrs.METH_OPTIONS:
-                replace_route_handler(route, _discovery_or(route.handler))
+                replace_route_handler(route, document(_discovery_or(route.handler, name)))
 
 
-def _discovery_or(preflight: Handler) -> Handler:
-    @_DOCUMENT_DISCOVERY
+def _discovery_or(preflight: Handler, name: str) -> Handler:
     async def discovery(request: web.Request) -> web.StreamResponse:
         if hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers:
             return await preflight(request)
         return _response(_tus(request).options())
 
+    discovery.__name__ = name  # its operationId
     return discovery
