@@ -36,7 +36,13 @@ dev: $(VENV)/.runtime  ## serve, restarting on code changes
 system-deps:  ## Debian packages the tests drive (curl, …); installs only what is missing
 	./.ci/system-deps
 
-test: install system-deps  ## the whole suite, through real servers, sockets and clients
+# The JavaScript tus clients of tests/tus/ (tus-js-client, Uppy's build), from the lock file.
+JS_TESTS := tests/tus/js
+$(JS_TESTS)/node_modules/.installed: $(JS_TESTS)/package.json $(JS_TESTS)/package-lock.json
+	npm ci --prefix $(JS_TESTS) --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: install system-deps $(JS_TESTS)/node_modules/.installed  ## the whole suite, through real servers, sockets and clients
 	$(BIN)/python -m pytest
 
 $(VENV)/.bench: requirements.txt requirements-assets.txt requirements-bench.txt | $(BIN)/python
