@@ -35,7 +35,7 @@ from clustr_aio.web.keys import (
     UPLOAD_SLOTS,
 )
 from clustr_aio.web.protection import UploadSlots
-from clustr_aio.web.routes import docs, files, health, root, stored, tus, upload
+from clustr_aio.web.routes import docs, files, health, root, stored, tus, upload, upload_page
 
 ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
 
@@ -70,6 +70,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(upload.routes)
     app.router.add_routes(files.routes)
     app.router.add_routes(tus.routes)
+    app.router.add_routes(upload_page.routes)
     app.router.add_routes(health.routes)
     app.router.add_routes(docs.routes)
     stored.add_routes(app.router, settings.upload_url_path)
