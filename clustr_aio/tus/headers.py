@@ -122,6 +122,8 @@ def parse_checksum(text: str | None) -> Checksum | None:
         expected = base64.b64decode(encoded.strip(), validate=True)
     except binascii.Error:
         raise BadRequest("Upload-Checksum: the digest is not base64") from None
+    if len(expected) != hashlib.new(algorithm.lower()).digest_size:
+        raise BadRequest(f"Upload-Checksum: not the length of a {algorithm.lower()} digest")
     return Checksum(algorithm.lower(), expected)
 
 
