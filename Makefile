@@ -52,7 +52,12 @@ $(VENV)/.bench: requirements.txt requirements-assets.txt requirements-bench.txt 
 
 # clustr_aio against nginx (dav PUT, static) on this machine, ~6 min with the default 5 rounds;
 # BENCH_ROUNDS, BENCH_ONLY=L,B,… and more: see bench/run.py. Writes bench/results/.
-bench: $(VENV)/.bench  ## benchmark against nginx, the machine's physical limit
+# TL and TB's reference tus server, @tus/server with @tus/file-store, from its lock file.
+bench/tus_reference/node_modules/.installed: bench/tus_reference/package.json bench/tus_reference/package-lock.json
+	npm ci --prefix bench/tus_reference --no-audit --no-fund --loglevel=error
+	touch $@
+
+bench: $(VENV)/.bench bench/tus_reference/node_modules/.installed  ## benchmark against nginx (and @tus/server)
 	./.ci/system-deps wrk:wrk
 	$(BIN)/python -m bench.run
 

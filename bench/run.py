@@ -44,6 +44,7 @@ from bench.data import ensure_data
 from bench.nginx import Nginx
 from bench.proc import MIB, cpu_seconds, free_port
 from bench.scenarios import STATIC_NAME, Scenario, Setup, Side, build
+from bench.tus_reference import TusReference
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -62,8 +63,11 @@ def main() -> int:
     synced = ClustrServer(work / "synced", fsync=True, extra_env={})
     multi = ClustrServer(work / "multi", fsync=False, workers=2, extra_env={})
     servers = [plain, synced, multi]
+    reference = TusReference(work / "tus-reference") if TusReference.available() else None
     try:
         nginx.start()
+        if reference is not None:
+            reference.start()
         for server in servers:
             server.start()
         # WORKERS=2 counts only if this checkout pre-forks; else the 1-worker numbers suffice.
@@ -81,6 +85,7 @@ def main() -> int:
             wrk_seconds=int(os.environ.get("BENCH_SECONDS", "8")),
             wrk_connections=int(os.environ.get("BENCH_CONNECTIONS", "16")),
             attic=Attic(work / "attic"),
+            tus_reference=reference,
         )
         scenarios = [s for s in build(setup) if not only or s.key in only]
         if profile_dir:
@@ -89,6 +94,8 @@ def main() -> int:
     finally:
         for server in servers:
             server.stop()
+        if reference is not None:
+            reference.stop()
         nginx.stop()
         shutil.rmtree(work, ignore_errors=True)
 

@@ -287,7 +287,10 @@ class TusHandler:
         if info.final:
             raise FinalUploadPatched("a final upload's bytes are its parts': PATCH those")
         async with self.store.hold(upload_id) as held:
-            return await self._receive(held, request, offset)
+            answer = await self._receive(held, request, offset)
+        if held.info.partial and held.info.received_all:
+            await self._finish_finals_of(upload_id)  # concatenation-unfinished
+        return answer
 
     async def _receive(self, held: HeldUpload, request: TusRequest, offset: int) -> TusAnswer:
         """Append the body to the held upload at ``offset``; publish it once complete."""
@@ -328,9 +331,7 @@ class TusHandler:
         if info.received_all and not info.partial:
             info = await self._publish(held, info)
         else:
-            await held.commit(info)
-            if info.received_all:
-                await self._finish_finals_of(info.id)
+            await held.commit(info)  # a complete part: its finals are finished once it is let go
         return TusAnswer(204, self._upload_headers(info, request))
 
     def _with_length(self, info: UploadInfo, headers: Mapping[str, str]) -> UploadInfo:

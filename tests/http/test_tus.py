@@ -379,6 +379,9 @@ async def test_concatenation_unfinished(tus: Client, upload_dir: Path) -> None:
     state = await head(tus, final_url)
     assert "Clustr-File-Id" in state.headers
     assert (upload_dir / "joined.jpg").read_bytes() == PHOTO
+    # The parts' bytes are the stored file's now: both are gone, the final's state stays.
+    assert (await head(tus, first)).status == 404
+    assert (await head(tus, second)).status == 404
 
 
 async def test_final_of_unknown_or_whole_uploads_is_400(tus: Client) -> None:
