@@ -50,8 +50,12 @@ class TusConnection:
         while (line := self._reader.readline()) not in (b"\r\n", b"\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
             answer[name.strip().lower()] = value.strip()
-        length = int(answer.get("content-length", "0"))
-        if length:
+        if answer.get("transfer-encoding", "").lower() == "chunked":
+            while (size := int(self._reader.readline().split(b";")[0], 16)) > 0:
+                self._reader.read(size + 2)  # the chunk and its CRLF
+            while self._reader.readline() not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+        elif length := int(answer.get("content-length", "0")):
             self._reader.read(length)
         return status, answer
 

@@ -149,15 +149,7 @@ class TusHandler:
         length = self._declared_length(headers)
         if not partial:
             self._check_name(metadata, length)
-        now = self._clock()
-        info = UploadInfo(
-            id=uuid.uuid4().hex,
-            length=length,
-            metadata=metadata,
-            created_at=now,
-            expires_at=now + self.expiry,
-            partial=partial,
-        )
+        info = self._new_upload(length, metadata, partial=partial)
         await self.store.create(info)
         answer = TusAnswer(201, {"Location": f"{request.endpoint}/{info.id}"})
         if request.has_body:  # creation-with-upload: the first chunk, as a PATCH would send it
@@ -167,6 +159,25 @@ class TusHandler:
         else:
             answer.headers["Upload-Expires"] = http_date(info.expires_at)
         return answer
+
+    def _new_upload(
+        self,
+        length: int | None,
+        metadata: dict[str, str],
+        *,
+        partial: bool = False,
+        parts: tuple[str, ...] = (),
+    ) -> UploadInfo:
+        now = self._clock()
+        return UploadInfo(
+            id=uuid.uuid4().hex,
+            length=length,
+            metadata=metadata,
+            created_at=now,
+            expires_at=now + self.expiry,
+            partial=partial,
+            parts=parts,
+        )
 
     def _declared_length(self, headers: Mapping[str, str]) -> int | None:
         length = parse_size(headers, "Upload-Length")
@@ -217,15 +228,7 @@ class TusHandler:
         head = await self.store.head(part_ids[0], SNIFF_BYTES)
         if len(head) >= SNIFF_BYTES or length == len(head):
             verify_content(extension_of(filename), head, filename=filename)
-        now = self._clock()
-        info = UploadInfo(
-            id=uuid.uuid4().hex,
-            length=length,
-            metadata=metadata,
-            created_at=now,
-            expires_at=now + self.expiry,
-            parts=tuple(part_ids),
-        )
+        info = self._new_upload(length, metadata, parts=tuple(part_ids))
         await self.store.create(info)
         for part_id in part_ids:
             await self.store.refer(part_id, info.id)
