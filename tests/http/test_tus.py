@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from aiohttp import ClientResponse
 from yarl import URL
 
+from clustr_aio.web.keys import TUS as TUS_KEY
 from tests.conftest import JPEG, PNG, Client, stored_files
 from tests.http.conftest import MakeClient
 
@@ -504,3 +506,26 @@ async def test_tus_headers_are_exposed_to_browsers(tus: Client) -> None:
     done = await tus.patch(url, headers={**OCTETS, **origin, "Upload-Offset": "0"}, data=PHOTO)
     exposed = done.headers["Access-Control-Expose-Headers"].lower().split(",")
     assert {"upload-offset", "clustr-file-id", "clustr-file-url"} <= set(exposed)
+
+
+async def test_a_final_whose_parts_completed_before_a_crash_is_finished_later(
+    tus: Client, upload_dir: Path
+) -> None:
+    """A crash between a part's last commit and its final's publishing: the next HEAD of the
+    final (or the sweeper's first round after a restart) publishes it."""
+    first = await partial(tus, PHOTO[:30_000])
+    second = await partial(tus, PHOTO[30_000:], send=False)
+    final_url = location(await final(tus, first, second))
+    store = tus.server.app[TUS_KEY].store
+    async with store.hold(second.rsplit("/", 1)[1]) as held:  # as the crashed PATCH left it
+        await held.append(chunks(PHOTO[30_000:]))
+        await held.commit(held.info.with_changes(offset=len(PHOTO) - 30_000))
+    assert stored_files(upload_dir) == []
+    state = await head(tus, final_url)
+    assert "Clustr-File-Id" in state.headers
+    assert (upload_dir / "joined.jpg").read_bytes() == PHOTO
+
+
+async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
