@@ -516,7 +516,9 @@ async def test_a_final_whose_parts_completed_before_a_crash_is_finished_later(
     first = await partial(tus, PHOTO[:30_000])
     second = await partial(tus, PHOTO[30_000:], send=False)
     final_url = location(await final(tus, first, second))
-    store = tus.server.app[TUS_KEY].store
+    app = tus.app
+    assert app is not None
+    store = app[TUS_KEY].store
     async with store.hold(second.rsplit("/", 1)[1]) as held:  # as the crashed PATCH left it
         await held.append(chunks(PHOTO[30_000:]))
         await held.commit(held.info.with_changes(offset=len(PHOTO) - 30_000))
