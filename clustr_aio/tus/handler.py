@@ -54,15 +54,18 @@ from clustr_aio.tus.headers import (
     CHECKSUM_ALGORITHMS,
     EXTENSIONS,
     OFFSET_OCTET_STREAM,
+    PARTIAL_UPLOAD,
     TUS_VERSION,
     Checksum,
     check_version,
     encode_metadata,
     http_date,
     parse_checksum,
+    parse_complete,
     parse_concat,
     parse_metadata,
     parse_size,
+    speaks_draft,
 )
 
 __all__ = ["FILE_ID_HEADER", "FILE_URL_HEADER", "TusAnswer", "TusHandler", "TusRequest"]
@@ -83,6 +86,15 @@ class TusRequest:
     """The absolute URL of the creation endpoint, without its trailing slash."""
     files_url: str
     """The absolute URL of ``/api/files``: a published upload's record is under it."""
+
+    @property
+    def draft(self) -> bool:
+        """The IETF draft's interop version rather than tus 1.0.0 (same store, same rules)."""
+        return speaks_draft(self.headers)
+
+    @property
+    def body_type(self) -> str:
+        return PARTIAL_UPLOAD if self.draft else OFFSET_OCTET_STREAM
 
     @property
     def has_body(self) -> bool:
@@ -141,12 +153,12 @@ class TusHandler:
         check_version(headers)
         concat = parse_concat(headers.get("Upload-Concat"))
         metadata = parse_metadata(headers.get("Upload-Metadata"))
-        if request.has_body and headers.get("Content-Type") != OFFSET_OCTET_STREAM:
-            raise WrongContentType(f"a creation's body must be {OFFSET_OCTET_STREAM}")
+        if request.has_body and headers.get("Content-Type") != request.body_type:
+            raise WrongContentType(f"a creation's body must be {request.body_type}")
         if concat is not None and not concat.partial:
             return await self._create_final(request, concat.parts, metadata)
         partial = concat is not None
-        length = self._declared_length(headers)
+        length = self._declared_length(headers, optional=request.draft)
         if not partial:
             self._check_name(metadata, length)
         info = self._new_upload(length, metadata, partial=partial)
@@ -179,12 +191,14 @@ class TusHandler:
             parts=parts,
         )
 
-    def _declared_length(self, headers: Mapping[str, str]) -> int | None:
+    def _declared_length(self, headers: Mapping[str, str], *, optional: bool) -> int | None:
+        """tus: Upload-Length, or Upload-Defer-Length: 1. The draft (``optional``): a length
+        not given is known once a request says Upload-Complete: ?1."""
         length = parse_size(headers, "Upload-Length")
         deferred = headers.get("Upload-Defer-Length")
         if deferred is not None and deferred.strip() != "1":
             raise BadRequest("Upload-Defer-Length: the only value is 1")
-        if length is None and deferred is None:
+        if length is None and deferred is None and not optional:
             raise BadRequest("Upload-Length (or Upload-Defer-Length: 1) is required")
         if length is not None and deferred is not None:
             raise BadRequest("Upload-Length and Upload-Defer-Length exclude each other")
@@ -266,6 +280,8 @@ class TusHandler:
         if info.file_id is not None:
             headers[FILE_ID_HEADER] = info.file_id
             headers[FILE_URL_HEADER] = f"{request.files_url}/{info.file_id}"
+        if request.draft:
+            headers["Upload-Complete"] = "?1" if info.received_all else "?0"
         return headers
 
     async def _live(self, upload_id: str) -> UploadInfo:
@@ -281,8 +297,8 @@ class TusHandler:
     async def patch(self, upload_id: str, request: TusRequest) -> TusAnswer:
         headers = request.headers
         check_version(headers)
-        if headers.get("Content-Type") != OFFSET_OCTET_STREAM:
-            raise WrongContentType(f"a PATCH's body must be {OFFSET_OCTET_STREAM}")
+        if headers.get("Content-Type") != request.body_type:
+            raise WrongContentType(f"a PATCH's body must be {request.body_type}")
         offset = parse_size(headers, "Upload-Offset")
         if offset is None:
             raise BadRequest("Upload-Offset is required")
@@ -308,6 +324,7 @@ class TusHandler:
                 raise OffsetMismatch("the upload is complete: nothing more can be appended")
             return TusAnswer(204, self._upload_headers(info, request))
         checksum = parse_checksum(request.headers.get("Upload-Checksum"))
+        completes = parse_complete(request.headers)
         room = (info.length if info.length is not None else self.max_size) - offset
         if request.content_length is not None and request.content_length > room:
             raise UploadTooLarge(f"the body is longer than the {room} bytes the upload lacks")
@@ -331,6 +348,9 @@ class TusHandler:
         if checksum is not None and digest is not None:
             await self._verify(held, checksum, digest.digest())
         info = self._advanced(info, held.written)
+        if info.length is None and completes:
+            self._check_length(info.offset)
+            info = info.with_changes(length=info.offset)  # the draft: the length, at last
         if info.received_all and not info.partial:
             info = await self._publish(held, info)
         else:

@@ -32,6 +32,10 @@ EXTENSIONS: Final = (
 )
 CHECKSUM_ALGORITHMS: Final = ("sha1", "sha256", "md5")
 OFFSET_OCTET_STREAM: Final = "application/offset+octet-stream"
+DRAFT_INTEROP_VERSION: Final = "6"
+"""The IETF "Resumable Uploads for HTTP" draft, as tus-js-client's ``protocol: 'ietf-draft-05'``
+speaks it (``Upload-Draft-Interop-Version: 6``): the same exchange as tus, other header names."""
+PARTIAL_UPLOAD: Final = "application/partial-upload"
 
 MAX_METADATA_PAIRS: Final = 32
 MAX_METADATA_VALUE: Final = 4096
@@ -40,8 +44,14 @@ _KEY: Final = re.compile(r"[A-Za-z0-9._~!$&'*+^`|-]{1,64}")
 _DIGITS: Final = re.compile(r"[0-9]{1,19}")
 
 
+def speaks_draft(headers: Mapping[str, str]) -> bool:
+    return headers.get("Upload-Draft-Interop-Version") == DRAFT_INTEROP_VERSION
+
+
 def check_version(headers: Mapping[str, str]) -> None:
-    """412 (with Tus-Version) unless the request speaks tus 1.0.0."""
+    """412 (with Tus-Version) unless the request speaks tus 1.0.0 (or the IETF draft)."""
+    if speaks_draft(headers):
+        return
     version = headers.get("Tus-Resumable")
     if version != TUS_VERSION:
         said = "no Tus-Resumable header" if version is None else "another Tus-Resumable version"
@@ -57,6 +67,16 @@ def parse_size(headers: Mapping[str, str], name: str) -> int | None:
     if not _DIGITS.fullmatch(text):
         raise BadRequest(f"{name}: expected a non-negative integer")
     return int(text)
+
+
+def parse_complete(headers: Mapping[str, str]) -> bool | None:
+    """The draft's ``Upload-Complete``: ``?1`` (this request ends the upload) or ``?0``."""
+    text = headers.get("Upload-Complete")
+    if text is None:
+        return None
+    if text.strip() not in ("?0", "?1"):
+        raise BadRequest("Upload-Complete: expected ?0 or ?1")
+    return text.strip() == "?1"
 
 
 def parse_metadata(text: str | None) -> dict[str, str]:

@@ -531,3 +531,46 @@ async def test_a_final_whose_parts_completed_before_a_crash_is_finished_later(
 async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
     for part in parts:
         yield part
+
+
+# -- the IETF draft's interop version ----------------------------------------------------------
+
+DRAFT = {"Upload-Draft-Interop-Version": "6"}
+PARTIAL_UPLOAD = {**DRAFT, "Content-Type": "application/partial-upload"}
+
+
+async def test_ietf_draft_length_known_at_upload_complete(tus: Client, upload_dir: Path) -> None:
+    response = await tus.post(
+        "/api/tus/",
+        headers={
+            **PARTIAL_UPLOAD,
+            "Upload-Complete": "?0",
+            "Upload-Metadata": metadata(filename="d.jpg"),
+        },
+        data=PHOTO[:40_000],
+    )
+    assert response.status == 201, await response.text()
+    assert response.headers["Upload-Complete"] == "?0"
+    url = location(response)
+    state = await tus.head(url, headers=DRAFT)
+    assert state.headers["Upload-Offset"] == "40000"
+    wrong = await tus.patch(
+        url, headers={**DRAFT, "Content-Type": "application/offset+octet-stream",
+                      "Upload-Offset": "40000"}, data=b"x",
+    )  # fmt: skip
+    assert wrong.status == 415
+    bad = await tus.patch(
+        url,
+        headers={**PARTIAL_UPLOAD, "Upload-Offset": "40000", "Upload-Complete": "yes"},
+        data=b"x",
+    )
+    assert bad.status == 400
+    done = await tus.patch(
+        url,
+        headers={**PARTIAL_UPLOAD, "Upload-Offset": "40000", "Upload-Complete": "?1"},
+        data=PHOTO[40_000:],
+    )
+    assert done.status == 204, await done.text()
+    assert done.headers["Upload-Complete"] == "?1"
+    assert "Clustr-File-Id" in done.headers
+    assert (upload_dir / "d.jpg").read_bytes() == PHOTO

@@ -1,7 +1,7 @@
 """tus-js-client (npm, pinned by tests/tus/js/package-lock.json) in Node against a real server:
 upload with non-Latin UTF-8 metadata, abort and resume, parallelUploads: 4 (concatenation),
 checksums on every chunk and a wrong one (460), termination then 404 — the end-to-end
-expectations of tus-js-client's own suite."""
+expectations of tus-js-client's own suite — and its IETF draft interop (``ietf-draft-05``)."""
 
 from __future__ import annotations
 
@@ -65,3 +65,10 @@ async def test_tus_js_client(
 
     assert results["terminated"]["head"]["status"] == 404
     assert not (upload_dir / "doomed.png").exists()
+
+    ietf = results["ietf"]["head"]  # protocol: 'ietf-draft-05', 256 KiB chunks
+    assert ietf["status"] == 200
+    assert ietf["headers"]["upload-complete"] == "?1"
+    assert ietf["headers"]["upload-offset"] == str(len(other))
+    assert "clustr-file-id" in ietf["headers"]
+    assert (upload_dir / "ietf.png").read_bytes() == other

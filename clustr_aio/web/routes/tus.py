@@ -22,6 +22,7 @@ from clustr_aio.tus.headers import (
     CHECKSUM_ALGORITHMS,
     EXTENSIONS,
     OFFSET_OCTET_STREAM,
+    PARTIAL_UPLOAD,
     TUS_VERSION,
 )
 from clustr_aio.web.base_url import request_base_url
@@ -86,8 +87,18 @@ def _header(name: str, description: str, *, required: bool = False, **schema: ob
 
 
 _VERSION = _header(
-    "Tus-Resumable", "The protocol version: 1.0.0.", required=True, const=TUS_VERSION
+    "Tus-Resumable",
+    "The protocol version: 1.0.0 (required, unless the request speaks the IETF draft).",
+    const=TUS_VERSION,
 )
+_DRAFT = _header(
+    "Upload-Draft-Interop-Version",
+    "6: the IETF Resumable Uploads draft as tus-js-client's `ietf-draft-05` speaks it, on the "
+    "same uploads; bodies are then `application/partial-upload`, and `Upload-Complete: ?1` "
+    "says a request ends the upload (its length, if none was given).",
+    const="6",
+)
+_COMPLETE = _header("Upload-Complete", "The IETF draft: `?1` on the last request, else `?0`.")
 _ID: Final[JSONObject] = {
     "name": "upload_id",
     "in": "path",
@@ -173,6 +184,8 @@ _REFUSED: Final[dict[int, JSONObject]] = {
             example="filename cGhvdG8uanBn",
         ),
         _header("Upload-Concat", "`partial`, or `final;<URL> <URL>…`."),
+        _DRAFT,
+        _COMPLETE,
     ),
     responses={
         201: {
@@ -205,7 +218,7 @@ async def create(request: web.Request) -> web.Response:
     "complete, `Clustr-File-Id` and `Clustr-File-Url`. Never cached. Never waits for a PATCH "
     "that holds the upload.",
     tags=("upload",),
-    parameters=(_ID, _VERSION),
+    parameters=(_ID, _VERSION, _DRAFT),
     responses={
         200: {
             "description": "The upload's state.",
@@ -245,10 +258,15 @@ async def head(request: web.Request) -> web.Response:
         ),
         _header("Upload-Length", "creation-defer-length: the size, once."),
         _header("Upload-Checksum", "`sha1 <base64 digest>` (or sha256, md5) of this chunk."),
+        _DRAFT,
+        _COMPLETE,
     ),
     request_body={
         "required": True,
-        "content": {OFFSET_OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}},
+        "content": {
+            media: {"schema": {"type": "string", "format": "binary"}}
+            for media in (OFFSET_OCTET_STREAM, PARTIAL_UPLOAD)
+        },
     },
     responses={
         204: {

@@ -118,4 +118,16 @@ const doomed = await new Promise((resolve, reject) => {
 })
 results.terminated = { url: doomed, head: await head(doomed) }
 
+// 6. The IETF draft's interop version (protocol: 'ietf-draft-05'), on the same store.
+const ietf = await upload(other, {
+  protocol: 'ietf-draft-05',
+  chunkSize,
+  metadata: { filename: 'ietf.png' },
+})
+const ietfHead = await fetch(ietf.url, {
+  method: 'HEAD',
+  headers: { 'Upload-Draft-Interop-Version': '6' },
+})
+results.ietf = { ...ietf, head: { status: ietfHead.status, headers: Object.fromEntries(ietfHead.headers) } }
+
 console.log(JSON.stringify(results))
