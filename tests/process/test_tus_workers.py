@@ -29,16 +29,24 @@ def request(server: RunningServer, method: str, path: str, headers: dict[str, st
         return error.code, dict(error.headers)
 
 
+def holds(pid: int, data: Path) -> bool:
+    """Whether process ``pid`` has the upload's data file open (a gone process has not)."""
+    try:
+        descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in descriptors:
+        try:
+            if os.readlink(fd) == str(data):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def holder_of(data: Path, pids: list[int]) -> int | None:
     """The worker that has the upload's data file open (the PATCH holding its lock)."""
-    for pid in pids:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                if os.readlink(fd) == str(data):
-                    return pid
-            except OSError:
-                continue
-    return None
+    return next((pid for pid in pids if holds(pid, data)), None)
 
 
 def test_one_patch_across_workers_and_no_lock_outlives_its_worker(
@@ -76,6 +84,9 @@ def test_one_patch_across_workers_and_no_lock_outlives_its_worker(
 
     os.kill(holder, signal.SIGKILL)  # the worker dies mid-PATCH; the supervisor replaces it
     stalled.close()
+    # Gone from the list of workers is not enough: a dying process's /proc entry can fail to
+    # read before its files are closed. Its files closed is what frees the lock.
+    wait_until(lambda: not holds(holder, data), "the killed worker's files closed")
     wait_until(lambda: holder not in server.worker_pids(), "the killed worker gone")
     offset = int(request(server, "HEAD", path, TUS)[1]["Upload-Offset"])
     assert 0 <= offset <= 500_000  # what was committed; never more than arrived
