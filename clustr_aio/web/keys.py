@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from clustr_aio.catalog.base import Catalog
+from clustr_aio.images.thumbnails import Thumbnailer
 from clustr_aio.ingest.pipeline import IngestPolicy
 from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
@@ -21,6 +22,7 @@ INGEST_POLICY = web.AppKey("ingest_policy", IngestPolicy)
 TUS = web.AppKey("tus", TusHandler)
 """Resumable uploads, when the storage has the capability (``/api/tus/``); else unset."""
 METRICS = web.AppKey("metrics", Metrics)
+THUMBNAILER = web.AppKey("thumbnailer", Thumbnailer)
 UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
 
 REQUEST_ID = web.RequestKey("request_id", str)
