@@ -48,6 +48,11 @@ from bench.scenarios import STATIC_NAME, Scenario, Setup, Side, build
 from bench.tus_reference import TusReference
 
 BENCH_DIR = Path(__file__).resolve().parent
+KEYED_ENV = {
+    "AUTH": "keys",
+    "RATE_LIMIT_REQUESTS": "1000000000/s",
+    "RATE_LIMIT_UPLOAD_BYTES": "1000TiB/s",
+}
 
 
 def main() -> int:
@@ -73,7 +78,10 @@ def main() -> int:
     unstripped = ClustrServer(
         work / "unstripped", fsync=False, extra_env={"STRIP_METADATA": "none"}
     )
-    servers = [plain, synced, multi, thumbnails, stripped, unstripped]
+    # Scenario A: access control on, limits far above what the benchmark reaches.
+    keyed = ClustrServer(work / "keyed", fsync=False, extra_env=KEYED_ENV)
+    key = keyed.create_key("bench", "upload")
+    servers = [plain, synced, multi, thumbnails, stripped, unstripped, keyed]
     reference = TusReference(work / "tus-reference") if TusReference.available() else None
     try:
         nginx.start()
@@ -86,7 +94,7 @@ def main() -> int:
         if not has_workers:
             multi.stop()
             servers.remove(multi)
-        _store_static_file(data.single, nginx, servers)
+        _store_static_file(data.single, nginx, [s for s in servers if s is not keyed])
         setup = Setup(
             data=data,
             nginx=nginx,
@@ -101,6 +109,8 @@ def main() -> int:
             wrk_connections=int(os.environ.get("BENCH_CONNECTIONS", "16")),
             attic=Attic(work / "attic"),
             tus_reference=reference,
+            keyed=keyed,
+            key=key,
         )
         scenarios = [s for s in build(setup) if not only or s.key in only]
         if profile_dir:

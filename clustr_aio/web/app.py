@@ -29,9 +29,11 @@ from clustr_aio.storage.resumable import Resumable
 from clustr_aio.tus.handler import TusHandler
 from clustr_aio.tus.sweeper import sweep_forever
 from clustr_aio.web import middlewares
+from clustr_aio.web.guard import Guard
 from clustr_aio.web.keys import (
     CATALOG,
     FILE_READER,
+    GUARD,
     INGEST_POLICY,
     METRICS,
     SETTINGS,
@@ -45,6 +47,7 @@ from clustr_aio.web.routes import (
     docs,
     files,
     health,
+    keys,
     root,
     stored,
     thumbnails,
@@ -64,10 +67,12 @@ def create_app(settings: Settings) -> web.Application:
             metrics.middleware(),  # first: it times everything and sees every final status
             middlewares.request_id,
             middlewares.json_errors,
+            middlewares.guard,  # inside json_errors, which answers its refusals
         ],
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
+    app[GUARD] = Guard(settings, metrics, lambda: app[CATALOG])
     app[UPLOAD_SLOTS] = UploadSlots(settings.max_concurrent_uploads)
     app[INGEST_POLICY] = IngestPolicy(
         allowed_extensions=settings.allowed_extensions,
@@ -81,8 +86,11 @@ def create_app(settings: Settings) -> web.Application:
         strip_metadata=settings.strip_metadata,
     )
     app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(_rate_limits)
     app.cleanup_ctx.append(_thumbnailer)
     app.on_response_prepare.append(middlewares.common_headers)
+    if app[GUARD].limits_rates:
+        app.on_response_prepare.append(middlewares.rate_limit_headers)
     app.on_response_prepare.append(metrics.count_response)
     app.on_response_prepare.append(tus.tus_headers)
 
@@ -91,11 +99,16 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(files.routes)
     app.router.add_routes(tus.routes)
     app.router.add_routes(upload_page.routes)
+    if settings.auth == "keys":  # in the open mode, keys are managed with the CLI only
+        app.router.add_routes(keys.routes)
     app.router.add_routes(thumbnails.routes)
     app.router.add_routes(health.routes)
     app.router.add_routes(docs.routes)
     stored.add_routes(app.router, settings.upload_url_path)
-    _allow_cors(app, settings.cors_origins)
+    # Credentials (cookies, TLS client certificates) from the listed origins only: with "*",
+    # aiohttp-cors would echo any origin, and credentials with it.
+    credentials = settings.auth == "keys" and settings.cors_origins != ("*",)
+    _allow_cors(app, settings.cors_origins, credentials=credentials)
     tus.add_discovery(app)  # on the OPTIONS routes CORS added
     return app
 
@@ -128,6 +141,17 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
                 await sweeper
 
 
+async def _rate_limits(app: web.Application) -> AsyncIterator[None]:
+    """The rate limits' table, shared with the other workers: opened in each (after the fork,
+    so that each holds a lock of its own)."""
+    guard = app[GUARD]
+    guard.open()
+    try:
+        yield
+    finally:
+        guard.close()
+
+
 async def _thumbnailer(app: web.Application) -> AsyncIterator[None]:
     """The thumbnail renderer and its cache, under a dot-name of the upload folder: on the same
     filesystem (atomic renames, a sandbox that may write only there), and never served, since
@@ -158,10 +182,11 @@ async def _prune_thumbnails(catalog: Catalog, thumbnailer: Thumbnailer) -> None:
         log.info("thumbnails of %d files without a record removed", pruned)
 
 
-def _allow_cors(app: web.Application, origins: tuple[str, ...]) -> None:
-    # aiohttp-cors has no "allow everything" switch: spell it out per origin.
+def _allow_cors(app: web.Application, origins: tuple[str, ...], *, credentials: bool) -> None:
+    # aiohttp-cors has no "allow everything" switch: spell it out per origin. It answers a
+    # preflight with the very headers asked for, Authorization and X-API-Key included.
     options = aiohttp_cors.ResourceOptions(
-        allow_credentials=False, expose_headers="*", allow_headers="*", max_age=600
+        allow_credentials=credentials, expose_headers="*", allow_headers="*", max_age=600
     )
     cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
     for route in list(app.router.routes()):

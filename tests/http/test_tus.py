@@ -15,6 +15,8 @@ import pytest
 from aiohttp import ClientResponse
 from yarl import URL
 
+from clustr_aio.auth.keys import create_key
+from clustr_aio.web.keys import CATALOG
 from clustr_aio.web.keys import TUS as TUS_KEY
 from tests.conftest import JPEG, PNG, Client, stored_files
 from tests.http.conftest import MakeClient
@@ -574,3 +576,20 @@ async def test_ietf_draft_length_known_at_upload_complete(tus: Client, upload_di
     assert done.headers["Upload-Complete"] == "?1"
     assert "Clustr-File-Id" in done.headers
     assert (upload_dir / "d.jpg").read_bytes() == PHOTO
+
+
+async def test_auth_keys_guard_the_tus_routes(make_client: MakeClient) -> None:
+    """AUTH=keys: every tus request needs a key with the upload scope (discovery stays open)."""
+    client = await make_client(auth="keys", fsync=False)
+    app = client.app
+    assert app is not None
+    reader, _ = await create_key(app[CATALOG], "reader", ("read",))
+    uploader, _ = await create_key(app[CATALOG], "uploader", ("upload",))
+    assert (await create(client, len(PHOTO))).status == 401
+    assert (await create(client, len(PHOTO), Authorization=f"Bearer {reader}")).status == 403
+    url = await created(client, len(PHOTO), Authorization=f"Bearer {uploader}")
+    assert (await head(client, url)).status == 401
+    assert (await patch(client, url, 0, PHOTO)).status == 401
+    done = await patch(client, url, 0, PHOTO, Authorization=f"Bearer {uploader}")
+    assert done.status == 204
+    assert (await client.options("/api/tus/")).status == 204

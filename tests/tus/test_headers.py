@@ -71,7 +71,7 @@ def test_version() -> None:
         with pytest.raises(UnsupportedProtocolVersion) as refused:
             check_version(headers)
         assert refused.value.status == 412
-        assert refused.value.headers == {"Tus-Version": "1.0.0"}
+        assert refused.value.headers() == {"Tus-Version": "1.0.0"}
 
 
 def test_sizes() -> None:

@@ -26,6 +26,7 @@ from clustr_aio.tus.headers import (
     TUS_VERSION,
 )
 from clustr_aio.web.base_url import request_base_url
+from clustr_aio.web.guard import requires
 from clustr_aio.web.keys import TUS, UPLOAD_SLOTS
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.registry import JSONObject
@@ -166,6 +167,7 @@ _REFUSED: Final[dict[int, JSONObject]] = {
 
 
 @routes.post(PREFIX)
+@requires("upload")
 @operation(
     summary="Create a resumable upload (tus)",
     description="tus 1.0.0 creation, with creation-with-upload (a first chunk as the body, "
@@ -211,6 +213,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 @routes.head(PREFIX + "{upload_id}")
+@requires("upload")
 @operation(
     summary="Offset of a resumable upload (tus)",
     description="Where to resume: `Upload-Offset`, with `Upload-Length` (or "
@@ -242,6 +245,7 @@ async def head(request: web.Request) -> web.Response:
 
 
 @routes.patch(PREFIX + "{upload_id}")
+@requires("upload")
 @operation(
     summary="Append to a resumable upload (tus)",
     description=f"A chunk at `Upload-Offset`, as `{OFFSET_OCTET_STREAM}`. With "
@@ -301,6 +305,7 @@ async def patch(request: web.Request) -> web.Response:
 
 
 @routes.delete(PREFIX + "{upload_id}")
+@requires("upload")
 @operation(
     summary="Terminate a resumable upload (tus)",
     description="Its bytes and state are removed; a stored file it became stays (delete that "
@@ -327,6 +332,7 @@ _METHOD_OVERRIDES: Final = {"PATCH": patch, "DELETE": terminate, "HEAD": head}
 
 
 @routes.post(PREFIX + "{upload_id}")
+@requires("upload")
 @operation(
     summary="Method override (tus)",
     description="For clients that can only POST: `X-HTTP-Method-Override: PATCH` (or DELETE, "
