@@ -36,7 +36,13 @@ dev: $(VENV)/.runtime  ## serve, restarting on code changes
 system-deps:  ## Debian packages the tests drive (curl, …); installs only what is missing
 	./.ci/system-deps
 
-test: install system-deps  ## the whole suite, through real servers, sockets and clients
+# The JavaScript tus clients of tests/tus/ (tus-js-client, Uppy's build), from the lock file.
+JS_TESTS := tests/tus/js
+$(JS_TESTS)/node_modules/.installed: $(JS_TESTS)/package.json $(JS_TESTS)/package-lock.json
+	npm ci --prefix $(JS_TESTS) --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: install system-deps $(JS_TESTS)/node_modules/.installed  ## the whole suite, through real servers, sockets and clients
 	$(BIN)/python -m pytest
 
 $(VENV)/.bench: requirements.txt requirements-assets.txt requirements-bench.txt | $(BIN)/python
@@ -46,8 +52,13 @@ $(VENV)/.bench: requirements.txt requirements-assets.txt requirements-bench.txt 
 
 # clustr_aio against nginx (dav PUT, static) on this machine, ~6 min with the default 5 rounds;
 # BENCH_ROUNDS, BENCH_ONLY=L,B,… and more: see bench/run.py. Writes bench/results/.
+# TL and TB's reference tus server, @tus/server with @tus/file-store, from its lock file.
+bench/tus_reference/node_modules/.installed: bench/tus_reference/package.json bench/tus_reference/package-lock.json
+	npm ci --prefix bench/tus_reference --no-audit --no-fund --loglevel=error
+	touch $@
+
 # Then STORAGE=s3 against SeaweedFS (L3, B3: bench/s3.py).
-bench: $(VENV)/.bench  ## benchmark against nginx, the machine's physical limit
+bench: $(VENV)/.bench bench/tus_reference/node_modules/.installed  ## benchmark against nginx (and @tus/server, SeaweedFS)
 	./.ci/system-deps wrk:wrk
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.s3

@@ -49,6 +49,7 @@ from bench.images import ensure_photos
 from bench.nginx import Nginx
 from bench.proc import MIB, cpu_seconds, free_port
 from bench.scenarios import STATIC_NAME, Scenario, Setup, Side, build
+from bench.tus_reference import TusReference
 
 BENCH_DIR = Path(__file__).resolve().parent
 KEYED_ENV = {
@@ -87,8 +88,11 @@ def main() -> int:
     uncatalogued = Variant("no catalog", work / "uncatalogued", no_catalog.PRELUDE, {})
     uncatalogued.label += ", catalog disabled"
     servers = [plain, synced, multi, thumbnails, stripped, unstripped, keyed, uncatalogued]
+    reference = TusReference(work / "tus-reference") if TusReference.available() else None
     try:
         nginx.start()
+        if reference is not None:
+            reference.start()
         for server in servers:
             server.start()
         # WORKERS=2 counts only if this checkout pre-forks; else the 1-worker numbers suffice.
@@ -111,6 +115,7 @@ def main() -> int:
             wrk_seconds=int(os.environ.get("BENCH_SECONDS", "8")),
             wrk_connections=int(os.environ.get("BENCH_CONNECTIONS", "16")),
             attic=Attic(work / "attic"),
+            tus_reference=reference,
             keyed=keyed,
             key=key,
         )
@@ -121,6 +126,8 @@ def main() -> int:
     finally:
         for server in servers:
             server.stop()
+        if reference is not None:
+            reference.stop()
         nginx.stop()
         shutil.rmtree(work, ignore_errors=True)
 

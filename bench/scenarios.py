@@ -15,6 +15,8 @@ from bench.clients import BenchError, WrkResult, post_files, put_file, wrk
 from bench.clustr import ClustrServer
 from bench.data import DataSet
 from bench.nginx import PUT_PREFIX, STATIC_PREFIX, Nginx
+from bench.tus_client import upload_many, upload_one
+from bench.tus_reference import TusReference
 
 STATIC_NAME = "static.jpg"
 """The stored file scenario S fetches; kept when uploads are cleared between measurements."""
@@ -97,6 +99,8 @@ class Setup:
     """An upload key of ``keyed``."""
     uncatalogued: ClustrServer | None = None
     """``plain`` with the catalog patched out (bench/no_catalog.py): side B of BC."""
+    tus_reference: TusReference | None = None
+    """@tus/server with @tus/file-store, when Node and its packages are there."""
 
 
 def _seconds(fn: Callable[[], float]) -> Callable[[str], Measurement]:
@@ -260,9 +264,82 @@ def build(setup: Setup) -> list[Scenario]:
             ),
         )
     )
+    scenarios += _tus_scenarios(setup)
     scenarios += _catalog_scenarios()
     scenarios += _image_scenarios(setup)
     return scenarios
+
+
+TUS_CHUNK = 64 * 1024 * 1024
+TUS_PARALLEL = 8
+
+
+def _tus_scenarios(setup: Setup) -> list[Scenario]:
+    """TL, TL2, TB: resumable uploads (bench/tus_client.py, the same client for every side)."""
+    data, plain, reference = setup.data, setup.plain, setup.tus_reference
+    endpoint = plain.base_url + "/api/tus/"
+    large = Side(
+        f"clustr_aio tus {plain.label}",
+        _seconds(lambda: upload_one(endpoint, data.big, chunk=TUS_CHUNK)),
+        _clear_uploads(setup, plain),
+        plain.processes,
+        (plain,),
+    )
+    photos = Side(
+        f"clustr_aio tus {plain.label}",
+        lambda tag: Measurement(
+            upload_many(endpoint, data.jpegs, parallel=TUS_PARALLEL, tag=tag),
+            requests=2 * len(data.jpegs),
+        ),
+        _clear_uploads(setup, plain),
+        plain.processes,
+        (plain,),
+    )
+    scenarios = [
+        Scenario(
+            "TL2",
+            "one 1 GiB file by tus in 64 MiB PATCHes vs nginx PUT",
+            "s",
+            Target(1.5, higher_is_better=False),
+            large,
+            _put_side(setup, data.big),
+        )
+    ]
+    if reference is None:
+        return scenarios
+    clear_reference = lambda: setup.attic.stash(reference.directory)  # noqa: E731
+    return [
+        Scenario(
+            "TL",
+            "one 1 GiB file by tus in 64 MiB PATCHes vs @tus/server + @tus/file-store",
+            "s",
+            Target(1.0, higher_is_better=False),
+            large,
+            Side(
+                "@tus/server",
+                _seconds(lambda: upload_one(reference.endpoint, data.big, chunk=TUS_CHUNK)),
+                clear_reference,
+                reference.processes,
+            ),
+        ),
+        *scenarios,
+        Scenario(
+            "TB",
+            f"{len(data.jpegs)} JPEGs by tus, {TUS_PARALLEL} at a time vs @tus/server",
+            "s",
+            Target(1.0, higher_is_better=False),
+            photos,
+            Side(
+                "@tus/server",
+                lambda tag: Measurement(
+                    upload_many(reference.endpoint, data.jpegs, parallel=TUS_PARALLEL, tag=tag),
+                    requests=2 * len(data.jpegs),
+                ),
+                clear_reference,
+                reference.processes,
+            ),
+        ),
+    ]
 
 
 def _image_scenarios(setup: Setup) -> list[Scenario]:

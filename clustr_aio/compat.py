@@ -60,6 +60,8 @@ aiohttp-cors
   no option for that.
 - :func:`is_cors_preflight`: the OPTIONS routes ``CorsConfig.add`` creates are told apart only
   by their handler living in ``aiohttp_cors`` (every release); no API lists them.
+- :func:`replace_route_handler` (aiohttp's ``AbstractRoute._handler``, every 3.x): tus
+  discovery answers the ``OPTIONS`` that aiohttp-cors's preflight route owns.
 
 asyncio
 -------
@@ -146,6 +148,7 @@ __all__ = [
     "plain_socket",
     "plan_file_response",
     "prepare_keeping_head",
+    "replace_route_handler",
     "send_open_file",
     "site_server",
     "toml_source_names",
@@ -153,6 +156,7 @@ __all__ = [
 ]
 
 ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 GUARDED_HANDLER_ATTRIBUTES: Final = (
     "_messages",
@@ -335,3 +339,10 @@ def toml_source_names(source: TomlConfigSettingsSource) -> list[str]:
 def dotenv_source_names(source: DotEnvSettingsSource) -> list[str]:
     """Every name in the dotenv file ``source`` read, a bare ``NAME`` line (no value) too."""
     return list(source.env_vars)
+
+
+def replace_route_handler(route: web.AbstractRoute, handler: Handler) -> None:
+    """Serve ``route`` with ``handler`` instead (``AbstractRoute._handler``, every 3.x): the
+    OPTIONS routes aiohttp-cors adds are the only OPTIONS a resource may have, so tus discovery
+    wraps the preflight handler rather than adding a route of its own."""
+    route._handler = cast(Any, handler)

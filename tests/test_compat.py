@@ -232,6 +232,21 @@ async def test_cors_internals() -> None:
     assert not compat.is_cors_preflight(route)
 
 
+async def test_replace_route_handler(aiohttp_client: AiohttpClient) -> None:
+    async def before(request: web.Request) -> web.Response:
+        return web.Response(text="before")
+
+    async def after(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="after")
+
+    app = web.Application()
+    route = app.router.add_get("/", before)
+    compat.replace_route_handler(route, after)
+    assert route.handler is after
+    client = await aiohttp_client(app)
+    assert await (await client.get("/")).text() == "after"
+
+
 # --------------------------------------------------------------------------- asyncio
 
 

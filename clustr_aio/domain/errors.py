@@ -153,6 +153,33 @@ class EncodedBody(ClustrError):
     status = 415
 
 
+# -- resumable uploads (the tus protocol's answers) ---------------------------------------------
+
+
+class UploadGone(ClustrError):
+    """The resumable upload expired (the sweeper has not removed it yet: then it is a 404)."""
+
+    status = 410
+
+
+class UploadLocked(ClustrError):
+    """Another request is appending to, or removing, this resumable upload (tusd's 423)."""
+
+    status = 423
+
+
+class OffsetMismatch(ClustrError):
+    """A PATCH's Upload-Offset is not the upload's: the client must ask (HEAD) and resume."""
+
+    status = 409
+
+
+class FinalUploadPatched(ClustrError):
+    """A PATCH to the final upload of a concatenation, whose bytes are its parts'."""
+
+    status = 403
+
+
 class Unauthorized(ClustrError):
     """AUTH=keys: no API key, or one that is unknown, revoked or expired."""
 
@@ -166,6 +193,27 @@ class Forbidden(ClustrError):
     """The key lacks the scope the route needs; or a file URL without a valid signature."""
 
     status = 403
+
+
+class ChecksumMismatch(ClustrError):
+    """The chunk's bytes do not have the Upload-Checksum the client sent (tus: 460)."""
+
+    status = 460
+
+
+class WrongContentType(ClustrError):
+    """A body that must be ``application/offset+octet-stream`` is something else."""
+
+    status = 415
+
+
+class UnsupportedProtocolVersion(ClustrError):
+    """A Tus-Resumable version this server does not speak."""
+
+    status = 412
+
+    def headers(self) -> dict[str, str]:
+        return {"Tus-Version": "1.0.0"}
 
 
 class RateLimited(ClustrError):

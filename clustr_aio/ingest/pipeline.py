@@ -2,11 +2,12 @@
 published to storage, all of them or none.
 
 It knows no HTTP and no wire format. :func:`ingest_file` is the one path every source of bytes
-takes into a batch — a multipart part (:func:`clustr_aio.ingest.multipart.file_parts`), and
-later a finished resumable upload — so the checks are written once: the extension, the bytes
-against the extension, the per-file size limit, an image's structure, pixel count and metadata
-(:mod:`clustr_aio.images.structure`), the sha256 of the bytes sent. :func:`ingest_batch`
-receives a whole request's files into one storage batch and publishes them together.
+takes into a batch — a multipart part (:func:`clustr_aio.ingest.multipart.file_parts`), a
+finished resumable upload (:mod:`clustr_aio.tus.handler`) — so the checks are written once:
+the extension, the bytes against the extension, the per-file size limit, an image's structure,
+pixel count and metadata (:mod:`clustr_aio.images.structure`), the sha256 of the bytes sent.
+:func:`ingest_batch` receives a whole request's files into one storage batch and publishes
+them together.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "ReceivedFile",
     "RefusedFile",
     "StoredFile",
+    "allowed_extension",
     "ingest_batch",
     "ingest_each",
     "ingest_file",
@@ -364,7 +366,7 @@ async def ingest_file(file: IncomingFile, batch: BatchScope, policy: IngestPolic
     (:mod:`clustr_aio.images.structure`: one pass, no decode). The sha256 is that of the bytes
     as sent, computed as they pass (:mod:`.hashing`); what is written is the filtered image."""
     filename = file.filename
-    extension = _allowed_extension(filename, policy.allowed_extensions)  # a nameless file fails
+    extension = allowed_extension(filename, policy.allowed_extensions)  # a nameless file fails
     head_chunks = await _read_head(file.chunks)
     content_type = verify_content(
         extension, _first_bytes(head_chunks, SNIFF_BYTES), filename=filename
@@ -441,7 +443,9 @@ class _HeldUntilClose:
         await self._writer.close()
 
 
-def _allowed_extension(filename: str, allowed: frozenset[str]) -> str:
+def allowed_extension(filename: str, allowed: frozenset[str]) -> str:
+    """The file's extension, if it is one of ``allowed`` (415 otherwise); public for the
+    sources that know a name before its bytes (a resumable upload's creation)."""
     extension = extension_of(filename)
     if extension not in allowed:
         what = f"files of type .{extension}" if extension else "files without an extension"

@@ -25,6 +25,7 @@ from clustr_aio.settings.values import (
     parse_database_url,
     parse_dedupe,
     parse_endpoint_url,
+    parse_duration,
     parse_extensions,
     parse_host,
     parse_log_format,
@@ -90,6 +91,7 @@ _AccessKey = Annotated[str | None, PlainValidator(parse_access_key_id)]
 _SecretKey = Annotated[str | None, PlainValidator(parse_secret_key)]
 _PartSize = Annotated[int, PlainValidator(parse_s3_part_size)]
 _Serve = Annotated[str, PlainValidator(parse_s3_serve)]
+_Duration = Annotated[float, PlainValidator(parse_duration)]
 _Auth = Annotated[str, PlainValidator(parse_auth)]
 _OptionalNetworks = Annotated[tuple[IPNetwork, ...], PlainValidator(parse_optional_networks)]
 _RequestRate = Annotated[tuple[int, int] | None, PlainValidator(parse_rate(sizes=False))]
@@ -306,6 +308,11 @@ class Settings(BaseSettings):
             raise ValueError("S3_SECRET_ACCESS_KEY: set both S3_ACCESS_KEY_ID and it, or neither")
         return self
 
+    tus_expiry: _Duration = _setting(
+        "24h",
+        "How long a resumable upload (/api/tus/) lives after its last byte came: then 410, and"
+        " its data is removed (404); seconds or 90s, 30m, 24h, 7d.",
+    )
     max_image_pixels: _Count = _setting(
         "100000000",
         "Most pixels in one image (width x height, the frames of an animation summed): a larger"

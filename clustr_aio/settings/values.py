@@ -180,6 +180,27 @@ def parse_seconds(raw: object) -> float:
     return value
 
 
+_DURATION_UNITS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(raw: object) -> float:
+    """A positive duration: seconds as a TOML number or text (``90``), or text with a unit:
+    ``90s``, ``30m``, ``24h``, ``7d``."""
+    what = "a duration such as 3600, 30m, 24h or 7d"
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise _expected(what, raw)
+    if isinstance(raw, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", raw, re.ASCII)
+        if match is None:
+            raise _expected(what, raw)
+        value = float(match[1]) * _DURATION_UNITS[match[2]]
+    else:
+        value = float(raw)
+    if not 0 < value < float("inf"):
+        raise _expected(what, raw)
+    return value
+
+
 def parse_byte_limit(raw: object) -> int:
     """A byte limit: a TOML integer, or text for :func:`parse_size`; at least one byte."""
     if isinstance(raw, int) and not isinstance(raw, bool):

@@ -4,6 +4,7 @@ Layout::
 
     UPLOAD_FOLDER/
         photo.jpg, photo-1.jpg, …      published files (served under UPLOAD_URL_PATH)
+        .tus/                           resumable uploads in progress (see :mod:`.local_resumable`)
         .incoming/                      never served: dot-paths are hidden from the static route
             <process id>/               one per running process, flock-ed while it lives
                 .lock
@@ -50,13 +51,16 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from clustr_aio.domain.errors import InsufficientStorage, ServerBusy
 from clustr_aio.domain.names import numbered
 from clustr_aio.storage import journal
 from clustr_aio.storage.base import Buffer, OnDisk
 from clustr_aio.storage.journal import fsync_directory
+
+if TYPE_CHECKING:
+    from clustr_aio.storage.local_resumable import LocalResumableStore
 
 log = logging.getLogger("clustr_aio")
 
@@ -115,6 +119,7 @@ class LocalStorage:
         # atomic os.link decides, so a stale hint can cost a few probes but never a collision.
         self._next_number: dict[str, int] = {}
         self.pause: journal.PausePoint | None = None  # tests only: see journal.pause_points
+        self._resumable: LocalResumableStore | None = None
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -150,6 +155,14 @@ class LocalStorage:
             fsync_directory(self.folder)
         self._next_number.clear()  # a freed name is the first to be taken again
         return True
+
+    def resumable_uploads(self) -> LocalResumableStore:
+        """Resumable (tus) uploads, kept in ``.tus`` beside the stored files (never served)."""
+        from clustr_aio.storage.local_resumable import TUS_DIR, LocalResumableStore  # (a cycle)
+
+        if self._resumable is None:
+            self._resumable = LocalResumableStore(self.folder / TUS_DIR, self.run, fsync=self.fsync)
+        return self._resumable
 
     # -- lifecycle -------------------------------------------------------------------------
 

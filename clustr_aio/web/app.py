@@ -25,6 +25,9 @@ from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
 from clustr_aio.storage.base import OrphanSweeping, Reading, Storage
 from clustr_aio.storage.factory import open_storage
+from clustr_aio.storage.resumable import Resumable
+from clustr_aio.tus.handler import TusHandler
+from clustr_aio.tus.sweeper import sweep_forever
 from clustr_aio.web import middlewares
 from clustr_aio.web.guard import Guard
 from clustr_aio.web.keys import (
@@ -36,10 +39,22 @@ from clustr_aio.web.keys import (
     SETTINGS,
     STORAGE,
     THUMBNAILER,
+    TUS,
     UPLOAD_SLOTS,
 )
 from clustr_aio.web.protection import UploadSlots
-from clustr_aio.web.routes import docs, files, health, keys, root, stored, thumbnails, upload
+from clustr_aio.web.routes import (
+    docs,
+    files,
+    health,
+    keys,
+    root,
+    stored,
+    thumbnails,
+    tus,
+    upload,
+    upload_page,
+)
 
 log = logging.getLogger("clustr_aio.images")
 ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
@@ -77,10 +92,13 @@ def create_app(settings: Settings) -> web.Application:
     if app[GUARD].limits_rates:
         app.on_response_prepare.append(middlewares.rate_limit_headers)
     app.on_response_prepare.append(metrics.count_response)
+    app.on_response_prepare.append(tus.tus_headers)
 
     app.router.add_routes(root.routes)
     app.router.add_routes(upload.routes)
     app.router.add_routes(files.routes)
+    app.router.add_routes(tus.routes)
+    app.router.add_routes(upload_page.routes)
     if settings.auth == "keys":  # in the open mode, keys are managed with the CLI only
         app.router.add_routes(keys.routes)
     app.router.add_routes(thumbnails.routes)
@@ -91,6 +109,7 @@ def create_app(settings: Settings) -> web.Application:
     # aiohttp-cors would echo any origin, and credentials with it.
     credentials = settings.auth == "keys" and settings.cors_origins != ("*",)
     _allow_cors(app, settings.cors_origins, credentials=credentials)
+    tus.add_discovery(app)  # on the OPTIONS routes CORS added
     return app
 
 
@@ -103,17 +122,29 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
             app[FILE_READER] = storage
         app[CATALOG] = catalog
         await reconcile(catalog, storage)
-        sweeper = None
+        # Background sweeps over what this storage offers: a shared store's orphans, and the
+        # expired resumable uploads.
+        sweeps: list[asyncio.Task[None]] = []
         if isinstance(storage, OrphanSweeping):
             every = min(3600.0, max(1.0, settings.s3_orphan_grace / 2))
-            sweeper = asyncio.create_task(_sweep_every(every, catalog, storage))
+            sweeps.append(asyncio.create_task(_sweep_every(every, catalog, storage)))
+        if isinstance(storage, Resumable):
+            app[TUS] = TusHandler(
+                store=storage.resumable_uploads(),
+                storage=storage,
+                policy=app[INGEST_POLICY],
+                catalog=catalog,
+                expiry=settings.tus_expiry,
+            )
+            sweeps.append(asyncio.ensure_future(sweep_forever(app[TUS])))
         try:
             yield
         finally:
-            if sweeper is not None:
-                sweeper.cancel()
+            for sweep in sweeps:
+                sweep.cancel()
+            for sweep in sweeps:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
+                    await sweep
 
 
 async def _sweep_every(seconds: float, catalog: Catalog, storage: Storage) -> None:

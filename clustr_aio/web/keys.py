@@ -11,6 +11,7 @@ from clustr_aio.ingest.pipeline import IngestPolicy
 from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
 from clustr_aio.storage.base import Reading, Storage
+from clustr_aio.tus.handler import TusHandler
 from clustr_aio.web.guard import Guard, RateState
 from clustr_aio.web.protection import UploadSlots
 
@@ -20,6 +21,8 @@ FILE_READER = web.AppKey("file_reader", Reading)
 """The storage, when it has the reading capability (``GET /uploads/{filename}``); else unset."""
 CATALOG = web.AppKey("catalog", Catalog)
 INGEST_POLICY = web.AppKey("ingest_policy", IngestPolicy)
+TUS = web.AppKey("tus", TusHandler)
+"""Resumable uploads, when the storage has the capability (``/api/tus/``); else unset."""
 METRICS = web.AppKey("metrics", Metrics)
 THUMBNAILER = web.AppKey("thumbnailer", Thumbnailer)
 UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)

@@ -15,11 +15,12 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Final
 
-from aiohttp import hdrs
+from aiohttp import hdrs, web
 
-from clustr_aio.domain.errors import EncodedBody, ServerBusy
+from clustr_aio.compat import HttpProcessingError
+from clustr_aio.domain.errors import ClientDisconnected, EncodedBody, MalformedUpload, ServerBusy
 
-__all__ = ["UploadSlots", "refuse_content_encoding"]
+__all__ = ["UploadSlots", "body_errors", "refuse_content_encoding"]
 
 _ENCODED_BODY: Final = (
     "request bodies with a Content-Encoding are not accepted: send the files uncompressed "
@@ -61,3 +62,18 @@ class UploadSlots:
             yield
         finally:
             self.taken -= 1
+
+
+@contextlib.contextmanager
+def body_errors() -> Iterator[None]:
+    """What reading a request body can raise, as the domain's errors: a broken connection is
+    :class:`ClientDisconnected`, a broken body (bad chunked encoding, short of its
+    Content-Length) a :class:`MalformedUpload`."""
+    try:
+        yield
+    except ConnectionError as error:
+        raise ClientDisconnected() from error
+    except HttpProcessingError as error:
+        raise MalformedUpload(f"malformed request body: {error.message}") from None
+    except web.RequestPayloadError:  # what the parser sets on the body stream mid-read
+        raise MalformedUpload("malformed request body") from None

@@ -5,6 +5,11 @@ Every check is on; the phases are examples, coverage, fuzzing and stateful (uplo
 downloads through the link schemathesis infers). A fixed seed and a bounded number of examples
 per operation keep the run repeatable and a few seconds long. The exceptions to
 positive_data_acceptance are listed, with their reasons, in schemathesis.toml beside this file.
+
+The tus routes (/api/tus/) are left out: a protocol exchange whose statuses (412 without
+Tus-Resumable, 460, 423) the checks take for contract breaches, and a body type
+(application/offset+octet-stream) schemathesis cannot generate. tests/http/test_tus.py and the
+real tus clients of tests/tus/ cover them.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import sys
 from pathlib import Path
 
 from clustr_aio.web.openapi import build_openapi
+from clustr_aio.web.routes.tus import PREFIX as TUS_PREFIX
 from tests.conftest import JPEG, stored_files, temp_files
 from tests.http.live_server import AiohttpServer, start_live_server
 
@@ -38,6 +44,7 @@ async def test_server_honours_its_openapi_document(
         "--seed", str(SEED),
         "--workers", "1",
         "--request-timeout", "30",
+        "--exclude-path-regex", f"^{TUS_PREFIX}",
     ]  # fmt: skip
     process = await asyncio.create_subprocess_exec(
         *command,
@@ -51,7 +58,8 @@ async def test_server_honours_its_openapi_document(
 
     # It did test every operation (but GET /openapi.json: schemathesis leaves the document it
     # reads out), with many cases, and no case failed.
-    operations = sum(len(methods) for methods in build_openapi(server.app)["paths"].values())
+    paths = build_openapi(server.app)["paths"]
+    operations = sum(len(m) for path, m in paths.items() if not path.startswith(TUS_PREFIX))
     assert re.search(rf"^\s*Tested: {operations - 1}$", report, re.MULTILINE), report
     counts = re.search(r"^\s*(\d+) generated, (\d+) passed\s*$", report, re.MULTILINE)
     assert counts is not None, report

@@ -13,12 +13,9 @@ from aiohttp import HttpVersion11, hdrs, web
 
 from clustr_aio.auth.keys import Principal
 from clustr_aio.auth.quota import QuotaMeter
-from clustr_aio.compat import HttpProcessingError
 from clustr_aio.domain.errors import (
     BadRequest,
-    ClientDisconnected,
     ClustrError,
-    MalformedUpload,
     NoFilesUploaded,
     QuotaExceeded,
 )
@@ -53,7 +50,7 @@ from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.registry import JSONObject
 from clustr_aio.web.openapi.schemas import error_response as documented_error
 from clustr_aio.web.openapi.schemas import json_response, ref
-from clustr_aio.web.protection import refuse_content_encoding
+from clustr_aio.web.protection import body_errors, refuse_content_encoding
 from clustr_aio.web.responses import clustr_error_response
 
 routes = web.RouteTableDef()
@@ -189,21 +186,16 @@ async def upload(request: web.Request) -> web.Response:
         storage, catalog = request.app[STORAGE], request.app[CATALOG]
         owner = principal.owner
         try:
-            if atomic:
-                results: list[StoredFile | RefusedFile] = [
-                    *await ingest_batch(files, storage, policy, catalog, owner=owner)
-                ]
-            else:
-                results = await ingest_each(files, storage, policy, catalog, owner=owner)
+            with body_errors():
+                if atomic:
+                    results: list[StoredFile | RefusedFile] = [
+                        *await ingest_batch(files, storage, policy, catalog, owner=owner)
+                    ]
+                else:
+                    results = await ingest_each(files, storage, policy, catalog, owner=owner)
         except QuotaExceeded as error:
             _refused(request, principal, error)
             raise
-        except ConnectionError as error:
-            raise ClientDisconnected() from error
-        except HttpProcessingError as error:  # e.g. broken chunked encoding or a short body
-            raise MalformedUpload(f"malformed request body: {error.message}") from None
-        except web.RequestPayloadError:  # what the parser sets on the body stream mid-read
-            raise MalformedUpload("malformed request body") from None
         finally:
             tracked.received(body.bytes_read)
             if request.content_length is None:  # charged now what it could not be before

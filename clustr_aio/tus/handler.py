@@ -1,0 +1,529 @@
+"""The tus 1.0.0 protocol with all its extensions, over a :class:`ResumableStore`.
+
+In tusd's manner (``pkg/handler`` against ``pkg/filestore``): this module decides what a request
+means and what to answer; where bytes and state live is the store's business, and errors carry
+their HTTP status. It knows no aiohttp: a request is its headers and an async stream of its body
+(:class:`TusRequest`), an answer a status and headers (:class:`TusAnswer`); ``web/routes/tus.py``
+translates.
+
+A finished upload is one :class:`~clustr_aio.ingest.pipeline.IncomingFile` read back from the
+store, received by :func:`~clustr_aio.ingest.pipeline.ingest_batch` like a multipart part: the
+same extension, magic-byte, image and size checks, the same hashing, dedupe, publishing and
+catalogue record. Its extension is checked at creation and its first bytes as soon as they
+arrive, so a wrong file is refused (415, and the upload terminated) long before its end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from clustr_aio.catalog.base import Catalog
+from clustr_aio.domain.errors import (
+    BadRequest,
+    ChecksumMismatch,
+    ClustrError,
+    FinalUploadPatched,
+    InsufficientStorage,
+    NotFound,
+    OffsetMismatch,
+    ServerBusy,
+    UnsupportedFile,
+    UploadGone,
+    UploadLocked,
+    UploadTooLarge,
+    WrongContentType,
+)
+from clustr_aio.domain.names import extension_of
+from clustr_aio.domain.sniff import SNIFF_BYTES, verify_content
+from clustr_aio.ingest.pipeline import (
+    IncomingFile,
+    IngestPolicy,
+    StoredFile,
+    allowed_extension,
+    ingest_batch,
+)
+from clustr_aio.storage.base import Buffer, Storage
+from clustr_aio.storage.resumable import HeldUpload, ResumableStore, UploadInfo
+from clustr_aio.tus.headers import (
+    CHECKSUM_ALGORITHMS,
+    EXTENSIONS,
+    OFFSET_OCTET_STREAM,
+    PARTIAL_UPLOAD,
+    TUS_VERSION,
+    Checksum,
+    check_version,
+    encode_metadata,
+    http_date,
+    parse_checksum,
+    parse_complete,
+    parse_concat,
+    parse_metadata,
+    parse_size,
+    speaks_draft,
+)
+
+__all__ = ["FILE_ID_HEADER", "FILE_URL_HEADER", "TusAnswer", "TusHandler", "TusRequest"]
+
+log = logging.getLogger("clustr_aio")
+
+FILE_ID_HEADER: Final = "Clustr-File-Id"
+FILE_URL_HEADER: Final = "Clustr-File-Url"
+
+
+@dataclass(frozen=True, slots=True)
+class TusRequest:
+    headers: Mapping[str, str]
+    body: AsyncIterator[Buffer]
+    """The body's chunks as they arrive; transport failures surface as domain errors."""
+    content_length: int | None
+    endpoint: str
+    """The absolute URL of the creation endpoint, without its trailing slash."""
+    files_url: str
+    """The absolute URL of ``/api/files``: a published upload's record is under it."""
+
+    @property
+    def draft(self) -> bool:
+        """The IETF draft's interop version rather than tus 1.0.0 (same store, same rules)."""
+        return speaks_draft(self.headers)
+
+    @property
+    def body_type(self) -> str:
+        return PARTIAL_UPLOAD if self.draft else OFFSET_OCTET_STREAM
+
+    @property
+    def has_body(self) -> bool:
+        return self.content_length != 0 and (
+            self.content_length is not None or "Transfer-Encoding" in self.headers
+        )
+
+
+@dataclass(slots=True)
+class TusAnswer:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class TusHandler:
+    """Every tus request, against one store; the policy and catalog of the ingest pipeline."""
+
+    def __init__(
+        self,
+        *,
+        store: ResumableStore,
+        storage: Storage,
+        policy: IngestPolicy,
+        catalog: Catalog | None,
+        expiry: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self._storage = storage
+        self._policy = policy
+        self._catalog = catalog
+        self.expiry = expiry
+        self._clock = clock
+
+    @property
+    def max_size(self) -> int:
+        return self._policy.limits.max_file_size
+
+    # -- OPTIONS ---------------------------------------------------------------------------
+
+    def options(self) -> TusAnswer:
+        return TusAnswer(
+            204,
+            {
+                "Tus-Version": TUS_VERSION,
+                "Tus-Extension": ",".join(EXTENSIONS),
+                "Tus-Max-Size": str(self.max_size),
+                "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS),
+            },
+        )
+
+    # -- POST: creation, creation-with-upload, creation-defer-length, concatenation ---------
+
+    async def create(self, request: TusRequest) -> TusAnswer:
+        headers = request.headers
+        check_version(headers)
+        concat = parse_concat(headers.get("Upload-Concat"))
+        metadata = parse_metadata(headers.get("Upload-Metadata"))
+        if request.has_body and headers.get("Content-Type") != request.body_type:
+            raise WrongContentType(f"a creation's body must be {request.body_type}")
+        if concat is not None and not concat.partial:
+            return await self._create_final(request, concat.parts, metadata)
+        partial = concat is not None
+        length = self._declared_length(headers, optional=request.draft)
+        if not partial:
+            self._check_name(metadata, length)
+        info = self._new_upload(length, metadata, partial=partial)
+        await self.store.create(info)
+        answer = TusAnswer(201, {"Location": f"{request.endpoint}/{info.id}"})
+        if request.has_body:  # creation-with-upload: the first chunk, as a PATCH would send it
+            async with self.store.hold(info.id) as held:
+                patched = await self._receive(held, request, 0)
+            answer.headers.update(patched.headers)
+        else:
+            answer.headers["Upload-Expires"] = http_date(info.expires_at)
+        return answer
+
+    def _new_upload(
+        self,
+        length: int | None,
+        metadata: dict[str, str],
+        *,
+        partial: bool = False,
+        parts: tuple[str, ...] = (),
+    ) -> UploadInfo:
+        now = self._clock()
+        return UploadInfo(
+            id=uuid.uuid4().hex,
+            length=length,
+            metadata=metadata,
+            created_at=now,
+            expires_at=now + self.expiry,
+            partial=partial,
+            parts=parts,
+        )
+
+    def _declared_length(self, headers: Mapping[str, str], *, optional: bool) -> int | None:
+        """tus: Upload-Length, or Upload-Defer-Length: 1. The draft (``optional``): a length
+        not given is known once a request says Upload-Complete: ?1."""
+        length = parse_size(headers, "Upload-Length")
+        deferred = headers.get("Upload-Defer-Length")
+        if deferred is not None and deferred.strip() != "1":
+            raise BadRequest("Upload-Defer-Length: the only value is 1")
+        if length is None and deferred is None and not optional:
+            raise BadRequest("Upload-Length (or Upload-Defer-Length: 1) is required")
+        if length is not None and deferred is not None:
+            raise BadRequest("Upload-Length and Upload-Defer-Length exclude each other")
+        if length is not None:
+            self._check_length(length)
+        return length
+
+    def _check_length(self, length: int) -> None:
+        if length > self.max_size:
+            raise UploadTooLarge(
+                f"the upload is larger than the limit of {self.max_size} bytes per file"
+            )
+
+    def _check_name(self, metadata: Mapping[str, str], length: int | None) -> str:
+        """The name rules of a multipart part: a name with an allowed extension; an empty
+        file is refused as it is there."""
+        filename = metadata.get("filename")
+        if not filename:
+            raise BadRequest("Upload-Metadata: filename is required")
+        extension = allowed_extension(filename, self._policy.allowed_extensions)
+        if length == 0:
+            verify_content(extension, b"", filename=filename)
+        return filename
+
+    async def _create_final(
+        self, request: TusRequest, part_ids: Sequence[str], metadata: dict[str, str]
+    ) -> TusAnswer:
+        if "Upload-Length" in request.headers or request.has_body:
+            raise BadRequest("a final upload has no Upload-Length nor body: its parts' bytes")
+        filename = self._check_name(metadata, None)
+        parts = [await self.store.get(part_id) for part_id in part_ids]
+        for part in parts:
+            if part is None or part.expires_at <= self._clock():
+                raise BadRequest("Upload-Concat: a partial upload it names does not exist")
+            if not part.partial:
+                raise BadRequest("Upload-Concat: an upload it names is not a partial upload")
+        known = [p.length for p in parts if p is not None and p.length is not None]
+        length = sum(known) if len(known) == len(parts) else None
+        if length is not None:
+            self._check_length(length)
+        head = await self.store.head(part_ids[0], SNIFF_BYTES)
+        if len(head) >= SNIFF_BYTES or length == len(head):
+            verify_content(extension_of(filename), head, filename=filename)
+        info = self._new_upload(length, metadata, parts=tuple(part_ids))
+        await self.store.create(info)
+        for part_id in part_ids:
+            await self.store.refer(part_id, info.id)
+        answer = TusAnswer(201, {"Location": f"{request.endpoint}/{info.id}"})
+        finished = await self._finish_final(info.id)  # now, if every part is complete
+        answer.headers.update(self._upload_headers(finished or info, request))
+        return answer
+
+    # -- HEAD ------------------------------------------------------------------------------
+
+    async def head(self, upload_id: str, request: TusRequest) -> TusAnswer:
+        check_version(request.headers)
+        info = await self._live(upload_id)
+        if info.final and info.file_id is None:
+            info = await self._finish_final(upload_id) or info  # after a crash, say
+        headers = self._upload_headers(info, request)
+        headers["Cache-Control"] = "no-store"
+        if info.length is None:
+            headers["Upload-Defer-Length"] = "1"
+        else:
+            headers["Upload-Length"] = str(info.length)
+        if info.metadata:
+            headers["Upload-Metadata"] = encode_metadata(info.metadata)
+        if info.partial:
+            headers["Upload-Concat"] = "partial"
+        elif info.final:
+            urls = " ".join(f"{request.endpoint}/{part}" for part in info.parts)
+            headers["Upload-Concat"] = f"final;{urls}"
+        return TusAnswer(200, headers)
+
+    def _upload_headers(self, info: UploadInfo, request: TusRequest) -> dict[str, str]:
+        headers = {"Upload-Expires": http_date(info.expires_at)}
+        if not info.final or info.file_id is not None:  # a final's offset once it is whole
+            headers["Upload-Offset"] = str(info.offset)
+        if info.file_id is not None:
+            headers[FILE_ID_HEADER] = info.file_id
+            headers[FILE_URL_HEADER] = f"{request.files_url}/{info.file_id}"
+        if request.draft:
+            headers["Upload-Complete"] = "?1" if info.received_all else "?0"
+        return headers
+
+    async def _live(self, upload_id: str) -> UploadInfo:
+        info = await self.store.get(upload_id)
+        if info is None:
+            raise NotFound("no upload has this id")
+        if info.expires_at <= self._clock():
+            raise UploadGone("this upload has expired")
+        return info
+
+    # -- PATCH -----------------------------------------------------------------------------
+
+    async def patch(self, upload_id: str, request: TusRequest) -> TusAnswer:
+        headers = request.headers
+        check_version(headers)
+        if headers.get("Content-Type") != request.body_type:
+            raise WrongContentType(f"a PATCH's body must be {request.body_type}")
+        offset = parse_size(headers, "Upload-Offset")
+        if offset is None:
+            raise BadRequest("Upload-Offset is required")
+        info = await self._live(upload_id)
+        if info.final:
+            raise FinalUploadPatched("a final upload's bytes are its parts': PATCH those")
+        async with self.store.hold(upload_id) as held:
+            answer = await self._receive(held, request, offset)
+        if held.info.partial and held.info.received_all:
+            await self._finish_finals_of(upload_id)  # concatenation-unfinished
+        return answer
+
+    async def _receive(self, held: HeldUpload, request: TusRequest, offset: int) -> TusAnswer:
+        """Append the body to the held upload at ``offset``; publish it once complete."""
+        info = held.info
+        if info.expires_at <= self._clock():
+            raise UploadGone("this upload has expired")
+        if offset != info.offset:
+            raise OffsetMismatch(f"Upload-Offset is {offset}, the upload's offset {info.offset}")
+        info = self._with_length(info, request.headers)
+        if info.received_all:
+            if request.has_body:
+                raise OffsetMismatch("the upload is complete: nothing more can be appended")
+            return TusAnswer(204, self._upload_headers(info, request))
+        checksum = parse_checksum(request.headers.get("Upload-Checksum"))
+        completes = parse_complete(request.headers)
+        room = (info.length if info.length is not None else self.max_size) - offset
+        if request.content_length is not None and request.content_length > room:
+            raise UploadTooLarge(f"the body is longer than the {room} bytes the upload lacks")
+        body = self._checked(request.body, info, room, await self._head_for(info))
+        digest = checksum.digest() if checksum is not None else None
+        try:
+            await held.append(body, digest=digest)
+        except UnsupportedFile:  # not what its name says: the upload is refused whole
+            await held.remove()
+            raise
+        except (UploadTooLarge, InsufficientStorage, ServerBusy, OSError):
+            await held.rollback()  # over its length, or the disk failed: the chunk is not kept
+            raise
+        except BaseException:
+            # The client's connection broke, its body idled out, or the server is stopping:
+            # keep what arrived (tus: store as much as possible), unless a checksum was to
+            # vouch for the whole chunk.
+            if checksum is None and held.written:
+                await held.commit(self._advanced(info, held.written))
+            raise
+        if checksum is not None and digest is not None:
+            await self._verify(held, checksum, digest.digest())
+        info = self._advanced(info, held.written)
+        if info.length is None and completes:
+            self._check_length(info.offset)
+            info = info.with_changes(length=info.offset)  # the draft: the length, at last
+        if info.received_all and not info.partial:
+            info = await self._publish(held, info)
+        else:
+            await held.commit(info)  # a complete part: its finals are finished once it is let go
+        return TusAnswer(204, self._upload_headers(info, request))
+
+    def _with_length(self, info: UploadInfo, headers: Mapping[str, str]) -> UploadInfo:
+        """creation-defer-length: the first PATCH that knows the length says it, once."""
+        length = parse_size(headers, "Upload-Length")
+        if length is None:
+            return info
+        if info.length is not None:
+            if length != info.length:
+                raise BadRequest("Upload-Length: the upload's length is known already")
+            return info
+        if length < info.offset:
+            raise BadRequest("Upload-Length: shorter than what was received already")
+        self._check_length(length)
+        return info.with_changes(length=length)
+
+    async def _head_for(self, info: UploadInfo) -> bytes | None:
+        """What was received of the file's first bytes, while they are still to check."""
+        if info.partial or info.offset >= SNIFF_BYTES:
+            return None
+        return await self.store.head(info.id, info.offset)
+
+    def _checked(
+        self, body: AsyncIterator[Buffer], info: UploadInfo, room: int, head: bytes | None
+    ) -> AsyncIterator[Buffer]:
+        filename = info.metadata.get("filename", "")
+        max_size = self.max_size
+
+        async def checked() -> AsyncIterator[Buffer]:
+            seen = head
+            received = 0
+            async for chunk in body:
+                received += len(chunk)
+                if received > room:
+                    raise UploadTooLarge(
+                        f"{filename!r} is larger than its Upload-Length"
+                        if info.length is not None
+                        else f"{filename!r} is larger than the limit of {max_size} bytes"
+                    )
+                if seen is not None:
+                    seen += bytes(chunk[: SNIFF_BYTES - len(seen)])
+                    if len(seen) >= SNIFF_BYTES or len(seen) == info.length:
+                        verify_content(extension_of(filename), seen, filename=filename)
+                        seen = None  # checked: as soon as the first bytes arrived
+                yield chunk
+
+        return checked()
+
+    async def _verify(self, held: HeldUpload, checksum: Checksum, actual: bytes) -> None:
+        if actual != checksum.expected:
+            await held.rollback()  # the chunk is discarded; the offset stays where it was
+            raise ChecksumMismatch(
+                f"the chunk's {checksum.algorithm} is not its Upload-Checksum; it was discarded"
+            )
+
+    def _advanced(self, info: UploadInfo, received: int) -> UploadInfo:
+        return info.with_changes(
+            offset=info.offset + received, expires_at=self._clock() + self.expiry
+        )
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def _publish(self, held: HeldUpload, info: UploadInfo) -> UploadInfo:
+        """Ingest the whole upload; its state then names the stored file, its bytes are freed.
+        A refusal of the file (415, 413, 409) ends the upload; any other failure (a full disk)
+        takes the last chunk back, for the client to send again."""
+        chunks = self.store.read(info.id, info.offset)
+        try:
+            stored = await self._ingest(info.metadata["filename"], chunks)
+        except ClustrError as error:
+            if error.per_file:
+                await held.remove()
+            else:
+                await held.rollback()
+            raise
+        except BaseException:
+            await held.rollback()
+            raise
+        return await self._done(held, info, stored)
+
+    async def _done(self, held: HeldUpload, info: UploadInfo, stored: StoredFile) -> UploadInfo:
+        length = info.length if info.length is not None else info.offset
+        done = info.with_changes(
+            offset=length,
+            length=length,
+            file_id=stored.id,
+            expires_at=self._clock() + self.expiry,
+        )
+        await held.commit(done)
+        await held.release_data()
+        return done
+
+    async def _ingest(self, filename: str, chunks: AsyncIterator[Buffer]) -> StoredFile:
+        async def one_file() -> AsyncIterator[IncomingFile]:
+            yield IncomingFile(filename, chunks)
+
+        [stored] = await ingest_batch(one_file(), self._storage, self._policy, self._catalog)
+        return stored
+
+    async def _finish_finals_of(self, partial_id: str) -> None:
+        """concatenation-unfinished: a part just completed; its finals may be whole now."""
+        for final_id in await self.store.finals_of(partial_id):
+            try:
+                await self._finish_final(final_id)
+            except ClustrError as error:  # the final was refused (and ended), not this part
+                log.info("final upload %s refused: %s", final_id, error.detail)
+
+    async def _finish_final(self, final_id: str) -> UploadInfo | None:
+        """Publish the final upload if every part is complete (None if it was busy)."""
+        try:
+            async with self.store.hold(final_id) as held:
+                info = held.info
+                if info.file_id is not None:
+                    return info
+                parts = [await self.store.get(part_id) for part_id in info.parts]
+                complete = [p for p in parts if p is not None and p.received_all]
+                if len(complete) < len(parts):
+                    return info
+                total = sum(p.offset for p in complete)
+                if info.length is None:
+                    self._check_length(total)
+                    info = info.with_changes(length=total)
+                try:
+                    stored = await self._ingest(info.metadata["filename"], self._concat(complete))
+                except ClustrError as error:
+                    if error.per_file:
+                        await held.remove()
+                    raise
+                done = await self._done(held, info, stored)
+        except (UploadLocked, NotFound):
+            return None
+        for part in complete:  # their bytes are the stored file's now
+            with contextlib.suppress(UploadLocked, NotFound):
+                async with self.store.hold(part.id) as held_part:
+                    await held_part.remove()
+        return done
+
+    async def _concat(self, parts: Sequence[UploadInfo]) -> AsyncIterator[Buffer]:
+        for part in parts:
+            async for chunk in self.store.read(part.id, part.offset):
+                yield chunk
+
+    # -- DELETE: termination ---------------------------------------------------------------
+
+    async def terminate(self, upload_id: str, request: TusRequest) -> TusAnswer:
+        check_version(request.headers)
+        async with self.store.hold(upload_id) as held:
+            await held.remove()
+        return TusAnswer(204)
+
+    # -- expiration ------------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Remove every expired upload that no request holds, and data a crash left without
+        state; finish final uploads whose parts completed before a crash. Returns how many
+        uploads were removed."""
+        now = self._clock()
+        removed = 0
+        for upload_id in await self.store.ids():
+            info = await self.store.get(upload_id)
+            if info is None:
+                continue
+            if info.expires_at <= now:
+                with contextlib.suppress(UploadLocked, NotFound):
+                    async with self.store.hold(upload_id) as held:
+                        if held.info.expires_at <= now:
+                            await held.remove()
+                            removed += 1
+            elif info.final and info.file_id is None:
+                with contextlib.suppress(ClustrError):
+                    await self._finish_final(upload_id)
+        return removed + await self.store.sweep_orphans(now - self.expiry)

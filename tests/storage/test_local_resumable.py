@@ -1,0 +1,179 @@
+"""The local resumable store on a real folder: durable state, the lock across processes,
+uncommitted bytes cut off, removal, orphans."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from clustr_aio.domain.errors import NotFound, UploadLocked
+from clustr_aio.storage.local import LocalStorage
+from clustr_aio.storage.local_resumable import TUS_DIR, LocalResumableStore
+from clustr_aio.storage.resumable import Resumable, UploadInfo
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[LocalResumableStore]:
+    storage = LocalStorage(tmp_path, fsync=True)
+    await storage.open()
+    assert isinstance(storage, Resumable)
+    yield storage.resumable_uploads()
+    await storage.close()
+
+
+def info(upload_id: str = "a" * 32, length: int | None = 100) -> UploadInfo:
+    now = time.time()
+    return UploadInfo(id=upload_id, length=length, created_at=now, expires_at=now + 60)
+
+
+async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def read_all(store: LocalResumableStore, upload_id: str, size: int) -> bytes:
+    return b"".join([bytes(b) async for b in store.read(upload_id, size)])
+
+
+async def test_state_is_committed_with_the_bytes(store: LocalResumableStore) -> None:
+    metadata_free = "b" * 32
+    await store.create(info(metadata_free))
+    async with store.hold(metadata_free) as held:
+        await held.append(chunks(b"hello ", b"world"))
+        assert held.written == 11
+        committed = await store.get(metadata_free)
+        assert committed is not None
+        assert committed.offset == 0
+        await held.commit(held.info.with_changes(offset=11))
+    again = await store.get(metadata_free)
+    assert again is not None
+    assert again.offset == 11
+    assert await read_all(store, metadata_free, 11) == b"hello world"
+    assert await store.head(metadata_free, 5) == b"hello"
+
+
+async def test_uncommitted_bytes_are_cut_off_when_held_again(store: LocalResumableStore) -> None:
+    upload = info()
+    await store.create(upload)
+    async with store.hold(upload.id) as held:
+        await held.commit(held.info.with_changes(offset=0))
+        await held.append(chunks(b"never committed"))  # a process killed before its commit
+    async with store.hold(upload.id) as held:
+        assert held.info.offset == 0
+        await held.append(chunks(b"kept"))
+        await held.commit(held.info.with_changes(offset=4))
+    data = store.folder / upload.id / "data"
+    assert data.read_bytes() == b"kept"
+
+
+async def test_rollback_discards_the_chunk(store: LocalResumableStore) -> None:
+    upload = info()
+    await store.create(upload)
+    async with store.hold(upload.id) as held:
+        await held.append(chunks(b"good"))
+        await held.commit(held.info.with_changes(offset=4))
+        await held.append(chunks(b"bad bytes"))
+        await held.rollback()
+        await held.append(chunks(b"!"))
+        await held.commit(held.info.with_changes(offset=5))
+    assert await read_all(store, upload.id, 5) == b"good!"
+
+
+async def test_a_stream_that_fails_still_writes_what_it_delivered(
+    store: LocalResumableStore,
+) -> None:
+    upload = info()
+    await store.create(upload)
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"arrived"
+        raise ConnectionResetError
+
+    async with store.hold(upload.id) as held:
+        with pytest.raises(ConnectionResetError):
+            await held.append(broken())
+        assert held.written == 7
+
+
+async def test_one_holder_at_a_time(store: LocalResumableStore) -> None:
+    upload = info()
+    await store.create(upload)
+    async with store.hold(upload.id):
+        with pytest.raises(UploadLocked):
+            async with store.hold(upload.id):
+                pass
+    async with store.hold(upload.id):  # released with the block
+        pass
+
+
+async def test_the_lock_holds_across_processes_and_dies_with_its_holder(
+    store: LocalResumableStore,
+) -> None:
+    upload = info()
+    await store.create(upload)
+    data = store.folder / upload.id / "data"
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import fcntl,sys,time; f=open(sys.argv[1],'rb+');"
+        " fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(data),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert await holder.stdout.readline() == b"held\n"
+        with pytest.raises(UploadLocked):
+            async with store.hold(upload.id):
+                pass
+        holder.kill()  # as kill -9 of a worker mid-PATCH
+        await holder.wait()
+        async with store.hold(upload.id) as held:
+            assert held.info.id == upload.id
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
+
+
+async def test_remove_and_unknown_ids(store: LocalResumableStore) -> None:
+    upload = info()
+    await store.create(upload)
+    async with store.hold(upload.id) as held:
+        await held.remove()
+    assert await store.get(upload.id) is None
+    assert await store.ids() == []
+    for bad in ("../etc", "", "a/b", "." * 3):
+        assert await store.get(bad) is None
+        with pytest.raises(NotFound):
+            async with store.hold(bad):
+                pass
+
+
+async def test_finals_are_noted_on_their_parts(store: LocalResumableStore) -> None:
+    await store.create(info("c" * 32))
+    await store.refer("c" * 32, "d" * 32)
+    assert await store.finals_of("c" * 32) == ["d" * 32]
+
+
+async def test_orphans_are_swept_after_their_time(store: LocalResumableStore) -> None:
+    orphan = store.folder / ("e" * 32)
+    orphan.mkdir(parents=True)
+    (orphan / "data").write_bytes(b"left by a crash between mkdir and info.json")
+    assert await store.sweep_orphans(time.time() - 60) == 0  # young: maybe being created
+    assert await store.sweep_orphans(time.time() + 1) == 1
+    assert not orphan.exists()
+
+
+async def test_uploads_are_not_stored_files(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path, fsync=False)
+    await storage.open()
+    try:
+        await storage.resumable_uploads().create(info())
+        assert (tmp_path / TUS_DIR / ("a" * 32)).is_dir()
+        assert await storage.names() == []  # the catalog's reconciliation never adopts them
+        assert await storage.locate(TUS_DIR) is None  # never served
+    finally:
+        await storage.close()
