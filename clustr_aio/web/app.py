@@ -16,7 +16,7 @@ from clustr_aio.domain.limits import UploadLimits
 from clustr_aio.ingest.pipeline import Dedupe, IngestPolicy
 from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
-from clustr_aio.storage.base import Reading
+from clustr_aio.storage.base import Reading, SpaceReporting
 from clustr_aio.storage.factory import open_storage
 from clustr_aio.web import middlewares
 from clustr_aio.web.keys import (
@@ -25,6 +25,7 @@ from clustr_aio.web.keys import (
     INGEST_POLICY,
     METRICS,
     SETTINGS,
+    SPACE_REPORTER,
     STORAGE,
     UPLOAD_SLOTS,
 )
@@ -56,8 +57,6 @@ def create_app(settings: Settings) -> web.Application:
         dedupe=cast(Dedupe, settings.dedupe),  # the setting's parser allows these only
     )
     app.cleanup_ctx.append(_storage)
-    app.on_response_prepare.append(middlewares.common_headers)
-    app.on_response_prepare.append(metrics.count_response)
 
     app.router.add_routes(root.routes)
     app.router.add_routes(upload.routes)
@@ -65,7 +64,10 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(health.routes)
     app.router.add_routes(docs.routes)
     stored.add_routes(app.router, settings.upload_url_path)
-    _allow_cors(app, settings.cors_origins)
+    cors_hook = _allow_cors(app, settings.cors_origins)
+    app.on_response_prepare.append(
+        _response_hook(metrics, cors_hook, vary_on_origin=bool(settings.cors_origins))
+    )
     return app
 
 
@@ -76,12 +78,17 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         app[STORAGE] = storage
         if isinstance(storage, Reading):
             app[FILE_READER] = storage
+        if isinstance(storage, SpaceReporting):  # asked once, not per upload
+            app[SPACE_REPORTER] = storage
         app[CATALOG] = catalog
         await reconcile(catalog, storage)
         yield
 
 
-def _allow_cors(app: web.Application, origins: tuple[str, ...]) -> None:
+def _allow_cors(app: web.Application, origins: tuple[str, ...]) -> ResponseHook:
+    """Set up aiohttp-cors for every route; returns its response hook, taken out of
+    ``on_response_prepare`` for :func:`_response_hook` to call (``remove`` fails at startup,
+    not silently, if aiohttp-cors changes)."""
     # aiohttp-cors has no "allow everything" switch: spell it out per origin.
     options = aiohttp_cors.ResourceOptions(
         allow_credentials=False, expose_headers="*", allow_headers="*", max_age=600
@@ -89,26 +96,31 @@ def _allow_cors(app: web.Application, origins: tuple[str, ...]) -> None:
     cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
     for route in list(app.router.routes()):
         cors.add(route)
-    _ask_for_origin_first(app, cors_response_hook(cors))
-    if origins:
-        app.on_response_prepare.append(_vary_on_origin)
+    hook = cors_response_hook(cors)
+    app.on_response_prepare.remove(hook)
+    return hook
 
 
-def _ask_for_origin_first(app: web.Application, cors_hook: ResponseHook) -> None:
-    """aiohttp-cors's response hook looks up the route's configuration (a ChainMap and two
-    subclass checks) before it looks for an ``Origin`` header, without which nothing is CORS
-    (its step 6.1.1). Most requests have none: same-origin ones, photos loaded by ``<img>``.
-    Ask first. ``index`` fails at startup, not silently, if aiohttp-cors changes."""
-    hooks = app.on_response_prepare
+def _response_hook(
+    metrics: Metrics, cors_hook: ResponseHook, *, vary_on_origin: bool
+) -> ResponseHook:
+    """What every response gets, in one ``on_response_prepare`` hook: aiohttp awaits each hook
+    in turn, a coroutine per hook per response, for steps that are mostly a line each.
 
-    async def only_with_origin(request: web.Request, response: web.StreamResponse) -> None:
+    - the common headers (nosniff, the request id), then the request counted, its status final;
+    - aiohttp-cors's hook only with an ``Origin`` header: it looks up the route's configuration
+      (a ChainMap and two subclass checks) before it looks for one, without which nothing is
+      CORS (its step 6.1.1), and most requests have none (same-origin ones, ``<img>`` loads);
+    - ``Vary: Origin`` when CORS is on: aiohttp-cors answers with the caller's own Origin (even
+      for "*"), so a shared cache in front must keep one answer per Origin.
+    """
+
+    async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        middlewares.common_headers(request, response)
+        metrics.count_response(request, response)
         if hdrs.ORIGIN in request.headers:
             await cors_hook(request, response)
+        if vary_on_origin:
+            response.headers.add(hdrs.VARY, hdrs.ORIGIN)
 
-    hooks[hooks.index(cors_hook)] = only_with_origin
-
-
-async def _vary_on_origin(request: web.Request, response: web.StreamResponse) -> None:
-    """aiohttp-cors answers with the caller's own Origin (even for "*"), so a shared cache in
-    front of the server must keep one answer per Origin, or it hands out another site's."""
-    response.headers.add(hdrs.VARY, hdrs.ORIGIN)
+    return on_response_prepare

@@ -8,13 +8,15 @@ from clustr_aio.catalog.base import Catalog
 from clustr_aio.ingest.pipeline import IngestPolicy
 from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
-from clustr_aio.storage.base import Reading, Storage
+from clustr_aio.storage.base import Reading, SpaceReporting, Storage
 from clustr_aio.web.protection import UploadSlots
 
 SETTINGS = web.AppKey("settings", Settings)
 STORAGE = web.AppKey("storage", Storage)
 FILE_READER = web.AppKey("file_reader", Reading)
 """The storage, when it has the reading capability (``GET /uploads/{filename}``); else unset."""
+SPACE_REPORTER = web.AppKey("space_reporter", SpaceReporting)
+"""The storage, when it can tell its free space (checked before an upload's body); else unset."""
 CATALOG = web.AppKey("catalog", Catalog)
 INGEST_POLICY = web.AppKey("ingest_policy", IngestPolicy)
 METRICS = web.AppKey("metrics", Metrics)

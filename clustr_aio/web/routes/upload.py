@@ -24,9 +24,16 @@ from clustr_aio.domain.models import (
 )
 from clustr_aio.ingest.multipart import MultipartStream, file_parts, parse_boundary
 from clustr_aio.ingest.pipeline import RefusedFile, StoredFile, ingest_batch, ingest_each
-from clustr_aio.storage.base import SpaceReporting
 from clustr_aio.web.base_url import request_base_url
-from clustr_aio.web.keys import CATALOG, INGEST_POLICY, METRICS, SETTINGS, STORAGE, UPLOAD_SLOTS
+from clustr_aio.web.keys import (
+    CATALOG,
+    INGEST_POLICY,
+    METRICS,
+    SETTINGS,
+    SPACE_REPORTER,
+    STORAGE,
+    UPLOAD_SLOTS,
+)
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.registry import JSONObject
 from clustr_aio.web.openapi.schemas import error_response as documented_error
@@ -206,9 +213,9 @@ async def _check_request(request: web.Request) -> bytes:
     boundary = parse_boundary(request.headers.get(hdrs.CONTENT_TYPE))
     if request.content_length == 0:  # nothing sent at all: no files, not a malformed body
         raise NoFilesUploaded("no files were uploaded: the request body is empty")
-    storage = request.app[STORAGE]
-    if isinstance(storage, SpaceReporting):
-        await storage.ensure_room(request.content_length)
+    space = request.app.get(SPACE_REPORTER)
+    if space is not None:
+        await space.ensure_room(request.content_length)
     return boundary
 
 
