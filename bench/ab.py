@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 from pathlib import Path
@@ -101,6 +102,8 @@ def measure_nginx(
 
 
 def main() -> int:
+    # A kill (SIGTERM) stops the servers too, through the finally below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     variants_spec: dict[str, list[Any]] = json.loads(os.environ["AB_VARIANTS"])
     scenarios = os.environ.get("AB_ONLY", "L,B,C,S").split(",")
     rounds = int(os.environ.get("AB_ROUNDS", "3"))
