@@ -18,12 +18,6 @@ from bench.proc import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-_UNIT = REPO / "deploy" / "clustr-aio.service"
-DEPLOYED_MALLOC_TUNABLES = next(
-    line.removeprefix("Environment=GLIBC_TUNABLES=")
-    for line in _UNIT.read_text().splitlines()
-    if line.startswith("Environment=GLIBC_TUNABLES=")
-)
 # python -m clustr_aio, after a prelude; the working directory (the checkout) comes first on
 # sys.path, so another checkout's code runs, not this one's.
 _RUN_MODULE = "import runpy; runpy.run_module('clustr_aio', run_name='__main__', alter_sys=True)"
@@ -68,8 +62,6 @@ class ClustrServer:
             "RELOAD": "false",
             # No developer .env: an empty one, so only the repository's config.toml and the above.
             "ENV_FILE": os.devnull,
-            # As deploy/clustr-aio.service runs it.
-            "GLIBC_TUNABLES": DEPLOYED_MALLOC_TUNABLES,
             **({"WORKERS": str(workers)} if workers > 1 else {}),
             **extra_env,
         }
