@@ -37,7 +37,7 @@ from bench.clients import post_files, put_file, wrk
 from bench.clustr import REPO, ClustrServer
 from bench.data import DataSet, ensure_data
 from bench.nginx import PUT_PREFIX, STATIC_PREFIX, Nginx
-from bench.proc import cpu_seconds, free_port
+from bench.proc import MIB, cpu_seconds, free_port
 from bench.scenarios import STATIC_NAME
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -119,6 +119,7 @@ def main() -> int:
     ]
     nginx = Nginx(work / "nginx", work / "nginx-root", free_port()) if with_nginx else None
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    peaks: dict[tuple[str, str], list[float]] = {}
 
     def run(scenario: str, name: str, n: int) -> None:
         server = next((s for s in servers if s.name == name), None)
@@ -132,14 +133,18 @@ def main() -> int:
         else:
             attic.stash(server.upload_folder, keep=frozenset({STATIC_NAME}))
             os.sync()
+            server.reset_peak()
             processes = server.processes()
             before = cpu_seconds(processes)
             value, requests = measure(scenario, server, data, seconds)
         cpu = (cpu_seconds(processes) - before) / requests
+        peak = max(server.peaks(), default=0) / MIB if server is not None else 0.0
         if n > 0:
             results.setdefault((scenario, name), []).append((value, cpu))
+            peaks.setdefault((scenario, name), []).append(peak)
         print(
-            f"round {n} {scenario} {name}: {value:.3f}, {cpu * 1e3:.3f} ms CPU per request",
+            f"round {n} {scenario} {name}: {value:.3f}, {cpu * 1e3:.3f} ms CPU per request"
+            + (f", peak RSS {peak:.0f} MiB" if server is not None else ""),
             flush=True,
         )
 
@@ -169,6 +174,8 @@ def main() -> int:
             nginx.stop()
         shutil.rmtree(work, ignore_errors=True)
     print(_summary(results, scenarios, names, nginx is not None))
+    for (scenario, name), values in peaks.items():
+        print(f"peak RSS {scenario} {name}: largest {max(values):.0f} MiB")
     return 0
 
 
