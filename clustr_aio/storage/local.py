@@ -12,13 +12,18 @@ Layout::
 
 Temporary files live on the same filesystem as the folder (a sandboxed service may write only
 there), so publishing is an ``os.link`` — atomic, and failing with ``EEXIST`` instead of
-overwriting — followed by one directory ``fsync`` per batch. A process that dies leaves its
+overwriting — followed by one directory ``fsync`` per batch. A batch of one file (most uploads)
+is published by one ``renameat2(RENAME_NOREPLACE)`` instead (:mod:`.noreplace`): as atomic and
+as unwilling to overwrite, and one step, so it needs no journal. A process that dies leaves its
 ``.incoming/<process id>`` behind unlocked; the next process to start removes it, after rolling
 back any publish it was in the middle of (see :mod:`clustr_aio.storage.journal`).
 
 All blocking calls run on a dedicated thread pool, so the event loop never waits on the disk.
 File data is handed to the pool in blocks of ``write_block`` bytes (``os.writev`` of the received
 chunks, no joining), and one block per file may be in flight while the next one is received.
+A batch's last file, if none of its bytes went to the pool (a file smaller than a block), is
+created, written and closed by the publish's own pool call: a small upload costs one thread
+round trip, not two.
 Memory: 300 uploads that sent 1 MB each and stalled held 300 MB of RAM, a block each. So the
 bytes received and not yet written, by all uploads together, are kept under ``memory_budget``:
 a write that finds it exceeded first hands its own file's bytes to the pool, then waits until
