@@ -30,7 +30,7 @@ from clustr_aio.catalog.postgres import PostgresCatalog
 from clustr_aio.catalog.sqlite import SqliteCatalog
 from clustr_aio.ingest.pipeline import StoredFile
 from clustr_aio.web.routes.files import encode_cursor
-from clustr_aio.web.routes.upload import file_item
+from clustr_aio.web.routes.upload import ItemUrls, file_item
 
 __all__ = ["CatalogFigures", "measure", "open_filled"]
 
@@ -40,7 +40,7 @@ CHECK_HASHES = 10_000
 CHECK_ROUNDS = 20
 _INSERT_BATCH = 10_000
 _TYPES = ("image/jpeg", "image/png", "image/webp")
-_FILES_URL = "http://127.0.0.1:5000/uploads"
+_URLS = ItemUrls("http://127.0.0.1:5000/uploads", "http://127.0.0.1:5000", (256, 1024))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,7 @@ async def _page(catalog: Catalog, after: str | None, order: Order, content_type:
     rows = await catalog.page(limit=101, after=after, order=order, content_type=content_type)
     page = rows[:100]
     body = {
-        "data": [file_item(_FILES_URL, StoredFile.of(r)) for r in page],
+        "data": [file_item(_URLS, StoredFile.of(r)) for r in page],
         "next_cursor": encode_cursor(order, page[-1].id) if len(rows) > 100 else None,
     }
     return len(json.dumps(body))

@@ -42,7 +42,11 @@ class ClustrServer:
         self.upload_folder = upload_folder
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.label = f"FSYNC={str(fsync).lower()}" + (f" WORKERS={workers}" if workers > 1 else "")
+        self.label = (
+            f"FSYNC={str(fsync).lower()}"
+            + (f" WORKERS={workers}" if workers > 1 else "")
+            + "".join(f" {name}={value}" for name, value in extra_env.items())
+        )
         if label:
             self.label += f" {label}"
         self._code = f"{prelude}\n{_RUN_MODULE}" if prelude else _RUN_MODULE

@@ -1,7 +1,7 @@
 """The benchmark's input files, made once and reused: bench/data/ is gitignored.
 
-- ``big.jpg``: 1 GiB of random bytes behind a JPEG start-of-image marker (the server checks the
-  magic bytes, nothing else), for scenario L;
+- ``big.jpg``: 1 GiB that passes the server's structure check as a JPEG: a small real JPEG's
+  headers, random bytes as its image data, an EOI at the end, for scenario L;
 - ``batch/0000.jpg`` … ``0499.jpg``: real 1600x1200 JPEGs of about 500 KB, for scenario B, and
   ``batch.bin``, their concatenation, which nginx receives as one file of the same total size;
 - ``single.jpg``: one more such JPEG, for scenarios C and S.
@@ -28,8 +28,7 @@ JPEG_WIDTH, JPEG_HEIGHT = 1600, 1200
 _NOISE_SIGMA: Final = 24
 _QUALITY: Final = 85
 _MARGIN: Final = 400  # the canvas is this much larger than a JPEG: room for distinct crops
-_JPEG_MARKER: Final = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
-_VERSION: Final = 1  # bump when what is generated changes, to regenerate old data
+_VERSION: Final = 2  # bump when what is generated changes, to regenerate old data
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,17 +72,21 @@ def _is_current(stamp: Path) -> bool:
 
 def _write_random_jpeg(path: Path, size: int) -> None:
     block = 16 * 1024 * 1024
+    small = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(small, "JPEG")
+    head, end = small.getvalue()[:-2], b"\xff\xd9"  # through its image data; EOI at the end
     with path.open("wb") as out:
-        out.write(_JPEG_MARKER)
-        left = size - len(_JPEG_MARKER)
+        out.write(head)
+        left = size - len(head) - len(end)
         while left > 0:
             n = min(block, left)
             out.write(os.urandom(n))
             left -= n
+        out.write(end)
 
 
-def _canvas() -> Image.Image:
-    width, height = JPEG_WIDTH + _MARGIN, JPEG_HEIGHT + _MARGIN
+def canvas(width: int, height: int) -> Image.Image:
+    """A noisy colour gradient: photo-like detail that JPEG cannot squeeze away."""
     noise = Image.merge(
         "RGB", [Image.effect_noise((width, height), _NOISE_SIGMA) for _ in range(3)]
     )
@@ -100,11 +103,11 @@ def _canvas() -> Image.Image:
 
 
 def _write_jpegs(paths: list[Path]) -> None:
-    canvas = _canvas()
+    picture = canvas(JPEG_WIDTH + _MARGIN, JPEG_HEIGHT + _MARGIN)
     for i, path in enumerate(paths):
         # Offsets from two coprime strides: every crop differs from every other.
         x, y = (i * 37) % _MARGIN, (i * 53) % _MARGIN
-        crop = canvas.crop((x, y, x + JPEG_WIDTH, y + JPEG_HEIGHT))
+        crop = picture.crop((x, y, x + JPEG_WIDTH, y + JPEG_HEIGHT))
         encoded = io.BytesIO()
         crop.save(encoded, "JPEG", quality=_QUALITY)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,11 @@
-"""The bench-only switch for per-file work that nginx does not do: ``FILE_WORK_OFF``.
+"""The bench-only switch for per-file work that nginx does not do.
 
 nginx's ``PUT`` writes bytes and nothing else; clustr_aio also hashes every file (sha256, for
-the catalog and DEDUPE) and, as the image issues land, checks its structure and filters its
-metadata. To hold the ingest path itself to nginx's cost, scenarios L0, B0 and C0 run a server
-started with this module's prelude, which replaces that work with nothing; the difference
-between L and L0 (B and B0, C and C0) is then that work's own CPU.
+the catalog and DEDUPE) and checks an image's structure and filters its metadata as it passes
+(:mod:`clustr_aio.images.structure`). To hold the ingest path itself to nginx's cost,
+scenarios L0, B0 and C0 run a server started with this module's prelude, which replaces that
+work with nothing; the difference between L and L0 (B and B0, C and C0) is then that work's
+own CPU.
 
 The switch patches the pipeline from outside, in the bench's server process only: the product
 has no setting that skips a check. A step of per-file work added to ``ingest_file`` later is
@@ -39,8 +40,13 @@ class NullHasher:
         pass
 
 
+def no_image_check(*_args: object, **_kwargs: object) -> None:
+    """``image_check``'s answer for a type it does not check: the bytes pass as they are."""
+
+
 def switch_off() -> None:
-    """Make ``ingest_file`` skip sha256 in this process."""
+    """Make ``ingest_file`` skip sha256 and the image checks in this process."""
     from clustr_aio.ingest import pipeline
 
     vars(pipeline)["StreamHasher"] = NullHasher
+    vars(pipeline)["image_check"] = no_image_check

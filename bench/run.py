@@ -43,6 +43,7 @@ from bench.attic import Attic
 from bench.clients import WRK_THREADS, post_files
 from bench.clustr import ClustrServer
 from bench.data import ensure_data
+from bench.images import ensure_photos
 from bench.nginx import Nginx
 from bench.proc import MIB, cpu_seconds, free_port
 from bench.scenarios import FILE_WORK, STATIC_NAME, Scenario, Setup, Side, build
@@ -56,6 +57,7 @@ def main() -> int:
     out = Path(os.environ.get("BENCH_OUT", BENCH_DIR / "results"))
     profile_dir = os.environ.get("BENCH_PROFILE")
     data = ensure_data(BENCH_DIR / "data")
+    photos = ensure_photos(BENCH_DIR / "data")
     work = BENCH_DIR / "data" / "run"  # the same filesystem as the data, for both servers
     shutil.rmtree(work, ignore_errors=True)
 
@@ -66,7 +68,16 @@ def main() -> int:
     )
     synced = ClustrServer(work / "synced", fsync=True, extra_env={})
     multi = ClustrServer(work / "multi", fsync=False, workers=2, extra_env={})
-    servers = [plain, bare, synced, multi]
+    thumbnails = ClustrServer(work / "thumbnails", fsync=False, workers=2, extra_env={})
+    # M's two sides alike but for the setting, with the same history (sharing the plain server
+    # with B and C made its side of M measurably slower).
+    stripped = ClustrServer(
+        work / "stripped", fsync=False, extra_env={"STRIP_METADATA": "location"}
+    )
+    unstripped = ClustrServer(
+        work / "unstripped", fsync=False, extra_env={"STRIP_METADATA": "none"}
+    )
+    servers = [plain, bare, synced, multi, thumbnails, stripped, unstripped]
     try:
         nginx.start()
         for server in servers:
@@ -84,6 +95,10 @@ def main() -> int:
             bare=bare,
             synced=synced,
             multi=multi if has_workers else None,
+            photos=photos,
+            thumbnails=thumbnails,
+            stripped=stripped,
+            unstripped=unstripped,
             wrk_seconds=int(os.environ.get("BENCH_SECONDS", "8")),
             wrk_connections=int(os.environ.get("BENCH_CONNECTIONS", "16")),
             attic=Attic(work / "attic"),

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from bench import catalog
+from bench import catalog, images
 from bench.attic import Attic
 from bench.clients import BenchError, WrkResult, post_files, put_file, wrk
 from bench.clustr import ClustrServer
 from bench.data import DataSet
 from bench.nginx import PUT_PREFIX, STATIC_PREFIX, Nginx
 
-FILE_WORK: Final = "no sha256"
+FILE_WORK: Final = "no sha256, no image checks"
 """What bench/filework.py switches off, for the scenarios' titles."""
 
 STATIC_NAME = "static.jpg"
@@ -88,6 +89,14 @@ class Setup:
     """FSYNC=true: side A of D."""
     multi: ClustrServer | None
     """FSYNC=false, WORKERS=2, when the checkout has WORKERS."""
+    photos: tuple[Path, ...]
+    """12-megapixel JPEGs with EXIF and GPS, for T, T2 and M (bench/images.py)."""
+    thumbnails: ClustrServer
+    """FSYNC=false, WORKERS=2, its own folder (nothing else clears it): side A of T and T2."""
+    stripped: ClustrServer
+    """FSYNC=false, STRIP_METADATA=location (the default, said): side A of M."""
+    unstripped: ClustrServer
+    """FSYNC=false, STRIP_METADATA=none: side B of M."""
     wrk_seconds: int
     wrk_connections: int
     attic: Attic
@@ -250,7 +259,91 @@ def build(setup: Setup) -> list[Scenario]:
             )
         )
     scenarios += _catalog_scenarios()
+    scenarios += _image_scenarios(setup)
     return scenarios
+
+
+def _image_scenarios(setup: Setup) -> list[Scenario]:
+    photos, server = setup.photos, setup.thumbnails
+    run = images.ThumbnailRun(server, photos)
+    rendered = Side(
+        f"clustr_aio {server.label}",
+        lambda tag: Measurement(run.measure(tag), requests=len(photos)),
+        run.clear,
+        server.processes,
+        (server,),
+    )
+    out = setup.attic.folder.parent / "reference-thumbnails"
+
+    def reference(kind: str, label: str) -> Side:
+        measure = images.reference_cpu_ms(kind, photos, out)
+        return Side(label, lambda tag: Measurement(measure(tag)), lambda: None, lambda: [])
+
+    what = f"256-px WebP of {len(photos)} 12-MP JPEGs, CPU ms per image"
+    plain, nginx = setup.plain, setup.nginx
+    hot: dict[str, str] = {}
+
+    def render_hot() -> None:
+        # Rendered once on the 1-worker server, then the same file copied for nginx.
+        if not hot:
+            hot["path"] = images.thumbnail_url_path(plain, STATIC_NAME)
+            shutil.copyfile(images.cached_thumbnail(plain), nginx.static_dir / "thumb.webp")
+
+    def hot_path() -> str:
+        render_hot()
+        return hot["path"]
+
+    conns, secs = setup.wrk_connections, setup.wrk_seconds
+    return [
+        Scenario(
+            "T",
+            f"{what}: the server (WORKERS=2) vs pyvips.Image.thumbnail in one process",
+            "ms",
+            Target(1.2, higher_is_better=False),
+            rendered,
+            reference("pyvips", "pyvips (no vipsthumbnail CLI in pyvips-binary)"),
+            notes=("CPU ms per image on both sides; the server's includes HTTP and caching.",),
+        ),
+        Scenario(
+            "T2",
+            f"{what}: the server (WORKERS=2) vs Pillow draft + thumbnail + save",
+            "ms",
+            Target(1 / 3, higher_is_better=False),
+            rendered,
+            reference("pillow", "Pillow"),
+        ),
+        Scenario(
+            "M",
+            f"{len(photos)} 12-MP JPEGs with EXIF and GPS, one multipart request:"
+            " STRIP_METADATA=location vs none",
+            "s",
+            Target(1.1, higher_is_better=False),
+            _upload_side(setup, setup.stripped, photos),
+            _upload_side(setup, setup.unstripped, photos),
+        ),
+        Scenario(
+            "H",
+            f"wrk -c{conns} {secs}s, GET of one cached 256-px WebP thumbnail (1 worker)"
+            " vs nginx static of the same file",
+            "req/s",
+            Target(0.6, higher_is_better=True),
+            Side(
+                f"clustr_aio {plain.label}",
+                lambda tag: _rate(
+                    wrk(plain.base_url + hot_path(), connections=conns, seconds=secs)
+                ),
+                render_hot,
+                plain.processes,
+                (plain,),
+            ),
+            Side(
+                "nginx static",
+                _bound_get_rate(f"{nginx.base_url}{STATIC_PREFIX}thumb.webp", conns, secs),
+                render_hot,  # before nginx's first measurement too: the file must be there
+                nginx.processes,
+            ),
+        ),
+    ]
 
 
 PAGE_BUDGET_MS = 20.0

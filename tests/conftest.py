@@ -3,6 +3,7 @@ a real aiohttp server on a real socket, and a look at what is on disk."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from PIL import Image
 
 from clustr_aio.runtime.server import make_runner
 from clustr_aio.settings import Settings, load_settings
@@ -24,9 +26,20 @@ REPO = Path(__file__).resolve().parent.parent
 AiohttpClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
 
-JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
-PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
-WEBP = b"RIFF\x24\x04\x00\x00WEBPVP8 " + bytes(range(256)) * 4
+
+def encoded(fmt: str, size: tuple[int, int] = (32, 24), **options: Any) -> bytes:
+    """A real image in ``fmt`` (a Pillow format name), a colour gradient of ``size`` pixels."""
+    image = Image.linear_gradient("L").resize(size).convert("RGB")
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+# Small, valid images: the upload path checks their structure. Bytes appended to one (JPEG +
+# bytes(n)) come after its end and are stored as they are (STRIP_METADATA=location).
+JPEG = encoded("JPEG")
+PNG = encoded("PNG")
+WEBP = encoded("WEBP")
 
 
 def make_settings(upload_folder: Path, **overrides: Any) -> Settings:

@@ -410,6 +410,15 @@ BAD_TEXT: list[tuple[str, str]] = [
     ("DATABASE_URL", "postgresql://host:port/db"),
     ("DEDUPE", "skip"),
     ("DEDUPE", ""),
+    ("MAX_IMAGE_PIXELS", "0"),
+    ("MAX_IMAGE_PIXELS", "100MP"),
+    ("STRIP_METADATA", "gps"),
+    ("STRIP_METADATA", ""),
+    ("THUMBNAIL_SIZES", ""),
+    ("THUMBNAIL_SIZES", "0,256"),
+    ("THUMBNAIL_SIZES", "256,5000"),
+    ("THUMBNAIL_SIZES", "256px"),
+    ("THUMBNAILS", "sometimes"),
 ]
 
 
@@ -468,6 +477,12 @@ BAD_TOML: list[tuple[str, str]] = [
     ("ACCESS_LOG", 'ACCESS_LOG = "loud"'),
     ("DATABASE_URL", "DATABASE_URL = 5"),
     ("DEDUPE", "DEDUPE = true"),
+    ("MAX_IMAGE_PIXELS", "MAX_IMAGE_PIXELS = 1.5"),
+    ("STRIP_METADATA", "STRIP_METADATA = false"),
+    ("THUMBNAIL_SIZES", "THUMBNAIL_SIZES = [256, true]"),
+    ("THUMBNAIL_SIZES", "THUMBNAIL_SIZES = [0]"),
+    ("THUMBNAIL_SIZES", "THUMBNAIL_SIZES = []"),
+    ("THUMBNAILS", "THUMBNAILS = 1"),
 ]
 
 
@@ -878,3 +893,22 @@ def test_readme_settings_table_is_current() -> None:
         "README.md's settings table is stale: replace it with "
         "clustr_aio.settings.settings_table_markdown()"
     )
+
+
+def test_image_settings(tmp_path: Path) -> None:
+    settings = load(tmp_path, toml="THUMBNAIL_SIZES = [1024, 256, 1024]\n")
+    assert settings.thumbnail_sizes == (1024, 256)  # in order, the first is the default
+    settings = load(
+        tmp_path,
+        environ={
+            "THUMBNAIL_SIZES": " 128 , 64",
+            "STRIP_METADATA": "ALL",
+            "THUMBNAILS": "Eager",
+            "MAX_IMAGE_PIXELS": "50000000",
+        },
+    )
+    assert settings.thumbnail_sizes == (128, 64)
+    assert (settings.strip_metadata, settings.thumbnails) == ("all", "eager")
+    assert settings.max_image_pixels == 50_000_000
+    assert Settings().thumbnail_sizes == (256, 1024)
+    assert Settings().strip_metadata == "location"

@@ -29,11 +29,18 @@ class FileRecord:
     size: int
     content_type: str
     sha256: str
-    """Hex digest of the bytes the client sent (which are the bytes stored)."""
+    """Hex digest of the bytes the client sent (the bytes stored, unless metadata was removed
+    from an image: :attr:`metadata_removed`)."""
     created_at: datetime
     """UTC, to the microsecond at most; the id's time."""
     width: int | None = None
+    """An image's width as displayed (its EXIF orientation applied); None for other files and
+    for files adopted by the reconciliation."""
     height: int | None = None
+    orientation: int | None = None
+    """EXIF orientation 1-8 of an image (1 when it has none)."""
+    metadata_removed: bool = False
+    """Metadata was removed from the image (STRIP_METADATA): ``size`` is what is stored."""
     owner: str | None = None
 
 

@@ -39,6 +39,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX files_by_sha256 ON files (sha256);
     CREATE INDEX files_by_type ON files (content_type, id);
     """,
+    # 2: what the image check reads (width and height were there already).
+    """
+    ALTER TABLE files ADD COLUMN orientation smallint;
+    ALTER TABLE files ADD COLUMN metadata_removed boolean NOT NULL DEFAULT false;
+    """,
 )
 """Schema versions: ``clustr_schema.version`` N means the first N have been applied. Text keys
 are compared byte by byte (``COLLATE "C"``): no locale's rules, which cost a strcoll per
@@ -47,12 +52,14 @@ comparison in every index lookup and mean nothing for hex digests and file names
 _MIGRATION_LOCK: Final = 0x636C757374720001  # "clustr" + 1: the advisory lock of migrations
 _MAINTENANCE_LOCK: Final = 0x636C757374720002
 _COLUMNS: Final = (
-    "id, stored_name, original_name, size, content_type, sha256, created_at, width, height, owner"
+    "id, stored_name, original_name, size, content_type, sha256, created_at, width, height, owner,"
+    " orientation, metadata_removed"
 )
 _COLUMN_NAMES: Final = _COLUMNS.split(", ")
 _UNNEST: Final = (
     "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], "
-    "$6::text[], $7::timestamptz[], $8::integer[], $9::integer[], $10::text[])"
+    "$6::text[], $7::timestamptz[], $8::integer[], $9::integer[], $10::text[], $11::smallint[], "
+    "$12::boolean[])"
 )
 
 
@@ -68,6 +75,8 @@ def _record(row: asyncpg.Record) -> FileRecord:
         width=row["width"],
         height=row["height"],
         owner=row["owner"],
+        orientation=row["orientation"],
+        metadata_removed=row["metadata_removed"],
     )
 
 
@@ -84,6 +93,8 @@ def _columns(records: Sequence[FileRecord]) -> list[list[Any]]:
         [r.width for r in records],
         [r.height for r in records],
         [r.owner for r in records],
+        [r.orientation for r in records],
+        [r.metadata_removed for r in records],
     ]
 
 

@@ -54,13 +54,19 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX files_by_sha256 ON files (sha256);
     CREATE INDEX files_by_type ON files (content_type, id);
     """,
+    # 2: what the image check reads (width and height were there already).
+    """
+    ALTER TABLE files ADD COLUMN orientation INTEGER;
+    ALTER TABLE files ADD COLUMN metadata_removed INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 """Schema versions: ``user_version`` N means the first N have been applied. Append only."""
 
 _COLUMNS: Final = (
-    "id, stored_name, original_name, size, content_type, sha256, created_us, width, height, owner"
+    "id, stored_name, original_name, size, content_type, sha256, created_us, width, height, owner,"
+    " orientation, metadata_removed"
 )
-_PLACEHOLDERS: Final = ", ".join("?" * 10)
+_PLACEHOLDERS: Final = ", ".join("?" * 12)
 _BUSY_TIMEOUT_MS: Final = 30_000
 _READERS: Final = 4
 
@@ -78,6 +84,8 @@ def _row(record: FileRecord) -> tuple[object, ...]:
         record.width,
         record.height,
         record.owner,
+        record.orientation,
+        record.metadata_removed,
     )
 
 
@@ -93,6 +101,8 @@ def _record(row: Sequence[Any]) -> FileRecord:
         width=row[7],
         height=row[8],
         owner=row[9],
+        orientation=row[10],
+        metadata_removed=bool(row[11]),
     )
 
 

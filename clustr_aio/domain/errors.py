@@ -89,6 +89,14 @@ class BadRequest(ClustrError):
     status = 400
 
 
+class ImageTooLarge(UploadTooLarge):
+    """An image's header shows more pixels than ``MAX_IMAGE_PIXELS`` (a decompression bomb)."""
+
+
+class BrokenImage(UnsupportedFile):
+    """An image whose structure does not hold together: truncated, a bad CRC, a missing end."""
+
+
 class ServerBusy(ClustrError):
     """Too many uploads at once (MAX_CONCURRENT_UPLOADS), or no file descriptor left."""
 
@@ -100,6 +108,20 @@ class InsufficientStorage(ClustrError):
     """The disk is full, or free space would drop below ``MIN_FREE_SPACE``."""
 
     status = 507
+
+
+class ThumbnailUnavailable(ClustrError):
+    """The stored image cannot be rendered (it passed the structure check, yet does not
+    decode); remembered, so asking again costs no render."""
+
+    status = 422
+
+
+class ThumbnailsBusy(ClustrError):
+    """The thumbnail queue is full: ask again in a second."""
+
+    status = 503
+    retry_after = 1
 
 
 class ClientDisconnected(Exception):

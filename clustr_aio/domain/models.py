@@ -136,13 +136,74 @@ class FileItem(TypedDict):
         ),
     ]
     id: FileId
-    sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$", description="SHA-256 of the bytes.")]
+    sha256: Annotated[
+        str,
+        Field(
+            pattern="^[0-9a-f]{64}$",
+            description="SHA-256 of the bytes the client sent (before any metadata was removed).",
+        ),
+    ]
     created_at: Annotated[
         str,
         Field(
             description="When it was stored: RFC 3339, UTC.",
             examples=["2026-12-01T09:30:23.123Z"],
             json_schema_extra={"format": "date-time"},
+        ),
+    ]
+    width: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            description="Width in pixels as displayed (EXIF orientation applied), read from the"
+            " image's header; null for a file that is not a known image type.",
+            examples=[3024],
+        ),
+    ]
+    height: Annotated[
+        int | None,
+        Field(ge=1, description="Height in pixels as displayed; null as `width`.", examples=[4032]),
+    ]
+    orientation: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=8,
+            description="The EXIF orientation (1 upright, 6 turned 90° clockwise for display, ...);"
+            " 1 when the image has none; null as `width`.",
+            examples=[6],
+        ),
+    ]
+    metadata_removed: Annotated[
+        bool,
+        Field(
+            description="Whether the stored file lost metadata the upload had (STRIP_METADATA):"
+            " then `file_size` is what is stored, fewer bytes than were sent.",
+        ),
+    ]
+
+    thumbnail_url: Annotated[
+        str | None,
+        Field(
+            description="Absolute URL of the default thumbnail (the first of THUMBNAIL_SIZES, WebP;"
+            " `GET /api/files/{id}/thumbnail`); null for a file that is not an image.",
+            examples=[
+                "http://127.0.0.1:5000/api/files/019ad8c4-6f3a-7c21-9e4b-3f5d2a1b0c9e/thumbnail"
+            ],
+            json_schema_extra={"format": "uri"},
+        ),
+    ]
+    thumbnails: Annotated[
+        dict[str, str],
+        Field(
+            description="Every thumbnail size offered (THUMBNAIL_SIZES, longest side in pixels) and"
+            " its URL; empty for a file that is not an image.",
+            examples=[
+                {
+                    "256": "http://127.0.0.1:5000/api/files/019ad8c4-6f3a-7c21-9e4b-3f5d2a1b0c9e"
+                    "/thumbnail?size=256"
+                }
+            ],
         ),
     ]
 
@@ -218,6 +279,15 @@ _EXAMPLE_UPLOAD: Final[JsonDict] = {
             "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
             "created_at": "2026-12-01T09:30:23.123Z",
             "duplicate": False,
+            "width": 3024,
+            "height": 4032,
+            "orientation": 6,
+            "metadata_removed": True,
+            "thumbnail_url": "http://127.0.0.1:5000/api/files/019ad8c4-6f3a-7c21-9e4b-3f5d2a1b0c9e/thumbnail",
+            "thumbnails": {
+                "256": "http://127.0.0.1:5000/api/files/019ad8c4-6f3a-7c21-9e4b-3f5d2a1b0c9e/thumbnail?size=256",
+                "1024": "http://127.0.0.1:5000/api/files/019ad8c4-6f3a-7c21-9e4b-3f5d2a1b0c9e/thumbnail?size=1024",
+            },
         },
         {
             "stored_filename": "dunes.png",
@@ -229,6 +299,15 @@ _EXAMPLE_UPLOAD: Final[JsonDict] = {
             "sha256": "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752",
             "created_at": "2026-12-01T09:30:23.123Z",
             "duplicate": True,
+            "width": 1920,
+            "height": 1080,
+            "orientation": 1,
+            "metadata_removed": False,
+            "thumbnail_url": "http://127.0.0.1:5000/api/files/019ad8c4-6f3a-7c22-8a11-7b2e4c6d8f01/thumbnail",
+            "thumbnails": {
+                "256": "http://127.0.0.1:5000/api/files/019ad8c4-6f3a-7c22-8a11-7b2e4c6d8f01/thumbnail?size=256",
+                "1024": "http://127.0.0.1:5000/api/files/019ad8c4-6f3a-7c22-8a11-7b2e4c6d8f01/thumbnail?size=1024",
+            },
         },
     ],
 }

@@ -13,21 +13,41 @@ OCTET_STREAM = "application/octet-stream"
 class ImageType:
     content_type: str
     extensions: frozenset[str]
-    magic: tuple[tuple[int, bytes], ...]
-    """(offset, bytes) pairs that must all match."""
+    magic: tuple[tuple[int, bytes | frozenset[bytes]], ...]
+    """(offset, bytes) pairs that must all match; a set of bytes (of one length) is a choice."""
 
     def matches(self, head: bytes) -> bool:
-        return all(head[at : at + len(sig)] == sig for at, sig in self.magic)
+        return all(_found(head, at, sig) for at, sig in self.magic)
+
+
+def _found(head: bytes, at: int, sig: bytes | frozenset[bytes]) -> bool:
+    if isinstance(sig, bytes):
+        return head[at : at + len(sig)] == sig
+    return head[at : at + 4] in sig  # an ISOBMFF brand
+
+
+def _length(sig: bytes | frozenset[bytes]) -> int:
+    return len(sig) if isinstance(sig, bytes) else max(len(s) for s in sig)
+
+
+# ISOBMFF major brands (ftyp at byte 4, the brand at 8) of still AVIF and HEIF/HEIC images.
+AVIF_BRANDS = frozenset({b"avif"})
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"mif1"})
 
 
 KNOWN_TYPES: tuple[ImageType, ...] = (
     ImageType("image/jpeg", frozenset({"jpg", "jpeg"}), ((0, b"\xff\xd8\xff"),)),
     ImageType("image/png", frozenset({"png"}), ((0, b"\x89PNG\r\n\x1a\n"),)),
     ImageType("image/webp", frozenset({"webp"}), ((0, b"RIFF"), (8, b"WEBP"))),
+    ImageType("image/gif", frozenset({"gif"}), ((0, b"GIF8"), (5, b"a"))),  # GIF87a, GIF89a
+    ImageType("image/avif", frozenset({"avif"}), ((4, b"ftyp"), (8, AVIF_BRANDS))),
+    ImageType("image/heic", frozenset({"heic", "heif"}), ((4, b"ftyp"), (8, HEIF_BRANDS))),
 )
-"""The image types whose bytes are checked. To support another, add a row here."""
+"""The image types whose bytes are checked (each needs a parser in
+:mod:`clustr_aio.images.structure`). GIF, AVIF and HEIC are off by default: not in
+``ALLOWED_EXTENSIONS``."""
 
-SNIFF_BYTES = max(at + len(sig) for t in KNOWN_TYPES for at, sig in t.magic)
+SNIFF_BYTES = max(at + _length(sig) for t in KNOWN_TYPES for at, sig in t.magic)
 """How many leading bytes :func:`detect_type` needs to decide."""
 
 _BY_EXTENSION = {ext: t for t in KNOWN_TYPES for ext in t.extensions}

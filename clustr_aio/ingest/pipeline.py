@@ -4,8 +4,9 @@ published to storage, all of them or none.
 It knows no HTTP and no wire format. :func:`ingest_file` is the one path every source of bytes
 takes into a batch — a multipart part (:func:`clustr_aio.ingest.multipart.file_parts`), and
 later a finished resumable upload — so the checks are written once: the extension, the bytes
-against the extension, the per-file size limit. :func:`ingest_batch` receives a whole request's
-files into one storage batch and publishes them together.
+against the extension, the per-file size limit, an image's structure, pixel count and metadata
+(:mod:`clustr_aio.images.structure`), the sha256 of the bytes sent. :func:`ingest_batch`
+receives a whole request's files into one storage batch and publishes them together.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from clustr_aio.domain.errors import ClustrError, DuplicateFile, NoFilesUploaded
 from clustr_aio.domain.limits import UploadLimits
 from clustr_aio.domain.names import extension_of, safe_name
 from clustr_aio.domain.sniff import SNIFF_BYTES, verify_content
+from clustr_aio.images.metadata import StripMode
+from clustr_aio.images.structure import ImageInfo, image_check
 from clustr_aio.ingest.hashing import StreamHasher
-from clustr_aio.storage.base import BatchScope, Buffer, Deleting, Storage
+from clustr_aio.storage.base import BatchScope, Buffer, Deleting, FileWriter, HeadPatching, Storage
 
 __all__ = [
     "Dedupe",
@@ -53,6 +56,8 @@ class IngestPolicy:
     dedupe: Dedupe = "off"
     """A file whose sha256 is catalogued already: stored again (off), answered with the stored
     file (reuse), or refused with 409 (reject)."""
+    max_image_pixels: int = 100_000_000
+    strip_metadata: StripMode = "location"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +75,14 @@ class ReceivedFile:
 
     original_filename: str
     file_size: int
+    """Bytes stored: fewer than were sent when metadata was removed."""
     content_type: str
     sha256: str
+    """Of the bytes the client sent (a client's own pre-check works), not of those stored."""
     slot: int
     """Its position in the storage batch (the order of ``add_file`` calls)."""
+    image: ImageInfo | None = None
+    """What the structure check read, for the known image types."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -87,6 +96,10 @@ class StoredFile:
     created_at: datetime
     duplicate: bool = False
     """DEDUPE=reuse: these bytes were stored already, and this is that file."""
+    width: int | None = None
+    height: int | None = None
+    orientation: int | None = None
+    metadata_removed: bool = False
 
     @classmethod
     def of(cls, record: FileRecord, *, duplicate: bool = False) -> StoredFile:
@@ -99,6 +112,10 @@ class StoredFile:
             sha256=record.sha256,
             created_at=record.created_at,
             duplicate=duplicate,
+            width=record.width,
+            height=record.height,
+            orientation=record.orientation,
+            metadata_removed=record.metadata_removed,
         )
 
 
@@ -243,6 +260,7 @@ async def _deduplicate(
 
 def _new_record(file: ReceivedFile, stored_name: str) -> FileRecord:
     record_id = new_id()
+    image = file.image
     return FileRecord(
         id=record_id,
         stored_name=stored_name,
@@ -251,6 +269,10 @@ def _new_record(file: ReceivedFile, stored_name: str) -> FileRecord:
         content_type=file.content_type,
         sha256=file.sha256,
         created_at=id_time(record_id),
+        width=image.width if image else None,
+        height=image.height if image else None,
+        orientation=image.orientation if image else None,
+        metadata_removed=image.metadata_removed if image else False,
     )
 
 
@@ -279,24 +301,31 @@ async def _commit(catalog: Catalog, records: Sequence[FileRecord], batch: BatchS
 
 async def ingest_file(file: IncomingFile, batch: BatchScope, policy: IngestPolicy) -> ReceivedFile:
     """Check one file and stream it into ``batch``: its extension before any byte is read, its
-    first bytes against the extension before any byte is written, its size as it grows; its
-    sha256 is computed as the bytes pass (:mod:`.hashing`)."""
+    first bytes against the extension before any byte is written, its size as it grows, and an
+    image's structure, pixel count and metadata as its bytes pass
+    (:mod:`clustr_aio.images.structure`: one pass, no decode). The sha256 is that of the bytes
+    as sent, computed as they pass (:mod:`.hashing`); what is written is the filtered image."""
     filename = file.filename
     extension = _allowed_extension(filename, policy.allowed_extensions)  # a nameless file fails
     head_chunks = await _read_head(file.chunks)
     content_type = verify_content(
         extension, _first_bytes(head_chunks, SNIFF_BYTES), filename=filename
     )
+    check = image_check(
+        content_type, filename, max_pixels=policy.max_image_pixels, strip=policy.strip_metadata
+    )
 
     slot = batch.files
-    writer = batch.add_file(safe_name(filename))
+    writer: FileWriter = batch.add_file(safe_name(filename))
+    if check is not None and not isinstance(writer, HeadPatching):
+        writer = _HeldUntilClose(writer)
     hasher = StreamHasher()
     size = 0
     try:
         for chunk in head_chunks:
             size += len(chunk)
             policy.limits.check_file_size(size, filename)
-            await writer.write(chunk)
+            await _write(writer, check.feed(chunk) if check else (chunk,))
             await hasher.update(chunk)
         # Let go of the head: its chunks are slices of the first read, which they would keep
         # whole in memory for as long as the part lasts (a stalled upload: for good).
@@ -304,8 +333,14 @@ async def ingest_file(file: IncomingFile, batch: BatchScope, policy: IngestPolic
         async for chunk in file.chunks:
             size += len(chunk)
             policy.limits.check_file_size(size, filename)
-            await writer.write(chunk)
+            await _write(writer, check.feed(chunk) if check else (chunk,))
             await hasher.update(chunk)
+        if check is not None:
+            await _write(writer, check.finish())
+            if check.patches:
+                assert isinstance(writer, HeadPatching)  # made one above
+                for offset, data in check.patches:
+                    writer.patch(offset, data)
         sha256 = await hasher.hexdigest()
     except ClustrError as error:
         if error.per_file:  # the batch goes on: close the file, to be withdrawn once published
@@ -315,7 +350,37 @@ async def ingest_file(file: IncomingFile, batch: BatchScope, policy: IngestPolic
     finally:
         hasher.release()  # after the digest, nothing; else what it held counts no more
     await writer.close()
-    return ReceivedFile(filename, size, content_type, sha256, slot)
+    if check is None:
+        return ReceivedFile(filename, size, content_type, sha256, slot)
+    return ReceivedFile(filename, check.written, content_type, sha256, slot, check.info)
+
+
+async def _write(writer: FileWriter, pieces: Sequence[Buffer]) -> None:
+    for piece in pieces:
+        await writer.write(piece)
+
+
+class _HeldUntilClose:
+    """A writer that cannot patch (:class:`HeadPatching`) made one that can: an image is held
+    in memory until its end, then written whole."""
+
+    def __init__(self, writer: FileWriter) -> None:
+        self._writer = writer
+        self._held: list[bytes] = []
+        self._patches: list[tuple[int, bytes]] = []
+
+    async def write(self, data: Buffer) -> None:
+        self._held.append(bytes(data))
+
+    def patch(self, offset: int, data: bytes) -> None:
+        self._patches.append((offset, data))
+
+    async def close(self) -> None:
+        whole = bytearray(b"".join(self._held))
+        for offset, data in self._patches:
+            whole[offset : offset + len(data)] = data
+        await self._writer.write(bytes(whole))
+        await self._writer.close()
 
 
 def _allowed_extension(filename: str, allowed: frozenset[str]) -> str:

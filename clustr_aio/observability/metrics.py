@@ -164,6 +164,12 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.thumbnails_rendered = Counter(
+            "clustr_thumbnails_rendered",
+            "Thumbnails rendered by libvips (a cache miss, counted once however many requests"
+            " waited for it, in every worker together); corrupt images included.",
+            registry=registry,
+        )
         if self.multiprocess_dir is None:
             ProcessCollector(registry=registry)
             self._exposed = registry

@@ -30,6 +30,9 @@ __all__ = [
     "parse_public_base_url",
     "parse_seconds",
     "parse_size",
+    "parse_strip_metadata",
+    "parse_thumbnail_sizes",
+    "parse_thumbnails",
     "parse_url_path",
     "resolve",
 ]
@@ -337,6 +340,26 @@ def _one_of(*choices: str, normalise: Callable[[str], str]) -> Callable[[object]
 
 parse_log_level = _one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", normalise=str.upper)
 parse_log_format = _one_of("text", "json", normalise=str.lower)
+parse_strip_metadata = _one_of("location", "all", "none", normalise=str.lower)
+parse_thumbnails = _one_of("lazy", "eager", normalise=str.lower)
+
+_MAX_THUMBNAIL_SIZE: Final = 4096
+
+
+def parse_thumbnail_sizes(raw: object) -> tuple[int, ...]:
+    """Longest sides in pixels, comma-separated or a TOML array; in order (the first is the
+    default), without repeats."""
+    what = f"comma-separated sizes in pixels from 1 to {_MAX_THUMBNAIL_SIZE} such as 256,1024"
+    if isinstance(raw, list) and all(type(item) is int for item in raw):  # no bools
+        items = [str(item) for item in raw]
+    else:
+        items = _items(raw, what)
+    if not items or not all(re.fullmatch(r"\d+", item, re.ASCII) for item in items):
+        raise _expected(what, raw)
+    sizes = tuple(dict.fromkeys(int(item) for item in items))
+    if not all(1 <= size <= _MAX_THUMBNAIL_SIZE for size in sizes):
+        raise _expected(what, raw)
+    return sizes
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -27,6 +27,18 @@ class FileWriter(Protocol):
         """No more data will come for this file."""
 
 
+@runtime_checkable
+class HeadPatching(Protocol):
+    """Optional capability of a :class:`FileWriter`: bytes already written are overwritten in
+    place before the file is closed. A filter that learns a header field only at the end (a
+    WebP's RIFF size after metadata chunks were removed) can then stream the rest: no whole
+    file in memory. Without it the ingest pipeline holds such a file until its end."""
+
+    def patch(self, offset: int, data: bytes) -> None:
+        """Overwrite ``len(data)`` bytes at ``offset`` (already written) when the file is
+        closed; call before :meth:`FileWriter.close`."""
+
+
 class UploadBatch(Protocol):
     """The files of one upload. Nothing of it is visible to readers until :meth:`publish`."""
 

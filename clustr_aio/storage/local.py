@@ -469,6 +469,11 @@ class LocalFile:
         self._flushing = True  # until the last block is submitted, or the batch discarded
         self.held_buffers: list[Buffer] = []
         """The deferred file's bytes, taken by the publish (see :meth:`close`)."""
+        self._patches: list[tuple[int, bytes]] = []
+
+    def patch(self, offset: int, data: bytes) -> None:
+        """Applied by the last write, before its fsync (:class:`HeadPatching`)."""
+        self._patches.append((offset, data))
 
     async def write(self, data: Buffer) -> None:
         storage = self._storage
@@ -567,6 +572,8 @@ class LocalFile:
                 self._fd = _create(self.path)
             write_all(self._fd, buffers)
             if last:
+                for offset, data in self._patches:
+                    os.pwrite(self._fd, data, offset)
                 if self._storage.fsync:
                     os.fsync(self._fd)
                 self.close_fd()

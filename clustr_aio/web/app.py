@@ -3,16 +3,21 @@ middlewares. Resources are opened and closed in ``cleanup_ctx``, in dependency o
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import cast
 
 import aiohttp_cors
 from aiohttp import hdrs, web
 
+from clustr_aio.catalog.base import Catalog
 from clustr_aio.catalog.factory import open_catalog
 from clustr_aio.catalog.reconcile import reconcile
 from clustr_aio.compat import cors_response_hook
 from clustr_aio.domain.limits import UploadLimits
+from clustr_aio.images.thumbnails import THUMBNAIL_DIR, Thumbnailer
 from clustr_aio.ingest.pipeline import Dedupe, IngestPolicy
 from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
@@ -27,11 +32,13 @@ from clustr_aio.web.keys import (
     SETTINGS,
     SPACE_REPORTER,
     STORAGE,
+    THUMBNAILER,
     UPLOAD_SLOTS,
 )
 from clustr_aio.web.protection import UploadSlots
-from clustr_aio.web.routes import docs, files, health, root, stored, upload
+from clustr_aio.web.routes import docs, files, health, root, stored, thumbnails, upload
 
+log = logging.getLogger("clustr_aio.images")
 ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
 
 
@@ -55,12 +62,16 @@ def create_app(settings: Settings) -> web.Application:
             max_files=settings.max_files,
         ),
         dedupe=cast(Dedupe, settings.dedupe),  # the setting's parser allows these only
+        max_image_pixels=settings.max_image_pixels,
+        strip_metadata=settings.strip_metadata,
     )
     app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(_thumbnailer)
 
     app.router.add_routes(root.routes)
     app.router.add_routes(upload.routes)
     app.router.add_routes(files.routes)
+    app.router.add_routes(thumbnails.routes)
     app.router.add_routes(health.routes)
     app.router.add_routes(docs.routes)
     stored.add_routes(app.router, settings.upload_url_path)
@@ -83,6 +94,36 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         app[CATALOG] = catalog
         await reconcile(catalog, storage)
         yield
+
+
+async def _thumbnailer(app: web.Application) -> AsyncIterator[None]:
+    """The thumbnail renderer and its cache, under a dot-name of the upload folder: on the same
+    filesystem (atomic renames, a sandbox that may write only there), and never served, since
+    /uploads and nginx refuse dot-paths."""
+    settings = app[SETTINGS]
+    thumbnailer = Thumbnailer(
+        settings.upload_folder / THUMBNAIL_DIR,
+        workers=min(2, os.cpu_count() or 1),
+        on_rendered=app[METRICS].thumbnails_rendered.inc,
+    )
+    await thumbnailer.start()
+    app[THUMBNAILER] = thumbnailer
+    await _prune_thumbnails(app[CATALOG], thumbnailer)
+    yield
+    await thumbnailer.close()
+
+
+async def _prune_thumbnails(catalog: Catalog, thumbnailer: Thumbnailer) -> None:
+    """Thumbnails of files that have no record any more go, in the one process that holds the
+    catalog's maintenance lock (as the reconciliation, which never looks into dot-folders)."""
+    async with catalog.exclusive() as held:
+        if not held:
+            return
+        before = time.time()
+        known = set((await catalog.stored_names()).values())
+        pruned = await thumbnailer.prune(known, before=before)
+    if pruned:
+        log.info("thumbnails of %d files without a record removed", pruned)
 
 
 def _allow_cors(app: web.Application, origins: tuple[str, ...]) -> ResponseHook:

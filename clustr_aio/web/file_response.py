@@ -57,7 +57,7 @@ from clustr_aio.domain.sniff import OCTET_STREAM, type_for_extension
 from clustr_aio.web.responses import error_response
 from clustr_aio.web.sendfile import send_head_and_file
 
-__all__ = ["file_response", "served_headers"]
+__all__ = ["file_response", "immutable_file_response", "served_headers"]
 
 CONTENT_SECURITY_POLICY: Final = "default-src 'none'; sandbox"
 """On every stored-file response: nothing a stored file holds may run, load or frame."""
@@ -81,6 +81,18 @@ def file_response(request: web.Request, path: str, name: str) -> web.StreamRespo
     headers = served_headers(name)
     if any(header in request.headers for header in _SLOW_PATH_HEADERS):
         return _slow_response(path, headers)
+    return _open_response(path, headers)
+
+
+def immutable_file_response(path: str, headers: Mapping[str, str], etag: str) -> web.StreamResponse:
+    """A 200 with the whole file at ``path``, whose contents never change under its name, so
+    that ``etag`` (unquoted, strong) names them; the caller answered ``If-None-Match``."""
+    return _open_response(path, headers, etag=etag)
+
+
+def _open_response(
+    path: str, headers: Mapping[str, str], *, etag: str | None = None
+) -> web.StreamResponse:
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except OSError as error:
@@ -94,7 +106,7 @@ def file_response(request: web.Request, path: str, name: str) -> web.StreamRespo
     except BaseException:
         os.close(fd)
         raise
-    return StoredFileResponse(file, st, headers)
+    return StoredFileResponse(file, st, headers, etag=etag)
 
 
 @functools.lru_cache(maxsize=256)
@@ -212,15 +224,27 @@ def _range_unsatisfiable(request: web.BaseRequest, size: int) -> bool:
 
 class StoredFileResponse(web.StreamResponse):
     """The fast path's answer: 200 with the whole of a regular file, already open. Its headers
-    are those aiohttp's ``FileResponse`` gives a 200 (tests/http/test_static.py compares)."""
+    are those aiohttp's ``FileResponse`` gives a 200 (tests/http/test_static.py compares);
+    ``etag`` replaces the one made of the file's time and size (a file whose name never changes
+    contents: a thumbnail), and then no ranges are offered."""
 
-    def __init__(self, file: io.FileIO, st: os.stat_result, headers: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        file: io.FileIO,
+        st: os.stat_result,
+        headers: Mapping[str, str],
+        *,
+        etag: str | None = None,
+    ) -> None:
         super().__init__(headers=headers)
         self._file = file
+        self.content_length = st.st_size
+        if etag is not None:
+            self.etag = etag
+            return
         self.headers[hdrs.ACCEPT_RANGES] = "bytes"
         self.etag = f"{st.st_mtime_ns:x}-{st.st_size:x}"
         self.last_modified = st.st_mtime
-        self.content_length = st.st_size
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         with self._file:

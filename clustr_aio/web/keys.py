@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from clustr_aio.catalog.base import Catalog
+from clustr_aio.images.thumbnails import Thumbnailer
 from clustr_aio.ingest.pipeline import IngestPolicy
 from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
@@ -20,6 +21,7 @@ SPACE_REPORTER = web.AppKey("space_reporter", SpaceReporting)
 CATALOG = web.AppKey("catalog", Catalog)
 INGEST_POLICY = web.AppKey("ingest_policy", IngestPolicy)
 METRICS = web.AppKey("metrics", Metrics)
+THUMBNAILER = web.AppKey("thumbnailer", Thumbnailer)
 UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
 
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -173,3 +173,60 @@ async def test_several_processes_migrating_at_once_all_open_the_one_schema(
         finally:
             await server.close()
         assert [v["version"] for v in versions] == [len(postgres.MIGRATIONS)]
+
+
+async def test_an_images_dimensions_orientation_and_stripping_are_kept(catalog: Catalog) -> None:
+    photo = dataclasses.replace(
+        record("phone.jpg"), width=3024, height=4032, orientation=6, metadata_removed=True
+    )
+    plain = record("notes.bin", content_type="application/octet-stream")
+    await catalog.add([photo, plain])
+    assert await catalog.get(photo.id) == photo
+    got = await catalog.get(plain.id)
+    assert got is not None
+    assert (got.width, got.height, got.orientation, got.metadata_removed) == (
+        None,
+        None,
+        None,
+        False,
+    )
+    assert (await catalog.by_sha256([photo.sha256]))[photo.sha256] == photo
+
+
+async def test_a_catalog_of_version_1_is_migrated_with_its_records(
+    catalog_settings: Settings, upload_dir: Path
+) -> None:
+    """A catalog made before images had their orientation: opening it adds the columns, and its
+    records read as files whose metadata was not touched."""
+    old = record("old.jpg")
+    created_us = round(old.created_at.timestamp() * 1_000_000)
+    values = (old.id, old.stored_name, old.original_name, old.size, old.content_type, old.sha256)
+    if catalog_settings.database_url is None:
+        path = upload_dir / SQLITE_FILE
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as connection:
+            for statement in filter(str.strip, sqlite.MIGRATIONS[0].split(";")):
+                connection.execute(statement)
+            connection.execute("PRAGMA user_version = 1")
+            connection.execute(
+                "INSERT INTO files (id, stored_name, original_name, size, content_type, sha256,"
+                " created_us, width, height) VALUES (?, ?, ?, ?, ?, ?, ?, 64, 48)",
+                (*values, created_us),
+            )
+    else:
+        server = await asyncpg.connect(catalog_settings.database_url)
+        try:
+            await server.execute(postgres.MIGRATIONS[0])
+            await server.execute("CREATE TABLE clustr_schema (version integer NOT NULL)")
+            await server.execute("INSERT INTO clustr_schema VALUES (1)")
+            await server.execute(
+                "INSERT INTO files (id, stored_name, original_name, size, content_type, sha256,"
+                " created_at, width, height) VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, 64, 48)",
+                *values,
+                old.created_at,
+            )
+        finally:
+            await server.close()
+    async with open_catalog(catalog_settings) as catalog:
+        migrated = await catalog.get(old.id)
+    assert migrated == dataclasses.replace(old, width=64, height=48)
+    assert (migrated.orientation, migrated.metadata_removed) == (None, False)

@@ -43,6 +43,12 @@ async def test_the_document_derives_its_schemas_from_the_models(client: Client) 
         "id",
         "sha256",
         "created_at",
+        "width",
+        "height",
+        "orientation",
+        "metadata_removed",
+        "thumbnail_url",
+        "thumbnails",
         "duplicate",
     ]
     assert item["description"] == UploadedFile.__doc__  # the model's own words

@@ -15,6 +15,7 @@ from clustr_aio.domain.sniff import (
 from tests.conftest import JPEG, PNG, WEBP
 
 GIF = b"GIF89a" + bytes(20)
+BMP = b"BM" + bytes(20)
 TEXT = b"hello, this is text"
 
 
@@ -29,7 +30,13 @@ def test_sniff_bytes_covers_the_longest_signature() -> None:
         (PNG, "image/png"),
         (WEBP, "image/webp"),
         (b"\xff\xd8\xff", "image/jpeg"),  # the whole signature and nothing more
-        (GIF, None),
+        (GIF, "image/gif"),
+        (b"\x00\x00\x00\x1cftypavif", "image/avif"),
+        (b"\x00\x00\x00\x18ftypheic", "image/heic"),
+        (b"\x00\x00\x00\x18ftypmif1", "image/heic"),
+        (b"\x00\x00\x00\x18ftypisom", None),  # an MP4 video
+        (b"GIF87a", "image/gif"),
+        (BMP, None),
         (TEXT, None),
         (b"", None),
         (b"\xff\xd8", None),
@@ -67,7 +74,8 @@ def test_verify_content_accepts(extension: str, head: bytes, expected: str) -> N
         ("jpg", PNG, "holds image/png data; expected image/jpeg"),
         ("webp", JPEG, "holds image/jpeg data; expected image/webp"),
         ("jpg", TEXT, "not a known image type"),
-        ("png", GIF, "not a known image type"),
+        ("png", GIF, "holds image/gif data; expected image/png"),
+        ("gif", BMP, "not a known image type"),
         ("jpg", b"\xff\xd8", "not a known image type"),
         ("webp", b"RIFF\x00\x00\x00\x00WAVEfmt ", "not a known image type"),
         ("jpg", b"", "is empty"),
@@ -85,4 +93,11 @@ def test_known_types_are_consistent() -> None:
     extensions = [ext for t in KNOWN_TYPES for ext in t.extensions]
     assert len(extensions) == len(set(extensions))  # one type per extension
     assert all(ext == ext.lower() and not ext.startswith(".") for ext in extensions)
-    assert {t.content_type for t in KNOWN_TYPES} == {"image/jpeg", "image/png", "image/webp"}
+    assert {t.content_type for t in KNOWN_TYPES} == {
+        "image/jpeg",
+        "image/png",
+        "image/webp",
+        "image/gif",
+        "image/avif",
+        "image/heic",
+    }

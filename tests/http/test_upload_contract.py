@@ -55,6 +55,15 @@ async def test_one_file_is_stored_and_described(
         "original_filename": filename,
         "file_size": len(data),
         "content_type": content_type,
+        "width": 32,
+        "height": 24,
+        "orientation": 1,
+        "metadata_removed": False,
+        "thumbnail_url": f"{settings.base_url}/api/files/{catalogued['id']}/thumbnail",
+        "thumbnails": {
+            str(size): f"{settings.base_url}/api/files/{catalogued['id']}/thumbnail?size={size}"
+            for size in (256, 1024)
+        },
     }
     assert is_id(catalogued["id"])
     assert catalogued["sha256"] == hashlib.sha256(data).hexdigest()

@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 
 from clustr_aio.domain.errors import (
+    BrokenImage,
     MalformedUpload,
     NoFilesUploaded,
     UnsupportedFile,
     UploadTooLarge,
 )
 from clustr_aio.domain.limits import UploadLimits
+from clustr_aio.images.structure import ImageInfo
 from clustr_aio.ingest.multipart import MultipartStream, file_parts
 from clustr_aio.ingest.pipeline import IngestPolicy, StoredFile, ingest_batch
 from clustr_aio.storage.local import LocalStorage
@@ -27,6 +29,9 @@ POLICY = IngestPolicy(
     allowed_extensions=frozenset({"jpg", "jpeg", "png", "webp", "bin"}),
     limits=UploadLimits(max_file_size=64 * 1024, max_request_size=1024 * 1024, max_files=5),
 )
+
+FIXTURE_IMAGE = ImageInfo(32, 24, orientation=1, metadata_removed=False)
+"""What the structure check reads from tests.conftest's JPEG, PNG and WEBP."""
 
 
 class Body:
@@ -83,15 +88,24 @@ async def test_files_are_stored_and_described_in_order(
     assert [s.sha256 for s in stored] == [hashlib.sha256(data).hexdigest() for _, data in files]
     assert [s.id for s in stored] == sorted(s.id for s in stored)
     assert not any(s.duplicate for s in stored)
+    # The structure check read each image's size (the fixtures' own), and the record kept it.
+    image = FIXTURE_IMAGE
+    assert [(s.width, s.height, s.orientation, s.metadata_removed) for s in stored] == [
+        *[(image.width, image.height, image.orientation, image.metadata_removed)] * 3,
+        (None, None, None, False),
+    ]
     for name, data in files:
         assert (upload_dir / name).read_bytes() == data
     assert temp_files(upload_dir) == []
 
 
 async def test_a_file_of_fewer_bytes_than_the_signature_window(storage: LocalStorage) -> None:
-    [stored] = await ingest(storage, Body(files_body(("tiny.jpg", b"\xff\xd8\xff")), 1))
+    # Sniffed as a JPEG from its 3 bytes, then found to be no whole one.
+    with pytest.raises(BrokenImage, match=r"'tiny\.jpg' is not a valid JPEG image: it ends inside"):
+        await ingest(storage, Body(files_body(("tiny.jpg", b"\xff\xd8\xff")), 1))
+    [stored] = await ingest(storage, Body(files_body(("tiny.bin", b"\xff\xd8\xff")), 1))
     assert stored.file_size == 3
-    assert stored.content_type == "image/jpeg"
+    assert stored.content_type == "application/octet-stream"
 
 
 async def test_stored_names_are_safe_and_numbered(storage: LocalStorage, upload_dir: Path) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import temp_files
+from tests.conftest import JPEG, temp_files
 from tests.server_process import wait_until
 
 __all__ = ["SlowUpload", "UploadOutcome", "jpeg_bytes", "upload_in_flight"]
@@ -25,8 +25,8 @@ _BURST = 3 * 1024 * 1024 // 2
 
 
 def jpeg_bytes(size: int) -> bytes:
-    """``size`` bytes that pass as a JPEG (magic bytes, then random data)."""
-    return b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + os.urandom(size - 11)
+    """``size`` bytes that pass as a JPEG: a real one's headers, random image data, an EOI."""
+    return JPEG[:-2] + os.urandom(size - len(JPEG)) + b"\xff\xd9"
 
 
 @dataclass(frozen=True, slots=True)

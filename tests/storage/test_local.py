@@ -203,8 +203,8 @@ async def test_a_vanished_upload_folder_is_not_recreated(
     """An unmounted upload volume must fail uploads, not fill the disk underneath it."""
     shutil.rmtree(upload_dir)
     batch = storage.batch()
-    with pytest.raises(FileNotFoundError):
-        await store(batch, "a.jpg", JPEG)
+    with pytest.raises(FileNotFoundError):  # from the second block's write, waiting on the first
+        await store(batch, "a.jpg", JPEG + bytes(2 * BLOCK))
     await batch.discard()
     assert not await asyncio.to_thread(upload_dir.exists)
 

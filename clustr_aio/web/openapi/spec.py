@@ -71,6 +71,19 @@ def _with_request_id(response: JSONObject) -> JSONObject:
     return {**response, "headers": {**response.get("headers", {}), REQUEST_ID_HEADER: reference}}
 
 
+ENUM_SETTING: Final = "x-enum-setting"
+"""In a parameter's schema: its values are those of this setting (a sequence), as configured."""
+
+
+def _with_setting(parameter: JSONObject, settings: Settings) -> JSONObject:
+    schema = parameter.get("schema", {})
+    if ENUM_SETTING not in schema:
+        return parameter
+    values = list(getattr(settings, schema[ENUM_SETTING]))
+    rest = {key: value for key, value in schema.items() if key != ENUM_SETTING}
+    return {**parameter, "schema": {**rest, "enum": values, "default": values[0]}}
+
+
 def build_openapi(app: web.Application, *, server_url: str | None = None) -> JSONObject:
     """The whole document for ``app`` as configured (limits in the description).
 
@@ -87,6 +100,11 @@ def build_openapi(app: web.Application, *, server_url: str | None = None) -> JSO
         rendered["responses"] = {
             status: _with_request_id(response) for status, response in rendered["responses"].items()
         }
+        rendered["parameters"] = [
+            _with_setting(parameter, settings) for parameter in rendered.get("parameters", [])
+        ]
+        if not rendered["parameters"]:
+            del rendered["parameters"]
         paths.setdefault(key.path, {})[key.method.lower()] = rendered
     return {
         "openapi": OPENAPI_VERSION,

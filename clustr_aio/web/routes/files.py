@@ -9,7 +9,7 @@ from typing import Any, Final, TypeVar
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
-from clustr_aio.catalog.base import Order
+from clustr_aio.catalog.base import FileRecord, Order
 from clustr_aio.catalog.ids import is_id
 from clustr_aio.domain.errors import BadRequest, NotFound
 from clustr_aio.domain.models import (
@@ -24,11 +24,11 @@ from clustr_aio.domain.models import (
 )
 from clustr_aio.ingest.pipeline import StoredFile
 from clustr_aio.storage.base import Deleting
-from clustr_aio.web.keys import CATALOG, STORAGE
+from clustr_aio.web.keys import CATALOG, STORAGE, THUMBNAILER
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.registry import JSONObject
 from clustr_aio.web.openapi.schemas import JSON, error_response, json_response, ref
-from clustr_aio.web.routes.upload import file_item, stored_files_url
+from clustr_aio.web.routes.upload import file_item, item_urls
 
 routes = web.RouteTableDef()
 
@@ -36,11 +36,11 @@ DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 _ORDERS: Final[dict[str, Order]] = {"newest": "newest", "oldest": "oldest"}
 _T = TypeVar("_T")
-_ID_SEGMENT: Final = "[0-9a-f-]{36}"
+ID_SEGMENT: Final = "[0-9a-f-]{36}"
 """What the id routes match, so that ``GET /api/files/check`` is a 405 (that path is POST's),
 not a lookup of the id "check"; the id itself is checked in the handler (404)."""
 
-_ID_PARAMETER: Final[JSONObject] = {
+ID_PARAMETER: Final[JSONObject] = {
     "name": "id",
     "in": "path",
     "required": True,
@@ -180,39 +180,45 @@ async def list_files(request: web.Request) -> web.Response:
     )
     more = len(records) > limit
     records = records[:limit]
-    files_url = stored_files_url(request)
+    urls = item_urls(request)
     return web.json_response(
         FileList(
-            data=[file_item(files_url, StoredFile.of(record)) for record in records],
+            data=[file_item(urls, StoredFile.of(record)) for record in records],
             next_cursor=encode_cursor(order, records[-1].id) if more else None,
         )
     )
 
 
-@routes.get(f"/api/files/{{id:{_ID_SEGMENT}}}")
+@routes.get(f"/api/files/{{id:{ID_SEGMENT}}}")
 @operation(
     summary="A stored file's details",
     tags=("files",),
     operation_id="get_file",
-    parameters=(_ID_PARAMETER,),
+    parameters=(ID_PARAMETER,),
     responses={200: json_response("The file.", ref("FileItem")), 404: _NOT_FOUND},
 )
 async def get_file(request: web.Request) -> web.Response:
+    record = await requested_record(request)
+    return web.json_response(file_item(item_urls(request), StoredFile.of(record)))
+
+
+async def requested_record(request: web.Request) -> FileRecord:
+    """The record of the route's ``{id}``; a 404 when there is none."""
     record_id = request.match_info["id"]
     record = await request.app[CATALOG].get(record_id) if is_id(record_id) else None
     if record is None:
         raise NotFound(f"no stored file has id {record_id!r}")
-    return web.json_response(file_item(stored_files_url(request), StoredFile.of(record)))
+    return record
 
 
-@routes.delete(f"/api/files/{{id:{_ID_SEGMENT}}}")
+@routes.delete(f"/api/files/{{id:{ID_SEGMENT}}}")
 @operation(
     summary="Delete a stored file",
-    description="Removes the file from the storage (`/uploads` answers 404 for it from now on) "
-    "and from the catalog.",
+    description="Removes the file from the storage (`/uploads` answers 404 for it from now on), "
+    "its thumbnails, and its record.",
     tags=("files",),
     operation_id="delete_file",
-    parameters=(_ID_PARAMETER,),
+    parameters=(ID_PARAMETER,),
     responses={204: {"description": "Deleted."}, 404: _NOT_FOUND},
 )
 async def delete_file(request: web.Request) -> web.Response:
@@ -247,15 +253,16 @@ async def delete_files(request: web.Request) -> web.Response:
 
 
 async def _delete(request: web.Request, record_ids: list[str]) -> list[str]:
-    """Unlink each file, then remove its record: a failure between the two leaves a record
-    whose file is gone, which the start-up reconciliation removes (the other order would leave
-    a file without a record, which it would adopt again)."""
+    """Unlink each file and its thumbnails, then remove its record: a failure between the two
+    leaves a record whose file is gone, which the start-up reconciliation removes (the other
+    order would leave a file without a record, which it would adopt again)."""
     catalog, storage = request.app[CATALOG], request.app[STORAGE]
     if not isinstance(storage, Deleting):
         raise web.HTTPMethodNotAllowed(request.method, [], text="this storage cannot delete")
     found = [r for r in [await catalog.get(i) for i in record_ids] if r is not None]
     for record in found:
         await storage.delete(record.stored_name)
+        await request.app[THUMBNAILER].remove(record.id)
     return [record.id for record in await catalog.delete([r.id for r in found])]
 
 
@@ -286,4 +293,11 @@ async def check_files(request: web.Request) -> web.Response:
     return web.json_response(CheckResponse(results=results))
 
 
-__all__ = ["decode_cursor", "encode_cursor", "routes"]
+__all__ = [
+    "ID_PARAMETER",
+    "ID_SEGMENT",
+    "decode_cursor",
+    "encode_cursor",
+    "requested_record",
+    "routes",
+]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import HttpVersion11, hdrs, web
@@ -22,16 +27,20 @@ from clustr_aio.domain.models import (
     UploadResponse,
     UploadResults,
 )
+from clustr_aio.images.thumbnails import DEFAULT_FORMAT, FORMATS, THUMBNAIL_TYPES
 from clustr_aio.ingest.multipart import MultipartStream, file_parts, parse_boundary
 from clustr_aio.ingest.pipeline import RefusedFile, StoredFile, ingest_batch, ingest_each
+from clustr_aio.storage.base import OnDisk
 from clustr_aio.web.base_url import request_base_url
 from clustr_aio.web.keys import (
     CATALOG,
+    FILE_READER,
     INGEST_POLICY,
     METRICS,
     SETTINGS,
     SPACE_REPORTER,
     STORAGE,
+    THUMBNAILER,
     UPLOAD_SLOTS,
 )
 from clustr_aio.web.openapi import operation
@@ -78,7 +87,9 @@ async def _continue(request: web.Request) -> None:
     summary="Upload images",
     description="Send one or many files as `multipart/form-data` parts named `files` (`curl -F "
     "files=@a.jpg -F files=@b.png`). Each part is streamed to disk as it arrives and its bytes "
-    "are checked against its extension; only when every part is accepted are the files "
+    "are checked against its extension, an image's structure and size as they pass (its "
+    "metadata filtered by STRIP_METADATA, losslessly); only when every part is accepted are the "
+    "files "
     "published, all at once: any error leaves nothing stored. With `Expect: 100-continue`, a "
     "request whose headers already break a limit is refused before its body is sent. Each "
     "stored file is recorded in the catalog (`GET /api/files/{id}`) before the answer. "
@@ -118,15 +129,20 @@ async def _continue(request: web.Request) -> None:
             "request body is not multipart/form-data",
         ),
         413: upload_error(
-            "A file is over MAX_FILE_SIZE, the body over MAX_REQUEST_SIZE, or there are more "
-            "than MAX_FILES files.",
+            "A file is over MAX_FILE_SIZE, the body over MAX_REQUEST_SIZE, there are more "
+            "than MAX_FILES files, or an image's header shows more than MAX_IMAGE_PIXELS.",
+            "'bomb.png' is 30000 x 30000 pixels (900000000 in all), more than MAX_IMAGE_PIXELS"
+            " (100000000)",
             "'huge.jpg' is larger than the limit of 52428800 bytes per file",
             "request body is larger than the limit of 10737418240 bytes",
             "too many files: at most 10000 per request",
         ),
         415: upload_error(
             "An extension not in ALLOWED_EXTENSIONS, an empty file, bytes that are not what "
-            "the extension claims, or a body with a Content-Encoding (never inflated).",
+            "the extension claims, an image whose structure does not hold together, or a body "
+            "with a Content-Encoding (never inflated).",
+            "'cut.jpg' is not a valid JPEG image: it ends inside its image data, before the EOI"
+            " marker (truncated)",
             "'notes.txt': files of type .txt are not accepted; allowed: jpeg, jpg, png, webp",
             "'fake.png' is named .png but holds image/jpeg data; expected image/png",
             "'empty.jpg' is empty",
@@ -173,19 +189,20 @@ async def upload(request: web.Request) -> web.Response:
             tracked.received(body.bytes_read)
         stored = [r for r in results if isinstance(r, StoredFile)]
         tracked.stored([r for r in stored if not r.duplicate])
-    files_url = stored_files_url(request)
+    await _render_ahead(request, stored)
+    urls = item_urls(request)
     if atomic:
         return web.json_response(
             UploadResponse(
                 message=f"Successfully uploaded {len(stored)} files",
-                data=[upload_item(files_url, item) for item in stored],
+                data=[upload_item(urls, item) for item in stored],
             )
         )
     return web.json_response(
         UploadResults(
             message=f"Uploaded {len(stored)} of {len(results)} files",
             data=[
-                upload_item(files_url, r) if isinstance(r, StoredFile) else _refused_item(r)
+                upload_item(urls, r) if isinstance(r, StoredFile) else _refused_item(r)
                 for r in results
             ],
         )
@@ -197,12 +214,6 @@ def _atomic(request: web.Request) -> bool:
     if value not in ("true", "false"):
         raise BadRequest(f"atomic: expected true or false, got {value!r}")
     return value == "true"
-
-
-def stored_files_url(request: web.Request) -> str:
-    """Where stored files are served: the host the client used, through a trusted proxy,
-    unless PUBLIC_BASE_URL says otherwise."""
-    return request_base_url(request) + request.app[SETTINGS].upload_url_path
 
 
 async def _check_request(request: web.Request) -> bytes:
@@ -219,22 +230,59 @@ async def _check_request(request: web.Request) -> bytes:
     return boundary
 
 
-def file_item(files_url: str, item: StoredFile) -> FileItem:
+@dataclass(frozen=True, slots=True)
+class ItemUrls:
+    """Where a file item's links point. The one place they are built: a preview URL, and a
+    thumbnail URL per size (so that signing them, say, is one change here)."""
+
+    files_url: str
+    """Where stored files are served (``UPLOAD_URL_PATH`` under the response's base URL)."""
+    base_url: str
+    thumbnail_sizes: tuple[int, ...]
+    """THUMBNAIL_SIZES: the first is the default, whose URL has no ``size``."""
+
+    def preview_url(self, item: StoredFile) -> str:
+        return f"{self.files_url}/{quote(item.stored_filename)}"
+
+    def thumbnail_url(self, item: StoredFile, size: int | None = None) -> str:
+        url = f"{self.base_url}/api/files/{item.id}/thumbnail"
+        return url if size is None else f"{url}?size={size}"
+
+    def thumbnails(self, item: StoredFile) -> dict[str, str]:
+        return {str(size): self.thumbnail_url(item, size) for size in self.thumbnail_sizes}
+
+
+def item_urls(request: web.Request) -> ItemUrls:
+    """The links of this response's items: the host the client used, through a trusted proxy,
+    unless PUBLIC_BASE_URL says otherwise."""
+    settings = request.app[SETTINGS]
+    base_url = request_base_url(request)
+    return ItemUrls(base_url + settings.upload_url_path, base_url, settings.thumbnail_sizes)
+
+
+def file_item(urls: ItemUrls, item: StoredFile) -> FileItem:
     """A stored file as the API shows it (``GET /api/files/{id}``, and in upload answers)."""
+    image = item.content_type in THUMBNAIL_TYPES
     return FileItem(
         stored_filename=item.stored_filename,
-        preview_url=f"{files_url}/{quote(item.stored_filename)}",
+        preview_url=urls.preview_url(item),
         original_filename=item.original_filename,
         file_size=item.file_size,
         content_type=item.content_type,
         id=item.id,
         sha256=item.sha256,
         created_at=rfc3339(item.created_at),
+        width=item.width,
+        height=item.height,
+        orientation=item.orientation,
+        metadata_removed=item.metadata_removed,
+        thumbnail_url=urls.thumbnail_url(item) if image else None,
+        thumbnails=urls.thumbnails(item) if image else {},
     )
 
 
-def upload_item(files_url: str, item: StoredFile) -> UploadedFile:
-    return UploadedFile(**file_item(files_url, item), duplicate=item.duplicate)
+def upload_item(urls: ItemUrls, item: StoredFile) -> UploadedFile:
+    return UploadedFile(**file_item(urls, item), duplicate=item.duplicate)
 
 
 def rfc3339(moment: datetime) -> str:
@@ -250,3 +298,33 @@ def _refused_item(refused: RefusedFile) -> RefusedItem:
         original_filename=refused.original_filename,
         error={"status": error.status, "detail": error.detail},
     )
+
+
+async def _render_ahead(request: web.Request, items: Sequence[StoredFile]) -> None:
+    """``THUMBNAILS=eager``: queue every size of the new images' default-format thumbnails,
+    behind every request's render. Queued once this handler has returned, so the upload's
+    answer goes out first; nothing when the setting is ``lazy``."""
+    if request.app[SETTINGS].thumbnails != "eager":
+        return
+    reader = request.app.get(FILE_READER)
+    if reader is None:
+        return
+    thumbnailer, sizes = request.app[THUMBNAILER], request.app[SETTINGS].thumbnail_sizes
+    loop = asyncio.get_running_loop()
+    fmt = FORMATS[DEFAULT_FORMAT]
+    for item in items:
+        if item.duplicate or item.content_type not in THUMBNAIL_TYPES:
+            continue
+        location = await reader.locate(item.stored_filename)
+        if not isinstance(location, OnDisk):
+            continue
+        for size in sizes:
+            prefetch = functools.partial(
+                thumbnailer.prefetch,
+                Path(location.path),
+                file_key=item.id,
+                content_hash=item.sha256,
+                size=size,
+                fmt=fmt,
+            )
+            loop.call_soon(prefetch)

@@ -1,0 +1,230 @@
+"""A push driver for parsers written as generators: the parser asks for bytes, the driver
+feeds them from the chunks as they arrive, without holding more than the parser asked for.
+
+A parser yields requests and is sent their answers:
+
+- :class:`Read` ``(n)``: the next ``n`` bytes, as one ``bytes`` (for headers; copied);
+- :class:`ReadOrEnd` ``(n)``: the same, or ``b""`` when the input ends cleanly right there;
+- :class:`Pass` ``(n, keep)``: the next ``n`` bytes go to the output untouched (memoryview
+  slices of the input chunks, not copies) or are skipped; answered with their CRC-32 when
+  ``crc`` was given a start value;
+- :class:`Emit` ``(data)``: bytes of the parser's own into the output;
+- :class:`PassUntil` ``(pattern)``: pass everything through the first ``pattern`` (two bytes);
+- :class:`Rest` ``(keep)``: whatever follows, to the end, is kept or dropped; the last request.
+
+Input that ends while a request waits for more raises the parser's truncation error, naming
+what it was reading (``what``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import zlib
+from collections import deque
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from clustr_aio.storage.base import Buffer
+
+__all__ = [
+    "Emit",
+    "Parser",
+    "ParserGenerator",
+    "Pass",
+    "PassUntil",
+    "Read",
+    "ReadOrEnd",
+    "Request",
+    "Rest",
+    "SubParser",
+]
+
+
+@dataclass(slots=True)
+class Read:
+    n: int
+    what: str
+
+
+@dataclass(slots=True)
+class ReadOrEnd:
+    n: int
+    what: str
+
+
+@dataclass(slots=True)
+class Pass:
+    n: int
+    keep: bool
+    what: str
+    crc: int | None = None
+
+
+@dataclass(slots=True)
+class Emit:
+    data: bytes
+
+
+@dataclass(slots=True)
+class PassUntil:
+    pattern: bytes
+    what: str
+
+
+@dataclass(slots=True)
+class Rest:
+    keep: bool
+
+
+Request = Read | ReadOrEnd | Pass | Emit | PassUntil | Rest
+
+_COPY_LEFTOVER = 4096
+ParserGenerator = Generator[Request, Any, None]
+"""A parser: yields requests, is sent their answers (``Any``: each request's own type)."""
+SubParser = Generator[Request, Any, bytes]
+"""A piece of a parser (``yield from``) that returns the bytes it read."""
+
+
+class Parser:
+    """Runs one parser generator over a stream of chunks; ``written`` counts output bytes,
+    ``dropped_tail`` the bytes a ``Rest(keep=False)`` dropped."""
+
+    __slots__ = (
+        "_gen",
+        "_last",
+        "_out",
+        "_queue",
+        "_queued",
+        "_request",
+        "_truncated",
+        "dropped_tail",
+        "written",
+    )
+
+    def __init__(self, gen: ParserGenerator, truncated: Callable[[str], Exception]) -> None:
+        self._gen = gen
+        self._truncated = truncated
+        self._queue: deque[memoryview] = deque()
+        self._queued = 0
+        self._out: list[Buffer] = []
+        self._last = -1  # the last byte passed by PassUntil, for a pattern split across chunks
+        self.written = 0
+        self.dropped_tail = 0
+        self._request: Request = next(gen)
+
+    def feed(self, chunk: Buffer) -> list[Buffer]:
+        """The output due now that ``chunk`` arrived."""
+        if len(chunk):
+            self._queue.append(chunk if isinstance(chunk, memoryview) else memoryview(chunk))
+            self._queued += len(chunk)
+        self._advance(eof=False)
+        if self._queue and self._queued <= _COPY_LEFTOVER:
+            # A few bytes kept for the next request (half a header) must not keep the whole
+            # read they are a slice of alive, while the client takes its time.
+            self._queue = deque([memoryview(bytes(b"".join(self._queue)))])
+        out, self._out = self._out, []
+        return out
+
+    def finish(self) -> list[Buffer]:
+        """The last output; raises if the parser was still waiting for bytes."""
+        self._advance(eof=True)
+        out, self._out = self._out, []
+        return out
+
+    def _emit(self, data: Buffer) -> None:
+        self._out.append(data)
+        self.written += len(data)
+
+    def _take(self, n: int) -> bytes:
+        parts = []
+        while n:
+            head = self._queue[0]
+            if len(head) <= n:
+                parts.append(self._queue.popleft())
+                n -= len(head)
+            else:
+                parts.append(head[:n])
+                self._queue[0] = head[n:]
+                n = 0
+        return b"".join(parts)
+
+    def _pop(self, limit: int) -> memoryview:
+        head = self._queue[0]
+        if len(head) <= limit:
+            return self._queue.popleft()
+        self._queue[0] = head[limit:]
+        return head[:limit]
+
+    def _advance(self, *, eof: bool) -> None:
+        while True:
+            request = self._request
+            answer: object = None
+            if isinstance(request, Read | ReadOrEnd):
+                if self._queued < request.n:
+                    if not eof:
+                        return
+                    if not (isinstance(request, ReadOrEnd) and self._queued == 0):
+                        raise self._truncated(request.what)
+                    answer = b""
+                else:
+                    self._queued -= request.n
+                    answer = self._take(request.n)
+            elif isinstance(request, Pass):
+                while request.n and self._queue:
+                    piece = self._pop(request.n)
+                    request.n -= len(piece)
+                    self._queued -= len(piece)
+                    if request.crc is not None:
+                        request.crc = zlib.crc32(piece, request.crc)
+                    if request.keep:
+                        self._emit(piece)
+                if request.n:
+                    if not eof:
+                        return
+                    raise self._truncated(request.what)
+                answer = request.crc
+            elif isinstance(request, Emit):
+                self._emit(request.data)
+            elif isinstance(request, PassUntil):
+                if not self._pass_until(request.pattern):
+                    if not eof:
+                        return
+                    raise self._truncated(request.what)
+            else:  # Rest: the end
+                while self._queue:
+                    piece = self._queue.popleft()
+                    if request.keep:
+                        self._emit(piece)
+                    else:
+                        self.dropped_tail += len(piece)
+                self._queued = 0
+                return
+            self._request = self._gen.send(answer)
+
+    def _pass_until(self, pattern: bytes) -> bool:
+        first, second = pattern[0], pattern[1]
+        search = _searcher(pattern)
+        while self._queue:
+            head = self._queue[0]
+            if self._last == first and head[0] == second:
+                at = 1
+            else:
+                found = search(head)  # re searches any buffer: no copy of the chunk
+                at = -1 if found is None else found.end()
+            if at < 0:
+                self._last = head[-1]
+                self._queued -= len(head)
+                self._emit(self._queue.popleft())
+                continue
+            self._last = -1
+            self._queued -= at
+            self._emit(self._pop(at))
+            return True
+        return False
+
+
+@functools.cache
+def _searcher(pattern: bytes) -> Callable[[memoryview], re.Match[bytes] | None]:
+    return re.compile(re.escape(pattern)).search

@@ -1,0 +1,226 @@
+"""The structure parsers and metadata filter without a server: the same output whatever the
+chunking (a marker or a chunk header split across reads), EXIF edited in place, the WebP
+header patches, and a storage that cannot patch."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+import zlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import piexif
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from clustr_aio.domain.errors import BrokenImage, ImageTooLarge
+from clustr_aio.domain.limits import UploadLimits
+from clustr_aio.images.exif import orientation_exif, read_orientation, strip_gps, tiff_of
+from clustr_aio.images.metadata import StripMode
+from clustr_aio.images.structure import ImageCheck, image_check
+from clustr_aio.ingest.pipeline import IncomingFile, IngestPolicy, ingest_file
+from clustr_aio.storage.base import BatchScope, Buffer, FileWriter, UploadBatch
+from tests.images.photos import encode, exif_bytes, phone_photo, picture, pixels, png_chunk
+
+CONTENT_TYPES = {
+    "jpg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "avif": "image/avif",
+}
+
+
+def run(check: ImageCheck, data: bytes, piece: int) -> bytes:
+    out: list[Buffer] = []
+    for at in range(0, len(data), piece):
+        out += check.feed(memoryview(data)[at : at + piece])
+    out += check.finish()
+    whole = bytearray(b"".join(bytes(p) for p in out))
+    for offset, patch in check.patches:
+        whole[offset : offset + len(patch)] = patch
+    return bytes(whole)
+
+
+def checked(ext: str, data: bytes, mode: StripMode = "location", piece: int = 4096) -> bytes:
+    check = image_check(CONTENT_TYPES[ext], f"x.{ext}", max_pixels=10**8, strip=mode)
+    assert check is not None
+    return run(check, data, piece)
+
+
+@pytest.mark.parametrize("ext", CONTENT_TYPES)
+@pytest.mark.parametrize("mode", ["location", "all", "none"])
+def test_the_output_does_not_depend_on_how_the_bytes_are_cut(
+    tmp_path: Path, ext: str, mode: StripMode
+) -> None:
+    # After the image's end, bytes are not looked into; an ISOBMFF file (AVIF) has no end but
+    # the file's: bytes after its last box would be a box.
+    trailer = b"" if ext == "avif" else b"trailer"
+    photo = phone_photo(tmp_path, ext) + trailer
+    whole = checked(ext, photo, mode, len(photo))
+    for piece in (1, 2, 3, 7, 64, 1000):
+        assert checked(ext, photo, mode, piece) == whole, piece
+    assert pixels(whole) == pixels(photo)
+    assert whole.endswith(b"trailer") == (mode != "all" and ext != "avif")
+
+
+def test_an_eoi_split_across_two_reads_is_found() -> None:
+    jpeg = encode("jpg", picture())
+    cut = len(jpeg) - 1  # ...FF | D9
+    check = image_check("image/jpeg", "x.jpg", max_pixels=10**8, strip="none")
+    assert check is not None
+    out = check.feed(jpeg[:cut]) + check.feed(jpeg[cut:]) + check.finish()
+    assert b"".join(bytes(p) for p in out) == jpeg
+
+
+def test_the_image_data_is_passed_on_without_copies() -> None:
+    jpeg = encode("jpg", picture((640, 480)))
+    check = image_check("image/jpeg", "x.jpg", max_pixels=10**8, strip="none")
+    assert check is not None
+    chunk = memoryview(jpeg)
+    out = check.feed(chunk)
+    big = max(out, key=len)
+    assert isinstance(big, memoryview)
+    assert big.obj is jpeg  # a slice of the received chunk
+
+
+def test_strip_gps_removes_the_gps_ifd_and_keeps_every_other_tag() -> None:
+    _, tiff = tiff_of(exif_bytes(orientation=6))
+    stripped = strip_gps(tiff)
+    assert stripped is not None
+    assert len(stripped) == len(tiff)
+    loaded = piexif.load(b"Exif\x00\x00" + stripped)
+    assert not loaded["GPS"]
+    assert loaded["0th"][piexif.ImageIFD.Make] == b"PhoneMaker"
+    assert loaded["Exif"][piexif.ExifIFD.DateTimeOriginal] == b"2026:06:01 12:00:00"
+    assert read_orientation(stripped) == 6
+    assert b"PhoneMaker" in stripped
+    assert strip_gps(stripped) is None  # nothing left to remove
+
+
+def test_the_minimal_exif_holds_the_orientation_only() -> None:
+    loaded = piexif.load(b"Exif\x00\x00" + orientation_exif(8))
+    assert loaded["0th"] == {piexif.ImageIFD.Orientation: 8}
+    assert not loaded["Exif"]
+    assert not loaded["GPS"]
+
+
+def test_webp_riff_size_and_vp8x_flags_are_patched(tmp_path: Path) -> None:
+    photo = phone_photo(tmp_path, "webp")
+    assert photo[20] & 0x0C == 0x0C  # VP8X: EXIF and XMP
+    stored = checked("webp", photo, "all")
+    assert struct.unpack_from("<I", stored, 4)[0] == len(stored) - 8
+    assert stored[20] & 0x0C == 0x08  # EXIF (the orientation) stays, XMP is gone
+    upright = phone_photo(tmp_path, "webp", orientation=1)
+    stored = checked("webp", upright, "all")
+    assert stored[20] & 0x0C == 0  # nothing left at all
+    assert struct.unpack_from("<I", stored, 4)[0] == len(stored) - 8
+
+
+class _Sequential:
+    """A writer without the patching capability (an object store's multipart upload)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closed = False
+
+    async def write(self, data: Buffer) -> None:
+        assert not self.closed
+        self.data += data
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class _SequentialBatch:
+    def __init__(self) -> None:
+        self.writers: list[_Sequential] = []
+
+    def add_file(self, desired_name: str) -> FileWriter:
+        self.writers.append(_Sequential())
+        return self.writers[-1]
+
+    async def publish(self) -> list[str]:
+        return []
+
+    async def discard(self) -> None:
+        pass
+
+
+async def test_a_writer_that_cannot_patch_gets_the_whole_file_at_its_end(tmp_path: Path) -> None:
+    photo = phone_photo(tmp_path, "webp")
+
+    async def chunks() -> AsyncIterator[Buffer]:
+        for at in range(0, len(photo), 1000):
+            yield photo[at : at + 1000]
+
+    batch = _SequentialBatch()
+    target: UploadBatch = batch
+    policy = IngestPolicy(
+        allowed_extensions=frozenset({"webp"}),
+        limits=UploadLimits(max_file_size=10**6, max_request_size=10**7, max_files=1),
+        strip_metadata="all",
+    )
+    received = await ingest_file(IncomingFile("p.webp", chunks()), BatchScope(target), policy)
+    [writer] = batch.writers
+    assert writer.closed
+    assert bytes(writer.data) == checked("webp", photo, "all")
+    assert received.file_size == len(writer.data)
+
+
+MUTATION = st.tuples(
+    st.sampled_from(["set", "delete", "insert", "cut"]),
+    st.floats(0, 1, exclude_max=True),
+    st.binary(min_size=1, max_size=8),
+)
+
+
+@pytest.mark.parametrize("ext", CONTENT_TYPES)
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutations=st.lists(MUTATION, min_size=1, max_size=4))
+def test_a_damaged_image_is_refused_as_such_never_with_another_error(
+    photos: dict[str, bytes], ext: str, mutations: list[tuple[str, float, bytes]]
+) -> None:
+    """Whatever the damage, the check answers with BrokenImage (415) or ImageTooLarge (413),
+    or accepts: never an IndexError or struct.error, which would be a 500."""
+    data = bytearray(photos[ext])
+    for kind, where, value in mutations:
+        at = int(where * len(data))
+        if kind == "set":
+            data[at : at + len(value)] = value
+        elif kind == "delete":
+            del data[at : at + len(value) * 8]
+        elif kind == "insert":
+            data[at:at] = value
+        else:
+            del data[at:]
+    for mode in ("location", "all", "none"):
+        with contextlib.suppress(BrokenImage, ImageTooLarge):
+            checked(ext, bytes(data), mode, 500)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    folder = tmp_path_factory.mktemp("photos")
+    return {ext: phone_photo(folder, ext) for ext in CONTENT_TYPES}
+
+
+def test_png_raw_profiles_and_xmp_text_go_under_location() -> None:
+    """ImageMagick keeps EXIF, XMP and IPTC as hex in text chunks, which exiftool reads as
+    such: under location they go; other text stays, and an iTXt XMP packet is filtered."""
+    png = encode("png", picture((20, 10)))
+    iend = png.rindex(b"IEND") - 4
+    xmp = b'<x:xmpmeta><rdf:Description exif:GPSLatitude="1" dc:title="t"/></x:xmpmeta>'
+    chunks = (
+        png_chunk(b"zTXt", b"Raw profile type exif\x00\x00" + zlib.compress(b"exif\n 4\n0000"))
+        + png_chunk(b"tEXt", b"Comment\x00a comment")
+        + png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp)
+    )
+    stored = checked("png", png[:iend] + chunks + png[iend:], "location")
+    assert b"Raw profile type" not in stored
+    assert b"a comment" in stored
+    assert b"GPSLatitude" not in stored
+    assert b'dc:title="t"' in stored
+    assert pixels(stored) == pixels(png)
