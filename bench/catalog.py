@@ -29,6 +29,7 @@ from clustr_aio.catalog.base import Catalog, FileRecord, Order
 from clustr_aio.catalog.postgres import PostgresCatalog
 from clustr_aio.catalog.sqlite import SqliteCatalog
 from clustr_aio.ingest.pipeline import StoredFile
+from clustr_aio.web.links import FileLinks
 from clustr_aio.web.routes.files import encode_cursor
 from clustr_aio.web.routes.upload import ItemUrls, file_item
 
@@ -40,7 +41,7 @@ CHECK_HASHES = 10_000
 CHECK_ROUNDS = 20
 _INSERT_BATCH = 10_000
 _TYPES = ("image/jpeg", "image/png", "image/webp")
-_URLS = ItemUrls("http://127.0.0.1:5000/uploads", "http://127.0.0.1:5000", (256, 1024))
+_URLS = ItemUrls(FileLinks("http://127.0.0.1:5000", "/uploads", secrets=(), ttl=3600), (256, 1024))
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,6 +81,19 @@ class ClustrServer:
         )
         wait_for_http(self.base_url + "/", self._process)
 
+    def create_key(self, name: str, scopes: str) -> str:
+        """An API key made by the real CLI on this server's catalog (before or while it runs)."""
+        self.upload_folder.mkdir(parents=True, exist_ok=True)
+        made = subprocess.run(
+            [sys.executable, "-m", "clustr_aio", "keys", "create", name, "--scopes", scopes],
+            env=self._env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return made.stdout.strip()
+
     def processes(self) -> list[int]:
         """The server's processes: one, or a supervisor and its workers with WORKERS=N."""
         return process_tree(self.pid)

@@ -49,6 +49,11 @@ from bench.proc import MIB, cpu_seconds, free_port
 from bench.scenarios import FILE_WORK, STATIC_NAME, Scenario, Setup, Side, build
 
 BENCH_DIR = Path(__file__).resolve().parent
+KEYED_ENV = {
+    "AUTH": "keys",
+    "RATE_LIMIT_REQUESTS": "1000000000/s",
+    "RATE_LIMIT_UPLOAD_BYTES": "1000TiB/s",
+}
 
 
 def main() -> int:
@@ -77,7 +82,10 @@ def main() -> int:
     unstripped = ClustrServer(
         work / "unstripped", fsync=False, extra_env={"STRIP_METADATA": "none"}
     )
-    servers = [plain, bare, synced, multi, thumbnails, stripped, unstripped]
+    # Scenario A: access control on, limits far above what the benchmark reaches.
+    keyed = ClustrServer(work / "keyed", fsync=False, extra_env=KEYED_ENV)
+    key = keyed.create_key("bench", "upload")
+    servers = [plain, bare, synced, multi, thumbnails, stripped, unstripped, keyed]
     try:
         nginx.start()
         for server in servers:
@@ -87,7 +95,7 @@ def main() -> int:
         if not has_workers:
             multi.stop()
             servers.remove(multi)
-        _store_static_file(data.single, nginx, servers)
+        _store_static_file(data.single, nginx, [s for s in servers if s is not keyed])
         setup = Setup(
             data=data,
             nginx=nginx,
@@ -102,6 +110,8 @@ def main() -> int:
             wrk_seconds=int(os.environ.get("BENCH_SECONDS", "8")),
             wrk_connections=int(os.environ.get("BENCH_CONNECTIONS", "16")),
             attic=Attic(work / "attic"),
+            keyed=keyed,
+            key=key,
         )
         scenarios = [s for s in build(setup) if not only or s.key in only]
         if profile_dir:

@@ -101,6 +101,11 @@ class Setup:
     wrk_connections: int
     attic: Attic
     """Where measurements' files go instead of being deleted (see bench/attic.py)."""
+    keyed: ClustrServer
+    """FSYNC=false, one worker, AUTH=keys and both rate limits on (never reached): side A of
+    scenario A."""
+    key: str
+    """An upload key of ``keyed``."""
 
 
 def _seconds(fn: Callable[[], float]) -> Callable[[str], Measurement]:
@@ -258,6 +263,29 @@ def build(setup: Setup) -> list[Scenario]:
                 ),
             )
         )
+    scenarios.append(
+        Scenario(
+            "A",
+            f"access control: C with AUTH=keys and rate limits on (not reached) vs C with"
+            f" AUTH=off (wrk -c{conns} {secs}s, 1 worker)",
+            "req/s",
+            Target(round(1 / 1.10, 2), higher_is_better=True),  # C costs at most 1.10x
+            Side(
+                f"clustr_aio {setup.keyed.label} AUTH=keys",
+                _bound_upload_rate(setup.keyed, data.single, conns, secs, key=setup.key),
+                _clear_uploads(setup, setup.keyed),
+                setup.keyed.processes,
+                (setup.keyed,),
+            ),
+            Side(
+                f"clustr_aio {plain.label} AUTH=off",
+                _bound_upload_rate(plain, data.single, conns, secs),
+                _clear_uploads(setup, plain),
+                plain.processes,
+                (plain,),
+            ),
+        )
+    )
     scenarios += _catalog_scenarios()
     scenarios += _image_scenarios(setup)
     return scenarios
@@ -394,7 +422,7 @@ def _catalog_scenario(
 
 
 def _bound_upload_rate(
-    server: ClustrServer, file: Path, conns: int, secs: int
+    server: ClustrServer, file: Path, conns: int, secs: int, *, key: str | None = None
 ) -> Callable[[str], Measurement]:
     return lambda _tag: _rate(
         wrk(
@@ -402,7 +430,7 @@ def _bound_upload_rate(
             connections=conns,
             seconds=secs,
             script="upload.lua",
-            args=(str(file), "c.jpg"),
+            args=(str(file), "c.jpg", *([key] if key else [])),
         )
     )
 

@@ -1,4 +1,5 @@
-"""``python -m clustr_aio`` / ``clustr-aio``: load the settings and serve."""
+"""``python -m clustr_aio`` / ``clustr-aio``: load the settings and serve; ``clustr-aio keys
+…`` manages API keys (:mod:`clustr_aio.auth.cli`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ def main() -> int:
     except SettingsError as error:
         print(f"clustr-aio: error: {error}", file=sys.stderr)
         return 2
+    if sys.argv[1:2] == ["keys"]:
+        from clustr_aio.auth.cli import keys_command
+
+        return keys_command(sys.argv[2:], settings)
     _configure_logging(settings)
     if settings.reload:
         return _serve_with_reload()

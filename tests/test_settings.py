@@ -419,11 +419,25 @@ BAD_TEXT: list[tuple[str, str]] = [
     ("THUMBNAIL_SIZES", "256,5000"),
     ("THUMBNAIL_SIZES", "256px"),
     ("THUMBNAILS", "sometimes"),
+    ("AUTH", "on"),
+    ("AUTH", ""),
+    ("METRICS_ALLOW", "localhost"),
+    ("RATE_LIMIT_REQUESTS", "600"),
+    ("RATE_LIMIT_REQUESTS", "600/fortnight"),
+    ("RATE_LIMIT_REQUESTS", "0/min"),
+    ("RATE_LIMIT_REQUESTS", "1GiB/h"),
+    ("RATE_LIMIT_UPLOAD_BYTES", "lots/h"),
+    ("RATE_LIMIT_UPLOAD_BYTES", "20GiB"),
+    ("PUBLIC_FILES", "sometimes"),
+    ("SIGNED_URL_TTL", "0"),
+    ("SIGNED_URL_TTL", "1h"),
 ]
+UNECHOED: frozenset[str] = frozenset({"SECRET_KEY"})
+"""Settings whose bad values are never repeated in the error (tests/auth/test_settings.py)."""
 
 
 def test_bad_text_covers_every_setting() -> None:
-    assert {name for name, _ in BAD_TEXT} == {spec.name for spec in SETTINGS}
+    assert {name for name, _ in BAD_TEXT} == {spec.name for spec in SETTINGS} - UNECHOED
 
 
 @pytest.mark.parametrize(("name", "raw"), BAD_TEXT)
@@ -483,11 +497,17 @@ BAD_TOML: list[tuple[str, str]] = [
     ("THUMBNAIL_SIZES", "THUMBNAIL_SIZES = [0]"),
     ("THUMBNAIL_SIZES", "THUMBNAIL_SIZES = []"),
     ("THUMBNAILS", "THUMBNAILS = 1"),
+    ("AUTH", "AUTH = true"),
+    ("METRICS_ALLOW", "METRICS_ALLOW = [1]"),
+    ("RATE_LIMIT_REQUESTS", "RATE_LIMIT_REQUESTS = 600"),
+    ("RATE_LIMIT_UPLOAD_BYTES", "RATE_LIMIT_UPLOAD_BYTES = 1"),
+    ("PUBLIC_FILES", 'PUBLIC_FILES = "no way"'),
+    ("SIGNED_URL_TTL", "SIGNED_URL_TTL = 0.5"),
 ]
 
 
 def test_bad_toml_covers_every_setting() -> None:
-    assert {name for name, _ in BAD_TOML} == {spec.name for spec in SETTINGS}
+    assert {name for name, _ in BAD_TOML} == {spec.name for spec in SETTINGS} - UNECHOED
 
 
 @pytest.mark.parametrize(("name", "line"), BAD_TOML)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
-__all__ = ["Catalog", "FileRecord", "Order"]
+__all__ = ["Catalog", "FileRecord", "KeyRecord", "Order"]
 
 Order = Literal["newest", "oldest"]
 
@@ -42,6 +42,24 @@ class FileRecord:
     metadata_removed: bool = False
     """Metadata was removed from the image (STRIP_METADATA): ``size`` is what is stored."""
     owner: str | None = None
+    """The owner of the API key that stored it (AUTH=keys); None for files stored in the open
+    mode or adopted at start-up, which only admins see then."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KeyRecord:
+    """One API key, as the catalog keeps it: never the key itself, only its hash."""
+
+    name: str
+    key_hash: str
+    """Hex SHA-256 of the key (a key is 256 random bits: no salt or slow hash needed)."""
+    scopes: frozenset[str]
+    owner: str
+    created_at: datetime
+    last_used_at: datetime | None = None
+    expires_at: datetime | None = None
+    quota: int | None = None
+    """Bytes the owner may store in all, when this key uploads; None: no quota."""
 
 
 class Catalog(Protocol):
@@ -53,19 +71,68 @@ class Catalog(Protocol):
     async def adopt(self, records: Sequence[FileRecord]) -> int:
         """Insert the records whose stored name is not catalogued yet; how many were."""
 
-    async def get(self, record_id: str) -> FileRecord | None: ...
+    # Every query about files takes ``owner``: given, only that owner's records exist for it
+    # (another owner's record is not found, as if it did not exist); None, every record.
+
+    async def get(self, record_id: str, *, owner: str | None = None) -> FileRecord | None: ...
 
     async def page(
-        self, *, limit: int, after: str | None, order: Order, content_type: str | None
+        self,
+        *,
+        limit: int,
+        after: str | None,
+        order: Order,
+        content_type: str | None,
+        owner: str | None = None,
     ) -> list[FileRecord]:
         """Up to ``limit`` records in id order (``newest``: descending), those after the id
         ``after`` only, of one content type only when ``content_type`` is given."""
 
-    async def by_sha256(self, digests: Sequence[str]) -> dict[str, FileRecord]:
+    async def by_sha256(
+        self, digests: Sequence[str], *, owner: str | None = None
+    ) -> dict[str, FileRecord]:
         """For each digest that is stored, its oldest record."""
 
-    async def delete(self, record_ids: Sequence[str]) -> list[FileRecord]:
+    async def delete(
+        self, record_ids: Sequence[str], *, owner: str | None = None
+    ) -> list[FileRecord]:
         """Remove these records; the ones that existed, in no particular order."""
+
+    # -- API keys ----------------------------------------------------------------------------
+
+    async def add_key(self, key: KeyRecord) -> bool:
+        """Store a new key; False (and nothing stored) when its name is taken."""
+
+    async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
+        """The key with this hash, revoked keys being gone. Read on every request: a
+        revocation in one process is seen at once by all."""
+
+    async def keys(self) -> list[KeyRecord]:
+        """Every key, by name."""
+
+    async def revoke_key(self, name: str) -> bool:
+        """Delete the key; whether there was one."""
+
+    async def touch_key(self, name: str, when: datetime) -> None:
+        """Note when the key was last used."""
+
+    # -- quotas ------------------------------------------------------------------------------
+
+    async def usage(self, owner: str) -> int:
+        """Bytes the owner's files take, plus what its uploads in flight have reserved."""
+
+    async def reserve(
+        self, reservation: str, owner: str, *, need: int, want: int, quota: int, lease: datetime
+    ) -> int | None:
+        """Set reservation ``reservation`` of ``owner`` to ``want`` bytes if the owner's usage
+        (files, and its other live reservations) leaves room under ``quota``, else to ``need``
+        if that fits; the bytes now reserved, or None (the reservation unchanged) when not
+        even ``need`` fits. Reservations are serialised per owner: of uploads racing for the
+        last bytes, one gets them. ``lease``: when the reservation stops counting if it is
+        neither renewed nor released (its process was killed)."""
+
+    async def release(self, reservation: str) -> None:
+        """Drop the reservation (its upload ended: its files, if any, are committed)."""
 
     async def stored_names(self) -> dict[str, str]:
         """Every record's stored name and id (for the start-up reconciliation)."""

@@ -11,11 +11,12 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from typing import Any, Final
 
 import asyncpg
 
-from clustr_aio.catalog.base import FileRecord, Order
+from clustr_aio.catalog.base import FileRecord, KeyRecord, Order
 
 __all__ = ["MIGRATIONS", "PostgresCatalog"]
 
@@ -44,6 +45,43 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE files ADD COLUMN orientation smallint;
     ALTER TABLE files ADD COLUMN metadata_removed boolean NOT NULL DEFAULT false;
     """,
+    # 3: API keys, files by owner, each owner's bytes (kept by a trigger) and quota reservations.
+    """
+    CREATE TABLE api_keys (
+        name text COLLATE "C" PRIMARY KEY,
+        key_hash text COLLATE "C" NOT NULL UNIQUE,
+        scopes text[] NOT NULL,
+        owner text NOT NULL,
+        created_at timestamptz NOT NULL,
+        last_used_at timestamptz,
+        expires_at timestamptz,
+        quota bigint
+    );
+    CREATE INDEX files_by_owner ON files (owner, id);
+    CREATE TABLE owner_usage (owner text PRIMARY KEY, bytes bigint NOT NULL);
+    INSERT INTO owner_usage
+        SELECT owner, SUM(size) FROM files WHERE owner IS NOT NULL GROUP BY owner;
+    CREATE FUNCTION clustr_owner_usage() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.owner IS NOT NULL THEN
+            UPDATE owner_usage SET bytes = bytes - OLD.size WHERE owner = OLD.owner;
+        END IF;
+        IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.owner IS NOT NULL THEN
+            INSERT INTO owner_usage VALUES (NEW.owner, NEW.size)
+                ON CONFLICT (owner) DO UPDATE SET bytes = owner_usage.bytes + excluded.bytes;
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER files_owner_usage AFTER INSERT OR DELETE OR UPDATE OF owner, size ON files
+        FOR EACH ROW EXECUTE FUNCTION clustr_owner_usage();
+    CREATE TABLE quota_reservations (
+        id text COLLATE "C" PRIMARY KEY,
+        owner text NOT NULL,
+        bytes bigint NOT NULL,
+        lease_until timestamptz NOT NULL
+    );
+    CREATE INDEX quota_reservations_by_owner ON quota_reservations (owner);
+    """,
 )
 """Schema versions: ``clustr_schema.version`` N means the first N have been applied. Text keys
 are compared byte by byte (``COLLATE "C"``): no locale's rules, which cost a strcoll per
@@ -51,6 +89,8 @@ comparison in every index lookup and mean nothing for hex digests and file names
 
 _MIGRATION_LOCK: Final = 0x636C757374720001  # "clustr" + 1: the advisory lock of migrations
 _MAINTENANCE_LOCK: Final = 0x636C757374720002
+_QUOTA_LOCKS: Final = 0x636C7573  # "clus": the first key of each owner's quota lock
+_KEY_COLUMNS: Final = "name, key_hash, scopes, owner, created_at, last_used_at, expires_at, quota"
 _COLUMNS: Final = (
     "id, stored_name, original_name, size, content_type, sha256, created_at, width, height, owner,"
     " orientation, metadata_removed"
@@ -80,6 +120,28 @@ def _record(row: asyncpg.Record) -> FileRecord:
     )
 
 
+def _key_record(row: asyncpg.Record) -> KeyRecord:
+    return KeyRecord(
+        name=row["name"],
+        key_hash=row["key_hash"],
+        scopes=frozenset(row["scopes"]),
+        owner=row["owner"],
+        created_at=row["created_at"],
+        last_used_at=row["last_used_at"],
+        expires_at=row["expires_at"],
+        quota=row["quota"],
+    )
+
+
+def _owned(owner: str | None, number: int) -> str:
+    """The condition that keeps one owner's records only (parameter ``$number``)."""
+    return "" if owner is None else f"AND owner = ${number}"
+
+
+def _owner_parameter(owner: str | None) -> tuple[str, ...]:
+    return () if owner is None else (owner,)
+
+
 def _columns(records: Sequence[FileRecord]) -> list[list[Any]]:
     """The records as one array per column, for one ``unnest`` insert (a round trip in all)."""
     return [
@@ -100,6 +162,13 @@ def _columns(records: Sequence[FileRecord]) -> list[list[Any]]:
 
 def _uuids(record_ids: Sequence[str]) -> list[uuid.UUID]:
     return [uuid.UUID(record_id) for record_id in record_ids]
+
+
+_USAGE: Final = (
+    "SELECT COALESCE((SELECT bytes FROM owner_usage WHERE owner = $1), 0) + COALESCE(("
+    "SELECT SUM(bytes) FROM quota_reservations WHERE owner = $1 AND id <> $2 "
+    "AND lease_until > now()), 0)"
+)
 
 
 class PostgresCatalog:
@@ -161,17 +230,28 @@ class PostgresCatalog:
         )
         return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 <rows>"
 
-    async def get(self, record_id: str) -> FileRecord | None:
+    async def get(self, record_id: str, *, owner: str | None = None) -> FileRecord | None:
         row = await self.pool.fetchrow(
-            f"SELECT {_COLUMNS} FROM files WHERE id = $1", uuid.UUID(record_id)
+            f"SELECT {_COLUMNS} FROM files WHERE id = $1 {_owned(owner, 2)}",
+            uuid.UUID(record_id),
+            *_owner_parameter(owner),
         )
         return None if row is None else _record(row)
 
     async def page(
-        self, *, limit: int, after: str | None, order: Order, content_type: str | None
+        self,
+        *,
+        limit: int,
+        after: str | None,
+        order: Order,
+        content_type: str | None,
+        owner: str | None = None,
     ) -> list[FileRecord]:
         conditions: list[str] = []
         parameters: list[object] = []
+        if owner is not None:
+            parameters.append(owner)
+            conditions.append(f"owner = ${len(parameters)}")
         if content_type is not None:
             parameters.append(content_type)
             conditions.append(f"content_type = ${len(parameters)}")
@@ -188,22 +268,95 @@ class PostgresCatalog:
         )
         return [_record(row) for row in rows]
 
-    async def by_sha256(self, digests: Sequence[str]) -> dict[str, FileRecord]:
+    async def by_sha256(
+        self, digests: Sequence[str], *, owner: str | None = None
+    ) -> dict[str, FileRecord]:
         # One index probe per digest for its oldest record (faster here than DISTINCT ON over
         # "= ANY": no sort of every match).
         rows = await self.pool.fetch(
             f"SELECT f.* FROM unnest($1::text[]) AS d (digest) CROSS JOIN LATERAL ("
-            f"SELECT {_COLUMNS} FROM files WHERE sha256 = d.digest ORDER BY id LIMIT 1) AS f",
+            f"SELECT {_COLUMNS} FROM files WHERE sha256 = d.digest {_owned(owner, 2)} "
+            "ORDER BY id LIMIT 1) AS f",
             list(dict.fromkeys(digests)),
+            *_owner_parameter(owner),
         )
         return {row["sha256"]: _record(row) for row in rows}
 
-    async def delete(self, record_ids: Sequence[str]) -> list[FileRecord]:
+    async def delete(
+        self, record_ids: Sequence[str], *, owner: str | None = None
+    ) -> list[FileRecord]:
         rows = await self.pool.fetch(
-            f"DELETE FROM files WHERE id = ANY($1::uuid[]) RETURNING {_COLUMNS}",
+            f"DELETE FROM files WHERE id = ANY($1::uuid[]) {_owned(owner, 2)} RETURNING {_COLUMNS}",
             _uuids(record_ids),
+            *_owner_parameter(owner),
         )
         return [_record(row) for row in rows]
+
+    # -- API keys ----------------------------------------------------------------------------
+
+    async def add_key(self, key: KeyRecord) -> bool:
+        status = await self.pool.execute(
+            f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+            "ON CONFLICT (name) DO NOTHING",
+            key.name,
+            key.key_hash,
+            sorted(key.scopes),
+            key.owner,
+            key.created_at,
+            key.last_used_at,
+            key.expires_at,
+            key.quota,
+        )
+        return bool(status == "INSERT 0 1")
+
+    async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash
+        )
+        return None if row is None else _key_record(row)
+
+    async def keys(self) -> list[KeyRecord]:
+        rows = await self.pool.fetch(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY name")
+        return [_key_record(row) for row in rows]
+
+    async def revoke_key(self, name: str) -> bool:
+        status = await self.pool.execute("DELETE FROM api_keys WHERE name = $1", name)
+        return bool(status == "DELETE 1")
+
+    async def touch_key(self, name: str, when: datetime) -> None:
+        await self.pool.execute("UPDATE api_keys SET last_used_at = $1 WHERE name = $2", when, name)
+
+    # -- quotas ------------------------------------------------------------------------------
+
+    async def usage(self, owner: str) -> int:
+        return int(await self.pool.fetchval(_USAGE, owner, ""))
+
+    async def reserve(
+        self, reservation: str, owner: str, *, need: int, want: int, quota: int, lease: datetime
+    ) -> int | None:
+        async with self.pool.acquire() as connection, connection.transaction():
+            # One reservation at a time per owner, on every machine: the usage read below
+            # then includes every reservation granted before this one.
+            await connection.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))", _QUOTA_LOCKS, owner
+            )
+            used = int(await connection.fetchval(_USAGE, owner, reservation))
+            granted = want if used + want <= quota else need if used + need <= quota else None
+            if granted is not None:
+                await connection.execute(
+                    "INSERT INTO quota_reservations VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO "
+                    "UPDATE SET bytes = excluded.bytes, lease_until = excluded.lease_until",
+                    reservation,
+                    owner,
+                    granted,
+                    lease,
+                )
+        return granted
+
+    async def release(self, reservation: str) -> None:
+        await self.pool.execute(
+            "DELETE FROM quota_reservations WHERE id = $1 OR lease_until <= now()", reservation
+        )
 
     async def stored_names(self) -> dict[str, str]:
         rows = await self.pool.fetch("SELECT stored_name, id FROM files")

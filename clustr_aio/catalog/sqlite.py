@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from clustr_aio.catalog.base import FileRecord, Order
+from clustr_aio.catalog.base import FileRecord, KeyRecord, Order
 
 __all__ = ["MIGRATIONS", "SqliteCatalog"]
 
@@ -59,6 +59,46 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE files ADD COLUMN orientation INTEGER;
     ALTER TABLE files ADD COLUMN metadata_removed INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: API keys, files by owner, each owner's bytes (kept by triggers) and quota reservations.
+    """
+    CREATE TABLE api_keys (
+        name TEXT PRIMARY KEY,
+        key_hash TEXT NOT NULL UNIQUE,
+        scopes TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        created_us INTEGER NOT NULL,
+        last_used_us INTEGER,
+        expires_us INTEGER,
+        quota INTEGER
+    );
+    CREATE INDEX files_by_owner ON files (owner, id);
+    CREATE TABLE owner_usage (owner TEXT PRIMARY KEY, bytes INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO owner_usage
+        SELECT owner, SUM(size) FROM files WHERE owner IS NOT NULL GROUP BY owner;
+    CREATE TRIGGER files_usage_insert AFTER INSERT ON files WHEN NEW.owner IS NOT NULL BEGIN
+        INSERT INTO owner_usage VALUES (NEW.owner, NEW.size)
+            ON CONFLICT (owner) DO UPDATE SET bytes = bytes + excluded.bytes;
+    END;
+    CREATE TRIGGER files_usage_delete AFTER DELETE ON files WHEN OLD.owner IS NOT NULL BEGIN
+        UPDATE owner_usage SET bytes = bytes - OLD.size WHERE owner = OLD.owner;
+    END;
+    CREATE TRIGGER files_usage_update_old AFTER UPDATE OF owner, size ON files
+        WHEN OLD.owner IS NOT NULL BEGIN
+        UPDATE owner_usage SET bytes = bytes - OLD.size WHERE owner = OLD.owner;
+    END;
+    CREATE TRIGGER files_usage_update_new AFTER UPDATE OF owner, size ON files
+        WHEN NEW.owner IS NOT NULL BEGIN
+        INSERT INTO owner_usage VALUES (NEW.owner, NEW.size)
+            ON CONFLICT (owner) DO UPDATE SET bytes = bytes + excluded.bytes;
+    END;
+    CREATE TABLE quota_reservations (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        lease_until_us INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX quota_reservations_by_owner ON quota_reservations (owner);
+    """,
 )
 """Schema versions: ``user_version`` N means the first N have been applied. Append only."""
 
@@ -67,6 +107,8 @@ _COLUMNS: Final = (
     " orientation, metadata_removed"
 )
 _PLACEHOLDERS: Final = ", ".join("?" * 12)
+_KEY_COLUMNS: Final = "name, key_hash, scopes, owner, created_us, last_used_us, expires_us, quota"
+_KEY_BY_HASH: Final = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?"
 _BUSY_TIMEOUT_MS: Final = 30_000
 _READERS: Final = 4
 
@@ -106,6 +148,55 @@ def _record(row: Sequence[Any]) -> FileRecord:
     )
 
 
+def _us(moment: datetime | None) -> int | None:
+    return None if moment is None else round(moment.timestamp() * 1_000_000)
+
+
+def _moment(us: int | None) -> datetime | None:
+    return None if us is None else datetime.fromtimestamp(us / 1_000_000, UTC)
+
+
+def _key_row(key: KeyRecord) -> tuple[object, ...]:
+    return (
+        key.name,
+        key.key_hash,
+        ",".join(sorted(key.scopes)),
+        key.owner,
+        _us(key.created_at),
+        _us(key.last_used_at),
+        _us(key.expires_at),
+        key.quota,
+    )
+
+
+def _key_record(row: Sequence[Any]) -> KeyRecord:
+    created = _moment(row[4])
+    assert created is not None
+    return KeyRecord(
+        name=row[0],
+        key_hash=row[1],
+        scopes=frozenset(filter(None, row[2].split(","))),
+        owner=row[3],
+        created_at=created,
+        last_used_at=_moment(row[5]),
+        expires_at=_moment(row[6]),
+        quota=row[7],
+    )
+
+
+def statements(script: str) -> list[str]:
+    """The statements of a migration script (a trigger's body holds semicolons of its own)."""
+    found: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            found.append(pending.strip())
+            pending = ""
+    assert not pending.strip(), f"incomplete statement in a migration: {pending!r}"
+    return found
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     # isolation_level=None: no implicit transactions; each write says BEGIN IMMEDIATE itself.
     connection = sqlite3.connect(
@@ -113,6 +204,27 @@ def _connect(path: Path) -> sqlite3.Connection:
     )
     connection.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
     return connection
+
+
+def _owned(owner: str | None) -> str:
+    """The condition that keeps one owner's records only, when ``owner`` is given."""
+    return "" if owner is None else "AND owner = ?"
+
+
+def _owner_parameter(owner: str | None) -> tuple[str, ...]:
+    return () if owner is None else (owner,)
+
+
+def _one(cursor: sqlite3.Cursor) -> Any:
+    """The first row, or None, with the statement run to its end, so that no read
+    transaction can stay open on a connection between two requests (one would keep the WAL
+    from being restarted)."""
+    rows = cursor.fetchall()
+    return rows[0] if rows else None
+
+
+def _now_us() -> int:
+    return round(datetime.now(UTC).timestamp() * 1_000_000)
 
 
 class SqliteCatalog:
@@ -126,6 +238,7 @@ class SqliteCatalog:
         self._local = threading.local()
         self._read_connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        self._loop_reader: sqlite3.Connection | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -153,7 +266,7 @@ class SqliteCatalog:
         try:
             version: int = connection.execute("PRAGMA user_version").fetchone()[0]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in filter(str.strip, script.split(";")):
+                for statement in statements(script):
                     connection.execute(statement)
                 log.info("catalog %s: schema migrated to version %d", self.path.name, number)
             connection.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
@@ -171,6 +284,9 @@ class SqliteCatalog:
             for connection in self._read_connections:
                 connection.close()
             self._read_connections.clear()
+        if self._loop_reader is not None:
+            self._loop_reader.close()
+            self._loop_reader = None
 
     def _close_writer(self) -> None:
         if self._write_connection is not None:
@@ -226,10 +342,12 @@ class SqliteCatalog:
         )
         return await self._write(self._transaction, statement, [_row(r) for r in records])
 
-    async def delete(self, record_ids: Sequence[str]) -> list[FileRecord]:
-        return await self._write(self._delete_sync, list(record_ids))
+    async def delete(
+        self, record_ids: Sequence[str], *, owner: str | None = None
+    ) -> list[FileRecord]:
+        return await self._write(self._delete_sync, list(record_ids), owner)
 
-    def _delete_sync(self, record_ids: list[str]) -> list[FileRecord]:
+    def _delete_sync(self, record_ids: list[str], owner: str | None) -> list[FileRecord]:
         connection = self._write_connection
         assert connection is not None, "SqliteCatalog used before open()"
         deleted: list[FileRecord] = []
@@ -237,7 +355,8 @@ class SqliteCatalog:
         try:
             for record_id in record_ids:
                 row = connection.execute(
-                    f"DELETE FROM files WHERE id = ? RETURNING {_COLUMNS}", (record_id,)
+                    f"DELETE FROM files WHERE id = ? {_owned(owner)} RETURNING {_COLUMNS}",
+                    (record_id, *_owner_parameter(owner)),
                 ).fetchone()
                 if row is not None:
                     deleted.append(_record(row))
@@ -247,24 +366,38 @@ class SqliteCatalog:
             raise
         return deleted
 
-    async def get(self, record_id: str) -> FileRecord | None:
-        return await self._read(self._get_sync, record_id)
+    async def get(self, record_id: str, *, owner: str | None = None) -> FileRecord | None:
+        return await self._read(self._get_sync, record_id, owner)
 
-    def _get_sync(self, record_id: str) -> FileRecord | None:
-        query = f"SELECT {_COLUMNS} FROM files WHERE id = ?"
-        row = self._reader().execute(query, (record_id,)).fetchone()
+    def _get_sync(self, record_id: str, owner: str | None) -> FileRecord | None:
+        query = f"SELECT {_COLUMNS} FROM files WHERE id = ? {_owned(owner)}"
+        row = _one(self._reader().execute(query, (record_id, *_owner_parameter(owner))))
         return None if row is None else _record(row)
 
     async def page(
-        self, *, limit: int, after: str | None, order: Order, content_type: str | None
+        self,
+        *,
+        limit: int,
+        after: str | None,
+        order: Order,
+        content_type: str | None,
+        owner: str | None = None,
     ) -> list[FileRecord]:
-        return await self._read(self._page_sync, limit, after, order, content_type)
+        return await self._read(self._page_sync, limit, after, order, content_type, owner)
 
     def _page_sync(
-        self, limit: int, after: str | None, order: Order, content_type: str | None
+        self,
+        limit: int,
+        after: str | None,
+        order: Order,
+        content_type: str | None,
+        owner: str | None,
     ) -> list[FileRecord]:
         conditions: list[str] = []
         parameters: list[object] = []
+        if owner is not None:
+            conditions.append("owner = ?")
+            parameters.append(owner)
         if content_type is not None:
             conditions.append("content_type = ?")
             parameters.append(content_type)
@@ -277,18 +410,21 @@ class SqliteCatalog:
         rows = self._reader().execute(query, (*parameters, limit)).fetchall()
         return [_record(row) for row in rows]
 
-    async def by_sha256(self, digests: Sequence[str]) -> dict[str, FileRecord]:
-        return await self._read(self._by_sha256_sync, list(dict.fromkeys(digests)))
+    async def by_sha256(
+        self, digests: Sequence[str], *, owner: str | None = None
+    ) -> dict[str, FileRecord]:
+        return await self._read(self._by_sha256_sync, list(dict.fromkeys(digests)), owner)
 
-    def _by_sha256_sync(self, digests: list[str]) -> dict[str, FileRecord]:
+    def _by_sha256_sync(self, digests: list[str], owner: str | None) -> dict[str, FileRecord]:
         # One query for them all: the digests as one JSON array parameter, each looked up in
         # the sha256 index; the oldest record per digest is the first in id order.
         query = (
             f"SELECT {_COLUMNS} FROM files WHERE sha256 IN (SELECT value FROM json_each(?)) "
-            "ORDER BY id"
+            f"{_owned(owner)} ORDER BY id"
         )
+        parameters = (json.dumps(digests), *_owner_parameter(owner))
         found: dict[str, FileRecord] = {}
-        for row in self._reader().execute(query, (json.dumps(digests),)):
+        for row in self._reader().execute(query, parameters):
             if row[5] not in found:
                 found[row[5]] = _record(row)
         return found
@@ -299,6 +435,94 @@ class SqliteCatalog:
     def _stored_names_sync(self) -> dict[str, str]:
         rows = self._reader().execute("SELECT stored_name, id FROM files")
         return dict(rows.fetchall())
+
+    # -- API keys ----------------------------------------------------------------------------
+
+    async def add_key(self, key: KeyRecord) -> bool:
+        statement = (
+            f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ({', '.join('?' * 8)}) "
+            "ON CONFLICT (name) DO NOTHING"
+        )
+        return await self._write(self._transaction, statement, [_key_row(key)]) == 1
+
+    async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
+        # On the event loop's own thread, unlike every other read: it runs on every request
+        # with AUTH=keys, and the hop to a reader thread and back cost ~160 µs of CPU where
+        # the query costs ~12 (one probe of a small unique index, in a WAL file that never
+        # makes a reader wait for the writer).
+        # Should it ever wait for a lock (a WAL being recovered), it does so on a reader thread.
+        if self._loop_reader is None:
+            self._loop_reader = _connect(self.path)
+            self._loop_reader.execute("PRAGMA query_only = true")
+            self._loop_reader.execute("PRAGMA busy_timeout = 0")
+        try:
+            row = _one(self._loop_reader.execute(_KEY_BY_HASH, (key_hash,)))
+        except sqlite3.OperationalError:
+            row = await self._read(lambda: _one(self._reader().execute(_KEY_BY_HASH, (key_hash,))))
+        return None if row is None else _key_record(row)
+
+    async def keys(self) -> list[KeyRecord]:
+        return await self._read(self._keys_sync)
+
+    def _keys_sync(self) -> list[KeyRecord]:
+        rows = self._reader().execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY name")
+        return [_key_record(row) for row in rows]
+
+    async def revoke_key(self, name: str) -> bool:
+        statement = "DELETE FROM api_keys WHERE name = ?"
+        return await self._write(self._transaction, statement, [(name,)]) == 1
+
+    async def touch_key(self, name: str, when: datetime) -> None:
+        statement = "UPDATE api_keys SET last_used_us = ? WHERE name = ?"
+        await self._write(self._transaction, statement, [(_us(when), name)])
+
+    # -- quotas ------------------------------------------------------------------------------
+
+    async def usage(self, owner: str) -> int:
+        return await self._read(lambda: self._usage_sync(self._reader(), owner, "", _now_us()))
+
+    def _usage_sync(
+        self, connection: sqlite3.Connection, owner: str, besides: str, now_us: int
+    ) -> int:
+        stored = _one(connection.execute("SELECT bytes FROM owner_usage WHERE owner = ?", (owner,)))
+        (reserved,) = connection.execute(
+            "SELECT COALESCE(SUM(bytes), 0) FROM quota_reservations "
+            "WHERE owner = ? AND id <> ? AND lease_until_us > ?",
+            (owner, besides, now_us),
+        ).fetchall()[0]
+        return (stored[0] if stored else 0) + int(reserved)
+
+    async def reserve(
+        self, reservation: str, owner: str, *, need: int, want: int, quota: int, lease: datetime
+    ) -> int | None:
+        return await self._write(
+            self._reserve_sync, reservation, owner, need, want, quota, _us(lease)
+        )
+
+    def _reserve_sync(
+        self, reservation: str, owner: str, need: int, want: int, quota: int, lease_us: int
+    ) -> int | None:
+        connection = self._write_connection
+        assert connection is not None, "SqliteCatalog used before open()"
+        connection.execute("BEGIN IMMEDIATE")  # the write lock: reservations one at a time
+        try:
+            used = self._usage_sync(connection, owner, reservation, _now_us())
+            granted = want if used + want <= quota else need if used + need <= quota else None
+            if granted is not None:
+                connection.execute(
+                    "INSERT INTO quota_reservations VALUES (?, ?, ?, ?) ON CONFLICT (id) DO "
+                    "UPDATE SET bytes = excluded.bytes, lease_until_us = excluded.lease_until_us",
+                    (reservation, owner, granted, lease_us),
+                )
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        return granted
+
+    async def release(self, reservation: str) -> None:
+        statement = "DELETE FROM quota_reservations WHERE id = ? OR lease_until_us <= ?"
+        await self._write(self._transaction, statement, [(reservation, _now_us())])
 
     @contextlib.asynccontextmanager
     async def exclusive(self) -> AsyncIterator[bool]:

@@ -14,7 +14,7 @@ class ClustrError(Exception):
     """Base of every error a client may see; ``detail`` is shown to the client verbatim."""
 
     status: ClassVar[int] = 500
-    retry_after: ClassVar[int | None] = None
+    retry_after: int | None = None
     """Seconds to send as ``Retry-After``, for a refusal that is only for now."""
     per_file: ClassVar[bool] = False
     """A refusal of one file, not of the request: ``POST /api/upload?atomic=false`` answers it
@@ -30,6 +30,10 @@ class ClustrError(Exception):
 
     def about(self, file: str, index: int) -> None:
         self.file, self.index = file, index
+
+    def headers(self) -> dict[str, str]:
+        """Headers the answer carries besides the body."""
+        return {"Retry-After": str(self.retry_after)} if self.retry_after else {}
 
 
 class MalformedUpload(ClustrError):
@@ -132,3 +136,38 @@ class EncodedBody(ClustrError):
     """The body has a Content-Encoding: compressed bodies are refused, never inflated."""
 
     status = 415
+
+
+class Unauthorized(ClustrError):
+    """AUTH=keys: no API key, or one that is unknown, revoked or expired."""
+
+    status = 401
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="clustr"'}
+
+
+class Forbidden(ClustrError):
+    """The key lacks the scope the route needs; or a file URL without a valid signature."""
+
+    status = 403
+
+
+class RateLimited(ClustrError):
+    """A key (or, in the open mode, a client address) went over a rate limit."""
+
+    status = 429
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class QuotaExceeded(InsufficientStorage):
+    """The upload would take its owner's files over the key's storage quota."""
+
+
+class Conflict(ClustrError):
+    """The thing to create exists already (an API key's name)."""
+
+    status = 409

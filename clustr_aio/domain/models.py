@@ -29,6 +29,10 @@ __all__ = [
     "FileItem",
     "FileList",
     "Greeting",
+    "KeyCreated",
+    "KeyItem",
+    "KeyList",
+    "KeyRequest",
     "RefusedItem",
     "UploadError",
     "UploadResponse",
@@ -335,3 +339,69 @@ class UploadResults(TypedDict):
         Field(pattern="^Uploaded [0-9]+ of [0-9]+ files$", examples=["Uploaded 2 of 3 files"]),
     ]
     data: Annotated[list[UploadedFile | RefusedItem], Field(min_length=1)]
+
+
+@with_config(ConfigDict(title="KeyItem"))
+class KeyItem(TypedDict):
+    """An API key, as listed: never the key itself, which is shown once, when it is made."""
+
+    name: Annotated[str, Field(description="The key's name, unique; logs name keys by it.")]
+    scopes: Annotated[
+        list[Literal["upload", "read", "delete", "admin"]], Field(description="What it may do.")
+    ]
+    owner: Annotated[str, Field(description="Whose files it stores and sees.")]
+    created_at: Annotated[str, Field(description="RFC 3339, UTC.")]
+    last_used_at: Annotated[
+        str | None, Field(description="RFC 3339, UTC, to the minute or so; null: never used.")
+    ]
+    expires_at: Annotated[str | None, Field(description="RFC 3339, UTC; null: never.")]
+    quota: Annotated[
+        int | None, Field(description="Bytes its owner may store with it; null: no quota.")
+    ]
+
+
+@with_config(ConfigDict(title="KeyCreated"))
+class KeyCreated(KeyItem):
+    """A key just made: the only answer that ever shows the key."""
+
+    key: Annotated[
+        str, Field(description="The key: send it as `Authorization: Bearer <key>` or `X-API-Key`.")
+    ]
+
+
+@with_config(ConfigDict(title="KeyList"))
+class KeyList(TypedDict):
+    data: Annotated[list[KeyItem], Field(description="Every key, by name.")]
+
+
+@with_config(
+    ConfigDict(
+        title="KeyRequest",
+        json_schema_extra={
+            "examples": [{"name": "phone", "scopes": ["upload", "read"], "expires_in": "30d"}]
+        },
+    )
+)
+class KeyRequest(TypedDict):
+    name: Annotated[str, Field(pattern="^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")]
+    scopes: Annotated[
+        list[Literal["upload", "read", "delete", "admin"]], Field(min_length=1, max_length=4)
+    ]
+    owner: NotRequired[
+        Annotated[
+            str,
+            Field(
+                pattern="^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$",
+                description="Whose files the key stores and sees; default: its name.",
+            ),
+        ]
+    ]
+    expires_in: NotRequired[
+        Annotated[str, Field(pattern="^[0-9]+[smhdw]$", description="30d, 12h, 90m, 2w…")]
+    ]
+    quota: NotRequired[
+        Annotated[
+            int | str,
+            Field(description="Bytes, or a size such as 10GiB, the owner may store with it."),
+        ]
+    ]

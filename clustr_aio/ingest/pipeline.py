@@ -132,6 +132,8 @@ async def ingest_batch(
     storage: Storage,
     policy: IngestPolicy,
     catalog: Catalog | None = None,
+    *,
+    owner: str | None = None,
 ) -> list[StoredFile]:
     """Receive every file into one storage batch, then publish them all and commit their
     records (to ``catalog``, when given) in one transaction, or nothing.
@@ -139,8 +141,11 @@ async def ingest_batch(
     Raises a :class:`~clustr_aio.domain.errors.ClustrError` on the first file that breaks the
     policy (:class:`NoFilesUploaded` when there was none), naming that file and its index; the
     batch is then discarded, as it is when the caller's task is cancelled.
+
+    ``owner``: whose files these are (recorded with them; DEDUPE looks among that owner's
+    files only); None in the open mode.
     """
-    outcomes = await _ingest(files, storage, policy, catalog, atomic=True)
+    outcomes = await _ingest(files, storage, policy, catalog, atomic=True, owner=owner)
     return [o for o in outcomes if isinstance(o, StoredFile)]
 
 
@@ -149,11 +154,13 @@ async def ingest_each(
     storage: Storage,
     policy: IngestPolicy,
     catalog: Catalog | None = None,
+    *,
+    owner: str | None = None,
 ) -> list[StoredFile | RefusedFile]:
     """As :func:`ingest_batch`, but a refused file (an error that is ``per_file``) is one
     :class:`RefusedFile` among the results, in its place, and the others are stored. Errors of
     the request (malformed body, request too large, disk full) still refuse it all."""
-    return await _ingest(files, storage, policy, catalog, atomic=False)
+    return await _ingest(files, storage, policy, catalog, atomic=False, owner=owner)
 
 
 async def _ingest(
@@ -163,6 +170,7 @@ async def _ingest(
     catalog: Catalog | None,
     *,
     atomic: bool,
+    owner: str | None,
 ) -> list[StoredFile | RefusedFile]:
     received: list[ReceivedFile | RefusedFile] = []
     withdrawn: list[int] = []  # slots received in part (then refused): unlinked after publish
@@ -183,7 +191,7 @@ async def _ingest(
             raise NoFilesUploaded(
                 f"no files were uploaded: send them as multipart parts named {policy.field_name!r}"
             )
-        outcomes = await _deduplicate(received, policy.dedupe, catalog, atomic=atomic)
+        outcomes = await _deduplicate(received, policy.dedupe, catalog, atomic=atomic, owner=owner)
         # Duplicates (reused or refused) were received into the batch too: take them back.
         kept = {o.slot for o in outcomes if isinstance(o, ReceivedFile)}
         withdrawn += [
@@ -206,7 +214,7 @@ async def _ingest(
                 stored = outcome.existing or by_digest[outcome.file.sha256]
                 results.append(StoredFile.of(stored, duplicate=True))
             else:
-                record = _new_record(outcome, names[outcome.slot])
+                record = _new_record(outcome, names[outcome.slot], owner)
                 records.append(record)
                 by_digest.setdefault(record.sha256, record)
                 results.append(StoredFile.of(record))
@@ -230,11 +238,13 @@ async def _deduplicate(
     catalog: Catalog | None,
     *,
     atomic: bool,
+    owner: str | None,
 ) -> list[ReceivedFile | RefusedFile | _Duplicate]:
     files = [r for r in received if isinstance(r, ReceivedFile)]
     if dedupe == "off" or not files:
         return list(received)
-    stored = await catalog.by_sha256([f.sha256 for f in files]) if catalog is not None else {}
+    digests = [f.sha256 for f in files]
+    stored = await catalog.by_sha256(digests, owner=owner) if catalog is not None else {}
     seen: set[str] = set()
     outcomes: list[ReceivedFile | RefusedFile | _Duplicate] = []
     for index, outcome in enumerate(received):
@@ -258,7 +268,7 @@ async def _deduplicate(
     return outcomes
 
 
-def _new_record(file: ReceivedFile, stored_name: str) -> FileRecord:
+def _new_record(file: ReceivedFile, stored_name: str, owner: str | None) -> FileRecord:
     record_id = new_id()
     image = file.image
     return FileRecord(
@@ -269,6 +279,7 @@ def _new_record(file: ReceivedFile, stored_name: str) -> FileRecord:
         content_type=file.content_type,
         sha256=file.sha256,
         created_at=id_time(record_id),
+        owner=owner,
         width=image.width if image else None,
         height=image.height if image else None,
         orientation=image.orientation if image else None,

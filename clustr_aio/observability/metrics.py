@@ -164,6 +164,14 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.auth_refusals = Counter(
+            "clustr_auth_refusals",
+            "Requests refused by access control, by reason: unauthorized (401), forbidden"
+            " (403: a scope, or METRICS_ALLOW), rate_limited (429), quota_exceeded (507),"
+            " bad_signature (403 of a file URL).",
+            ["reason"],
+            registry=registry,
+        )
         self.thumbnails_rendered = Counter(
             "clustr_thumbnails_rendered",
             "Thumbnails rendered by libvips (a cache miss, counted once however many requests"
@@ -204,6 +212,9 @@ class Metrics:
         series[0].inc()
         if seconds is not None:
             series[1].observe(seconds)
+
+    def count_auth_refusal(self, reason: str) -> None:
+        self.auth_refusals.labels(reason).inc()
 
     def count_rejection(self, error: ClustrError | ClientDisconnected) -> None:
         self.rejections.labels(rejection_reason(error)).inc()

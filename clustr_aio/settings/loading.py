@@ -119,8 +119,10 @@ def _environment_layer(environ: Mapping[str, str]) -> _Layer:
 
 def _one_line(error: ErrorDetails, origins: Mapping[str, str]) -> str:
     """A pydantic error as ``NAME: what was wrong (from where)``."""
-    name = str(error["loc"][0]) if error["loc"] else "settings"
     cause = error.get("ctx", {}).get("error")
+    if not error["loc"] and cause is not None:
+        return str(cause)  # a check across settings, which names the setting itself
+    name = str(error["loc"][0]) if error["loc"] else "settings"
     if error["type"] == "value_error" and cause is not None:
         message = str(cause)  # a parser's "expected ..., got ..."
     else:  # a check of pydantic's own, in its words

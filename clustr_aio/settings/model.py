@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import Field, PlainValidator
+from pydantic import Field, PlainValidator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from clustr_aio.settings.values import (
     IPNetwork,
     integer_between,
+    parse_auth,
     parse_boolean,
     parse_byte_limit,
     parse_byte_limit_or_zero,
@@ -26,9 +27,12 @@ from clustr_aio.settings.values import (
     parse_log_format,
     parse_log_level,
     parse_networks,
+    parse_optional_networks,
     parse_path,
     parse_public_base_url,
+    parse_rate,
     parse_seconds,
+    parse_secret_keys,
     parse_strip_metadata,
     parse_thumbnail_sizes,
     parse_thumbnails,
@@ -68,12 +72,18 @@ _LogLevel = Annotated[str, PlainValidator(parse_log_level)]
 _LogFormat = Annotated[str, PlainValidator(parse_log_format)]
 _DatabaseUrl = Annotated[str | None, PlainValidator(parse_database_url)]
 _Dedupe = Annotated[str, PlainValidator(parse_dedupe)]
+_Auth = Annotated[str, PlainValidator(parse_auth)]
+_OptionalNetworks = Annotated[tuple[IPNetwork, ...], PlainValidator(parse_optional_networks)]
+_RequestRate = Annotated[tuple[int, int] | None, PlainValidator(parse_rate(sizes=False))]
+_ByteRate = Annotated[tuple[int, int] | None, PlainValidator(parse_rate(sizes=True))]
+_Secrets = Annotated[tuple[str, ...], PlainValidator(parse_secret_keys)]
+_PositiveSeconds = Annotated[int, PlainValidator(integer_between(1))]
 _StripMetadata = Annotated[Literal["location", "all", "none"], PlainValidator(parse_strip_metadata)]
 _ThumbnailSizes = Annotated[tuple[int, ...], PlainValidator(parse_thumbnail_sizes)]
 _Thumbnails = Annotated[Literal["lazy", "eager"], PlainValidator(parse_thumbnails)]
 
 
-def _setting(default: str, description: str) -> Any:
+def _setting(default: str, description: str, *, secret: bool = False) -> Any:
     """Declare a setting field.
 
     ``default`` is text as it would appear in ``.env`` ("" for unset): the field's parser reads
@@ -81,7 +91,7 @@ def _setting(default: str, description: str) -> Any:
     user values, and the README shows them as a user would write them. Typed ``Any`` because
     the text is not the field's type until it is parsed.
     """
-    return Field(default, description=description)
+    return Field(default, description=description, repr=not secret)
 
 
 class Settings(BaseSettings):
@@ -233,6 +243,51 @@ class Settings(BaseSettings):
         "lazy: a thumbnail is rendered on its first request; eager: every size is rendered in"
         " the background after the upload's 200, behind requests.",
     )
+
+    auth: _Auth = _setting(
+        "off",
+        "off: anyone who reaches the port may use every route (as the original service); keys:"
+        " every /api route needs an API key (Authorization: Bearer or X-API-Key) with its"
+        " scope, made with `clustr-aio keys create`.",
+    )
+    metrics_allow: _OptionalNetworks = _setting(
+        "",
+        "Addresses or networks (comma-separated) that may read /metrics (and, with"
+        " AUTH=keys, admin keys from anywhere); empty: any client.",
+    )
+    rate_limit_requests: _RequestRate = _setting(
+        "",
+        "Requests to the /api routes per API key (per client address with AUTH=off), as a"
+        " token bucket, e.g. 600/min, shared by the workers of this host; more get a 429 with"
+        " Retry-After. Empty: no limit.",
+    )
+    rate_limit_upload_bytes: _ByteRate = _setting(
+        "",
+        "Upload bytes per API key (per client address with AUTH=off), e.g. 20GiB/h, shared by"
+        " the workers of this host; an upload over it gets a 429 with Retry-After. Empty: no"
+        " limit.",
+    )
+    public_files: _Boolean = _setting(
+        "true",
+        "true: stored files are served to anyone at their URL; false: only through the signed,"
+        " expiring URLs the API hands out (SECRET_KEY required).",
+    )
+    secret_key: _Secrets = _setting(
+        "",
+        "Secrets (comma-separated, at least 32 characters each) that sign file URLs when"
+        " PUBLIC_FILES is false: the first signs, every one verifies, so a new one can go first"
+        " while URLs signed with the old one still work.",
+        secret=True,
+    )
+    signed_url_ttl: _PositiveSeconds = _setting(
+        "3600", "Seconds a signed file URL stays valid (PUBLIC_FILES=false)."
+    )
+
+    @model_validator(mode="after")
+    def _secret_when_files_are_private(self) -> Settings:
+        if not self.public_files and not self.secret_key:
+            raise ValueError("SECRET_KEY: required when PUBLIC_FILES is false")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 __all__ = [
     "IPNetwork",
     "integer_between",
+    "parse_auth",
     "parse_boolean",
     "parse_byte_limit",
     "parse_byte_limit_or_zero",
@@ -26,9 +27,12 @@ __all__ = [
     "parse_log_format",
     "parse_log_level",
     "parse_networks",
+    "parse_optional_networks",
     "parse_path",
     "parse_public_base_url",
+    "parse_rate",
     "parse_seconds",
+    "parse_secret_keys",
     "parse_size",
     "parse_strip_metadata",
     "parse_thumbnail_sizes",
@@ -399,3 +403,67 @@ def parse_database_url(raw: object) -> str | None:
     if scheme == "sqlite" and parts.path not in ("", "/"):
         return text
     raise _expected(what, shown)
+
+
+parse_auth = _one_of("off", "keys", normalise=str.lower)
+
+
+def parse_optional_networks(raw: object) -> tuple[IPNetwork, ...]:
+    """As :func:`parse_networks`, but empty is allowed: no restriction."""
+    if isinstance(raw, str) and not raw.strip():
+        return ()
+    return parse_networks(raw)
+
+
+_RATE = re.compile(r"(?P<amount>[^/]+)/(?P<count>\d*)\s*(?P<unit>[a-z]+)", re.IGNORECASE | re.ASCII)
+_PERIODS: Final[Mapping[str, int]] = {
+    "s": 1, "sec": 1, "second": 1,
+    "m": 60, "min": 60, "minute": 60,
+    "h": 3600, "hour": 3600,
+    "d": 86400, "day": 86400,
+}  # fmt: skip
+
+
+def parse_rate(*, sizes: bool) -> Callable[[object], tuple[int, int] | None]:
+    """A parser for ``AMOUNT/PERIOD`` (``600/min``, ``20GiB/h``, ``100/10s``): the amount (a
+    count, or with ``sizes`` a size as :func:`parse_size` reads it) and the period in seconds;
+    empty means no limit (None)."""
+    what = "a rate such as 20GiB/h" if sizes else "a rate such as 600/min"
+
+    def parse(raw: object) -> tuple[int, int] | None:
+        text = _string(raw, what)
+        if not text:
+            return None
+        match = _RATE.fullmatch(text)
+        period = _PERIODS.get(match["unit"].lower().removesuffix("s") or "s") if match else None
+        if match is None or period is None:
+            raise _expected(what, raw)
+        amount_text = match["amount"].strip()
+        try:
+            amount = parse_size(amount_text) if sizes else int(amount_text)
+        except ValueError:
+            raise _expected(what, raw) from None
+        count = int(match["count"] or 1)
+        if amount < 1 or count < 1:
+            raise _expected(what, raw)
+        return amount, count * period
+
+    return parse
+
+
+MIN_SECRET_LENGTH: Final = 32
+
+
+def parse_secret_keys(raw: object) -> tuple[str, ...]:
+    """Comma-separated secrets, each at least 32 characters; the first signs, all verify (so a
+    new one can be put first while URLs signed with the old one still work). Never echoed."""
+    what = f"comma-separated secrets of at least {MIN_SECRET_LENGTH} characters each"
+    if not isinstance(raw, str | list):
+        raise ValueError(f"expected {what}")
+    try:
+        secrets = _items(raw, what)
+    except ValueError:
+        raise ValueError(f"expected {what}") from None
+    if any(len(secret) < MIN_SECRET_LENGTH for secret in secrets):
+        raise ValueError(f"expected {what} (one is shorter; its value is not shown)")
+    return tuple(secrets)

@@ -24,9 +24,11 @@ from clustr_aio.settings import Settings
 from clustr_aio.storage.base import Reading, SpaceReporting
 from clustr_aio.storage.factory import open_storage
 from clustr_aio.web import middlewares
+from clustr_aio.web.guard import Guard
 from clustr_aio.web.keys import (
     CATALOG,
     FILE_READER,
+    GUARD,
     INGEST_POLICY,
     METRICS,
     SETTINGS,
@@ -36,7 +38,7 @@ from clustr_aio.web.keys import (
     UPLOAD_SLOTS,
 )
 from clustr_aio.web.protection import UploadSlots
-from clustr_aio.web.routes import docs, files, health, root, stored, thumbnails, upload
+from clustr_aio.web.routes import docs, files, health, keys, root, stored, thumbnails, upload
 
 log = logging.getLogger("clustr_aio.images")
 ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
@@ -49,10 +51,12 @@ def create_app(settings: Settings) -> web.Application:
             metrics.middleware(),  # first: it times everything and sees every final status
             middlewares.request_id,
             middlewares.json_errors,
+            middlewares.guard,  # inside json_errors, which answers its refusals
         ],
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
+    app[GUARD] = Guard(settings, metrics, lambda: app[CATALOG])
     app[UPLOAD_SLOTS] = UploadSlots(settings.max_concurrent_uploads)
     app[INGEST_POLICY] = IngestPolicy(
         allowed_extensions=settings.allowed_extensions,
@@ -66,18 +70,29 @@ def create_app(settings: Settings) -> web.Application:
         strip_metadata=settings.strip_metadata,
     )
     app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(_rate_limits)
     app.cleanup_ctx.append(_thumbnailer)
 
     app.router.add_routes(root.routes)
     app.router.add_routes(upload.routes)
     app.router.add_routes(files.routes)
+    if settings.auth == "keys":  # in the open mode, keys are managed with the CLI only
+        app.router.add_routes(keys.routes)
     app.router.add_routes(thumbnails.routes)
     app.router.add_routes(health.routes)
     app.router.add_routes(docs.routes)
     stored.add_routes(app.router, settings.upload_url_path)
-    cors_hook = _allow_cors(app, settings.cors_origins)
+    # Credentials (cookies, TLS client certificates) from the listed origins only: with "*",
+    # aiohttp-cors would echo any origin, and credentials with it.
+    credentials = settings.auth == "keys" and settings.cors_origins != ("*",)
+    cors_hook = _allow_cors(app, settings.cors_origins, credentials=credentials)
     app.on_response_prepare.append(
-        _response_hook(metrics, cors_hook, vary_on_origin=bool(settings.cors_origins))
+        _response_hook(
+            metrics,
+            cors_hook,
+            rate_limits=app[GUARD].limits_rates,
+            vary_on_origin=bool(settings.cors_origins),
+        )
     )
     return app
 
@@ -94,6 +109,17 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         app[CATALOG] = catalog
         await reconcile(catalog, storage)
         yield
+
+
+async def _rate_limits(app: web.Application) -> AsyncIterator[None]:
+    """The rate limits' table, shared with the other workers: opened in each (after the fork,
+    so that each holds a lock of its own)."""
+    guard = app[GUARD]
+    guard.open()
+    try:
+        yield
+    finally:
+        guard.close()
 
 
 async def _thumbnailer(app: web.Application) -> AsyncIterator[None]:
@@ -126,13 +152,16 @@ async def _prune_thumbnails(catalog: Catalog, thumbnailer: Thumbnailer) -> None:
         log.info("thumbnails of %d files without a record removed", pruned)
 
 
-def _allow_cors(app: web.Application, origins: tuple[str, ...]) -> ResponseHook:
+def _allow_cors(
+    app: web.Application, origins: tuple[str, ...], *, credentials: bool
+) -> ResponseHook:
     """Set up aiohttp-cors for every route; returns its response hook, taken out of
     ``on_response_prepare`` for :func:`_response_hook` to call (``remove`` fails at startup,
     not silently, if aiohttp-cors changes)."""
-    # aiohttp-cors has no "allow everything" switch: spell it out per origin.
+    # aiohttp-cors has no "allow everything" switch: spell it out per origin. It answers a
+    # preflight with the very headers asked for, Authorization and X-API-Key included.
     options = aiohttp_cors.ResourceOptions(
-        allow_credentials=False, expose_headers="*", allow_headers="*", max_age=600
+        allow_credentials=credentials, expose_headers="*", allow_headers="*", max_age=600
     )
     cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
     for route in list(app.router.routes()):
@@ -143,12 +172,13 @@ def _allow_cors(app: web.Application, origins: tuple[str, ...]) -> ResponseHook:
 
 
 def _response_hook(
-    metrics: Metrics, cors_hook: ResponseHook, *, vary_on_origin: bool
+    metrics: Metrics, cors_hook: ResponseHook, *, rate_limits: bool, vary_on_origin: bool
 ) -> ResponseHook:
     """What every response gets, in one ``on_response_prepare`` hook: aiohttp awaits each hook
     in turn, a coroutine per hook per response, for steps that are mostly a line each.
 
-    - the common headers (nosniff, the request id), then the request counted, its status final;
+    - the common headers (nosniff, the request id), the ``RateLimit`` headers when rates are
+      limited, then the request counted, its status final;
     - aiohttp-cors's hook only with an ``Origin`` header: it looks up the route's configuration
       (a ChainMap and two subclass checks) before it looks for one, without which nothing is
       CORS (its step 6.1.1), and most requests have none (same-origin ones, ``<img>`` loads);
@@ -158,6 +188,8 @@ def _response_hook(
 
     async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
         middlewares.common_headers(request, response)
+        if rate_limits:
+            await middlewares.rate_limit_headers(request, response)
         metrics.count_response(request, response)
         if hdrs.ORIGIN in request.headers:
             await cors_hook(request, response)

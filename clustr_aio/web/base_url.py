@@ -33,7 +33,7 @@ from multidict import CIMultiDictProxy
 from clustr_aio.settings import IPNetwork
 from clustr_aio.web.keys import SETTINGS
 
-__all__ = ["forwarded_base_url", "request_base_url"]
+__all__ = ["client_address", "forwarded_base_url", "request_base_url"]
 
 _SCHEMES: Final = frozenset({"http", "https"})
 # host or IPv4 or [IPv6], optional port: no userinfo, path, spaces or other URL syntax.
@@ -93,6 +93,28 @@ def forwarded_base_url(headers: CIMultiDictProxy[str], host_header: str) -> str 
     if scheme not in _SCHEMES or not _is_host_port(host):
         return None
     return f"{scheme}://{host}"
+
+
+def client_address(request: web.Request) -> str:
+    """The client's address, for rate limits: from a trusted proxy, the address it says it
+    was reached from (the last ``X-Forwarded-For`` item, else ``Forwarded``'s last ``for``);
+    otherwise the connection's peer."""
+    peer = request.remote or ""
+    if is_trusted(peer, request.app[SETTINGS].forwarded_allow_ips):
+        forwarded = _last(request.headers.getall(hdrs.X_FORWARDED_FOR, []))
+        if forwarded is None:
+            forwarded = _forwarded_for(request.headers.getall(hdrs.FORWARDED, []))
+        if forwarded is not None:
+            return forwarded
+    return peer
+
+
+def _forwarded_for(values: list[str]) -> str | None:
+    elements = [element for value in values for element in _split_elements(value)]
+    for match in _PAIR.finditer(elements[-1] if elements else ""):
+        if match[1].lower() == "for":
+            return match[2].strip('"') or None
+    return None
 
 
 def _last(values: list[str]) -> str | None:

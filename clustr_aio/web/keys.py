@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from clustr_aio.auth.keys import Principal
 from clustr_aio.catalog.base import Catalog
 from clustr_aio.images.thumbnails import Thumbnailer
 from clustr_aio.ingest.pipeline import IngestPolicy
 from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
 from clustr_aio.storage.base import Reading, SpaceReporting, Storage
+from clustr_aio.web.guard import Guard, RateState
 from clustr_aio.web.protection import UploadSlots
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -23,5 +25,9 @@ INGEST_POLICY = web.AppKey("ingest_policy", IngestPolicy)
 METRICS = web.AppKey("metrics", Metrics)
 THUMBNAILER = web.AppKey("thumbnailer", Thumbnailer)
 UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
+GUARD = web.AppKey("guard", Guard)
 
 REQUEST_ID = web.RequestKey("request_id", str)
+PRINCIPAL = web.RequestKey("principal", Principal)
+"""Who the request is from, once :class:`Guard` admitted it (routes that need no key: unset)."""
+RATE_STATE = web.RequestKey("rate_state", RateState)

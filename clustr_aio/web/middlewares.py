@@ -13,9 +13,14 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from clustr_aio.auth.keys import OPEN, Principal
+from clustr_aio.auth.signing import SIGNATURE
 from clustr_aio.domain.errors import ClientDisconnected, ClustrError
 from clustr_aio.observability.logs import bind_request_id, unbind_request_id
-from clustr_aio.web.keys import REQUEST_ID
+from clustr_aio.web.base_url import client_address
+from clustr_aio.web.guard import RateState, access_for, rate_limit_header
+from clustr_aio.web.keys import GUARD, PRINCIPAL, RATE_STATE, REQUEST_ID, SETTINGS
+from clustr_aio.web.links import refuse_unsigned
 from clustr_aio.web.responses import clustr_error_response, error_response
 
 log = logging.getLogger("clustr_aio")
@@ -85,3 +90,52 @@ def common_headers(request: web.Request, response: web.StreamResponse) -> None:
     aiohttp sends before any middleware runs (``Expect: 100-continue``) included."""
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers[REQUEST_ID_HEADER] = ensure_request_id(request)
+
+
+async def admitted(request: web.Request) -> Principal:
+    """Who the request is from, admitted by the app's guard (once per request: the upload's
+    expect handler asks before any middleware runs, then the middleware asks again)."""
+    if PRINCIPAL in request:
+        return request[PRINCIPAL]
+    access = access_for(request.match_info.route)
+    if access is None:
+        return OPEN
+    if access.signed_urls and _signed_instead(request):
+        refusal = refuse_unsigned(request)
+        if refusal is not None:
+            raise refusal
+        request[PRINCIPAL] = OPEN  # the API handed this URL out to someone who may see it
+        return OPEN
+    state = request[RATE_STATE] = RateState()
+    principal = await request.app[GUARD].admit(
+        access, request.headers, client_address(request), state
+    )
+    request[PRINCIPAL] = principal
+    return principal
+
+
+def _signed_instead(request: web.Request) -> bool:
+    """Whether a signed URL, not a key, is what admits this request: PUBLIC_FILES=false, and a
+    signature sent (or no keys to send: AUTH=off)."""
+    if request.app[SETTINGS].public_files:
+        return False
+    return SIGNATURE in request.query or not request.app[GUARD].keys_required
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Routes that declare scopes (``@requires``) need a key with one (AUTH=keys), and are
+    rate limited; refusals are ClustrErrors, which :func:`json_errors` answers."""
+    await admitted(request)
+    return await handler(request)
+
+
+async def rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: ``RateLimit-Policy`` and ``RateLimit`` on every answer of a limited
+    route, the 429s included."""
+    state = request.get(RATE_STATE)
+    if state is None or not state.decisions:
+        return
+    policies = request.app[GUARD].policies([name for name, _ in state.decisions])
+    response.headers["RateLimit-Policy"] = policies
+    response.headers["RateLimit"] = rate_limit_header(state)

@@ -19,7 +19,7 @@ def error_response(
 def clustr_error_response(error: ClustrError) -> web.Response:
     """``{"detail"}`` (with the file and its index when the error is about one of an upload's),
     and ``Retry-After`` when the refusal is only for now."""
-    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+    headers = error.headers() or None
     if error.file is None or error.index is None:
         return error_response(error.status, error.detail, headers=headers)
     body = UploadError(detail=error.detail, file=error.file, index=error.index)

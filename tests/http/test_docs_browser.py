@@ -13,6 +13,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, ConsoleMessage, Page, Request, Response, async_playwright
 
+from clustr_aio.auth.keys import create_key
+from clustr_aio.web.keys import CATALOG
 from tests.conftest import JPEG, PNG, stored_files
 from tests.http.live_server import AiohttpServer, start_live_server
 
@@ -160,3 +162,35 @@ async def test_redoc_renders_the_upload_operation(browser: Browser, server: Test
     # ReDoc's footer always asks its vendor's CDN for a logo; the policy stops it (and ReDoc
     # hides the broken image): a closed network sees no attempt to get out.
     assert all(url.startswith("https://cdn.redoc.ly/") for url in traffic.blocked_elsewhere)
+
+
+async def test_swagger_ui_authorize_sends_the_api_key(
+    browser: Browser, aiohttp_server: AiohttpServer, upload_dir: Path
+) -> None:
+    """AUTH=keys: "Try it out" is refused (401) until a key is given to "Authorize", and then
+    sent with every request."""
+    server = await start_live_server(aiohttp_server, upload_dir, fsync=False, auth="keys")
+    key, _ = await create_key(server.app[CATALOG], "swagger", "read")
+    page, traffic = await open_page(browser, server, "/docs")
+
+    operation = page.locator("#operations-files-list_files")
+    await operation.locator(".opblock-summary").click()
+    await operation.get_by_role("button", name="Try it out").click()
+    await operation.get_by_role("button", name="Execute").click()
+    live = operation.locator(".live-responses-table")
+    await live.locator(".response-col_status", has_text="401").wait_for()
+    traffic.failed_here.clear()  # that 401 was the point (and Chromium's console line on it)
+    traffic.errors = [e for e in traffic.errors if "status of 401" not in e]
+
+    await page.locator(".auth-wrapper .authorize").first.click()
+    scheme = page.locator(".auth-container").filter(has_text="bearerKey")
+    await scheme.locator("input").fill(key)
+    await scheme.get_by_role("button", name="Apply credentials").click()
+    await scheme.get_by_text("Authorized").wait_for()  # taken
+    await scheme.locator(".btn-done").click()
+
+    await operation.get_by_role("button", name="Execute").click()
+    await live.locator(".response-col_status", has_text="200").wait_for()
+    await live.get_by_text("next_cursor").first.wait_for()
+    await screenshot(page, "docs-authorize.png")
+    traffic.assert_clean()

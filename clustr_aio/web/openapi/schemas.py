@@ -24,6 +24,9 @@ from clustr_aio.domain.models import (
     FileItem,
     FileList,
     Greeting,
+    KeyCreated,
+    KeyList,
+    KeyRequest,
     UploadError,
     UploadResponse,
     UploadResults,
@@ -52,6 +55,9 @@ API_MODELS: Final = (
     DeleteResponse,
     CheckRequest,
     CheckResponse,
+    KeyRequest,
+    KeyCreated,
+    KeyList,
 )
 """The JSON bodies whose schemas are components of the document (with those they contain)."""
 

@@ -16,6 +16,7 @@ from aiohttp import web
 import clustr_aio
 from clustr_aio.compat import is_cors_preflight
 from clustr_aio.settings import Settings
+from clustr_aio.web.guard import Access, access_for
 from clustr_aio.web.keys import SETTINGS
 from clustr_aio.web.middlewares import REQUEST_ID_HEADER
 from clustr_aio.web.openapi.registry import JSONObject, operation_for
@@ -30,6 +31,7 @@ OPENAPI_VERSION: Final = "3.1.0"
 TAGS: Final = (
     {"name": "upload", "description": "Send images; they are checked and stored all or nothing."},
     {"name": "files", "description": "Read the stored files back."},
+    {"name": "keys", "description": "API keys (AUTH=keys, admin scope)."},
     {"name": "service", "description": "Liveness and the like."},
     {"name": "documentation", "description": "This document, and the pages that render it."},
 )
@@ -97,6 +99,9 @@ def build_openapi(app: web.Application, *, server_url: str | None = None) -> JSO
         if operation is None:
             continue
         rendered = operation.to_openapi(_default_operation_id(key, route))
+        access = access_for(route)
+        if access is not None:
+            _secure(rendered, access, settings)
         rendered["responses"] = {
             status: _with_request_id(response) for status, response in rendered["responses"].items()
         }
@@ -106,6 +111,9 @@ def build_openapi(app: web.Application, *, server_url: str | None = None) -> JSO
         if not rendered["parameters"]:
             del rendered["parameters"]
         paths.setdefault(key.path, {})[key.method.lower()] = rendered
+    components: JSONObject = {}
+    if settings.auth == "keys":
+        components["securitySchemes"] = SECURITY_SCHEMES
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -118,6 +126,7 @@ def build_openapi(app: web.Application, *, server_url: str | None = None) -> JSO
         "tags": list(TAGS),
         "paths": paths,
         "components": {
+            **components,
             "schemas": component_schemas(),
             "headers": {REQUEST_ID_HEADER: REQUEST_ID_RESPONSE_HEADER},
             "responses": {
@@ -136,6 +145,57 @@ def build_openapi(app: web.Application, *, server_url: str | None = None) -> JSO
             },
         },
     }
+
+
+SECURITY_SCHEMES: Final[JSONObject] = {
+    "bearerKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key (`clustr_…`) as `Authorization: Bearer <key>`.",
+    },
+    "headerKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "An API key (`clustr_…`) as `X-API-Key: <key>`.",
+    },
+}
+"""AUTH=keys: the two ways a key may be sent; either is enough."""
+
+
+def _secure(operation: JSONObject, access: Access, settings: Settings) -> None:
+    """The operation's security requirement (AUTH=keys) and the refusals the guard answers."""
+    scopes = list(access.scopes)
+    responses = operation["responses"]
+    if settings.auth == "keys":
+        # Alternatives, any one of which will do: each scheme with each scope (for schemes other
+        # than OAuth the list names roles, and a list of two would mean both).
+        operation["security"] = [
+            {scheme: [scope]} for scheme in SECURITY_SCHEMES for scope in scopes
+        ]
+        needed = " or ".join(f"`{scope}`" for scope in scopes)
+        operation["description"] = (
+            operation.get("description", "") + f"\n\nNeeds an API key with the scope {needed} "
+            "(`admin` has every scope)."
+        ).strip()
+        responses["401"] = error_response(
+            "No API key, or one that is unknown, revoked or expired (`WWW-Authenticate: Bearer`).",
+            "this API key is not valid (unknown or revoked)",
+        )
+        responses["403"] = responses.get("403") or error_response(
+            "The key lacks the scope this needs.",
+            f"API key 'phone' lacks the scope this needs: {' or '.join(scopes)}",
+        )
+    if settings.rate_limit_requests is not None or settings.rate_limit_upload_bytes is not None:
+        responses["429"] = {
+            **error_response(
+                "A rate limit was reached: retry after `Retry-After` seconds. Every answer of "
+                "this operation carries `RateLimit-Policy` and `RateLimit`.",
+                "rate limit of 600 requests per 60 s reached; retry after 1 s",
+            ),
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+        }
+    operation["responses"] = dict(sorted(responses.items()))
 
 
 def _description(settings: Settings) -> str:

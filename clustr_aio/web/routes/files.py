@@ -9,9 +9,10 @@ from typing import Any, Final, TypeVar
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
+from clustr_aio.auth.keys import parse_key_name
 from clustr_aio.catalog.base import FileRecord, Order
 from clustr_aio.catalog.ids import is_id
-from clustr_aio.domain.errors import BadRequest, NotFound
+from clustr_aio.domain.errors import BadRequest, Forbidden, NotFound
 from clustr_aio.domain.models import (
     ID_PATTERN,
     STORED_CONTENT_TYPES,
@@ -24,7 +25,9 @@ from clustr_aio.domain.models import (
 )
 from clustr_aio.ingest.pipeline import StoredFile
 from clustr_aio.storage.base import Deleting
+from clustr_aio.web.guard import requires
 from clustr_aio.web.keys import CATALOG, STORAGE, THUMBNAILER
+from clustr_aio.web.middlewares import admitted
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.registry import JSONObject
 from clustr_aio.web.openapi.schemas import JSON, error_response, json_response, ref
@@ -92,6 +95,20 @@ def _order(request: web.Request) -> Order:
     return order
 
 
+async def visible_owner(request: web.Request) -> str | None:
+    """Whose files this request may see: its key's owner's; every owner's for an admin key (or
+    in the open mode), or the one named by ``?owner=``. Another owner's file is then not
+    found (404), as if it did not exist."""
+    principal = await admitted(request)
+    named = request.query.get("owner")
+    if named is None:
+        return principal.sees
+    parse_key_name(named, "owner")
+    if principal.sees is not None and named != principal.sees:
+        raise Forbidden("owner: only an admin key may name another owner")
+    return named
+
+
 def _content_type(request: web.Request) -> str | None:
     text = request.query.get("content_type")
     if text is not None and text not in STORED_CONTENT_TYPES:
@@ -99,7 +116,7 @@ def _content_type(request: web.Request) -> str | None:
     return text
 
 
-async def _json_body(request: web.Request, adapter: TypeAdapter[_T]) -> _T:
+async def json_body(request: web.Request, adapter: TypeAdapter[_T]) -> _T:
     if request.content_type != JSON:
         raise BadRequest("the body must be application/json")
     raw = await request.read()
@@ -123,6 +140,7 @@ def _json_request(schema: str, example: Any) -> JSONObject:
 
 
 @routes.get("/api/files")
+@requires("read")
 @operation(
     summary="List stored files",
     description="A page of the stored files, newest first (or oldest first), optionally of "
@@ -162,6 +180,14 @@ def _json_request(schema: str, example: Any) -> JSONObject:
             "description": "Only files of this detected type.",
             "schema": {"type": "string", "enum": list(STORED_CONTENT_TYPES)},
         },
+        {
+            "name": "owner",
+            "in": "query",
+            "required": False,
+            "description": "Only this owner's files (AUTH=keys: an admin key may name any "
+            "owner; another key only its own).",
+            "schema": {"type": "string"},
+        },
     ),
     responses={
         200: json_response("A page of files.", ref("FileList")),
@@ -176,7 +202,11 @@ async def list_files(request: web.Request) -> web.Response:
     cursor = request.query.get("cursor")
     after = decode_cursor(cursor, order) if cursor is not None else None
     records = await request.app[CATALOG].page(
-        limit=limit + 1, after=after, order=order, content_type=_content_type(request)
+        limit=limit + 1,
+        after=after,
+        order=order,
+        content_type=_content_type(request),
+        owner=await visible_owner(request),
     )
     more = len(records) > limit
     records = records[:limit]
@@ -190,6 +220,7 @@ async def list_files(request: web.Request) -> web.Response:
 
 
 @routes.get(f"/api/files/{{id:{ID_SEGMENT}}}")
+@requires("read")
 @operation(
     summary="A stored file's details",
     tags=("files",),
@@ -203,15 +234,18 @@ async def get_file(request: web.Request) -> web.Response:
 
 
 async def requested_record(request: web.Request) -> FileRecord:
-    """The record of the route's ``{id}``; a 404 when there is none."""
+    """The record of the route's ``{id}``, if this request may see it (its key's owner's, or
+    any for an admin): a 404 when there is none, or it is another owner's."""
     record_id = request.match_info["id"]
-    record = await request.app[CATALOG].get(record_id) if is_id(record_id) else None
+    owner = await visible_owner(request)
+    record = await request.app[CATALOG].get(record_id, owner=owner) if is_id(record_id) else None
     if record is None:
         raise NotFound(f"no stored file has id {record_id!r}")
     return record
 
 
 @routes.delete(f"/api/files/{{id:{ID_SEGMENT}}}")
+@requires("delete")
 @operation(
     summary="Delete a stored file",
     description="Removes the file from the storage (`/uploads` answers 404 for it from now on), "
@@ -230,6 +264,7 @@ async def delete_file(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/files/delete")
+@requires("delete")
 @operation(
     summary="Delete stored files",
     description="Up to 1000 at once; each as `DELETE /api/files/{id}` does.",
@@ -242,7 +277,7 @@ async def delete_file(request: web.Request) -> web.Response:
     },
 )
 async def delete_files(request: web.Request) -> web.Response:
-    body = await _json_body(request, _DELETE_REQUEST)
+    body = await json_body(request, _DELETE_REQUEST)
     ids = list(dict.fromkeys(body["ids"]))
     deleted = set(await _delete(request, ids))
     return web.json_response(
@@ -259,14 +294,17 @@ async def _delete(request: web.Request, record_ids: list[str]) -> list[str]:
     catalog, storage = request.app[CATALOG], request.app[STORAGE]
     if not isinstance(storage, Deleting):
         raise web.HTTPMethodNotAllowed(request.method, [], text="this storage cannot delete")
-    found = [r for r in [await catalog.get(i) for i in record_ids] if r is not None]
+    owner = await visible_owner(request)
+    found = [r for r in [await catalog.get(i, owner=owner) for i in record_ids] if r is not None]
     for record in found:
         await storage.delete(record.stored_name)
         await request.app[THUMBNAILER].remove(record.id)
-    return [record.id for record in await catalog.delete([r.id for r in found])]
+    deleted = await catalog.delete([r.id for r in found], owner=owner)
+    return [record.id for record in deleted]
 
 
 @routes.post("/api/files/check")
+@requires("upload", "read")
 @operation(
     summary="Which files are stored already",
     description="Up to 10,000 SHA-256 digests of files a client is about to send: for each, "
@@ -284,8 +322,10 @@ async def _delete(request: web.Request, record_ids: list[str]) -> list[str]:
     },
 )
 async def check_files(request: web.Request) -> web.Response:
-    digests = (await _json_body(request, _CHECK_REQUEST))["sha256"]
-    stored = await request.app[CATALOG].by_sha256([d.lower() for d in digests])
+    digests = (await json_body(request, _CHECK_REQUEST))["sha256"]
+    # The owner the key uploads as, like DEDUPE: what an upload with this key would find.
+    owner = (await admitted(request)).owner
+    stored = await request.app[CATALOG].by_sha256([d.lower() for d in digests], owner=owner)
     results: list[CheckResult] = []
     for digest in digests:
         record = stored.get(digest.lower())
@@ -298,6 +338,8 @@ __all__ = [
     "ID_SEGMENT",
     "decode_cursor",
     "encode_cursor",
+    "json_body",
     "requested_record",
     "routes",
+    "visible_owner",
 ]

@@ -12,8 +12,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from clustr_aio.auth.keys import OPEN
+from clustr_aio.auth.scopes import ADMIN
+from clustr_aio.domain.errors import Forbidden, Unauthorized
 from clustr_aio.storage.base import ReadinessReporting, SpaceReporting
-from clustr_aio.web.keys import METRICS, SETTINGS, STORAGE
+from clustr_aio.web.base_url import client_address, is_trusted
+from clustr_aio.web.guard import presented_key
+from clustr_aio.web.keys import GUARD, METRICS, SETTINGS, STORAGE
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import error_response as documented_error
 from clustr_aio.web.openapi.schemas import json_response
@@ -80,7 +85,8 @@ async def readyz(request: web.Request) -> web.Response:
 @operation(
     summary="Prometheus metrics",
     description="Prometheus text format, or OpenMetrics when the `Accept` header asks for "
-    "`application/openmetrics-text`; gzip with `Accept-Encoding: gzip`.",
+    "`application/openmetrics-text`; gzip with `Accept-Encoding: gzip`. When METRICS_ALLOW is "
+    "set, only to the addresses in it and (AUTH=keys) to admin keys; 403 to others.",
     tags=("service",),
     parameters=(
         {
@@ -100,8 +106,34 @@ async def readyz(request: web.Request) -> web.Response:
                 "text/plain": {"schema": {"type": "string"}},
                 "application/openmetrics-text": {"schema": {"type": "string"}},
             },
-        }
+        },
+        403: documented_error(
+            "METRICS_ALLOW is set, and the client's address is not in it.",
+            "metrics are only served to the addresses in METRICS_ALLOW",
+        ),
     },
 )
 async def metrics(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    # The connection's own peer: a forwarded address could be anyone's claim.
+    allowed = settings.metrics_allow
+    if allowed and not is_trusted(request.remote, allowed) and not await _admin_key(request):
+        error = Forbidden(
+            "metrics are only served to the addresses in METRICS_ALLOW"
+            + (" and to admin keys" if settings.auth == "keys" else "")
+        )
+        request.app[GUARD].refused(error, OPEN, client_address(request))
+        raise error
     return await request.app[METRICS].handler(request)
+
+
+async def _admin_key(request: web.Request) -> bool:
+    """AUTH=keys: whether the request carries a valid key with the admin scope."""
+    guard = request.app[GUARD]
+    if not guard.keys_required or presented_key(request.headers) is None:
+        return False
+    try:
+        principal = await guard.keyring.authenticate(presented_key(request.headers))
+    except Unauthorized:
+        return False
+    return ADMIN in principal.scopes

@@ -12,6 +12,7 @@ from clustr_aio.domain.models import STORED_CONTENT_TYPES
 from clustr_aio.storage.base import OnDisk, Redirect
 from clustr_aio.web.file_response import CONTENT_SECURITY_POLICY, file_response
 from clustr_aio.web.keys import FILE_READER
+from clustr_aio.web.links import refuse_unsigned
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import (
     FILE_REQUEST_HEADERS,
@@ -40,7 +41,9 @@ def add_routes(router: web.UrlDispatcher, prefix: str) -> None:
     "Images go out as their type; any other file as `application/octet-stream` with "
     "`Content-Disposition: attachment`, and every answer carries `Content-Security-Policy: "
     "default-src 'none'; sandbox`. Names that start with a dot, symlinks and sub-folders are "
-    "never served.",
+    "never served. With PUBLIC_FILES=false, only at the signed URL the API handed out "
+    "(`?expires=<Unix time>&signature=<HMAC>`, part of the URL as handed out, not parameters "
+    "to set); without them, expired or altered: 403, whether the file exists or not.",
     tags=("files",),
     operation_id="get_stored_file",
     parameters=(
@@ -58,11 +61,22 @@ def add_routes(router: web.UrlDispatcher, prefix: str) -> None:
         **file_responses(
             STORED_CONTENT_TYPES, what="file", not_found="No stored file of that name."
         ),
-        403: error_response("The name is not a regular file, or not readable.", "Forbidden"),
+        403: error_response(
+            "The name is not a regular file, or not readable; or (PUBLIC_FILES=false) the URL "
+            "is not signed, its signature is not valid, or it has expired.",
+            "Forbidden",
+            "this file is served only at a signed URL from the API",
+            "this file URL has expired; ask the API for a new one",
+        ),
     },
 )
 async def stored_file(request: web.Request) -> web.StreamResponse:
     name = request.match_info["filename"]
+    refusal = refuse_unsigned(request)
+    if refusal is not None:
+        return json_error(
+            403, refusal.detail, headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY}
+        )
     reader = request.app.get(FILE_READER)
     location = await reader.locate(name) if reader is not None else None
     if isinstance(location, OnDisk):

@@ -6,7 +6,10 @@ render and keep without end); the format is ``format``'s, else the one ``Accept`
 WebP, AVIF and JPEG (WebP when it has no preference). A thumbnail's bytes never change under
 its ETag (the renderer's identity of the file's hash, the size and the format), so it goes out
 ``immutable``, and a matching ``If-None-Match`` is a 304 without a render. A hot thumbnail is
-found from the cache alone (:meth:`Thumbnailer.cached`: no catalog query).
+found from the cache alone (:meth:`Thumbnailer.cached`: no catalog query) when the request may
+see every owner's files; a key that sees one owner's has the record looked up (another owner's
+image is a 404). With PUBLIC_FILES=false its URL in the items is signed, and admits without a
+key (an ``<img>`` sends none).
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ from clustr_aio.images.thumbnails import (
 )
 from clustr_aio.storage.base import OnDisk
 from clustr_aio.web.file_response import CONTENT_SECURITY_POLICY, immutable_file_response
+from clustr_aio.web.guard import requires
 from clustr_aio.web.keys import FILE_READER, SETTINGS, THUMBNAILER
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import error_response
 from clustr_aio.web.openapi.spec import ENUM_SETTING
-from clustr_aio.web.routes.files import ID_PARAMETER, ID_SEGMENT, requested_record
+from clustr_aio.web.routes.files import ID_PARAMETER, ID_SEGMENT, requested_record, visible_owner
 
 __all__ = ["CACHE_CONTROL", "negotiate_format", "routes"]
 
@@ -110,6 +114,7 @@ async def _source(request: web.Request, record: FileRecord) -> Path:
 
 
 @routes.get(f"/api/files/{{id:{ID_SEGMENT}}}/thumbnail")
+@requires("read", signed_urls=True)
 @operation(
     summary="A stored image's thumbnail",
     description="The image scaled down to `size` (its longest side; never up), upright (EXIF "
@@ -183,8 +188,10 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
     if "format" not in request.query:
         headers[hdrs.VARY] = hdrs.ACCEPT
     thumbnailer = request.app[THUMBNAILER]
-    # A hot thumbnail: the cache alone (no catalog query, no thread hop).
-    found = thumbnailer.cached(request.match_info["id"], size, fmt)
+    # A hot thumbnail: the cache alone (no catalog query, no thread hop), when the request
+    # may see every owner's files; else the record says whether it may see this one.
+    everyone = await visible_owner(request) is None
+    found = thumbnailer.cached(request.match_info["id"], size, fmt) if everyone else None
     if found is None:
         record = await _record(request)
         etag = f'"{Thumbnailer.identity(record.sha256, size, fmt)}"'

@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote
 
 from aiohttp import HttpVersion11, hdrs, web
 
+from clustr_aio.auth.keys import Principal
+from clustr_aio.auth.quota import QuotaMeter
 from clustr_aio.compat import HttpProcessingError
 from clustr_aio.domain.errors import (
     BadRequest,
@@ -19,6 +20,7 @@ from clustr_aio.domain.errors import (
     ClustrError,
     MalformedUpload,
     NoFilesUploaded,
+    QuotaExceeded,
 )
 from clustr_aio.domain.models import (
     FileItem,
@@ -31,18 +33,23 @@ from clustr_aio.images.thumbnails import DEFAULT_FORMAT, FORMATS, THUMBNAIL_TYPE
 from clustr_aio.ingest.multipart import MultipartStream, file_parts, parse_boundary
 from clustr_aio.ingest.pipeline import RefusedFile, StoredFile, ingest_batch, ingest_each
 from clustr_aio.storage.base import OnDisk
-from clustr_aio.web.base_url import request_base_url
+from clustr_aio.web.base_url import client_address
+from clustr_aio.web.guard import requires
 from clustr_aio.web.keys import (
     CATALOG,
     FILE_READER,
+    GUARD,
     INGEST_POLICY,
     METRICS,
+    RATE_STATE,
     SETTINGS,
     SPACE_REPORTER,
     STORAGE,
     THUMBNAILER,
     UPLOAD_SLOTS,
 )
+from clustr_aio.web.links import FileLinks, file_links
+from clustr_aio.web.middlewares import admitted
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.registry import JSONObject
 from clustr_aio.web.openapi.schemas import error_response as documented_error
@@ -61,8 +68,9 @@ async def refuse_early(request: web.Request) -> web.StreamResponse | None:
     """Expect handler: answer 413/406/400/507 instead of ``100 Continue`` when the headers
     alone show the upload will be refused, so the client never sends the body."""
     try:
+        principal = await admitted(request)
         request.app[UPLOAD_SLOTS].check()
-        await _check_request(request)
+        await _check_request(request, principal)
     except ClustrError as error:
         request.app[METRICS].count_rejection(error)
         return clustr_error_response(error)
@@ -83,6 +91,7 @@ async def _continue(request: web.Request) -> None:
 
 
 @routes.post("/api/upload", expect_handler=refuse_early)
+@requires("upload")
 @operation(
     summary="Upload images",
     description="Send one or many files as `multipart/form-data` parts named `files` (`curl -F "
@@ -157,28 +166,39 @@ async def _continue(request: web.Request) -> None:
             "too many uploads at once; retry shortly",
         ),
         507: upload_error(
-            "The disk is full, or storing the upload would leave less than MIN_FREE_SPACE free"
-            " (refused before the body when Content-Length tells); nothing was stored.",
+            "The disk is full, or storing the upload would leave less than MIN_FREE_SPACE free,"
+            " or (AUTH=keys) take the key owner's files over its quota (refused before the body"
+            " when Content-Length tells); nothing was stored.",
             "not enough space left on the storage device",
             "not enough storage space left for an upload of 4294967296 bytes; try again later",
+            "storage quota exceeded: owner 'alice' may store 10737418240 bytes and has 1024 left,"
+            " not enough for 482113 bytes; nothing of this upload was kept",
         ),
     },
 )
 async def upload(request: web.Request) -> web.Response:
+    principal = await admitted(request)
     with request.app[METRICS].track_upload() as tracked, request.app[UPLOAD_SLOTS].take():
-        boundary = await _check_request(request)
+        meter = _quota_meter(request, principal)
+        boundary = await _check_request(request, principal, meter)
         policy = request.app[INGEST_POLICY]
         atomic = _atomic(request)
         body = policy.limits.counting(request.content.readany)
         files = file_parts(MultipartStream(body, boundary), policy.field_name)
+        if meter is not None:
+            files = meter.metered(files)
         storage, catalog = request.app[STORAGE], request.app[CATALOG]
+        owner = principal.owner
         try:
             if atomic:
                 results: list[StoredFile | RefusedFile] = [
-                    *await ingest_batch(files, storage, policy, catalog)
+                    *await ingest_batch(files, storage, policy, catalog, owner=owner)
                 ]
             else:
-                results = await ingest_each(files, storage, policy, catalog)
+                results = await ingest_each(files, storage, policy, catalog, owner=owner)
+        except QuotaExceeded as error:
+            _refused(request, principal, error)
+            raise
         except ConnectionError as error:
             raise ClientDisconnected() from error
         except HttpProcessingError as error:  # e.g. broken chunked encoding or a short body
@@ -187,6 +207,10 @@ async def upload(request: web.Request) -> web.Response:
             raise MalformedUpload("malformed request body") from None
         finally:
             tracked.received(body.bytes_read)
+            if request.content_length is None:  # charged now what it could not be before
+                _charge_upload(request, principal, body.bytes_read - 1, debt=True)
+            if meter is not None:  # the records are committed (or there are none): let go
+                await asyncio.shield(asyncio.ensure_future(meter.release()))
         stored = [r for r in results if isinstance(r, StoredFile)]
         tracked.stored([r for r in stored if not r.duplicate])
     await _render_ahead(request, stored)
@@ -216,9 +240,28 @@ def _atomic(request: web.Request) -> bool:
     return value == "true"
 
 
-async def _check_request(request: web.Request) -> bytes:
+def _quota_meter(request: web.Request, principal: Principal) -> QuotaMeter | None:
+    if principal.quota is None or principal.owner is None:
+        return None
+    return QuotaMeter(request.app[CATALOG], principal.owner, principal.quota)
+
+
+def _charge_upload(request: web.Request, principal: Principal, size: int, *, debt: bool) -> None:
+    """The upload-bytes rate limit: once before the body (the expect handler may have charged
+    already), once after it when its length was unknown."""
+    state = request.get(RATE_STATE)
+    if state is None or (state.upload_charged and not debt):
+        return
+    state.upload_charged = True
+    request.app[GUARD].charge_upload(principal, client_address(request), size, state, debt=debt)
+
+
+async def _check_request(
+    request: web.Request, principal: Principal, meter: QuotaMeter | None = None
+) -> bytes:
     """What can be refused before reading the body: a Content-Encoding, its declared length,
-    its content type, and whether the storage has room for it (above MIN_FREE_SPACE)."""
+    its content type, whether the storage has room for it (above MIN_FREE_SPACE), the upload
+    rate, and the owner's quota."""
     refuse_content_encoding(request.headers)
     request.app[INGEST_POLICY].limits.check_declared_length(request.content_length)
     boundary = parse_boundary(request.headers.get(hdrs.CONTENT_TYPE))
@@ -227,26 +270,37 @@ async def _check_request(request: web.Request) -> bytes:
     space = request.app.get(SPACE_REPORTER)
     if space is not None:
         await space.ensure_room(request.content_length)
+    # Of unknown length: it needs a byte left in the bucket now, and is charged once read.
+    _charge_upload(request, principal, request.content_length or 1, debt=False)
+    meter = meter or _quota_meter(request, principal)
+    if meter is not None:
+        try:
+            await meter.check_declared_length(request.content_length)
+        except QuotaExceeded as error:
+            _refused(request, principal, error)
+            raise
     return boundary
+
+
+def _refused(request: web.Request, principal: Principal, error: QuotaExceeded) -> None:
+    request.app[GUARD].refused(error, principal, client_address(request))
 
 
 @dataclass(frozen=True, slots=True)
 class ItemUrls:
     """Where a file item's links point. The one place they are built: a preview URL, and a
-    thumbnail URL per size (so that signing them, say, is one change here)."""
+    thumbnail URL per size, each signed with PUBLIC_FILES=false (:class:`FileLinks`)."""
 
-    files_url: str
-    """Where stored files are served (``UPLOAD_URL_PATH`` under the response's base URL)."""
-    base_url: str
+    links: FileLinks
     thumbnail_sizes: tuple[int, ...]
     """THUMBNAIL_SIZES: the first is the default, whose URL has no ``size``."""
 
     def preview_url(self, item: StoredFile) -> str:
-        return f"{self.files_url}/{quote(item.stored_filename)}"
+        return self.links.stored_file(item.stored_filename)
 
     def thumbnail_url(self, item: StoredFile, size: int | None = None) -> str:
-        url = f"{self.base_url}/api/files/{item.id}/thumbnail"
-        return url if size is None else f"{url}?size={size}"
+        query = "" if size is None else f"size={size}"
+        return self.links.url(f"/api/files/{item.id}/thumbnail", query)
 
     def thumbnails(self, item: StoredFile) -> dict[str, str]:
         return {str(size): self.thumbnail_url(item, size) for size in self.thumbnail_sizes}
@@ -255,9 +309,7 @@ class ItemUrls:
 def item_urls(request: web.Request) -> ItemUrls:
     """The links of this response's items: the host the client used, through a trusted proxy,
     unless PUBLIC_BASE_URL says otherwise."""
-    settings = request.app[SETTINGS]
-    base_url = request_base_url(request)
-    return ItemUrls(base_url + settings.upload_url_path, base_url, settings.thumbnail_sizes)
+    return ItemUrls(file_links(request), request.app[SETTINGS].thumbnail_sizes)
 
 
 def file_item(urls: ItemUrls, item: StoredFile) -> FileItem:
