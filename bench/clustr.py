@@ -18,14 +18,27 @@ from bench.proc import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
+# python -m clustr_aio, after a prelude; the working directory (the checkout) comes first on
+# sys.path, so another checkout's code runs, not this one's.
+_RUN_MODULE = "import runpy; runpy.run_module('clustr_aio', run_name='__main__', alter_sys=True)"
 
 
 class ClustrServer:
     """One clustr_aio server with its own upload folder and port."""
 
     def __init__(
-        self, upload_folder: Path, *, fsync: bool, workers: int = 1, extra_env: dict[str, str]
+        self,
+        upload_folder: Path,
+        *,
+        fsync: bool,
+        workers: int = 1,
+        extra_env: dict[str, str],
+        prelude: str = "",
+        label: str = "",
+        source: Path = REPO,
     ) -> None:
+        """``prelude``: Python run before ``python -m clustr_aio`` in the server process (see
+        bench/filework.py); ``source``: the checkout to run (another commit's, for an A/B)."""
         self.upload_folder = upload_folder
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -34,6 +47,10 @@ class ClustrServer:
             + (f" WORKERS={workers}" if workers > 1 else "")
             + "".join(f" {name}={value}" for name, value in extra_env.items())
         )
+        if label:
+            self.label += f" {label}"
+        self._code = f"{prelude}\n{_RUN_MODULE}" if prelude else _RUN_MODULE
+        self._source = source
         self._env = {
             **os.environ,
             "HOST": "127.0.0.1",
@@ -57,9 +74,9 @@ class ClustrServer:
     def start(self) -> None:
         self.upload_folder.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "clustr_aio"],
+            [sys.executable, "-c", self._code],
             env=self._env,
-            cwd=REPO,
+            cwd=self._source,
             stdin=subprocess.DEVNULL,
         )
         wait_for_http(self.base_url + "/", self._process)

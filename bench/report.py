@@ -28,6 +28,8 @@ class ScenarioResult:
     target: Target
     a_label: str
     b_label: str
+    cpu_target: Target | None = None
+    file_work_of: str | None = None
     a_values: list[float] = field(default_factory=list)
     b_values: list[float] = field(default_factory=list)
     a_cpu: list[float] = field(default_factory=list)
@@ -44,6 +46,21 @@ class ScenarioResult:
     @property
     def ratio(self) -> float:
         return statistics.median(self.ratios)
+
+    @property
+    def cpu_ratios(self) -> list[float]:
+        return [a / b for a, b in zip(self.a_cpu, self.b_cpu, strict=True) if b > 0]
+
+    @property
+    def cpu_ratio(self) -> float | None:
+        """The median of the per-round ratios of server CPU, A / B."""
+        ratios = self.cpu_ratios
+        return statistics.median(ratios) if ratios else None
+
+    @property
+    def cpu_met(self) -> bool:
+        ratio = self.cpu_ratio
+        return self.cpu_target is None or (ratio is not None and self.cpu_target.met_by(ratio))
 
     @property
     def peak_rss_mib(self) -> float:
@@ -70,6 +87,7 @@ class ScenarioResult:
                 "ratio": self.target.ratio,
                 "higher_is_better": self.target.higher_is_better,
             },
+            "cpu_target": None if self.cpu_target is None else self.cpu_target.ratio,
             "a_median": statistics.median(self.a_values),
             "b_median": statistics.median(self.b_values),
             "a_cpu_median": statistics.median(self.a_cpu),
@@ -80,6 +98,9 @@ class ScenarioResult:
             "peak_rss_mib": round(self.peak_rss_mib, 1),
             "peak_rss_sum_mib": round(self.peak_rss_sum_mib, 1),
             "rss_met": self.rss_met,
+            "cpu_ratios": self.cpu_ratios,
+            "median_cpu_ratio": self.cpu_ratio,
+            "cpu_met": self.cpu_met,
         }
 
 
@@ -97,25 +118,53 @@ def _cpu(result: ScenarioResult) -> str:
     return f"{a * 1e3:.2f} ms / {b * 1e3:.2f} ms"
 
 
-def table(results: list[ScenarioResult]) -> str:
+def table(results: list[ScenarioResult], machine: str) -> str:
+    """The results as Markdown, under a line naming the machine (its CPU model first)."""
     rows = [
+        f"Measured on {machine}.",
+        "",
         "| | scenario | clustr_aio (A) | reference (B) | A / B, median of rounds | target "
-        "| peak RSS | met | server CPU, A / B |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| server CPU, A / B | CPU A / B, median of rounds | CPU target | peak RSS | met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         rss = f"{r.peak_rss_mib:.0f} MiB"
         if any(len(p) > 1 for p in r.peak_rss):
             rss += f" per process ({r.peak_rss_sum_mib:.0f} summed)"
         bad = f", {r.a_bad_responses} non-2xx" if r.unit == "req/s" else ""
-        met = "yes" if r.ratio_met and r.rss_met else "**no**"
+        met = "yes" if r.ratio_met and r.rss_met and r.cpu_met else "**no**"
+        cpu_ratio = r.cpu_ratio
+        cpu_cell = (
+            ""
+            if cpu_ratio is None or r.unit == "ms"
+            else f"**{cpu_ratio:.2f}** ({', '.join(f'{x:.2f}' for x in r.cpu_ratios)})"
+        )
         rows.append(
             f"| {r.key} | {r.title} | {r.a_label}: {_number(statistics.median(r.a_values), r.unit)}"
             f"{bad} | {r.b_label}: {_number(statistics.median(r.b_values), r.unit)} "
             f"| **{r.ratio:.2f}** ({', '.join(f'{x:.2f}' for x in r.ratios)}) | {r.target} "
-            f"| {rss} | {met} | {_cpu(r)} |"
+            f"| {_cpu(r)} | {cpu_cell} | {r.cpu_target or ''} | {rss} | {met} |"
         )
     return "\n".join(rows) + "\n"
+
+
+def file_work(results: list[ScenarioResult]) -> list[str]:
+    """What the per-file work nginx does not do costs on its own: side A's server CPU with it
+    (L, B, C) minus without it (L0, B0, C0), medians."""
+    by_key = {r.key: r for r in results}
+    lines = []
+    for bare in results:
+        full = by_key.get(bare.file_work_of or "")
+        if full is None:
+            continue
+        extra = statistics.median(full.a_cpu) - statistics.median(bare.a_cpu)
+        share = extra / statistics.median(full.a_cpu)
+        amount = f"{extra:.2f} s" if full.unit == "s" else f"{extra * 1e3:.2f} ms per request"
+        lines.append(
+            f"per-file work in {full.key} (its CPU minus {bare.key}'s): {amount}, "
+            f"{share:.0%} of {full.key}'s server CPU"
+        )
+    return lines
 
 
 def write_json(path: Path, results: list[ScenarioResult], meta: dict[str, Any]) -> None:

@@ -12,7 +12,9 @@ files are on the same filesystem.
 
 Environment:
     BENCH_ROUNDS       rounds (default 5: about 6 minutes)
-    BENCH_ONLY         comma-separated scenario keys to run, e.g. L,B (default: all)
+    BENCH_ONLY         comma-separated scenario keys to run, e.g. L,B (default: all); L0, B0
+                       and C0 are L, B and C with the per-file work nginx does not do (sha256)
+                       switched off in the server (bench/filework.py)
     BENCH_SECONDS      wrk duration per measurement (default 8)
     BENCH_CONNECTIONS  wrk connections (default 16)
     BENCH_OUT          where latest.json and ratios.png go (default bench/results)
@@ -39,7 +41,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench import no_catalog, report
+from bench import filework, no_catalog, report
 from bench.ab import Variant
 from bench.attic import Attic
 from bench.clients import WRK_THREADS, post_files
@@ -48,7 +50,7 @@ from bench.data import ensure_data
 from bench.images import ensure_photos
 from bench.nginx import Nginx
 from bench.proc import MIB, cpu_seconds, free_port
-from bench.scenarios import STATIC_NAME, Scenario, Setup, Side, build
+from bench.scenarios import FILE_WORK, STATIC_NAME, Scenario, Setup, Side, build
 from bench.tus_reference import TusReference
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -71,6 +73,9 @@ def main() -> int:
 
     nginx = Nginx(work / "nginx", work / "nginx-root", free_port())
     plain = ClustrServer(work / "plain", fsync=False, extra_env={})
+    bare = ClustrServer(
+        work / "bare", fsync=False, extra_env={}, prelude=filework.PRELUDE, label=FILE_WORK
+    )
     synced = ClustrServer(work / "synced", fsync=True, extra_env={})
     multi = ClustrServer(work / "multi", fsync=False, workers=2, extra_env={})
     thumbnails = ClustrServer(work / "thumbnails", fsync=False, workers=2, extra_env={})
@@ -87,7 +92,7 @@ def main() -> int:
     key = keyed.create_key("bench", "upload")
     uncatalogued = Variant("no catalog", work / "uncatalogued", no_catalog.PRELUDE, {})
     uncatalogued.label += ", catalog disabled"
-    servers = [plain, synced, multi, thumbnails, stripped, unstripped, keyed, uncatalogued]
+    servers = [plain, bare, synced, multi, thumbnails, stripped, unstripped, keyed, uncatalogued]
     reference = TusReference(work / "tus-reference") if TusReference.available() else None
     try:
         nginx.start()
@@ -105,6 +110,7 @@ def main() -> int:
             data=data,
             nginx=nginx,
             plain=plain,
+            bare=bare,
             synced=synced,
             multi=multi if has_workers else None,
             photos=photos,
@@ -135,10 +141,12 @@ def main() -> int:
         return 0  # BENCH_ROUNDS=0: a profiling pass only
     meta = _meta(rounds, setup, has_workers)
     out.mkdir(parents=True, exist_ok=True)
-    text = report.table(results)
+    text = report.table(results, meta["machine"]["summary"])
     print()
     print(f"{meta['date']}, {meta['machine']['summary']}, {rounds} rounds")
     print(text)
+    for line in report.file_work(results):
+        print(line)
     for note in meta["notes"]:
         print(f"- {note}")
     report.write_json(out / "latest.json", results, meta)
@@ -191,7 +199,9 @@ def _measure(side: Side, tag: str) -> _Outcome:
 
 def _run_rounds(scenarios: list[Scenario], rounds: int) -> list[report.ScenarioResult]:
     results = [
-        report.ScenarioResult(s.key, s.title, s.unit, s.target, s.a.label, s.b.label)
+        report.ScenarioResult(
+            s.key, s.title, s.unit, s.target, s.a.label, s.b.label, s.cpu_target, s.file_work_of
+        )
         for s in scenarios
     ]
     # Warm-up, not counted: the first gigabytes written after boot or a long pause are much
@@ -215,7 +225,9 @@ def _run_rounds(scenarios: list[Scenario], rounds: int) -> list[report.ScenarioR
             print(
                 f"round {n}/{rounds} {scenario.key}: A {a.value:.3f} {scenario.unit}{bad}, "
                 f"B {b.value:.3f} {scenario.unit}, A/B {a.value / b.value:.2f}, "
-                f"server CPU {_cpu_text(a, b, scenario.unit)}, peak RSS {rss} MiB",
+                f"server CPU {_cpu_text(a, b, scenario.unit)} "
+                f"(A/B {a.cpu_per_request / max(b.cpu_per_request, 1e-9):.2f}), "
+                f"peak RSS {rss} MiB",
                 flush=True,
             )
     return results

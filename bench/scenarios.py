@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from bench import catalog, images
 from bench.attic import Attic
@@ -17,6 +18,9 @@ from bench.data import DataSet
 from bench.nginx import PUT_PREFIX, STATIC_PREFIX, Nginx
 from bench.tus_client import upload_many, upload_one
 from bench.tus_reference import TusReference
+
+FILE_WORK: Final = "no sha256, no image checks"
+"""What bench/filework.py switches off, for the scenarios' titles."""
 
 STATIC_NAME = "static.jpg"
 """The stored file scenario S fetches; kept when uploads are cleared between measurements."""
@@ -68,6 +72,11 @@ class Scenario:
     a: Side
     b: Side
     notes: tuple[str, ...] = field(default=())
+    cpu_target: Target | None = None
+    """For the server CPU per request, A / B (lower is better), where the issue sets one."""
+    file_work_of: str | None = None
+    """This scenario is ``file_work_of``'s with the per-file work switched off
+    (bench/filework.py): the difference of their side A's CPU is that work's own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +85,8 @@ class Setup:
     nginx: Nginx
     plain: ClustrServer
     """FSYNC=false, one worker: the server of L, B, C, S."""
+    bare: ClustrServer
+    """As plain, with the per-file work nginx does not do switched off: L0, B0, C0."""
     synced: ClustrServer
     """FSYNC=true: side A of D."""
     multi: ClustrServer | None
@@ -142,27 +153,78 @@ def _put_side(setup: Setup, file: Path) -> Side:
     )
 
 
+# Server CPU, A / B: the ingest path at nginx's cost (per byte for L and B, per request for C).
+CPU_TARGETS: Final = {"L": 1.2, "B": 1.3, "C": 1.5}
+
+
+def _cpu_target(key: str) -> Target | None:
+    ratio = CPU_TARGETS.get(key.rstrip("0"))
+    return None if ratio is None else Target(ratio, higher_is_better=False)
+
+
 def build(setup: Setup) -> list[Scenario]:
     data, nginx, plain = setup.data, setup.nginx, setup.plain
     secs, conns = setup.wrk_seconds, setup.wrk_connections
-    scenarios = [
-        Scenario(
-            "L",
-            "one 1 GiB file, one multipart request (curl -F) vs nginx PUT",
-            "s",
-            Target(1.3, higher_is_better=False),
-            _upload_side(setup, plain, (data.big,)),
-            _put_side(setup, data.big),
-        ),
-        Scenario(
-            "B",
-            f"{len(data.jpegs)} JPEGs, one multipart request vs nginx PUT of one file as large",
-            "s",
-            Target(2.0, higher_is_better=False),
-            _upload_side(setup, plain, data.jpegs),
-            _put_side(setup, data.batch_concat),
-        ),
-    ]
+
+    def big_and_batch(server: ClustrServer, suffix: str) -> list[Scenario]:
+        bare = f", per-file work off ({FILE_WORK})" if suffix else ""
+        return [
+            Scenario(
+                "L" + suffix,
+                f"one 1 GiB file, one multipart request (curl -F) vs nginx PUT{bare}",
+                "s",
+                Target(1.2, higher_is_better=False),
+                _upload_side(setup, server, (data.big,)),
+                _put_side(setup, data.big),
+                cpu_target=_cpu_target("L"),
+                file_work_of="L" if suffix else None,
+            ),
+            Scenario(
+                "B" + suffix,
+                f"{len(data.jpegs)} JPEGs, one multipart request vs nginx PUT of one file as"
+                f" large{bare}",
+                "s",
+                Target(1.5, higher_is_better=False),
+                _upload_side(setup, server, data.jpegs),
+                _put_side(setup, data.batch_concat),
+                cpu_target=_cpu_target("B"),
+                file_work_of="B" if suffix else None,
+            ),
+        ]
+
+    def upload_rate(server: ClustrServer, key: str, workers: str, bare: str) -> Scenario:
+        return Scenario(
+            key,
+            f"wrk -c{conns} {secs}s, multipart POST of one 500 KB JPEG ({workers})"
+            f" vs nginx PUT to fresh names{bare}",
+            "req/s",
+            Target(0.7, higher_is_better=True),
+            Side(
+                f"clustr_aio {server.label}",
+                _bound_upload_rate(server, data.single, conns, secs),
+                _clear_uploads(setup, server),
+                server.processes,
+                (server,),
+            ),
+            Side(
+                "nginx PUT",
+                lambda tag: _rate(
+                    wrk(
+                        nginx.base_url + PUT_PREFIX,
+                        connections=conns,
+                        seconds=secs,
+                        script="put.lua",
+                        args=(str(data.single), tag),
+                    )
+                ),
+                _clear_nginx_puts(setup),
+                nginx.processes,
+            ),
+            cpu_target=_cpu_target(key),
+            file_work_of="C" if bare else None,
+        )
+
+    scenarios = big_and_batch(plain, "")
     if setup.uncatalogued is not None:
         scenarios.append(
             Scenario(
@@ -187,40 +249,18 @@ def build(setup: Setup) -> list[Scenario]:
             _upload_side(setup, plain, data.jpegs),
         )
     )
+    scenarios += big_and_batch(setup.bare, "0")
     for server in (plain, setup.multi):
         if server is None:
             continue
         suffix = "" if server is plain else "2"
         workers = "1 worker" if server is plain else "2 workers"
-        scenarios += [
-            Scenario(
-                "C" + suffix,
-                f"wrk -c{conns} {secs}s, multipart POST of one 500 KB JPEG ({workers})"
-                " vs nginx PUT to fresh names",
-                "req/s",
-                Target(0.5, higher_is_better=True),
-                Side(
-                    f"clustr_aio {server.label}",
-                    _bound_upload_rate(server, data.single, conns, secs),
-                    _clear_uploads(setup, server),
-                    server.processes,
-                    (server,),
-                ),
-                Side(
-                    "nginx PUT",
-                    lambda tag: _rate(
-                        wrk(
-                            nginx.base_url + PUT_PREFIX,
-                            connections=conns,
-                            seconds=secs,
-                            script="put.lua",
-                            args=(str(data.single), tag),
-                        )
-                    ),
-                    _clear_nginx_puts(setup),
-                    nginx.processes,
-                ),
-            ),
+        scenarios.append(upload_rate(server, "C" + suffix, workers, ""))
+        if server is plain:
+            scenarios.append(
+                upload_rate(setup.bare, "C0", workers, f", per-file work off ({FILE_WORK})")
+            )
+        scenarios.append(
             Scenario(
                 "S" + suffix,
                 f"wrk -c{conns} {secs}s, GET of one stored 500 KB JPEG ({workers}) vs nginx static",
@@ -239,8 +279,8 @@ def build(setup: Setup) -> list[Scenario]:
                     lambda: None,
                     nginx.processes,
                 ),
-            ),
-        ]
+            )
+        )
     scenarios.append(
         Scenario(
             "A",

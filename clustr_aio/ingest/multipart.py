@@ -47,6 +47,9 @@ _MAX_BOUNDARY: Final = 70
 # allowed) or anything up to the next `;` (group 3). A `;` inside quotes does not split.
 _PARAM_RE: Final = re.compile(r';\s*([^\s=;]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;]*))', re.DOTALL)
 _QUOTED_PAIR_RE: Final = re.compile(r"\\(.)", re.DOTALL)
+# What browsers, curl and requests send: the one parameter, unquoted, of valid bchars (no space)
+# and at most 70 of them. One match instead of the general parse; anything else takes that.
+_SIMPLE_BOUNDARY_RE: Final = re.compile(r"\s*boundary=([0-9A-Za-z'()+_,\-./:=?]{1,70})\s*", re.I)
 
 # A part header line: token ":" OWS value OWS, with no stray CR, LF or NUL anywhere (a bare CR or
 # LF would let a client smuggle line breaks into a filename). Obsolete line folding is refused.
@@ -77,6 +80,9 @@ def parse_boundary(content_type: str | None) -> bytes:
     mime, _, params = (content_type or "").partition(";")
     if mime.strip().lower() != "multipart/form-data":
         raise NoFilesUploaded("request body is not multipart/form-data")
+    simple = _SIMPLE_BOUNDARY_RE.fullmatch(params)
+    if simple is not None:
+        return simple.group(1).encode("ascii")
     values = {
         _QUOTED_PAIR_RE.sub(r"\1", quoted) if quoted else plain.strip()
         for key, quoted, plain in _PARAM_RE.findall(";" + params)

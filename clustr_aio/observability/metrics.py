@@ -246,8 +246,8 @@ class Metrics:
 
         return start_timer
 
-    async def count_response(self, request: web.Request, response: web.StreamResponse) -> None:
-        """``on_response_prepare``: count a request once its status is final. A middleware
+    def count_response(self, request: web.Request, response: web.StreamResponse) -> None:
+        """From ``on_response_prepare``: count a request once its status is final. A middleware
         could not: a static file's 404, 304 or 206 is decided when its response is prepared,
         after every middleware has returned; and aiohttp answers from a route's expect handler
         (a 413 or 507 instead of ``100 Continue``) before any middleware runs (no duration

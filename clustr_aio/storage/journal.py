@@ -1,7 +1,8 @@
 """Crash-safe publishing for the local folder: a batch's journal, and the roll-back of the
 batches a dead process was publishing.
 
-Publishing a batch is one ``os.link`` per file: each is atomic, the batch is not. A process
+Publishing a batch of several files is one ``os.link`` per file: each is atomic, the batch is
+not. (A batch of one file is one rename, atomic as a whole: it has no journal.) A process
 killed between its first and last link (``kill -9``, the OOM killer, a watchdog, a power cut)
 would leave part of a batch published, never answered and never removed. So, in the process's
 own ``.incoming/<process id>/`` directory:

@@ -13,13 +13,18 @@ Layout::
 
 Temporary files live on the same filesystem as the folder (a sandboxed service may write only
 there), so publishing is an ``os.link`` — atomic, and failing with ``EEXIST`` instead of
-overwriting — followed by one directory ``fsync`` per batch. A process that dies leaves its
+overwriting — followed by one directory ``fsync`` per batch. A batch of one file (most uploads)
+is published by one ``renameat2(RENAME_NOREPLACE)`` instead (:mod:`.noreplace`): as atomic and
+as unwilling to overwrite, and one step, so it needs no journal. A process that dies leaves its
 ``.incoming/<process id>`` behind unlocked; the next process to start removes it, after rolling
 back any publish it was in the middle of (see :mod:`clustr_aio.storage.journal`).
 
 All blocking calls run on a dedicated thread pool, so the event loop never waits on the disk.
 File data is handed to the pool in blocks of ``write_block`` bytes (``os.writev`` of the received
 chunks, no joining), and one block per file may be in flight while the next one is received.
+A batch's last file, if none of its bytes went to the pool (a file smaller than a block), is
+created, written and closed by the publish's own pool call: a small upload costs one thread
+round trip, not two.
 Memory: 300 uploads that sent 1 MB each and stalled held 300 MB of RAM, a block each. So the
 bytes received and not yet written, by all uploads together, are kept under ``memory_budget``:
 a write that finds it exceeded first hands its own file's bytes to the pool, then waits until
@@ -41,6 +46,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import shutil
@@ -58,6 +64,7 @@ from clustr_aio.domain.names import numbered
 from clustr_aio.storage import journal
 from clustr_aio.storage.base import Buffer, OnDisk
 from clustr_aio.storage.journal import fsync_directory
+from clustr_aio.storage.noreplace import rename_noreplace
 
 if TYPE_CHECKING:
     from clustr_aio.storage.local_resumable import LocalResumableStore
@@ -74,6 +81,10 @@ _MAX_NAME_ATTEMPTS = 100_000
 _LOCKLESS_GRACE_SECONDS = 60
 _DEVICE_FULL = "not enough space left on the storage device"
 _RESERVE_REACHED = "not enough storage space left for this upload; try again later"
+# How long a free-space reading may answer "there is room" before the body is read, instead of
+# a statvfs on the pool per upload (minus what was written since, so it errs on the safe side;
+# the pool threads check the real figure as bytes are written and before every publish).
+_SPACE_READING_SECONDS = 1.0
 _T = TypeVar("_T")
 
 
@@ -111,6 +122,9 @@ class LocalStorage:
         )
         self._unchecked_bytes = 0
         self._unchecked_lock = threading.Lock()  # written to by several pool threads
+        # The last statvfs: (time.monotonic(), free bytes), and bytes written since.
+        self._space_reading: tuple[float, int] | None = None
+        self._written_since_reading = 0
         self._io_threads = io_threads
         self._executor: ThreadPoolExecutor | None = None
         self._own_dir: Path | None = None
@@ -118,6 +132,8 @@ class LocalStorage:
         # Where to start probing for a free numbered name, per desired name. Only a hint: the
         # atomic os.link decides, so a stale hint can cost a few probes but never a collision.
         self._next_number: dict[str, int] = {}
+        # Batch ids: unique within this process's own directory, which is unique itself.
+        self._batch_numbers = itertools.count()
         self.pause: journal.PausePoint | None = None  # tests only: see journal.pause_points
         self._resumable: LocalResumableStore | None = None
 
@@ -210,18 +226,30 @@ class LocalStorage:
 
     def batch(self) -> LocalBatch:
         assert self._own_dir is not None, "LocalStorage used before open()"
-        return LocalBatch(self, self._own_dir, uuid.uuid4().hex)
+        return LocalBatch(self, self._own_dir, f"{next(self._batch_numbers):x}")
 
     async def free_space(self) -> int:
         return await self.run(self._free_space_sync)
 
     def _free_space_sync(self) -> int:
         stats = os.statvfs(self.folder)
-        return stats.f_bavail * stats.f_frsize
+        free: int = stats.f_bavail * stats.f_frsize
+        with self._unchecked_lock:
+            self._space_reading = (time.monotonic(), free)
+            self._written_since_reading = 0
+        return free
 
     async def ensure_room(self, incoming: int | None = None) -> None:
-        if self.min_free_space > 0 or incoming:
-            await self.run(self._ensure_room_sync, incoming or 0)
+        if self.min_free_space <= 0 and not incoming:
+            return
+        reading = self._space_reading
+        if reading is not None and time.monotonic() - reading[0] < _SPACE_READING_SECONDS:
+            # A recent reading that leaves room answers on the loop; one that does not is
+            # checked against the real figure (someone may have freed space since).
+            free = reading[1] - self._written_since_reading
+            if free - (incoming or 0) >= self.min_free_space:
+                return
+        await self.run(self._ensure_room_sync, incoming or 0)
 
     def _ensure_room_sync(self, incoming: int) -> None:
         if self._free_space_sync() - incoming >= self.min_free_space:
@@ -238,6 +266,7 @@ class LocalStorage:
         if self.min_free_space <= 0:
             return
         with self._unchecked_lock:
+            self._written_since_reading += size
             self._unchecked_bytes += size
             if self._unchecked_bytes < self.space_check_every:
                 return
@@ -285,11 +314,19 @@ class LocalStorage:
     def link_unique(self, source: Path, desired: str) -> str:
         """Hard-link ``source`` into the folder as ``desired`` or its first free numbered
         alternative; atomic and never overwriting. Blocking."""
+        return self._place_unique(os.link, os.fspath(source), desired)
+
+    def move_unique(self, source: Path, desired: str) -> str:
+        """As :meth:`link_unique`, but ``source`` is renamed: one step where the system has
+        ``renameat2(RENAME_NOREPLACE)`` (see :mod:`.noreplace`). Blocking."""
+        return self._place_unique(rename_noreplace, os.fspath(source), desired)
+
+    def _place_unique(self, place: Callable[[str, str], None], source: str, desired: str) -> str:
         first = self._next_number.get(desired, 0)
         for n in range(first, first + _MAX_NAME_ATTEMPTS):
             candidate = numbered(desired, n)
             try:
-                os.link(source, self.folder / candidate)
+                place(source, os.path.join(self._folder_text, candidate))
             except FileExistsError:
                 continue
             self._next_number[desired] = n + 1
@@ -313,8 +350,13 @@ class LocalBatch:
         self._publishing: asyncio.Future[list[str]] | None = None
         self._published: list[str] = []
         self._withdrawn = False  # set on the loop, read by the publishing thread before commit
+        self.deferred: LocalFile | None = None
+        """A closed file none of whose bytes were handed to the pool yet: the publish writes
+        it, in the same thread hop (see :meth:`LocalFile.close`)."""
 
     def add_file(self, desired_name: str) -> LocalFile:
+        if self.deferred is not None:
+            self.deferred.write_deferred()  # only the batch's last file waits for the publish
         file = LocalFile(self, self._dir / f"{self._id}.{len(self._files)}", desired_name)
         self._files.append(file)
         return file
@@ -327,11 +369,18 @@ class LocalBatch:
             await self._closing.popleft()
 
     async def publish(self) -> list[str]:
+        last = self.deferred
+        if last is not None:
+            last.stop_flushing()
+            self.deferred = None
         while self._closing:
             await self._closing.popleft()
         # A future of its own, so that a discard() after a cancelled publish can wait for the
         # links the pool thread is still making, and take them back.
-        self._publishing = asyncio.ensure_future(self._storage.run(self._publish_sync))
+        held = last.take_buffers() if last is not None else 0  # no await until submitted
+        self._publishing = asyncio.ensure_future(self._storage.run(self._publish_sync, last))
+        if held:
+            self._publishing.add_done_callback(lambda _: self._storage.release(held))
         # Shielded: cancelling the caller must not cancel this future while the thread links on,
         # or discard() would not wait for the thread and could miss names it publishes later.
         try:
@@ -340,22 +389,29 @@ class LocalBatch:
             self._withdrawn = True  # the thread takes its links back instead of committing
             raise
 
-    def _publish_sync(self) -> list[str]:
-        """Journal, link, flush, commit (see :mod:`clustr_aio.storage.journal`)."""
+    def _publish_sync(self, last: LocalFile | None) -> list[str]:
+        """Write the deferred last file, if any; then journal, link, flush, commit (see
+        :mod:`clustr_aio.storage.journal`). A batch of one file needs no journal: it is
+        published by one atomic rename, so no crash can leave part of it published."""
         storage = self._storage
         pause = storage.pause
         published: list[str] = []
         journal_file: Path | None = None
+        if last is not None:
+            buffers, last.held_buffers = last.held_buffers, []
+            last.write_sync(buffers, last=True)
         try:
             if storage.min_free_space > 0:
                 storage._ensure_room_sync(0)  # the last bytes written may have crossed the reserve
-            if self._files:
+            alone = len(self._files) == 1
+            if self._files and not alone:
                 planned = [(file.path, file.desired_name) for file in self._files]
                 journal_file = journal.begin(self._dir, self._id, planned, durable=storage.fsync)
             for n, file in enumerate(self._files):
                 if pause is not None:
                     pause(f"link {n}")
-                published.append(storage.link_unique(file.path, file.desired_name))
+                place = storage.move_unique if alone else storage.link_unique
+                published.append(place(file.path, file.desired_name))
             if storage.fsync and published:
                 fsync_directory(storage.folder)
             if pause is not None:
@@ -387,6 +443,7 @@ class LocalBatch:
             journal.commit(journal_file, durable=storage.fsync)
 
     async def discard(self) -> None:
+        self.deferred = None
         for file in self._files:
             file.stop_flushing()  # no write may start after the files are removed
         # Threads cannot be cancelled: wait until every write, and a publish whose caller was
@@ -443,6 +500,8 @@ class LocalFile:
         self._buffered = 0
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flushing = True  # until the last block is submitted, or the batch discarded
+        self.held_buffers: list[Buffer] = []
+        """The deferred file's bytes, taken by the publish (see :meth:`close`)."""
         self._patches: list[tuple[int, bytes]] = []
 
     def patch(self, offset: int, data: bytes) -> None:
@@ -464,9 +523,36 @@ class LocalFile:
 
     async def close(self) -> None:
         self.stop_flushing()
+        storage = self._storage
+        if self.in_flight is None and not storage.over_budget:
+            # Nothing handed to the pool yet (a file smaller than a block): let the publish
+            # create, write and close it in its own thread hop, one round trip instead of
+            # two, unless another file follows or it waits longer than a partial block would.
+            self._batch.deferred = self
+            self._flush_timer = asyncio.get_running_loop().call_later(
+                storage.idle_flush, self.write_deferred
+            )
+            return
         await self._submit(last=True)
         assert self.in_flight is not None
         await self._batch._closed(self.in_flight)
+
+    def write_deferred(self) -> None:
+        """Hand the deferred file to the pool after all (on the loop, without waiting)."""
+        self.stop_flushing()
+        if self._batch.deferred is not self:
+            return
+        self._batch.deferred = None
+        self._start_write(last=True)
+        assert self.in_flight is not None
+        self._batch._closing.append(self.in_flight)  # the publish waits for it
+
+    def take_buffers(self) -> int:
+        """Move the deferred bytes to :attr:`held_buffers` for the publishing thread; returns
+        their size, to release once it is done."""
+        self.held_buffers, self._buffers = self._buffers, []
+        size, self._buffered = self._buffered, 0
+        return size
 
     def stop_flushing(self) -> None:
         self._flushing = False
@@ -505,7 +591,7 @@ class LocalFile:
         self._buffers, self._buffered = [], 0
         loop = asyncio.get_running_loop()
         executor = self._storage._executor
-        self.in_flight = loop.run_in_executor(executor, self._write_sync, buffers, last)
+        self.in_flight = loop.run_in_executor(executor, self.write_sync, buffers, last)
         self.in_flight.add_done_callback(lambda _: self._storage.release(size))
 
     def drop_buffers(self) -> None:
@@ -513,7 +599,7 @@ class LocalFile:
         size, self._buffers, self._buffered = self._buffered, [], 0
         self._storage.release(size)
 
-    def _write_sync(self, buffers: list[Buffer], last: bool) -> None:
+    def write_sync(self, buffers: list[Buffer], last: bool) -> None:
         try:
             if self._fd is None:
                 self._fd = _create(self.path)

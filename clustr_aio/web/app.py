@@ -23,7 +23,7 @@ from clustr_aio.images.thumbnails import THUMBNAIL_DIR, Thumbnailer
 from clustr_aio.ingest.pipeline import Dedupe, IngestPolicy
 from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
-from clustr_aio.storage.base import OrphanSweeping, Reading, Storage
+from clustr_aio.storage.base import OrphanSweeping, Reading, SpaceReporting, Storage
 from clustr_aio.storage.factory import open_storage
 from clustr_aio.storage.resumable import Resumable
 from clustr_aio.tus.handler import TusHandler
@@ -37,6 +37,7 @@ from clustr_aio.web.keys import (
     INGEST_POLICY,
     METRICS,
     SETTINGS,
+    SPACE_REPORTER,
     STORAGE,
     THUMBNAILER,
     TUS,
@@ -88,11 +89,6 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_rate_limits)
     app.cleanup_ctx.append(_thumbnailer)
-    app.on_response_prepare.append(middlewares.common_headers)
-    if app[GUARD].limits_rates:
-        app.on_response_prepare.append(middlewares.rate_limit_headers)
-    app.on_response_prepare.append(metrics.count_response)
-    app.on_response_prepare.append(tus.tus_headers)
 
     app.router.add_routes(root.routes)
     app.router.add_routes(upload.routes)
@@ -108,7 +104,15 @@ def create_app(settings: Settings) -> web.Application:
     # Credentials (cookies, TLS client certificates) from the listed origins only: with "*",
     # aiohttp-cors would echo any origin, and credentials with it.
     credentials = settings.auth == "keys" and settings.cors_origins != ("*",)
-    _allow_cors(app, settings.cors_origins, credentials=credentials)
+    cors_hook = _allow_cors(app, settings.cors_origins, credentials=credentials)
+    app.on_response_prepare.append(
+        _response_hook(
+            metrics,
+            cors_hook,
+            rate_limits=app[GUARD].limits_rates,
+            vary_on_origin=bool(settings.cors_origins),
+        )
+    )
     tus.add_discovery(app)  # on the OPTIONS routes CORS added
     return app
 
@@ -120,6 +124,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         app[STORAGE] = storage
         if isinstance(storage, Reading):
             app[FILE_READER] = storage
+        if isinstance(storage, SpaceReporting):  # asked once, not per upload
+            app[SPACE_REPORTER] = storage
         app[CATALOG] = catalog
         await reconcile(catalog, storage)
         # Background sweeps over what this storage offers: a shared store's orphans, and the
@@ -196,7 +202,12 @@ async def _prune_thumbnails(catalog: Catalog, thumbnailer: Thumbnailer) -> None:
         log.info("thumbnails of %d files without a record removed", pruned)
 
 
-def _allow_cors(app: web.Application, origins: tuple[str, ...], *, credentials: bool) -> None:
+def _allow_cors(
+    app: web.Application, origins: tuple[str, ...], *, credentials: bool
+) -> ResponseHook:
+    """Set up aiohttp-cors for every route; returns its response hook, taken out of
+    ``on_response_prepare`` for :func:`_response_hook` to call (``remove`` fails at startup,
+    not silently, if aiohttp-cors changes)."""
     # aiohttp-cors has no "allow everything" switch: spell it out per origin. It answers a
     # preflight with the very headers asked for, Authorization and X-API-Key included.
     options = aiohttp_cors.ResourceOptions(
@@ -205,26 +216,35 @@ def _allow_cors(app: web.Application, origins: tuple[str, ...], *, credentials: 
     cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
     for route in list(app.router.routes()):
         cors.add(route)
-    _ask_for_origin_first(app, cors_response_hook(cors))
-    if origins:
-        app.on_response_prepare.append(_vary_on_origin)
+    hook = cors_response_hook(cors)
+    app.on_response_prepare.remove(hook)
+    return hook
 
 
-def _ask_for_origin_first(app: web.Application, cors_hook: ResponseHook) -> None:
-    """aiohttp-cors's response hook looks up the route's configuration (a ChainMap and two
-    subclass checks) before it looks for an ``Origin`` header, without which nothing is CORS
-    (its step 6.1.1). Most requests have none: same-origin ones, photos loaded by ``<img>``.
-    Ask first. ``index`` fails at startup, not silently, if aiohttp-cors changes."""
-    hooks = app.on_response_prepare
+def _response_hook(
+    metrics: Metrics, cors_hook: ResponseHook, *, rate_limits: bool, vary_on_origin: bool
+) -> ResponseHook:
+    """What every response gets, in one ``on_response_prepare`` hook: aiohttp awaits each hook
+    in turn, a coroutine per hook per response, for steps that are mostly a line each.
 
-    async def only_with_origin(request: web.Request, response: web.StreamResponse) -> None:
+    - the common headers (nosniff, the request id), the ``RateLimit`` headers when rates are
+      limited, then the request counted, its status final; ``Tus-Resumable`` under /api/tus/;
+    - aiohttp-cors's hook only with an ``Origin`` header: it looks up the route's configuration
+      (a ChainMap and two subclass checks) before it looks for one, without which nothing is
+      CORS (its step 6.1.1), and most requests have none (same-origin ones, ``<img>`` loads);
+    - ``Vary: Origin`` when CORS is on: aiohttp-cors answers with the caller's own Origin (even
+      for "*"), so a shared cache in front must keep one answer per Origin.
+    """
+
+    async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        middlewares.common_headers(request, response)
+        if rate_limits:
+            await middlewares.rate_limit_headers(request, response)
+        metrics.count_response(request, response)
+        await tus.tus_headers(request, response)
         if hdrs.ORIGIN in request.headers:
             await cors_hook(request, response)
+        if vary_on_origin:
+            response.headers.add(hdrs.VARY, hdrs.ORIGIN)
 
-    hooks[hooks.index(cors_hook)] = only_with_origin
-
-
-async def _vary_on_origin(request: web.Request, response: web.StreamResponse) -> None:
-    """aiohttp-cors answers with the caller's own Origin (even for "*"), so a shared cache in
-    front of the server must keep one answer per Origin, or it hands out another site's."""
-    response.headers.add(hdrs.VARY, hdrs.ORIGIN)
+    return on_response_prepare

@@ -10,7 +10,7 @@ from clustr_aio.images.thumbnails import Thumbnailer
 from clustr_aio.ingest.pipeline import IngestPolicy
 from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
-from clustr_aio.storage.base import Reading, Storage
+from clustr_aio.storage.base import Reading, SpaceReporting, Storage
 from clustr_aio.tus.handler import TusHandler
 from clustr_aio.web.guard import Guard, RateState
 from clustr_aio.web.protection import UploadSlots
@@ -19,6 +19,8 @@ SETTINGS = web.AppKey("settings", Settings)
 STORAGE = web.AppKey("storage", Storage)
 FILE_READER = web.AppKey("file_reader", Reading)
 """The storage, when it has the reading capability (``GET /uploads/{filename}``); else unset."""
+SPACE_REPORTER = web.AppKey("space_reporter", SpaceReporting)
+"""The storage, when it can tell its free space (checked before an upload's body); else unset."""
 CATALOG = web.AppKey("catalog", Catalog)
 INGEST_POLICY = web.AppKey("ingest_policy", IngestPolicy)
 TUS = web.AppKey("tus", TusHandler)

@@ -85,8 +85,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(500, "Internal Server Error")
 
 
-async def common_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: on every response, static files, errors and the refusals that
+def common_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """From on_response_prepare: on every response, static files, errors and the refusals that
     aiohttp sends before any middleware runs (``Expect: 100-continue``) included."""
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers[REQUEST_ID_HEADER] = ensure_request_id(request)

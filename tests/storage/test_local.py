@@ -463,3 +463,115 @@ async def test_bytes_waiting_for_the_disk_stay_under_the_memory_budget(
         await storage.close()
     assert max(held) <= 5 * piece  # the budget, and the one piece that crossed it
     assert storage._held == 0
+
+
+# --------------------------------------------------------------------------- one thread hop
+
+
+async def test_a_small_last_file_is_written_by_the_publish_itself(upload_dir: Path) -> None:
+    """A closed file smaller than a block waits for the publish, which creates, writes and
+    closes it in its own thread hop: until then nothing of it is on disk."""
+    storage = LocalStorage(upload_dir, write_block=1024 * 1024, idle_flush=30)
+    await storage.open()
+    try:
+        batch = storage.batch()
+        await store(batch, "small.jpg", JPEG * 10)
+        assert temp_files(upload_dir) == []  # deferred: no pool round trip of its own
+        assert await batch.publish() == ["small.jpg"]
+        assert (upload_dir / "small.jpg").read_bytes() == JPEG * 10
+        assert temp_files(upload_dir) == []
+        assert storage._held == 0
+    finally:
+        await storage.close()
+
+
+async def test_only_the_last_file_waits_for_the_publish(upload_dir: Path) -> None:
+    """A deferred file is handed to the pool as soon as another file starts (memory stays one
+    file's), and one whose publish does not come is written after idle_flush anyway."""
+    storage = LocalStorage(upload_dir, write_block=1024 * 1024, idle_flush=0.05)
+    await storage.open()
+    try:
+        batch = storage.batch()
+        await store(batch, "first.jpg", JPEG)
+        await store(batch, "second.png", PNG)
+        await asyncio.sleep(0.01)
+        assert len(temp_files(upload_dir)) == 1  # the first one, on disk; the second waits
+        await asyncio.sleep(0.3)
+        assert len(temp_files(upload_dir)) == 2  # idle_flush: the second one too
+        assert await batch.publish() == ["first.jpg", "second.png"]
+        assert (upload_dir / "second.png").read_bytes() == PNG
+        assert storage._held == 0
+    finally:
+        await storage.close()
+
+
+async def test_a_discarded_deferred_file_leaves_nothing(upload_dir: Path) -> None:
+    storage = LocalStorage(upload_dir, write_block=1024 * 1024, idle_flush=0.05)
+    await storage.open()
+    try:
+        batch = storage.batch()
+        await store(batch, "gone.jpg", JPEG)
+        await batch.discard()
+        await asyncio.sleep(0.2)  # past idle_flush: its timer must not write it after all
+        assert_nothing_stored(upload_dir)
+        assert storage._held == 0
+    finally:
+        await storage.close()
+
+
+async def test_a_deferred_write_that_fails_publishes_nothing(
+    upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full_disk(fd: int, buffers: Sequence[Buffer], /) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    storage = LocalStorage(upload_dir, write_block=1024 * 1024, idle_flush=30)
+    await storage.open()
+    try:
+        async with BatchScope(storage.batch()) as batch:
+            await store(batch, "small.jpg", JPEG)  # type: ignore[arg-type]
+            monkeypatch.setattr(os, "writev", full_disk)
+            with pytest.raises(InsufficientStorage):
+                await batch.publish()
+        monkeypatch.undo()
+        assert_nothing_stored(upload_dir)
+        assert storage._held == 0
+    finally:
+        await storage.close()
+
+
+async def test_a_one_file_batch_is_renamed_into_place_without_a_journal(
+    upload_dir: Path,
+) -> None:
+    storage = LocalStorage(upload_dir)
+    await storage.open()
+    journals: list[list[Path]] = []
+    storage.pause = lambda _point: journals.append(
+        sorted((upload_dir / INCOMING_DIR).rglob("*.journal"))
+    )
+    try:
+        (upload_dir / "taken.jpg").write_bytes(b"someone's")
+        batch = storage.batch()
+        await store(batch, "taken.jpg", JPEG)
+        assert await batch.publish() == ["taken-1.jpg"]
+    finally:
+        await storage.close()
+    assert journals == [[], []]  # at "link 0" and at "commit": no journal at all
+    assert (upload_dir / "taken.jpg").read_bytes() == b"someone's"
+    assert (upload_dir / "taken-1.jpg").read_bytes() == JPEG
+    assert (upload_dir / "taken-1.jpg").stat().st_nlink == 1  # moved, not linked
+    assert temp_files(upload_dir) == []
+
+
+async def test_a_recent_free_space_reading_that_leaves_no_room_is_checked_again(
+    upload_dir: Path,
+) -> None:
+    storage = LocalStorage(upload_dir, min_free_space=1)
+    await storage.open()
+    try:
+        free = await storage.free_space()  # a fresh reading
+        await storage.ensure_room(1024)  # answered from it
+        with pytest.raises(InsufficientStorage):
+            await storage.ensure_room(free * 2)  # it says no: the real figure says no too
+    finally:
+        await storage.close()

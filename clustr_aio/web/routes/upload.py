@@ -29,7 +29,7 @@ from clustr_aio.domain.models import (
 from clustr_aio.images.thumbnails import DEFAULT_FORMAT, FORMATS, THUMBNAIL_TYPES
 from clustr_aio.ingest.multipart import MultipartStream, file_parts, parse_boundary
 from clustr_aio.ingest.pipeline import RefusedFile, StoredFile, ingest_batch, ingest_each
-from clustr_aio.storage.base import OnDisk, SpaceReporting
+from clustr_aio.storage.base import OnDisk
 from clustr_aio.web.base_url import client_address
 from clustr_aio.web.guard import requires
 from clustr_aio.web.keys import (
@@ -40,6 +40,7 @@ from clustr_aio.web.keys import (
     METRICS,
     RATE_STATE,
     SETTINGS,
+    SPACE_REPORTER,
     STORAGE,
     THUMBNAILER,
     UPLOAD_SLOTS,
@@ -258,9 +259,9 @@ async def _check_request(
     boundary = parse_boundary(request.headers.get(hdrs.CONTENT_TYPE))
     if request.content_length == 0:  # nothing sent at all: no files, not a malformed body
         raise NoFilesUploaded("no files were uploaded: the request body is empty")
-    storage = request.app[STORAGE]
-    if isinstance(storage, SpaceReporting):
-        await storage.ensure_room(request.content_length)
+    space = request.app.get(SPACE_REPORTER)
+    if space is not None:
+        await space.ensure_room(request.content_length)
     # Of unknown length: it needs a byte left in the bucket now, and is charged once read.
     _charge_upload(request, principal, request.content_length or 1, debt=False)
     meter = meter or _quota_meter(request, principal)
