@@ -130,8 +130,8 @@ import asyncio
 from clustr_aio.catalog import postgres, sqlite
 
 def slow(real):
-    async def by_sha256(self, digests):
-        found = await real(self, digests)
+    async def by_sha256(self, digests, **options):
+        found = await real(self, digests, **options)
         await asyncio.sleep(0.5)
         return found
     return by_sha256
