@@ -248,12 +248,13 @@ async def test_presigned_urls_are_checked_by_the_store(
         endpoint_url=seaweedfs_server.endpoint,
         access_key_id=ACCESS_KEY,
         secret_access_key=SECRET_KEY,
-        presigned_seconds=2,
+        presigned_seconds=5,
     )
     storage = S3Storage(config)
     await storage.open()
     try:
         url = await storage.presigned_url("s.png")
+        signed_at = time.monotonic()
         forged_storage = S3Storage(
             S3Config(
                 bucket=bucket,
@@ -281,7 +282,8 @@ async def test_presigned_urls_are_checked_by_the_store(
         status, body = await get(forged)
         assert status == 403
         assert b"SignatureDoesNotMatch" in body
-        await asyncio.sleep(3.2)
+        # X-Amz-Date has whole seconds: past 5 s for sure, whatever the load.
+        await asyncio.sleep(max(0.0, 6.5 - (time.monotonic() - signed_at)))
         status, body = await get(url)
         assert status == 403
         assert b"expired" in body
