@@ -81,10 +81,6 @@ _MAX_NAME_ATTEMPTS = 100_000
 _LOCKLESS_GRACE_SECONDS = 60
 _DEVICE_FULL = "not enough space left on the storage device"
 _RESERVE_REACHED = "not enough storage space left for this upload; try again later"
-# How long a free-space reading may answer "there is room" before the body is read, instead of
-# a statvfs on the pool per upload (minus what was written since, so it errs on the safe side;
-# the pool threads check the real figure as bytes are written and before every publish).
-_SPACE_READING_SECONDS = 1.0
 _T = TypeVar("_T")
 
 
@@ -122,9 +118,6 @@ class LocalStorage:
         )
         self._unchecked_bytes = 0
         self._unchecked_lock = threading.Lock()  # written to by several pool threads
-        # The last statvfs: (time.monotonic(), free bytes), and bytes written since.
-        self._space_reading: tuple[float, int] | None = None
-        self._written_since_reading = 0
         self._io_threads = io_threads
         self._executor: ThreadPoolExecutor | None = None
         self._own_dir: Path | None = None
@@ -233,23 +226,11 @@ class LocalStorage:
 
     def _free_space_sync(self) -> int:
         stats = os.statvfs(self.folder)
-        free: int = stats.f_bavail * stats.f_frsize
-        with self._unchecked_lock:
-            self._space_reading = (time.monotonic(), free)
-            self._written_since_reading = 0
-        return free
+        return stats.f_bavail * stats.f_frsize
 
     async def ensure_room(self, incoming: int | None = None) -> None:
-        if self.min_free_space <= 0 and not incoming:
-            return
-        reading = self._space_reading
-        if reading is not None and time.monotonic() - reading[0] < _SPACE_READING_SECONDS:
-            # A recent reading that leaves room answers on the loop; one that does not is
-            # checked against the real figure (someone may have freed space since).
-            free = reading[1] - self._written_since_reading
-            if free - (incoming or 0) >= self.min_free_space:
-                return
-        await self.run(self._ensure_room_sync, incoming or 0)
+        if self.min_free_space > 0 or incoming:
+            await self.run(self._ensure_room_sync, incoming or 0)
 
     def _ensure_room_sync(self, incoming: int) -> None:
         if self._free_space_sync() - incoming >= self.min_free_space:
@@ -266,7 +247,6 @@ class LocalStorage:
         if self.min_free_space <= 0:
             return
         with self._unchecked_lock:
-            self._written_since_reading += size
             self._unchecked_bytes += size
             if self._unchecked_bytes < self.space_check_every:
                 return
