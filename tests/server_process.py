@@ -153,6 +153,7 @@ class RunningServer:
     upload_folder: Path
     log_path: Path
     notify: NotifySocket
+    temp_dir: Path
     _closed: bool = field(default=False, repr=False)
 
     def __enter__(self) -> RunningServer:
@@ -266,6 +267,10 @@ def start_server(
     upload_folder = Path(settings.get("UPLOAD_FOLDER", directory / "uploads"))
     if not upload_folder.exists():
         upload_folder.mkdir(parents=True)
+    # The server's TMPDIR, as systemd's PrivateTmp gives it one: what a server killed at
+    # teardown leaves there (its metrics directory) goes with the test's tmp_path.
+    temp_dir = directory / "tmp"
+    temp_dir.mkdir(exist_ok=True)
     for _ in range(3):  # another process may take the free port before the server binds it
         port = listen_socket.getsockname()[1] if listen_socket else free_port()
         notify = NotifySocket(abstract=abstract_notify_socket)
@@ -273,12 +278,13 @@ def start_server(
         child_env = server_env(upload_folder, port) | {
             "NOTIFY_SOCKET": notify.address,
             "PYTHONUNBUFFERED": "1",
+            "TMPDIR": str(temp_dir),
             **settings,
         }
         process = _spawn(
             child_env, directory, log_path, listen_socket, journal=journal, nofile=max_open_files
         )
-        server = RunningServer(process, port, upload_folder, log_path, notify)
+        server = RunningServer(process, port, upload_folder, log_path, notify, temp_dir)
         if not wait_ready or _became_ready(server, ready_timeout, may_retry=not listen_socket):
             return server
     raise AssertionError(f"no free port found:\n{server.logs}")

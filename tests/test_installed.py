@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -121,7 +122,9 @@ def test_installed_server_uses_its_working_directory(venv: Path, tmp_path: Path)
     env = clean_env() | {"PORT": str(port), "FSYNC": "false", "NOTIFY_SOCKET": notify.address}
     env.pop("PYTHONPATH", None)  # nothing but the virtualenv's own packages
     process = spawn_logged([venv / "bin" / "clustr-aio"], env=env, cwd=workdir, log_path=log_path)
-    with RunningServer(process, port, workdir / "uploads", log_path, notify) as server:
+    with RunningServer(
+        process, port, workdir / "uploads", log_path, notify, temp_dir=Path(tempfile.gettempdir())
+    ) as server:
         wait_until(server.ready_or_exited, "READY=1")
         assert server.process.poll() is None, server.logs
         request = urllib.request.Request(

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import urllib.request
 from pathlib import Path
@@ -204,7 +203,7 @@ def test_workers_report_their_sum_and_forget_the_dead(tmp_path: Path) -> None:
         assert value(samples, "clustr_upload_stored_files_total") == 6
         ours = [
             directory
-            for directory in Path(tempfile.gettempdir()).glob("clustr-aio-metrics-*")
+            for directory in server.temp_dir.glob("clustr-aio-metrics-*")
             if any((directory / f"counter_{pid}.db").exists() for pid in old)
         ]
         assert len(ours) == 1
