@@ -1,15 +1,14 @@
 """At start-up, make the catalog and the stored files agree again.
 
-Files without a record come from a crash between publishing a batch and committing its records
-(``kill -9``, power loss), from an operator copying files in, or from a restore of the folder
+Files without a record come from an operator copying files in, or from a restore of the folder
 without the database. They are **adopted**: recorded with their name as original name, their
-sha256, size and sniffed type, dated by their modification time. A crashed batch's files are
-kept rather than removed: its client got no 200, but the bytes are whole (they were fsynced
-before the link), nothing on disk is deleted on a guess, and a client that retries with
-``DEDUPE=reuse`` or asks ``POST /api/files/check`` finds them.
+sha256, size and sniffed type, dated by their modification time. A batch killed between its
+publish and the commit of its records is not among them: the storage, opened before this runs,
+rolled it back (an upload never answered 200 leaves nothing; :mod:`clustr_aio.storage.journal`).
 
-Records without a file (an operator's ``rm``, a restore of the database without the folder)
-are removed: the catalog never lists what ``/uploads`` cannot serve.
+Records without a file (an operator's ``rm``, a restore of the database without the folder, a
+batch committed but rolled back because it was killed before its seal) are removed: the
+catalog never lists what ``/uploads`` cannot serve.
 
 Of several processes starting at once (``WORKERS=N``), the one that takes the catalog's
 maintenance lock reconciles; the others go on without waiting. An upload that a serving

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -28,7 +28,7 @@ from clustr_aio.domain.sniff import SNIFF_BYTES, verify_content
 from clustr_aio.images.metadata import StripMode
 from clustr_aio.images.structure import ImageInfo, image_check
 from clustr_aio.ingest.hashing import StreamHasher
-from clustr_aio.storage.base import BatchScope, Buffer, Deleting, FileWriter, HeadPatching, Storage
+from clustr_aio.storage.base import BatchScope, Buffer, FileWriter, HeadPatching, Storage
 
 __all__ = [
     "Dedupe",
@@ -175,7 +175,7 @@ async def _ingest(
     owner: str | None,
 ) -> list[StoredFile | RefusedFile]:
     received: list[ReceivedFile | RefusedFile] = []
-    withdrawn: list[int] = []  # slots received in part (then refused): unlinked after publish
+    left_out: list[int] = []  # slots received in part (then refused): never published
     async with BatchScope(storage.batch()) as batch:
         async for incoming in files:
             index = len(received)
@@ -188,36 +188,24 @@ async def _ingest(
                 if atomic or not error.per_file:
                     raise
                 received.append(RefusedFile(incoming.filename, error))
-                withdrawn.extend(range(slots, batch.files))
+                left_out.extend(range(slots, batch.files))
         if not received:
             raise NoFilesUploaded(
                 f"no files were uploaded: send them as multipart parts named {policy.field_name!r}"
             )
         outcomes = await _deduplicate(received, policy.dedupe, catalog, atomic=atomic, owner=owner)
-        # Duplicates (reused or refused) were received into the batch too: take them back.
+        # Duplicates (reused or refused) were received into the batch too: leave them out.
         kept = {o.slot for o in outcomes if isinstance(o, ReceivedFile)}
-        withdrawn += [
-            r.slot for r in received if isinstance(r, ReceivedFile) and r.slot not in kept
-        ]
-        names = await batch.publish()
-        if withdrawn:
-            try:
-                await _unlink(storage, [names[slot] for slot in withdrawn])
-            except BaseException:
-                await batch.withdraw()  # published, but no record will follow: take all back
-                raise
+        left_out += [r.slot for r in received if isinstance(r, ReceivedFile) and r.slot not in kept]
+        if left_out:
+            await batch.leave_out(left_out)
+        names = dict(zip(sorted(kept), await batch.publish(), strict=True))
         records = {
             o.slot: _new_record(o, names[o.slot], owner)
             for o in outcomes
             if isinstance(o, ReceivedFile)
         }
-        raced: dict[str, FileRecord] = {}  # digests another upload committed since the check
-        if catalog is not None and records:
-            raced = await _commit(
-                catalog, list(records.values()), batch, policy.dedupe, atomic, owner
-            )
-        if raced:  # the files of bytes stored meanwhile are not part of the upload after all
-            await _unlink(storage, [r.stored_name for r in records.values() if r.sha256 in raced])
+        raced = await _settle(catalog, records, batch, policy.dedupe, atomic, owner)
         results: list[StoredFile | RefusedFile] = []
         by_digest = dict(raced)  # the record a duplicate in this upload points to
         for index, outcome in enumerate(outcomes):  # one outcome per file received, in order
@@ -311,52 +299,71 @@ def _new_record(file: ReceivedFile, stored_name: str, owner: str | None) -> File
     )
 
 
-async def _unlink(storage: Storage, names: Sequence[str]) -> None:
-    """Unlink files that were published with their batch but are not part of the upload."""
-    if not isinstance(storage, Deleting):
-        raise TypeError("this storage cannot delete files: DEDUPE=reuse and atomic=false need it")
-    for name in names:
-        await storage.delete(name)
-
-
-async def _commit(
-    catalog: Catalog,
-    records: Sequence[FileRecord],
+async def _settle(
+    catalog: Catalog | None,
+    records: Mapping[int, FileRecord],
     batch: BatchScope,
     dedupe: Dedupe,
     atomic: bool,
     owner: str | None,
 ) -> dict[str, FileRecord]:
-    """Commit the records of the files just published, or withdraw the files: a file is never
-    left without its record, nor a record without its file. Once begun, the commit runs to
-    its end even if the caller is cancelled (then it withdraws the files only if it failed).
+    """Commit the records of the files just published (``records``, by slot), then seal the
+    batch; or withdraw the files: a file is never left without its record, nor a record
+    without its file, and a crash before the seal leaves neither (the start-up sweep rolls an
+    unsealed batch back). Once begun, this runs to its end even if the caller is cancelled
+    (the upload then stays stored, unanswered; or is withdrawn, if a step failed).
+
+    Returns the digests another upload committed since the DEDUPE check (see
+    :func:`_commit`), whose files are left out of this one."""
+
+    async def commit_then_seal() -> dict[str, FileRecord]:
+        raced: dict[str, FileRecord] = {}
+        try:
+            if catalog is not None and records:
+                raced = await _commit(catalog, list(records.values()), dedupe, atomic, owner)
+        except BaseException:
+            await batch.withdraw()
+            raise
+        try:
+            if raced:  # the files of bytes stored meanwhile are not part of the upload after all
+                await batch.leave_out([n for n, r in records.items() if r.sha256 in raced])
+            await batch.seal()
+        except BaseException:
+            await batch.withdraw()
+            if catalog is not None:  # committed: take the records back with their files
+                committed = [r.id for r in records.values() if r.sha256 not in raced]
+                await catalog.delete(committed)
+            raise
+        return raced
+
+    return await asyncio.shield(asyncio.ensure_future(commit_then_seal()))
+
+
+async def _commit(
+    catalog: Catalog,
+    records: Sequence[FileRecord],
+    dedupe: Dedupe,
+    atomic: bool,
+    owner: str | None,
+) -> dict[str, FileRecord]:
+    """Commit the records, in one transaction.
 
     With ``dedupe`` on, the check before receiving may be stale (two uploads of the same new
     bytes at once, in any processes): the commit looks again, under the catalog's lock, and
     returns the digests stored meanwhile, whose records it did not insert. ``reject`` in one
     piece (``atomic``): one of them refuses the whole upload."""
-
-    async def commit_or_withdraw() -> dict[str, FileRecord]:
-        try:
-            if dedupe == "off":
-                await catalog.add(records)
-                return {}
-            all_or_none = atomic and dedupe == "reject"
-            raced = await catalog.add_unique(records, all_or_none=all_or_none, owner=owner)
-            if raced and all_or_none:
-                index, first = next((i, r) for i, r in enumerate(records) if r.sha256 in raced)
-                name = first.original_name
-                error = DuplicateFile(
-                    f"{name!r} is stored already, as {raced[first.sha256].stored_name!r}"
-                )
-                error.about(name, index)
-                raise error
-            return raced
-        except BaseException:
-            await batch.withdraw()
-            raise
-
-    return await asyncio.shield(asyncio.ensure_future(commit_or_withdraw()))
+    if dedupe == "off":
+        await catalog.add(records)
+        return {}
+    all_or_none = atomic and dedupe == "reject"
+    raced = await catalog.add_unique(records, all_or_none=all_or_none, owner=owner)
+    if raced and all_or_none:
+        index, first = next((i, r) for i, r in enumerate(records) if r.sha256 in raced)
+        name = first.original_name
+        error = DuplicateFile(f"{name!r} is stored already, as {raced[first.sha256].stored_name!r}")
+        error.about(name, index)
+        raise error
+    return raced
 
 
 async def ingest_file(file: IncomingFile, batch: BatchScope, policy: IngestPolicy) -> ReceivedFile:

@@ -42,20 +42,32 @@ class HeadPatching(Protocol):
 
 
 class UploadBatch(Protocol):
-    """The files of one upload. Nothing of it is visible to readers until :meth:`publish`."""
+    """The files of one upload. Nothing of it is visible to readers until :meth:`publish`, and
+    nothing of it survives a crash until :meth:`seal`."""
 
     def add_file(self, desired_name: str) -> FileWriter:
         """Start receiving a file that should be stored as ``desired_name`` (already safe)."""
 
+    async def leave_out(self, slots: Collection[int]) -> None:
+        """Files not to store after all, by their positions in the order of :meth:`add_file`
+        (refused in an upload that keeps the others, duplicates): not published, or, after
+        :meth:`publish` and before :meth:`seal`, withdrawn. Their bytes may be removed after
+        this returns (in the background)."""
+
     async def publish(self) -> list[str]:
-        """Make every closed file visible, atomically per file and never overwriting: a taken
-        name gets a numbered alternative. Returns the stored names in the order the files were
-        added. On failure nothing of the batch stays visible."""
+        """Make every closed file that is not left out visible, atomically per file and never
+        overwriting: a taken name gets a numbered alternative. Returns their stored names in
+        the order the files were added. On failure nothing of the batch stays visible."""
+
+    async def seal(self) -> None:
+        """The caller's own commit (the catalog's records) is done: the publish is final. A
+        crash before this leaves nothing of the batch visible once the storage is opened
+        again; after it, every file published stays."""
 
     async def discard(self) -> None:
         """Forget every file of the batch, published ones included: a caller that discards
-        after publish() (say, cancelled while it ran) withdraws the whole upload. Safe to call
-        at any point, more than once."""
+        after publish() (say, cancelled while it ran, or its commit failed) withdraws the whole
+        upload. Safe to call at any point, more than once; a sealed batch stays as it is."""
 
 
 class Storage(Protocol):
@@ -193,7 +205,8 @@ class OrphanSweeping(Protocol):
 
 class BatchScope:
     """``async with BatchScope(storage.batch()) as batch:`` — the batch is discarded unless it
-    was published, even when the surrounding task is cancelled (client gone, server stopping)."""
+    was published, even when the surrounding task is cancelled (client gone, server stopping).
+    Once published, the caller's commit owns it: :meth:`seal` or :meth:`withdraw`."""
 
     def __init__(self, batch: UploadBatch) -> None:
         self._batch = batch
@@ -208,6 +221,9 @@ class BatchScope:
         self.files += 1
         return self._batch.add_file(desired_name)
 
+    async def leave_out(self, slots: Collection[int]) -> None:
+        await self._batch.leave_out(slots)
+
     async def withdraw(self) -> None:
         """Discard the batch, published files included (a step after publishing failed)."""
         await asyncio.shield(self._batch.discard())
@@ -216,6 +232,9 @@ class BatchScope:
         names = await self._batch.publish()
         self._published = names
         return names
+
+    async def seal(self) -> None:
+        await self._batch.seal()
 
     async def __aexit__(
         self,

@@ -1,30 +1,48 @@
 """Crash-safe publishing for the local folder: a batch's journal, and the roll-back of the
-batches a dead process was publishing.
+batches a dead process had published but not sealed.
 
-Publishing a batch of several files is one ``os.link`` per file: each is atomic, the batch is
-not. (A batch of one file is one rename, atomic as a whole: it has no journal.) A process
-killed between its first and last link (``kill -9``, the OOM killer, a watchdog, a power cut)
-would leave part of a batch published, never answered and never removed. So, in the process's
-own ``.incoming/<process id>/`` directory:
+A batch is published by one ``os.link`` per file into the folder, and its records are then
+committed to the catalog; only once both are done may it be answered 200. A process killed in
+between (``kill -9``, the OOM killer, a watchdog, a power cut) must leave nothing published,
+neither a part of the batch (some files linked, not all) nor the whole of it (every file
+linked, no record committed: the start-up reconciliation would adopt the files of an upload
+nobody was told of). So a publish stays undone until the caller **seals** it, after its own
+commit, and the start-up sweep rolls back any batch a dead process had not sealed. In the
+process's own ``.incoming/<process id>/`` directory:
 
-1. before the first link, ``<batch id>.journal`` is created (and, with ``FSYNC``, its directory
-   entry flushed), listing the batch's temporary files and the names they were meant to get;
-2. the files are linked into the folder, and the folder is flushed;
-3. the journal is removed (and that flushed): **this is the commit**; only then are the
-   temporary files removed and the 200 sent.
+1. before the first link of a batch of several files, ``<batch id>.journal`` is created (and,
+   with ``FSYNC``, its directory entry flushed), listing the batch's temporary files and the
+   names they were meant to get;
+2. the files are linked into the folder, and the folder is flushed; the temporary files stay,
+   each a second name of its published file;
+3. the caller commits its records (the catalog's transaction);
+4. **the seal**: the journal is renamed ``<batch id>.sealed`` (and that flushed); only then are
+   the temporary files removed, and the 200 sent. The ``.sealed`` marker is removed in the
+   background, after the temporary files' removal was flushed.
 
-A journal found in a dead process's directory therefore means "this batch was never answered
-200": the start-up sweep unlinks every name in the folder that is a hard link to one of that
-batch's temporary files, which are all still there (they are removed only after the commit).
-Identity is the inode (``st_dev`` and ``st_ino`` of the temporary file, which still holds it,
-so it cannot have been reused): a file stored later under a name the batch had used is never
-touched, nor is anything else. The journal's own text (the names) is for the log and for people;
-the roll-back needs only its name, so only its directory entry is flushed, not its data.
+A batch of one file has no journal: its temporary file is the journal. It is linked (not
+renamed) into the folder, and its seal is the removal of the temporary file (flushed with
+``FSYNC``): one atomic step, after which nothing of the batch is left in ``.incoming``.
+
+So, in a dead process's directory, a temporary file ``<batch id>.<n>`` that is still a hard
+link of a published file (``st_nlink`` > 1) belongs to a batch that was never sealed unless
+``<batch id>.sealed`` is there: that batch was never answered 200, and the start-up sweep
+unlinks every name in the folder that is a hard link to one of its temporary files, which are
+all still there (they are removed only after the seal). Identity is the inode (``st_dev`` and
+``st_ino`` of the temporary file, which still holds it, so it cannot have been reused): a file
+stored later under a name the batch had used is never touched, nor is anything else, such as
+a file an operator copied into the folder (the reconciliation adopts those). A batch whose
+records were committed but which was not sealed loses them too: the reconciliation that
+follows the sweep removes records without a file. The journal's own text (the names) is for
+the log and for people: the roll-back needs only its name, so only its directory entry is
+flushed, not its data.
 
 ``CLUSTR_AIO_TEST_PUBLISH_PAUSE`` exists for the tests alone (it is not a setting): a
-comma-separated list of points (``link <n>``: before the n-th link, counted from 0; ``commit``:
-after the last link and the folder's flush, before the journal is removed) at which the
-publishing thread logs ``publish paused at <point>`` and waits forever, to be killed there.
+comma-separated list of points at which the publishing thread logs ``publish paused at
+<point>`` and waits forever, to be killed there: ``link <n>`` (before the n-th link, counted
+from 0), ``linked`` (after the last link and the folder's flush: the caller's commit has not
+begun), ``seal`` (the caller's commit is done, the batch not sealed yet) and ``sealed`` (sealed,
+the answer not sent yet).
 """
 
 from __future__ import annotations
@@ -41,16 +59,20 @@ from typing import Final
 __all__ = [
     "JOURNAL_SUFFIX",
     "PAUSE_VARIABLE",
+    "SEALED_SUFFIX",
     "PausePoint",
+    "abandon",
     "begin",
-    "commit",
+    "forget",
     "pause_points",
     "roll_back",
+    "seal",
 ]
 
 log = logging.getLogger("clustr_aio")
 
 JOURNAL_SUFFIX: Final = ".journal"
+SEALED_SUFFIX: Final = ".sealed"
 PAUSE_VARIABLE: Final = "CLUSTR_AIO_TEST_PUBLISH_PAUSE"
 
 PausePoint = Callable[[str], None]
@@ -77,36 +99,65 @@ def begin(
     return path
 
 
-def commit(journal: Path, *, durable: bool) -> None:
-    """The batch is published: remove its journal (flushed with ``durable``). Blocking."""
+def seal(journal: Path, *, durable: bool) -> Path:
+    """The batch's caller has committed: rename its journal to the ``.sealed`` marker (flushed
+    with ``durable``), which keeps the batch published whatever becomes of its temporary files.
+    Returns the marker. Blocking."""
+    marker = journal.with_suffix(SEALED_SUFFIX)
+    os.rename(journal, marker)
+    if durable:
+        fsync_directory(journal.parent)
+    return marker
+
+
+def abandon(journal: Path, *, durable: bool) -> None:
+    """Remove the journal of a publish whose links were taken back (flushed with
+    ``durable``). Blocking."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(journal)
     if durable:
         fsync_directory(journal.parent)
 
 
+def forget(marker: Path, *, durable: bool) -> None:
+    """Remove a ``.sealed`` marker once its batch's temporary files are removed; with
+    ``durable``, their removal is flushed first (a temporary file back after a power cut, with
+    no marker beside it, would be rolled back). Blocking, and for the background."""
+    if durable:
+        fsync_directory(marker.parent)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(marker)
+
+
 def roll_back(dead: Path, folder: Path) -> list[str]:
-    """Unpublish every batch journaled in ``dead`` (a dead process's directory, whose lock the
-    caller holds): unlink each name in ``folder`` that is a hard link to one of the batch's
-    temporary files. Returns the names removed. Blocking."""
-    journals = sorted(dead.glob(f"*{JOURNAL_SUFFIX}"))
-    if not journals:
+    """Unpublish every batch of ``dead`` (a dead process's directory, whose lock the caller
+    holds) that was not sealed: unlink each name in ``folder`` that is a hard link to one of
+    the batch's temporary files. Returns the names removed. Blocking."""
+    linked: dict[str, list[os.stat_result]] = {}  # batch id -> its temporary files linked
+    sealed: set[str] = set()
+    with os.scandir(dead) as entries:
+        for entry in entries:
+            batch, _, rest = entry.name.rpartition(".")
+            if not batch:
+                continue  # .lock, and the dot-names of the readiness probe
+            if f".{rest}" == SEALED_SUFFIX:
+                sealed.add(batch)
+            elif rest.isdigit() and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    st = entry.stat(follow_symlinks=False)
+                    if st.st_nlink > 1:
+                        linked.setdefault(batch, []).append(st)
+    unsealed = [batch for batch in linked if batch not in sealed]
+    if not unsealed:
         return []
     # (st_dev, st_ino) of each temporary file linked elsewhere -> how many links to find.
-    pending: dict[tuple[int, int], int] = {}
-    for journal in journals:
-        prefix = journal.name.removesuffix(JOURNAL_SUFFIX) + "."
-        for temporary in dead.iterdir():
-            if not temporary.name.startswith(prefix) or temporary == journal:
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                st = temporary.lstat()
-                if st.st_nlink > 1:
-                    pending[(st.st_dev, st.st_ino)] = st.st_nlink - 1
-    removed = _unlink_links(folder, pending) if pending else []
+    pending = {
+        (st.st_dev, st.st_ino): st.st_nlink - 1 for batch in unsealed for st in linked[batch]
+    }
+    removed = _unlink_links(folder, pending)
     log.warning(
         "rolled back %d publish(es) that ended with process %s: %d file(s) unpublished",
-        len(journals),
+        len(unsealed),
         dead.name,
         len(removed),
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import struct
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 
 import piexif
@@ -142,8 +142,14 @@ class _SequentialBatch:
         self.writers.append(_Sequential())
         return self.writers[-1]
 
+    async def leave_out(self, slots: Collection[int]) -> None:
+        pass
+
     async def publish(self) -> list[str]:
         return []
+
+    async def seal(self) -> None:
+        pass
 
     async def discard(self) -> None:
         pass

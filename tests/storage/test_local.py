@@ -53,6 +53,12 @@ async def store_and_publish(batch: LocalBatch, name: str, data: bytes) -> list[s
     return await batch.publish()
 
 
+async def publish_and_seal(batch: LocalBatch) -> list[str]:
+    names = await batch.publish()
+    await batch.seal()
+    return names
+
+
 def own_dirs(folder: Path) -> list[Path]:
     incoming = folder / INCOMING_DIR
     return sorted(incoming.iterdir()) if incoming.exists() else []
@@ -86,6 +92,8 @@ async def test_publish_makes_files_visible_in_order(
     assert await batch.publish() == ["b.png", "a.jpg", "c.jpg"]
     for name, data in contents.items():
         assert (upload_dir / name).read_bytes() == data
+    assert len(temp_files(upload_dir)) == 4  # three second names and the journal, till the seal
+    await batch.seal()
     assert temp_files(upload_dir) == []
 
 
@@ -163,11 +171,12 @@ async def test_fsync_flushes_files_and_the_folder(
         batch = storage.batch()
         await store(batch, "a.jpg", JPEG)
         await store(batch, "b.png", PNG)
-        await batch.publish()
+        await publish_and_seal(batch)
     finally:
         await storage.close()
-    # Two files; the journal's directory entry; the folder; the journal's removal (the commit).
-    assert len(flushed) == (5 if fsync else 0)
+    # Two files; the journal's directory entry; the folder; the seal (the journal renamed); in
+    # the background, the temporary files' removal before the marker goes.
+    assert len(flushed) == (6 if fsync else 0)
 
 
 # --------------------------------------------------------------------------- discard
@@ -477,7 +486,7 @@ async def test_a_small_last_file_is_written_by_the_publish_itself(upload_dir: Pa
         batch = storage.batch()
         await store(batch, "small.jpg", JPEG * 10)
         assert temp_files(upload_dir) == []  # deferred: no pool round trip of its own
-        assert await batch.publish() == ["small.jpg"]
+        assert await publish_and_seal(batch) == ["small.jpg"]
         assert (upload_dir / "small.jpg").read_bytes() == JPEG * 10
         assert temp_files(upload_dir) == []
         assert storage._held == 0
@@ -540,24 +549,84 @@ async def test_a_deferred_write_that_fails_publishes_nothing(
         await storage.close()
 
 
-async def test_a_one_file_batch_is_renamed_into_place_without_a_journal(
+async def test_a_one_file_batch_has_no_journal_and_is_sealed_by_its_temporary_files_removal(
     upload_dir: Path,
 ) -> None:
     storage = LocalStorage(upload_dir)
     await storage.open()
-    journals: list[list[Path]] = []
-    storage.pause = lambda _point: journals.append(
-        sorted((upload_dir / INCOMING_DIR).rglob("*.journal"))
+    seen: list[tuple[str, list[Path], int]] = []
+    storage.pause = lambda point: seen.append(
+        (
+            point,
+            sorted((upload_dir / INCOMING_DIR).rglob("*.journal")),
+            len(temp_files(upload_dir)),
+        )
     )
     try:
         (upload_dir / "taken.jpg").write_bytes(b"someone's")
         batch = storage.batch()
         await store(batch, "taken.jpg", JPEG)
         assert await batch.publish() == ["taken-1.jpg"]
+        assert (upload_dir / "taken-1.jpg").stat().st_nlink == 2  # its temporary file too
+        await batch.seal()
     finally:
         await storage.close()
-    assert journals == [[], []]  # at "link 0" and at "commit": no journal at all
+    # No journal at any point; the temporary file is there until the seal removes it.
+    assert seen == [("link 0", [], 1), ("linked", [], 1), ("seal", [], 1), ("sealed", [], 0)]
     assert (upload_dir / "taken.jpg").read_bytes() == b"someone's"
     assert (upload_dir / "taken-1.jpg").read_bytes() == JPEG
-    assert (upload_dir / "taken-1.jpg").stat().st_nlink == 1  # moved, not linked
+    assert (upload_dir / "taken-1.jpg").stat().st_nlink == 1
     assert temp_files(upload_dir) == []
+
+
+# --------------------------------------------------------------------------- leaving out
+
+
+async def test_files_left_out_before_the_publish_are_not_published_and_go_in_the_background(
+    storage: LocalStorage, upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused files and duplicates of a batch that keeps the others: never linked, and left
+    to the background: their temporary files are all still there once publish and seal have
+    returned."""
+    batch = storage.batch()
+    for n in range(6):
+        await store(batch, f"p{n}.jpg", JPEG + bytes([n]))
+    handed: list[Path] = []
+    real_remove_later = storage.remove_later
+    monkeypatch.setattr(storage, "remove_later", handed.extend)
+    await batch.leave_out([1, 3, 4])
+    await batch.leave_out([3])  # twice: harmless
+    assert await publish_and_seal(batch) == ["p0.jpg", "p2.jpg", "p5.jpg"]
+    assert stored_files(upload_dir) == ["p0.jpg", "p2.jpg", "p5.jpg"]
+    assert temp_files(upload_dir) == sorted(handed)  # the seal removed only the second names
+    assert sorted(p.name.rpartition(".")[2] for p in handed) == ["1", "3", "4"]
+    real_remove_later(handed)
+    await eventually(lambda: temp_files(upload_dir) == [])
+    for n in (0, 2, 5):
+        assert (upload_dir / f"p{n}.jpg").read_bytes() == JPEG + bytes([n])
+
+
+async def test_files_left_out_after_the_publish_leave_the_folder_before_the_seal(
+    storage: LocalStorage, upload_dir: Path
+) -> None:
+    """The DEDUPE race found at the commit: those files go at once, the others stay."""
+    batch = storage.batch()
+    for n in range(4):
+        await store(batch, f"p{n}.jpg", JPEG + bytes([n]))
+    assert await batch.publish() == ["p0.jpg", "p1.jpg", "p2.jpg", "p3.jpg"]
+    await batch.leave_out([0, 2])
+    assert stored_files(upload_dir) == ["p1.jpg", "p3.jpg"]
+    await batch.seal()
+    await eventually(lambda: temp_files(upload_dir) == [])
+    assert stored_files(upload_dir) == ["p1.jpg", "p3.jpg"]
+    [own] = own_dirs(upload_dir)
+    await eventually(lambda: sorted(p.name for p in own.iterdir()) == [".lock"])
+
+
+async def test_a_sealed_batch_is_final(storage: LocalStorage, upload_dir: Path) -> None:
+    batch = storage.batch()
+    await store(batch, "a.jpg", JPEG)
+    await store(batch, "b.jpg", JPEG)
+    await publish_and_seal(batch)
+    await batch.discard()  # a late discard (the request failed after its commit) keeps them
+    assert stored_files(upload_dir) == ["a.jpg", "b.jpg"]

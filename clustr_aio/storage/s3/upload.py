@@ -43,7 +43,7 @@ import io
 import logging
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Final
 
 from botocore.exceptions import ClientError
@@ -78,6 +78,8 @@ class S3Batch:
         self.storage = storage
         self.id = uuid.uuid4().hex
         self._files: list[S3File] = []
+        self._left_out: set[int] = set()
+        self._published = False
         self._sending: deque[tuple[asyncio.Task[None], int]] = deque()
         self._sending_bytes = 0
 
@@ -110,15 +112,32 @@ class S3Batch:
                 self._sending_bytes -= size
 
     async def publish(self) -> list[str]:
-        """Every object is in place once its sends are done: wait for them. (The names were
-        taken as the files were written; the catalog commit that follows makes them served.)"""
+        """Every object is in place once its sends are done: wait for them, and remove those
+        left out. (The names were taken as the files were written; the catalog commit that
+        follows makes them served.)"""
         while self._sending:
             await self._finish_oldest()
+        self._published = True
+        for n in sorted(self._left_out):
+            await self._files[n].remove()
         names = []
-        for file in self._files:
+        for n, file in enumerate(self._files):
             assert file.name is not None, "publish() before every file was closed"
-            names.append(file.name)
+            if n not in self._left_out:
+                names.append(file.name)
         return names
+
+    async def leave_out(self, slots: Collection[int]) -> None:
+        """Objects not to keep (refused, duplicates): removed by the publish, or at once after
+        it (an object is never served without its record, so nothing waits for them)."""
+        new = sorted(set(slots) - self._left_out)
+        self._left_out.update(new)
+        if self._published:
+            for n in new:
+                await self._files[n].remove()
+
+    async def seal(self) -> None:
+        """Nothing to do: the catalog's commit is what makes a bucket's objects served."""
 
     async def discard(self) -> None:
         """Remove every object of the batch and abort its multipart uploads, once the sends in
