@@ -332,7 +332,9 @@ async def _settle(
             await batch.withdraw()
             if catalog is not None:  # committed: take the records back with their files
                 committed = [r.id for r in records.values() if r.sha256 not in raced]
-                await catalog.delete(committed)
+                # If that fails too, the next start's reconciliation drops them (no file).
+                with contextlib.suppress(Exception):
+                    await catalog.delete(committed)
             raise
         return raced
 

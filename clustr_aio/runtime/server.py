@@ -25,6 +25,7 @@ from clustr_aio.runtime.protocol import NO_LIMIT, ConnectionGuard, limit_accept_
 from clustr_aio.runtime.systemd import Notifier, SystemdNotifier
 from clustr_aio.runtime.workers import Supervisor, WorkerNotifier
 from clustr_aio.settings import Settings
+from clustr_aio.storage.local import sweep_stale_incoming
 from clustr_aio.web.app import create_app
 from clustr_aio.web.openapi.assets import AssetsNotInstalled, docs_assets
 
@@ -191,11 +192,18 @@ def prepare(settings: Settings) -> None:
     """Check what every serving process needs, once, before anything is bound or forked: a
     problem is then one line from one process, not a traceback from each worker.
 
+    Also sweeps the upload folder's ``.incoming`` (see :func:`sweep_stale_incoming`).
+
     Raises:
         StartupError: the upload folder cannot be created or written to, or the docs assets
             are not installed.
     """
     prepare_upload_folder(settings.upload_folder)
+    if settings.storage == "local":
+        # Once, before any worker starts: what dead processes published and never sealed is
+        # rolled back before a worker's reconciliation could adopt it (a worker's own sweep
+        # would race the others' reconciliations).
+        sweep_stale_incoming(settings.upload_folder)
     try:
         docs_assets()
     except AssetsNotInstalled as error:

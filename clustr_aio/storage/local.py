@@ -459,7 +459,7 @@ class LocalBatch:
         :mod:`clustr_aio.storage.journal`). Until then a crash rolls it back."""
         if self._sealed:
             return
-        if self._linked:
+        if self._linked or self._journal is not None:
             marker = await self._storage.run(self._seal_sync)
             if marker is not None:
                 durable = self._storage.fsync

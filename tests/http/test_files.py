@@ -296,8 +296,8 @@ async def test_dedupe_reuse_answers_with_the_stored_file(
     assert items[0] == {**stored, "duplicate": True}
     assert items[1]["duplicate"] is False
     assert items[2] == {**items[1], "duplicate": True}  # a twin within the one upload
-    assert stored_files(upload_dir) == ["a.jpg", "new.png"]
-    assert temp_files(upload_dir) == []
+    assert stored_files(upload_dir) == ["a.jpg", "new.png"]  # the duplicates never published
+    await eventually(lambda: temp_files(upload_dir) == [])  # removed after the answer
     assert len(await list_all(client)) == 2
 
 
@@ -350,7 +350,7 @@ async def test_atomic_false_stores_each_good_file_and_says_why_the_bad_one_was_r
     assert bad[0] in refused["error"]["detail"]
     assert [i["stored_filename"] for i in items] == [name for name, _ in good]
     assert stored_files(upload_dir) == sorted(name for name, _ in good)
-    assert temp_files(upload_dir) == []
+    await eventually(lambda: temp_files(upload_dir) == [])  # the refused one: after the answer
     assert len(await list_all(client)) == 4
 
 
