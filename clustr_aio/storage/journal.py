@@ -17,8 +17,7 @@ process's own ``.incoming/<process id>/`` directory:
    each a second name of its published file;
 3. the caller commits its records (the catalog's transaction);
 4. **the seal**: the journal is renamed ``<batch id>.sealed`` (and that flushed); only then are
-   the temporary files removed, and the 200 sent. The ``.sealed`` marker is removed in the
-   background, after the temporary files' removal was flushed.
+   the temporary files removed, and, that flushed too, the marker; then the 200 is sent.
 
 A batch of one file has no journal: its temporary file is the journal. It is linked (not
 renamed) into the folder, and its seal is the removal of the temporary file (flushed with
@@ -122,7 +121,7 @@ def abandon(journal: Path, *, durable: bool) -> None:
 def forget(marker: Path, *, durable: bool) -> None:
     """Remove a ``.sealed`` marker once its batch's temporary files are removed; with
     ``durable``, their removal is flushed first (a temporary file back after a power cut, with
-    no marker beside it, would be rolled back). Blocking, and for the background."""
+    no marker beside it, would be rolled back). Blocking."""
     if durable:
         fsync_directory(marker.parent)
     with contextlib.suppress(FileNotFoundError):

@@ -293,13 +293,8 @@ class LocalStorage:
     def remove_later(self, paths: Sequence[Path]) -> None:
         """Remove files and folders of the process's own directory on a pool thread, unawaited
         (``close`` waits): what a discarded or trimmed batch leaves behind."""
-        listed = list(paths)
-        self.later(lambda: _remove_quietly(listed))
-
-    def later(self, fn: Callable[[], object]) -> None:
-        """Run a blocking call on the pool without waiting for it; it logs its failure."""
         assert self._executor is not None, "LocalStorage used before open()"
-        self._executor.submit(_logged, fn)
+        self._executor.submit(_remove_quietly, list(paths))
 
     def link_unique(self, source: Path, desired: str) -> str:
         """Hard-link ``source`` into the folder as ``desired`` or its first free numbered
@@ -460,13 +455,10 @@ class LocalBatch:
         if self._sealed:
             return
         if self._linked or self._journal is not None:
-            marker = await self._storage.run(self._seal_sync)
-            if marker is not None:
-                durable = self._storage.fsync
-                self._storage.later(lambda: journal.forget(marker, durable=durable))
+            await self._storage.run(self._seal_sync)
         self._sealed = True
 
-    def _seal_sync(self) -> Path | None:
+    def _seal_sync(self) -> None:
         storage = self._storage
         if storage.pause is not None:
             storage.pause("seal")
@@ -477,12 +469,13 @@ class LocalBatch:
         for n in self._linked:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._files[n].path)  # a second name: no inode is freed
-        if marker is None and storage.fsync:
-            fsync_directory(self._dir)  # a batch of one file: that removal was its seal
         self._linked = []
+        if marker is not None:
+            journal.forget(marker, durable=storage.fsync)
+        elif storage.fsync:
+            fsync_directory(self._dir)  # a batch of one file: that removal was its seal
         if storage.pause is not None:
             storage.pause("sealed")
-        return marker
 
     async def discard(self) -> None:
         if self._sealed:
@@ -727,16 +720,10 @@ def sweep_stale_incoming(folder: Path) -> list[Path]:
 
 
 def _remove_quietly(paths: Sequence[Path]) -> None:
+    """For the background: what fails is left to the sweep when the directory goes."""
     for path in paths:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 os.unlink(path)
-
-
-def _logged(fn: Callable[[], object]) -> None:
-    try:
-        fn()
-    except Exception as error:  # a background removal: the sweep of the next start tries again
-        log.warning("storage: a removal in the background failed: %s", error)

@@ -174,8 +174,8 @@ async def test_fsync_flushes_files_and_the_folder(
         await publish_and_seal(batch)
     finally:
         await storage.close()
-    # Two files; the journal's directory entry; the folder; the seal (the journal renamed); in
-    # the background, the temporary files' removal before the marker goes.
+    # Two files; the journal's directory entry; the folder; the seal (the journal renamed); the
+    # temporary files' removal, before the seal's marker goes.
     assert len(flushed) == (6 if fsync else 0)
 
 
