@@ -20,19 +20,23 @@ what the answer waits for; medians.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from clustr_aio.storage.local import LocalStorage
+from clustr_aio.storage.local import LocalBatch, LocalStorage
 
 DATA = Path(__file__).resolve().parent / "data"
 
 
-async def measure(files: int, *, fsync: bool) -> tuple[float, float, float]:
-    """Seconds to publish, to discard, and until the discarded files were all freed."""
+@contextlib.asynccontextmanager
+async def received(files: int, *, fsync: bool) -> AsyncIterator[tuple[LocalStorage, LocalBatch]]:
+    """A LocalStorage in a fresh folder under bench/data, and a batch of ``files`` small files
+    received into it; the storage is closed (and waited for) on the way out."""
     DATA.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=DATA) as folder:
         storage = LocalStorage(Path(folder), fsync=fsync)
@@ -43,14 +47,20 @@ async def measure(files: int, *, fsync: bool) -> tuple[float, float, float]:
                 writer = batch.add_file(f"photo-{n}.jpg")
                 await writer.write(b"\xff\xd8\xff" + bytes(1000))
                 await writer.close()
-            started = time.perf_counter()
-            await batch.publish()
-            published = time.perf_counter()
-            await batch.discard()
-            discarded = time.perf_counter()
+            yield storage, batch
         finally:
             await storage.close()  # waits for the files to be freed
-        freed = time.perf_counter()
+
+
+async def measure(files: int, *, fsync: bool) -> tuple[float, float, float]:
+    """Seconds to publish, to discard, and until the discarded files were all freed."""
+    async with received(files, fsync=fsync) as (_, batch):
+        started = time.perf_counter()
+        await batch.publish()
+        published = time.perf_counter()
+        await batch.discard()
+        discarded = time.perf_counter()
+    freed = time.perf_counter()
     return published - started, discarded - published, freed - published
 
 
@@ -59,30 +69,18 @@ async def measure_left_out(
 ) -> tuple[float, float]:
     """Wall and CPU seconds from the publish to the seal of a batch of ``files`` of which
     ``left_out`` are refused."""
-    DATA.mkdir(exist_ok=True)
     refused = {n * files // left_out for n in range(left_out)}
-    with tempfile.TemporaryDirectory(dir=DATA) as folder:
-        storage = LocalStorage(Path(folder), fsync=fsync)
-        await storage.open()
-        try:
-            batch = storage.batch()
-            for n in range(files):
-                writer = batch.add_file(f"photo-{n}.jpg")
-                await writer.write(b"\xff\xd8\xff" + bytes(1000))
-                await writer.close()
-            wall, cpu = time.perf_counter(), time.process_time()
-            if by_delete:
-                names = await batch.publish()
-                for n in sorted(refused):
-                    await storage.delete(names[n])
-            else:
-                await batch.leave_out(refused)
-                await batch.publish()
-            await batch.seal()
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        finally:
-            await storage.close()
-    return wall, cpu
+    async with received(files, fsync=fsync) as (storage, batch):
+        wall, cpu = time.perf_counter(), time.process_time()
+        if by_delete:
+            names = await batch.publish()
+            for n in sorted(refused):
+                await storage.delete(names[n])
+        else:
+            await batch.leave_out(refused)
+            await batch.publish()
+        await batch.seal()
+        return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def left_out_main(files: int, left_out: int, rounds: int, fsync: bool) -> int:
