@@ -134,6 +134,7 @@ def roll_back(dead: Path, folder: Path) -> list[str]:
     the batch's temporary files. Returns the names removed. Blocking."""
     linked: dict[str, list[os.stat_result]] = {}  # batch id -> its temporary files linked
     sealed: set[str] = set()
+    journaled: set[str] = set()  # (for the log: one killed before its first link is one too)
     with os.scandir(dead) as entries:
         for entry in entries:
             batch, _, rest = entry.name.rpartition(".")
@@ -141,19 +142,23 @@ def roll_back(dead: Path, folder: Path) -> list[str]:
                 continue  # .lock, and the dot-names of the readiness probe
             if f".{rest}" == SEALED_SUFFIX:
                 sealed.add(batch)
+            elif f".{rest}" == JOURNAL_SUFFIX:
+                journaled.add(batch)
             elif rest.isdigit() and entry.is_file(follow_symlinks=False):
                 with contextlib.suppress(FileNotFoundError):
                     st = entry.stat(follow_symlinks=False)
                     if st.st_nlink > 1:
                         linked.setdefault(batch, []).append(st)
-    unsealed = [batch for batch in linked if batch not in sealed]
+    unsealed = journaled.union(linked).difference(sealed)
     if not unsealed:
         return []
     # (st_dev, st_ino) of each temporary file linked elsewhere -> how many links to find.
     pending = {
-        (st.st_dev, st.st_ino): st.st_nlink - 1 for batch in unsealed for st in linked[batch]
+        (st.st_dev, st.st_ino): st.st_nlink - 1
+        for batch in unsealed
+        for st in linked.get(batch, ())
     }
-    removed = _unlink_links(folder, pending)
+    removed = _unlink_links(folder, pending) if pending else []
     log.warning(
         "rolled back %d publish(es) that ended with process %s: %d file(s) unpublished",
         len(unsealed),

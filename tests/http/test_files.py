@@ -3,6 +3,7 @@ check), DEDUPE and per-file results, each against SQLite and against PostgreSQL.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 from pathlib import Path
@@ -15,7 +16,7 @@ from clustr_aio.catalog.factory import SQLITE_FILE
 from clustr_aio.catalog.ids import new_id
 from clustr_aio.catalog.postgres import PostgresCatalog
 from clustr_aio.catalog.sqlite import SqliteCatalog
-from clustr_aio.storage.local import LocalStorage
+from clustr_aio.storage import journal
 from tests.conftest import JPEG, PNG, WEBP, Client, stored_files, temp_files
 from tests.http.conftest import MakeClient
 from tests.http.helpers import (
@@ -228,19 +229,22 @@ async def test_a_failed_commit_withdraws_the_published_files(
     assert await list_all(client) == []
 
 
-async def test_a_duplicate_that_cannot_be_unlinked_withdraws_the_whole_upload(
+async def test_a_seal_that_fails_withdraws_the_files_and_their_committed_records(
     catalogued: MakeClient, upload_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """After the commit, the batch is sealed; should that fail (an I/O error), the answer is
+    a 500 and nothing of the upload stays: neither its files nor its records."""
     client = await catalogued(dedupe="reuse")
     await upload_ok(client, ("a.jpg", JPEG))
 
-    async def fail(self: object, name: str) -> bool:
-        raise PermissionError(13, "read-only", name)
+    def fail(path: Path, *, durable: bool) -> Path:
+        raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(LocalStorage, "delete", fail)
-    await expect_error(await upload(client, ("new.png", PNG), ("again.jpg", JPEG)), 500)
-    assert stored_files(upload_dir) == ["a.jpg"]  # neither the new file nor the duplicate's copy
-    assert len(await list_all(client)) == 1
+    monkeypatch.setattr(journal, "seal", fail)
+    await expect_error(await upload(client, ("new.png", PNG), ("b.jpg", jpeg(7))), 500)
+    assert stored_files(upload_dir) == ["a.jpg"]
+    assert [i["stored_filename"] for i in await list_all(client)] == ["a.jpg"]
+    await eventually(lambda: temp_files(upload_dir) == [])
 
 
 # ----------------------------------------------------------------------------- reconciliation

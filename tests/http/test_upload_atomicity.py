@@ -90,6 +90,7 @@ async def test_fsync_setting_decides_whether_files_are_flushed(
     for item, (_, data) in zip(items, GOOD, strict=True):
         assert (upload_dir / item["stored_filename"]).read_bytes() == data
     # With FSYNC: each of the 3 files, the batch's journal entry, the folder once for the
-    # batch, the journal's removal (the commit).
-    assert len(flushed) == (6 if fsync else 0)
+    # batch; after the catalog's commit, the seal (the journal renamed), then the temporary
+    # files' removal before the seal's marker goes.
+    assert len(flushed) == (7 if fsync else 0)
     assert stored_files(upload_dir) == ["a.jpg", "b.png", "c.webp"]
