@@ -276,12 +276,16 @@ class MultipartStream:
         delimiter start (< len(delimiter) bytes) or an unfinished boundary line / header block:
         at most once per chunk, and rarely at all in the body of a part.
         """
+        buf, pos = self._buf, self._pos
+        if pos:
+            # Let go of what was consumed before waiting: the pieces returned are slices of the
+            # last read, which a stalled upload would otherwise keep alive whole for as long
+            # as it stalls (300 of them: 30 MiB).
+            self._buf, self._pos = buf[pos:], 0
         chunk = await self._read()
         if not chunk:
             raise MalformedUpload(eof_message)
-        buf, pos = self._buf, self._pos
-        self._buf = buf[pos:] + chunk if pos < len(buf) else chunk
-        self._pos = 0
+        self._buf = self._buf + chunk if self._buf else chunk
 
     async def _read_head(self) -> bytes:
         """Consume the rest of the boundary line and the part's header block; return them.
