@@ -136,6 +136,26 @@ async def test_a_refused_batch_leaves_no_object_and_no_multipart_upload(
     assert seaweedfs_server.uploads(bucket) == []
 
 
+async def test_refused_files_and_duplicates_of_a_kept_batch_leave_no_object(
+    aiohttp_client: AiohttpClient, upload_dir: Path, seaweedfs_server: SeaweedServer, bucket: str
+) -> None:
+    """atomic=false and DEDUPE=reuse: the objects written for the files left out (a small
+    duplicate, a large refused one) are removed; the others are stored and served."""
+    client = await s3_client(aiohttp_client, upload_dir, seaweedfs_server, bucket, DEDUPE="reuse")
+    [stored] = await upload_ok(client, ("a.png", PNG))
+    body = multipart_body(
+        Part(PNG, "again.png"), Part(big_png(PART + 3), "new.png"), Part(b"not a png", "bad.png")
+    )
+    response = await post_body(client, body, query="?atomic=false")
+    items = (await response.json())["data"]
+    assert response.status == 200, items
+    assert items[0] == {**stored, "duplicate": True}
+    assert items[1]["stored_filename"] == "new.png"
+    assert items[2]["error"]["status"] == 415
+    assert seaweedfs_server.keys(bucket) == ["a.png", "new.png"]
+    assert seaweedfs_server.uploads(bucket) == []
+
+
 async def test_a_file_over_the_limit_mid_multipart_is_aborted(
     aiohttp_client: AiohttpClient, upload_dir: Path, seaweedfs_server: SeaweedServer, bucket: str
 ) -> None:
