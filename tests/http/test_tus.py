@@ -20,6 +20,9 @@ from clustr_aio.web.keys import CATALOG
 from clustr_aio.web.keys import TUS as TUS_KEY
 from tests.conftest import JPEG, PNG, Client, stored_files
 from tests.http.conftest import MakeClient
+from tests.http.test_metrics import scrape, value
+from tests.http.test_thumbnails import local, rendered
+from tests.images.photos import encode, picture
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = {**TUS, "Content-Type": "application/offset+octet-stream"}
@@ -593,3 +596,80 @@ async def test_auth_keys_guard_the_tus_routes(make_client: MakeClient) -> None:
     done = await patch(client, url, 0, PHOTO, Authorization=f"Bearer {uploader}")
     assert done.status == 204
     assert (await client.options("/api/tus/")).status == 204
+
+
+# -- as multipart uploads are: metrics, eager thumbnails -------------------------------------
+
+
+async def test_tus_uploads_count_in_the_upload_metrics(tus: Client) -> None:
+    url = await created(tus, len(PHOTO))
+    assert (await patch(tus, url, 0, PHOTO[:40_000])).status == 204
+
+    # A PATCH whose body is on its way is an upload in flight.
+    sent_half = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def slow_rest() -> AsyncIterator[bytes]:
+        rest = PHOTO[40_000:]
+        yield rest[:10_000]
+        sent_half.set()
+        await go_on.wait()
+        yield rest[10_000:]
+
+    last = asyncio.ensure_future(
+        tus.patch(
+            url,
+            headers={
+                **OCTETS,
+                "Upload-Offset": "40000",
+                "Content-Length": str(len(PHOTO) - 40_000),
+            },
+            data=slow_rest(),
+        )
+    )
+    await sent_half.wait()
+    for _ in range(100):
+        if value(await scrape(tus), "clustr_uploads_in_flight") == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert value(await scrape(tus), "clustr_uploads_in_flight") == 1
+    go_on.set()
+    done = await last
+    assert done.status == 204, await done.text()
+
+    refused = await create(tus, 10, Upload_Metadata=metadata(filename="notes.txt"))
+    assert refused.status == 415
+    wrong = await created(tus, len(PNG), Upload_Metadata=metadata(filename="fake.jpg"))
+    assert (await patch(tus, wrong, 0, PNG)).status == 415
+    long = await created(tus, 100)
+    assert (await patch(tus, long, 0, PHOTO[:200])).status == 413
+
+    samples = await scrape(tus)
+    assert value(samples, "clustr_upload_stored_files_total") == 1
+    assert value(samples, "clustr_upload_stored_bytes_total") == len(PHOTO)
+    received = value(samples, "clustr_upload_received_bytes_total")
+    assert len(PHOTO) < received <= len(PHOTO) + len(PNG)  # the fake's first bytes, at least
+    rejections = "clustr_upload_rejections_total"
+    assert value(samples, rejections, reason="unsupported_type") == 2
+    assert value(samples, rejections, reason="too_large") == 1
+    assert value(samples, "clustr_uploads_in_flight") == 0
+
+
+async def test_eager_thumbnails_render_a_finished_tus_upload(make_client: MakeClient) -> None:
+    client = await make_client(fsync=False, thumbnails="eager")
+    photo = encode("jpg", picture((1200, 900)))
+    url = await created(client, len(photo))
+    assert (await rendered(client)) == 0
+    half = len(photo) // 2
+    assert (await patch(client, url, 0, photo[:half])).status == 204
+    done = await patch(client, url, half, photo[half:])
+    assert done.status == 204, await done.text()
+    for _ in range(200):
+        if await rendered(client) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert await rendered(client) == 2  # every THUMBNAIL_SIZES, without a GET
+    item = await (await client.get(f"/api/files/{done.headers['Clustr-File-Id']}")).json()
+    for thumbnail in item["thumbnails"].values():
+        assert (await client.get(local(thumbnail))).status == 200
+    assert await rendered(client) == 2  # they were cached
