@@ -6,10 +6,12 @@ their HTTP status. It knows no aiohttp: a request is its headers and an async st
 (:class:`TusRequest`), an answer a status and headers (:class:`TusAnswer`); ``web/routes/tus.py``
 translates.
 
-A finished upload is one :class:`~clustr_aio.ingest.pipeline.IncomingFile` read back from the
-store, received by :func:`~clustr_aio.ingest.pipeline.ingest_batch` like a multipart part: the
-same extension, magic-byte, image and size checks, the same hashing, dedupe, publishing and
-catalogue record. Its extension is checked at creation and its first bytes as soon as they
+An upload's file is one :class:`~clustr_aio.ingest.pipeline.IncomingFile`, received by
+:func:`~clustr_aio.ingest.pipeline.ingest_batch` like a multipart part: the same extension,
+magic-byte, image and size checks, the same hashing, dedupe, publishing and catalogue record.
+Its bytes are fed to that pipeline as its requests append them (:mod:`.live`), or, when the run
+in this process was lost (a restart, another worker, a failed request), read back from the
+store once complete. Its extension is checked at creation and its first bytes as soon as they
 arrive, so a wrong file is refused (415, and the upload terminated) long before its end.
 
 With AUTH=keys an upload is its creating key's owner's: another owner's requests do not find it
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -77,6 +80,7 @@ from clustr_aio.tus.headers import (
     parse_size,
     speaks_draft,
 )
+from clustr_aio.tus.live import FileRefused, LiveIngest
 
 __all__ = ["FILE_ID_HEADER", "FILE_URL_HEADER", "TusAnswer", "TusHandler", "TusRequest"]
 
@@ -84,6 +88,9 @@ log = logging.getLogger("clustr_aio")
 
 FILE_ID_HEADER: Final = "Clustr-File-Id"
 FILE_URL_HEADER: Final = "Clustr-File-Url"
+_LIVE_RUNS: Final = 64
+"""Live pipeline runs a process keeps at most (an open temporary file each, and what its
+pipeline holds); further uploads are read back once complete."""
 _LEASE_MARGIN: Final = timedelta(hours=1)
 """A quota reservation outlives its upload's expiry by this much: the expiry runs from the end
 of the upload's last request, the lease from its start."""
@@ -146,6 +153,8 @@ class TusHandler:
         self._catalog = catalog
         self.expiry = expiry
         self._clock = clock
+        self._runs: dict[str, LiveIngest] = {}
+        """Live pipeline runs of this process's uploads (:mod:`.live`), by upload id."""
 
     @property
     def max_size(self) -> int:
@@ -369,12 +378,41 @@ class TusHandler:
             await meter.reserve(info.length)  # held whole (again: its lease renewed)
         elif meter is not None:
             body = meter.counted_after(info.offset, body)  # deferred: as the bytes arrive
+        live = await self._live_ingest(info)
+        if live is not None:
+            body = live.tee(body)
+        published: list[StoredFile] = []
+        try:
+            info = await self._append(held, info, body, checksum)
+            if info.length is None and completes:
+                self._check_length(info.offset)
+                info = info.with_changes(length=info.offset)  # the draft: the length, at last
+            if info.received_all and not info.partial:
+                info = await self._publish(held, info, published, live)
+            else:
+                await held.commit(info)  # a complete part: its finals are finished when let go
+        except BaseException:
+            await self._drop_live(info.id)  # it saw bytes the store may not keep
+            raise
+        return TusAnswer(204, self._upload_headers(info, request), published)
+
+    async def _append(
+        self,
+        held: HeldUpload,
+        info: UploadInfo,
+        body: AsyncIterator[Buffer],
+        checksum: Checksum | None,
+    ) -> UploadInfo:
+        """The body appended, checked against its checksum; the upload's state after it."""
         digest = checksum.digest() if checksum is not None else None
         try:
             await held.append(body, digest=digest)
         except UnsupportedFile:  # not what its name says: the upload is refused whole
             await self._remove(held)
             raise
+        except FileRefused as refused:  # the pipeline refused the file as its bytes came
+            await self._remove(held)
+            raise refused.error from None
         except (UploadTooLarge, InsufficientStorage, ServerBusy, OSError):
             await held.rollback()  # over its length, or the disk failed: the chunk is not kept
             raise
@@ -387,16 +425,7 @@ class TusHandler:
             raise
         if checksum is not None and digest is not None:
             await self._verify(held, checksum, digest.digest())
-        info = self._advanced(info, held.written)
-        if info.length is None and completes:
-            self._check_length(info.offset)
-            info = info.with_changes(length=info.offset)  # the draft: the length, at last
-        published: list[StoredFile] = []
-        if info.received_all and not info.partial:
-            info = await self._publish(held, info, published)
-        else:
-            await held.commit(info)  # a complete part: its finals are finished once it is let go
-        return TusAnswer(204, self._upload_headers(info, request), published)
+        return self._advanced(info, held.written)
 
     def _with_length(self, info: UploadInfo, headers: Mapping[str, str]) -> UploadInfo:
         """creation-defer-length: the first PATCH that knows the length says it, once."""
@@ -459,14 +488,23 @@ class TusHandler:
     # -- publishing ------------------------------------------------------------------------
 
     async def _publish(
-        self, held: HeldUpload, info: UploadInfo, published: list[StoredFile]
+        self,
+        held: HeldUpload,
+        info: UploadInfo,
+        published: list[StoredFile],
+        live: LiveIngest | None,
     ) -> UploadInfo:
-        """Ingest the whole upload; its state then names the stored file, its bytes are freed.
-        A refusal of the file (415, 413, 409) ends the upload; any other failure (a full disk)
-        takes the last chunk back, for the client to send again."""
-        chunks = self.store.read(info.id, info.offset)
+        """Ingest the whole upload — the end of its live run, or read back from the store —;
+        its state then names the stored file, its bytes are freed. A refusal of the file (415,
+        413, 409) ends the upload; any other failure (a full disk) takes the last chunk back,
+        for the client to send again."""
+        if live is not None:
+            self._runs.pop(info.id, None)
+            ingested = live.finish()
+        else:
+            ingested = self._ingest(info, self.store.read(info.id, info.offset))
         try:
-            stored = await self._ingest(info, chunks)
+            stored = await ingested
         except ClustrError as error:
             if error.per_file:
                 await self._remove(held)
@@ -582,8 +620,36 @@ class TusHandler:
             await asyncio.shield(self._catalog.release(_reservation(info.id)))
 
     async def _remove(self, held: HeldUpload) -> None:
+        await self._drop_live(held.info.id)
         await held.remove()
         await self._release(held.info)
+
+    # -- live ingest -----------------------------------------------------------------------
+
+    async def _live_ingest(self, info: UploadInfo) -> LiveIngest | None:
+        """The upload's pipeline run in this process, if it has seen exactly the committed
+        bytes (another process's requests in between: dropped); a new one for an upload's
+        first bytes. None: the file will be read back once complete."""
+        if info.partial:  # never published on its own
+            return None
+        live = self._runs.get(info.id)
+        if live is not None and live.offset != info.offset:
+            await self._drop_live(info.id)
+            live = None
+        if live is None and info.offset == 0 and len(self._runs) < _LIVE_RUNS:
+            live = LiveIngest(functools.partial(self._ingest, info))
+            self._runs[info.id] = live
+        return live
+
+    async def _drop_live(self, upload_id: str) -> None:
+        live = self._runs.pop(upload_id, None)
+        if live is not None:
+            await live.abort()
+
+    async def close(self) -> None:
+        """Stop every live run (their batches discarded): the server is stopping."""
+        for upload_id in list(self._runs):
+            await self._drop_live(upload_id)
 
     # -- expiration ------------------------------------------------------------------------
 
@@ -606,6 +672,10 @@ class TusHandler:
             elif info.final and info.file_id is None:
                 with contextlib.suppress(ClustrError):
                     await self._finish_final(upload_id, [])
+        for upload_id in list(self._runs):  # ended elsewhere (another worker removed it)
+            info = await self.store.get(upload_id)
+            if info is None or info.expires_at <= now:
+                await self._drop_live(upload_id)
         return removed + await self.store.sweep_orphans(now - self.expiry)
 
 

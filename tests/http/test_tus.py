@@ -18,11 +18,11 @@ from yarl import URL
 from clustr_aio.auth.keys import create_key
 from clustr_aio.web.keys import CATALOG
 from clustr_aio.web.keys import TUS as TUS_KEY
-from tests.conftest import JPEG, PNG, Client, stored_files
+from tests.conftest import JPEG, PNG, Client, stored_files, temp_files
 from tests.http.conftest import MakeClient
 from tests.http.test_metrics import scrape, value
 from tests.http.test_thumbnails import local, rendered
-from tests.images.photos import encode, picture
+from tests.images.photos import encode, picture, png_chunk
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = {**TUS, "Content-Type": "application/offset+octet-stream"}
@@ -673,3 +673,58 @@ async def test_eager_thumbnails_render_a_finished_tus_upload(make_client: MakeCl
     for thumbnail in item["thumbnails"].values():
         assert (await client.get(local(thumbnail))).status == 200
     assert await rendered(client) == 2  # they were cached
+
+
+# -- the pipeline fed as the bytes arrive (tus/live.py), or the upload read back -------------
+
+
+async def test_a_structure_broken_midway_is_refused_before_the_end(
+    tus: Client, upload_dir: Path
+) -> None:
+    """The live pipeline run checks the bytes as PATCHes bring them: a PNG chunk with a bad CRC
+    in the middle ends the upload at a PATCH before its last byte."""
+    ihdr = (64).to_bytes(4, "big") + (64).to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    broken = bytearray(png_chunk(b"IDAT", bytes(4000)))
+    broken[-1] ^= 0xFF  # its CRC
+    image = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + bytes(broken)
+    image += png_chunk(b"IDAT", bytes(200_000)) + png_chunk(b"IEND", b"")
+    url = await created(tus, len(image), Upload_Metadata=metadata(filename="cut.png"))
+    offset, statuses = 0, []
+    while offset < len(image):
+        piece = image[offset : offset + 10_000]
+        answer = await patch(tus, url, offset, piece)
+        statuses.append(answer.status)
+        if answer.status != 204:
+            assert "bad CRC" in await detail(answer)
+            break
+        offset += len(piece)
+        await asyncio.sleep(0.02)  # the run's turn
+    assert statuses[-1] == 415
+    assert offset < len(image) - 10_000  # refused well before the last PATCH
+    assert (await head(tus, url)).status == 404
+    assert stored_files(upload_dir) == []
+    assert temp_files(upload_dir) == []
+
+
+async def test_a_chunk_taken_back_ends_the_live_run_and_the_upload_is_read_back(
+    tus: Client, upload_dir: Path
+) -> None:
+    url = await created(tus, len(PHOTO))
+    assert (await patch(tus, url, 0, PHOTO[:30_000])).status == 204
+    for _ in range(100):  # the live run's copy, written out once idle
+        if temp_files(upload_dir):
+            break
+        await asyncio.sleep(0.02)
+    assert len(temp_files(upload_dir)) == 1
+    # A chunk whose checksum fails was fed to the live run already: the run is dropped...
+    bad = base64.b64encode(hashlib.sha1(b"other").digest()).decode()
+    refused = await patch(tus, url, 30_000, PHOTO[30_000:], Upload_Checksum=f"sha1 {bad}")
+    assert refused.status == 460
+    assert temp_files(upload_dir) == []  # its batch discarded
+    # ...and the finished upload is read back from its data instead.
+    done = await patch(tus, url, 30_000, PHOTO[30_000:])
+    assert done.status == 204, await done.text()
+    assert (upload_dir / "photo.jpg").read_bytes() == PHOTO
+    record = await (await tus.get(f"/api/files/{done.headers['Clustr-File-Id']}")).json()
+    assert record["sha256"] == hashlib.sha256(PHOTO).hexdigest()
+    assert temp_files(upload_dir) == []
