@@ -392,7 +392,10 @@ class TusHandler:
             else:
                 await held.commit(info)  # a complete part: its finals are finished when let go
         except BaseException:
-            await self._drop_live(info.id)  # it saw bytes the store may not keep
+            # The run goes on only if it saw just what was committed (a broken connection's
+            # bytes that were kept); otherwise it saw bytes the store did not keep.
+            if live is None or live.ended or live.offset != held.info.offset:
+                await self._drop_live(info.id)
             raise
         return TusAnswer(204, self._upload_headers(info, request), published)
 
@@ -672,9 +675,9 @@ class TusHandler:
             elif info.final and info.file_id is None:
                 with contextlib.suppress(ClustrError):
                     await self._finish_final(upload_id, [])
-        for upload_id in list(self._runs):  # ended elsewhere (another worker removed it)
+        for upload_id in list(self._runs):  # ended elsewhere (removed or published)
             info = await self.store.get(upload_id)
-            if info is None or info.expires_at <= now:
+            if info is None or info.file_id is not None:
                 await self._drop_live(upload_id)
         return removed + await self.store.sweep_orphans(now - self.expiry)
 

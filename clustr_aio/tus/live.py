@@ -61,7 +61,6 @@ class LiveIngest:
             async for chunk in chunks:
                 if not await self._offer(chunk):
                     raise self._ended_early()
-                self.offset += len(chunk)
                 yield chunk
 
         return fed()
@@ -73,7 +72,9 @@ class LiveIngest:
         return await self._run
 
     async def _offer(self, chunk: Buffer | None) -> bool:
-        """Queue ``chunk`` (None: the end); False if the run ended first."""
+        """Queue ``chunk`` (None: the end); False if the run ended first. A chunk queued is
+        counted even if the caller is cancelled meanwhile, so that :attr:`offset` never says
+        less than the run saw."""
         if self._run.done():
             return False
         put = asyncio.ensure_future(self._queue.put(chunk))
@@ -81,7 +82,9 @@ class LiveIngest:
             await asyncio.wait((put, self._run), return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not put.done():
-                put.cancel()
+                put.cancel()  # a put cancelled before it is done queues nothing
+            elif not put.cancelled() and chunk is not None:
+                self.offset += len(chunk)
         return put.done() and not put.cancelled()
 
     def _ended_early(self) -> BaseException:
