@@ -378,7 +378,7 @@ class TusHandler:
             await meter.reserve(info.length)  # held whole (again: its lease renewed)
         elif meter is not None:
             body = meter.counted_after(info.offset, body)  # deferred: as the bytes arrive
-        live = await self._live_ingest(info)
+        live = await self._live_ingest(info, start=request.has_body)
         if live is not None:
             body = live.tee(body)
         published: list[StoredFile] = []
@@ -629,17 +629,18 @@ class TusHandler:
 
     # -- live ingest -----------------------------------------------------------------------
 
-    async def _live_ingest(self, info: UploadInfo) -> LiveIngest | None:
+    async def _live_ingest(self, info: UploadInfo, *, start: bool) -> LiveIngest | None:
         """The upload's pipeline run in this process, if it has seen exactly the committed
         bytes (another process's requests in between: dropped); a new one for an upload's
-        first bytes. None: the file will be read back once complete."""
+        first bytes (``start``: the request has a body). None: the file will be read back
+        once complete."""
         if info.partial:  # never published on its own
             return None
         live = self._runs.get(info.id)
         if live is not None and live.offset != info.offset:
             await self._drop_live(info.id)
             live = None
-        if live is None and info.offset == 0 and len(self._runs) < _LIVE_RUNS:
+        if live is None and start and info.offset == 0 and len(self._runs) < _LIVE_RUNS:
             live = LiveIngest(functools.partial(self._ingest, info))
             self._runs[info.id] = live
         return live

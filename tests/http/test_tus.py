@@ -419,7 +419,9 @@ async def test_concurrent_patches_one_wins_the_others_423(tus: Client) -> None:
     )
     for _ in range(100):  # until the first PATCH holds the upload
         await asyncio.sleep(0.02)
-        others = await asyncio.gather(*(patch(tus, url, 0, PHOTO[:10]) for _ in range(3)))
+        # At an offset that never fits (409 while the upload is free), so that one that
+        # comes before the first PATCH took the lock cannot change the upload.
+        others = await asyncio.gather(*(patch(tus, url, 1, PHOTO[:10]) for _ in range(3)))
         if all(r.status == 423 for r in others):
             break
     assert [r.status for r in others] == [423, 423, 423]
