@@ -6,10 +6,10 @@ What is measured, and where:
   route,status}`` and ``clustr_http_request_duration_seconds{method,route}`` (route is the
   route's path template, e.g. ``/api/upload`` or ``/uploads``, never the raw path, so the number
   of series is bounded);
-- uploads, by the upload handler through :meth:`Metrics.track_upload`: bytes of request bodies
-  received, files and bytes stored, uploads in flight, and rejections by a stable reason name
-  (:data:`REJECTION_REASONS`, from the status of the
-  :class:`~clustr_aio.domain.errors.ClustrError`).
+- uploads, by the upload handlers (multipart; tus creations and PATCHes) through
+  :meth:`Metrics.track_upload`: bytes of request bodies received, files and bytes stored,
+  uploads in flight, and rejections by a stable reason name (:data:`REJECTION_REASONS`, from
+  the status of the :class:`~clustr_aio.domain.errors.ClustrError`).
   The ingest pipeline and storage stay free of both HTTP and metrics.
 
 With several worker processes (``WORKERS=N``) every worker counts its own requests, and a

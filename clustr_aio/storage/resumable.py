@@ -53,6 +53,11 @@ class UploadInfo:
     """A final upload: the ids of its partial uploads, in order. Its bytes are theirs."""
     file_id: str | None = None
     """Once published: the catalog id of the stored file (``GET /api/files/{id}``)."""
+    owner: str | None = None
+    """AUTH=keys: the owner of the key that created it (only that owner's, or an admin's,
+    requests find it); its stored file is that owner's. None in the open mode."""
+    quota: int | None = None
+    """The creating key's quota, which its bytes are reserved against while it lasts."""
 
     @property
     def final(self) -> bool:

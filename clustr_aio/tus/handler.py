@@ -6,23 +6,36 @@ their HTTP status. It knows no aiohttp: a request is its headers and an async st
 (:class:`TusRequest`), an answer a status and headers (:class:`TusAnswer`); ``web/routes/tus.py``
 translates.
 
-A finished upload is one :class:`~clustr_aio.ingest.pipeline.IncomingFile` read back from the
-store, received by :func:`~clustr_aio.ingest.pipeline.ingest_batch` like a multipart part: the
-same extension, magic-byte, image and size checks, the same hashing, dedupe, publishing and
-catalogue record. Its extension is checked at creation and its first bytes as soon as they
+An upload's file is one :class:`~clustr_aio.ingest.pipeline.IncomingFile`, received by
+:func:`~clustr_aio.ingest.pipeline.ingest_batch` like a multipart part: the same extension,
+magic-byte, image and size checks, the same hashing, dedupe, publishing and catalogue record.
+Its bytes are fed to that pipeline as its requests append them (:mod:`.live`), or, when the run
+in this process was lost (a restart, another worker, a failed request), read back from the
+store once complete. Its extension is checked at creation and its first bytes as soon as they
 arrive, so a wrong file is refused (415, and the upload terminated) long before its end.
+
+With AUTH=keys an upload is its creating key's owner's: another owner's requests do not find it
+(404, as with files), its file is catalogued as that owner's (DEDUPE among theirs), and its
+bytes are reserved against the key's quota for as long as it lives
+(:mod:`clustr_aio.auth.quota`): its whole ``Upload-Length`` at its creation (507 before any
+byte, nothing made), or, while its length is deferred, its bytes as they arrive.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Final
 
+from clustr_aio.auth.keys import OPEN, Principal
+from clustr_aio.auth.quota import QuotaMeter
 from clustr_aio.catalog.base import Catalog
 from clustr_aio.domain.errors import (
     BadRequest,
@@ -67,6 +80,7 @@ from clustr_aio.tus.headers import (
     parse_size,
     speaks_draft,
 )
+from clustr_aio.tus.live import FileRefused, LiveIngest
 
 __all__ = ["FILE_ID_HEADER", "FILE_URL_HEADER", "TusAnswer", "TusHandler", "TusRequest"]
 
@@ -74,6 +88,12 @@ log = logging.getLogger("clustr_aio")
 
 FILE_ID_HEADER: Final = "Clustr-File-Id"
 FILE_URL_HEADER: Final = "Clustr-File-Url"
+_LIVE_RUNS: Final = 64
+"""Live pipeline runs a process keeps at most (an open temporary file each, and what its
+pipeline holds); further uploads are read back once complete."""
+_LEASE_MARGIN: Final = timedelta(hours=1)
+"""A quota reservation outlives its upload's expiry by this much: the expiry runs from the end
+of the upload's last request, the lease from its start."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +106,9 @@ class TusRequest:
     """The absolute URL of the creation endpoint, without its trailing slash."""
     files_url: str
     """The absolute URL of ``/api/files``: a published upload's record is under it."""
+    principal: Principal = OPEN
+    """Who asks (AUTH=keys): an upload is its creator's owner's, found by that owner only (and
+    admins); its bytes count toward the creating key's quota."""
 
     @property
     def draft(self) -> bool:
@@ -107,6 +130,8 @@ class TusRequest:
 class TusAnswer:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
+    published: list[StoredFile] = field(default_factory=list)
+    """Files this request stored (its upload completed, or a final's last part did)."""
 
 
 class TusHandler:
@@ -128,6 +153,8 @@ class TusHandler:
         self._catalog = catalog
         self.expiry = expiry
         self._clock = clock
+        self._runs: dict[str, LiveIngest] = {}
+        """Live pipeline runs of this process's uploads (:mod:`.live`), by upload id."""
 
     @property
     def max_size(self) -> int:
@@ -161,13 +188,21 @@ class TusHandler:
         length = self._declared_length(headers, optional=request.draft)
         if not partial:
             self._check_name(metadata, length)
-        info = self._new_upload(length, metadata, partial=partial)
-        await self.store.create(info)
+        info = self._new_upload(length, metadata, request.principal, partial=partial)
+        meter = self._meter(info, kept="nothing of this upload was kept")
+        if meter is not None and length is not None:
+            await meter.reserve(length)  # 507 before any byte: no upload made
+        try:
+            await self.store.create(info)
+        except BaseException:
+            await self._release(info)
+            raise
         answer = TusAnswer(201, {"Location": f"{request.endpoint}/{info.id}"})
         if request.has_body:  # creation-with-upload: the first chunk, as a PATCH would send it
             async with self.store.hold(info.id) as held:
                 patched = await self._receive(held, request, 0)
             answer.headers.update(patched.headers)
+            answer.published = patched.published
         else:
             answer.headers["Upload-Expires"] = http_date(info.expires_at)
         return answer
@@ -176,11 +211,13 @@ class TusHandler:
         self,
         length: int | None,
         metadata: dict[str, str],
+        principal: Principal,
         *,
         partial: bool = False,
         parts: tuple[str, ...] = (),
     ) -> UploadInfo:
         now = self._clock()
+        owner = principal.owner
         return UploadInfo(
             id=uuid.uuid4().hex,
             length=length,
@@ -189,6 +226,9 @@ class TusHandler:
             expires_at=now + self.expiry,
             partial=partial,
             parts=parts,
+            owner=owner,
+            # A final's bytes are its parts', reserved by them.
+            quota=principal.quota if owner is not None and not parts else None,
         )
 
     def _declared_length(self, headers: Mapping[str, str], *, optional: bool) -> int | None:
@@ -229,9 +269,12 @@ class TusHandler:
         if "Upload-Length" in request.headers or request.has_body:
             raise BadRequest("a final upload has no Upload-Length nor body: its parts' bytes")
         filename = self._check_name(metadata, None)
+        owner = request.principal.owner
         parts = [await self.store.get(part_id) for part_id in part_ids]
         for part in parts:
-            if part is None or part.expires_at <= self._clock():
+            # Another owner's part is not found, as with every other request; an admin's
+            # final too concatenates its own owner's parts only (whose file it becomes).
+            if part is None or part.expires_at <= self._clock() or part.owner != owner:
                 raise BadRequest("Upload-Concat: a partial upload it names does not exist")
             if not part.partial:
                 raise BadRequest("Upload-Concat: an upload it names is not a partial upload")
@@ -242,12 +285,13 @@ class TusHandler:
         head = await self.store.head(part_ids[0], SNIFF_BYTES)
         if len(head) >= SNIFF_BYTES or length == len(head):
             verify_content(extension_of(filename), head, filename=filename)
-        info = self._new_upload(length, metadata, parts=tuple(part_ids))
+        info = self._new_upload(length, metadata, request.principal, parts=tuple(part_ids))
         await self.store.create(info)
         for part_id in part_ids:
             await self.store.refer(part_id, info.id)
         answer = TusAnswer(201, {"Location": f"{request.endpoint}/{info.id}"})
-        finished = await self._finish_final(info.id)  # now, if every part is complete
+        # Now, if every part is complete.
+        finished = await self._finish_final(info.id, answer.published)
         answer.headers.update(self._upload_headers(finished or info, request))
         return answer
 
@@ -255,9 +299,9 @@ class TusHandler:
 
     async def head(self, upload_id: str, request: TusRequest) -> TusAnswer:
         check_version(request.headers)
-        info = await self._live(upload_id)
+        info = await self._live(upload_id, request.principal)
         if info.final and info.file_id is None:
-            info = await self._finish_final(upload_id) or info  # after a crash, say
+            info = await self._finish_final(upload_id, []) or info  # after a crash, say
         headers = self._upload_headers(info, request)
         headers["Cache-Control"] = "no-store"
         if info.length is None:
@@ -284,9 +328,9 @@ class TusHandler:
             headers["Upload-Complete"] = "?1" if info.received_all else "?0"
         return headers
 
-    async def _live(self, upload_id: str) -> UploadInfo:
+    async def _live(self, upload_id: str, principal: Principal) -> UploadInfo:
         info = await self.store.get(upload_id)
-        if info is None:
+        if info is None or not _sees(principal, info):
             raise NotFound("no upload has this id")
         if info.expires_at <= self._clock():
             raise UploadGone("this upload has expired")
@@ -302,13 +346,13 @@ class TusHandler:
         offset = parse_size(headers, "Upload-Offset")
         if offset is None:
             raise BadRequest("Upload-Offset is required")
-        info = await self._live(upload_id)
+        info = await self._live(upload_id, request.principal)
         if info.final:
             raise FinalUploadPatched("a final upload's bytes are its parts': PATCH those")
         async with self.store.hold(upload_id) as held:
             answer = await self._receive(held, request, offset)
         if held.info.partial and held.info.received_all:
-            await self._finish_finals_of(upload_id)  # concatenation-unfinished
+            await self._finish_finals_of(upload_id, answer.published)  # concatenation-unfinished
         return answer
 
     async def _receive(self, held: HeldUpload, request: TusRequest, offset: int) -> TusAnswer:
@@ -329,12 +373,49 @@ class TusHandler:
         if request.content_length is not None and request.content_length > room:
             raise UploadTooLarge(f"the body is longer than the {room} bytes the upload lacks")
         body = self._checked(request.body, info, room, await self._head_for(info))
+        meter = self._meter(info, kept="nothing of this request's body was kept")
+        if meter is not None and info.length is not None:
+            await meter.reserve(info.length)  # held whole (again: its lease renewed)
+        elif meter is not None:
+            body = meter.counted_after(info.offset, body)  # deferred: as the bytes arrive
+        live = await self._live_ingest(info, start=request.has_body)
+        if live is not None:
+            body = live.tee(body)
+        published: list[StoredFile] = []
+        try:
+            info = await self._append(held, info, body, checksum)
+            if info.length is None and completes:
+                self._check_length(info.offset)
+                info = info.with_changes(length=info.offset)  # the draft: the length, at last
+            if info.received_all and not info.partial:
+                info = await self._publish(held, info, published, live)
+            else:
+                await held.commit(info)  # a complete part: its finals are finished when let go
+        except BaseException:
+            # The run goes on only if it saw just what was committed (a broken connection's
+            # bytes that were kept); otherwise it saw bytes the store did not keep.
+            if live is None or live.ended or live.offset != held.info.offset:
+                await self._drop_live(info.id)
+            raise
+        return TusAnswer(204, self._upload_headers(info, request), published)
+
+    async def _append(
+        self,
+        held: HeldUpload,
+        info: UploadInfo,
+        body: AsyncIterator[Buffer],
+        checksum: Checksum | None,
+    ) -> UploadInfo:
+        """The body appended, checked against its checksum; the upload's state after it."""
         digest = checksum.digest() if checksum is not None else None
         try:
             await held.append(body, digest=digest)
         except UnsupportedFile:  # not what its name says: the upload is refused whole
-            await held.remove()
+            await self._remove(held)
             raise
+        except FileRefused as refused:  # the pipeline refused the file as its bytes came
+            await self._remove(held)
+            raise refused.error from None
         except (UploadTooLarge, InsufficientStorage, ServerBusy, OSError):
             await held.rollback()  # over its length, or the disk failed: the chunk is not kept
             raise
@@ -347,15 +428,7 @@ class TusHandler:
             raise
         if checksum is not None and digest is not None:
             await self._verify(held, checksum, digest.digest())
-        info = self._advanced(info, held.written)
-        if info.length is None and completes:
-            self._check_length(info.offset)
-            info = info.with_changes(length=info.offset)  # the draft: the length, at last
-        if info.received_all and not info.partial:
-            info = await self._publish(held, info)
-        else:
-            await held.commit(info)  # a complete part: its finals are finished once it is let go
-        return TusAnswer(204, self._upload_headers(info, request))
+        return self._advanced(info, held.written)
 
     def _with_length(self, info: UploadInfo, headers: Mapping[str, str]) -> UploadInfo:
         """creation-defer-length: the first PATCH that knows the length says it, once."""
@@ -417,22 +490,34 @@ class TusHandler:
 
     # -- publishing ------------------------------------------------------------------------
 
-    async def _publish(self, held: HeldUpload, info: UploadInfo) -> UploadInfo:
-        """Ingest the whole upload; its state then names the stored file, its bytes are freed.
-        A refusal of the file (415, 413, 409) ends the upload; any other failure (a full disk)
-        takes the last chunk back, for the client to send again."""
-        chunks = self.store.read(info.id, info.offset)
+    async def _publish(
+        self,
+        held: HeldUpload,
+        info: UploadInfo,
+        published: list[StoredFile],
+        live: LiveIngest | None,
+    ) -> UploadInfo:
+        """Ingest the whole upload — the end of its live run, or read back from the store —;
+        its state then names the stored file, its bytes are freed. A refusal of the file (415,
+        413, 409) ends the upload; any other failure (a full disk) takes the last chunk back,
+        for the client to send again."""
+        if live is not None:
+            self._runs.pop(info.id, None)
+            ingested = live.finish()
+        else:
+            ingested = self._ingest(info, self.store.read(info.id, info.offset))
         try:
-            stored = await self._ingest(info.metadata["filename"], chunks)
+            stored = await ingested
         except ClustrError as error:
             if error.per_file:
-                await held.remove()
+                await self._remove(held)
             else:
                 await held.rollback()
             raise
         except BaseException:
             await held.rollback()
             raise
+        published.append(stored)
         return await self._done(held, info, stored)
 
     async def _done(self, held: HeldUpload, info: UploadInfo, stored: StoredFile) -> UploadInfo:
@@ -445,25 +530,31 @@ class TusHandler:
         )
         await held.commit(done)
         await held.release_data()
+        await self._release(info)  # its file is catalogued: it counts as such now
         return done
 
-    async def _ingest(self, filename: str, chunks: AsyncIterator[Buffer]) -> StoredFile:
-        async def one_file() -> AsyncIterator[IncomingFile]:
-            yield IncomingFile(filename, chunks)
+    async def _ingest(self, info: UploadInfo, chunks: AsyncIterator[Buffer]) -> StoredFile:
+        """The upload's file through the pipeline, as its owner's (DEDUPE among theirs)."""
 
-        [stored] = await ingest_batch(one_file(), self._storage, self._policy, self._catalog)
+        async def one_file() -> AsyncIterator[IncomingFile]:
+            yield IncomingFile(info.metadata["filename"], chunks)
+
+        [stored] = await ingest_batch(
+            one_file(), self._storage, self._policy, self._catalog, owner=info.owner
+        )
         return stored
 
-    async def _finish_finals_of(self, partial_id: str) -> None:
+    async def _finish_finals_of(self, partial_id: str, published: list[StoredFile]) -> None:
         """concatenation-unfinished: a part just completed; its finals may be whole now."""
         for final_id in await self.store.finals_of(partial_id):
             try:
-                await self._finish_final(final_id)
+                await self._finish_final(final_id, published)
             except ClustrError as error:  # the final was refused (and ended), not this part
                 log.info("final upload %s refused: %s", final_id, error.detail)
 
-    async def _finish_final(self, final_id: str) -> UploadInfo | None:
-        """Publish the final upload if every part is complete (None if it was busy)."""
+    async def _finish_final(self, final_id: str, published: list[StoredFile]) -> UploadInfo | None:
+        """Publish the final upload if every part is complete (None if it was busy); its
+        stored file is appended to ``published``."""
         try:
             async with self.store.hold(final_id) as held:
                 info = held.info
@@ -478,15 +569,17 @@ class TusHandler:
                     self._check_length(total)
                     info = info.with_changes(length=total)
                 try:
-                    stored = await self._ingest(info.metadata["filename"], self._concat(complete))
+                    stored = await self._ingest(info, self._concat(complete))
                 except ClustrError as error:
                     if error.per_file:
                         await held.remove()
                     raise
                 done = await self._done(held, info, stored)
+                published.append(stored)
         except (UploadLocked, NotFound):
             return None
-        for part in complete:  # their bytes are the stored file's now
+        for part in complete:  # their bytes are the stored file's now, and their reservations
+            await self._release(part)
             with contextlib.suppress(UploadLocked, NotFound):
                 async with self.store.hold(part.id) as held_part:
                     await held_part.remove()
@@ -502,8 +595,65 @@ class TusHandler:
     async def terminate(self, upload_id: str, request: TusRequest) -> TusAnswer:
         check_version(request.headers)
         async with self.store.hold(upload_id) as held:
-            await held.remove()
+            if not _sees(request.principal, held.info):
+                raise NotFound("no upload has this id")
+            await self._remove(held)
         return TusAnswer(204)
+
+    # -- owners and quotas -----------------------------------------------------------------
+
+    def _meter(self, info: UploadInfo, *, kept: str) -> QuotaMeter | None:
+        """The upload's standing reservation against its creating key's quota, if it has one
+        (``kept``: what a refusal says was kept)."""
+        if info.owner is None or info.quota is None or self._catalog is None:
+            return None
+        lease = timedelta(seconds=self.expiry) + _LEASE_MARGIN
+        return QuotaMeter(
+            self._catalog,
+            info.owner,
+            info.quota,
+            reservation=_reservation(info.id),
+            lease=lease,
+            kept=kept,
+        )
+
+    async def _release(self, info: UploadInfo) -> None:
+        """Let go of the upload's reservation (stored, refused, terminated or expired)."""
+        if info.quota is not None and self._catalog is not None:
+            await asyncio.shield(self._catalog.release(_reservation(info.id)))
+
+    async def _remove(self, held: HeldUpload) -> None:
+        await self._drop_live(held.info.id)
+        await held.remove()
+        await self._release(held.info)
+
+    # -- live ingest -----------------------------------------------------------------------
+
+    async def _live_ingest(self, info: UploadInfo, *, start: bool) -> LiveIngest | None:
+        """The upload's pipeline run in this process, if it has seen exactly the committed
+        bytes (another process's requests in between: dropped); a new one for an upload's
+        first bytes (``start``: the request has a body). None: the file will be read back
+        once complete."""
+        if info.partial:  # never published on its own
+            return None
+        live = self._runs.get(info.id)
+        if live is not None and live.offset != info.offset:
+            await self._drop_live(info.id)
+            live = None
+        if live is None and start and info.offset == 0 and len(self._runs) < _LIVE_RUNS:
+            live = LiveIngest(functools.partial(self._ingest, info))
+            self._runs[info.id] = live
+        return live
+
+    async def _drop_live(self, upload_id: str) -> None:
+        live = self._runs.pop(upload_id, None)
+        if live is not None:
+            await live.abort()
+
+    async def close(self) -> None:
+        """Stop every live run (their batches discarded): the server is stopping."""
+        for upload_id in list(self._runs):
+            await self._drop_live(upload_id)
 
     # -- expiration ------------------------------------------------------------------------
 
@@ -521,9 +671,23 @@ class TusHandler:
                 with contextlib.suppress(UploadLocked, NotFound):
                     async with self.store.hold(upload_id) as held:
                         if held.info.expires_at <= now:
-                            await held.remove()
+                            await self._remove(held)
                             removed += 1
             elif info.final and info.file_id is None:
                 with contextlib.suppress(ClustrError):
-                    await self._finish_final(upload_id)
+                    await self._finish_final(upload_id, [])
+        for upload_id in list(self._runs):  # ended elsewhere (removed or published)
+            info = await self.store.get(upload_id)
+            if info is None or info.file_id is not None:
+                await self._drop_live(upload_id)
         return removed + await self.store.sweep_orphans(now - self.expiry)
+
+
+def _sees(principal: Principal, info: UploadInfo) -> bool:
+    """Whether the upload is the principal's owner's (any is, for an admin or the open mode):
+    another owner's upload is not found (404), as another owner's file is not."""
+    return principal.sees is None or principal.sees == info.owner
+
+
+def _reservation(upload_id: str) -> str:
+    return f"tus-{upload_id}"

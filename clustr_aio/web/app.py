@@ -151,6 +151,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
             for sweep in sweeps:
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweep
+            if TUS in app:  # before the storage closes: its live runs' batches discarded
+                await app[TUS].close()
 
 
 async def _sweep_every(seconds: float, catalog: Catalog, storage: Storage) -> None:

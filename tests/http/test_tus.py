@@ -18,8 +18,11 @@ from yarl import URL
 from clustr_aio.auth.keys import create_key
 from clustr_aio.web.keys import CATALOG
 from clustr_aio.web.keys import TUS as TUS_KEY
-from tests.conftest import JPEG, PNG, Client, stored_files
+from tests.conftest import JPEG, PNG, Client, stored_files, temp_files
 from tests.http.conftest import MakeClient
+from tests.http.test_metrics import scrape, value
+from tests.http.test_thumbnails import local, rendered
+from tests.images.photos import encode, picture, png_chunk
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = {**TUS, "Content-Type": "application/offset+octet-stream"}
@@ -416,7 +419,9 @@ async def test_concurrent_patches_one_wins_the_others_423(tus: Client) -> None:
     )
     for _ in range(100):  # until the first PATCH holds the upload
         await asyncio.sleep(0.02)
-        others = await asyncio.gather(*(patch(tus, url, 0, PHOTO[:10]) for _ in range(3)))
+        # At an offset that never fits (409 while the upload is free), so that one that
+        # comes before the first PATCH took the lock cannot change the upload.
+        others = await asyncio.gather(*(patch(tus, url, 1, PHOTO[:10]) for _ in range(3)))
         if all(r.status == 423 for r in others):
             break
     assert [r.status for r in others] == [423, 423, 423]
@@ -593,3 +598,135 @@ async def test_auth_keys_guard_the_tus_routes(make_client: MakeClient) -> None:
     done = await patch(client, url, 0, PHOTO, Authorization=f"Bearer {uploader}")
     assert done.status == 204
     assert (await client.options("/api/tus/")).status == 204
+
+
+# -- as multipart uploads are: metrics, eager thumbnails -------------------------------------
+
+
+async def test_tus_uploads_count_in_the_upload_metrics(tus: Client) -> None:
+    url = await created(tus, len(PHOTO))
+    assert (await patch(tus, url, 0, PHOTO[:40_000])).status == 204
+
+    # A PATCH whose body is on its way is an upload in flight.
+    sent_half = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def slow_rest() -> AsyncIterator[bytes]:
+        rest = PHOTO[40_000:]
+        yield rest[:10_000]
+        sent_half.set()
+        await go_on.wait()
+        yield rest[10_000:]
+
+    last = asyncio.ensure_future(
+        tus.patch(
+            url,
+            headers={
+                **OCTETS,
+                "Upload-Offset": "40000",
+                "Content-Length": str(len(PHOTO) - 40_000),
+            },
+            data=slow_rest(),
+        )
+    )
+    await sent_half.wait()
+    for _ in range(100):
+        if value(await scrape(tus), "clustr_uploads_in_flight") == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert value(await scrape(tus), "clustr_uploads_in_flight") == 1
+    go_on.set()
+    done = await last
+    assert done.status == 204, await done.text()
+
+    refused = await create(tus, 10, Upload_Metadata=metadata(filename="notes.txt"))
+    assert refused.status == 415
+    wrong = await created(tus, len(PNG), Upload_Metadata=metadata(filename="fake.jpg"))
+    assert (await patch(tus, wrong, 0, PNG)).status == 415
+    long = await created(tus, 100)
+    assert (await patch(tus, long, 0, PHOTO[:200])).status == 413
+
+    samples = await scrape(tus)
+    assert value(samples, "clustr_upload_stored_files_total") == 1
+    assert value(samples, "clustr_upload_stored_bytes_total") == len(PHOTO)
+    received = value(samples, "clustr_upload_received_bytes_total")
+    assert len(PHOTO) < received <= len(PHOTO) + len(PNG)  # the fake's first bytes, at least
+    rejections = "clustr_upload_rejections_total"
+    assert value(samples, rejections, reason="unsupported_type") == 2
+    assert value(samples, rejections, reason="too_large") == 1
+    assert value(samples, "clustr_uploads_in_flight") == 0
+
+
+async def test_eager_thumbnails_render_a_finished_tus_upload(make_client: MakeClient) -> None:
+    client = await make_client(fsync=False, thumbnails="eager")
+    photo = encode("jpg", picture((1200, 900)))
+    url = await created(client, len(photo))
+    assert (await rendered(client)) == 0
+    half = len(photo) // 2
+    assert (await patch(client, url, 0, photo[:half])).status == 204
+    done = await patch(client, url, half, photo[half:])
+    assert done.status == 204, await done.text()
+    for _ in range(200):
+        if await rendered(client) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert await rendered(client) == 2  # every THUMBNAIL_SIZES, without a GET
+    item = await (await client.get(f"/api/files/{done.headers['Clustr-File-Id']}")).json()
+    for thumbnail in item["thumbnails"].values():
+        assert (await client.get(local(thumbnail))).status == 200
+    assert await rendered(client) == 2  # they were cached
+
+
+# -- the pipeline fed as the bytes arrive (tus/live.py), or the upload read back -------------
+
+
+async def test_a_structure_broken_midway_is_refused_before_the_end(
+    tus: Client, upload_dir: Path
+) -> None:
+    """The live pipeline run checks the bytes as PATCHes bring them: a PNG chunk with a bad CRC
+    in the middle ends the upload at a PATCH before its last byte."""
+    ihdr = (64).to_bytes(4, "big") + (64).to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    broken = bytearray(png_chunk(b"IDAT", bytes(4000)))
+    broken[-1] ^= 0xFF  # its CRC
+    image = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + bytes(broken)
+    image += png_chunk(b"IDAT", bytes(200_000)) + png_chunk(b"IEND", b"")
+    url = await created(tus, len(image), Upload_Metadata=metadata(filename="cut.png"))
+    offset, statuses = 0, []
+    while offset < len(image):
+        piece = image[offset : offset + 10_000]
+        answer = await patch(tus, url, offset, piece)
+        statuses.append(answer.status)
+        if answer.status != 204:
+            assert "bad CRC" in await detail(answer)
+            break
+        offset += len(piece)
+        await asyncio.sleep(0.02)  # the run's turn
+    assert statuses[-1] == 415
+    assert offset < len(image) - 10_000  # refused well before the last PATCH
+    assert (await head(tus, url)).status == 404
+    assert stored_files(upload_dir) == []
+    assert temp_files(upload_dir) == []
+
+
+async def test_a_chunk_taken_back_ends_the_live_run_and_the_upload_is_read_back(
+    tus: Client, upload_dir: Path
+) -> None:
+    url = await created(tus, len(PHOTO))
+    assert (await patch(tus, url, 0, PHOTO[:30_000])).status == 204
+    for _ in range(100):  # the live run's copy, written out once idle
+        if temp_files(upload_dir):
+            break
+        await asyncio.sleep(0.02)
+    assert len(temp_files(upload_dir)) == 1
+    # A chunk whose checksum fails was fed to the live run already: the run is dropped...
+    bad = base64.b64encode(hashlib.sha1(b"other").digest()).decode()
+    refused = await patch(tus, url, 30_000, PHOTO[30_000:], Upload_Checksum=f"sha1 {bad}")
+    assert refused.status == 460
+    assert temp_files(upload_dir) == []  # its batch discarded
+    # ...and the finished upload is read back from its data instead.
+    done = await patch(tus, url, 30_000, PHOTO[30_000:])
+    assert done.status == 204, await done.text()
+    assert (upload_dir / "photo.jpg").read_bytes() == PHOTO
+    record = await (await tus.get(f"/api/files/{done.headers['Clustr-File-Id']}")).json()
+    assert record["sha256"] == hashlib.sha256(PHOTO).hexdigest()
+    assert temp_files(upload_dir) == []

@@ -1,10 +1,12 @@
 """``/api/tus/``: resumable uploads (tus 1.0.0), translated to and from :mod:`clustr_aio.tus`.
 
-Thin: each handler hands the request's headers and body stream to the
-:class:`~clustr_aio.tus.handler.TusHandler` and writes its answer back. Errors are
-:class:`~clustr_aio.domain.errors.ClustrError`s that become ``{"detail"}`` responses in the one
-middleware, like every other route's; :func:`tus_headers` adds ``Tus-Resumable`` to every answer
-under ``/api/tus/``, errors included, as the protocol asks.
+Thin: each handler hands the request's headers, body stream and principal (AUTH=keys: its
+key's owner and quota) to the :class:`~clustr_aio.tus.handler.TusHandler` and writes its answer
+back. The requests that carry a file's bytes (creation, PATCH) count in the upload metrics as a
+multipart upload does, and a file one of them completes is rendered ahead (THUMBNAILS=eager).
+Errors are :class:`~clustr_aio.domain.errors.ClustrError`s that become ``{"detail"}`` responses
+in the one middleware, like every other route's; :func:`tus_headers` adds ``Tus-Resumable``
+to every answer under ``/api/tus/``, errors included, as the protocol asks.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Final
 from aiohttp import hdrs, web
 
 from clustr_aio.compat import replace_route_handler
-from clustr_aio.domain.errors import NotFound
+from clustr_aio.domain.errors import NotFound, QuotaExceeded
 from clustr_aio.storage.base import Buffer
 from clustr_aio.tus.handler import TusAnswer, TusHandler, TusRequest
 from clustr_aio.tus.headers import (
@@ -25,13 +27,15 @@ from clustr_aio.tus.headers import (
     PARTIAL_UPLOAD,
     TUS_VERSION,
 )
-from clustr_aio.web.base_url import request_base_url
+from clustr_aio.web.base_url import client_address, request_base_url
 from clustr_aio.web.guard import requires
-from clustr_aio.web.keys import TUS, UPLOAD_SLOTS
+from clustr_aio.web.keys import GUARD, METRICS, TUS, UPLOAD_SLOTS
+from clustr_aio.web.middlewares import admitted
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.registry import JSONObject
 from clustr_aio.web.openapi.schemas import error_response
 from clustr_aio.web.protection import body_errors, refuse_content_encoding
+from clustr_aio.web.routes.upload import render_ahead
 
 __all__ = ["PREFIX", "add_discovery", "routes", "tus_headers"]
 
@@ -47,21 +51,56 @@ def _tus(request: web.Request) -> TusHandler:
     return tus
 
 
-async def _body(request: web.Request) -> AsyncIterator[Buffer]:
-    with body_errors():
-        async for chunk in request.content.iter_any():
-            yield chunk
+class _Body:
+    """The request's body as the handler reads it, its bytes counted (the upload metrics)."""
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+        self.bytes_read = 0
+
+    async def chunks(self) -> AsyncIterator[Buffer]:
+        with body_errors():
+            async for chunk in self._request.content.iter_any():
+                self.bytes_read += len(chunk)
+                yield chunk
 
 
-def _request(request: web.Request) -> TusRequest:
+async def _request(request: web.Request, body: _Body | None = None) -> TusRequest:
     base = request_base_url(request)
     return TusRequest(
         headers=request.headers,
-        body=_body(request),
+        body=(body or _Body(request)).chunks(),
         content_length=request.content_length,
         endpoint=base + PREFIX.rstrip("/"),
         files_url=base + "/api/files",
+        principal=await admitted(request),
     )
+
+
+Receive = Callable[[TusHandler, TusRequest], Awaitable[TusAnswer]]
+
+
+async def _receiving(request: web.Request, receive: Receive) -> web.Response:
+    """A request that may carry a file's bytes (creation, PATCH), as a multipart upload is:
+    in the upload metrics (in flight, bytes received, files stored, refusals), a quota refusal
+    logged by key name, the file it completes rendered ahead."""
+    tus = _tus(request)
+    metrics = request.app[METRICS]
+    with metrics.track_upload() as tracked, request.app[UPLOAD_SLOTS].take():
+        refuse_content_encoding(request.headers)
+        body = _Body(request)
+        tus_request = await _request(request, body)
+        try:
+            answer = await receive(tus, tus_request)
+        except QuotaExceeded as error:
+            address = client_address(request)
+            request.app[GUARD].refused(error, tus_request.principal, address)
+            raise
+        finally:
+            tracked.received(body.bytes_read)
+        tracked.stored([f for f in answer.published if not f.duplicate])
+    await render_ahead(request, answer.published)
+    return _response(answer)
 
 
 def _response(answer: TusAnswer) -> web.Response:
@@ -130,7 +169,9 @@ _COMMON_ERRORS: Final[dict[int, JSONObject]] = {
 }
 _GONE: Final = {
     404: error_response(
-        "No upload has this id (or it expired and was swept).", "no upload has this id"
+        "No upload has this id (or it expired and was swept, or, AUTH=keys, it is another "
+        "owner's).",
+        "no upload has this id",
     ),
     410: error_response(
         "The upload expired (TUS_EXPIRY after its last byte).", "this upload has expired"
@@ -159,7 +200,14 @@ _REFUSED: Final[dict[int, JSONObject]] = {
         "Upload-Offset is 0, the upload's offset 5242880",
         schema="UploadError",
     ),
-    507: error_response("The disk is full.", "not enough space left on the storage device"),
+    507: error_response(
+        "The disk is full, or (AUTH=keys) the upload would take its key owner's files over the "
+        "key's quota: checked at creation from Upload-Length (nothing is made), else as the "
+        "bytes arrive (the request's bytes are not kept).",
+        "not enough space left on the storage device",
+        "storage quota exceeded: owner 'alice' may store 10737418240 bytes and has 1024 left,"
+        " not enough for 482113 bytes; nothing of this upload was kept",
+    ),
 }
 
 
@@ -206,10 +254,7 @@ _REFUSED: Final[dict[int, JSONObject]] = {
     },
 )
 async def create(request: web.Request) -> web.Response:
-    tus = _tus(request)
-    refuse_content_encoding(request.headers)
-    with request.app[UPLOAD_SLOTS].take():
-        return _response(await tus.create(_request(request)))
+    return await _receiving(request, TusHandler.create)
 
 
 @routes.head(PREFIX + "{upload_id}")
@@ -241,7 +286,8 @@ async def create(request: web.Request) -> web.Response:
     },
 )
 async def head(request: web.Request) -> web.Response:
-    return _response(await _tus(request).head(request.match_info["upload_id"], _request(request)))
+    tus = _tus(request)
+    return _response(await tus.head(request.match_info["upload_id"], await _request(request)))
 
 
 @routes.patch(PREFIX + "{upload_id}")
@@ -298,10 +344,8 @@ async def head(request: web.Request) -> web.Response:
     },
 )
 async def patch(request: web.Request) -> web.Response:
-    tus = _tus(request)
-    refuse_content_encoding(request.headers)
-    with request.app[UPLOAD_SLOTS].take():
-        return _response(await tus.patch(request.match_info["upload_id"], _request(request)))
+    upload_id = request.match_info["upload_id"]
+    return await _receiving(request, lambda tus, sent: tus.patch(upload_id, sent))
 
 
 @routes.delete(PREFIX + "{upload_id}")
@@ -323,9 +367,8 @@ async def patch(request: web.Request) -> web.Response:
     },
 )
 async def terminate(request: web.Request) -> web.Response:
-    return _response(
-        await _tus(request).terminate(request.match_info["upload_id"], _request(request))
-    )
+    tus = _tus(request)
+    return _response(await tus.terminate(request.match_info["upload_id"], await _request(request)))
 
 
 _METHOD_OVERRIDES: Final = {"PATCH": patch, "DELETE": terminate, "HEAD": head}

@@ -205,7 +205,7 @@ async def upload(request: web.Request) -> web.Response:
                 await asyncio.shield(asyncio.ensure_future(meter.release()))
         stored = [r for r in results if isinstance(r, StoredFile)]
         tracked.stored([r for r in stored if not r.duplicate])
-    await _render_ahead(request, stored)
+    await render_ahead(request, stored)
     urls = item_urls(request)
     if atomic:
         return web.json_response(
@@ -344,10 +344,11 @@ def _refused_item(refused: RefusedFile) -> RefusedItem:
     )
 
 
-async def _render_ahead(request: web.Request, items: Sequence[StoredFile]) -> None:
+async def render_ahead(request: web.Request, items: Sequence[StoredFile]) -> None:
     """``THUMBNAILS=eager``: queue every size of the new images' default-format thumbnails,
     behind every request's render. Queued once this handler has returned, so the upload's
-    answer goes out first; nothing when the setting is ``lazy``."""
+    answer goes out first; nothing when the setting is ``lazy``. Also for the file a tus
+    upload's last request completed."""
     if request.app[SETTINGS].thumbnails != "eager":
         return
     reader = request.app.get(FILE_READER)
