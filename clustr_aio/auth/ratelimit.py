@@ -21,18 +21,17 @@ outlived a reboot (times from the future) is treated as full buckets.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import math
-import mmap
-import os
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from clustr_aio.runtime.shared_map import SharedMap
 
 __all__ = ["Decision", "Rate", "SharedBuckets"]
 
@@ -70,22 +69,12 @@ class SharedBuckets:
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            with _locked(fd):
-                if os.fstat(fd).st_size != _SIZE or os.pread(fd, len(_HEADER), 0) != _HEADER:
-                    os.ftruncate(fd, 0)  # another layout, or a torn first start: start afresh
-                    os.ftruncate(fd, _SIZE)
-                    os.pwrite(fd, _HEADER, 0)
-            self._map = mmap.mmap(fd, _SIZE)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
+        self._shared = SharedMap(path, _HEADER, _SIZE)
+        self._map = self._shared.map
+        self._fd = self._shared.fd
 
     def close(self) -> None:
-        self._map.close()
-        os.close(self._fd)
+        self._shared.close()
 
     def take(self, identity: str, rate: Rate, cost: int = 1, *, debt: bool = False) -> Decision:
         digest = hashlib.blake2b(identity.encode(), digest_size=16).digest()
@@ -125,12 +114,3 @@ class SharedBuckets:
             if stamp < oldest_stamp:
                 oldest_offset, oldest_stamp = offset, stamp
         return oldest_offset, math.inf, now
-
-
-@contextlib.contextmanager
-def _locked(fd: int) -> Iterator[None]:
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
