@@ -15,6 +15,9 @@ Environment:
     AB_NGINX     1: nginx (bench/nginx.py, as in bench/run.py's side B) runs in every round
                  too, and the summary gives each variant's ratios to it (wall and server CPU)
 
+A variant with ``AUTH=keys`` in its environment gets an upload key (made by its checkout's
+CLI), which C sends; L, B and S send none (use such a variant with ``AB_ONLY=C``).
+
 Example, uvloop against asyncio::
 
     AB_VARIANTS='{"asyncio": ["", {}], "uvloop": ["import uvloop; uvloop.install()", {}]}' \\
@@ -52,6 +55,8 @@ class Variant(ClustrServer):
     ) -> None:
         super().__init__(folder, fsync=False, extra_env=env, prelude=prelude, source=source)
         self.name = name
+        self.key = self.create_key("bench", "upload") if env.get("AUTH") == "keys" else None
+        """With AUTH=keys: an upload key (scenario C only; L, B and S send none)."""
 
 
 def measure(scenario: str, server: Variant, data: DataSet, seconds: int) -> tuple[float, int]:
@@ -67,7 +72,7 @@ def measure(scenario: str, server: Variant, data: DataSet, seconds: int) -> tupl
             connections=16,
             seconds=seconds,
             script="upload.lua",
-            args=(str(data.single), "c.jpg"),
+            args=(str(data.single), "c.jpg", *([server.key] if server.key else [])),
         )
     elif scenario == "S":
         result = wrk(f"{server.base_url}/uploads/{STATIC_NAME}", connections=16, seconds=seconds)
@@ -154,7 +159,8 @@ def main() -> int:
         shutil.copyfile(data.single, staged)
         for server in servers:
             server.start()
-            post_files(server.base_url + "/api/upload", (staged,))
+            if server.key is None:  # S's file; a keyed server serves C only
+                post_files(server.base_url + "/api/upload", (staged,))
         if nginx is not None:
             nginx.start()
             shutil.copyfile(data.single, nginx.static_dir / STATIC_NAME)

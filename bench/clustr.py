@@ -87,7 +87,7 @@ class ClustrServer:
         made = subprocess.run(
             [sys.executable, "-m", "clustr_aio", "keys", "create", name, "--scopes", scopes],
             env=self._env,
-            cwd=REPO,
+            cwd=self._source,  # that checkout's CLI, on that checkout's catalog schema
             capture_output=True,
             text=True,
             check=True,

@@ -21,8 +21,9 @@ Environment:
     BENCH_DATABASE_URL a PostgreSQL database (postgresql://…) for KP and K2P, K and K2 on
                        PostgreSQL (filled with BENCH_CATALOG_RECORDS records once, and kept);
                        unset: those two are left out
-    BENCH_PROFILE      a folder: first record each clustr_aio side once under py-spy into it,
-                       as collapsed stacks (flamegraph.pl input)
+    BENCH_PROFILE      a folder: first record each clustr_aio side (A, and B where it is
+                       clustr_aio too) once under py-spy into it, as collapsed stacks
+                       (flamegraph.pl input)
                        (with BENCH_ROUNDS=0, only that)
 """
 
@@ -240,25 +241,28 @@ def _cpu_text(a: _Outcome, b: _Outcome, unit: str) -> str:
 
 
 def _profile(scenarios: list[Scenario], folder: Path) -> None:
-    """Record each scenario's clustr_aio side once under py-spy (not timed: sampling slows it)."""
+    """Record each scenario's clustr_aio sides once under py-spy (not timed: sampling slows
+    it): both, where both are clustr_aio (A: keyed and open), so that they can be compared."""
     folder.mkdir(parents=True, exist_ok=True)
     py_spy = Path(sys.executable).parent / "py-spy"
     for scenario in scenarios:
-        for server in scenario.a.servers:
-            target = folder / f"profile-{scenario.key}-{server.port}.txt"
-            recorder = subprocess.Popen(
-                [
-                    *(str(py_spy), "record", "--subprocesses", "--threads", "--nonblocking"),
-                    *("-r", "200", "--format", "raw", "-p", str(server.pid), "-o", str(target)),
-                ],
-                stdout=subprocess.DEVNULL,
-            )
-            try:
-                _measure(scenario.a, f"profile-{scenario.key}")
-            finally:
-                recorder.send_signal(signal.SIGINT)
-                recorder.wait(timeout=120)
-            print(f"profile of {scenario.key}: {target}", flush=True)
+        for name, side in (("a", scenario.a), ("b", scenario.b)):
+            for server in side.servers:
+                target = folder / f"profile-{scenario.key}-{name}-{server.port}.txt"
+                recorder = subprocess.Popen(
+                    [
+                        *(str(py_spy), "record", "--subprocesses", "--threads", "--nonblocking"),
+                        *("-r", "200", "--format", "raw", "-p", str(server.pid)),
+                        *("-o", str(target)),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                )
+                try:
+                    _measure(side, f"profile-{scenario.key}-{name}")
+                finally:
+                    recorder.send_signal(signal.SIGINT)
+                    recorder.wait(timeout=120)
+                print(f"profile of {scenario.key} side {name.upper()}: {target}", flush=True)
 
 
 def _meta(rounds: int, setup: Setup, has_workers: bool) -> dict[str, Any]:

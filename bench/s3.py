@@ -11,8 +11,9 @@ Rounds alternate A and B; the figure is the median of the per-round ratios, wall
 CPU time of clustr_aio (server) beside the client's. SeaweedFS's own CPU is the same work on
 both sides and is reported too.
 
-Environment: BENCH_ROUNDS (default 3), BENCH_OUT (default bench/results), BENCH_S3_PART_MIB
-(S3_PART_SIZE in MiB, default 16).
+Environment: BENCH_ROUNDS (default 3; 0 runs nothing), BENCH_OUT (default bench/results),
+BENCH_S3_PART_MIB (S3_PART_SIZE in MiB, default 16), BENCH_ONLY (as bench/run.py's: this runs
+only when it is unset or names L3 or B3).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ PART_SIZE = int(os.environ.get("BENCH_S3_PART_MIB", "16")) * MIB
 def main() -> int:
     rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
     out = Path(os.environ.get("BENCH_OUT", BENCH_DIR / "results"))
+    only = {k.strip() for k in os.environ.get("BENCH_ONLY", "").split(",") if k.strip()}
+    if rounds == 0 or (only and not only & {"L3", "B3"}):
+        return 0  # a profiling pass of bench/run.py, or other scenarios asked for only
     data = ensure_data(BENCH_DIR / "data")
     weed = SeaweedServer()
     weed.start()

@@ -3,9 +3,10 @@
 stored: a key has too much entropy to be guessed from its hash, so neither salt nor a slow hash
 adds anything, and a lookup by hash is one index probe.
 
-:class:`KeyRing` authenticates a presented key on every request against the catalog (no cache
-of keys that were found): a key revoked by one process, or by the CLI, is refused by every
-process from its next request on.
+:class:`KeyRing` authenticates a presented key on every request: it keeps the keys it found in
+the catalog only while no key has been revoked anywhere (the catalog's keys generation), so a
+key revoked by one process, or by the CLI, is refused by every process from its next request
+on.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ _KEY_BYTES: Final = 32
 _TOUCH_EVERY: Final = 60.0
 """Seconds between two notes of a key's last use by one process: a write per request would
 cost more than the request."""
+_KEPT_KEYS: Final = 4096
+"""Keys a worker keeps at most (each one verified); more are dropped all at once."""
+_NOT_VALID: Final = "this API key is not valid (unknown or revoked)"
 _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}", re.ASCII)
 
 
@@ -130,8 +134,22 @@ async def create_key(
     return key, record
 
 
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A key found in the catalog, as a worker keeps it while no key is revoked."""
+
+    key_hash: str
+    principal: Principal
+    expires_at: float | None
+    """POSIX time."""
+
+
 class KeyRing:
-    """Authenticates presented keys against the catalog."""
+    """Authenticates presented keys against the catalog, keeping the keys it found while the
+    catalog's :meth:`~clustr_aio.catalog.base.Catalog.keys_generation` stays the same: a
+    revocation in any process changes it, so every worker refuses a revoked key from its next
+    request on, and a key in use costs a dictionary look-up instead of a query. Keys not found
+    are never kept: each wrong key asks the catalog (and is rate limited by address)."""
 
     def __init__(
         self, catalog: Callable[[], Catalog], *, clock: Callable[[], float] = time.monotonic
@@ -139,26 +157,52 @@ class KeyRing:
         self._catalog = catalog
         self._clock = clock
         self._touched: dict[str, float] = {}
+        self._verified: dict[str, _Verified] = {}
+        self._generation: int | None = None
 
     async def authenticate(self, presented: str | None) -> Principal:
         if not presented:
             raise Unauthorized("an API key is needed: Authorization: Bearer <key> or X-API-Key")
         digest = hash_key(presented)
-        record = await self._catalog().key_by_hash(digest)
-        # The lookup went by the hash, so a found record matches; compare anyway, in constant
-        # time, so that no code path ever compares key material byte by byte.
-        if record is None or not hmac.compare_digest(record.key_hash, digest):
-            raise Unauthorized("this API key is not valid (unknown or revoked)")
-        now = datetime.now(UTC)
-        if record.expires_at is not None and record.expires_at <= now:
-            raise Unauthorized(f"API key {record.name!r} expired")
-        await self._touch(record, now)
-        return Principal(record.name, record.owner, record.scopes, record.quota)
+        catalog = self._catalog()
+        generation = catalog.keys_generation()  # before the look-up: see Catalog
+        if generation is None or generation != self._generation:
+            self._verified.clear()
+            self._generation = generation
+        known = self._verified.get(digest)
+        if known is None:
+            known = await self._look_up(catalog, digest)
+            # Kept only if no revocation began meanwhile (the look-up may have waited).
+            if generation is not None and generation == self._generation:
+                if len(self._verified) >= _KEPT_KEYS:
+                    self._verified.clear()
+                self._verified[digest] = known
+        # Found by the hash, so it matches; compare anyway, in constant time, so that no code
+        # path ever compares key material byte by byte.
+        if not hmac.compare_digest(known.key_hash, digest):
+            raise Unauthorized(_NOT_VALID)
+        principal = known.principal
+        if known.expires_at is not None and known.expires_at <= time.time():
+            raise Unauthorized(f"API key {principal.name!r} expired")
+        await self._touch(catalog, principal.name)
+        return principal
 
-    async def _touch(self, record: KeyRecord, now: datetime) -> None:
+    @staticmethod
+    async def _look_up(catalog: Catalog, digest: str) -> _Verified:
+        record = await catalog.key_by_hash(digest)
+        if record is None or not hmac.compare_digest(record.key_hash, digest):
+            raise Unauthorized(_NOT_VALID)
+        return _Verified(
+            record.key_hash,
+            Principal(record.name, record.owner, record.scopes, record.quota),
+            None if record.expires_at is None else record.expires_at.timestamp(),
+        )
+
+    async def _touch(self, catalog: Catalog, name: str | None) -> None:
+        assert name is not None  # a key's principal has its name
         moment = self._clock()
-        last = self._touched.get(record.name)
+        last = self._touched.get(name)
         if last is not None and moment - last < _TOUCH_EVERY:
             return
-        self._touched[record.name] = moment
-        await self._catalog().touch_key(record.name, now)
+        self._touched[name] = moment
+        await catalog.touch_key(name, datetime.now(UTC))

@@ -114,8 +114,14 @@ class Catalog(Protocol):
         """Store a new key; False (and nothing stored) when its name is taken."""
 
     async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
-        """The key with this hash, revoked keys being gone. Read on every request: a
-        revocation in one process is seen at once by all."""
+        """The key with this hash, revoked keys being gone: a revocation in one process is
+        seen at once by all."""
+
+    def keys_generation(self) -> int | None:
+        """A number that every revocation (in any process) changes, read without I/O, so that
+        keys found by :meth:`key_by_hash` may be kept while it stays the same (read it before
+        the look-up); None when this catalog cannot tell cheaply, or while a revocation is
+        under way: then nothing may be kept, and every request looks its key up."""
 
     async def keys(self) -> list[KeyRecord]:
         """Every key, by name."""

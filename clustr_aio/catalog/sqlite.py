@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from clustr_aio.catalog.base import FileRecord, KeyRecord, Order
+from clustr_aio.catalog.changes import ChangeCounter
 from clustr_aio.domain.errors import CatalogUnavailable
 
-__all__ = ["MIGRATIONS", "SqliteCatalog"]
+__all__ = ["KEY_CHANGES_SUFFIX", "MIGRATIONS", "SqliteCatalog"]
 
 log = logging.getLogger("clustr_aio.catalog")
 _T = TypeVar("_T")
@@ -116,6 +117,8 @@ _UPSERT: Final = (
 start-up reconciliation may have adopted the file between its link and this commit)."""
 _KEY_COLUMNS: Final = "name, key_hash, scopes, owner, created_us, last_used_us, expires_us, quota"
 _KEY_BY_HASH: Final = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?"
+KEY_CHANGES_SUFFIX: Final = ".keys"
+"""The key changes' counter is the catalog file's name and this (a dot-name beside it)."""
 _BUSY_TIMEOUT_MS: Final = 30_000
 _READERS: Final = 4
 
@@ -264,6 +267,7 @@ class SqliteCatalog:
         self._read_connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._loop_reader: sqlite3.Connection | None = None
+        self._key_changes: ChangeCounter | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -281,6 +285,7 @@ class SqliteCatalog:
             self._open_locked()
         finally:
             os.close(lock_fd)
+        self._key_changes = ChangeCounter(Path(f"{self.path}{KEY_CHANGES_SUFFIX}"))
 
     def _open_locked(self) -> None:
         connection = _connect(self.path)
@@ -312,6 +317,9 @@ class SqliteCatalog:
         if self._loop_reader is not None:
             self._loop_reader.close()
             self._loop_reader = None
+        if self._key_changes is not None:
+            self._key_changes.close()
+            self._key_changes = None
 
     def _close_writer(self) -> None:
         if self._write_connection is not None:
@@ -518,9 +526,18 @@ class SqliteCatalog:
         rows = self._reader().execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY name")
         return [_key_record(row) for row in rows]
 
+    def keys_generation(self) -> int | None:
+        # The host-wide counter beside the file (every process of a WAL catalog is on this
+        # host), which a revocation changes around its commit: see catalog/changes.py.
+        return None if self._key_changes is None else self._key_changes.stable()
+
     async def revoke_key(self, name: str) -> bool:
-        statement = "DELETE FROM api_keys WHERE name = ?"
-        return await self._write(self._transaction, statement, [(name,)]) == 1
+        return await self._write(self._revoke_key_sync, name)
+
+    def _revoke_key_sync(self, name: str) -> bool:
+        assert self._key_changes is not None, "SqliteCatalog used before open()"
+        with self._key_changes.changing():
+            return self._transaction("DELETE FROM api_keys WHERE name = ?", [(name,)]) == 1
 
     async def touch_key(self, name: str, when: datetime) -> None:
         statement = "UPDATE api_keys SET last_used_us = ? WHERE name = ?"

@@ -1,7 +1,8 @@
 """API keys and rate limits across real processes: a key made by the real CLI in a subprocess
-works at once in every worker of a running server, and once revoked is refused by each of
-them; a rate limit holds for two workers together, not per worker; PUBLIC_FILES=false without
-SECRET_KEY stops start-up with one line."""
+works at once in every worker of a running server, and once revoked (by the CLI, or over HTTP
+in one worker) is refused by each of them from its next request on, though each had just
+admitted it (and kept it); a rate limit holds for two workers together, not per worker;
+PUBLIC_FILES=false without SECRET_KEY stops start-up with one line."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -46,8 +48,13 @@ def keys_cli(
     )
 
 
-def status_of(url: str, key: str | None = None) -> int:
-    request = urllib.request.Request(url, headers={"X-API-Key": key} if key else {})
+def status_of(
+    url: str, key: str | None = None, *, method: str = "GET", request_id: str | None = None
+) -> int:
+    headers = {"X-API-Key": key} if key else {}
+    if request_id is not None:
+        headers["X-Request-ID"] = request_id
+    request = urllib.request.Request(url, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=WAIT_SECONDS) as reply:
             return int(reply.status)
@@ -60,6 +67,31 @@ def many(url: str, count: int, key: str | None = None) -> list[int]:
     accept some)."""
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(lambda _: status_of(url, key), range(count)))
+
+
+def answered(server: RunningServer, url: str, key: str, method: str = "GET") -> tuple[int, int]:
+    """A request's status, and the pid of the worker that answered it (from its access line,
+    found by the request's id)."""
+    request_id = uuid.uuid4().hex
+    status = status_of(url, key, method=method, request_id=request_id)
+    line = server.wait_for_log(rf"\[pid (\d+)\] clustr_aio\.access: .* id={request_id}\b")
+    return status, int(line[1])
+
+
+def until_each_answered(
+    server: RunningServer, url: str, key: str, workers: set[int]
+) -> list[tuple[int, int]]:
+    """Requests eight at a time, each on a connection of its own, until each of ``workers``
+    answered one: every (status, pid), in the order sent."""
+    seen: list[tuple[int, int]] = []
+
+    def each_answered() -> bool:
+        with ThreadPoolExecutor(8) as pool:
+            seen.extend(pool.map(lambda _: answered(server, url, key), range(8)))
+        return {pid for _, pid in seen} >= workers
+
+    wait_until(each_answered, lambda: f"each of {workers} answering: {seen}")
+    return seen
 
 
 def refusing_pids(server: RunningServer, reason: str) -> set[int]:
@@ -82,7 +114,8 @@ def test_a_key_from_the_cli_works_at_once_and_its_revocation_reaches_every_worke
     key = made.stdout.strip()
     assert re.fullmatch(r"clustr_[A-Za-z0-9_-]{43}", key)
     assert "shown once" in made.stderr
-    assert set(many(files, 40, key)) == {200}
+    admitted = until_each_answered(server, files, key, workers)  # each keeps it now
+    assert {status for status, _ in admitted} == {200}
     listed = keys_cli(server, "list", env=catalog_env)
     assert listed.returncode == 0
     assert "phone" in listed.stdout
@@ -91,16 +124,41 @@ def test_a_key_from_the_cli_works_at_once_and_its_revocation_reaches_every_worke
 
     revoked = keys_cli(server, "revoke", "phone", env=catalog_env)
     assert revoked.returncode == 0, revoked.stderr
-    statuses: list[int] = []
-
-    def both_refused() -> bool:
-        statuses.extend(many(files, 16, key))
-        return refusing_pids(server, "unauthorized") == workers
-
-    wait_until(both_refused, lambda: f"both workers refusing: {server.logs}")
-    assert set(statuses) == {401}  # from the first request after the revocation on
+    refused = until_each_answered(server, files, key, workers)
+    assert {status for status, _ in refused} == {401}  # from the first request on, in each
+    assert refusing_pids(server, "unauthorized") == workers
     assert keys_cli(server, "revoke", "phone", env=catalog_env).returncode == 1
     assert key not in server.logs
+
+
+def test_a_key_revoked_over_http_in_one_worker_is_refused_by_the_other_at_once(
+    server_factory: StartServer, catalog_env: dict[str, str]
+) -> None:
+    server = server_factory({"AUTH": "keys", **catalog_env}, workers=2)
+    workers = set(server.worker_pids())
+    files = server.url + "/api/files"
+    made = [
+        keys_cli(server, "create", name, "--scopes", scopes, env=catalog_env)
+        for name, scopes in (("phone", "read"), ("root", "admin"))
+    ]
+    assert [m.returncode for m in made] == [0, 0], [m.stderr for m in made]
+    phone, root = (m.stdout.strip() for m in made)
+    admitted = until_each_answered(server, files, phone, workers)
+    assert {status for status, _ in admitted} == {200}
+
+    status, revoker = answered(server, server.url + "/api/keys/phone", root, method="DELETE")
+    assert status == 204
+    (other,) = workers - {revoker}
+    refused: list[tuple[int, int]] = []
+
+    def the_other_answered() -> bool:
+        refused.append(answered(server, files, phone))
+        return refused[-1][1] == other
+
+    wait_until(the_other_answered, lambda: f"worker {other} answering: {refused}")
+    assert {status for status, _ in refused} == {401}, refused
+    assert refused[-1] == (401, other)  # the other worker's first answer since: refused
+    assert {status for status, _ in until_each_answered(server, files, root, workers)} == {200}
 
 
 def test_a_rate_limit_holds_for_the_workers_together(server_factory: StartServer) -> None:
