@@ -94,9 +94,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     DROP INDEX files_by_sha256;
     """,
     # 5: digests looked up by their key (digest_key: the first 60 bits as an integer) instead
-    # of their 64 characters of hex: an index entry of 24 bytes instead of 81, a third of the
-    # pages to read or keep in shared buffers. A generated column, computed by PostgreSQL on
-    # every insert; the look-up then compares the whole digest of the few records it finds.
+    # of their 64 characters of hex: index entries of 8 + 16 bytes instead of 65 + 16, fewer
+    # pages to read or keep in shared buffers (51 MB for 1,000,000 records). A generated
+    # column, computed by PostgreSQL on every insert; the look-up then compares the whole
+    # digest of the few records it finds.
     f"""
     ALTER TABLE files ADD COLUMN sha256_key bigint GENERATED ALWAYS AS
         (('x' || substr(sha256, 1, {KEY_DIGITS}))::bit({4 * KEY_DIGITS})::bigint) STORED;
@@ -182,8 +183,8 @@ def _oldest_by_sha256(owner: str | None) -> str:
 
 def _keys(digests: Sequence[str]) -> tuple[list[str], list[int]]:
     """The parameters of :func:`_oldest_by_sha256`, in key order: one probe after the other
-    walks the index forward, mostly through pages the previous probes just read (a third
-    less time for 10,000 digests than in the order asked)."""
+    walks the index forward, mostly through pages the previous probes just read (for 10,000
+    digests, about a quarter less time than in the order asked)."""
     pairs = sorted((digest_key(d), d) for d in digests)
     return [d for _, d in pairs], [k for k, _ in pairs]
 
