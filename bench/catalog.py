@@ -30,7 +30,7 @@ from clustr_aio.catalog.postgres import PostgresCatalog
 from clustr_aio.catalog.sqlite import SqliteCatalog
 from clustr_aio.ingest.pipeline import StoredFile
 from clustr_aio.web.links import FileLinks
-from clustr_aio.web.routes.files import encode_cursor
+from clustr_aio.web.routes.files import check_answer, encode_cursor
 from clustr_aio.web.routes.upload import ItemUrls, file_item
 
 __all__ = ["CatalogFigures", "measure", "open_filled"]
@@ -108,9 +108,7 @@ async def _page(catalog: Catalog, after: str | None, order: Order, content_type:
 
 async def _check(catalog: Catalog, digests: list[str]) -> int:
     """What POST /api/files/check does, but the HTTP and the body's validation."""
-    stored = await catalog.by_sha256(digests)
-    results = [{"sha256": d, "id": (r.id if (r := stored.get(d)) else None)} for d in digests]
-    return len(json.dumps({"results": results}))
+    return len(check_answer(digests, await catalog.by_sha256(digests)))
 
 
 async def measure(catalog: Catalog, records: int, *, seed: int = 11) -> CatalogFigures:

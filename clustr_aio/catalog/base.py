@@ -11,11 +11,22 @@ from collections.abc import Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
-__all__ = ["Catalog", "FileRecord", "KeyRecord", "Order"]
+__all__ = ["KEY_DIGITS", "Catalog", "FileRecord", "KeyRecord", "Order", "digest_key"]
 
 Order = Literal["newest", "oldest"]
+
+KEY_DIGITS: Final = 15
+"""Hex digits of a sha256 in its key (:func:`digest_key`)."""
+
+
+def digest_key(digest: str) -> int:
+    """What the catalogs index a hex sha256 by: its first 60 bits, a non-negative 64-bit
+    integer. An index entry of 8 bytes instead of 64 holds twice the entries per page; the
+    records found by key are then told apart by their whole digest (for digests that are not
+    made to collide, 60 bits leave one in 10^18 pairs sharing a key)."""
+    return int(digest[:KEY_DIGITS], 16)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from clustr_aio.catalog.base import FileRecord, KeyRecord, Order
+from clustr_aio.catalog.base import KEY_DIGITS, FileRecord, KeyRecord, Order, digest_key
 from clustr_aio.domain.errors import CatalogUnavailable
 
 __all__ = ["MIGRATIONS", "PostgresCatalog"]
@@ -93,6 +93,17 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX files_by_sha256_id ON files (sha256, id);
     DROP INDEX files_by_sha256;
     """,
+    # 5: digests looked up by their key (digest_key: the first 60 bits as an integer) instead
+    # of their 64 characters of hex: index entries of 8 + 16 bytes instead of 65 + 16, fewer
+    # pages to read or keep in shared buffers (51 MB for 1,000,000 records). A generated
+    # column, computed by PostgreSQL on every insert; the look-up then compares the whole
+    # digest of the few records it finds.
+    f"""
+    ALTER TABLE files ADD COLUMN sha256_key bigint GENERATED ALWAYS AS
+        (('x' || substr(sha256, 1, {KEY_DIGITS}))::bit({4 * KEY_DIGITS})::bigint) STORED;
+    CREATE INDEX files_by_sha256_key ON files (sha256_key, id);
+    DROP INDEX files_by_sha256_id;
+    """,
 )
 """Schema versions: ``clustr_schema.version`` N means the first N have been applied. Text keys
 are compared byte by byte (``COLLATE "C"``): no locale's rules, which cost a strcoll per
@@ -161,12 +172,21 @@ def _key_record(row: asyncpg.Record) -> KeyRecord:
 
 
 def _oldest_by_sha256(owner: str | None) -> str:
-    """Each digest's oldest record (of ``owner``'s, when given: parameter $2)."""
+    """Each digest's oldest record (of ``owner``'s, when given: parameter $3): the digests
+    ($1) and their keys ($2, :func:`_keys`)."""
     return (
-        "SELECT f.* FROM unnest($1::text[]) AS d (digest) CROSS JOIN LATERAL ("
-        f"SELECT {_COLUMNS} FROM files WHERE sha256 = d.digest {_owned(owner, 2)} "
-        "ORDER BY id LIMIT 1) AS f"
+        "SELECT f.* FROM unnest($1::text[], $2::bigint[]) AS d (digest, key) CROSS JOIN LATERAL ("
+        f"SELECT {_COLUMNS} FROM files WHERE sha256_key = d.key AND sha256 = d.digest "
+        f"{_owned(owner, 3)} ORDER BY id LIMIT 1) AS f"
     )
+
+
+def _keys(digests: Sequence[str]) -> tuple[list[str], list[int]]:
+    """The parameters of :func:`_oldest_by_sha256`, in key order: one probe after the other
+    walks the index forward, mostly through pages the previous probes just read (for 10,000
+    digests, about a quarter less time than in the order asked)."""
+    pairs = sorted((digest_key(d), d) for d in digests)
+    return [d for _, d in pairs], [k for k, _ in pairs]
 
 
 def _owned(owner: str | None, number: int) -> str:
@@ -275,7 +295,7 @@ class PostgresCatalog:
             taken = {
                 row["sha256"]: _record(row)
                 for row in await connection.fetch(
-                    _oldest_by_sha256(owner), digests, *_owner_parameter(owner)
+                    _oldest_by_sha256(owner), *_keys(digests), *_owner_parameter(owner)
                 )
             }
             fresh = [r for r in records if r.sha256 not in taken]
@@ -334,7 +354,7 @@ class PostgresCatalog:
         # One index probe per digest for its oldest record (faster here than DISTINCT ON over
         # "= ANY": no sort of every match).
         rows = await self.pool.fetch(
-            _oldest_by_sha256(owner), list(dict.fromkeys(digests)), *_owner_parameter(owner)
+            _oldest_by_sha256(owner), *_keys(list(dict.fromkeys(digests))), *_owner_parameter(owner)
         )
         return {row["sha256"]: _record(row) for row in rows}
 

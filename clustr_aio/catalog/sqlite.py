@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from clustr_aio.catalog.base import FileRecord, KeyRecord, Order
+from clustr_aio.catalog.base import KEY_DIGITS, FileRecord, KeyRecord, Order, digest_key
 from clustr_aio.catalog.changes import ChangeCounter
 from clustr_aio.domain.errors import CatalogUnavailable
 
@@ -37,6 +37,18 @@ __all__ = ["KEY_CHANGES_SUFFIX", "MIGRATIONS", "SqliteCatalog"]
 
 log = logging.getLogger("clustr_aio.catalog")
 _T = TypeVar("_T")
+
+
+def _digest_key_sql(column: str) -> str:
+    """:func:`~clustr_aio.catalog.base.digest_key` in SQL, for SQLite before 3.41 (Debian 12
+    has 3.40), which has no ``unhex``: each of the first hex digits' value, shifted in place."""
+    value = "(instr('0123456789abcdef', substr({column}, {n}, 1)) - 1)"
+    digits = [
+        f"({value.format(column=column, n=n + 1)} << {4 * (KEY_DIGITS - 1 - n)})"
+        for n in range(KEY_DIGITS)
+    ]
+    return " | ".join(digits)
+
 
 MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: the files.
@@ -101,6 +113,16 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ) WITHOUT ROWID;
     CREATE INDEX quota_reservations_by_owner ON quota_reservations (owner);
     """,
+    # 4 (PostgreSQL's 5; its 4 made an index SQLite had already): digests looked up by their
+    # key (digest_key: the first 60 bits as an integer) instead of their 64 characters of hex.
+    # Its index is half the size (an entry is the key and the id), so a check of 10,000
+    # digests reads half the pages. A virtual column: SQLite computes it from sha256 itself,
+    # on every insert, and stores it in the index only.
+    f"""
+    ALTER TABLE files ADD COLUMN sha256_key INTEGER AS ({_digest_key_sql("sha256")}) VIRTUAL;
+    CREATE INDEX files_by_sha256_key ON files (sha256_key);
+    DROP INDEX files_by_sha256;
+    """,
 )
 """Schema versions: ``user_version`` N means the first N have been applied. Append only."""
 
@@ -108,6 +130,7 @@ _COLUMNS: Final = (
     "id, stored_name, original_name, size, content_type, sha256, created_us, width, height, owner,"
     " orientation, metadata_removed"
 )
+_JOINED_COLUMNS: Final = ", ".join(f"f.{c}" for c in _COLUMNS.split(", "))
 _PLACEHOLDERS: Final = ", ".join("?" * 12)
 _UPSERT: Final = (
     f"INSERT INTO files ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) ON CONFLICT (stored_name) DO UPDATE "
@@ -158,20 +181,32 @@ def _record(row: Sequence[Any]) -> FileRecord:
     )
 
 
+def _oldest_by_sha256_query(owner: str | None) -> str:
+    """Each digest's records, oldest first (of ``owner``'s, when given), looked up by key.
+
+    CROSS JOIN keeps the keys the outer loop, INDEXED BY the index: SQLite's planner would
+    otherwise look among an owner's records (files_by_owner) for each key, a scan of all of
+    them per digest."""
+    return (
+        f"SELECT {_JOINED_COLUMNS} FROM json_each(?) AS k CROSS JOIN files AS f "
+        f"INDEXED BY files_by_sha256_key ON f.sha256_key = k.value {_owned(owner, 'f.')} "
+        "ORDER BY f.id"
+    )
+
+
 def _oldest_by_sha256(
     connection: sqlite3.Connection, digests: list[str], owner: str | None
 ) -> dict[str, FileRecord]:
-    # One query for them all: the digests as one JSON array parameter, each looked up in the
-    # sha256 index; the oldest record per digest (of ``owner``'s, when given) is the first in
-    # id order.
-    query = (
-        f"SELECT {_COLUMNS} FROM files WHERE sha256 IN (SELECT value FROM json_each(?)) "
-        f"{_owned(owner)} ORDER BY id"
-    )
-    parameters = (json.dumps(digests), *_owner_parameter(owner))
+    # One query for them all: the digests' keys, sorted, as one JSON array parameter, looked
+    # up in the key's index in that order (neighbouring keys share their index pages, so a
+    # page is read once for all the keys it holds); the oldest record per digest is the first
+    # in id order. A record whose digest only shares the key is skipped.
+    keys = sorted({digest_key(d) for d in digests})
+    parameters = (json.dumps(keys), *_owner_parameter(owner))
+    wanted = set(digests)
     found: dict[str, FileRecord] = {}
-    for row in connection.execute(query, parameters):
-        if row[5] not in found:
+    for row in connection.execute(_oldest_by_sha256_query(owner), parameters):
+        if row[5] in wanted and row[5] not in found:
             found[row[5]] = _record(row)
     return found
 
@@ -234,9 +269,10 @@ def _connect(path: Path) -> sqlite3.Connection:
     return connection
 
 
-def _owned(owner: str | None) -> str:
-    """The condition that keeps one owner's records only, when ``owner`` is given."""
-    return "" if owner is None else "AND owner = ?"
+def _owned(owner: str | None, table: str = "") -> str:
+    """The condition that keeps one owner's records only, when ``owner`` is given (``table``:
+    the files table's alias and a dot, in a join)."""
+    return "" if owner is None else f"AND {table}owner = ?"
 
 
 def _owner_parameter(owner: str | None) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -131,6 +132,28 @@ async def test_by_sha256_finds_the_oldest_record_of_each_digest(catalog: Catalog
     assert await catalog.by_sha256([*many, other.sha256]) == {other.sha256: other}
 
 
+async def test_every_stored_digest_is_found_by_its_key(catalog: Catalog) -> None:
+    """Digests are indexed by a key the database computes (digest_key, in its own SQL): it
+    agrees with the key a look-up computes, for every hex digit in every place."""
+    records = [record(f"{n}.jpg", os.urandom(16)) for n in range(400)]
+    await catalog.add(records)
+    assert await catalog.by_sha256([r.sha256 for r in records]) == {r.sha256: r for r in records}
+
+
+async def test_digests_that_share_a_key_are_told_apart(catalog: Catalog) -> None:
+    """A record found by the key of its digest (the first 60 bits) counts only when its whole
+    digest is the one asked for, in a check as in DEDUPE's commit."""
+    key = "0123456789abcde"
+    one, two, three = (
+        dataclasses.replace(record(f"{n}.jpg"), sha256=key + str(n) * 49) for n in (1, 2, 3)
+    )
+    await catalog.add([one, two])
+    assert await catalog.by_sha256([one.sha256]) == {one.sha256: one}
+    assert await catalog.by_sha256([three.sha256, two.sha256]) == {two.sha256: two}
+    assert await catalog.add_unique([three], all_or_none=True) == {}
+    assert await catalog.by_sha256([three.sha256]) == {three.sha256: three}
+
+
 async def test_add_unique_inserts_only_bytes_not_stored_yet(catalog: Catalog) -> None:
     stored = record("a.jpg", b"x")
     await catalog.add([stored])
@@ -221,10 +244,31 @@ async def test_postgresql_finds_a_digests_oldest_record_by_index_without_statist
         digests = [hashlib.sha256(b"new %d" % n).hexdigest() for n in range(10_000)]
         async with catalog.pool.acquire() as connection:
             await connection.execute("SET plan_cache_mode = force_generic_plan")
-            plan = await connection.fetch(f"EXPLAIN {postgres._oldest_by_sha256(None)}", digests)
+            plan = await connection.fetch(
+                f"EXPLAIN {postgres._oldest_by_sha256(None)}", *postgres._keys(digests)
+            )
     text = "\n".join(row[0] for row in plan)
-    assert "files_by_sha256_id" in text, text
+    assert "files_by_sha256_key" in text, text
     assert "files_pkey" not in text, text
+
+
+async def test_sqlite_looks_digests_up_by_key_even_among_an_owners_files(
+    catalog_settings: Settings, upload_dir: Path
+) -> None:
+    """Left to itself, SQLite's planner looked among the owner's records (files_by_owner) for
+    each digest: with one owner of a million files, a scan of them all per digest."""
+    if catalog_settings.database_url is not None:
+        pytest.skip("SQLite's planner (PostgreSQL's: the test above)")
+    async with open_catalog(catalog_settings) as catalog:
+        await catalog.add([dataclasses.replace(record(f"{n}.jpg"), owner="o") for n in range(50)])
+    with contextlib.closing(sqlite3.connect(upload_dir / SQLITE_FILE)) as connection:
+        for owner in (None, "o"):
+            query = sqlite._oldest_by_sha256_query(owner)
+            parameters = ("[1, 2]", *([owner] if owner else []))
+            plan = connection.execute(f"EXPLAIN QUERY PLAN {query}", parameters).fetchall()
+            steps = [row[3] for row in plan]
+            assert steps[0].startswith("SCAN k"), steps
+            assert "USING INDEX files_by_sha256_key" in steps[1], steps
 
 
 async def test_an_images_dimensions_orientation_and_stripping_are_kept(catalog: Catalog) -> None:
@@ -280,5 +324,7 @@ async def test_a_catalog_of_version_1_is_migrated_with_its_records(
             await server.close()
     async with open_catalog(catalog_settings) as catalog:
         migrated = await catalog.get(old.id)
+        by_digest = await catalog.by_sha256([old.sha256])  # its digest's key made for it
     assert migrated == dataclasses.replace(old, width=64, height=48)
     assert (migrated.orientation, migrated.metadata_removed) == (None, False)
+    assert by_digest == {old.sha256: migrated}

