@@ -128,8 +128,16 @@ def _get(url: str) -> int:
 
 
 def _items(server: ClustrServer) -> list[dict[str, str]]:
-    with urllib.request.urlopen(f"{server.base_url}/api/files?limit=1000", timeout=60) as answer:
-        items: list[dict[str, str]] = json.load(answer)["data"]
+    """Every file of ``server``'s catalog, oldest first (every page: the plain server holds
+    thousands after C, and scenario S's file is among the first)."""
+    items: list[dict[str, str]] = []
+    cursor: str | None = ""
+    while cursor is not None:
+        query = f"limit=1000&order=oldest{f'&cursor={cursor}' if cursor else ''}"
+        with urllib.request.urlopen(f"{server.base_url}/api/files?{query}", timeout=60) as answer:
+            page = json.load(answer)
+        items += page["data"]
+        cursor = page["next_cursor"]
     return items
 
 
