@@ -65,7 +65,8 @@ RENDERER_VERSION: Final = "vips1"
 """Part of every ETag and cache name: bump it when the rendering changes."""
 
 _REMEMBERED: Final = 10_000
-"""Files whose content hash :class:`Thumbnailer` keeps (about 1.5 MB)."""
+"""Files :class:`Thumbnailer` remembers, with their owner and the thumbnails of theirs found
+in the cache (a few MB)."""
 
 FormatName = Literal["webp", "jpeg", "avif"]
 DEFAULT_FORMAT: Final = "webp"
@@ -98,6 +99,16 @@ class Thumbnail:
     content_type: str
     size: int
     """Bytes."""
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What a hot GET needs of a file, from its record (see :meth:`Thumbnailer.cached`)."""
+
+    content_hash: str
+    owner: str | None
+    found: dict[tuple[int, str], Thumbnail] = field(default_factory=dict)
+    """Its thumbnails found in the cache, by size and format name."""
 
 
 class RenderError(Exception):
@@ -180,9 +191,9 @@ class Thumbnailer:
         self._inflight: dict[Path, _Job] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._hashes: collections.OrderedDict[str, str] = collections.OrderedDict()
-        """The content hash of the last files asked for (LRU): a hot thumbnail is found
-        without the catalog (see :meth:`cached`)."""
+        self._seen: collections.OrderedDict[str, _Seen] = collections.OrderedDict()
+        """The last files asked for (LRU): a hot thumbnail is found without the catalog nor
+        a look at the disk (see :meth:`cached`)."""
 
     async def start(self) -> None:
         """Start the render threads; the cache directory is made by the first render."""
@@ -205,25 +216,43 @@ class Thumbnailer:
     def _target(self, file_key: str, etag: str, size: int, fmt: ThumbnailFormat) -> Path:
         return self.cache_dir / file_key / f"{size}-{etag}.{fmt.name}"
 
-    def cached(self, file_key: str, size: int, fmt: ThumbnailFormat) -> Thumbnail | None:
-        """The thumbnail, if it is in the cache and its file's hash was seen lately (by
-        :meth:`get`); None otherwise (then ask the catalog, and :meth:`get`). A file deleted
-        meanwhile, in any process, had its thumbnails removed first: not found here either.
+    def cached(
+        self, file_key: str, size: int, fmt: ThumbnailFormat, *, sees: str | None = None
+    ) -> Thumbnail | None:
+        """The thumbnail, if the file was seen lately (by :meth:`get`), it is in the cache, and
+        ``sees`` may see it (None: every owner's files; else its owner's only); None otherwise
+        (then ask the catalog, and :meth:`get`). Once found, a thumbnail is remembered without
+        looking at the disk again: its name never changes contents. A file deleted by this
+        process is forgotten (:meth:`remove`); one deleted by another had its thumbnails
+        removed first, so opening the path fails: then :meth:`forget` it and ask the catalog.
         Raises :class:`ThumbnailUnavailable` for an image that could not be rendered."""
-        content_hash = self._hashes.get(file_key)
-        if content_hash is None:
+        seen = self._seen.get(file_key)
+        if seen is None or (sees is not None and seen.owner != sees):
             return None
-        self._hashes.move_to_end(file_key)
-        etag = self.identity(content_hash, size, fmt)
+        self._seen.move_to_end(file_key)
+        key = (size, fmt.name)
+        thumbnail = seen.found.get(key)
+        if thumbnail is not None:
+            return thumbnail
+        etag = self.identity(seen.content_hash, size, fmt)
         target = self._target(file_key, etag, size, fmt)
         found = _cached(target)
-        return None if found is None else Thumbnail(target, f'"{etag}"', fmt.content_type, found)
+        if found is None:
+            return None
+        thumbnail = seen.found[key] = Thumbnail(target, f'"{etag}"', fmt.content_type, found)
+        return thumbnail
 
-    def _remember(self, file_key: str, content_hash: str) -> None:
-        self._hashes[file_key] = content_hash
-        self._hashes.move_to_end(file_key)
-        if len(self._hashes) > _REMEMBERED:
-            self._hashes.popitem(last=False)
+    def forget(self, file_key: str) -> None:
+        """Forget what :meth:`cached` knows of a file (its thumbnails were not where it said)."""
+        self._seen.pop(file_key, None)
+
+    def _remember(self, file_key: str, content_hash: str, owner: str | None) -> None:
+        seen = self._seen.get(file_key)
+        if seen is None or seen.content_hash != content_hash or seen.owner != owner:
+            self._seen[file_key] = _Seen(content_hash, owner)
+        self._seen.move_to_end(file_key)
+        if len(self._seen) > _REMEMBERED:
+            self._seen.popitem(last=False)
 
     async def get(
         self,
@@ -234,11 +263,13 @@ class Thumbnailer:
         size: int,
         fmt: ThumbnailFormat,
         request: bool = True,
+        owner: str | None = None,
     ) -> Thumbnail:
         """The cached thumbnail, rendered first if it is not there yet. ``file_key`` must be a
-        safe single path segment (a catalog id). Raises :class:`ThumbnailsBusy` when the queue
-        is full and :class:`ThumbnailUnavailable` for an image that cannot be rendered."""
-        self._remember(file_key, content_hash)
+        safe single path segment (a catalog id); ``owner`` is its record's, for
+        :meth:`cached`. Raises :class:`ThumbnailsBusy` when the queue is full and
+        :class:`ThumbnailUnavailable` for an image that cannot be rendered."""
+        self._remember(file_key, content_hash, owner)
         etag = self.identity(content_hash, size, fmt)
         target = self._target(file_key, etag, size, fmt)
         found = _cached(target)
@@ -289,7 +320,7 @@ class Thumbnailer:
 
     async def remove(self, file_key: str) -> None:
         """Forget every thumbnail of a file (it was deleted)."""
-        self._hashes.pop(file_key, None)
+        self._seen.pop(file_key, None)
         await asyncio.to_thread(shutil.rmtree, self.cache_dir / file_key, True)
 
     async def prune(self, known: Collection[str], *, before: float) -> int:

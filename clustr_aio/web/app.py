@@ -30,12 +30,14 @@ from clustr_aio.tus.handler import TusHandler
 from clustr_aio.tus.sweeper import sweep_forever
 from clustr_aio.web import middlewares
 from clustr_aio.web.guard import Guard
+from clustr_aio.web.hot_thumbnails import HotThumbnails
 from clustr_aio.web.keys import (
     CATALOG,
     FILE_READER,
     GUARD,
     INGEST_POLICY,
     METRICS,
+    QUICK_RESPONDER,
     SETTINGS,
     SPACE_REPORTER,
     STORAGE,
@@ -184,6 +186,8 @@ async def _thumbnailer(app: web.Application) -> AsyncIterator[None]:
     )
     await thumbnailer.start()
     app[THUMBNAILER] = thumbnailer
+    if HotThumbnails.applies(settings):
+        app[QUICK_RESPONDER] = HotThumbnails(settings, thumbnailer, app[METRICS])
     await _prune_thumbnails(app[CATALOG], thumbnailer)
     yield
     await thumbnailer.close()
