@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from clustr_aio.domain.errors import ThumbnailsBusy, ThumbnailUnavailable
+from clustr_aio.runtime.memory import malloc_trim
 from clustr_aio.storage.local import write_all
 
 __all__ = [
@@ -416,6 +417,11 @@ class Thumbnailer:
             except RenderError as error:
                 _publish(_error_path(job.target), str(error).encode()[:500])
                 return True
+            finally:
+                # What libvips freed stays in this thread's malloc arena, fragmented, and the
+                # next render's needs land beside it: 1 thread's peak over 80 renders of 12 MP
+                # JPEGs 47 MiB, 42 with the trim, for about 1 ms of CPU (of 50) a render.
+                malloc_trim()
             _publish(job.target, data)
             return True
         finally:
