@@ -391,7 +391,11 @@ class GuardedRequestHandler(RequestHandler):
             transport = self.transport
             if isinstance(message, ErrInfo) or payload is not EMPTY_PAYLOAD or transport is None:
                 return
-            answer = quick(message)
+            try:
+                answer = quick(message)
+            except Exception:  # a bug of the responder's must not cost the connection
+                log.exception("the quick responder failed; the route answers")
+                return
             if answer is None:
                 return
             self._messages.popleft()

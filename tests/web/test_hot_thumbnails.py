@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from clustr_aio.runtime.protocol import GuardedServer
 from clustr_aio.web.hot_thumbnails import HotThumbnails
 from clustr_aio.web.keys import CATALOG, QUICK_RESPONDER, STORAGE
 from tests.conftest import AiohttpClient, Client, serve_production
@@ -200,3 +201,22 @@ async def test_not_with_keys_nor_rate_limits(
         client = await serve_production(aiohttp_client, upload_dir, **overrides)
         assert QUICK_RESPONDER not in client.app
         await client.close()
+
+
+async def test_a_failing_responder_leaves_the_request_to_the_route(
+    hot: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    _item, url = await served(hot)
+    runner = hot.server.runner
+    assert runner is not None
+    server = runner.server
+    assert isinstance(server, GuardedServer)
+
+    def broken(message: Any) -> None:
+        raise RuntimeError("a bug")
+
+    server.quick = broken
+    response = await hot.get(url)
+    assert response.status == 200
+    assert (await response.read())[:4] == b"RIFF"
+    assert "the quick responder failed" in caplog.text
