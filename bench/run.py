@@ -201,7 +201,15 @@ def _measure(side: Side, tag: str) -> _Outcome:
 def _run_rounds(scenarios: list[Scenario], rounds: int) -> list[report.ScenarioResult]:
     results = [
         report.ScenarioResult(
-            s.key, s.title, s.unit, s.target, s.a.label, s.b.label, s.cpu_target, s.file_work_of
+            s.key,
+            s.title,
+            s.unit,
+            s.target,
+            s.a.label,
+            s.b.label,
+            s.cpu_target,
+            s.file_work_of,
+            s.rss_sum_limit_mib,
         )
         for s in scenarios
     ]

@@ -199,7 +199,11 @@ class Metrics:
 
     def count_request(self, request: web.Request, status: int, seconds: float | None) -> None:
         method = request.method if request.method in _METHODS else "other"
-        key = (method, route_template(request), status)
+        self.count(method, route_template(request), status, seconds)
+
+    def count(self, method: str, route: str, status: int, seconds: float | None) -> None:
+        """One request of ``method`` (one of ours, or "other") to ``route`` (its template)."""
+        key = (method, route, status)
         series = self._request_series.get(key)
         if series is None:
             # labels() costs a lock and a tuple of strings every time: keep its answers.

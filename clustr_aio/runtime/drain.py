@@ -27,7 +27,8 @@ from typing import Any, Final
 from aiohttp import hdrs, web
 
 from clustr_aio.compat import connection_is_idle, site_server
-from clustr_aio.runtime.protocol import ConnectionGuard, guard_server
+from clustr_aio.runtime.protocol import ConnectionGuard, GuardedServer, guard_server
+from clustr_aio.web.keys import QUICK_RESPONDER
 from clustr_aio.web.responses import error_response
 
 __all__ = ["DrainingRunner", "RequestTracker"]
@@ -122,8 +123,11 @@ class DrainingRunner(web.AppRunner):
         self._drained = False
 
     async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        return server if self.guard is None else guard_server(server, self.guard)
+        server = await super()._make_server()  # the app has started: its responder is made
+        if self.guard is None:
+            return server
+        quick = self.app.get(QUICK_RESPONDER)
+        return guard_server(server, self.guard, quick=quick, served=self.requests.used)
 
     async def cleanup(self) -> None:
         if not self._drained and self.server is not None:
@@ -136,6 +140,8 @@ class DrainingRunner(web.AppRunner):
         server = self.server
         assert server is not None, "drain() before setup()"
         self.requests.draining = True
+        if isinstance(server, GuardedServer):
+            server.quick = None  # answers from now on say Connection: close: the route's
         loop = asyncio.get_running_loop()
         await _stop_accepting(loop, self.sites)
         for site in list(self.sites):

@@ -39,6 +39,13 @@ lingering read that outlives the client. :class:`GuardedRequestHandler` changes 
   and the connection closes; a parser error in the middle of a body (a bad chunk size) fails
   that body at once (a 400 from the upload) instead of leaving its handler waiting.
 
+- **Quick answers** (:mod:`clustr_aio.web.quick`): when a request arrives on a connection with
+  nothing else waiting or being handled, the server's responder (hot thumbnails) may answer it
+  from its parsed head, here in ``data_received``: the head and the file go out at once
+  (:func:`~clustr_aio.web.sendfile.send_head_and_file_now`), the handler's task is not woken,
+  the keep-alive deadline moves as after any answer, and the access log gets its line. What
+  the responder declines, and everything behind it, goes the ordinary way, in order.
+
 aiohttp has no public hooks for any of it. The private names used, all reached through
 :mod:`clustr_aio.compat` (whose tests touch each one), are: of ``RequestHandler`` or its module,
 ``_ErrInfo`` and the attributes in ``compat.GUARDED_HANDLER_ATTRIBUTES``; of ``Server``, those in
@@ -51,8 +58,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import socket
+import weakref
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final
@@ -72,9 +81,12 @@ from clustr_aio.compat import (
     TransferEncodingError,
 )
 from clustr_aio.domain.errors import RequestTimeout
+from clustr_aio.observability.access_log import AccessLogger
 from clustr_aio.runtime.memory import TrimAfterLoad
 from clustr_aio.web.middlewares import REQUEST_ID_HEADER, ensure_request_id
+from clustr_aio.web.quick import QuickResponder
 from clustr_aio.web.responses import error_response
+from clustr_aio.web.sendfile import send_head_and_file_now
 
 __all__ = [
     "ConnectionGuard",
@@ -187,6 +199,11 @@ class GuardedServer(web.Server):
 
     guard: ConnectionGuard
     trim: TrimAfterLoad
+    quick: QuickResponder | None
+    """Answers the hottest GETs from their head (see :mod:`clustr_aio.web.quick`); None while
+    draining, or when the application has none."""
+    served: weakref.WeakSet[asyncio.BaseTransport] | None
+    """Where a connection that got a quick answer is noted, as the drain's ``used``."""
 
     def __call__(self) -> RequestHandler:
         if self.guard.open >= CROWD:
@@ -261,14 +278,22 @@ def _canned_503() -> bytes:
     )
 
 
-def guard_server(server: web.Server, guard: ConnectionGuard) -> GuardedServer:
+def guard_server(
+    server: web.Server,
+    guard: ConnectionGuard,
+    *,
+    quick: QuickResponder | None = None,
+    served: weakref.WeakSet[asyncio.BaseTransport] | None = None,
+) -> GuardedServer:
     """Make the runner's ``Server`` a :class:`GuardedServer`. aiohttp builds it inside the
     runner's private ``_make_server`` from the app's private handler; swapping the class of
-    the finished object touches neither, and adds only methods and ``guard``."""
+    the finished object touches neither, and adds only methods and attributes."""
     server.__class__ = GuardedServer
     assert isinstance(server, GuardedServer)
     server.guard = guard
     server.trim = TrimAfterLoad(asyncio.get_running_loop())
+    server.quick = quick
+    server.served = served
     return server
 
 
@@ -281,6 +306,7 @@ class GuardedRequestHandler(RequestHandler):
         "_head_bytes",
         "_lingering_payload",
         "_phase",
+        "_server",
         "_timer",
         "_window_bytes",
         "_window_start",
@@ -289,6 +315,7 @@ class GuardedRequestHandler(RequestHandler):
 
     def __init__(self, manager: GuardedServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        self._server = manager
         self._guard = manager.guard
         self._phase = _IDLE
         self._head_bytes = 0
@@ -326,9 +353,29 @@ class GuardedRequestHandler(RequestHandler):
         else:
             self._window_bytes += len(data)
         count = self._request_count
-        super().data_received(data)
+        quick = self._server.quick
+        waiter = self._waiter
+        # Nothing of this connection waiting or being handled: the handler's task waits for
+        # the next request, and need not be woken for one answered here.
+        held = quick is not None and waiter is not None and not waiter.done()
+        held = held and not self._messages
+        if held:
+            self._waiter = None
+        try:
+            super().data_received(data)
+        finally:
+            if held:
+                self._waiter = waiter
         if self._request_count != count:
             self._check_new_messages(self._request_count - count)
+            if held:
+                assert quick is not None
+                assert waiter is not None
+                self._answer_quickly(quick, now)
+                if self._messages and not waiter.done():
+                    waiter.set_result(None)  # what is left is the handler's
+                elif not self._messages:
+                    self._phase = _IDLE
             if self._phase == _HEAD:
                 self._phase = _BODY
                 self._new_window(now)
@@ -338,6 +385,49 @@ class GuardedRequestHandler(RequestHandler):
             # 1 MB, held by the parser while it waits for the rest (200 of them: 437 MiB).
             self._queue_error(431, BadHttpMessage(_HEAD_TOO_LARGE))
         self._guard.active(self, evictable=self.evictable)
+
+    def _answer_quickly(self, quick: QuickResponder, started: float) -> None:
+        """Answer the queued requests ``quick`` can, from the first, while it can."""
+        while self._messages and not self._force_close:
+            message, payload = self._messages[0]
+            transport = self.transport
+            if isinstance(message, ErrInfo) or payload is not EMPTY_PAYLOAD or transport is None:
+                return
+            try:
+                answer = quick(message)
+            except Exception:  # a bug of the responder's must not cost the connection
+                log.exception("the quick responder failed; the route answers")
+                return
+            if answer is None:
+                return
+            self._messages.popleft()
+            if self._parser is not None:
+                self._parser.message_consumed()
+            self._server.requests_count += 1
+            try:
+                send_head_and_file_now(transport, answer.head, answer.fd, answer.size)
+            except OSError:  # the client has gone (or the file shrank: nothing sane to send)
+                self.force_close()
+                return
+            finally:
+                os.close(answer.fd)
+            if self._server.served is not None:
+                self._server.served.add(transport)
+            now = self._loop.time()
+            # As aiohttp does after each response: the keep-alive time starts again.
+            self._next_keepalive_close_time = now + self._keepalive_timeout
+            self.last_active = now
+            logger = self.access_logger
+            if logger is not None and logger.enabled and isinstance(logger, AccessLogger):
+                logger.log_line(
+                    _peer(transport),
+                    message.method,
+                    message.path,
+                    answer.status,
+                    answer.size,
+                    now - started,
+                    answer.request_id,
+                )
 
     def _check_new_messages(self, new: int) -> None:
         queued = list(self._messages)
@@ -525,6 +615,11 @@ class GuardedRequestHandler(RequestHandler):
         if payload is not None and not payload.is_eof():
             payload.feed_eof()
         super().connection_lost(exc)
+
+
+def _peer(transport: asyncio.Transport) -> str:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, (list, tuple)) and peer else "-"
 
 
 def _parser_detail(exc: BaseException | None) -> str:

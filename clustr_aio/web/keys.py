@@ -14,6 +14,7 @@ from clustr_aio.storage.base import Reading, SpaceReporting, Storage
 from clustr_aio.tus.handler import TusHandler
 from clustr_aio.web.guard import Guard, RateState
 from clustr_aio.web.protection import UploadSlots
+from clustr_aio.web.quick import QuickResponder
 
 SETTINGS = web.AppKey("settings", Settings)
 STORAGE = web.AppKey("storage", Storage)
@@ -29,6 +30,8 @@ METRICS = web.AppKey("metrics", Metrics)
 THUMBNAILER = web.AppKey("thumbnailer", Thumbnailer)
 UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
 GUARD = web.AppKey("guard", Guard)
+QUICK_RESPONDER = web.AppKey("quick_responder", QuickResponder)
+"""What the connections answer themselves (hot thumbnails), when the settings allow; else unset."""
 
 REQUEST_ID = web.RequestKey("request_id", str)
 PRINCIPAL = web.RequestKey("principal", Principal)

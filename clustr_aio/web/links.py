@@ -5,7 +5,7 @@ which verifies them too)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qsl, quote, unquote
 
 from aiohttp import web
 
@@ -29,11 +29,15 @@ class FileLinks:
     ttl: int
 
     def url(self, escaped_path: str, query: str = "") -> str:
-        """The absolute URL of ``escaped_path`` (and ``query``), signed when files are not
-        public. The signature covers the path as the server will see it (``request.path``:
-        unescaped), not the query: any size of a thumbnail, say, is the same permission."""
+        """The absolute URL of ``escaped_path`` (and ``query``, escaped too), signed when files
+        are not public. The signature covers the path and the query as the server will see
+        them (``request.path`` and ``request.query``: unescaped): a thumbnail URL's ``size``
+        cannot be changed, nor a ``format`` added."""
         if self.secrets:
-            signature = sign_path(unquote(escaped_path), self.secrets, self.ttl)
+            parameters = parse_qsl(query, keep_blank_values=True)
+            signature = sign_path(
+                unquote(escaped_path), self.secrets, self.ttl, parameters=parameters
+            )
             query = f"{query}&{signature}" if query else signature
         return f"{self.base_url}{escaped_path}?{query}" if query else self.base_url + escaped_path
 

@@ -44,10 +44,13 @@ def ensure_request_id(request: web.BaseRequest) -> str:
     """The request's id, assigned on first use: the client's X-Request-ID if it is sane."""
     rid = request.get(REQUEST_ID)
     if rid is None:
-        offered = request.headers.get(REQUEST_ID_HEADER, "")
-        rid = offered if _CLIENT_REQUEST_ID.fullmatch(offered) else new_request_id()
-        request[REQUEST_ID] = rid
+        rid = request[REQUEST_ID] = request_id_for(request.headers.get(REQUEST_ID_HEADER))
     return rid
+
+
+def request_id_for(offered: str | None) -> str:
+    """The client's X-Request-ID if it is sane, else a new one."""
+    return offered if offered and _CLIENT_REQUEST_ID.fullmatch(offered) else new_request_id()
 
 
 @web.middleware

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 import pytest
+from multidict import MultiDict
 
 from clustr_aio.auth.signing import sign_path, verify_path
 from clustr_aio.domain.errors import Forbidden
@@ -59,3 +61,56 @@ def test_rotation_signs_with_the_first_and_verifies_with_all() -> None:
         verify_path("/uploads/a.jpg", signed, (B, A), now=1000)
     with pytest.raises(Forbidden):
         verify_path("/uploads/a.jpg", old, (B,), now=1000)
+
+
+def signed_with(path: str, parameters: list[tuple[str, str]]) -> MultiDict[str]:
+    """The query a request of the URL :func:`sign_path` makes for ``parameters`` would have."""
+    signature = sign_path(path, (A,), 60, parameters=parameters, now=1000)
+    return MultiDict(parameters + parse_qsl(signature))
+
+
+THUMBNAIL = "/api/files/019ad8c4-6f3a-7c21-9e4b-3f5d2a1b0c9e/thumbnail"
+
+
+def test_the_other_parameters_are_signed_in_any_order() -> None:
+    signed = signed_with(THUMBNAIL, [("size", "256"), ("format", "webp")])
+    verify_path(THUMBNAIL, signed, (A,), now=1000)
+    reordered = MultiDict(sorted(signed.items(), reverse=True))
+    assert list(reordered.items()) != list(signed.items())
+    verify_path(THUMBNAIL, reordered, (A,), now=1000)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda q: q.update(size="1024"),  # another rendition
+        lambda q: q.update(format="avif"),
+        lambda q: q.popone("format"),
+        lambda q: q.add("owner", "bob"),  # any parameter at all
+        lambda q: q.add("size", "256"),  # repeated: which one would count?
+        lambda q: q.add("expires", q["expires"]),
+        lambda q: q.add("signature", q["signature"]),
+        lambda q: q.update(size="256&format=avif"),  # no splicing of pairs into a value
+    ],
+)
+def test_a_changed_parameter_is_not_valid(change: Callable[[MultiDict[str]], object]) -> None:
+    signed = signed_with(THUMBNAIL, [("size", "256"), ("format", "webp")])
+    change(signed)
+    with pytest.raises(Forbidden, match="not valid"):
+        verify_path(THUMBNAIL, signed, (A,), now=1000)
+
+
+def test_a_parameter_added_to_a_url_signed_without_any_is_not_valid() -> None:
+    signed = MultiDict(query(THUMBNAIL, (A,)))
+    verify_path(THUMBNAIL, signed, (A,), now=1000)
+    signed.add("size", "1024")
+    with pytest.raises(Forbidden, match="not valid"):
+        verify_path(THUMBNAIL, signed, (A,), now=1000)
+
+
+def test_an_empty_value_is_signed_as_such() -> None:
+    signed = signed_with(THUMBNAIL, [("size", "")])
+    verify_path(THUMBNAIL, signed, (A,), now=1000)
+    signed.popone("size")
+    with pytest.raises(Forbidden, match="not valid"):
+        verify_path(THUMBNAIL, signed, (A,), now=1000)

@@ -87,3 +87,30 @@ async def test_with_keys_a_signed_thumbnail_needs_no_key(make_client: MakeClient
     assert unsigned.status == 401  # without a signature, a key is what it takes
     keyed = await client.get(f"/api/files/{item['id']}/thumbnail", headers={"X-API-Key": alice})
     assert keyed.status == 200
+
+
+async def test_a_signed_thumbnail_url_covers_its_size_and_format(make_client: MakeClient) -> None:
+    client = await make_client(public_files=False, secret_key=(SECRET,))
+    (item,) = await upload_ok(client, ("a.jpg", photo()))
+    default, large = target(item["thumbnail_url"]), target(item["thumbnails"]["1024"])
+    signature = large.partition("?")[2].replace("size=1024&", "")
+    assert signature.startswith("expires=")
+    path = large.partition("?")[0]
+    # The parameters in another order: the same URL.
+    assert (await client.get(f"{path}?{signature}&size=1024")).status == 200
+    tampered = [
+        large.replace("size=1024", "size=256"),  # another size, allowed by THUMBNAIL_SIZES
+        f"{large}&format=avif",  # a format the URL did not name
+        f"{default}&size=1024",  # a size added to the default's URL
+        f"{default}&format=jpeg",
+        f"{path}?{signature}",  # the size taken away
+        f"{large}&size=256",  # repeated
+    ]
+    for url in tampered:
+        response = await client.get(url)
+        assert await expect_error(response, 403) == "this file URL's signature is not valid", url
+    # Nothing was rendered for them: only the two real URLs' thumbnails are in the cache.
+    assert (await client.get(default)).status == 200
+    metrics = await (await client.get("/metrics")).text()
+    assert "clustr_thumbnails_rendered_total 2.0" in metrics
+    assert 'clustr_auth_refusals_total{reason="bad_signature"} 6.0' in metrics

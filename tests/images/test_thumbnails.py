@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image, ImageChops, ImageCms, ImageStat
 
 from clustr_aio.domain.errors import ThumbnailsBusy, ThumbnailUnavailable
 from clustr_aio.images.thumbnails import (
@@ -21,6 +21,8 @@ from clustr_aio.images.thumbnails import (
     Thumbnail,
     Thumbnailer,
     ThumbnailFormat,
+    _jpeg_shrink,
+    _vips,
     render,
 )
 from clustr_aio.web.app import create_app
@@ -276,3 +278,30 @@ async def test_eager_renders_wait_behind_requests(
         await thumbnailer.close()
     assert order == ["first", "requested", "eager2", "eager0", "eager1"]
     assert counting.calls == 5  # eager2 once, though prefetched and then requested
+
+
+@pytest.mark.parametrize(("size", "shrink"), [(256, 4), (512, 2), (1024, 1)])
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_upright_and_alike(
+    tmp_path: Path, size: int, shrink: int
+) -> None:
+    """A phone photo (EXIF orientation 6, an ICC profile) of 1600 x 1200 is decoded at 1/4 for
+    256 pixels (400 left, 1.5x the size; libvips' thumbnail would take 1/2), 1/2 for 512:
+    upright, sRGB, and the same picture as libvips' own thumbnail."""
+    source = tmp_path / "big.jpg"
+    source.write_bytes(phone_photo(tmp_path, "jpg", orientation=6, size=(1600, 1200)))
+    pyvips = _vips()
+    assert _jpeg_shrink(pyvips.Image.new_from_file(str(source)), size) == shrink
+    ours = Image.open(io.BytesIO(render(str(source), size, FORMATS["jpeg"])))
+    reference = pyvips.Image.thumbnail(
+        str(source), size, height=size, size="down", export_profile="srgb"
+    )
+    theirs = Image.open(io.BytesIO(reference.jpegsave_buffer(keep="none", Q=82)))
+    assert ours.size == theirs.size == (size * 3 // 4, size)  # 1200 x 1600 as displayed
+    assert "icc_profile" not in ours.info
+    difference = ImageChops.difference(ours.convert("RGB"), theirs.convert("RGB"))
+    assert max(ImageStat.Stat(difference).mean) < 4  # out of 255: the same picture
+
+
+def test_only_jpeg_has_its_scale_chosen_here(tmp_path: Path) -> None:
+    source = image_file(tmp_path / "big.png", (1600, 1200))
+    assert _jpeg_shrink(_vips().Image.new_from_file(str(source)), 256) == 1

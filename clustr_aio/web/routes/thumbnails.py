@@ -6,16 +6,18 @@ render and keep without end); the format is ``format``'s, else the one ``Accept`
 WebP, AVIF and JPEG (WebP when it has no preference). A thumbnail's bytes never change under
 its ETag (the renderer's identity of the file's hash, the size and the format), so it goes out
 ``immutable``, and a matching ``If-None-Match`` is a 304 without a render. A hot thumbnail is
-found from the cache alone (:meth:`Thumbnailer.cached`: no catalog query) when the request may
-see every owner's files; a key that sees one owner's has the record looked up (another owner's
-image is a 404). With PUBLIC_FILES=false its URL in the items is signed, and admits without a
-key (an ``<img>`` sends none).
+found from the thumbnailer's memory alone (:meth:`Thumbnailer.cached`: no catalog query), which
+remembers each file's owner: a key that sees one owner's files gets another owner's image as a
+404 from the catalog, as if it did not exist. With PUBLIC_FILES=false its URL in the items is
+signed, and admits without a key (an ``<img>`` sends none). The hottest GETs do not even get
+here: :mod:`clustr_aio.web.hot_thumbnails` answers them from the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -217,27 +219,44 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
         headers[hdrs.VARY] = hdrs.ACCEPT
     thumbnailer = request.app[THUMBNAILER]
     file_key = request.match_info["id"]
-    # A hot thumbnail: the cache alone (no catalog query, no thread hop), when the request
-    # may see every owner's files; else the record says whether it may see this one. Not with
-    # a bucket either: the cache is this instance's, and another may have deleted the file.
-    shared = request.app[SETTINGS].storage != "local"
-    everyone = await visible_owner(request) is None
-    fast = everyone and not shared
-    found = thumbnailer.cached(file_key, size, fmt) if fast else None
-    if found is None:
-        record = await _record(request)
-        etag = f'"{Thumbnailer.identity(record.sha256, size, fmt)}"'
-        if _matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
-            return _not_modified(headers, etag)  # a client has it: no need to render it now
-        found = None if fast else thumbnailer.cached(file_key, size, fmt)  # seen: the cache
+    if_none_match = request.headers.get(hdrs.IF_NONE_MATCH)
+    # A hot thumbnail: from the thumbnailer's memory alone (no catalog query, no thread hop),
+    # its record's owner compared with whose files the request may see. Not with a bucket:
+    # the cache is this instance's, and another may have deleted the file.
+    local = request.app[SETTINGS].storage == "local"
+    if local:
+        hot = thumbnailer.cached(file_key, size, fmt, sees=await visible_owner(request))
+        if hot is not None:
+            path = str(hot.path)
+            if _matches(if_none_match, hot.etag):
+                if _still_there(path):  # deleted by another worker: ask the catalog
+                    return _not_modified(headers, hot.etag)
+            else:
+                response = immutable_file_response(path, headers, hot.etag[1:-1])
+                if response.status == 200:
+                    return response
+            thumbnailer.forget(file_key)
+    record = await _record(request)
+    etag = f'"{Thumbnailer.identity(record.sha256, size, fmt)}"'
+    if _matches(if_none_match, etag):
+        return _not_modified(headers, etag)  # a client has it: no need to render it now
+    found = None if local else thumbnailer.cached(file_key, size, fmt)  # no bucket download
     if found is None:
         async with _source(request, record) as source:
             found = await thumbnailer.get(
-                source, file_key=record.id, content_hash=record.sha256, size=size, fmt=fmt
+                source,
+                file_key=record.id,
+                content_hash=record.sha256,
+                size=size,
+                fmt=fmt,
+                owner=record.owner,
             )
-    if _matches(request.headers.get(hdrs.IF_NONE_MATCH), found.etag):
-        return _not_modified(headers, found.etag)
     return immutable_file_response(str(found.path), headers, found.etag[1:-1])
+
+
+def _still_there(path: str) -> bool:
+    """A page-cached ``stat``, on the event loop as :mod:`clustr_aio.web.file_response`'s."""
+    return os.path.exists(path)
 
 
 def _not_modified(headers: dict[str, str], etag: str) -> web.Response:
