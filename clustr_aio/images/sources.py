@@ -27,12 +27,12 @@ SOURCES: Final = ".sources"
 
 async def render_source(storage: object, name: str, cache_dir: Path) -> Source | None:
     """What to render the stored file ``name`` from; None when this storage cannot say."""
+    if isinstance(storage, Downloading):  # a store elsewhere (asking it to locate would sign)
+        return functools.partial(_downloaded, storage, name, cache_dir / SOURCES)
     if isinstance(storage, Reading):
         location = await storage.locate(name)
         if isinstance(location, OnDisk):
             return Path(location.path)
-    if isinstance(storage, Downloading):
-        return functools.partial(_downloaded, storage, name, cache_dir / SOURCES)
     return None
 
 

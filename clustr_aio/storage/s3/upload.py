@@ -42,7 +42,6 @@ import contextlib
 import io
 import logging
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
@@ -54,7 +53,7 @@ from clustr_aio.storage.s3.client import is_missing, is_taken, store_errors
 if TYPE_CHECKING:
     from clustr_aio.storage.s3.storage import S3Storage
 
-__all__ = ["S3Batch", "S3File"]
+__all__ = ["S3Batch", "S3File", "upload_memory"]
 
 log = logging.getLogger("clustr_aio.storage")
 
@@ -67,6 +66,19 @@ side (a store takes parallel parts faster than one stream: two of 16 MiB, four o
 small files many at a time."""
 _SENDS_IN_FLIGHT: Final = 16
 """Most requests to the store one upload has under way (as many as boto3's transfer threads)."""
+_SLACK: Final = 4 * 1024 * 1024
+"""What else an upload holds for a moment: the chunk being copied into a part's body, the
+HTTP client's and the request reader's buffers, the hasher's block, the allocator's rounding."""
+
+
+def upload_memory(part_size: int) -> int:
+    """The most memory one upload holds, in bytes, with ``S3_PART_SIZE`` = ``part_size``: the
+    sends in flight (their budget, a part at least), the part being received, a large file's
+    head held back, and :data:`_SLACK`. A process's peak RSS is at most its own (what it
+    holds idle, botocore's S3 model included) plus this per upload in flight."""
+    return max(part_size, _BYTES_IN_FLIGHT) + part_size + HEAD_PART_SIZE + _SLACK
+
+
 PENDING_METADATA: Final = "clustr-pending"
 """Metadata of a large file's placeholder: the name is claimed, its bytes are on their way."""
 
@@ -78,8 +90,11 @@ class S3Batch:
         self.storage = storage
         self.id = uuid.uuid4().hex
         self._files: list[S3File] = []
-        self._sending: deque[tuple[asyncio.Task[None], int]] = deque()
+        self._sending: dict[asyncio.Task[None], int] = {}
+        """The sends under way and their bytes; a send leaves it when it is done."""
         self._sending_bytes = 0
+        self._failed: asyncio.Task[None] | None = None
+        """The first send that failed: the batch fails with its error."""
 
     def add_file(self, desired_name: str) -> S3File:
         file = S3File(self, desired_name)
@@ -88,32 +103,47 @@ class S3Batch:
 
     async def send(self, size: int, work: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
         """Start ``work`` (sending ``size`` bytes) in the background once the sends in flight
-        leave room for it in the budget; till then the caller waits, and with it the reading
-        of the request. A failed send raises here, in a later send, or in publish()."""
+        leave room for it in the budget (whichever of them ends first makes room); till then
+        the caller waits, and with it the reading of the request. A failed send raises here,
+        in a later send, or in publish()."""
         budget = max(self.storage.config.part_size, _BYTES_IN_FLIGHT)
+        self._raise_failure()
         while self._sending and (
             self._sending_bytes + size > budget or len(self._sending) >= _SENDS_IN_FLIGHT
         ):
-            await self._finish_oldest()
+            # Not cancelled with the caller: a send is awaited to its end by discard().
+            await asyncio.wait(self._sending, return_when=asyncio.FIRST_COMPLETED)
+            self._raise_failure()
         task = asyncio.ensure_future(work())
-        self._sending.append((task, size))
+        self._sending[task] = size
         self._sending_bytes += size
+        task.add_done_callback(self._sent)
         return task
 
-    async def _finish_oldest(self) -> None:
-        work, size = self._sending[0]
-        try:
-            await asyncio.shield(work)
-        finally:
-            if self._sending and self._sending[0][0] is work:
-                self._sending.popleft()
-                self._sending_bytes -= size
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        size = self._sending.pop(task, None)
+        if size is None:  # discard() took it over
+            return
+        self._sending_bytes -= size
+        if self._failed is None and (task.cancelled() or task.exception() is not None):
+            self._failed = task
+
+    def _raise_failure(self) -> None:
+        if self._failed is None:
+            return
+        if self._failed.cancelled():  # the loop is going away: so is this upload
+            raise asyncio.CancelledError
+        error = self._failed.exception()
+        assert error is not None
+        raise error
 
     async def publish(self) -> list[str]:
         """Every object is in place once its sends are done: wait for them. (The names were
         taken as the files were written; the catalog commit that follows makes them served.)"""
         while self._sending:
-            await self._finish_oldest()
+            await asyncio.wait(self._sending, return_when=asyncio.FIRST_COMPLETED)
+            self._raise_failure()
+        self._raise_failure()
         names = []
         for file in self._files:
             assert file.name is not None, "publish() before every file was closed"
@@ -123,7 +153,7 @@ class S3Batch:
     async def discard(self) -> None:
         """Remove every object of the batch and abort its multipart uploads, once the sends in
         flight have finished (a PUT that lands after its delete would stay behind)."""
-        pending = [work for work, _ in self._sending]
+        pending = list(self._sending)
         self._sending.clear()
         self._sending_bytes = 0
         for work in pending:
@@ -334,19 +364,26 @@ class S3File:
 
 
 def _joined(chunks: list[Buffer], patches: Sequence[tuple[int, bytes]] = ()) -> io.BytesIO:
-    """The chunks joined once, just before they are sent (and let go), read out by the HTTP
-    client in 64 KiB pieces: no second copy of a part waits in a socket's buffer.
-    ``io.BytesIO`` shares the bytes it is given (a patched body is one copy more)."""
-    body = b"".join(chunks)
-    chunks.clear()
-    if patches:
-        patched = bytearray(body)
-        for offset, data in patches:
-            if offset + len(data) > len(patched):
-                raise ValueError(f"a patch at {offset} lies past the held {len(patched)} bytes")
-            patched[offset : offset + len(data)] = data
-        body = bytes(patched)
-    return io.BytesIO(body)
+    """The chunks copied into one buffer just before they are sent, each let go as soon as it
+    is copied (so a part is in memory once, plus a chunk, never twice), then patched in place;
+    read out by the HTTP client in 64 KiB pieces, so no second copy of a part waits in a
+    socket's buffer."""
+    size = sum(len(chunk) for chunk in chunks)
+    body = io.BytesIO()
+    if size:
+        body.seek(size - 1)
+        body.write(b"\0")  # the whole buffer at once: no growing, no copying it again
+        body.seek(0)
+    chunks.reverse()
+    while chunks:
+        body.write(chunks.pop())
+    for offset, data in patches:
+        if offset + len(data) > size:
+            raise ValueError(f"a patch at {offset} lies past the held {size} bytes")
+        body.seek(offset)
+        body.write(data)
+    body.seek(0)
+    return body
 
 
 def _split(chunks: list[Buffer], size: int) -> list[Buffer]:
