@@ -54,6 +54,7 @@ from clustr_aio.storage.s3.client import (
     store_errors,
 )
 from clustr_aio.storage.s3.naming import DERIVED, ObjectKeys, is_stored_name, taken_numbers
+from clustr_aio.storage.s3.put import SmallPuts
 from clustr_aio.storage.s3.upload import S3Batch
 
 __all__ = ["S3Storage", "Swept"]
@@ -74,6 +75,7 @@ class S3Storage:
         self.config = config
         self.keys = ObjectKeys(config.prefix)
         self.free_names = FreeNames(self)
+        self.small_puts = SmallPuts(config)
         self._stack: AsyncExitStack | None = None
         self._client: S3Client | None = None
 
@@ -87,6 +89,8 @@ class S3Storage:
         start-up makes ``/readyz`` fail and uploads 503, it does not stop the server."""
         self._stack = AsyncExitStack()
         self._client = await self._stack.enter_async_context(open_client(self.config))
+        await self.small_puts.open(self._client)
+        self._stack.push_async_callback(self.small_puts.close)
 
     async def close(self) -> None:
         if self._stack is not None:

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Final
 from botocore.exceptions import ClientError
 
 from clustr_aio.storage.base import Buffer
-from clustr_aio.storage.s3.client import is_missing, is_taken, store_errors
+from clustr_aio.storage.s3.client import is_missing, store_errors
 
 if TYPE_CHECKING:
     from clustr_aio.storage.s3.storage import S3Storage
@@ -249,21 +249,12 @@ class S3File:
         body.seek(0)  # the same bytes again, after a 412 on another name
         self._written.add(key)  # before the request: it may land even if its answer never does
         with store_errors("PUT"):
-            try:
-                answer = await storage.client.put_object(
-                    Bucket=storage.config.bucket,
-                    Key=key,
-                    Body=body,
-                    IfNoneMatch="*",
-                    ContentType=storage.content_type_of(key),
-                    Metadata=metadata,
-                )
-            except ClientError as error:
-                if not is_taken(error):
-                    raise
-                self._written.discard(key)  # someone else's: never ours to delete
-                return None
-        return str(answer["ETag"])
+            etag = await storage.small_puts.put_if_absent(
+                key, body, storage.content_type_of(key), metadata
+            )
+        if etag is None:
+            self._written.discard(key)  # someone else's: never ours to delete
+        return etag
 
     # -- large files -----------------------------------------------------------------------
 
