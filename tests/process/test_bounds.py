@@ -10,6 +10,7 @@ import resource
 import signal
 import socket
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,7 +136,7 @@ def test_an_upload_to_a_bucket_holds_at_most_its_stated_memory(
     server = server_factory(
         seaweedfs_server.settings(bucket, S3_PART_SIZE="8MiB", MAX_FILE_SIZE="1GiB")
     )
-    urllib.request.urlopen(f"{server.url}/readyz", timeout=30).read()  # the client has written
+    wait_until(lambda: _ready(server.url), "the bucket to be writable")  # the client has written
     Path(f"/proc/{server.pid}/clear_refs").write_text("5")  # the peak, from now on
     idle = status_kib(server.pid, "VmRSS")
     large = jpeg_bytes(120 * MiB)
@@ -147,8 +148,11 @@ def test_an_upload_to_a_bucket_holds_at_most_its_stated_memory(
             f"{server.url}/api/upload", data=body, method="POST",
             headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
         )  # fmt: skip
-        with urllib.request.urlopen(request, timeout=120) as answer:
-            assert answer.status == 200
+        try:
+            with urllib.request.urlopen(request, timeout=120) as answer:
+                assert answer.status == 200
+        except urllib.error.HTTPError as error:
+            raise AssertionError(f"{error.code} {error.read()!r} {server.logs[-3000:]}") from None
         del body, request
     peak = status_kib(server.pid, "VmHWM")
     print(f"STORAGE=s3 RSS idle {idle // 1024} MiB, peak {peak // 1024} MiB")
@@ -157,6 +161,14 @@ def test_an_upload_to_a_bucket_holds_at_most_its_stated_memory(
     assert len(keys) == 201
     head = seaweedfs_server.client().head_object(Bucket=bucket, Key="large.jpg")
     assert head["ContentLength"] == len(large)
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=30) as answer:
+            return bool(answer.status == 200)
+    except urllib.error.HTTPError:
+        return False
 
 
 def upload_part_head(filename: str) -> bytes:

@@ -22,17 +22,18 @@ reconciliation removes once it is older than ``S3_ORPHAN_GRACE`` (:mod:`.storage
 
 **Memory.** What one upload holds: the part (or small file) being received, as the chunks that
 came; the parts or small files on their way to the store, 32 MiB together at most (one part
-at least; at most 16 requests); a large file's first 5 MiB, held back as part 1 until the
-file is closed (a header patch may still come); and for a moment a part's chunks while they are
-joined. A send
-starts only when that budget has room for it; until then the upload waits, its body is not
-read, and TCP holds the client back: a slow store slows the client, it never fills the
-server's memory. A body is joined once and read out by the HTTP client in 64 KiB pieces
-(``io.BytesIO`` shares the bytes), so no second copy waits in a socket buffer. Peak RSS ≤ the
-process's own (about 80 MiB with botocore's S3 model loaded) + (37 MiB + 2 x ``S3_PART_SIZE``)
-per upload in flight (``MAX_CONCURRENT_UPLOADS`` at most). Measured (bench/s3.py, 1 GiB):
-144-149 MiB with 16 MiB parts, 128 MiB with 8 MiB parts (before part 1 was held back: 5 MiB
-more now).
+at least; at most 16 requests; whichever ends first makes room for the next); and a large
+file's first 5 MiB, held back as part 1 until the file is closed (a header patch may still
+come). A send starts only when that budget has room for it; until then the upload waits, its
+body is not read, and TCP holds the client back: a slow store slows the client, it never fills
+the server's memory. A body is built once, each chunk let go as it is copied in (never two
+copies of a part), and read out by the HTTP client in 64 KiB pieces, so no second copy waits in
+a socket buffer. :func:`upload_memory` states the bound per upload: peak RSS ≤ the idle
+process's own (about 80 MiB, botocore's S3 model included) + ``max(32 MiB, S3_PART_SIZE) +
+S3_PART_SIZE + 13 MiB`` per upload in flight (``MAX_CONCURRENT_UPLOADS`` at most): with 16 MiB
+parts, 61 MiB an upload; bench/s3.py and tests/process/test_bounds.py hold the peak to it.
+That takes glibc returning what was sent (:func:`~clustr_aio.runtime.memory.fix_mmap_threshold`:
+else a freed part's memory stays resident for reuse, a part more).
 """
 
 from __future__ import annotations
@@ -66,9 +67,11 @@ side (a store takes parallel parts faster than one stream: two of 16 MiB, four o
 small files many at a time."""
 _SENDS_IN_FLIGHT: Final = 16
 """Most requests to the store one upload has under way (as many as boto3's transfer threads)."""
-_SLACK: Final = 4 * 1024 * 1024
+_SLACK: Final = 8 * 1024 * 1024
 """What else an upload holds for a moment: the chunk being copied into a part's body, the
-HTTP client's and the request reader's buffers, the hasher's block, the allocator's rounding."""
+HTTP client's and the request reader's buffers, the hasher's blocks (2 MiB), SigV4's 1 MiB
+reads of each body in flight, the allocator's rounding. (Measured with 16 MiB parts: the peak
+of a 1 GiB upload 4 MiB under the bound.)"""
 
 
 def upload_memory(part_size: int) -> int:
@@ -203,13 +206,14 @@ class S3File:
 
     async def _start_multipart(self) -> None:
         """The file outgrew one PUT: claim its name, start the upload, keep its first 5 MiB
-        back as part 1 (for patches), send the rest of what came as part 2."""
+        back as part 1 (for patches). The rest of what came begins part 2, sent once it is a
+        whole part (or the file ends): sent now, it could be under S3's 5 MiB minimum for a
+        part that is not the last (8 MiB parts: 3 MiB), which CompleteMultipartUpload
+        refuses (EntityTooSmall)."""
         await self._claim_name()
         self._head = _split(self._chunks, HEAD_PART_SIZE)
         self._held -= HEAD_PART_SIZE
         self._new_part()  # part 1, sent by close()
-        if self._held:
-            await self._send_part(self._new_part(), *self._take_chunks())
 
     async def close(self) -> None:
         if self._upload_id is None:
@@ -237,9 +241,12 @@ class S3File:
 
     async def _put_small(self, body: io.BytesIO) -> None:
         storage = self.batch.storage
-        self.name = await storage.free_names.take(
-            self.desired_name, lambda key: self._put_if_absent(key, body, {})
-        )
+        try:
+            self.name = await storage.free_names.take(
+                self.desired_name, lambda key: self._put_if_absent(key, body, {})
+            )
+        finally:
+            body.close()  # _freed: at once, not when the HTTP client's objects are collected
 
     async def _put_if_absent(
         self, key: str, body: io.BytesIO, metadata: dict[str, str]
@@ -273,15 +280,19 @@ class S3File:
         number = int(str(entry["PartNumber"]))
 
         async def upload() -> None:
-            with store_errors("UploadPart"):
-                answer = await storage.client.upload_part(
-                    Bucket=storage.config.bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=_joined(chunks, patches),
-                    ContentLength=size,
-                )
+            body = _joined(chunks, patches)
+            try:
+                with store_errors("UploadPart"):
+                    answer = await storage.client.upload_part(
+                        Bucket=storage.config.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=body,
+                        ContentLength=size,
+                    )
+            finally:
+                body.close()  # _freed
             entry["ETag"] = answer["ETag"]
 
         self._part_sends.append(await self.batch.send(size, upload))
@@ -358,7 +369,11 @@ def _joined(chunks: list[Buffer], patches: Sequence[tuple[int, bytes]] = ()) -> 
     """The chunks copied into one buffer just before they are sent, each let go as soon as it
     is copied (so a part is in memory once, plus a chunk, never twice), then patched in place;
     read out by the HTTP client in 64 KiB pieces, so no second copy of a part waits in a
-    socket's buffer."""
+    socket's buffer.
+
+    _freed: the caller closes it once sent, which frees the buffer there and then. botocore's
+    and aiohttp's request objects keep a reference to the body and are freed only by the
+    cycle collector, later: meanwhile a part already sent would stay in memory."""
     size = sum(len(chunk) for chunk in chunks)
     body = io.BytesIO()
     if size:
