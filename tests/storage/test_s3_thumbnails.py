@@ -43,6 +43,13 @@ async def instance(
     return await s3_client(aiohttp_client, folder, weed, bucket, DATABASE_URL=catalog, **more)
 
 
+async def pair(
+    aiohttp_client: AiohttpClient, tmp_path: Path, weed: SeaweedServer, bucket: str
+) -> tuple[Client, Client]:
+    a = await instance(aiohttp_client, tmp_path, "a", weed, bucket)
+    return a, await instance(aiohttp_client, tmp_path, "b", weed, bucket)
+
+
 def thumbnail_keys(weed: SeaweedServer, bucket: str) -> list[str]:
     return weed.keys(bucket, ".derived/")
 
@@ -50,8 +57,7 @@ def thumbnail_keys(weed: SeaweedServer, bucket: str) -> list[str]:
 async def test_one_instance_renders_the_other_serves_it_from_the_bucket(
     aiohttp_client: AiohttpClient, tmp_path: Path, seaweedfs_server: SeaweedServer, bucket: str
 ) -> None:
-    a = await instance(aiohttp_client, tmp_path, "a", seaweedfs_server, bucket)
-    b = await instance(aiohttp_client, tmp_path, "b", seaweedfs_server, bucket)
+    a, b = await pair(aiohttp_client, tmp_path, seaweedfs_server, bucket)
     [item] = await upload_ok(a, ("p.jpg", encode("jpg", picture((1200, 900)))))
     url = f"/api/files/{item['id']}/thumbnail"
     first = await a.get(url)
@@ -93,8 +99,7 @@ async def test_one_instance_renders_the_other_serves_it_from_the_bucket(
 async def test_a_corrupt_image_is_rendered_once_for_every_instance(
     aiohttp_client: AiohttpClient, tmp_path: Path, seaweedfs_server: SeaweedServer, bucket: str
 ) -> None:
-    a = await instance(aiohttp_client, tmp_path, "a", seaweedfs_server, bucket)
-    b = await instance(aiohttp_client, tmp_path, "b", seaweedfs_server, bucket)
+    a, b = await pair(aiohttp_client, tmp_path, seaweedfs_server, bucket)
     [item] = await upload_ok(a, ("broken.png", corrupt_png()))
     url = f"/api/files/{item['id']}/thumbnail"
     detail = await expect_error(await a.get(url), 422)
@@ -111,8 +116,7 @@ async def test_a_corrupt_image_is_rendered_once_for_every_instance(
 async def test_instances_rendering_at_once_store_one_object(
     aiohttp_client: AiohttpClient, tmp_path: Path, seaweedfs_server: SeaweedServer, bucket: str
 ) -> None:
-    a = await instance(aiohttp_client, tmp_path, "a", seaweedfs_server, bucket)
-    b = await instance(aiohttp_client, tmp_path, "b", seaweedfs_server, bucket)
+    a, b = await pair(aiohttp_client, tmp_path, seaweedfs_server, bucket)
     [item] = await upload_ok(a, ("r.jpg", encode("jpg", picture((2400, 1800)))))
     url = f"/api/files/{item['id']}/thumbnail"
     answers = await asyncio.gather(*(client.get(url) for client in (a, b) for _ in range(10)))
