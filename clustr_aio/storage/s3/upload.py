@@ -30,8 +30,8 @@ the server's memory. A body is built once, each chunk let go as it is copied in 
 copies of a part), and read out by the HTTP client in 64 KiB pieces, so no second copy waits in
 a socket buffer. :func:`upload_memory` states the bound per upload: peak RSS ≤ the idle
 process's own (about 80 MiB, botocore's S3 model included) + ``max(32 MiB, S3_PART_SIZE) +
-S3_PART_SIZE + 13 MiB`` per upload in flight (``MAX_CONCURRENT_UPLOADS`` at most): with 16 MiB
-parts, 61 MiB an upload; bench/s3.py and tests/process/test_bounds.py hold the peak to it.
+S3_PART_SIZE + 17 MiB`` per upload in flight (``MAX_CONCURRENT_UPLOADS`` at most): with 16 MiB
+parts, 65 MiB an upload; bench/s3.py and tests/process/test_bounds.py hold the peak to it.
 That takes glibc returning what was sent (:func:`~clustr_aio.runtime.memory.fix_mmap_threshold`:
 else a freed part's memory stays resident for reuse, a part more).
 """
@@ -67,11 +67,11 @@ side (a store takes parallel parts faster than one stream: two of 16 MiB, four o
 small files many at a time."""
 _SENDS_IN_FLIGHT: Final = 16
 """Most requests to the store one upload has under way (as many as boto3's transfer threads)."""
-_SLACK: Final = 8 * 1024 * 1024
+_SLACK: Final = 12 * 1024 * 1024
 """What else an upload holds for a moment: the chunk being copied into a part's body, the
 HTTP client's and the request reader's buffers, the hasher's blocks (2 MiB), SigV4's 1 MiB
-reads of each body in flight, the allocator's rounding. (Measured with 16 MiB parts: the peak
-of a 1 GiB upload 4 MiB under the bound.)"""
+reads of each body in flight, the allocator's rounding. (Measured with 16 MiB parts: a 1 GiB
+upload peaked 56-61 MiB over the idle process, against the 65 MiB stated.)"""
 
 
 def upload_memory(part_size: int) -> int:
