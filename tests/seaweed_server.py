@@ -78,7 +78,10 @@ class SeaweedServer:
             "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={g['s3']}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             f"-s3.config={self.root / 's3.json'}",
-            "-master.telemetry=false", "-master.volumeSizeLimitMB=256", "-volume.max=0",
+            # Every bucket is a collection that grows 7 volumes; -volume.max=0 (auto) allows
+            # free disk / 256 MB of them, so on a fuller disk a session ran out after about a
+            # dozen buckets (500 "No writable volumes"). Volumes are sparse until written.
+            "-master.telemetry=false", "-master.volumeSizeLimitMB=256", "-volume.max=1000",
         ]  # fmt: skip
         log = (self.root / "log").open("ab")
         self._process = subprocess.Popen(

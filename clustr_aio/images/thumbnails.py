@@ -18,6 +18,13 @@
   then find the file.
 - **Corrupt images**: a file libvips cannot decode gets an ``<size>.<format>.error`` file beside,
   and every later request is the same :class:`ThumbnailUnavailable` (422) without a render.
+- **Shared**: with a store every instance shares (``shared``, the storage's
+  :class:`~clustr_aio.storage.base.DerivedStoring`: a bucket), that store holds the thumbnails
+  (and the failures) and the folder is this instance's cache of it: a thumbnail missing here is
+  looked for there first and copied into the cache when another instance made it; one rendered
+  here is put there (a conditional write: instances rendering it at once store it once, and the
+  same inputs make the same bytes). The source is then opened only to render: a copy fetched
+  from the store (``Source`` may be a context manager that makes one and removes it).
 """
 
 from __future__ import annotations
@@ -29,16 +36,19 @@ import fcntl
 import functools
 import hashlib
 import itertools
+import logging
 import os
 import shutil
-from collections.abc import Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from clustr_aio.domain.errors import ThumbnailsBusy, ThumbnailUnavailable
+from clustr_aio.domain.errors import ClustrError, ThumbnailsBusy, ThumbnailUnavailable
 from clustr_aio.runtime.memory import malloc_trim
+from clustr_aio.storage.base import DerivedFile, DerivedStoring
 from clustr_aio.storage.local import write_all
 
 __all__ = [
@@ -48,6 +58,7 @@ __all__ = [
     "THUMBNAIL_DIR",
     "THUMBNAIL_TYPES",
     "RenderError",
+    "Source",
     "Thumbnail",
     "ThumbnailFormat",
     "Thumbnailer",
@@ -68,6 +79,18 @@ RENDERER_VERSION: Final = "vips2"
 _REMEMBERED: Final = 10_000
 """Files :class:`Thumbnailer` remembers, with their owner and the thumbnails of theirs found
 in the cache (a few MB)."""
+
+SHARED_PREFIX: Final = "thumbnails/"
+"""Where a file's thumbnails are among what a shared store derives from it."""
+FAILED_TYPE: Final = "application/vnd.clustr.thumbnail-failure"
+"""The content type of a shared store's note that an image cannot be rendered (the body says
+why): one key per thumbnail, so a single read finds either."""
+
+log = logging.getLogger("clustr_aio.images")
+
+Source = str | os.PathLike[str] | Callable[[], AbstractAsyncContextManager[Path]]
+"""An image file to render from, or a context manager that makes one (a copy fetched from a
+store elsewhere) and removes it: opened only when a render is due."""
 
 FormatName = Literal["webp", "jpeg", "avif"]
 DEFAULT_FORMAT: Final = "webp"
@@ -188,7 +211,9 @@ Renderer = Callable[[str, int, ThumbnailFormat], bytes]
 
 @dataclass(slots=True)
 class _Job:
-    source: str
+    source: Source
+    stored_name: str | None
+    """The file's name in a shared store (None: not shared)."""
     target: Path
     size: int
     fmt: ThumbnailFormat
@@ -210,8 +235,10 @@ class Thumbnailer:
         eager_limit: int = 10_000,
         on_rendered: Callable[[], None] = lambda: None,
         renderer: Renderer = render,
+        shared: DerivedStoring | None = None,
     ) -> None:
         self.cache_dir = cache_dir
+        self.shared = shared
         self.workers = workers
         self.queue_limit = queue_limit
         self.eager_limit = eager_limit
@@ -288,19 +315,21 @@ class Thumbnailer:
 
     async def get(
         self,
-        source: Path,
+        source: Source,
         *,
         file_key: str,
         content_hash: str,
         size: int,
         fmt: ThumbnailFormat,
+        stored_name: str | None = None,
         request: bool = True,
         owner: str | None = None,
     ) -> Thumbnail:
-        """The cached thumbnail, rendered first if it is not there yet. ``file_key`` must be a
-        safe single path segment (a catalog id); ``owner`` is its record's, for
-        :meth:`cached`. Raises :class:`ThumbnailsBusy` when the queue is full and
-        :class:`ThumbnailUnavailable` for an image that cannot be rendered."""
+        """The cached thumbnail, rendered first if it is not there yet (or, with a shared
+        store and the file's ``stored_name`` in it, copied from there if another instance
+        made it). ``file_key`` must be a safe single path segment (a catalog id); ``owner`` is
+        its record's, for :meth:`cached`. Raises :class:`ThumbnailsBusy` when the queue is
+        full and :class:`ThumbnailUnavailable` for an image that cannot be rendered."""
         self._remember(file_key, content_hash, owner)
         etag = self.identity(content_hash, size, fmt)
         target = self._target(file_key, etag, size, fmt)
@@ -312,7 +341,7 @@ class Thumbnailer:
                     raise ThumbnailsBusy(
                         "too many thumbnails are being rendered; try again shortly"
                     )
-                job = self._enqueue(source, target, size, fmt, request=request)
+                job = self._enqueue(source, stored_name, target, size, fmt, request=request)
             elif request and not job.request and not job.started:
                 # An eager render nobody waited for: a request now does, so it moves up.
                 job.request = True
@@ -325,10 +354,18 @@ class Thumbnailer:
         return Thumbnail(target, f'"{etag}"', fmt.content_type, found)
 
     def prefetch(
-        self, source: Path, *, file_key: str, content_hash: str, size: int, fmt: ThumbnailFormat
+        self,
+        source: Source,
+        *,
+        file_key: str,
+        content_hash: str,
+        size: int,
+        fmt: ThumbnailFormat,
+        stored_name: str | None = None,
     ) -> None:
         """Queue an eager render (``THUMBNAILS=eager``, after an upload's 200) behind every
-        request, unless it is cached, queued, or ``eager_limit`` renders already wait."""
+        request, unless it is cached, queued, or ``eager_limit`` renders already wait. With a
+        shared store it ends up there too."""
         etag = self.identity(content_hash, size, fmt)
         target = self._target(file_key, etag, size, fmt)
         if target in self._inflight or self._queue.qsize() >= self.eager_limit:
@@ -338,13 +375,21 @@ class Thumbnailer:
                 return
         except ThumbnailUnavailable:
             return
-        self._enqueue(source, target, size, fmt, request=False)
+        self._enqueue(source, stored_name, target, size, fmt, request=False)
 
     def _enqueue(
-        self, source: Path, target: Path, size: int, fmt: ThumbnailFormat, *, request: bool
+        self,
+        source: Source,
+        stored_name: str | None,
+        target: Path,
+        size: int,
+        fmt: ThumbnailFormat,
+        *,
+        request: bool,
     ) -> _Job:
         future = asyncio.get_running_loop().create_future()
-        job = _Job(os.fspath(source), target, size, fmt, future, request)
+        shared_name = stored_name if self.shared is not None else None
+        job = _Job(source, shared_name, target, size, fmt, future, request)
         self._inflight[target] = job
         self._pending_requests += request
         self._queue.put_nowait((0 if request else 1, next(self._order), job))
@@ -379,15 +424,13 @@ class Thumbnailer:
         return pruned
 
     async def _work(self) -> None:
-        assert self._executor is not None
-        loop = asyncio.get_running_loop()
         while True:
             _, _, job = await self._queue.get()
             if job.started:  # queued twice (moved up for a request): done already
                 continue
             job.started = True
             try:
-                rendered = await loop.run_in_executor(self._executor, self._run, job)
+                rendered = await self._produce(job)
             except BaseException as error:  # handed to the requests waiting for it
                 if not job.future.done():
                     job.future.set_exception(error)
@@ -404,28 +447,74 @@ class Thumbnailer:
                 if job.future.done() and not job.future.cancelled():
                     job.future.exception()
 
-    def _run(self, job: _Job) -> bool:
-        """Render ``job`` unless another process did; True when this one rendered. Blocking."""
+    async def _produce(self, job: _Job) -> bool:
+        """Put ``job``'s thumbnail (or its failure) in the cache: copied from the shared store
+        when another instance made it, else rendered here and then shared. True when this
+        process rendered it."""
+        assert self._executor is not None
+        loop = asyncio.get_running_loop()
+        variant = SHARED_PREFIX + job.target.name
+        if self.shared is not None and job.stored_name is not None:
+            found = await self.shared.get_derived(job.stored_name, variant)
+            if found is not None:
+                await loop.run_in_executor(self._executor, _adopt, job.target, found)
+                return False
+        async with _opened(job.source) as source:
+            made = await loop.run_in_executor(self._executor, self._run, job, source)
+        if made is None:
+            return False
+        if self.shared is not None and job.stored_name is not None:
+            try:
+                await self.shared.put_derived(
+                    job.stored_name, variant, made.data, made.content_type
+                )
+            except ClustrError as error:  # served from here all the same; shared next time
+                log.warning("a thumbnail could not be stored in the shared store: %s", error)
+        return True
+
+    def _run(self, job: _Job, source: str) -> DerivedFile | None:
+        """Render ``job`` from ``source`` unless another process did: what this one made (a
+        thumbnail, or a failure's reason), None when another had. Blocking."""
         job.target.parent.mkdir(parents=True, exist_ok=True)
         lock = os.open(job.target.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another worker rendering it: wait for its file
             if _cached(job.target) is not None:
-                return False
+                return None
             try:
-                data = self._render(job.source, job.size, job.fmt)
+                data = self._render(source, job.size, job.fmt)
             except RenderError as error:
-                _publish(_error_path(job.target), str(error).encode()[:500])
-                return True
+                reason = str(error).encode()[:500]
+                _publish(_error_path(job.target), reason)
+                return DerivedFile(reason, FAILED_TYPE)
             finally:
                 # What libvips freed stays in this thread's malloc arena, fragmented, and the
                 # next render's needs land beside it: 1 thread's peak over 80 renders of 12 MP
                 # JPEGs 47 MiB, 42 with the trim, for about 1 ms of CPU (of 50) a render.
                 malloc_trim()
             _publish(job.target, data)
-            return True
+            return DerivedFile(data, job.fmt.content_type)
         finally:
             os.close(lock)
+
+
+@contextlib.asynccontextmanager
+async def _opened(source: Source) -> AsyncIterator[str]:
+    """The path of the image file ``source`` is or makes (and removes afterwards)."""
+    if isinstance(source, str | os.PathLike):
+        yield os.fspath(source)
+        return
+    async with source() as path:
+        yield os.fspath(path)
+
+
+def _adopt(target: Path, found: DerivedFile) -> None:
+    """Put a thumbnail (or failure) another instance made into this instance's cache."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if found.content_type == FAILED_TYPE:
+        _publish(_error_path(target), found.data)
+    else:
+        _publish(target, found.data)
 
 
 def _error_path(target: Path) -> Path:

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["TRIM_AFTER_PEAK", "TrimAfterLoad", "malloc_trim"]
+__all__ = ["TRIM_AFTER_PEAK", "TrimAfterLoad", "fix_mmap_threshold", "malloc_trim"]
 
 log = logging.getLogger("clustr_aio")
 
@@ -43,6 +43,29 @@ def malloc_trim() -> bool:
         return False
     trim(0)
     return True
+
+
+_M_MMAP_THRESHOLD: Final = -3
+"""``mallopt``'s parameter number (glibc's malloc.h)."""
+
+
+@functools.cache
+def _mallopt_function() -> Callable[[int, int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt: Callable[[int, int], int] = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError, TypeError):
+        return None
+    return mallopt
+
+
+def fix_mmap_threshold(size: int) -> bool:
+    """Have glibc map every allocation of ``size`` bytes or more on its own, and unmap it when
+    freed, from now on; whether it did. glibc's threshold is dynamic by default: once a mapped
+    block of 16 MiB is freed, later ones come from the heap, whose free holes stay resident (a
+    process that sends 16 MiB parts one after another held a part more than it had live)."""
+    mallopt = _mallopt_function()
+    return mallopt is not None and mallopt(_M_MMAP_THRESHOLD, size) == 1
 
 
 class TrimAfterLoad:

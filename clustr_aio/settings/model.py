@@ -286,7 +286,8 @@ class Settings(BaseSettings):
     s3_part_size: _PartSize = _setting(
         "16MiB",
         "STORAGE=s3: a file up to this size is sent in one PUT, a larger one in parts of this"
-        " size (5MiB-5GiB); each upload holds at most two parts in memory.",
+        " size (5MiB-5GiB); an upload holds at most max(32MiB, this) on its way to the store, one"
+        " more part being received and 5MiB (a large file's first part).",
     )
     s3_serve: _Serve = _setting(
         "redirect",

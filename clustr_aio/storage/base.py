@@ -185,6 +185,30 @@ class Downloading(Protocol):
         """Write the stored file ``name`` to the new file ``target`` (its folder is made)."""
 
 
+@dataclass(frozen=True, slots=True)
+class DerivedFile:
+    """A small file made from a stored one, as a shared store holds it."""
+
+    data: bytes
+    content_type: str
+
+
+@runtime_checkable
+class DerivedStoring(Protocol):
+    """Optional capability of a store every instance shares: small files made from a stored
+    file (its thumbnails, or the note that it cannot be rendered) kept beside it, so that what
+    one instance made every instance finds. They are deleted with the file (:class:`Deleting`)
+    and never served as stored files."""
+
+    async def get_derived(self, name: str, variant: str) -> DerivedFile | None:
+        """The derived file ``variant`` (a relative path) of the stored file ``name``; None
+        when none was stored."""
+
+    async def put_derived(self, name: str, variant: str, data: bytes, content_type: str) -> bool:
+        """Store it unless it is there already (a conditional write, so any number of
+        instances may race to store the same one); False when another was first."""
+
+
 @runtime_checkable
 class Deleting(Protocol):
     """Optional capability: remove a published file."""

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+from clustr_aio.runtime.memory import fix_mmap_threshold
 from clustr_aio.settings import Settings
 from clustr_aio.storage.base import Storage
 from clustr_aio.storage.local import LocalStorage
@@ -29,6 +30,9 @@ async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
     if settings.storage == "s3":
         from clustr_aio.storage.s3 import S3Storage
 
+        # Parts and bodies of a MiB and more are mapped and unmapped, so that what was sent is
+        # given back: the stated memory bound holds (storage/s3/upload.py: upload_memory).
+        fix_mmap_threshold(1024 * 1024)
         storage = S3Storage(s3_config(settings))
     else:
         storage = LocalStorage(

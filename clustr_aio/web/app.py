@@ -23,7 +23,13 @@ from clustr_aio.images.thumbnails import THUMBNAIL_DIR, Thumbnailer
 from clustr_aio.ingest.pipeline import Dedupe, IngestPolicy
 from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
-from clustr_aio.storage.base import OrphanSweeping, Reading, SpaceReporting, Storage
+from clustr_aio.storage.base import (
+    DerivedStoring,
+    OrphanSweeping,
+    Reading,
+    SpaceReporting,
+    Storage,
+)
 from clustr_aio.storage.factory import open_storage
 from clustr_aio.storage.resumable import Resumable
 from clustr_aio.tus.handler import TusHandler
@@ -185,6 +191,8 @@ async def _thumbnailer(app: web.Application) -> AsyncIterator[None]:
         settings.upload_folder / THUMBNAIL_DIR,
         workers=render_threads(os.cpu_count() or 1, settings.workers),
         on_rendered=app[METRICS].thumbnails_rendered.inc,
+        # A store every instance shares keeps the thumbnails; the folder is then a cache.
+        shared=storage if isinstance(storage := app[STORAGE], DerivedStoring) else None,
     )
     await thumbnailer.start()
     app[THUMBNAILER] = thumbnailer

@@ -10,14 +10,18 @@ import resource
 import signal
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from clustr_aio.storage.s3.upload import upload_memory
 from tests.conftest import temp_files
 from tests.process.conftest import StartServer
 from tests.process.slow_client import jpeg_bytes
+from tests.seaweedfs import SeaweedServer
 from tests.server_process import wait_until
 
 MiB = 1024 * 1024
@@ -127,6 +131,60 @@ def test_unfinished_1_mb_heads_hold_little_memory(
     print(f"RSS peak with 200 unfinished 1 MB heads: {peak // 1024} MiB")
     assert peak <= 128 * 1024
     assert server.logs.count("431") >= 190  # their access lines
+
+
+def test_an_upload_to_a_bucket_holds_at_most_its_stated_memory(
+    server_factory: StartServer, seaweedfs_server: SeaweedServer
+) -> None:
+    """STORAGE=s3: a large file streams to the bucket in parts, and 200 small files go up many at
+    a time; the peak RSS over what the idle process holds stays within the stated bound per
+    upload (``upload_memory``: the budget of sends in flight, the part being received, a large
+    file's head held back, a little slack)."""
+    bucket = seaweedfs_server.new_bucket()
+    part = 8 * MiB
+    server = server_factory(
+        seaweedfs_server.settings(bucket, S3_PART_SIZE="8MiB", MAX_FILE_SIZE="1GiB")
+    )
+    wait_until(lambda: _ready(server.url), "the bucket to be writable")  # the client has written
+    Path(f"/proc/{server.pid}/clear_refs").write_text("5")  # the peak, from now on
+    idle = status_kib(server.pid, "VmRSS")
+    large = jpeg_bytes(120 * MiB)
+    small = [jpeg_bytes(500_000) for _ in range(200)]
+    for files in ([("large.jpg", large)], [(f"s{n}.jpg", data) for n, data in enumerate(small)]):
+        body = b"".join(upload_part_head(name) + data + b"\r\n" for name, data in files)
+        body += f"--{BOUNDARY}--\r\n".encode()
+        request = urllib.request.Request(
+            f"{server.url}/api/upload", data=body, method="POST",
+            headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=120) as answer:
+                assert answer.status == 200
+        except urllib.error.HTTPError as error:
+            raise AssertionError(f"{error.code} {error.read()!r} {server.logs[-3000:]}") from None
+        del body, request
+    peak = status_kib(server.pid, "VmHWM")
+    print(f"STORAGE=s3 RSS idle {idle // 1024} MiB, peak {peak // 1024} MiB")
+    assert peak - idle <= upload_memory(part) // 1024, f"idle {idle} KiB, peak {peak} KiB"
+    keys = seaweedfs_server.keys(bucket)
+    assert len(keys) == 201
+    head = seaweedfs_server.client().head_object(Bucket=bucket, Key="large.jpg")
+    assert head["ContentLength"] == len(large)
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=30) as answer:
+            return bool(answer.status == 200)
+    except urllib.error.HTTPError:
+        return False
+
+
+def upload_part_head(filename: str) -> bytes:
+    return (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; '
+        f'filename="{filename}"\r\nContent-Type: image/jpeg\r\n\r\n'
+    ).encode()
 
 
 def hold_slow_connections(port: int, count: int, sockets: list[socket.socket]) -> None:

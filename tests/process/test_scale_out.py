@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -77,6 +78,19 @@ def listed(server: RunningServer) -> list[dict[str, Any]]:
     return items
 
 
+def etag_of(headers: dict[str, str]) -> str:
+    [etag] = [value for name, value in headers.items() if name.lower() == "etag"]
+    return etag
+
+
+def rendered(server: RunningServer) -> float:
+    """``clustr_thumbnails_rendered_total`` of ``server``'s /metrics."""
+    _, _, body = request(f"{server.url}/metrics")
+    found = re.search(rb"^clustr_thumbnails_rendered_total (\S+)$", body, re.M)
+    assert found is not None, body[-2000:]
+    return float(found.group(1))
+
+
 @pytest.fixture
 async def database(postgres_server: PostgresServer) -> str:
     return await postgres_server.new_database()
@@ -113,15 +127,27 @@ def test_upload_through_one_list_fetch_and_delete_through_the_other(
     assert thumb[8:12] == b"WEBP"
     # Rendered from a copy fetched from the bucket, which is gone once the thumbnail is made.
     assert not [p for p in b.upload_folder.rglob(".sources/*") if p.is_file()]
+    # Stored in the bucket: the other instance serves it without rendering it again.
+    status, a_headers, a_thumb = request(f"{a.url}/api/files/{one['id']}/thumbnail?format=webp")
+    assert (status, a_thumb) == (200, thumb)
+    assert etag_of(a_headers) == etag_of(headers)
+    assert rendered(b) == 1
+    assert rendered(a) == 0
     two = next(i for i in body["data"] if i["stored_filename"] == "two.png")
     assert request(f"{b.url}/api/files/{two['id']}", method="DELETE")[0] == 204
     assert fetch(a, "two.png") is None
-    assert seaweedfs_server.keys(bucket) == ["one.png"]
-    # A thumbnail cached by one instance is not served once another deleted its file.
+    etag = etag_of(headers).strip('"')
+    assert seaweedfs_server.keys(bucket) == [
+        f".derived/one.png/thumbnails/256-{etag}.webp",
+        "one.png",
+    ]
+    # A thumbnail cached by one instance is not served once another deleted its file, and
+    # every object of the file is gone.
     thumbnail = f"/api/files/{one['id']}/thumbnail?format=webp"
     assert request(a.url + thumbnail)[0] == 200
     assert request(f"{b.url}/api/files/{one['id']}", method="DELETE")[0] == 204
     assert request(a.url + thumbnail)[0] == 404
+    assert seaweedfs_server.keys(bucket) == []
     # Neither instance keeps anything of the files on its disk.
     assert not [p for p in a.upload_folder.rglob("*") if p.is_file() and "png" in p.name]
 

@@ -335,6 +335,8 @@ async def test_orphans_older_than_the_grace_are_swept_recorded_files_never(
     other = seaweedfs_server.client()
     other.put_object(Bucket=bucket, Key="orphan.png", Body=PNG)  # a crash before the commit
     other.put_object(Bucket=bucket, Key=".derived/orphan.png/320.webp", Body=b"t")
+    # A thumbnail stored while another instance deleted its file: no file, no record.
+    other.put_object(Bucket=bucket, Key=".derived/deleted.png/thumbnails/256-x.webp", Body=b"t")
     other.create_multipart_upload(Bucket=bucket, Key="half.png")  # a crash mid-upload
     await eventually_async(
         lambda: (

@@ -33,6 +33,14 @@ class ObjectKeys:
     def derived_prefix(self, name: str) -> str:
         return f"{self.prefix}{DERIVED}{name}/"
 
+    def derived_from(self, key: str) -> str | None:
+        """The stored name a derived file's ``key`` was made from; None for any other key."""
+        head = self.prefix + DERIVED
+        if not key.startswith(head):
+            return None
+        name, slash, _ = key[len(head) :].partition("/")
+        return name if slash and is_stored_name(name) else None
+
     def name_of(self, key: str) -> str | None:
         """The stored name whose bytes ``key`` holds; None for any other key."""
         if not key.startswith(self.prefix):

@@ -1,10 +1,10 @@
 """``S3Storage``: the bucket as the service's storage, one bucket for any number of instances.
 
 Layout (``S3_PREFIX`` before every key): ``<name>`` per stored file, ``.derived/<name>/…`` for
-files made from it (:mod:`.naming`), ``.ready/…`` for the readiness probe's short-lived
-objects. No instance keeps anything of its own in the bucket, and none keeps anything on its
-disk: any instance can serve, delete or list any file, and one that dies leaves at most what a
-crash leaves (below).
+files made from it (:mod:`.naming`; its thumbnails, by the ``DerivedStoring`` capability),
+``.ready/…`` for the readiness probe's short-lived objects. No instance keeps anything of its
+own in the bucket, and none keeps anything on its disk but caches: any instance can serve,
+delete or list any file, and one that dies leaves at most what a crash leaves (below).
 
 - **Reading**: ``locate`` answers a :class:`Redirect` to a presigned GET (``S3_SERVE=redirect``,
   valid five minutes), or a :class:`Proxied` object this process streams
@@ -12,8 +12,9 @@ crash leaves (below).
 - **Orphans**: an object whose record was never committed (the process died between storing a
   batch and committing it) is not served (the route asks the catalog) and is removed by
   :meth:`S3Storage.sweep` once it is older than ``S3_ORPHAN_GRACE``; so are multipart uploads
-  started before then and never finished. Any number of instances may sweep at once: deleting
-  is idempotent, and an upload in flight is younger than the grace.
+  started before then and never finished, and derived files whose file has no record (a
+  thumbnail stored while another instance deleted its file). Any number of instances may sweep
+  at once: deleting is idempotent, and an upload in flight is younger than the grace.
 """
 
 from __future__ import annotations
@@ -36,16 +37,24 @@ from botocore.exceptions import ClientError
 
 from clustr_aio.domain.names import numbered
 from clustr_aio.domain.sniff import OCTET_STREAM, type_for_extension
-from clustr_aio.storage.base import Proxied, ReadConditions, Redirect, RemoteObject
+from clustr_aio.storage.base import (
+    DerivedFile,
+    Proxied,
+    ReadConditions,
+    Redirect,
+    RemoteObject,
+)
 from clustr_aio.storage.s3.client import (
     S3Client,
     S3Config,
     http_status,
     is_missing,
+    is_taken,
     open_client,
     store_errors,
 )
-from clustr_aio.storage.s3.naming import ObjectKeys, is_stored_name, taken_numbers
+from clustr_aio.storage.s3.naming import DERIVED, ObjectKeys, is_stored_name, taken_numbers
+from clustr_aio.storage.s3.put import SmallPuts
 from clustr_aio.storage.s3.upload import S3Batch
 
 __all__ = ["S3Storage", "Swept"]
@@ -56,6 +65,7 @@ _READY_PREFIX: Final = ".ready/"
 _MAX_NAME_ATTEMPTS: Final = 10_000
 _READ_CHUNK: Final = 256 * 1024
 _DOWNLOAD_CHUNK: Final = 1024 * 1024
+_IMMUTABLE: Final = "public, max-age=31536000, immutable"
 
 
 class S3Storage:
@@ -65,6 +75,7 @@ class S3Storage:
         self.config = config
         self.keys = ObjectKeys(config.prefix)
         self.free_names = FreeNames(self)
+        self.small_puts = SmallPuts(config)
         self._stack: AsyncExitStack | None = None
         self._client: S3Client | None = None
 
@@ -78,6 +89,8 @@ class S3Storage:
         start-up makes ``/readyz`` fail and uploads 503, it does not stop the server."""
         self._stack = AsyncExitStack()
         self._client = await self._stack.enter_async_context(open_client(self.config))
+        await self.small_puts.open(self._client)
+        self._stack.push_async_callback(self.small_puts.close)
 
     async def close(self) -> None:
         if self._stack is not None:
@@ -216,13 +229,16 @@ class S3Storage:
             derived = [key async for key in self._keys_under(self.keys.derived_prefix(name))]
             existed = await self._head(name) is not None
             await self.client.delete_object(Bucket=bucket, Key=self.keys.file(name))
-            for start in range(0, len(derived), 1000):
-                objects = [{"Key": key} for key in derived[start : start + 1000]]
-                await self.client.delete_objects(
-                    Bucket=bucket,
-                    Delete={"Objects": objects, "Quiet": True},  # type: ignore[typeddict-item]
-                )
+            await self._delete_keys(derived)
         return existed
+
+    async def _delete_keys(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            objects = [{"Key": key} for key in keys[start : start + 1000]]
+            await self.client.delete_objects(
+                Bucket=self.config.bucket,
+                Delete={"Objects": objects, "Quiet": True},  # type: ignore[typeddict-item]
+            )
 
     async def _keys_under(self, prefix: str) -> AsyncIterator[str]:
         async for key, _ in self._objects(prefix):
@@ -240,16 +256,45 @@ class S3Storage:
 
     # -- derived files (thumbnails…) ---------------------------------------------------------
 
-    async def put_derived(self, name: str, variant: str, data: bytes, content_type: str) -> None:
-        """Store a file made from ``name`` (a thumbnail), replacing an older rendering; it is
-        deleted with ``name``."""
+    async def get_derived(self, name: str, variant: str) -> DerivedFile | None:
+        """A file made from ``name`` (a thumbnail: small, read whole); None when none was
+        stored."""
+        with store_errors("GET of a derived file"):
+            try:
+                answer = await self.client.get_object(
+                    Bucket=self.config.bucket, Key=self.keys.derived(name, variant)
+                )
+            except ClientError as error:
+                if is_missing(error):
+                    return None
+                raise
+            body = answer["Body"]
+            try:
+                data = await body.read()
+            finally:
+                body.close()
+        return DerivedFile(data, answer.get("ContentType") or OCTET_STREAM)
+
+    async def put_derived(self, name: str, variant: str, data: bytes, content_type: str) -> bool:
+        """Store a file made from ``name`` (a thumbnail) unless it is there already
+        (``If-None-Match: *``: instances rendering the same thumbnail at once store it once,
+        and the same inputs make the same bytes); it is deleted with ``name``. Its key names
+        its content, so it never changes: ``immutable`` for whoever reads it from the store."""
         with store_errors("PUT of a derived file"):
-            await self.client.put_object(
-                Bucket=self.config.bucket,
-                Key=self.keys.derived(name, variant),
-                Body=data,
-                ContentType=content_type,
-            )
+            try:
+                await self.client.put_object(
+                    Bucket=self.config.bucket,
+                    Key=self.keys.derived(name, variant),
+                    Body=data,
+                    ContentType=content_type,
+                    CacheControl=_IMMUTABLE,
+                    IfNoneMatch="*",
+                )
+            except ClientError as error:
+                if is_taken(error):
+                    return False
+                raise
+        return True
 
     # -- ReadinessReporting ------------------------------------------------------------------
 
@@ -284,13 +329,17 @@ class S3Storage:
         async for key, modified in self._objects(self.config.prefix + _READY_PREFIX):
             if modified.timestamp() < cutoff:  # a probe whose delete never came
                 await self.client.delete_object(Bucket=self.config.bucket, Key=key)
-        orphans = []
-        for start in range(0, len(old), 1000):
-            chunk = old[start : start + 1000]
-            known = await recorded(chunk)
-            orphans += [name for name in chunk if name not in known]
+        orphans = await _unrecorded(old, recorded)
         for name in orphans:
             await self.delete(name)
+        # Derived files (thumbnails) of a file deleted while another instance was making them.
+        derived: dict[str, list[str]] = {}
+        async for key, modified in self._objects(self.keys.prefix + DERIVED):
+            made_from = self.keys.derived_from(key)
+            if made_from is not None and modified.timestamp() < cutoff:
+                derived.setdefault(made_from, []).append(key)
+        for name in await _unrecorded(list(derived), recorded):
+            await self._delete_keys(derived[name])
         aborted = 0
         paginator = self.client.get_paginator("list_multipart_uploads")
         async for page in paginator.paginate(Bucket=self.config.bucket, Prefix=self.config.prefix):
@@ -304,6 +353,18 @@ class S3Storage:
                         )
                     aborted += 1
         return Swept(orphans=len(orphans), aborted_uploads=aborted)
+
+
+async def _unrecorded(
+    names: list[str], recorded: Callable[[Collection[str]], Awaitable[set[str]]]
+) -> list[str]:
+    """Which of ``names`` have no record, asked 1000 at a time."""
+    missing = []
+    for start in range(0, len(names), 1000):
+        chunk = names[start : start + 1000]
+        known = await recorded(chunk)
+        missing += [name for name in chunk if name not in known]
+    return missing
 
 
 @dataclass(frozen=True, slots=True)

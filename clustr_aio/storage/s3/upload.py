@@ -22,17 +22,18 @@ reconciliation removes once it is older than ``S3_ORPHAN_GRACE`` (:mod:`.storage
 
 **Memory.** What one upload holds: the part (or small file) being received, as the chunks that
 came; the parts or small files on their way to the store, 32 MiB together at most (one part
-at least; at most 16 requests); a large file's first 5 MiB, held back as part 1 until the
-file is closed (a header patch may still come); and for a moment a part's chunks while they are
-joined. A send
-starts only when that budget has room for it; until then the upload waits, its body is not
-read, and TCP holds the client back: a slow store slows the client, it never fills the
-server's memory. A body is joined once and read out by the HTTP client in 64 KiB pieces
-(``io.BytesIO`` shares the bytes), so no second copy waits in a socket buffer. Peak RSS ≤ the
-process's own (about 80 MiB with botocore's S3 model loaded) + (37 MiB + 2 x ``S3_PART_SIZE``)
-per upload in flight (``MAX_CONCURRENT_UPLOADS`` at most). Measured (bench/s3.py, 1 GiB):
-144-149 MiB with 16 MiB parts, 128 MiB with 8 MiB parts (before part 1 was held back: 5 MiB
-more now).
+at least; at most 16 requests; whichever ends first makes room for the next); and a large
+file's first 5 MiB, held back as part 1 until the file is closed (a header patch may still
+come). A send starts only when that budget has room for it; until then the upload waits, its
+body is not read, and TCP holds the client back: a slow store slows the client, it never fills
+the server's memory. A body is built once, each chunk let go as it is copied in (never two
+copies of a part), and read out by the HTTP client in 64 KiB pieces, so no second copy waits in
+a socket buffer. :func:`upload_memory` states the bound per upload: peak RSS ≤ the idle
+process's own (about 80 MiB, botocore's S3 model included) + ``max(32 MiB, S3_PART_SIZE) +
+S3_PART_SIZE + 17 MiB`` per upload in flight (``MAX_CONCURRENT_UPLOADS`` at most): with 16 MiB
+parts, 65 MiB an upload; bench/s3.py and tests/process/test_bounds.py hold the peak to it.
+That takes glibc returning what was sent (:func:`~clustr_aio.runtime.memory.fix_mmap_threshold`:
+else a freed part's memory stays resident for reuse, a part more).
 """
 
 from __future__ import annotations
@@ -42,19 +43,18 @@ import contextlib
 import io
 import logging
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Final
 
 from botocore.exceptions import ClientError
 
 from clustr_aio.storage.base import Buffer
-from clustr_aio.storage.s3.client import is_missing, is_taken, store_errors
+from clustr_aio.storage.s3.client import is_missing, store_errors
 
 if TYPE_CHECKING:
     from clustr_aio.storage.s3.storage import S3Storage
 
-__all__ = ["S3Batch", "S3File"]
+__all__ = ["S3Batch", "S3File", "upload_memory"]
 
 log = logging.getLogger("clustr_aio.storage")
 
@@ -67,6 +67,21 @@ side (a store takes parallel parts faster than one stream: two of 16 MiB, four o
 small files many at a time."""
 _SENDS_IN_FLIGHT: Final = 16
 """Most requests to the store one upload has under way (as many as boto3's transfer threads)."""
+_SLACK: Final = 12 * 1024 * 1024
+"""What else an upload holds for a moment: the chunk being copied into a part's body, the
+HTTP client's and the request reader's buffers, the hasher's blocks (2 MiB), SigV4's 1 MiB
+reads of each body in flight, the allocator's rounding. (Measured with 16 MiB parts: a 1 GiB
+upload peaked 56-61 MiB over the idle process, against the 65 MiB stated.)"""
+
+
+def upload_memory(part_size: int) -> int:
+    """The most memory one upload holds, in bytes, with ``S3_PART_SIZE`` = ``part_size``: the
+    sends in flight (their budget, a part at least), the part being received, a large file's
+    head held back, and :data:`_SLACK`. A process's peak RSS is at most its own (what it
+    holds idle, botocore's S3 model included) plus this per upload in flight."""
+    return max(part_size, _BYTES_IN_FLIGHT) + part_size + HEAD_PART_SIZE + _SLACK
+
+
 PENDING_METADATA: Final = "clustr-pending"
 """Metadata of a large file's placeholder: the name is claimed, its bytes are on their way."""
 
@@ -80,8 +95,11 @@ class S3Batch:
         self._files: list[S3File] = []
         self._left_out: set[int] = set()
         self._published = False
-        self._sending: deque[tuple[asyncio.Task[None], int]] = deque()
+        self._sending: dict[asyncio.Task[None], int] = {}
+        """The sends under way and their bytes; a send leaves it when it is done."""
         self._sending_bytes = 0
+        self._failed: asyncio.Task[None] | None = None
+        """The first send that failed: the batch fails with its error."""
 
     def add_file(self, desired_name: str) -> S3File:
         file = S3File(self, desired_name)
@@ -90,33 +108,48 @@ class S3Batch:
 
     async def send(self, size: int, work: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
         """Start ``work`` (sending ``size`` bytes) in the background once the sends in flight
-        leave room for it in the budget; till then the caller waits, and with it the reading
-        of the request. A failed send raises here, in a later send, or in publish()."""
+        leave room for it in the budget (whichever of them ends first makes room); till then
+        the caller waits, and with it the reading of the request. A failed send raises here,
+        in a later send, or in publish()."""
         budget = max(self.storage.config.part_size, _BYTES_IN_FLIGHT)
+        self._raise_failure()
         while self._sending and (
             self._sending_bytes + size > budget or len(self._sending) >= _SENDS_IN_FLIGHT
         ):
-            await self._finish_oldest()
+            # Not cancelled with the caller: a send is awaited to its end by discard().
+            await asyncio.wait(self._sending, return_when=asyncio.FIRST_COMPLETED)
+            self._raise_failure()
         task = asyncio.ensure_future(work())
-        self._sending.append((task, size))
+        self._sending[task] = size
         self._sending_bytes += size
+        task.add_done_callback(self._sent)
         return task
 
-    async def _finish_oldest(self) -> None:
-        work, size = self._sending[0]
-        try:
-            await asyncio.shield(work)
-        finally:
-            if self._sending and self._sending[0][0] is work:
-                self._sending.popleft()
-                self._sending_bytes -= size
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        size = self._sending.pop(task, None)
+        if size is None:  # discard() took it over
+            return
+        self._sending_bytes -= size
+        if self._failed is None and (task.cancelled() or task.exception() is not None):
+            self._failed = task
+
+    def _raise_failure(self) -> None:
+        if self._failed is None:
+            return
+        if self._failed.cancelled():  # the loop is going away: so is this upload
+            raise asyncio.CancelledError
+        error = self._failed.exception()
+        assert error is not None
+        raise error
 
     async def publish(self) -> list[str]:
         """Every object is in place once its sends are done: wait for them, and remove those
         left out. (The names were taken as the files were written; the catalog commit that
         follows makes them served.)"""
         while self._sending:
-            await self._finish_oldest()
+            await asyncio.wait(self._sending, return_when=asyncio.FIRST_COMPLETED)
+            self._raise_failure()
+        self._raise_failure()
         self._published = True
         for n in sorted(self._left_out):
             await self._files[n].remove()
@@ -142,7 +175,7 @@ class S3Batch:
     async def discard(self) -> None:
         """Remove every object of the batch and abort its multipart uploads, once the sends in
         flight have finished (a PUT that lands after its delete would stay behind)."""
-        pending = [work for work, _ in self._sending]
+        pending = list(self._sending)
         self._sending.clear()
         self._sending_bytes = 0
         for work in pending:
@@ -192,13 +225,14 @@ class S3File:
 
     async def _start_multipart(self) -> None:
         """The file outgrew one PUT: claim its name, start the upload, keep its first 5 MiB
-        back as part 1 (for patches), send the rest of what came as part 2."""
+        back as part 1 (for patches). The rest of what came begins part 2, sent once it is a
+        whole part (or the file ends): sent now, it could be under S3's 5 MiB minimum for a
+        part that is not the last (8 MiB parts: 3 MiB), which CompleteMultipartUpload
+        refuses (EntityTooSmall)."""
         await self._claim_name()
         self._head = _split(self._chunks, HEAD_PART_SIZE)
         self._held -= HEAD_PART_SIZE
         self._new_part()  # part 1, sent by close()
-        if self._held:
-            await self._send_part(self._new_part(), *self._take_chunks())
 
     async def close(self) -> None:
         if self._upload_id is None:
@@ -226,9 +260,12 @@ class S3File:
 
     async def _put_small(self, body: io.BytesIO) -> None:
         storage = self.batch.storage
-        self.name = await storage.free_names.take(
-            self.desired_name, lambda key: self._put_if_absent(key, body, {})
-        )
+        try:
+            self.name = await storage.free_names.take(
+                self.desired_name, lambda key: self._put_if_absent(key, body, {})
+            )
+        finally:
+            body.close()  # _freed: at once, not when the HTTP client's objects are collected
 
     async def _put_if_absent(
         self, key: str, body: io.BytesIO, metadata: dict[str, str]
@@ -238,21 +275,12 @@ class S3File:
         body.seek(0)  # the same bytes again, after a 412 on another name
         self._written.add(key)  # before the request: it may land even if its answer never does
         with store_errors("PUT"):
-            try:
-                answer = await storage.client.put_object(
-                    Bucket=storage.config.bucket,
-                    Key=key,
-                    Body=body,
-                    IfNoneMatch="*",
-                    ContentType=storage.content_type_of(key),
-                    Metadata=metadata,
-                )
-            except ClientError as error:
-                if not is_taken(error):
-                    raise
-                self._written.discard(key)  # someone else's: never ours to delete
-                return None
-        return str(answer["ETag"])
+            etag = await storage.small_puts.put_if_absent(
+                key, body, storage.content_type_of(key), metadata
+            )
+        if etag is None:
+            self._written.discard(key)  # someone else's: never ours to delete
+        return etag
 
     # -- large files -----------------------------------------------------------------------
 
@@ -271,15 +299,19 @@ class S3File:
         number = int(str(entry["PartNumber"]))
 
         async def upload() -> None:
-            with store_errors("UploadPart"):
-                answer = await storage.client.upload_part(
-                    Bucket=storage.config.bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=_joined(chunks, patches),
-                    ContentLength=size,
-                )
+            body = _joined(chunks, patches)
+            try:
+                with store_errors("UploadPart"):
+                    answer = await storage.client.upload_part(
+                        Bucket=storage.config.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=body,
+                        ContentLength=size,
+                    )
+            finally:
+                body.close()  # _freed
             entry["ETag"] = answer["ETag"]
 
         self._part_sends.append(await self.batch.send(size, upload))
@@ -353,19 +385,30 @@ class S3File:
 
 
 def _joined(chunks: list[Buffer], patches: Sequence[tuple[int, bytes]] = ()) -> io.BytesIO:
-    """The chunks joined once, just before they are sent (and let go), read out by the HTTP
-    client in 64 KiB pieces: no second copy of a part waits in a socket's buffer.
-    ``io.BytesIO`` shares the bytes it is given (a patched body is one copy more)."""
-    body = b"".join(chunks)
-    chunks.clear()
-    if patches:
-        patched = bytearray(body)
-        for offset, data in patches:
-            if offset + len(data) > len(patched):
-                raise ValueError(f"a patch at {offset} lies past the held {len(patched)} bytes")
-            patched[offset : offset + len(data)] = data
-        body = bytes(patched)
-    return io.BytesIO(body)
+    """The chunks copied into one buffer just before they are sent, each let go as soon as it
+    is copied (so a part is in memory once, plus a chunk, never twice), then patched in place;
+    read out by the HTTP client in 64 KiB pieces, so no second copy of a part waits in a
+    socket's buffer.
+
+    _freed: the caller closes it once sent, which frees the buffer there and then. botocore's
+    and aiohttp's request objects keep a reference to the body and are freed only by the
+    cycle collector, later: meanwhile a part already sent would stay in memory."""
+    size = sum(len(chunk) for chunk in chunks)
+    body = io.BytesIO()
+    if size:
+        body.seek(size - 1)
+        body.write(b"\0")  # the whole buffer at once: no growing, no copying it again
+        body.seek(0)
+    chunks.reverse()
+    while chunks:
+        body.write(chunks.pop())
+    for offset, data in patches:
+        if offset + len(data) > size:
+            raise ValueError(f"a patch at {offset} lies past the held {size} bytes")
+        body.seek(offset)
+        body.write(data)
+    body.seek(0)
+    return body
 
 
 def _split(chunks: list[Buffer], size: int) -> list[Buffer]:

@@ -15,18 +15,14 @@ here: :mod:`clustr_aio.web.hot_thumbnails` answers them from the connection.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Final
 
 from aiohttp import hdrs, web
 
 from clustr_aio.catalog.base import FileRecord
 from clustr_aio.domain.errors import BadRequest, NotFound
+from clustr_aio.images.sources import render_source
 from clustr_aio.images.thumbnails import (
     DEFAULT_FORMAT,
     FORMATS,
@@ -34,10 +30,9 @@ from clustr_aio.images.thumbnails import (
     Thumbnailer,
     ThumbnailFormat,
 )
-from clustr_aio.storage.base import Downloading, OnDisk
 from clustr_aio.web.file_response import CONTENT_SECURITY_POLICY, immutable_file_response
 from clustr_aio.web.guard import requires
-from clustr_aio.web.keys import FILE_READER, SETTINGS, STORAGE, THUMBNAILER
+from clustr_aio.web.keys import SETTINGS, STORAGE, THUMBNAILER
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import error_response
 from clustr_aio.web.openapi.spec import ENUM_SETTING
@@ -107,40 +102,6 @@ async def _record(request: web.Request) -> FileRecord:
     if record.content_type not in THUMBNAIL_TYPES:
         raise NotFound(f"file {record.id!r} is not an image: it has no thumbnail")
     return record
-
-
-_SOURCES: Final = ".sources"
-"""Copies of stored images fetched from a bucket to render from, in the thumbnail cache (a
-dot-name: never a file key)."""
-
-
-@contextlib.asynccontextmanager
-async def _source(request: web.Request, record: FileRecord) -> AsyncIterator[Path]:
-    """Where the stored image's bytes are on this machine: the stored file itself, or (a
-    bucket, STORAGE=s3) a copy fetched for the render into the thumbnail cache's ``.sources``,
-    removed once it is rendered. A storage that can do neither has no thumbnails (404, like any
-    capability it lacks)."""
-    reader = request.app.get(FILE_READER)
-    location = await reader.locate(record.stored_name) if reader is not None else None
-    if isinstance(location, OnDisk):
-        yield Path(location.path)
-        return
-    storage = request.app[STORAGE]
-    if not isinstance(storage, Downloading):
-        raise NotFound("this storage cannot render thumbnails")
-    folder = request.app[THUMBNAILER].cache_dir / _SOURCES
-    copy = folder / f"{record.id}.{uuid.uuid4().hex}"
-    await storage.download(record.stored_name, copy)
-    try:
-        yield copy
-    except asyncio.CancelledError:
-        # The render goes on without the request and may not have read the copy yet: leave
-        # it (the start-up prune removes what is left in the cache's unknown folders).
-        raise
-    except BaseException:
-        await asyncio.to_thread(copy.unlink, missing_ok=True)
-        raise
-    await asyncio.to_thread(copy.unlink, missing_ok=True)
 
 
 @routes.get(f"/api/files/{{id:{ID_SEGMENT}}}/thumbnail")
@@ -242,15 +203,20 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
         return _not_modified(headers, etag)  # a client has it: no need to render it now
     found = None if local else thumbnailer.cached(file_key, size, fmt)  # no bucket download
     if found is None:
-        async with _source(request, record) as source:
-            found = await thumbnailer.get(
-                source,
-                file_key=record.id,
-                content_hash=record.sha256,
-                size=size,
-                fmt=fmt,
-                owner=record.owner,
-            )
+        source = await render_source(
+            request.app[STORAGE], record.stored_name, thumbnailer.cache_dir
+        )
+        if source is None:
+            raise NotFound("this storage cannot render thumbnails")
+        found = await thumbnailer.get(
+            source,
+            file_key=record.id,
+            content_hash=record.sha256,
+            size=size,
+            fmt=fmt,
+            stored_name=record.stored_name,
+            owner=record.owner,
+        )
     return immutable_file_response(str(found.path), headers, found.etag[1:-1])
 
 

@@ -7,7 +7,6 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from aiohttp import HttpVersion11, hdrs, web
 
@@ -26,15 +25,14 @@ from clustr_aio.domain.models import (
     UploadResponse,
     UploadResults,
 )
+from clustr_aio.images.sources import render_source
 from clustr_aio.images.thumbnails import DEFAULT_FORMAT, FORMATS, THUMBNAIL_TYPES
 from clustr_aio.ingest.multipart import MultipartStream, file_parts, parse_boundary
 from clustr_aio.ingest.pipeline import RefusedFile, StoredFile, ingest_batch, ingest_each
-from clustr_aio.storage.base import OnDisk
 from clustr_aio.web.base_url import client_address
 from clustr_aio.web.guard import requires
 from clustr_aio.web.keys import (
     CATALOG,
-    FILE_READER,
     GUARD,
     INGEST_POLICY,
     METRICS,
@@ -351,25 +349,24 @@ async def render_ahead(request: web.Request, items: Sequence[StoredFile]) -> Non
     upload's last request completed."""
     if request.app[SETTINGS].thumbnails != "eager":
         return
-    reader = request.app.get(FILE_READER)
-    if reader is None:
-        return
     thumbnailer, sizes = request.app[THUMBNAILER], request.app[SETTINGS].thumbnail_sizes
     loop = asyncio.get_running_loop()
     fmt = FORMATS[DEFAULT_FORMAT]
     for item in items:
         if item.duplicate or item.content_type not in THUMBNAIL_TYPES:
             continue
-        location = await reader.locate(item.stored_filename)
-        if not isinstance(location, OnDisk):
+        name = item.stored_filename
+        source = await render_source(request.app[STORAGE], name, thumbnailer.cache_dir)
+        if source is None:
             continue
         for size in sizes:
             prefetch = functools.partial(
                 thumbnailer.prefetch,
-                Path(location.path),
+                source,
                 file_key=item.id,
                 content_hash=item.sha256,
                 size=size,
                 fmt=fmt,
+                stored_name=name,
             )
             loop.call_soon(prefetch)
