@@ -15,10 +15,13 @@ Environment:
     AB_NGINX     1: nginx (bench/nginx.py, as in bench/run.py's side B) runs in every round
                  too, and the summary gives each variant's ratios to it (wall and server CPU)
 
-Example, uvloop against asyncio::
+Example, uvloop against asyncio (``EVENT_LOOP``), with the per-file work off as in L0, B0, C0::
 
-    AB_VARIANTS='{"asyncio": ["", {}], "uvloop": ["import uvloop; uvloop.install()", {}]}' \\
-        AB_ONLY=C,S .venv/bin/python -m bench.ab
+    AB_VARIANTS='{"asyncio": ["import bench.filework; bench.filework.switch_off()",
+                  {"EVENT_LOOP": "asyncio"}],
+                  "uvloop": ["import bench.filework; bench.filework.switch_off()",
+                  {"EVENT_LOOP": "uvloop"}]}' \\
+        AB_NGINX=1 AB_ONLY=L,B,C,S .venv/bin/python -m bench.ab
 """
 
 from __future__ import annotations

@@ -46,7 +46,8 @@ aiohttp
     connections beyond the 64th.
 
 - Draining (``runtime/drain.py``): :func:`site_server` (``BaseSite._server``, 3.0): the
-  listening ``asyncio.Server``, to stop accepting before closing (a site exposes only ``name``
+  listening ``asyncio.Server`` (None on uvloop, whose server needs no such step), to stop
+  accepting before closing (a site exposes only ``name``
   and ``stop()``); :func:`connection_is_idle` (``RequestHandler._waiter``, 3.0): whether a
   connection waits for its next request (there is no public flag).
 - Tests and the multipart benchmark: :func:`fed_stream_reader` (``aiohttp.StreamReader``'s
@@ -62,12 +63,6 @@ aiohttp-cors
   by their handler living in ``aiohttp_cors`` (every release); no API lists them.
 - :func:`replace_route_handler` (aiohttp's ``AbstractRoute._handler``, every 3.x): tus
   discovery answers the ``OPTIONS`` that aiohttp-cors's preflight route owns.
-
-asyncio
--------
-- :func:`plain_socket` (``trsock.TransportSocket._sock``, Python 3.8): the socket behind
-  ``get_extra_info("socket")``, whose wrapper has no ``send`` (``MSG_MORE`` needs one); there
-  is no public way to the socket object.
 
 prometheus-client
 -----------------
@@ -89,9 +84,11 @@ pydantic-settings
 
 Gone, for a public equivalent: ``web_urldispatcher._default_expect_handler`` (the upload's
 expect handler writes ``100 Continue`` through ``request.writer``, as aiohttp documents);
-``web_fileresponse.CONTENT_TYPES`` (stored files get an explicit Content-Type from the image
-types the upload checks, which ``FileResponse`` keeps); ``StaticResource`` and its internals
-(``/uploads/{filename}`` is an ordinary route that asks the storage).
+``trsock.TransportSocket._sock`` (``web/sendfile.py`` borrows the socket by its descriptor,
+which works on uvloop's transports too); ``web_fileresponse.CONTENT_TYPES`` (stored files get
+an explicit Content-Type from the image types the upload checks, which ``FileResponse``
+keeps); ``StaticResource`` and its internals (``/uploads/{filename}`` is an ordinary route that
+asks the storage).
 """
 
 from __future__ import annotations
@@ -99,7 +96,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import socket
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import IO, Any, Final, cast
@@ -145,7 +141,6 @@ __all__ = [
     "fed_stream_reader",
     "is_cors_preflight",
     "pids_with_live_gauges",
-    "plain_socket",
     "plan_file_response",
     "prepare_keeping_head",
     "replace_route_handler",
@@ -294,16 +289,6 @@ def cors_response_hook(cors: aiohttp_cors.CorsConfig) -> ResponseHook:
 def is_cors_preflight(route: web.AbstractRoute) -> bool:
     """Whether ``route`` is an OPTIONS route that aiohttp-cors added for preflight requests."""
     return str(getattr(route.handler, "__module__", "")).startswith("aiohttp_cors.")
-
-
-# --------------------------------------------------------------------------- asyncio
-
-
-def plain_socket(transport: asyncio.BaseTransport) -> socket.socket | None:
-    """The socket object behind ``transport`` (None when it has none)."""
-    wrapper = transport.get_extra_info("socket")
-    sock = getattr(wrapper, "_sock", wrapper)
-    return sock if isinstance(sock, socket.socket) else None
 
 
 # --------------------------------------------------------------------------- prometheus-client

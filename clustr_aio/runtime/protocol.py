@@ -25,9 +25,10 @@ lingering read that outlives the client. :class:`GuardedRequestHandler` changes 
   connection that has been idle the longest (between requests, or still sending its head) is
   closed to make room; if every one is busy with a request, the new one gets a 503 and is closed.
 - **Memory per connection**: once more than :data:`CROWD` connections are open, each new one
-  reads the socket 32 KiB at a time (not asyncio's 256 KiB) and its body stream stops reading
-  the socket above 64 KiB (aiohttp's default is 128 KiB): a stalled upload then holds about one
-  read buffer, and many of them do not add up to hundreds of MiB. Below that, the defaults.
+  reads the socket 32 KiB at a time (not asyncio's 256 KiB; uvloop reads into one buffer for
+  all connections and keeps none per connection) and its body stream stops reading the socket
+  above 64 KiB (aiohttp's default is 128 KiB): a stalled upload then holds about one read
+  buffer, and many of them do not add up to hundreds of MiB. Below that, the defaults.
 - **Head size**: a request line and headers of more than :data:`MAX_HEAD_BYTES` (64 KiB) are
   a 431, and the connection is closed; aiohttp alone allows 128 lines of 8190 bytes.
 - **Errors as JSON**: every error aiohttp answers itself (the parser's, an unknown ``Expect``,
@@ -202,7 +203,7 @@ class GuardedServer(web.Server):
         self.trim.opened(guard.open)
         if guard.send_timeout:
             _set_user_timeout(transport, guard.send_timeout)
-        if guard.open > CROWD and hasattr(transport, "max_size"):
+        if guard.open > CROWD and hasattr(transport, "max_size"):  # asyncio's, not uvloop's
             transport.max_size = _CROWD_READ_SIZE  # asyncio's recv() size, for this one
         if guard.open > guard.max_connections:
             self._make_room(handler, transport)

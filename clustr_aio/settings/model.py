@@ -26,6 +26,7 @@ from clustr_aio.settings.values import (
     parse_dedupe,
     parse_duration,
     parse_endpoint_url,
+    parse_event_loop,
     parse_extensions,
     parse_host,
     parse_log_format,
@@ -101,6 +102,7 @@ _PositiveSeconds = Annotated[int, PlainValidator(integer_between(1))]
 _StripMetadata = Annotated[Literal["location", "all", "none"], PlainValidator(parse_strip_metadata)]
 _ThumbnailSizes = Annotated[tuple[int, ...], PlainValidator(parse_thumbnail_sizes)]
 _Thumbnails = Annotated[Literal["lazy", "eager"], PlainValidator(parse_thumbnails)]
+_EventLoop = Annotated[Literal["auto", "uvloop", "asyncio"], PlainValidator(parse_event_loop)]
 
 
 def _setting(default: str, description: str, *, secret: bool = False) -> Any:
@@ -174,6 +176,11 @@ class Settings(BaseSettings):
         "75",
         "Seconds a connection may stay idle, between requests or before its first one, before"
         " it is closed. 0: no limit.",
+    )
+    event_loop: _EventLoop = _setting(
+        "auto",
+        "The event loop each serving process runs on: uvloop (libuv's, less CPU per request and"
+        " per byte), asyncio (Python's own), or auto: uvloop when it is installed, else asyncio.",
     )
     max_connections: _Count = _setting(
         "4096",

@@ -263,7 +263,7 @@ async def _prepare_and_send(
     if transport is None:
         raise ConnectionResetError("Connection lost")
     writer, head = await compat.prepare_keeping_head(response, request)  # to go with the file
-    await send_head_and_file(transport, head, file, offset, count)
+    await send_head_and_file(transport, head, file, offset, count, drain=writer.drain)
     writer.output_size += count  # as aiohttp's own write path counts it, for the access log
     await web.StreamResponse.write_eof(response)
     return writer

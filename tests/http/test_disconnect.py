@@ -29,6 +29,8 @@ from tests.http.helpers import (
 )
 from tests.server_process import RunningServer, start_server
 
+pytestmark = pytest.mark.both_loops  # they touch transports: asyncio's and uvloop's differ
+
 MIB = 1024 * 1024
 
 

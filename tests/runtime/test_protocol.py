@@ -23,6 +23,8 @@ from tests.http.helpers import (
     request_head,
 )
 
+pytestmark = pytest.mark.both_loops  # they touch transports: asyncio's and uvloop's differ
+
 Connect = Callable[[], "asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]"]
 
 SHORT = 0.5
