@@ -75,15 +75,11 @@ prometheus-client
   processes' live gauges are on disk, for ``multiprocess.mark_process_dead``, which needs the
   pids; nothing lists them.
 
-pydantic-settings
------------------
-- :func:`toml_source_names`, :func:`dotenv_source_names` (``TomlConfigSettingsSource.toml_data``
-  and ``DotEnvSettingsSource.env_vars``, 2.0): every name a config.toml or .env file holds, a
-  bare ``NAME`` line with no value included, so that a misspelt one is an error. Calling a
-  source gives only the values that match a field, and unknown ones are dropped silently.
-
-Gone, for a public equivalent: ``web_urldispatcher._default_expect_handler`` (the upload's
-expect handler writes ``100 Continue`` through ``request.writer``, as aiohttp documents);
+Gone, for a public equivalent: pydantic-settings' ``TomlConfigSettingsSource.toml_data`` and
+``DotEnvSettingsSource.env_vars`` (the settings read their files with ``tomllib`` and
+python-dotenv themselves, :mod:`clustr_aio.settings.loading`);
+``web_urldispatcher._default_expect_handler`` (the upload's expect handler writes
+``100 Continue`` through ``request.writer``, as aiohttp documents);
 ``trsock.TransportSocket._sock`` (``web/sendfile.py`` borrows the socket by its descriptor,
 which works on uvloop's transports too); ``web_fileresponse.CONTENT_TYPES`` (stored files get
 an explicit Content-Type from the image types the upload checks, which ``FileResponse``
@@ -118,7 +114,6 @@ from aiohttp.http_writer import StreamWriter
 from aiohttp.web_fileresponse import _FileResponseResult as FileResponseResult
 from aiohttp.web_protocol import _ErrInfo as ErrInfo
 from prometheus_client import values
-from pydantic_settings import DotEnvSettingsSource, TomlConfigSettingsSource
 
 __all__ = [
     "GUARDED_HANDLER_ATTRIBUTES",
@@ -137,7 +132,6 @@ __all__ = [
     "answer_not_modified",
     "connection_is_idle",
     "cors_response_hook",
-    "dotenv_source_names",
     "fed_stream_reader",
     "is_cors_preflight",
     "pids_with_live_gauges",
@@ -146,7 +140,6 @@ __all__ = [
     "replace_route_handler",
     "send_open_file",
     "site_server",
-    "toml_source_names",
     "use_multiprocess_values",
 ]
 
@@ -311,19 +304,6 @@ def pids_with_live_gauges(directory: Path) -> set[int]:
         if pid_text.isdigit():
             pids.add(int(pid_text))
     return pids
-
-
-# --------------------------------------------------------------------------- pydantic-settings
-
-
-def toml_source_names(source: TomlConfigSettingsSource) -> list[str]:
-    """The top-level keys of the TOML file ``source`` read."""
-    return list(source.toml_data)
-
-
-def dotenv_source_names(source: DotEnvSettingsSource) -> list[str]:
-    """Every name in the dotenv file ``source`` read, a bare ``NAME`` line (no value) too."""
-    return list(source.env_vars)
 
 
 def replace_route_handler(route: web.AbstractRoute, handler: Handler) -> None:

@@ -18,7 +18,6 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.test_utils import make_mocked_request
-from pydantic_settings import DotEnvSettingsSource, TomlConfigSettingsSource
 
 from clustr_aio import compat
 from clustr_aio.compat import FileResponseResult
@@ -292,24 +291,6 @@ def test_pids_with_live_gauges_reads_only_live_gauge_files(tmp_path: Path) -> No
     ]:
         (tmp_path / name).touch()
     assert compat.pids_with_live_gauges(tmp_path) == {12, 13}
-
-
-# --------------------------------------------------------------------------- pydantic-settings
-
-
-def test_settings_source_names(tmp_path: Path) -> None:
-    from clustr_aio.settings import Settings
-
-    toml = tmp_path / "config.toml"
-    toml.write_text('PORT = 1\nMAX_FILESIZE = "1"\n')
-    assert compat.toml_source_names(TomlConfigSettingsSource(Settings, toml_file=toml)) == [
-        "PORT",
-        "MAX_FILESIZE",
-    ]
-    dotenv = tmp_path / ".env"
-    dotenv.write_text("PORT=1\nBARE\n")
-    names = compat.dotenv_source_names(DotEnvSettingsSource(Settings, env_file=dotenv))
-    assert sorted(names) == ["BARE", "PORT"]
 
 
 # --------------------------------------------------------------------------- aiohttp: connections
