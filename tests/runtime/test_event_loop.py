@@ -62,7 +62,7 @@ def test_uvloop_asked_for_but_missing_is_a_one_line_start_up_error(tmp_path: Pat
     done = run_without_uvloop(
         "sys.argv = ['clustr-aio']; from clustr_aio.__main__ import main; sys.exit(main())",
         tmp_path,
-        {"EVENT_LOOP": "uvloop", "PORT": "0"},
+        {"EVENT_LOOP": "uvloop"},
     )
     assert done.returncode == 1
     assert done.stderr.strip() == (
