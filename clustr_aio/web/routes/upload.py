@@ -331,9 +331,8 @@ def upload_item(urls: ItemUrls, item: StoredFile) -> UploadedFile:
 
 def rfc3339(moment: datetime) -> str:
     """``2026-12-01T09:30:23.123Z``: UTC, milliseconds (the precision of the ids)."""
-    return (
-        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    )
+    # isoformat, not strftime: a third of the time, and this runs once per item of an answer.
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 
 def _refused_item(refused: RefusedFile) -> RefusedItem:
