@@ -24,8 +24,9 @@ import resource
 import shutil
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
@@ -101,11 +102,12 @@ class ThumbnailRun:
         if not self._urls:
             post_files(self.server.base_url + "/api/upload", self.photos)
             names = {photo.name for photo in self.photos}
-            self._urls = [
-                f"{item['thumbnail_url']}?size={THUMBNAIL_SIZE}&format=webp"
-                for item in _items(self.server)
-                if item["original_filename"] in names
-            ]
+            for item in _items(self.server):
+                if item["original_filename"] in names:
+                    names.remove(item["original_filename"])
+                    self._urls.append(f"{item['thumbnail_url']}?size={THUMBNAIL_SIZE}&format=webp")
+                if not names:
+                    break
         shutil.rmtree(self.server.upload_folder / ".thumbnails", ignore_errors=True)
 
     def measure(self, _tag: str) -> float:
@@ -127,15 +129,23 @@ def _get(url: str) -> int:
         return len(response.read())
 
 
-def _items(server: ClustrServer) -> list[dict[str, str]]:
-    with urllib.request.urlopen(f"{server.base_url}/api/files?limit=1000", timeout=60) as answer:
-        items: list[dict[str, str]] = json.load(answer)["data"]
-    return items
+def _items(server: ClustrServer) -> Iterator[dict[str, str]]:
+    """``server``'s catalog, newest first, page by page: the rounds before leave thousands of
+    records (the attic takes their files, not their records)."""
+    cursor = ""
+    while True:
+        url = f"{server.base_url}/api/files?limit=1000{cursor}"
+        with urllib.request.urlopen(url, timeout=60) as answer:
+            page = json.load(answer)
+        yield from page["data"]
+        if page["next_cursor"] is None:
+            return
+        cursor = f"&cursor={urllib.parse.quote(page['next_cursor'])}"
 
 
 def thumbnail_url_path(server: ClustrServer, stored_name: str) -> str:
     """The path of the thumbnail of ``server``'s file ``stored_name``, rendered now."""
-    [item] = [i for i in _items(server) if i["stored_filename"] == stored_name]
+    item = next(i for i in _items(server) if i["stored_filename"] == stored_name)
     url = f"{item['thumbnail_url']}?size={THUMBNAIL_SIZE}&format=webp"
     _get(url)
     return url.removeprefix(server.base_url)

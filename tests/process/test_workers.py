@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -138,7 +139,9 @@ def test_a_stop_while_a_replacement_starts_is_clean(server_factory: StartServer)
             continue
     server.signal(signal.SIGTERM)
     wait_until(lambda: "stopping 2 worker(s)" in server.logs, "the supervisor to forward the stop")
-    os.kill(replacement, signal.SIGCONT)
+    # Under load the supervisor may already have killed the frozen worker (its stop timed out).
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(replacement, signal.SIGCONT)
     assert server.wait() == 0, server.logs
 
 
