@@ -32,16 +32,21 @@ print(json.dumps({"modules": names, "events": events, "patched": patched}))
 """
 
 
-def probe(directory: Path) -> dict[str, object]:
+def run_fresh(code: str, directory: Path) -> str:
+    """What ``code`` prints, run by a fresh interpreter in ``directory`` (no site settings)."""
     result = subprocess.run(
-        [sys.executable, "-c", PROBE],
+        [sys.executable, "-c", code],
         cwd=directory,
         capture_output=True,
         text=True,
         check=True,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"},
     )
-    report: dict[str, object] = json.loads(result.stdout)
+    return result.stdout
+
+
+def probe(directory: Path) -> dict[str, object]:
+    report: dict[str, object] = json.loads(run_fresh(PROBE, directory))
     return report
 
 
@@ -77,12 +82,4 @@ def test_a_serving_process_loads_pydantic_only_when_a_body_or_the_document_needs
     """pydantic and the models' validators are megabytes of every process (issue 16: peak RSS
     over 64 MiB); the settings need none of it, and a JSON body or /openapi.json imports it
     (tests/http/test_files.py and test_openapi.py check those still work)."""
-    result = subprocess.run(
-        [sys.executable, "-c", STARTUP_PROBE],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=True,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"},
-    )
-    assert result.stdout.strip() == ""
+    assert run_fresh(STARTUP_PROBE, tmp_path).strip() == ""
