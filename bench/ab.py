@@ -18,10 +18,13 @@ Environment:
 A variant with ``AUTH=keys`` in its environment gets an upload key (made by its checkout's
 CLI), which C sends; L, B and S send none (use such a variant with ``AB_ONLY=C``).
 
-Example, uvloop against asyncio::
+Example, uvloop against asyncio (``EVENT_LOOP``), with the per-file work off as in L0, B0, C0::
 
-    AB_VARIANTS='{"asyncio": ["", {}], "uvloop": ["import uvloop; uvloop.install()", {}]}' \\
-        AB_ONLY=C,S .venv/bin/python -m bench.ab
+    AB_VARIANTS='{"asyncio": ["import bench.filework; bench.filework.switch_off()",
+                  {"EVENT_LOOP": "asyncio"}],
+                  "uvloop": ["import bench.filework; bench.filework.switch_off()",
+                  {"EVENT_LOOP": "uvloop"}]}' \\
+        AB_NGINX=1 AB_ONLY=L,B,C,S .venv/bin/python -m bench.ab
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ aiohttp
     connections beyond the 64th.
 
 - Draining (``runtime/drain.py``): :func:`site_server` (``BaseSite._server``, 3.0): the
-  listening ``asyncio.Server``, to stop accepting before closing (a site exposes only ``name``
+  listening ``asyncio.Server`` (None on uvloop, whose server needs no such step), to stop
+  accepting before closing (a site exposes only ``name``
   and ``stop()``); :func:`connection_is_idle` (``RequestHandler._waiter``, 3.0): whether a
   connection waits for its next request (there is no public flag).
 - Tests and the multipart benchmark: :func:`fed_stream_reader` (``aiohttp.StreamReader``'s
@@ -65,12 +66,6 @@ aiohttp-cors
 - :func:`replace_route_handler` (aiohttp's ``AbstractRoute._handler``, every 3.x): tus
   discovery answers the ``OPTIONS`` that aiohttp-cors's preflight route owns.
 
-asyncio
--------
-- :func:`plain_socket` (``trsock.TransportSocket._sock``, Python 3.8): the socket behind
-  ``get_extra_info("socket")``, whose wrapper has no ``send`` (``MSG_MORE`` needs one); there
-  is no public way to the socket object.
-
 prometheus-client
 -----------------
 - :func:`use_multiprocess_values` (``prometheus_client.values.ValueClass``,
@@ -82,18 +77,16 @@ prometheus-client
   processes' live gauges are on disk, for ``multiprocess.mark_process_dead``, which needs the
   pids; nothing lists them.
 
-pydantic-settings
------------------
-- :func:`toml_source_names`, :func:`dotenv_source_names` (``TomlConfigSettingsSource.toml_data``
-  and ``DotEnvSettingsSource.env_vars``, 2.0): every name a config.toml or .env file holds, a
-  bare ``NAME`` line with no value included, so that a misspelt one is an error. Calling a
-  source gives only the values that match a field, and unknown ones are dropped silently.
-
-Gone, for a public equivalent: ``web_urldispatcher._default_expect_handler`` (the upload's
-expect handler writes ``100 Continue`` through ``request.writer``, as aiohttp documents);
-``web_fileresponse.CONTENT_TYPES`` (stored files get an explicit Content-Type from the image
-types the upload checks, which ``FileResponse`` keeps); ``StaticResource`` and its internals
-(``/uploads/{filename}`` is an ordinary route that asks the storage).
+Gone, for a public equivalent: pydantic-settings' ``TomlConfigSettingsSource.toml_data`` and
+``DotEnvSettingsSource.env_vars`` (the settings read their files with ``tomllib`` and
+python-dotenv themselves, :mod:`clustr_aio.settings.loading`);
+``web_urldispatcher._default_expect_handler`` (the upload's expect handler writes
+``100 Continue`` through ``request.writer``, as aiohttp documents);
+``trsock.TransportSocket._sock`` (``web/sendfile.py`` borrows the socket by its descriptor,
+which works on uvloop's transports too); ``web_fileresponse.CONTENT_TYPES`` (stored files get
+an explicit Content-Type from the image types the upload checks, which ``FileResponse``
+keeps); ``StaticResource`` and its internals (``/uploads/{filename}`` is an ordinary route that
+asks the storage).
 """
 
 from __future__ import annotations
@@ -101,7 +94,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import socket
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import IO, Any, Final, cast
@@ -124,7 +116,6 @@ from aiohttp.http_writer import StreamWriter
 from aiohttp.web_fileresponse import _FileResponseResult as FileResponseResult
 from aiohttp.web_protocol import _ErrInfo as ErrInfo
 from prometheus_client import values
-from pydantic_settings import DotEnvSettingsSource, TomlConfigSettingsSource
 
 __all__ = [
     "GUARDED_HANDLER_ATTRIBUTES",
@@ -143,17 +134,14 @@ __all__ = [
     "answer_not_modified",
     "connection_is_idle",
     "cors_response_hook",
-    "dotenv_source_names",
     "fed_stream_reader",
     "is_cors_preflight",
     "pids_with_live_gauges",
-    "plain_socket",
     "plan_file_response",
     "prepare_keeping_head",
     "replace_route_handler",
     "send_open_file",
     "site_server",
-    "toml_source_names",
     "use_multiprocess_values",
 ]
 
@@ -301,16 +289,6 @@ def is_cors_preflight(route: web.AbstractRoute) -> bool:
     return str(getattr(route.handler, "__module__", "")).startswith("aiohttp_cors.")
 
 
-# --------------------------------------------------------------------------- asyncio
-
-
-def plain_socket(transport: asyncio.BaseTransport) -> socket.socket | None:
-    """The socket object behind ``transport`` (None when it has none)."""
-    wrapper = transport.get_extra_info("socket")
-    sock = getattr(wrapper, "_sock", wrapper)
-    return sock if isinstance(sock, socket.socket) else None
-
-
 # --------------------------------------------------------------------------- prometheus-client
 
 _LIVE_GAUGE_FILES: Final = "gauge_live*_*.db"
@@ -331,19 +309,6 @@ def pids_with_live_gauges(directory: Path) -> set[int]:
         if pid_text.isdigit():
             pids.add(int(pid_text))
     return pids
-
-
-# --------------------------------------------------------------------------- pydantic-settings
-
-
-def toml_source_names(source: TomlConfigSettingsSource) -> list[str]:
-    """The top-level keys of the TOML file ``source`` read."""
-    return list(source.toml_data)
-
-
-def dotenv_source_names(source: DotEnvSettingsSource) -> list[str]:
-    """Every name in the dotenv file ``source`` read, a bare ``NAME`` line (no value) too."""
-    return list(source.env_vars)
 
 
 def replace_route_handler(route: web.AbstractRoute, handler: Handler) -> None:

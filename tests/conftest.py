@@ -3,12 +3,14 @@ a real aiohttp server on a real socket, and a look at what is on disk."""
 
 from __future__ import annotations
 
+import asyncio
 import io
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
@@ -26,6 +28,21 @@ REPO = Path(__file__).resolve().parent.parent
 
 AiohttpClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
+
+
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+DEFAULT_LOOP: Mapping[str, LoopFactory] = {"uvloop": uvloop.new_event_loop}
+"""What ``EVENT_LOOP=auto`` runs a server on, uvloop being installed: every async test's loop."""
+BOTH_LOOPS: Mapping[str, LoopFactory] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+"""For tests marked ``both_loops`` (those of code that touches transports and sockets)."""
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, Any]:
+    return BOTH_LOOPS if item.get_closest_marker("both_loops") else DEFAULT_LOOP
 
 
 def encoded(fmt: str, size: tuple[int, int] = (32, 24), **options: Any) -> bytes:

@@ -32,16 +32,21 @@ print(json.dumps({"modules": names, "events": events, "patched": patched}))
 """
 
 
-def probe(directory: Path) -> dict[str, object]:
+def run_fresh(code: str, directory: Path) -> str:
+    """What ``code`` prints, run by a fresh interpreter in ``directory`` (no site settings)."""
     result = subprocess.run(
-        [sys.executable, "-c", PROBE],
+        [sys.executable, "-c", code],
         cwd=directory,
         capture_output=True,
         text=True,
         check=True,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"},
     )
-    report: dict[str, object] = json.loads(result.stdout)
+    return result.stdout
+
+
+def probe(directory: Path) -> dict[str, object]:
+    report: dict[str, object] = json.loads(run_fresh(PROBE, directory))
     return report
 
 
@@ -59,3 +64,22 @@ def test_importing_every_module_touches_nothing(tmp_path: Path) -> None:
     assert [event for event in events if event[0] != "open" or set(event[2]) & set("wax+")] == []
     assert report["patched"] is False
     assert list(tmp_path.iterdir()) == []  # no uploads/ or anything else made here
+
+
+STARTUP_PROBE = r"""
+import sys
+from clustr_aio.__main__ import main  # everything `python -m clustr_aio` imports to serve
+from clustr_aio.settings import load_settings
+from clustr_aio.web.app import create_app
+create_app(load_settings(environ={}))
+print(",".join(sorted(m for m in sys.modules if m.split(".")[0] in ("pydantic", "pydantic_core"))))
+"""
+
+
+def test_a_serving_process_loads_pydantic_only_when_a_body_or_the_document_needs_it(
+    tmp_path: Path,
+) -> None:
+    """pydantic and the models' validators are megabytes of every process (issue 16: peak RSS
+    over 64 MiB); the settings need none of it, and a JSON body or /openapi.json imports it
+    (tests/http/test_files.py and test_openapi.py check those still work)."""
+    assert run_fresh(STARTUP_PROBE, tmp_path).strip() == ""

@@ -4,6 +4,12 @@ component schemas are derived from them (:mod:`clustr_aio.web.openapi.schemas`).
 They are ``TypedDict``\\ s: at run time a plain ``dict``, so answering a batch of 10,000 files
 costs no validation or model objects, while mypy checks every key a handler writes. The
 ``Field`` annotations are read only when the schema is generated.
+
+This module imports pydantic, so the code that serves requests imports it for its types only
+(``TYPE_CHECKING``) and writes the bodies as dict literals: a process loads it on its first
+JSON request body (:mod:`clustr_aio.web.bodies`) or OpenAPI document, not at start-up. The
+patterns and content types that routes need at run time live in ``domain/patterns.py`` and
+``domain/sniff.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ from pydantic import ConfigDict, Field, with_config
 from pydantic.config import JsonDict
 from typing_extensions import TypedDict  # pydantic reads its field docs on Python < 3.12
 
-from clustr_aio.domain.sniff import KNOWN_TYPES, OCTET_STREAM
+from clustr_aio.domain.patterns import ID_PATTERN, SHA256_PATTERN
+from clustr_aio.domain.sniff import STORED_CONTENT_TYPES
 
 __all__ = [
     "ID_PATTERN",
@@ -39,10 +46,6 @@ __all__ = [
     "UploadResults",
     "UploadedFile",
 ]
-
-STORED_CONTENT_TYPES: Final = (*(t.content_type for t in KNOWN_TYPES), OCTET_STREAM)
-"""What ``content_type`` of an upload item can be: a sniffed image type, or octet-stream for an
-allowed extension that is not a known image type."""
 
 
 @with_config(ConfigDict(title="Error", json_schema_extra={"examples": [{"detail": "Not Found"}]}))
@@ -83,10 +86,6 @@ class Greeting(TypedDict):
 
     message: Literal["Hello World"]
 
-
-ID_PATTERN: Final = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
-"""A file's id: a UUIDv7, lower-case (time-sortable: the first 48 bits are Unix milliseconds)."""
-SHA256_PATTERN: Final = "^[0-9a-fA-F]{64}$"
 
 FileId = Annotated[
     str,

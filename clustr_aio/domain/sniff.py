@@ -47,6 +47,10 @@ KNOWN_TYPES: tuple[ImageType, ...] = (
 :mod:`clustr_aio.images.structure`). GIF, AVIF and HEIC are off by default: not in
 ``ALLOWED_EXTENSIONS``."""
 
+STORED_CONTENT_TYPES: tuple[str, ...] = (*(t.content_type for t in KNOWN_TYPES), OCTET_STREAM)
+"""What ``content_type`` of an upload item can be: a sniffed image type, or octet-stream for an
+allowed extension that is not a known image type."""
+
 SNIFF_BYTES = max(at + _length(sig) for t in KNOWN_TYPES for at, sig in t.magic)
 """How many leading bytes :func:`detect_type` needs to decide."""
 

@@ -186,6 +186,8 @@ async def _stop_accepting(loop: asyncio.AbstractEventLoop, sites: Iterable[web.B
     ``Server`` in a later one; if the server is closed in between (Python 3.11 asserts it is
     not), the accepted socket is silently dropped and its client gets a reset. So: unregister
     the listening sockets from the loop first, give those steps their turn, and only then close.
+    uvloop attaches a connection to its server in the accept itself: there is nothing to do
+    (``site_server`` gives no ``asyncio.Server`` there).
     """
     for site in sites:
         server = site_server(site)

@@ -25,11 +25,12 @@ lingering read that outlives the client. :class:`GuardedRequestHandler` changes 
   connection that has been idle the longest (between requests, or still sending its head) is
   closed to make room; if every one is busy with a request, the new one gets a 503 and is closed.
 - **Memory per connection**: once more than :data:`CROWD` connections are open, each new one
-  reads the socket 16 KiB at a time (not asyncio's 256 KiB) and its body stream stops reading
-  the socket above 32 KiB (aiohttp's default is 128 KiB): a stalled upload then holds about one
-  read buffer, and many of them do not add up to hundreds of MiB (300 stalled uploads: a peak
-  of 91-101 MiB, 114-126 with 32 KiB and 64 KiB, the heap's fragments included). Below that,
-  the defaults.
+  reads the socket 16 KiB at a time (not asyncio's 256 KiB: its transport's ``recv`` size;
+  uvloop reads whatever the kernel holds, up to 256 KB, so there the socket's receive buffer is
+  made that small) and its body stream stops reading the socket above 32 KiB (aiohttp's
+  default is 128 KiB): a stalled upload then holds about one read buffer, and many of them do
+  not add up to hundreds of MiB (300 stalled uploads on asyncio: a peak of 91-101 MiB, 114-126
+  with 32 KiB and 64 KiB, the heap's fragments included). Below that, the defaults.
 - **Head size**: a request line and headers of more than :data:`MAX_HEAD_BYTES` (64 KiB) are
   a 431, and the connection is closed; aiohttp alone allows 128 lines of 8190 bytes.
 - **Errors as JSON**: every error aiohttp answers itself (the parser's, an unknown ``Expect``,
@@ -221,8 +222,11 @@ class GuardedServer(web.Server):
         self.trim.opened(guard.open)
         if guard.send_timeout:
             _set_user_timeout(transport, guard.send_timeout)
-        if guard.open > CROWD and hasattr(transport, "max_size"):
-            transport.max_size = _CROWD_READ_SIZE  # asyncio's recv() size, for this one
+        if guard.open > CROWD:
+            if hasattr(transport, "max_size"):  # asyncio's transport: its recv() size
+                transport.max_size = _CROWD_READ_SIZE
+            else:  # uvloop's: each read takes what the kernel holds
+                _set_receive_buffer(transport, _CROWD_READ_SIZE)
         if guard.open > guard.max_connections:
             self._make_room(handler, transport)
 
@@ -267,6 +271,14 @@ def _set_user_timeout(transport: asyncio.Transport, seconds: float) -> None:
         return  # a Unix socket (a test's, or a proxy's) has no such timeout
     with contextlib.suppress(OSError):  # closed already: connection_lost follows
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, round(seconds * 1000))
+
+
+def _set_receive_buffer(transport: asyncio.Transport, size: int) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):  # closed already: connection_lost follows
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 def _canned_503() -> bytes:

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from clustr_aio.observability import metrics
 from clustr_aio.observability.access_log import AccessLogger
-from clustr_aio.runtime import systemd
+from clustr_aio.runtime import event_loop, systemd
 from clustr_aio.runtime.drain import DrainingRunner
 from clustr_aio.runtime.protocol import NO_LIMIT, ConnectionGuard, limit_accept_error_logs
 from clustr_aio.runtime.systemd import Notifier, SystemdNotifier
@@ -64,11 +64,13 @@ def run(settings: Settings) -> int:
     listeners = listening_sockets(settings)
     notifier = SystemdNotifier()
     if settings.workers == 1:
-        asyncio.run(serve(settings, listeners=listeners, notifier=notifier))
+        event_loop.run(serve(settings, listeners=listeners, notifier=notifier), settings.event_loop)
         return 0
 
     def run_worker(worker_notifier: WorkerNotifier) -> int:
-        asyncio.run(serve(settings, listeners=listeners, notifier=worker_notifier))
+        event_loop.run(
+            serve(settings, listeners=listeners, notifier=worker_notifier), settings.event_loop
+        )
         return 0
 
     supervisor = Supervisor(
@@ -156,7 +158,8 @@ async def serve(
     settings: Settings, *, listeners: Sequence[socket.socket], notifier: Notifier
 ) -> None:
     """Serve on ``listeners`` until SIGTERM or SIGINT, then drain and return."""
-    limit_accept_error_logs(asyncio.get_running_loop())
+    running = asyncio.get_running_loop()
+    limit_accept_error_logs(running)
     runner = make_runner(settings)
     await runner.setup()  # opens the storage, which sweeps what dead processes left behind
     watchdog: asyncio.Task[None] | None = None
@@ -169,11 +172,12 @@ async def serve(
         check_writable(settings.upload_folder)
         stop = _stop_event()
         log.info(
-            "clustr_aio listening on %s, storing uploads in %s, serving them at %s%s",
+            "clustr_aio listening on %s, storing uploads in %s, serving them at %s%s (%s)",
             ", ".join(names),
             settings.upload_folder,
             settings.base_url,
             settings.upload_url_path,
+            event_loop.loop_name(running),
         )
         notifier.ready(f"serving on {', '.join(names)}")
         watchdog = asyncio.create_task(_feed_watchdog(notifier, stop))
@@ -195,9 +199,15 @@ def prepare(settings: Settings) -> None:
     Also sweeps the upload folder's ``.incoming`` (see :func:`sweep_stale_incoming`).
 
     Raises:
-        StartupError: the upload folder cannot be created or written to, or the docs assets
-            are not installed.
+        StartupError: the upload folder cannot be created or written to, the docs assets
+            are not installed, or ``EVENT_LOOP=uvloop`` and uvloop is not.
     """
+    try:
+        event_loop.loop_factory(settings.event_loop)
+    except ModuleNotFoundError:
+        raise StartupError(
+            "EVENT_LOOP: uvloop is not installed (pip install uvloop), or set EVENT_LOOP=asyncio"
+        ) from None
     prepare_upload_folder(settings.upload_folder)
     if settings.storage == "local":
         # Once, before any worker starts: what dead processes published and never sealed is

@@ -1,5 +1,5 @@
 """Settings: built-in defaults (mirrored in ``config.toml``) < ``config.toml`` < ``.env`` < the
-environment, declared on pydantic-settings.
+environment, each declared once with its parser (:mod:`.fields`).
 
 Each setting is read from the highest layer that names it:
 
@@ -32,14 +32,14 @@ Value syntax, shared by all layers (TOML may also use native booleans, integers 
 A bad value raises :class:`SettingsError` whose text is one line naming the setting, e.g.
 ``PORT: expected an integer from 1 to 65535, got 'abc' (from environment)``.
 
-pydantic-settings reads the files (``TomlConfigSettingsSource``, ``DotEnvSettingsSource``) and
-:class:`Settings` validates the values: one ``PlainValidator`` parser per setting, since the
-syntax above is stricter than pydantic's lax mode (TOML's ``PORT = true`` or ``WORKERS = 2.0``
-are errors) and friendlier than its strict mode (text from the environment is parsed).
-:func:`load_settings` stacks the layers itself, because it must know which one each value came
-from: errors name it, and relative paths are anchored at its directory.
+``tomllib`` reads config.toml, python-dotenv the ``.env`` file, and :class:`Settings` parses
+the values: one parser per setting and nothing else, since the syntax above is stricter than a
+lax coercion (TOML's ``PORT = true`` or ``WORKERS = 2.0`` are errors) and friendlier than a
+strict one (text from the environment is parsed). :func:`load_settings` stacks the layers,
+because it must know which one each value came from: errors name it, and relative paths are
+anchored at its directory.
 
-Adding a setting is one declaration in :class:`Settings`: the field, its type (a parser in
+Adding a setting is one declaration in :class:`Settings`: the field, its type (a ``Parser`` in
 ``Annotated``), and ``_setting(default_text, description)``. ``SETTINGS``, the README table and
 the loader all derive from it; add the key to ``config.toml`` too (a test checks it).
 """

@@ -11,11 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from pydantic import ValidationError
-from pydantic_core import ErrorDetails
-from pydantic_settings import DotEnvSettingsSource, TomlConfigSettingsSource
+import dotenv
 
-from clustr_aio import compat
+from clustr_aio.settings.fields import InvalidSetting, SettingsError
 from clustr_aio.settings.model import BY_ATTRIBUTE, BY_NAME, SETTINGS, Settings
 from clustr_aio.settings.values import resolve
 
@@ -23,10 +21,6 @@ __all__ = ["DEFAULT_CONFIG_FILE", "SettingsError", "load_settings"]
 
 DEFAULT_CONFIG_FILE: Final = Path("config.toml")
 """Relative to the working directory, like ``.env``: never to the installed code."""
-
-
-class SettingsError(ValueError):
-    """A setting is missing its file, unknown or malformed. ``str(e)`` is the one line to print."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,13 +81,16 @@ def _config_layer(config_file: Path | None, environ: Mapping[str, str]) -> tuple
         _check_named_file(named, "CONFIG_FILE")
     path = named or DEFAULT_CONFIG_FILE.absolute()  # a missing default file reads as empty
     try:
-        source = TomlConfigSettingsSource(Settings, toml_file=path)
+        with path.open("rb") as file:
+            values = tomllib.load(file)
+    except FileNotFoundError:
+        values = {}
     except OSError as error:
         raise SettingsError(f"CONFIG_FILE: cannot read {path}: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise SettingsError(f"CONFIG_FILE: {path} is not valid TOML: {error}") from None
-    _check_names(compat.toml_source_names(source), str(path))
-    return _Layer.anchored(str(path), source(), path.parent), path.parent
+    _check_names(values, str(path))
+    return _Layer.anchored(str(path), values, path.parent), path.parent
 
 
 def _env_file_layer(env_file: Path | None, environ: Mapping[str, str]) -> _Layer:
@@ -102,35 +99,19 @@ def _env_file_layer(env_file: Path | None, environ: Mapping[str, str]) -> _Layer
         _check_named_file(named, "ENV_FILE")
     path = named or Path(".env").absolute()  # a missing default file reads as empty
     try:
-        source = DotEnvSettingsSource(Settings, env_file=path)
+        # Every name, a bare NAME line (value None) included: a misspelt one is an error too.
+        lines = dotenv.dotenv_values(path, encoding="utf-8") if path.exists() else {}
     except (OSError, UnicodeDecodeError) as error:
         raise SettingsError(f"ENV_FILE: cannot read {path}: {error}") from None
-    _check_names(compat.dotenv_source_names(source), str(path))
-    # Relative paths in .env are relative to where the server was started, as the parser takes
-    # them, so the layer needs no anchoring.
-    return _Layer(str(path), source())
+    _check_names(lines, str(path))
+    # A bare NAME sets nothing. Relative paths in .env are relative to where the server was
+    # started, as the parser takes them, so the layer needs no anchoring.
+    return _Layer(str(path), {name: value for name, value in lines.items() if value is not None})
 
 
 def _environment_layer(environ: Mapping[str, str]) -> _Layer:
-    # pydantic-settings' EnvSettingsSource reads os.environ only; this is what it would read
-    # there with case_sensitive=True (the exact names), from the mapping we were given.
+    # The exact names only: the environment holds everybody's variables.
     return _Layer("environment", {name: environ[name] for name in BY_NAME if name in environ})
-
-
-def _one_line(error: ErrorDetails, origins: Mapping[str, str]) -> str:
-    """A pydantic error as ``NAME: what was wrong (from where)``."""
-    cause = error.get("ctx", {}).get("error")
-    if not error["loc"] and cause is not None:
-        return str(cause)  # a check across settings, which names the setting itself
-    name = str(error["loc"][0]) if error["loc"] else "settings"
-    if error["type"] == "value_error" and cause is not None:
-        message = str(cause)  # a parser's "expected ..., got ..."
-    else:  # a check of pydantic's own, in its words
-        message = f"{error['msg'][:1].lower()}{error['msg'][1:]}, got {error['input']!r}"
-    if not error["loc"]:
-        return message  # a check of several settings: its message names the one to set
-    origin = origins.get(name)
-    return f"{name}: {message}" + (f" (from {origin})" if origin else "")
 
 
 def load_settings(
@@ -174,7 +155,10 @@ def load_settings(
     for attribute in overrides:
         del values[BY_ATTRIBUTE[attribute].name]  # set below as given, so never parsed
     try:
-        settings = Settings.model_validate(values)
-    except ValidationError as error:
-        raise SettingsError(_one_line(error.errors()[0], origins)) from None
-    return settings.model_copy(update=overrides)
+        settings = Settings(**values)
+    except InvalidSetting as error:
+        origin = origins.get(error.name) if error.name else None
+        if origin is None:
+            raise  # a check across settings: its message names the one to set
+        raise SettingsError(f"{error} (from {origin})") from None
+    return settings.replace(**overrides)

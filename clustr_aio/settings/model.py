@@ -7,11 +7,10 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, Self
+from typing import Annotated, Final, Literal
 
-from pydantic import Field, PlainValidator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-
+from clustr_aio.settings.fields import DeclaredSettings, Parser, cross_check
+from clustr_aio.settings.fields import setting as _setting
 from clustr_aio.settings.values import (
     IPNetwork,
     integer_between,
@@ -26,6 +25,7 @@ from clustr_aio.settings.values import (
     parse_dedupe,
     parse_duration,
     parse_endpoint_url,
+    parse_event_loop,
     parse_extensions,
     parse_host,
     parse_log_format,
@@ -62,75 +62,54 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # Declarations
 
-# Each setting's type with its parser. PlainValidator: the parser alone decides, pydantic's own
-# coercion never runs (it would take TOML's `true` for port 1, and 2.0 for two workers).
-_Host = Annotated[str, PlainValidator(parse_host)]
-_Port = Annotated[int, PlainValidator(integer_between(1, 65535))]
-_Workers = Annotated[int, PlainValidator(integer_between(1, 64))]
-_Count = Annotated[int, PlainValidator(integer_between(1))]
-_Boolean = Annotated[bool, PlainValidator(parse_boolean)]
-_Seconds = Annotated[float, PlainValidator(parse_seconds)]
-_Directory = Annotated[Path, PlainValidator(parse_path)]
-_Extensions = Annotated[frozenset[str], PlainValidator(parse_extensions)]
-_UrlPath = Annotated[str, PlainValidator(parse_url_path)]
-_PublicBaseUrl = Annotated[str | None, PlainValidator(parse_public_base_url)]
-_Networks = Annotated[tuple[IPNetwork, ...], PlainValidator(parse_networks)]
-_Size = Annotated[int, PlainValidator(parse_byte_limit)]
-_SizeOrZero = Annotated[int, PlainValidator(parse_byte_limit_or_zero)]
-_Origins = Annotated[tuple[str, ...], PlainValidator(parse_cors_origins)]
-_LogLevel = Annotated[str, PlainValidator(parse_log_level)]
-_LogFormat = Annotated[str, PlainValidator(parse_log_format)]
-_DatabaseUrl = Annotated[str | None, PlainValidator(parse_database_url)]
-_Dedupe = Annotated[str, PlainValidator(parse_dedupe)]
-_Storage = Annotated[str, PlainValidator(parse_storage)]
-_Bucket = Annotated[str | None, PlainValidator(parse_bucket)]
-_Prefix = Annotated[str, PlainValidator(parse_s3_prefix)]
-_EndpointUrl = Annotated[str | None, PlainValidator(parse_endpoint_url)]
-_Region = Annotated[str | None, PlainValidator(parse_s3_region)]
-_AccessKey = Annotated[str | None, PlainValidator(parse_access_key_id)]
-_SecretKey = Annotated[str | None, PlainValidator(parse_secret_key)]
-_PartSize = Annotated[int, PlainValidator(parse_s3_part_size)]
-_Serve = Annotated[str, PlainValidator(parse_s3_serve)]
-_Duration = Annotated[float, PlainValidator(parse_duration)]
-_Auth = Annotated[str, PlainValidator(parse_auth)]
-_OptionalNetworks = Annotated[tuple[IPNetwork, ...], PlainValidator(parse_optional_networks)]
-_RequestRate = Annotated[tuple[int, int] | None, PlainValidator(parse_rate(sizes=False))]
-_ByteRate = Annotated[tuple[int, int] | None, PlainValidator(parse_rate(sizes=True))]
-_Secrets = Annotated[tuple[str, ...], PlainValidator(parse_secret_keys)]
-_PositiveSeconds = Annotated[int, PlainValidator(integer_between(1))]
-_StripMetadata = Annotated[Literal["location", "all", "none"], PlainValidator(parse_strip_metadata)]
-_ThumbnailSizes = Annotated[tuple[int, ...], PlainValidator(parse_thumbnail_sizes)]
-_Thumbnails = Annotated[Literal["lazy", "eager"], PlainValidator(parse_thumbnails)]
+# Each setting's type with its parser. The parser alone decides: nothing coerces around it (a
+# lax coercion would take TOML's `true` for port 1, and 2.0 for two workers).
+_Host = Annotated[str, Parser(parse_host)]
+_Port = Annotated[int, Parser(integer_between(1, 65535))]
+_Workers = Annotated[int, Parser(integer_between(1, 64))]
+_Count = Annotated[int, Parser(integer_between(1))]
+_Boolean = Annotated[bool, Parser(parse_boolean)]
+_Seconds = Annotated[float, Parser(parse_seconds)]
+_Directory = Annotated[Path, Parser(parse_path)]
+_Extensions = Annotated[frozenset[str], Parser(parse_extensions)]
+_UrlPath = Annotated[str, Parser(parse_url_path)]
+_PublicBaseUrl = Annotated[str | None, Parser(parse_public_base_url)]
+_Networks = Annotated[tuple[IPNetwork, ...], Parser(parse_networks)]
+_Size = Annotated[int, Parser(parse_byte_limit)]
+_SizeOrZero = Annotated[int, Parser(parse_byte_limit_or_zero)]
+_Origins = Annotated[tuple[str, ...], Parser(parse_cors_origins)]
+_LogLevel = Annotated[str, Parser(parse_log_level)]
+_LogFormat = Annotated[str, Parser(parse_log_format)]
+_DatabaseUrl = Annotated[str | None, Parser(parse_database_url)]
+_Dedupe = Annotated[str, Parser(parse_dedupe)]
+_Storage = Annotated[str, Parser(parse_storage)]
+_Bucket = Annotated[str | None, Parser(parse_bucket)]
+_Prefix = Annotated[str, Parser(parse_s3_prefix)]
+_EndpointUrl = Annotated[str | None, Parser(parse_endpoint_url)]
+_Region = Annotated[str | None, Parser(parse_s3_region)]
+_AccessKey = Annotated[str | None, Parser(parse_access_key_id)]
+_SecretKey = Annotated[str | None, Parser(parse_secret_key)]
+_PartSize = Annotated[int, Parser(parse_s3_part_size)]
+_Serve = Annotated[str, Parser(parse_s3_serve)]
+_Duration = Annotated[float, Parser(parse_duration)]
+_Auth = Annotated[str, Parser(parse_auth)]
+_OptionalNetworks = Annotated[tuple[IPNetwork, ...], Parser(parse_optional_networks)]
+_RequestRate = Annotated[tuple[int, int] | None, Parser(parse_rate(sizes=False))]
+_ByteRate = Annotated[tuple[int, int] | None, Parser(parse_rate(sizes=True))]
+_Secrets = Annotated[tuple[str, ...], Parser(parse_secret_keys)]
+_PositiveSeconds = Annotated[int, Parser(integer_between(1))]
+_StripMetadata = Annotated[Literal["location", "all", "none"], Parser(parse_strip_metadata)]
+_ThumbnailSizes = Annotated[tuple[int, ...], Parser(parse_thumbnail_sizes)]
+_Thumbnails = Annotated[Literal["lazy", "eager"], Parser(parse_thumbnails)]
+_EventLoop = Annotated[Literal["auto", "uvloop", "asyncio"], Parser(parse_event_loop)]
 
 
-def _setting(default: str, description: str, *, secret: bool = False) -> Any:
-    """Declare a setting field.
-
-    ``default`` is text as it would appear in ``.env`` ("" for unset): the field's parser reads
-    it like any other value (``validate_default``), so built-in defaults obey the same rules as
-    user values, and the README shows them as a user would write them. Typed ``Any`` because
-    the text is not the field's type until it is parsed.
-    """
-    return Field(default, description=description, repr=not secret)
-
-
-class Settings(BaseSettings):
+class Settings(DeclaredSettings):
     """Validated, typed configuration. ``Settings()`` holds the built-in defaults, and
     ``Settings(port=80)`` validates what it is given; neither reads a file or the environment.
 
     Build it with :func:`load_settings`; every value has already been checked.
     """
-
-    model_config = SettingsConfigDict(
-        alias_generator=str.upper,  # PORT in the files and the environment, settings.port here
-        validate_by_alias=True,
-        validate_by_name=True,  # Settings(port=80), as type checkers expect, or Settings(PORT=80)
-        case_sensitive=True,
-        extra="forbid",
-        frozen=True,
-        validate_default=True,  # the defaults are text, parsed like user values
-        enable_decoding=False,  # lists are comma-separated text, never JSON
-    )
 
     host: _Host = _setting("127.0.0.1", "Address to bind; 0.0.0.0 or :: listens on all interfaces.")
     port: _Port = _setting("5000", "TCP port to listen on (1-65535).")
@@ -174,6 +153,11 @@ class Settings(BaseSettings):
         "75",
         "Seconds a connection may stay idle, between requests or before its first one, before"
         " it is closed. 0: no limit.",
+    )
+    event_loop: _EventLoop = _setting(
+        "auto",
+        "The event loop each serving process runs on: uvloop (libuv's, less CPU per request and"
+        " per byte), asyncio (Python's own), or auto: uvloop when it is installed, else asyncio.",
     )
     max_connections: _Count = _setting(
         "4096",
@@ -301,13 +285,12 @@ class Settings(BaseSettings):
         " upload.",
     )
 
-    @model_validator(mode="after")
-    def _s3_needs_a_bucket(self) -> Self:
+    @cross_check
+    def _s3_needs_a_bucket(self) -> None:
         if self.storage == "s3" and self.s3_bucket is None:
             raise ValueError("S3_BUCKET: required when STORAGE is s3")
         if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
             raise ValueError("S3_SECRET_ACCESS_KEY: set both S3_ACCESS_KEY_ID and it, or neither")
-        return self
 
     tus_expiry: _Duration = _setting(
         "24h",
@@ -374,23 +357,10 @@ class Settings(BaseSettings):
         "3600", "Seconds a signed file URL stays valid (PUBLIC_FILES=false)."
     )
 
-    @model_validator(mode="after")
-    def _secret_when_files_are_private(self) -> Settings:
+    @cross_check
+    def _secret_when_files_are_private(self) -> None:
         if not self.public_files and not self.secret_key:
             raise ValueError("SECRET_KEY: required when PUBLIC_FILES is false")
-        return self
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Only the values given to the constructor: :func:`load_settings` reads the layers."""
-        return (init_settings,)
 
     @property
     def base_url(self) -> str:
@@ -425,21 +395,16 @@ class SettingSpec:
     is_path: bool  # relative values are anchored at the directory of their layer
 
 
-def _spec(attribute: str) -> SettingSpec:
-    field = Settings.model_fields[attribute]
-    assert field.alias is not None
-    assert isinstance(field.default, str)
-    assert field.description is not None
-    return SettingSpec(
-        name=field.alias,
-        attribute=attribute,
+SETTINGS: Final[tuple[SettingSpec, ...]] = tuple(
+    SettingSpec(
+        name=field.name,
+        attribute=field.attribute,
         default=field.default,
         description=field.description,
-        is_path=field.annotation is Path,
+        is_path=field.type is Path,
     )
-
-
-SETTINGS: Final[tuple[SettingSpec, ...]] = tuple(map(_spec, Settings.model_fields))
+    for field in Settings.FIELDS.values()
+)
 
 BY_NAME: Final[Mapping[str, SettingSpec]] = {spec.name: spec for spec in SETTINGS}
 BY_ATTRIBUTE: Final[Mapping[str, SettingSpec]] = {spec.attribute: spec for spec in SETTINGS}

@@ -22,6 +22,7 @@ __all__ = [
     "parse_cors_origins",
     "parse_database_url",
     "parse_dedupe",
+    "parse_event_loop",
     "parse_extensions",
     "parse_host",
     "parse_log_format",
@@ -367,6 +368,7 @@ parse_log_level = _one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", norma
 parse_log_format = _one_of("text", "json", normalise=str.lower)
 parse_strip_metadata = _one_of("location", "all", "none", normalise=str.lower)
 parse_thumbnails = _one_of("lazy", "eager", normalise=str.lower)
+parse_event_loop = _one_of("auto", "uvloop", "asyncio", normalise=str.lower)
 
 _MAX_THUMBNAIL_SIZE: Final = 4096
 

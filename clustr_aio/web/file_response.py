@@ -52,7 +52,6 @@ from aiohttp.abc import AbstractStreamWriter
 
 from clustr_aio import compat
 from clustr_aio.compat import FileResponseResult
-from clustr_aio.domain.models import ErrorBody
 from clustr_aio.domain.sniff import OCTET_STREAM, type_for_extension
 from clustr_aio.web.responses import error_response
 from clustr_aio.web.sendfile import send_head_and_file
@@ -189,7 +188,7 @@ class InlineFileResponse(compat.FileResponseBodySender):
     ) -> AbstractStreamWriter | None:
         """A ``{"detail"}`` answer from within ``prepare`` (the JSON middleware is behind us)."""
         self.set_status(status)
-        body = json.dumps(ErrorBody(detail=detail or self.reason)).encode()
+        body = json.dumps({"detail": detail or self.reason}).encode()  # an ErrorBody
         self.headers.popall(hdrs.CONTENT_DISPOSITION, None)
         self.content_type = "application/json"
         self.content_length = len(body)
@@ -263,7 +262,7 @@ async def _prepare_and_send(
     if transport is None:
         raise ConnectionResetError("Connection lost")
     writer, head = await compat.prepare_keeping_head(response, request)  # to go with the file
-    await send_head_and_file(transport, head, file, offset, count)
+    await send_head_and_file(transport, head, file, offset, count, drain=writer.drain)
     writer.output_size += count  # as aiohttp's own write path counts it, for the access log
     await web.StreamResponse.write_eof(response)
     return writer

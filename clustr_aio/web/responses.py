@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from clustr_aio.domain.errors import ClustrError
-from clustr_aio.domain.models import ErrorBody, UploadError
+
+if TYPE_CHECKING:
+    # Types only: the models module imports pydantic, which a process loads on its first JSON
+    # body or /openapi.json (web/bodies.py), not at start-up.
+    from clustr_aio.domain.models import ErrorBody, UploadError
 
 
 def error_response(
     status: int, detail: str, *, headers: Mapping[str, str] | None = None
 ) -> web.Response:
-    return web.json_response(ErrorBody(detail=detail), status=status, headers=headers)
+    body: ErrorBody = {"detail": detail}
+    return web.json_response(body, status=status, headers=headers)
 
 
 def clustr_error_response(error: ClustrError) -> web.Response:
@@ -22,5 +28,5 @@ def clustr_error_response(error: ClustrError) -> web.Response:
     headers = error.headers() or None
     if error.file is None or error.index is None:
         return error_response(error.status, error.detail, headers=headers)
-    body = UploadError(detail=error.detail, file=error.file, index=error.index)
+    body: UploadError = {"detail": error.detail, "file": error.file, "index": error.index}
     return web.json_response(body, status=error.status, headers=headers)

@@ -30,6 +30,8 @@ from tests.http.helpers import (
     upload,
 )
 
+pytestmark = pytest.mark.both_loops  # they touch transports: asyncio's and uvloop's differ
+
 
 @pytest.fixture
 async def one_at_a_time(aiohttp_client: AiohttpClient, upload_dir: Path) -> Client:

@@ -62,6 +62,7 @@ async def vanish_mid_upload(host: str, port: int, upload_dir: Path, how: str) ->
     assert temp_files(upload_dir) == []
 
 
+@pytest.mark.both_loops  # it touches transports: asyncio's and uvloop's differ
 @pytest.mark.parametrize("how", ["close", "reset", "chunked"])
 async def test_vanishing_client_leaves_nothing_in_process(
     client: Client, upload_dir: Path, how: str
@@ -71,9 +72,13 @@ async def test_vanishing_client_leaves_nothing_in_process(
     assert stored_files(upload_dir) == ["next.jpg"]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with start_server({"FSYNC": "true"}, directory=tmp_path_factory.mktemp("disconnect")) as server:
+@pytest.fixture(scope="module", params=["uvloop", "asyncio"])
+def server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[RunningServer]:
+    """A real server on each event loop (``EVENT_LOOP``), shared by the cases of one loop."""
+    env = {"FSYNC": "true", "EVENT_LOOP": str(request.param)}
+    with start_server(env, directory=tmp_path_factory.mktemp("disconnect")) as server:
         yield server
 
 

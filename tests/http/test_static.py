@@ -25,6 +25,8 @@ from tests.http.helpers import (
     upload_ok,
 )
 
+pytestmark = pytest.mark.both_loops  # they touch transports: asyncio's and uvloop's differ
+
 SECRET = b"top secret, outside the upload folder"
 
 

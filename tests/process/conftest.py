@@ -28,3 +28,10 @@ def server_factory(tmp_path: Path) -> Iterator[StartServer]:
     yield start
     for server in started:
         server.close()
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
+def event_loop_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """``EVENT_LOOP`` for each loop in turn, for the tests of what touches transports and
+    listening sockets (drain, descriptor limits, send timeouts)."""
+    return {"EVENT_LOOP": str(request.param)}

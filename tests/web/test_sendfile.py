@@ -1,5 +1,7 @@
 """``send_head_and_file`` over real TCP sockets: the bytes arrive whole and in order, whichever
-way they go (the socket taking everything, a full socket, bytes already queued, TLS)."""
+way they go (the socket taking everything, a full socket, bytes already queued, TLS), on
+asyncio's loop (whose ``loop.sendfile`` takes over a full socket) and on uvloop (which has
+none: the rest goes through the transport)."""
 
 from __future__ import annotations
 
@@ -12,11 +14,14 @@ import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, cast
 
 import pytest
 import trustme
 
 from clustr_aio.web.sendfile import send_head_and_file
+
+pytestmark = pytest.mark.both_loops  # they touch transports: asyncio's and uvloop's differ
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n"
 FILE_SIZE = 1024 * 1024
@@ -24,11 +29,19 @@ FILE_SIZE = 1024 * 1024
 
 @dataclass
 class Connection:
-    """The server's transport and the client's reader, for one accepted connection."""
+    """The server's side of one accepted connection, and the client's reader."""
 
-    transport: asyncio.Transport
+    server: asyncio.StreamWriter
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        # uvloop's transports implement asyncio.Transport without deriving from it.
+        return cast(asyncio.Transport, self.server.transport)
+
+    async def send(self, file: IO[bytes], offset: int, count: int) -> None:
+        await send_head_and_file(self.transport, HEAD, file, offset, count, drain=self.server.drain)
 
 
 async def connect(*, tls: bool = False) -> AsyncIterator[Connection]:
@@ -41,22 +54,19 @@ async def connect(*, tls: bool = False) -> AsyncIterator[Connection]:
         ca.issue_cert("127.0.0.1").configure_cert(server_tls)
         client_tls = ssl.create_default_context()
         ca.configure_trust(client_tls)
-    accepted: asyncio.Future[asyncio.Transport] = asyncio.get_running_loop().create_future()
+    accepted: asyncio.Future[asyncio.StreamWriter] = asyncio.get_running_loop().create_future()
 
-    class Accept(asyncio.Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.Transport)
-            accepted.set_result(transport)
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set_result(writer)
 
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(Accept, "127.0.0.1", 0, ssl=server_tls)
+    server = await asyncio.start_server(accept, "127.0.0.1", 0, ssl=server_tls)
     port = server.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_tls)
-    transport = await accepted
+    server_side = await accepted
     try:
-        yield Connection(transport, reader, writer)
+        yield Connection(server_side, reader, writer)
     finally:
-        transport.close()
+        server_side.close()
         writer.close()
         server.close()
         await server.wait_closed()
@@ -83,9 +93,12 @@ def data_file(tmp_path: Path, size: int) -> Path:
 async def test_head_then_the_range_of_the_file(connection: Connection, tmp_path: Path) -> None:
     path = data_file(tmp_path, 300_000)
     with path.open("rb") as file:
-        await send_head_and_file(connection.transport, HEAD, file, 1000, 250_000)
+        await connection.send(file, 1000, 250_000)
     received = await connection.reader.readexactly(len(HEAD) + 250_000)
     assert received == HEAD + path.read_bytes()[1000:251_000]
+    # The socket was borrowed by its descriptor, never closed: the connection goes on.
+    connection.transport.write(b"next")
+    assert await connection.reader.readexactly(4) == b"next"
 
 
 async def test_over_tls_every_byte_goes_through_the_transport(
@@ -95,7 +108,7 @@ async def test_over_tls_every_byte_goes_through_the_transport(
     # would break the connection.
     path = data_file(tmp_path, 300_000)
     with path.open("rb") as file:
-        await send_head_and_file(tls_connection.transport, HEAD, file, 0, 300_000)
+        await tls_connection.send(file, 0, 300_000)
     received = await tls_connection.reader.readexactly(len(HEAD) + 300_000)
     assert received == HEAD + path.read_bytes()
 
@@ -110,9 +123,7 @@ async def test_a_full_socket_hands_the_rest_to_asyncio(
     )
     path = data_file(tmp_path, FILE_SIZE)
     with path.open("rb") as file:
-        sending = asyncio.create_task(
-            send_head_and_file(connection.transport, HEAD, file, 0, FILE_SIZE)
-        )
+        sending = asyncio.create_task(connection.send(file, 0, FILE_SIZE))
         await asyncio.sleep(0.05)
         assert not sending.done(), "the whole file fit: this test no longer tests the fallback"
         received = await connection.reader.readexactly(len(HEAD) + FILE_SIZE)
@@ -140,9 +151,7 @@ async def test_bytes_queued_in_the_transport_go_first(
     assert connection.transport.get_write_buffer_size() > 0
     path = data_file(tmp_path, 100_000)
     with path.open("rb") as file:
-        sending = asyncio.create_task(
-            send_head_and_file(connection.transport, HEAD, file, 0, 100_000)
-        )
+        sending = asyncio.create_task(connection.send(file, 0, 100_000))
         rest = await connection.reader.readexactly(
             len(queued) - len(head_of_queue) + len(HEAD) + 100_000
         )
@@ -155,7 +164,7 @@ async def test_a_file_shorter_than_promised_aborts(connection: Connection, tmp_p
     # stat): the connection must end, not wait for bytes that never come.
     path = data_file(tmp_path, 1000)
     with path.open("rb") as file, pytest.raises(ConnectionAbortedError):
-        await send_head_and_file(connection.transport, HEAD, file, 0, 5000)
+        await connection.send(file, 0, 5000)
 
 
 async def test_a_closing_transport_is_a_lost_connection(
@@ -164,4 +173,4 @@ async def test_a_closing_transport_is_a_lost_connection(
     connection.transport.close()
     path = data_file(tmp_path, 1000)
     with path.open("rb") as file, pytest.raises(ConnectionResetError):
-        await send_head_and_file(connection.transport, HEAD, file, 0, 1000)
+        await connection.send(file, 0, 1000)

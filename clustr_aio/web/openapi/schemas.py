@@ -13,24 +13,6 @@ import functools
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-from pydantic import TypeAdapter
-
-from clustr_aio.domain.models import (
-    CheckRequest,
-    CheckResponse,
-    DeleteRequest,
-    DeleteResponse,
-    ErrorBody,
-    FileItem,
-    FileList,
-    Greeting,
-    KeyCreated,
-    KeyList,
-    KeyRequest,
-    UploadError,
-    UploadResponse,
-    UploadResults,
-)
 from clustr_aio.web.openapi.registry import JSONObject
 
 JSON: Final = "application/json"
@@ -44,22 +26,23 @@ def ref(schema: str) -> JSONObject:
 
 
 API_MODELS: Final = (
-    ErrorBody,
-    UploadError,
-    Greeting,
-    UploadResponse,
-    UploadResults,
-    FileItem,
-    FileList,
-    DeleteRequest,
-    DeleteResponse,
-    CheckRequest,
-    CheckResponse,
-    KeyRequest,
-    KeyCreated,
-    KeyList,
+    "ErrorBody",
+    "UploadError",
+    "Greeting",
+    "UploadResponse",
+    "UploadResults",
+    "FileItem",
+    "FileList",
+    "DeleteRequest",
+    "DeleteResponse",
+    "CheckRequest",
+    "CheckResponse",
+    "KeyRequest",
+    "KeyCreated",
+    "KeyList",
 )
-"""The JSON bodies whose schemas are components of the document (with those they contain)."""
+"""The JSON bodies (of :mod:`clustr_aio.domain.models`) whose schemas are components of the
+document, with those they contain."""
 
 UPLOAD_FORM: Final[JSONObject] = {
     "type": "object",
@@ -84,10 +67,19 @@ model the server builds."""
 
 @functools.cache
 def component_schemas() -> JSONObject:
-    """``components.schemas``: derived from :data:`API_MODELS` (made once, on first use)."""
+    """``components.schemas``: derived from :data:`API_MODELS` (made once, on first use).
+
+    pydantic and the models are imported here, on the first ``/openapi.json``: a process that
+    is never asked for the document never loads them (see :mod:`clustr_aio.web.bodies`).
+    """
+    from pydantic import TypeAdapter
+
+    from clustr_aio.domain import models
+
     components: JSONObject = {"UploadForm": UPLOAD_FORM}
-    for model in API_MODELS:
-        schema = TypeAdapter(model).json_schema(mode="serialization", ref_template=_REF_TEMPLATE)
+    for name in API_MODELS:
+        adapter: TypeAdapter[object] = TypeAdapter(getattr(models, name))
+        schema = adapter.json_schema(mode="serialization", ref_template=_REF_TEMPLATE)
         components.update(schema.pop("$defs", {}))
         components[schema["title"]] = schema
     return components

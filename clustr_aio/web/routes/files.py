@@ -5,23 +5,16 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
-from pydantic import TypeAdapter, ValidationError
 
 from clustr_aio.auth.keys import parse_key_name
 from clustr_aio.catalog.base import FileRecord, Order
 from clustr_aio.catalog.ids import is_id
 from clustr_aio.domain.errors import BadRequest, Forbidden, NotFound
-from clustr_aio.domain.models import (
-    ID_PATTERN,
-    STORED_CONTENT_TYPES,
-    CheckRequest,
-    DeleteRequest,
-    DeleteResponse,
-    FileList,
-)
+from clustr_aio.domain.patterns import ID_PATTERN
+from clustr_aio.domain.sniff import STORED_CONTENT_TYPES
 from clustr_aio.ingest.pipeline import StoredFile
 from clustr_aio.storage.base import Deleting
 from clustr_aio.web.guard import requires
@@ -32,12 +25,14 @@ from clustr_aio.web.openapi.registry import JSONObject
 from clustr_aio.web.openapi.schemas import JSON, error_response, json_response, ref
 from clustr_aio.web.routes.upload import file_item, item_urls
 
+if TYPE_CHECKING:  # types only: the models module imports pydantic (see web/bodies.py)
+    from clustr_aio.domain.models import DeleteResponse, FileList
+
 routes = web.RouteTableDef()
 
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 _ORDERS: Final[dict[str, Order]] = {"newest": "newest", "oldest": "oldest"}
-_T = TypeVar("_T")
 ID_SEGMENT: Final = "[0-9a-f-]{36}"
 """What the id routes match, so that ``GET /api/files/check`` is a 405 (that path is POST's),
 not a lookup of the id "check"; the id itself is checked in the handler (404)."""
@@ -113,22 +108,6 @@ def _content_type(request: web.Request) -> str | None:
     if text is not None and text not in STORED_CONTENT_TYPES:
         raise BadRequest(f"content_type: expected one of {', '.join(STORED_CONTENT_TYPES)}")
     return text
-
-
-async def json_body(request: web.Request, adapter: TypeAdapter[_T]) -> _T:
-    if request.content_type != JSON:
-        raise BadRequest("the body must be application/json")
-    raw = await request.read()
-    try:
-        return adapter.validate_json(raw)
-    except ValidationError as error:
-        problem = error.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(part) for part in problem["loc"]) or "body"
-        raise BadRequest(f"{where}: {problem['msg']}") from None
-
-
-_DELETE_REQUEST: Final = TypeAdapter(DeleteRequest)
-_CHECK_REQUEST: Final = TypeAdapter(CheckRequest)
 
 
 def _json_request(schema: str, example: Any) -> JSONObject:
@@ -210,12 +189,11 @@ async def list_files(request: web.Request) -> web.Response:
     more = len(records) > limit
     records = records[:limit]
     urls = item_urls(request)
-    return web.json_response(
-        FileList(
-            data=[file_item(urls, StoredFile.of(record)) for record in records],
-            next_cursor=encode_cursor(order, records[-1].id) if more else None,
-        )
-    )
+    page: FileList = {
+        "data": [file_item(urls, StoredFile.of(record)) for record in records],
+        "next_cursor": encode_cursor(order, records[-1].id) if more else None,
+    }
+    return web.json_response(page)
 
 
 @routes.get(f"/api/files/{{id:{ID_SEGMENT}}}")
@@ -276,14 +254,16 @@ async def delete_file(request: web.Request) -> web.Response:
     },
 )
 async def delete_files(request: web.Request) -> web.Response:
-    body = await json_body(request, _DELETE_REQUEST)
+    from clustr_aio.web import bodies  # pydantic, on the first JSON body
+
+    body = await bodies.json_body(request, bodies.DELETE_REQUEST)
     ids = list(dict.fromkeys(body["ids"]))
     deleted = set(await _delete(request, ids))
-    return web.json_response(
-        DeleteResponse(
-            deleted=[i for i in ids if i in deleted], missing=[i for i in ids if i not in deleted]
-        )
-    )
+    answer: DeleteResponse = {
+        "deleted": [i for i in ids if i in deleted],
+        "missing": [i for i in ids if i not in deleted],
+    }
+    return web.json_response(answer)
 
 
 async def _delete(request: web.Request, record_ids: list[str]) -> list[str]:
@@ -321,7 +301,9 @@ async def _delete(request: web.Request, record_ids: list[str]) -> list[str]:
     },
 )
 async def check_files(request: web.Request) -> web.Response:
-    digests = (await json_body(request, _CHECK_REQUEST))["sha256"]
+    from clustr_aio.web import bodies  # pydantic, on the first JSON body
+
+    digests = (await bodies.json_body(request, bodies.CHECK_REQUEST))["sha256"]
     # The owner the key uploads as, like DEDUPE: what an upload with this key would find.
     owner = (await admitted(request)).owner
     stored = await request.app[CATALOG].by_sha256([d.lower() for d in digests], owner=owner)
@@ -349,7 +331,6 @@ __all__ = [
     "check_answer",
     "decode_cursor",
     "encode_cursor",
-    "json_body",
     "requested_record",
     "routes",
     "visible_owner",

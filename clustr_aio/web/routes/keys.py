@@ -5,29 +5,28 @@ request)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
-from pydantic import TypeAdapter
 
 from clustr_aio.auth.keys import create_key, parse_duration, parse_key_name
 from clustr_aio.auth.scopes import SCOPES
 from clustr_aio.catalog.base import KeyRecord
 from clustr_aio.domain.errors import BadRequest, NotFound
-from clustr_aio.domain.models import KeyCreated, KeyItem, KeyList, KeyRequest
 from clustr_aio.settings import parse_size
 from clustr_aio.web.guard import requires
 from clustr_aio.web.keys import CATALOG
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import JSON, error_response, json_response, ref
-from clustr_aio.web.routes.files import json_body
 from clustr_aio.web.routes.upload import rfc3339
 
 __all__ = ["key_item", "routes"]
 
+if TYPE_CHECKING:  # types only: the models module imports pydantic (see web/bodies.py)
+    from clustr_aio.domain.models import KeyCreated, KeyItem, KeyList
+
 routes = web.RouteTableDef()
 
-_KEY_REQUEST: Final = TypeAdapter(KeyRequest)
 _NAME_PARAMETER: Final = {
     "name": "name",
     "in": "path",
@@ -43,15 +42,15 @@ def _moment(value: datetime | None) -> str | None:
 
 
 def key_item(record: KeyRecord) -> KeyItem:
-    return KeyItem(
-        name=record.name,
-        scopes=[scope for scope in SCOPES if scope in record.scopes],
-        owner=record.owner,
-        created_at=rfc3339(record.created_at),
-        last_used_at=_moment(record.last_used_at),
-        expires_at=_moment(record.expires_at),
-        quota=record.quota,
-    )
+    return {
+        "name": record.name,
+        "scopes": [scope for scope in SCOPES if scope in record.scopes],
+        "owner": record.owner,
+        "created_at": rfc3339(record.created_at),
+        "last_used_at": _moment(record.last_used_at),
+        "expires_at": _moment(record.expires_at),
+        "quota": record.quota,
+    }
 
 
 @routes.get("/api/keys")
@@ -64,7 +63,8 @@ def key_item(record: KeyRecord) -> KeyItem:
 )
 async def list_keys(request: web.Request) -> web.Response:
     records = await request.app[CATALOG].keys()
-    return web.json_response(KeyList(data=[key_item(record) for record in records]))
+    answer: KeyList = {"data": [key_item(record) for record in records]}
+    return web.json_response(answer)
 
 
 @routes.post("/api/keys")
@@ -81,7 +81,9 @@ async def list_keys(request: web.Request) -> web.Response:
     },
 )
 async def create(request: web.Request) -> web.Response:
-    body = await json_body(request, _KEY_REQUEST)
+    from clustr_aio.web import bodies  # pydantic, on the first JSON body
+
+    body = await bodies.json_body(request, bodies.KEY_REQUEST)
     try:
         expires = parse_duration(body["expires_in"]) if "expires_in" in body else None
         quota = body.get("quota")
@@ -96,7 +98,8 @@ async def create(request: web.Request) -> web.Response:
         expires_in=expires,
         quota=quota,
     )
-    return web.json_response(KeyCreated(**key_item(record), key=key), status=201)
+    created: KeyCreated = {**key_item(record), "key": key}
+    return web.json_response(created, status=201)
 
 
 @routes.delete("/api/keys/{name}")

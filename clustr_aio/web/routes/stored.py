@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from clustr_aio.domain.models import STORED_CONTENT_TYPES
+from clustr_aio.domain.sniff import STORED_CONTENT_TYPES
 from clustr_aio.storage.base import OnDisk, Redirect
 from clustr_aio.web.file_response import CONTENT_SECURITY_POLICY, file_response
 from clustr_aio.web.keys import CATALOG, FILE_READER

@@ -7,6 +7,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from aiohttp import HttpVersion11, hdrs, web
 
@@ -17,13 +18,6 @@ from clustr_aio.domain.errors import (
     ClustrError,
     NoFilesUploaded,
     QuotaExceeded,
-)
-from clustr_aio.domain.models import (
-    FileItem,
-    RefusedItem,
-    UploadedFile,
-    UploadResponse,
-    UploadResults,
 )
 from clustr_aio.images.sources import render_source
 from clustr_aio.images.thumbnails import DEFAULT_FORMAT, FORMATS, THUMBNAIL_TYPES
@@ -51,6 +45,15 @@ from clustr_aio.web.openapi.schemas import error_response as documented_error
 from clustr_aio.web.openapi.schemas import json_response, ref
 from clustr_aio.web.protection import body_errors, refuse_content_encoding
 from clustr_aio.web.responses import clustr_error_response
+
+if TYPE_CHECKING:  # types only: the models module imports pydantic (see web/bodies.py)
+    from clustr_aio.domain.models import (
+        FileItem,
+        RefusedItem,
+        UploadedFile,
+        UploadResponse,
+        UploadResults,
+    )
 
 routes = web.RouteTableDef()
 
@@ -206,21 +209,18 @@ async def upload(request: web.Request) -> web.Response:
     await render_ahead(request, stored)
     urls = item_urls(request)
     if atomic:
-        return web.json_response(
-            UploadResponse(
-                message=f"Successfully uploaded {len(stored)} files",
-                data=[upload_item(urls, item) for item in stored],
-            )
-        )
-    return web.json_response(
-        UploadResults(
-            message=f"Uploaded {len(stored)} of {len(results)} files",
-            data=[
-                upload_item(urls, r) if isinstance(r, StoredFile) else _refused_item(r)
-                for r in results
-            ],
-        )
-    )
+        answer: UploadResponse = {
+            "message": f"Successfully uploaded {len(stored)} files",
+            "data": [upload_item(urls, item) for item in stored],
+        }
+        return web.json_response(answer)
+    results_answer: UploadResults = {
+        "message": f"Uploaded {len(stored)} of {len(results)} files",
+        "data": [
+            upload_item(urls, r) if isinstance(r, StoredFile) else _refused_item(r) for r in results
+        ],
+    }
+    return web.json_response(results_answer)
 
 
 def _atomic(request: web.Request) -> bool:
@@ -305,41 +305,40 @@ def item_urls(request: web.Request) -> ItemUrls:
 def file_item(urls: ItemUrls, item: StoredFile) -> FileItem:
     """A stored file as the API shows it (``GET /api/files/{id}``, and in upload answers)."""
     image = item.content_type in THUMBNAIL_TYPES
-    return FileItem(
-        stored_filename=item.stored_filename,
-        preview_url=urls.preview_url(item),
-        original_filename=item.original_filename,
-        file_size=item.file_size,
-        content_type=item.content_type,
-        id=item.id,
-        sha256=item.sha256,
-        created_at=rfc3339(item.created_at),
-        width=item.width,
-        height=item.height,
-        orientation=item.orientation,
-        metadata_removed=item.metadata_removed,
-        thumbnail_url=urls.thumbnail_url(item) if image else None,
-        thumbnails=urls.thumbnails(item) if image else {},
-    )
+    return {
+        "stored_filename": item.stored_filename,
+        "preview_url": urls.preview_url(item),
+        "original_filename": item.original_filename,
+        "file_size": item.file_size,
+        "content_type": item.content_type,
+        "id": item.id,
+        "sha256": item.sha256,
+        "created_at": rfc3339(item.created_at),
+        "width": item.width,
+        "height": item.height,
+        "orientation": item.orientation,
+        "metadata_removed": item.metadata_removed,
+        "thumbnail_url": urls.thumbnail_url(item) if image else None,
+        "thumbnails": urls.thumbnails(item) if image else {},
+    }
 
 
 def upload_item(urls: ItemUrls, item: StoredFile) -> UploadedFile:
-    return UploadedFile(**file_item(urls, item), duplicate=item.duplicate)
+    return {**file_item(urls, item), "duplicate": item.duplicate}
 
 
 def rfc3339(moment: datetime) -> str:
     """``2026-12-01T09:30:23.123Z``: UTC, milliseconds (the precision of the ids)."""
-    return (
-        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    )
+    # isoformat, not strftime: a third of the time, and this runs once per item of an answer.
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 
 def _refused_item(refused: RefusedFile) -> RefusedItem:
     error = refused.error
-    return RefusedItem(
-        original_filename=refused.original_filename,
-        error={"status": error.status, "detail": error.detail},
-    )
+    return {
+        "original_filename": refused.original_filename,
+        "error": {"status": error.status, "detail": error.detail},
+    }
 
 
 async def render_ahead(request: web.Request, items: Sequence[StoredFile]) -> None:
