@@ -14,7 +14,6 @@ switched off by one more line in :func:`switch_off`.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Final
 
 from clustr_aio.storage.base import Buffer
@@ -36,11 +35,6 @@ class NullHasher:
 
     async def hexdigest(self) -> str:
         return _NO_DIGEST
-
-    def digest(self) -> asyncio.Future[str]:
-        done = asyncio.get_running_loop().create_future()
-        done.set_result(_NO_DIGEST)
-        return done
 
     def release(self) -> None:
         pass

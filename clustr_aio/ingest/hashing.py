@@ -14,10 +14,6 @@ is handed over as it is, and while all of them together hold more than :data:`BU
 (a crowd) every chunk is hashed at once, on the loop. Otherwise the hashers alone would keep
 up to a megabyte of every stalled or crowded upload's chunks alive, long after the storage
 wrote them out (300 stalled uploads: 296 MiB of RSS instead of about 120).
-
-The end of a file need not be waited for either: :meth:`StreamHasher.digest` hands the rest to
-a thread and answers a future, so that a batch receives its next file while the last one's
-tail is hashed (most photos are smaller than a block: all of their hashing is that tail).
 """
 
 from __future__ import annotations
@@ -30,54 +26,23 @@ from typing import ClassVar, Final
 
 from clustr_aio.storage.base import Buffer
 
-__all__ = [
-    "BLOCK_BYTES",
-    "BUDGET_BYTES",
-    "IDLE_SECONDS",
-    "INLINE_BYTES",
-    "THREADS",
-    "StreamHasher",
-]
+__all__ = ["BLOCK_BYTES", "BUDGET_BYTES", "IDLE_SECONDS", "INLINE_BYTES", "StreamHasher"]
 
 BLOCK_BYTES: Final = 1024 * 1024
 INLINE_BYTES: Final = 64 * 1024
 IDLE_SECONDS: Final = 0.25
 BUDGET_BYTES: Final = 8 * 1024 * 1024
-THREADS: Final = 4
 
 
 @functools.cache
 def _pool() -> ThreadPoolExecutor:
     """Made on first use (in the worker that hashes, never at import nor before a fork)."""
-    return ThreadPoolExecutor(THREADS, thread_name_prefix="clustr-hash")
+    return ThreadPoolExecutor(4, thread_name_prefix="clustr-hash")
 
 
 def _update(digest: hashlib._Hash, blocks: list[Buffer]) -> None:
     for block in blocks:
         digest.update(block)
-
-
-def _finish(digest: hashlib._Hash, blocks: list[Buffer]) -> str:
-    _update(digest, blocks)
-    return digest.hexdigest()
-
-
-def _hash_rest(digest: hashlib._Hash, blocks: list[Buffer], size: int) -> asyncio.Future[str]:
-    """The digest once ``blocks`` (``size`` bytes, the last) are hashed: on the loop, now, when
-    they are few (the hop to a thread and back costs more), else on a thread."""
-    loop = asyncio.get_running_loop()
-    if size >= INLINE_BYTES:
-        return loop.run_in_executor(_pool(), _finish, digest, blocks)
-    done = loop.create_future()
-    done.set_result(_finish(digest, blocks))
-    return done
-
-
-async def _after(
-    previous: asyncio.Future[None], digest: hashlib._Hash, blocks: list[Buffer], size: int
-) -> str:
-    await previous
-    return await _hash_rest(digest, blocks, size)
 
 
 class StreamHasher:
@@ -133,24 +98,16 @@ class StreamHasher:
         self._in_flight = loop.run_in_executor(_pool(), _update, self._digest, blocks)
 
     async def hexdigest(self) -> str:
-        return await self.digest()
-
-    def digest(self) -> asyncio.Future[str]:
-        """The hex digest of every chunk given, once they are hashed: what is left is handed
-        over now (it stops counting toward :data:`BUDGET_BYTES`), to a thread unless it is
-        less than :data:`INLINE_BYTES` and no block is being hashed. The hasher is done with
-        after this; the future may be waited for later, or cancelled."""
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
-        size = self._pending_bytes
-        blocks = self._take()
-        previous, self._in_flight = self._in_flight, None
-        if previous is not None and not previous.done():  # blocks are hashed in order
-            return asyncio.ensure_future(_after(previous, self._digest, blocks, size))
-        if previous is not None:
-            previous.result()  # a failed block fails the digest
-        return _hash_rest(self._digest, blocks, size)
+        if self._pending_bytes >= INLINE_BYTES:
+            await self._submit()
+        if self._in_flight is not None:
+            await self._in_flight
+            self._in_flight = None
+        _update(self._digest, self._take())
+        return self._digest.hexdigest()
 
     def release(self) -> None:
         """Forget what was not hashed yet (the file was refused, or its client went away)."""

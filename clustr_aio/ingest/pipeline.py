@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Literal
+from typing import Literal
 
 from clustr_aio.catalog.base import Catalog, FileRecord
 from clustr_aio.catalog.ids import id_time, new_id
@@ -32,7 +31,6 @@ from clustr_aio.ingest.hashing import StreamHasher
 from clustr_aio.storage.base import BatchScope, Buffer, FileWriter, HeadPatching, Storage
 
 __all__ = [
-    "DIGESTS_AHEAD",
     "Dedupe",
     "IncomingFile",
     "IngestPolicy",
@@ -46,10 +44,6 @@ __all__ = [
 ]
 
 Dedupe = Literal["off", "reuse", "reject"]
-
-DIGESTS_AHEAD: Final = 8
-"""Files of one batch whose sha256 may still be being computed while the next is received: it
-bounds what their digests keep alive (the last block of each, at most 1 MiB)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -180,32 +174,25 @@ async def _ingest(
     atomic: bool,
     owner: str | None,
 ) -> list[StoredFile | RefusedFile]:
-    receiving: list[_Hashing | RefusedFile] = []
-    hashing: deque[asyncio.Future[str]] = deque()  # digests not known yet, oldest first
+    received: list[ReceivedFile | RefusedFile] = []
     left_out: list[int] = []  # slots received in part (then refused): never published
     async with BatchScope(storage.batch()) as batch:
         async for incoming in files:
-            index = len(receiving)
+            index = len(received)
             slots = batch.files
             try:
                 policy.limits.check_file_count(index + 1)
-                file = await _receive_file(incoming, batch, policy)
+                received.append(await ingest_file(incoming, batch, policy))
             except ClustrError as error:
                 error.about(incoming.filename, index)
                 if atomic or not error.per_file:
                     raise
-                receiving.append(RefusedFile(incoming.filename, error))
+                received.append(RefusedFile(incoming.filename, error))
                 left_out.extend(range(slots, batch.files))
-                continue
-            receiving.append(file)
-            hashing.append(file.digest)
-            while hashing and (hashing[0].done() or len(hashing) > DIGESTS_AHEAD):
-                await hashing.popleft()
-        if not receiving:
+        if not received:
             raise NoFilesUploaded(
                 f"no files were uploaded: send them as multipart parts named {policy.field_name!r}"
             )
-        received = [await r.received() if isinstance(r, _Hashing) else r for r in receiving]
         outcomes = await _deduplicate(received, policy.dedupe, catalog, atomic=atomic, owner=owner)
         # Duplicates (reused or refused) were received into the batch too: leave them out.
         kept = {o.slot for o in outcomes if isinstance(o, ReceivedFile)}
@@ -387,31 +374,6 @@ async def ingest_file(file: IncomingFile, batch: BatchScope, policy: IngestPolic
     image's structure, pixel count and metadata as its bytes pass
     (:mod:`clustr_aio.images.structure`: one pass, no decode). The sha256 is that of the bytes
     as sent, computed as they pass (:mod:`.hashing`); what is written is the filtered image."""
-    return await (await _receive_file(file, batch, policy)).received()
-
-
-@dataclass(frozen=True, slots=True)
-class _Hashing:
-    """A file received into the batch and checked, whose sha256 may still be being computed:
-    a batch receives its next file meanwhile (the hashing on another core), and waits for the
-    digests once every file is in."""
-
-    original_filename: str
-    file_size: int
-    content_type: str
-    slot: int
-    image: ImageInfo | None
-    digest: asyncio.Future[str]
-
-    async def received(self) -> ReceivedFile:
-        sha256 = await self.digest
-        return ReceivedFile(
-            self.original_filename, self.file_size, self.content_type, sha256, self.slot, self.image
-        )
-
-
-async def _receive_file(file: IncomingFile, batch: BatchScope, policy: IngestPolicy) -> _Hashing:
-    """:func:`ingest_file`, but the digest is not waited for."""
     filename = file.filename
     extension = allowed_extension(filename, policy.allowed_extensions)  # a nameless file fails
     head_chunks = await _read_head(file.chunks)
@@ -448,18 +410,18 @@ async def _receive_file(file: IncomingFile, batch: BatchScope, policy: IngestPol
                 assert isinstance(writer, HeadPatching)  # made one above
                 for offset, data in check.patches:
                     writer.patch(offset, data)
-        digest = hasher.digest()
+        sha256 = await hasher.hexdigest()
     except ClustrError as error:
         if error.per_file:  # the batch goes on: close the file, to be withdrawn once published
             with contextlib.suppress(Exception):
                 await writer.close()
         raise
     finally:
-        hasher.release()  # what it held counts no more (nothing, once the digest is asked)
+        hasher.release()  # after the digest, nothing; else what it held counts no more
     await writer.close()
     if check is None:
-        return _Hashing(filename, size, content_type, slot, None, digest)
-    return _Hashing(filename, check.written, content_type, slot, check.info, digest)
+        return ReceivedFile(filename, size, content_type, sha256, slot)
+    return ReceivedFile(filename, check.written, content_type, sha256, slot, check.info)
 
 
 async def _write(writer: FileWriter, pieces: Sequence[Buffer]) -> None:

@@ -80,16 +80,3 @@ async def test_hashers_together_hold_at_most_their_budget(monkeypatch: pytest.Mo
     for hasher in hashers:
         hasher.release()
     assert StreamHasher.held == 0
-
-
-async def test_the_digest_is_asked_for_without_waiting_for_it() -> None:
-    """digest() hands the rest over at once (it stops counting toward the budget) and answers
-    a future, done once a thread has hashed it."""
-    data = os.urandom(hashing.INLINE_BYTES * 3)
-    hasher = StreamHasher()
-    await hasher.update(data)
-    assert StreamHasher.held == len(data)
-    digest = hasher.digest()
-    assert StreamHasher.held == 0
-    assert not digest.done()
-    assert await digest == hashlib.sha256(data).hexdigest()
