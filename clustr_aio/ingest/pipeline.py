@@ -412,7 +412,7 @@ async def ingest_file(file: IncomingFile, batch: BatchScope, policy: IngestPolic
                     writer.patch(offset, data)
         sha256 = await hasher.hexdigest()
     except ClustrError as error:
-        if error.per_file:  # the batch goes on: close the file, to be withdrawn once published
+        if error.per_file:  # the batch goes on: close the file, which it leaves out
             with contextlib.suppress(Exception):
                 await writer.close()
         raise
