@@ -21,7 +21,15 @@ import pytest
 from clustr_aio.catalog.factory import SQLITE_FILE
 from clustr_aio.storage import local
 from clustr_aio.web.app import create_app
-from tests.conftest import JPEG, AiohttpClient, Client, assert_nothing_stored, make_settings
+from tests.conftest import (
+    JPEG,
+    AiohttpClient,
+    Client,
+    assert_nothing_stored,
+    make_settings,
+    stored_files,
+    temp_files,
+)
 from tests.http.helpers import (
     expect_error,
     files_body,
@@ -130,6 +138,37 @@ async def test_min_free_space_stops_a_streamed_upload_before_the_disk_is_full(
         assert_nothing_stored(folder)
         # An upload that leaves the reserve free is still welcome.
         await upload_ok(client, ("a.jpg", jpeg_of(MiB)))
+        await client.close()
+
+
+async def test_min_free_space_holds_when_the_disk_fills_after_a_free_space_reading(
+    aiohttp_client: AiohttpClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check before the body may answer from a recent free-space reading, on the loop; the
+    reserve itself is checked for real before the publish. A disk that someone else filled
+    since the reading gets the upload refused all the same (after its body), nothing of it
+    kept; once the reading is too old, the check before the body refuses it."""
+    monkeypatch.setattr(local, "_SPACE_READING_SECONDS", 3600.0)  # however slow the machine
+    with tmpfs(tmp_path / "small", "4m") as folder:
+        client = await serve(aiohttp_client, folder, min_free_space=MiB)
+        await upload_ok(client, ("a.jpg", JPEG))  # its publish took a reading: room
+        filler = folder / ".filler"  # a dot-name: never served, never taken for an upload
+        filler.write_bytes(bytes(free_bytes(folder) - MiB // 2))  # half the reserve is left
+        body = files_body(("b.jpg", JPEG))
+        response = await client.post("/api/upload", data=body, headers=multipart_headers())
+        assert await expect_error(response, 507) == RESERVE_REACHED  # the publish's own check
+        assert stored_files(folder) == ["a.jpg"]
+        assert temp_files(folder) == []
+
+        monkeypatch.setattr(local, "_SPACE_READING_SECONDS", 0.0)  # every reading is too old
+        response = await client.post("/api/upload", data=body, headers=multipart_headers())
+        detail = await expect_error(response, 507)  # refused before the body
+        assert detail.startswith(f"not enough storage space left for an upload of {len(body)} ")
+        filler.unlink()
+        await upload_ok(client, ("c.jpg", JPEG))
+        assert stored_files(folder) == ["a.jpg", "c.jpg"]
         await client.close()
 
 

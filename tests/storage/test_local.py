@@ -579,6 +579,23 @@ async def test_a_one_file_batch_has_no_journal_and_is_sealed_by_its_temporary_fi
     assert temp_files(upload_dir) == []
 
 
+# --------------------------------------------------------------------------- free space
+
+
+async def test_a_recent_free_space_reading_answers_and_one_that_leaves_no_room_is_checked_again(
+    upload_dir: Path,
+) -> None:
+    storage = LocalStorage(upload_dir, min_free_space=1)
+    await storage.open()
+    try:
+        free = await storage.free_space()  # a fresh reading
+        await storage.ensure_room(free // 2)  # answered from it
+        with pytest.raises(InsufficientStorage):
+            await storage.ensure_room(free * 2)  # it says no: the real figure says no too
+    finally:
+        await storage.close()
+
+
 # --------------------------------------------------------------------------- leaving out
 
 
