@@ -132,6 +132,8 @@ _COLUMNS: Final = (
 )
 _JOINED_COLUMNS: Final = ", ".join(f"f.{c}" for c in _COLUMNS.split(", "))
 _PLACEHOLDERS: Final = ", ".join("?" * 12)
+_LOOP_COMMITS_PER_CHECKPOINT: Final = 100
+"""A one-row commit adds a few pages to the WAL; SQLite's own autocheckpoint is 1,000 pages."""
 _UPSERT: Final = (
     f"INSERT INTO files ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) ON CONFLICT (stored_name) DO UPDATE "
     f"SET {', '.join(f'{c} = excluded.{c}' for c in _COLUMNS.split(', '))}"
@@ -303,6 +305,9 @@ class SqliteCatalog:
         self._read_connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._loop_reader: sqlite3.Connection | None = None
+        self._loop_writer: sqlite3.Connection | None = None
+        self._loop_commits = 0
+        self._checkpointing = False  # set on the loop, cleared by the writer thread
         self._key_changes: ChangeCounter | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -350,9 +355,10 @@ class SqliteCatalog:
             for connection in self._read_connections:
                 connection.close()
             self._read_connections.clear()
-        if self._loop_reader is not None:
-            self._loop_reader.close()
-            self._loop_reader = None
+        for on_loop in (self._loop_reader, self._loop_writer):
+            if on_loop is not None:
+                on_loop.close()
+        self._loop_reader = self._loop_writer = None
         if self._key_changes is not None:
             self._key_changes.close()
             self._key_changes = None
@@ -397,7 +403,54 @@ class SqliteCatalog:
     # -- Catalog ---------------------------------------------------------------------------
 
     async def add(self, records: Sequence[FileRecord]) -> None:
-        await self._write(self._transaction, _UPSERT, [_row(r) for r in records])
+        rows = [_row(r) for r in records]
+        if len(rows) == 1 and self._commit_on_loop(_UPSERT, rows):
+            return
+        await self._write(self._transaction, _UPSERT, rows)
+
+    def _commit_on_loop(self, statement: str, rows: Sequence[Sequence[object]]) -> bool:
+        """One record committed on the event loop's own thread, as :meth:`key_by_hash` reads:
+        the hop to the writer thread and back cost more CPU than the commit itself (one row
+        and its index entries written to the WAL, which ``synchronous = NORMAL`` does not
+        flush). Only when the write lock is free at once (``busy_timeout = 0``): if another
+        connection holds it (the writer thread, another worker), False, and the caller takes
+        the writer thread, which waits for it. This connection never checkpoints (that
+        flushes the files): after every :data:`_LOOP_COMMITS_PER_CHECKPOINT` of its commits,
+        the writer thread does, as its own commits would have, and until it is done the
+        commits queue behind it there, so that the WAL is restarted, not grown."""
+        if self._checkpointing:
+            return False
+        connection = self._loop_writer
+        if connection is None:
+            connection = _connect(self.path)
+            self._loop_writer = connection
+            connection.execute("PRAGMA busy_timeout = 0")
+            connection.execute("PRAGMA synchronous = NORMAL")  # per connection
+            connection.execute("PRAGMA wal_autocheckpoint = 0")
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:  # SQLITE_BUSY: someone else is writing
+            return False
+        try:
+            connection.executemany(statement, rows)
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        self._loop_commits += 1
+        if self._loop_commits % _LOOP_COMMITS_PER_CHECKPOINT == 0:
+            self._checkpointing = True
+            self._writer.submit(self._checkpoint_sync)
+        return True
+
+    def _checkpoint_sync(self) -> None:
+        connection = self._write_connection
+        try:
+            if connection is not None:
+                with contextlib.suppress(sqlite3.Error):  # busy: the next one will
+                    connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+        finally:
+            self._checkpointing = False
 
     async def add_unique(
         self, records: Sequence[FileRecord], *, all_or_none: bool, owner: str | None = None
