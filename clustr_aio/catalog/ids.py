@@ -26,6 +26,7 @@ _last = [0, 0]  # the last (milliseconds, counter) handed out by this process
 
 def new_id(at_ms: int | None = None) -> str:
     """A new id; ``at_ms`` (Unix milliseconds) dates it, for a file found on disk, say."""
+    randomness = int.from_bytes(os.urandom(10))  # one getrandom call for both random fields
     with _lock:
         ms = time.time_ns() // 1_000_000 if at_ms is None else at_ms
         if at_ms is None and ms <= _last[0]:
@@ -33,10 +34,10 @@ def new_id(at_ms: int | None = None) -> str:
             if counter > 0xFFF:  # 4096 ids in one millisecond: borrow the next one
                 ms, counter = ms + 1, 0
         else:
-            counter = int.from_bytes(os.urandom(2)) & 0x3FF  # leaves room to count up
+            counter = (randomness >> 64) & 0x3FF  # leaves room to count up
         if at_ms is None:
             _last[0], _last[1] = ms, counter
-    rand_b = int.from_bytes(os.urandom(8)) & ((1 << 62) - 1)
+    rand_b = randomness & ((1 << 62) - 1)
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b
     text = f"{value:032x}"
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"

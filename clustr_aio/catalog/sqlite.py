@@ -416,8 +416,10 @@ class SqliteCatalog:
         connection holds it (the writer thread, another worker), False, and the caller takes
         the writer thread, which waits for it. This connection never checkpoints (that
         flushes the files): after every :data:`_LOOP_COMMITS_PER_CHECKPOINT` of its commits,
-        the writer thread does, as its own commits would have, and until it is done the
-        commits queue behind it there, so that the WAL is restarted, not grown."""
+        the writer thread runs a passive one (it waits for no reader, as SQLite's own
+        autocheckpoint), and until it is done the commits queue behind it there, so that it
+        can copy every frame and the WAL is restarted, not grown. (A RESTART checkpoint waits
+        for readers: a long read in any process would have held every commit.)"""
         if self._checkpointing:
             return False
         connection = self._loop_writer
@@ -447,8 +449,8 @@ class SqliteCatalog:
         connection = self._write_connection
         try:
             if connection is not None:
-                with contextlib.suppress(sqlite3.Error):  # busy: the next one will
-                    connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                with contextlib.suppress(sqlite3.Error):  # else the next one does
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         finally:
             self._checkpointing = False
 

@@ -368,7 +368,7 @@ async def test_sqlite_one_record_commits_on_the_loop_are_checkpointed(upload_dir
             await catalog.add([record(f"{n}.jpg")])
         await catalog.stored_names()  # a read after the last checkpoint was asked for
         await asyncio.sleep(0.1)
-        wal = Path(f"{path}-wal").stat().st_size
+        wal = await asyncio.to_thread(os.path.getsize, f"{path}-wal")
         assert catalog._loop_commits > 900  # those during a checkpoint took the writer thread
         assert len(await catalog.stored_names()) == 1000
     finally:
