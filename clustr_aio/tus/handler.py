@@ -65,11 +65,14 @@ from clustr_aio.storage.base import Buffer, Storage
 from clustr_aio.storage.resumable import HeldUpload, ResumableStore, UploadInfo
 from clustr_aio.tus.headers import (
     CHECKSUM_ALGORITHMS,
+    CHECKSUM_TRAILER,
     EXTENSIONS,
     OFFSET_OCTET_STREAM,
     PARTIAL_UPLOAD,
     TUS_VERSION,
     Checksum,
+    EveryDigest,
+    announces_checksum_trailer,
     check_version,
     encode_metadata,
     http_date,
@@ -109,6 +112,10 @@ class TusRequest:
     principal: Principal = OPEN
     """Who asks (AUTH=keys): an upload is its creator's owner's, found by that owner only (and
     admins); its bytes count toward the creating key's quota."""
+    trailers: Callable[[], Mapping[str, str] | None] | None = None
+    """The body's trailer fields (lower-case names), called once the body has ended: None when
+    they could not be read. None itself: the request announced none, its body is not chunked,
+    or its connection cannot read them."""
 
     @property
     def draft(self) -> bool:
@@ -162,12 +169,14 @@ class TusHandler:
 
     # -- OPTIONS ---------------------------------------------------------------------------
 
-    def options(self) -> TusAnswer:
+    def options(self, *, trailers: bool) -> TusAnswer:
+        """``trailers``: whether the connection reads trailers (``checksum-trailer``)."""
+        extensions = [e for e in EXTENSIONS if trailers or e != CHECKSUM_TRAILER]
         return TusAnswer(
             204,
             {
                 "Tus-Version": TUS_VERSION,
-                "Tus-Extension": ",".join(EXTENSIONS),
+                "Tus-Extension": ",".join(extensions),
                 "Tus-Max-Size": str(self.max_size),
                 "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS),
             },
@@ -368,6 +377,7 @@ class TusHandler:
                 raise OffsetMismatch("the upload is complete: nothing more can be appended")
             return TusAnswer(204, self._upload_headers(info, request))
         checksum = parse_checksum(request.headers.get("Upload-Checksum"))
+        trailed = self._trailed_checksum(request, checksum)
         completes = parse_complete(request.headers)
         room = (info.length if info.length is not None else self.max_size) - offset
         if request.content_length is not None and request.content_length > room:
@@ -383,7 +393,7 @@ class TusHandler:
             body = live.tee(body)
         published: list[StoredFile] = []
         try:
-            info = await self._append(held, info, body, checksum)
+            info = await self._append(held, info, body, checksum, trailed)
             if info.length is None and completes:
                 self._check_length(info.offset)
                 info = info.with_changes(length=info.offset)  # the draft: the length, at last
@@ -405,9 +415,13 @@ class TusHandler:
         info: UploadInfo,
         body: AsyncIterator[Buffer],
         checksum: Checksum | None,
+        trailed: Callable[[], Mapping[str, str] | None] | None,
     ) -> UploadInfo:
-        """The body appended, checked against its checksum; the upload's state after it."""
-        digest = checksum.digest() if checksum is not None else None
+        """The body appended, checked against its checksum (``trailed``: the trailer's, which
+        names its algorithm only after the bytes, so all are computed); the upload's state
+        after it."""
+        every = EveryDigest() if trailed is not None else None
+        digest = checksum.digest() if checksum is not None else every
         try:
             await held.append(body, digest=digest)
         except UnsupportedFile:  # not what its name says: the upload is refused whole
@@ -423,12 +437,48 @@ class TusHandler:
             # The client's connection broke, its body idled out, or the server is stopping:
             # keep what arrived (tus: store as much as possible), unless a checksum was to
             # vouch for the whole chunk.
-            if checksum is None and held.written:
+            if digest is None and held.written:
                 await held.commit(self._advanced(info, held.written))
             raise
-        if checksum is not None and digest is not None:
+        if every is not None and trailed is not None:
+            checksum = await self._trailer_checksum(held, trailed)
+            await self._verify(held, checksum, every.of(checksum.algorithm))
+        elif checksum is not None and digest is not None:
             await self._verify(held, checksum, digest.digest())
         return self._advanced(info, held.written)
+
+    def _trailed_checksum(
+        self, request: TusRequest, checksum: Checksum | None
+    ) -> Callable[[], Mapping[str, str] | None] | None:
+        """checksum-trailer: where the body's trailers will be, if ``Trailer`` announces an
+        ``Upload-Checksum``; refused (400, before any byte is kept) when it cannot come."""
+        if not announces_checksum_trailer(request.headers):
+            return None
+        if checksum is not None:
+            raise BadRequest("Upload-Checksum is sent either as a header or as a trailer")
+        if request.trailers is None:
+            raise BadRequest(
+                "Trailer: Upload-Checksum needs a chunked body (Transfer-Encoding: chunked)"
+                " on a connection that reads trailers"
+            )
+        return request.trailers
+
+    async def _trailer_checksum(
+        self, held: HeldUpload, trailers: Callable[[], Mapping[str, str] | None]
+    ) -> Checksum:
+        """The checksum the body's trailer section gave; 400 (the chunk discarded) when it is
+        missing, unreadable or unsupported."""
+        fields = trailers()
+        try:
+            if fields is None:
+                raise BadRequest("the body's trailer section could not be read")
+            checksum = parse_checksum(fields.get("upload-checksum"))
+            if checksum is None:
+                raise BadRequest("Trailer: Upload-Checksum was announced, but not sent")
+        except BadRequest as error:
+            await held.rollback()
+            raise BadRequest(f"{error.detail}; the chunk was discarded") from None
+        return checksum
 
     def _with_length(self, info: UploadInfo, headers: Mapping[str, str]) -> UploadInfo:
         """creation-defer-length: the first PATCH that knows the length says it, once."""
