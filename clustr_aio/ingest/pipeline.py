@@ -28,7 +28,15 @@ from clustr_aio.domain.sniff import SNIFF_BYTES, verify_content
 from clustr_aio.images.metadata import StripMode
 from clustr_aio.images.structure import ImageInfo, image_check
 from clustr_aio.ingest.hashing import StreamHasher
-from clustr_aio.storage.base import BatchScope, Buffer, FileWriter, HeadPatching, Storage
+from clustr_aio.ingest.in_place import InPlaceWriter
+from clustr_aio.storage.base import (
+    Adopting,
+    BatchScope,
+    Buffer,
+    FileWriter,
+    HeadPatching,
+    Storage,
+)
 
 __all__ = [
     "Dedupe",
@@ -69,6 +77,10 @@ class IncomingFile:
 
     filename: str
     chunks: AsyncIterator[Buffer]
+    source: str | None = None
+    """A local file that holds exactly these bytes once ``chunks`` has ended (a resumable
+    upload's data): a storage that can adopt it writes only what the checks change
+    (:mod:`.in_place`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,7 +398,13 @@ async def ingest_file(file: IncomingFile, batch: BatchScope, policy: IngestPolic
 
     slot = batch.files
     writer: FileWriter = batch.add_file(safe_name(filename))
-    if check is not None and not isinstance(writer, HeadPatching):
+    if (
+        file.source is not None
+        and isinstance(writer, Adopting)
+        and isinstance(writer, HeadPatching)
+    ):
+        writer = InPlaceWriter(writer, file.source, check)
+    elif check is not None and not isinstance(writer, HeadPatching):
         writer = _HeldUntilClose(writer)
     hasher = StreamHasher()
     size = 0

@@ -17,6 +17,11 @@ A commit is: the data file's bytes flushed (``fsync``, with FSYNC), then ``info.
 to a temporary file, flushed, renamed over the old one and the directory flushed. Bytes after
 the committed offset (a request killed midway, a chunk whose checksum failed) are cut off the
 next time the upload is held, so the file never holds what the offset does not vouch for.
+
+A finished upload's stored file may be its ``data`` itself, a second name of the same inode
+(:class:`~clustr_aio.storage.resumable.LocalData`: nothing written twice). So the store never
+cuts or empties a ``data`` that has another name: it puts a copy of what it keeps (the
+committed bytes, or nothing once the upload is published) in its place instead.
 """
 
 from __future__ import annotations
@@ -96,6 +101,9 @@ class LocalResumableStore:
             return None
         return await self._call(_read_info, directory)
 
+    def data_path(self, upload_id: str) -> str:
+        return str(self._dir(upload_id) / _DATA)
+
     def hold(self, upload_id: str) -> contextlib.AbstractAsyncContextManager[LocalHeldUpload]:
         return self._hold(upload_id)
 
@@ -123,7 +131,7 @@ class LocalResumableStore:
             if info is None:
                 raise NotFound("no upload has this id")
             if info.file_id is None and os.fstat(fd).st_size > info.offset:
-                os.ftruncate(fd, info.offset)  # bytes no commit vouched for
+                fd = _cut(directory, fd, info.offset)  # bytes no commit vouched for
             os.lseek(fd, info.offset, os.SEEK_SET)
         except BaseException:
             os.close(fd)
@@ -258,13 +266,16 @@ class LocalHeldUpload:
 
     def _rollback_sync(self) -> None:
         assert self._fd is not None
-        os.ftruncate(self._fd, self.info.offset)
+        self._fd = _cut(self._dir, self._fd, self.info.offset)
         os.lseek(self._fd, self.info.offset, os.SEEK_SET)
         self.written = 0
 
     async def release_data(self) -> None:
+        await self._store._call(self._release_data_sync)
+
+    def _release_data_sync(self) -> None:
         assert self._fd is not None
-        await self._store._call(os.ftruncate, self._fd, 0)
+        self._fd = _cut(self._dir, self._fd, 0)
 
     async def remove(self) -> None:
         await asyncio.shield(self._store._call(self._remove_sync))
@@ -282,6 +293,33 @@ class LocalHeldUpload:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)  # releases the flock
+
+
+def _cut(directory: Path, fd: int, size: int) -> int:
+    """``data`` (open as ``fd``, locked) cut to its first ``size`` bytes; the descriptor of the
+    ``data`` that is then in place. One that is also a stored file's (a second link) is left
+    as it is: a new file with those bytes, locked before anyone can open it, replaces it."""
+    if os.fstat(fd).st_nlink <= 1:
+        os.ftruncate(fd, size)
+        return fd
+    temporary = directory / f".{_DATA}.{os.getpid()}.{time.monotonic_ns()}"
+    new = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(new, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        done = 0
+        while done < size:
+            copied = os.copy_file_range(fd, new, size - done, done, done)
+            if not copied:
+                raise OSError(errno.EIO, f"{directory / _DATA} is shorter than {size} bytes")
+            done += copied
+        os.rename(temporary, directory / _DATA)
+    except BaseException:
+        os.close(new)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    os.close(fd)
+    return new
 
 
 def _read_info(directory: Path) -> UploadInfo | None:

@@ -140,6 +140,16 @@ class ResumableStore(Protocol):
 
 
 @runtime_checkable
+class LocalData(Protocol):
+    """Optional capability of a :class:`ResumableStore`: an upload's bytes are a regular file
+    on this machine, which a finished upload's stored file can be made of (adopted, see
+    :class:`~clustr_aio.storage.base.Adopting`) instead of being written again. The store
+    never changes the bytes of a data file that has another name (it copies what it keeps)."""
+
+    def data_path(self, upload_id: str) -> str: ...
+
+
+@runtime_checkable
 class Resumable(Protocol):
     """Optional storage capability: resumable uploads are kept beside the stored files."""
 

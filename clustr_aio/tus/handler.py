@@ -62,7 +62,7 @@ from clustr_aio.ingest.pipeline import (
     ingest_batch,
 )
 from clustr_aio.storage.base import Buffer, Storage
-from clustr_aio.storage.resumable import HeldUpload, ResumableStore, UploadInfo
+from clustr_aio.storage.resumable import HeldUpload, LocalData, ResumableStore, UploadInfo
 from clustr_aio.tus.headers import (
     CHECKSUM_ALGORITHMS,
     CHECKSUM_TRAILER,
@@ -555,7 +555,7 @@ class TusHandler:
             self._runs.pop(info.id, None)
             ingested = live.finish()
         else:
-            ingested = self._ingest(info, self.store.read(info.id, info.offset))
+            ingested = self._ingest(info, self.store.read(info.id, info.offset), whole=True)
         try:
             stored = await ingested
         except ClustrError as error:
@@ -583,11 +583,17 @@ class TusHandler:
         await self._release(info)  # its file is catalogued: it counts as such now
         return done
 
-    async def _ingest(self, info: UploadInfo, chunks: AsyncIterator[Buffer]) -> StoredFile:
-        """The upload's file through the pipeline, as its owner's (DEDUPE among theirs)."""
+    async def _ingest(
+        self, info: UploadInfo, chunks: AsyncIterator[Buffer], *, whole: bool
+    ) -> StoredFile:
+        """The upload's file through the pipeline, as its owner's (DEDUPE among theirs).
+        ``whole``: ``chunks`` are the upload's data file, all of it (a live run's are, once
+        they end), which the stored file is then made of where the checks leave it as it is."""
+        store = self.store
+        source = store.data_path(info.id) if whole and isinstance(store, LocalData) else None
 
         async def one_file() -> AsyncIterator[IncomingFile]:
-            yield IncomingFile(info.metadata["filename"], chunks)
+            yield IncomingFile(info.metadata["filename"], chunks, source)
 
         [stored] = await ingest_batch(
             one_file(), self._storage, self._policy, self._catalog, owner=info.owner
@@ -619,7 +625,7 @@ class TusHandler:
                     self._check_length(total)
                     info = info.with_changes(length=total)
                 try:
-                    stored = await self._ingest(info, self._concat(complete))
+                    stored = await self._ingest(info, self._concat(complete), whole=False)
                 except ClustrError as error:
                     if error.per_file:
                         await held.remove()
@@ -691,7 +697,7 @@ class TusHandler:
             await self._drop_live(info.id)
             live = None
         if live is None and start and info.offset == 0 and len(self._runs) < _LIVE_RUNS:
-            live = LiveIngest(functools.partial(self._ingest, info))
+            live = LiveIngest(functools.partial(self._ingest, info, whole=True))
             self._runs[info.id] = live
         return live
 
