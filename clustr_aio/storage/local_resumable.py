@@ -251,15 +251,17 @@ class LocalHeldUpload:
             for buffer in buffers:
                 digest.update(buffer)  # hashlib lets go of the GIL for large buffers
 
-    async def commit(self, info: UploadInfo) -> None:
-        await asyncio.shield(self._store._call(self._commit_sync, info))
+    async def commit(self, info: UploadInfo, *, release_data: bool = False) -> None:
+        await asyncio.shield(self._store._call(self._commit_sync, info, release_data))
 
-    def _commit_sync(self, info: UploadInfo) -> None:
+    def _commit_sync(self, info: UploadInfo, release_data: bool = False) -> None:
         assert self._fd is not None
         if self._store.fsync and self.written:
             os.fsync(self._fd)
         _write_info(self._dir, info, durable=self._store.fsync)
         self.info, self.written = info, 0
+        if release_data:
+            self._release_data_sync()
 
     async def rollback(self) -> None:
         await self._store._call(self._rollback_sync)

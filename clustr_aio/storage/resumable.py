@@ -93,8 +93,9 @@ class HeldUpload(Protocol):
         stream fails midway, what it delivered is written (and counted) before the error is
         raised again, so the caller may still commit it."""
 
-    async def commit(self, info: UploadInfo) -> None:
-        """Make the appended bytes, then ``info``, durable (the new offset among them)."""
+    async def commit(self, info: UploadInfo, *, release_data: bool = False) -> None:
+        """Make the appended bytes, then ``info``, durable (the new offset among them); with
+        ``release_data``, then :meth:`release_data` (in the same trip to the disk)."""
 
     async def rollback(self) -> None:
         """Forget the bytes appended since the last commit (a checksum that did not match)."""

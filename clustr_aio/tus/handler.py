@@ -498,6 +498,8 @@ class TusHandler:
         """What was received of the file's first bytes, while they are still to check."""
         if info.partial or info.offset >= SNIFF_BYTES:
             return None
+        if info.offset == 0:
+            return b""  # nothing received yet: no trip to the store
         return await self.store.head(info.id, info.offset)
 
     def _checked(
@@ -578,8 +580,7 @@ class TusHandler:
             file_id=stored.id,
             expires_at=self._clock() + self.expiry,
         )
-        await held.commit(done)
-        await held.release_data()
+        await held.commit(done, release_data=True)  # its bytes are the stored file's now
         await self._release(info)  # its file is catalogued: it counts as such now
         return done
 
