@@ -713,18 +713,22 @@ def _create(path: Path) -> int:
 
 
 def _copy_start(source: str, fd: int, length: int) -> None:
-    """``source``'s first ``length`` bytes to the start of ``fd`` (copy_file_range: in the
-    kernel, without passing through this process)."""
     src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        done = 0
-        while done < length:
-            copied = os.copy_file_range(src, fd, length - done, done, done)
-            if not copied:
-                raise OSError(errno.EIO, f"{source} is shorter than {length} bytes")
-            done += copied
+        copy_start(src, fd, length)
     finally:
         os.close(src)
+
+
+def copy_start(source: int, target: int, length: int) -> None:
+    """The first ``length`` bytes of ``source`` to the start of ``target`` (copy_file_range:
+    in the kernel, without passing through this process); file positions are not moved."""
+    done = 0
+    while done < length:
+        copied = os.copy_file_range(source, target, length - done, done, done)
+        if not copied:
+            raise OSError(errno.EIO, f"the file is shorter than {length} bytes")
+        done += copied
 
 
 def write_all(fd: int, buffers: Sequence[Buffer]) -> None:

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 from clustr_aio.domain.errors import InsufficientStorage, NotFound, UploadLocked
 from clustr_aio.storage.base import Buffer
 from clustr_aio.storage.journal import fsync_directory
-from clustr_aio.storage.local import write_all
+from clustr_aio.storage.local import copy_start, write_all
 from clustr_aio.storage.resumable import Digest, UploadInfo
 
 __all__ = ["TUS_DIR", "LocalResumableStore"]
@@ -308,12 +308,7 @@ def _cut(directory: Path, fd: int, size: int) -> int:
     new = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(new, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        done = 0
-        while done < size:
-            copied = os.copy_file_range(fd, new, size - done, done, done)
-            if not copied:
-                raise OSError(errno.EIO, f"{directory / _DATA} is shorter than {size} bytes")
-            done += copied
+        copy_start(fd, new, size)
         os.rename(temporary, directory / _DATA)
     except BaseException:
         os.close(new)
