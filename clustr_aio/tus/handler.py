@@ -338,7 +338,9 @@ class TusHandler:
         return headers
 
     async def _live(self, upload_id: str, principal: Principal) -> UploadInfo:
-        info = await self.store.get(upload_id)
+        return self._visible(await self.store.get(upload_id), principal)
+
+    def _visible(self, info: UploadInfo | None, principal: Principal) -> UploadInfo:
         if info is None or not _sees(principal, info):
             raise NotFound("no upload has this id")
         if info.expires_at <= self._clock():
@@ -355,10 +357,18 @@ class TusHandler:
         offset = parse_size(headers, "Upload-Offset")
         if offset is None:
             raise BadRequest("Upload-Offset is required")
-        info = await self._live(upload_id, request.principal)
-        if info.final:
-            raise FinalUploadPatched("a final upload's bytes are its parts': PATCH those")
-        async with self.store.hold(upload_id) as held:
+        # The lock first, and the state read under it (one trip to the store, not two); only
+        # a locked upload is looked up beside it, so that another owner's is still a 404.
+        holding = self.store.hold(upload_id)
+        try:
+            held = await holding.__aenter__()
+        except UploadLocked:
+            await self._live(upload_id, request.principal)
+            raise
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_exit(holding)
+            if self._visible(held.info, request.principal).final:
+                raise FinalUploadPatched("a final upload's bytes are its parts': PATCH those")
             answer = await self._receive(held, request, offset)
         if held.info.partial and held.info.received_all:
             await self._finish_finals_of(upload_id, answer.published)  # concatenation-unfinished
