@@ -1,123 +1,244 @@
-"""sha256 of a file as its chunks arrive, computed off the event loop.
+"""sha256 of a file as its chunks arrive, computed on another core while the loop receives.
 
-``hashlib`` releases the GIL while it hashes more than 2 KiB, so a thread hashes one block
-(about 1 MiB of chunks) while the loop receives the next: the digest is ready about when the
-last byte is. A block is handed over whole (one thread hop per MiB, not per chunk), and one
-block per file is in flight, which bounds the memory the hashing keeps alive. What is left
-below :data:`INLINE_BYTES` at the end is hashed on the loop: 64 KiB take ~40 µs, less than the
-hop to a thread and back. The chunks are ``bytes`` or views of ``bytes``, never reused, so the
-thread may read them while the storage writes them.
+One thread per process hashes (``hashlib`` releases the GIL while it hashes more than 2 KiB),
+fed by a queue: :meth:`StreamHasher.update` hands a chunk of :data:`HAND_BYTES` or more over as
+it is (smaller ones gathered until they are that much), with no await and no round trip to
+the loop: putting it on the queue is all the loop does. The thread takes the pieces in order,
+so each digest sees its file's bytes in order, and it never wakes the loop for a piece: only a
+barrier (:func:`all_hashed`), which says that everything handed over before it is hashed. A
+batch of files asks for it once, after its last file, so it never waits for a digest while
+there are files to receive (500 photos of 500 KB: no round trip per file, and all but the last
+one's hashing done while the next parts arrived). :meth:`StreamHasher.hexdigest` is the
+digest of one file at once: on the loop when less than :data:`INLINE_BYTES` of it is left and
+the thread holds none of it (64 KiB take ~40 µs, less than the hop to a thread and back), else
+after a barrier. The chunks are ``bytes`` or views of ``bytes``, never reused, so the thread
+may read them while the storage writes them.
 
-What the hashers of a process hold is bounded, as the storage bounds what waits for the disk:
-a block that does not fill within :data:`IDLE_SECONDS` of its first chunk (a stalled upload)
-is handed over as it is, and while all of them together hold more than :data:`BUDGET_BYTES`
-(a crowd) every chunk is hashed at once, on the loop. Otherwise the hashers alone would keep
-up to a megabyte of every stalled or crowded upload's chunks alive, long after the storage
-wrote them out (300 stalled uploads: 296 MiB of RSS instead of about 120).
+What the hashers of a process keep alive is bounded, as the storage bounds what waits for the
+disk. Every byte counts from the moment it is given to :meth:`~StreamHasher.update` until it is
+hashed; while all of them together are over :data:`BUDGET_BYTES` (a crowd, or a thread that
+cannot keep up), the upload that is given a chunk pays for it: it hashes what it holds at once
+on the loop when the thread holds nothing of it, else it hands it over and waits for a
+barrier. Gathered small chunks of a file whose bytes stop coming are handed over after
+:data:`IDLE_SECONDS` (otherwise 300 stalled uploads would keep up to 64 KiB of reads each
+alive, long after the storage wrote them out).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
+import os
+import queue
+import threading
+from dataclasses import dataclass
 from typing import ClassVar, Final
 
 from clustr_aio.storage.base import Buffer
 
-__all__ = ["BLOCK_BYTES", "BUDGET_BYTES", "IDLE_SECONDS", "INLINE_BYTES", "StreamHasher"]
+__all__ = [
+    "BUDGET_BYTES",
+    "HAND_BYTES",
+    "IDLE_SECONDS",
+    "INLINE_BYTES",
+    "StreamHasher",
+    "all_hashed",
+    "unhashed_bytes",
+]
 
-BLOCK_BYTES: Final = 1024 * 1024
+HAND_BYTES: Final = 64 * 1024
 INLINE_BYTES: Final = 64 * 1024
 IDLE_SECONDS: Final = 0.25
 BUDGET_BYTES: Final = 8 * 1024 * 1024
 
 
-@functools.cache
-def _pool() -> ThreadPoolExecutor:
-    """Made on first use (in the worker that hashes, never at import nor before a fork)."""
-    return ThreadPoolExecutor(4, thread_name_prefix="clustr-hash")
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # the waiter may have been cancelled
+        future.set_result(None)
 
 
-def _update(digest: hashlib._Hash, blocks: list[Buffer]) -> None:
-    for block in blocks:
-        digest.update(block)
+@dataclass(frozen=True, slots=True)
+class _Barrier:
+    future: asyncio.Future[None]
+    loop: asyncio.AbstractEventLoop
+
+
+class _HashThread:
+    """The process's hashing thread and its queue. Its items are ``(hasher, pieces, size)``
+    (hash the pieces into that hasher's digest) or a barrier (resolve its future).
+
+    Two counters per side, each written by one thread only (read by the other without a
+    lock): the loop counts the bytes and items it put, the thread those it hashed."""
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[tuple[StreamHasher, list[Buffer], int] | _Barrier] = (
+            queue.SimpleQueue()
+        )
+        self.put_bytes = 0
+        self.put_items = 0
+        self.hashed_bytes = 0
+        self.hashed_items = 0
+        threading.Thread(target=self._run, name="clustr-hash", daemon=True).start()
+
+    def hand_over(self, hasher: StreamHasher, pieces: list[Buffer], size: int) -> int:
+        """Queue ``pieces`` for ``hasher``; returns the item's number (see ``hashed_items``)."""
+        self.put_bytes += size
+        self.put_items += 1
+        self.queue.put((hasher, pieces, size))
+        return self.put_items
+
+    async def barrier(self) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self.queue.put(_Barrier(future, loop))
+        await future
+
+    def _run(self) -> None:
+        get = self.queue.get
+        while True:
+            item = get()
+            if isinstance(item, _Barrier):
+                with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+                    item.loop.call_soon_threadsafe(_resolve, item.future)
+                continue
+            hasher, pieces, size = item
+            del item
+            _hash_into(hasher, pieces)
+            del pieces  # let go of before they stop counting
+            self.hashed_bytes += size
+            self.hashed_items += 1
+
+
+def _hash_into(hasher: StreamHasher, pieces: list[Buffer]) -> None:
+    """(A function of its own: no piece stays referenced by a loop variable once hashed.)"""
+    try:
+        update = hasher.digest.update
+        for piece in pieces:
+            update(piece)
+    except BaseException as error:
+        hasher.failure = error  # raised by the digest, to whoever asks for it
+
+
+_thread: _HashThread | None = None
+
+
+def _forget_thread() -> None:
+    global _thread
+    _thread = None
+
+
+os.register_at_fork(after_in_child=_forget_thread)  # threads do not survive a fork
+
+
+def _hash_thread() -> _HashThread:
+    """Made on first use, in the process that hashes."""
+    global _thread
+    if _thread is None:
+        _thread = _HashThread()
+    return _thread
+
+
+def unhashed_bytes() -> int:
+    """Bytes given to this process's hashers and not hashed yet."""
+    thread = _thread
+    queued = thread.put_bytes - thread.hashed_bytes if thread is not None else 0
+    return StreamHasher.gathered + queued
+
+
+async def all_hashed() -> None:
+    """Wait until every chunk handed over so far (by any hasher of this process, including
+    those :meth:`StreamHasher.finish` handed over) is hashed."""
+    thread = _thread
+    if thread is not None and thread.hashed_items < thread.put_items:
+        await thread.barrier()
 
 
 class StreamHasher:
     """The sha256 of one file's chunks. Call :meth:`release` when the file is abandoned."""
 
-    held: ClassVar[int] = 0
-    """Bytes not yet handed to a thread, by every hasher of the process (one event loop)."""
+    gathered: ClassVar[int] = 0
+    """Bytes gathered by every hasher of the process (one event loop), not yet handed over."""
 
-    __slots__ = ("_digest", "_idle_timer", "_in_flight", "_pending", "_pending_bytes")
+    __slots__ = ("_gathered", "_gathered_bytes", "_idle_timer", "_last_item", "digest", "failure")
 
     def __init__(self) -> None:
-        self._digest = hashlib.sha256()
-        self._pending: list[Buffer] = []
-        self._pending_bytes = 0
-        self._in_flight: asyncio.Future[None] | None = None
+        self.digest = hashlib.sha256()
+        self.failure: BaseException | None = None
+        """Set by the hashing thread if it could not hash a piece (raised by the digest)."""
+        self._gathered: list[Buffer] = []
+        self._gathered_bytes = 0
+        self._last_item = 0  # the number of the last item handed over (0: none)
         self._idle_timer: asyncio.TimerHandle | None = None
 
     async def update(self, chunk: Buffer) -> None:
-        self._pending.append(chunk)
-        self._pending_bytes += len(chunk)
-        StreamHasher.held += len(chunk)
-        if StreamHasher.held > BUDGET_BYTES:
-            # A crowd: hash right here, so that no chunk waits in a thread's queue either.
-            while self._in_flight is not None and not self._in_flight.done():
-                await self._in_flight
-            _update(self._digest, self._take())
-        elif self._pending_bytes >= BLOCK_BYTES:
-            await self._submit()
+        """Hand ``chunk`` over (or gather it): waits only when the process is over budget."""
+        self._gathered.append(chunk)
+        self._gathered_bytes += len(chunk)
+        StreamHasher.gathered += len(chunk)
+        if self._gathered_bytes >= HAND_BYTES:
+            self._hand_over()
         elif self._idle_timer is None:
             loop = asyncio.get_running_loop()
-            self._idle_timer = loop.call_later(IDLE_SECONDS, self._hand_over_idle)
+            self._idle_timer = loop.call_later(IDLE_SECONDS, self._hand_over)
+        if unhashed_bytes() > BUDGET_BYTES:
+            await self._pay_for_crowd()
 
-    def _hand_over_idle(self) -> None:
-        """Timer: the block has waited long enough; hash what there is, unless a block is
-        still being hashed (then the next update or the digest hands it over)."""
-        self._idle_timer = None
-        if self._pending and (self._in_flight is None or self._in_flight.done()):
-            self._start()
+    async def _pay_for_crowd(self) -> None:
+        if self._in_thread():
+            self._hand_over()
+            await _hash_thread().barrier()
+        else:  # nothing of this file in the queue: its bytes can be hashed here, in order
+            self._hash_here()
 
-    async def _submit(self) -> None:
-        # A loop: while this waits, the idle timer may hand over another block (blocks must
-        # be hashed one after the other, in order).
-        while self._in_flight is not None and not self._in_flight.done():
-            await self._in_flight
-        self._start()
-
-    def _start(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-        blocks = self._take()
-        loop = asyncio.get_running_loop()
-        self._in_flight = loop.run_in_executor(_pool(), _update, self._digest, blocks)
+    def finish(self) -> None:
+        """Hand over what is left: the digest is :meth:`result` once :func:`all_hashed` has
+        returned. No chunk may be given after this."""
+        self._hand_over()
 
     async def hexdigest(self) -> str:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-        if self._pending_bytes >= INLINE_BYTES:
-            await self._submit()
-        if self._in_flight is not None:
-            await self._in_flight
-            self._in_flight = None
-        _update(self._digest, self._take())
-        return self._digest.hexdigest()
+        """The digest of every chunk given, now (no chunk may be given after this)."""
+        if not self._in_thread() and self._gathered_bytes < INLINE_BYTES:
+            self._hash_here()
+        else:
+            self._hand_over()
+            await _hash_thread().barrier()
+        return self.result()
+
+    def result(self) -> str:
+        """The hex digest, once every chunk given is hashed (after :meth:`finish` and
+        :func:`all_hashed`, or :meth:`hexdigest`)."""
+        assert not self._gathered, "finish() first"
+        assert not self._in_thread(), "all_hashed() first"
+        if self.failure is not None:
+            raise self.failure
+        return self.digest.hexdigest()
 
     def release(self) -> None:
-        """Forget what was not hashed yet (the file was refused, or its client went away)."""
+        """Forget what was not handed over (the file was refused, or its client went away);
+        what was is hashed and dropped by the thread."""
+        self._take()
+
+    def _in_thread(self) -> bool:
+        """Whether the hashing thread holds pieces of this file that it has not hashed."""
+        return self._last_item > 0 and _hash_thread().hashed_items < self._last_item
+
+    def _hand_over(self) -> None:
+        size = self._gathered_bytes
+        pieces = self._take()
+        if size:
+            self._last_item = _hash_thread().hand_over(self, pieces, size)
+
+    def _hash_here(self) -> None:
+        update = self.digest.update
+        for piece in self._take():
+            update(piece)
+
+    def _take(self) -> list[Buffer]:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
-        self._take()
-
-    def _take(self) -> list[Buffer]:
-        blocks, self._pending = self._pending, []
-        StreamHasher.held -= self._pending_bytes
-        self._pending_bytes = 0
-        return blocks
+        pieces, self._gathered = self._gathered, []
+        StreamHasher.gathered -= self._gathered_bytes
+        self._gathered_bytes = 0
+        return pieces
