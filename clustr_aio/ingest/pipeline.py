@@ -448,7 +448,7 @@ async def _receive_file(file: IncomingFile, batch: BatchScope, policy: IngestPol
                 await writer.close()
         raise
     finally:
-        hasher.release()  # after finish(), nothing; else what it held counts no more
+        hasher.release()  # after finish(), nothing; else the thread skips what is left of it
     await writer.close()
     if check is None:
         return _Hashing(filename, size, content_type, slot, None, hasher)

@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 from clustr_aio.ingest import hashing
-from clustr_aio.ingest.hashing import HAND_BYTES, StreamHasher, all_hashed, unhashed_bytes
+from clustr_aio.ingest.hashing import BATCH_BYTES, StreamHasher, all_hashed, unhashed_bytes
 from clustr_aio.storage.base import Buffer
+
+KIB = 1024
 
 
 class Watched:
@@ -55,14 +57,14 @@ def done_at_once(step: Coroutine[Any, Any, None]) -> bool:
     return False
 
 
-@pytest.mark.parametrize("chunk", [1, 1000, HAND_BYTES - 1, HAND_BYTES, (1 << 20) + 1])
-@pytest.mark.parametrize("size", [0, 5, HAND_BYTES - 1, 2 * HAND_BYTES + 1, 3 * (1 << 20) + 17])
+@pytest.mark.parametrize("chunk", [1, 1000, 64 * KIB, BATCH_BYTES - 1, BATCH_BYTES + 1])
+@pytest.mark.parametrize("size", [0, 5, 64 * KIB + 1, 3 * BATCH_BYTES + 17])
 @pytest.mark.parametrize("ask", ["hexdigest", "finish"])
 async def test_the_digest_is_hashlibs_however_the_bytes_are_cut(
     chunk: int, size: int, ask: str
 ) -> None:
-    if chunk == 1 and size > HAND_BYTES * 2:
-        size = HAND_BYTES * 2 + 1  # a million awaits would take seconds and tell nothing more
+    if chunk == 1 and size > BATCH_BYTES:
+        size = 64 * KIB + 1  # a million awaits would take seconds and tell nothing more
     data = os.urandom(size)
     hasher = StreamHasher()
     for at in range(0, size, chunk):
@@ -80,7 +82,7 @@ async def test_many_files_at_once_each_get_their_own_bytes_in_order() -> None:
     hashers = [StreamHasher() for _ in sent]
     for _ in range(6):
         for n, hasher in enumerate(hashers):
-            chunk = os.urandom(HAND_BYTES // 2 + 4096 * n)
+            chunk = os.urandom(100 * KIB + 4096 * n)
             sent[n] += chunk
             await hasher.update(chunk)
     for hasher in hashers:
@@ -89,43 +91,38 @@ async def test_many_files_at_once_each_get_their_own_bytes_in_order() -> None:
     assert [h.result() for h in hashers] == [hashlib.sha256(s).hexdigest() for s in sent]
 
 
-async def test_chunks_are_hashed_off_the_loop_as_they_come_without_waiting() -> None:
-    """A chunk of HAND_BYTES is handed to the hashing thread by update(), which returns
-    without waiting for anything; smaller ones are gathered to that much first."""
-    hasher = StreamHasher()
-    digest = watched(hasher)
-    for _ in range(4):
-        assert done_at_once(hasher.update(bytes(HAND_BYTES)))
-    assert done_at_once(hasher.update(bytes(HAND_BYTES // 2)))
-    assert StreamHasher.gathered == HAND_BYTES // 2
-    assert done_at_once(hasher.update(bytes(HAND_BYTES // 2)))
-    assert StreamHasher.gathered == 0
+async def test_chunks_are_hashed_off_the_loop_a_megabyte_at_a_time_without_waiting() -> None:
+    """update() adds a chunk to the open batch and returns without waiting for anything;
+    the batch goes to the hashing thread once it holds BATCH_BYTES, whoever's chunks they
+    are, and the rest when the digests are asked for."""
+    hashers = [StreamHasher() for _ in range(3)]
+    digests = [watched(h) for h in hashers]
+    chunk = bytes(BATCH_BYTES // 4)
+    for n in range(5):
+        assert done_at_once(hashers[n % 3].update(chunk))
+    for _ in range(100):
+        if unhashed_bytes() == len(chunk):  # the first four sent at once, the fifth waits
+            break
+        await asyncio.sleep(0.01)
+    assert unhashed_bytes() == len(chunk)
+    assert [len(d.threads) for d in digests] == [2, 1, 1]
+    for hasher in hashers:
+        hasher.finish()
     await all_hashed()
-    assert digest.threads == ["clustr-hash"] * 6
-    assert hasher.result() == hashlib.sha256(bytes(5 * HAND_BYTES)).hexdigest()
+    assert unhashed_bytes() == 0
+    assert [d.threads for d in digests] == [["clustr-hash"] * 2] * 2 + [["clustr-hash"]]
+    assert hashers[1].result() == hashlib.sha256(chunk * 2).hexdigest()
 
 
-async def test_a_small_rest_is_hashed_on_the_loop_when_the_thread_holds_none_of_it() -> None:
-    hasher = StreamHasher()
-    digest = watched(hasher)
-    await hasher.update(bytes(HAND_BYTES))
-    await all_hashed()
-    await hasher.update(b"tail")
-    assert await hasher.hexdigest() == hashlib.sha256(bytes(HAND_BYTES) + b"tail").hexdigest()
-    assert digest.threads == ["clustr-hash", threading.current_thread().name]
-
-
-async def test_a_stalled_files_gathered_chunks_are_let_go_of(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A file whose bytes stop coming does not keep its gathered chunks in memory: after
-    IDLE_SECONDS they are hashed and dropped, and the digest is still right."""
+async def test_a_stalled_files_chunks_are_let_go_of(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file whose bytes stop coming does not keep its chunks in memory: after IDLE_SECONDS
+    the open batch is hashed and dropped, and the digest is still right."""
     monkeypatch.setattr(hashing, "IDLE_SECONDS", 0.02)
     chunk = os.urandom(10_000)
     unheld = sys.getrefcount(chunk)
     hasher = StreamHasher()
     await hasher.update(chunk)
-    assert sys.getrefcount(chunk) > unheld  # gathered
+    assert sys.getrefcount(chunk) > unheld  # in the open batch
     for _ in range(100):
         await asyncio.sleep(0.01)
         if sys.getrefcount(chunk) == unheld:
@@ -136,25 +133,21 @@ async def test_a_stalled_files_gathered_chunks_are_let_go_of(
 
 
 async def test_hashers_together_hold_at_most_their_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A crowd of uploads gathering small chunks: past BUDGET_BYTES, the one given a chunk
-    hashes what it holds at once; an abandoned hasher's bytes stop counting, and every digest
-    is still right."""
-    monkeypatch.setattr(hashing, "BUDGET_BYTES", 256 * 1024)
+    """A crowd of uploads: past BUDGET_BYTES, the one given a chunk waits until the thread has
+    hashed everything; every digest is still right."""
+    monkeypatch.setattr(hashing, "BUDGET_BYTES", 256 * KIB)
     hashers = [StreamHasher() for _ in range(20)]
     sent = [b""] * 20
     peak = 0
     for n, hasher in enumerate(hashers):
         for _ in range(4):
-            chunk = os.urandom(24 * 1024)
+            chunk = os.urandom(24 * KIB)
             sent[n] += chunk
             await hasher.update(chunk)
             peak = max(peak, unhashed_bytes())
-    assert peak <= 256 * 1024
-    for n, hasher in enumerate(hashers[:10]):
+    assert peak <= 256 * KIB
+    for n, hasher in enumerate(hashers):
         assert await hasher.hexdigest() == hashlib.sha256(sent[n]).hexdigest()
-    for hasher in hashers:
-        hasher.release()
-    await all_hashed()
     assert unhashed_bytes() == 0
 
 
@@ -163,30 +156,43 @@ async def test_a_thread_that_cannot_keep_up_holds_the_uploads_back(
 ) -> None:
     """With the hashing thread held up, what waits for it grows to BUDGET_BYTES and no
     further: the update that goes past it waits until the thread has caught up."""
-    monkeypatch.setattr(hashing, "BUDGET_BYTES", 8 * HAND_BYTES)
+    monkeypatch.setattr(hashing, "BUDGET_BYTES", BATCH_BYTES + 8 * 64 * KIB)
     gate = threading.Event()
     stuck = StreamHasher()
     watched(stuck, gate=gate)
-    await stuck.update(bytes(HAND_BYTES))  # the thread now waits on the gate
+    await stuck.update(bytes(BATCH_BYTES))  # a batch: the thread now waits on the gate
     hasher = StreamHasher()
-    data = os.urandom(12 * HAND_BYTES)
+    data = os.urandom(12 * 64 * KIB)
     waited = None
     for n in range(12):
-        update = asyncio.ensure_future(hasher.update(data[n * HAND_BYTES : (n + 1) * HAND_BYTES]))
+        piece = data[n * 64 * KIB : (n + 1) * 64 * KIB]
+        update = asyncio.ensure_future(hasher.update(piece))
         await asyncio.sleep(0.01)
         if not update.done():
             waited = n
-            assert unhashed_bytes() <= 8 * HAND_BYTES + HAND_BYTES
+            assert unhashed_bytes() <= BATCH_BYTES + 9 * 64 * KIB
             gate.set()
         await update
-    assert waited == 7, "the update past the budget did not wait for the thread"
+    assert waited == 8, "the update past the budget did not wait for the thread"
     assert await hasher.hexdigest() == hashlib.sha256(data).hexdigest()
-    assert await stuck.hexdigest() == hashlib.sha256(bytes(HAND_BYTES)).hexdigest()
+    assert await stuck.hexdigest() == hashlib.sha256(bytes(BATCH_BYTES)).hexdigest()
 
 
-async def test_a_piece_the_thread_could_not_hash_fails_the_digest() -> None:
+async def test_an_abandoned_files_chunks_are_not_hashed() -> None:
     hasher = StreamHasher()
-    watched(hasher, fail=True)
-    await hasher.update(bytes(HAND_BYTES))
+    digest = watched(hasher)
+    await hasher.update(bytes(1000))
+    hasher.release()
+    await all_hashed()
+    assert digest.threads == []
+    assert unhashed_bytes() == 0
+
+
+async def test_a_chunk_the_thread_could_not_hash_fails_the_digest() -> None:
+    hasher = StreamHasher()
+    digest = watched(hasher, fail=True)
+    await hasher.update(bytes(64 * KIB))
+    await hasher.update(bytes(64 * KIB))  # not tried: the digest failed already
     with pytest.raises(OSError, match="could not be read"):
         await hasher.hexdigest()
+    assert len(digest.threads) == 1

@@ -21,7 +21,7 @@ from clustr_aio.domain.errors import (
 )
 from clustr_aio.domain.limits import UploadLimits
 from clustr_aio.images.structure import ImageInfo
-from clustr_aio.ingest.hashing import HAND_BYTES, StreamHasher
+from clustr_aio.ingest.hashing import BATCH_BYTES, StreamHasher
 from clustr_aio.ingest.multipart import MultipartStream, file_parts
 from clustr_aio.ingest.pipeline import IngestPolicy, StoredFile, ingest_batch
 from clustr_aio.storage.local import LocalStorage
@@ -239,7 +239,7 @@ async def test_the_next_file_is_received_while_the_last_is_hashed(storage: Local
     """A batch does not wait for a file's sha256 before it reads the next: with the hashing
     thread held up, the whole body is read, and the digests (right ones) come once it is free
     again."""
-    files = [(f"{n}.bin", os.urandom(HAND_BYTES + 1000 * n)) for n in range(3)]
+    files = [(f"{n}.bin", os.urandom(100_000 + 1000 * n)) for n in range(3)]
     body = Body(files_body(*files), 16 * 1024)
     policy = IngestPolicy(
         allowed_extensions=frozenset({"bin"}),
@@ -248,7 +248,7 @@ async def test_the_next_file_is_received_while_the_last_is_hashed(storage: Local
     gate = threading.Event()
     stuck = StreamHasher()
     watched(stuck, gate=gate)
-    await stuck.update(bytes(HAND_BYTES))  # the hashing thread now waits on the gate
+    await stuck.update(bytes(BATCH_BYTES))  # a batch: the hashing thread now waits on the gate
     try:
         task = asyncio.create_task(ingest(storage, body, policy))
         for _ in range(500):
