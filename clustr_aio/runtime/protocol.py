@@ -65,7 +65,7 @@ import socket
 import weakref
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import EMPTY_PAYLOAD, HttpVersion10, hdrs, web
 from aiohttp.web import BaseRequest, RequestHandler, RequestPayloadError
@@ -80,6 +80,7 @@ from clustr_aio.compat import (
     InvalidHeader,
     LineTooLong,
     TransferEncodingError,
+    fresh_request_parser,
 )
 from clustr_aio.domain.errors import RequestTimeout
 from clustr_aio.observability.access_log import AccessLogger
@@ -88,6 +89,9 @@ from clustr_aio.web.middlewares import REQUEST_ID_HEADER, ensure_request_id
 from clustr_aio.web.quick import QuickResponder
 from clustr_aio.web.responses import error_response
 from clustr_aio.web.sendfile import send_head_and_file_now
+
+if TYPE_CHECKING:
+    from clustr_aio.runtime.body_reader import BodyReader
 
 __all__ = [
     "ConnectionGuard",
@@ -317,16 +321,22 @@ class GuardedRequestHandler(RequestHandler):
         "_guard",
         "_head_bytes",
         "_lingering_payload",
+        "_options",
         "_phase",
         "_server",
         "_timer",
         "_window_bytes",
         "_window_start",
+        "body_taker",
         "last_active",
     )
 
     def __init__(self, manager: GuardedServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        self._options = kwargs
+        self.body_taker: BodyReader | None = None
+        """The reader that has this connection's transport while a body arrives, if any
+        (:mod:`clustr_aio.runtime.body_reader`)."""
         self._server = manager
         self._guard = manager.guard
         self._phase = _IDLE
@@ -495,7 +505,35 @@ class GuardedRequestHandler(RequestHandler):
 
     def _fail_body(self, payload: Any, error: BaseException) -> None:
         payload.set_exception(error)
+        if self.body_taker is not None:
+            self.body_taker.fail(error)
         self._lingering_time = 0.0  # nothing more to read of it: close after the answer
+
+    # -- a body read around the parser (runtime/body_reader.py) -------------------------------
+
+    def may_take_body(self) -> bool:
+        """Whether the request being handled may have the rest of its body read by a
+        :class:`~clustr_aio.runtime.body_reader.BodyReader`: nothing else queued or arriving,
+        not closing, no crowd (whose small reads bound memory)."""
+        return (
+            self.body_taker is None
+            and self._phase == _BODY
+            and not self._messages
+            and not self._upgraded
+            and not self._force_close
+            and not self._close
+            and self._guard.open <= CROWD
+        )
+
+    def body_bytes_arrived(self, size: int) -> None:
+        """What :meth:`data_received` notes of body bytes, for the body timers."""
+        self.last_active = self._loop.time()
+        self._window_bytes += size
+
+    def reset_parser(self) -> None:
+        """A new parser, as the connection's first: the body the old one was in the middle of
+        has been read around it, and what follows is the next request."""
+        self._parser = fresh_request_parser(self, self._options)
 
     # -- timers ------------------------------------------------------------------------------
 
