@@ -6,7 +6,7 @@ another, and ``StreamReader.readany`` joining what was buffered. For a gigabyte 
 the server's CPU beyond the two copies nginx makes too (issue 16). Here, once the upload route
 has accepted a request's head (:func:`body_chunks`), the connection's transport is given to a
 :class:`BodyReader`, an ``asyncio.BufferedProtocol``: the kernel copies the body straight into
-1 MiB blocks, and the multipart scanner gets windows of them
+256 KiB blocks, and the multipart scanner gets windows of them
 (:class:`~clustr_aio.ingest.multipart.Window`), whose pieces it hands on as ``memoryview``
 slices. Once the body's last byte has arrived (``Content-Length`` of them, never one more: each
 read is bounded by what is left), the transport goes back to the connection with a new parser,
@@ -56,14 +56,14 @@ from clustr_aio.runtime.protocol import GuardedRequestHandler
 
 __all__ = ["MAX_READERS", "MIN_BODY", "BlockPool", "BodyReader", "body_chunks"]
 
-BLOCK: Final = 1024 * 1024
+BLOCK: Final = 256 * 1024
 """The size of each block the body is received into."""
 MIN_BODY: Final = 64 * 1024
 """Bodies still to come below this take aiohttp's path: the hand-over is not worth it."""
 MAX_READERS: Final = 4
 """Bodies read this way at a time, per process (each holds up to two blocks of its own)."""
 _KEPT: Final = 4
-"""Free blocks kept for the next upload (each costs a 1 MiB zeroing when made anew)."""
+"""Free blocks kept for the next upload (a block made anew is zeroed first)."""
 _MIN_ROOM: Final = 16 * 1024
 """A block with less room than this left is retired: a read that small is not worth it."""
 _HIGH_WATER: Final = BLOCK
