@@ -207,7 +207,7 @@ async def test_after_an_early_refusal_the_rest_is_dropped_and_the_connection_goe
 ) -> None:
     port = server.server.port or 0
     refused = files_body(("notes.txt", os.urandom(4 * MIB)))
-    accepted = photo(MIB, 5)
+    accepted = photo(2 * MIB, 5)
     body = files_body(("after.jpg", accepted))
     reader, writer = await open_connection(server)
     writer.write(upload_request(refused, port) + refused[: 256 * 1024])
