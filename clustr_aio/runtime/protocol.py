@@ -535,9 +535,11 @@ class GuardedRequestHandler(RequestHandler):
         )
 
     def body_bytes_arrived(self, size: int) -> None:
-        """What :meth:`data_received` notes of body bytes, for the body timers."""
+        """What :meth:`data_received` notes of body bytes: the body timers, the framing the
+        trailer reader follows."""
         self.last_active = self._loop.time()
         self._window_bytes += size
+        self.trailer_reader.skipped(size)
 
     def reset_parser(self) -> None:
         """A new parser, as the connection's first: the body the old one was in the middle of

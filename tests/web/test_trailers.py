@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from yarl import URL
 
+from clustr_aio.web.trailers import TrailerReader
 from tests.conftest import JPEG, AiohttpClient, Client, serve_production, stored_files
 from tests.http.helpers import RawResponse, read_head, read_response, request_head
 
@@ -313,3 +314,17 @@ async def test_aiohttp_alone_still_carries_a_trailer_into_the_next_request(
         assert (await connection.response()).status == 400  # the GET's: a "duplicate Host"
     finally:
         writer.close()
+
+
+def test_a_body_read_around_the_parser_is_followed_as_skipped() -> None:
+    """runtime/body_reader.py reads a large upload's body without data_received: what it
+    reports as skipped keeps the framing; more than the body, or outside one, loses it."""
+    reader = TrailerReader()
+    head = b"POST /api/upload HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n"
+    assert reader.feed(head + b"abc") == head + b"abc"
+    reader.skipped(7)
+    next_head = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    assert reader.feed(next_head) == next_head
+    assert not reader.lost
+    reader.skipped(1)  # no body of known length is being received
+    assert reader.lost
