@@ -437,7 +437,11 @@ class GuardedRequestHandler(RequestHandler):
         quick = self._server.quick
         waiter = self._waiter
         transport = self.transport
-        if quick is None or waiter is None or waiter.done() or self._messages:
+        if quick is None or self._messages:
+            return 0
+        # The handler's task waits for a request; or, on a new connection, it has not run
+        # yet (uvloop reads what came with the connection before it does).
+        if (waiter is None or waiter.done()) and (waiter is not None or self._request_count):
             return 0
         answered = 0
         while (
