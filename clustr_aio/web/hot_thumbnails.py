@@ -62,7 +62,7 @@ from clustr_aio.web.plain_head import plain_head
 from clustr_aio.web.quick import QuickAnswer, http_date
 from clustr_aio.web.routes.thumbnails import CACHE_CONTROL, names_etag, negotiate_format
 
-__all__ = ["ANSWERABLE", "HOT_MEMORY", "KEPT_BODY", "ROUTE", "HotThumbnails"]
+__all__ = ["ANSWERABLE", "HOT_MEMORY", "KEPT_BODY", "ROUTE", "HotThumbnails", "KeptThumbnails"]
 
 ROUTE: Final = "/api/files/{id}/thumbnail"
 """The route's template, as ``/metrics`` labels it."""
@@ -136,7 +136,7 @@ class _Hot:
     """A signed URL's end (Unix seconds), after which the route refuses it."""
 
 
-class _Bodies:
+class KeptThumbnails:
     """Thumbnails' bytes kept in memory under one value of the removals counter (see the
     module documentation), at most ``limit`` bytes in all, the least recently sent dropped."""
 
@@ -148,23 +148,23 @@ class _Bodies:
         self._under: int | None = None
         """The counter's value the kept bytes were read under."""
 
-    def get(self, hot: _Hot) -> bytes | int | None:
-        """The thumbnail's bytes; or, when they are not kept (too large, a removal under
-        way), its file, open; None when it is not on the disk any more."""
+    def get(self, path: str, size: int) -> bytes | int | None:
+        """The ``size`` bytes of the thumbnail at ``path``; or, when they are not kept (too
+        large, a removal under way), its file, open; None when it is not on the disk any more
+        (or not of that size)."""
         now = self._removals.stable()
         if now != self._under:
             self._kept.clear()
             self._bytes = 0
             self._under = now
-        kept = self._kept.get(hot.path)
+        kept = self._kept.get(path)
         if kept is not None:
-            self._kept.move_to_end(hot.path)
+            self._kept.move_to_end(path)
             return kept
         try:
-            fd = os.open(hot.path, _OPEN_FLAGS)
+            fd = os.open(path, _OPEN_FLAGS)
         except OSError:
             return None
-        size = hot.thumbnail.size
         if now is None or size > KEPT_BODY:
             return fd
         try:
@@ -175,7 +175,7 @@ class _Bodies:
             os.close(fd)
         if len(body) != size:
             return None
-        self._kept[hot.path] = body
+        self._kept[path] = body
         self._bytes += size
         while self._bytes > self._limit:
             self._bytes -= len(self._kept.popitem(last=False)[1])
@@ -198,7 +198,7 @@ class HotThumbnails:
         self._secrets = () if settings.public_files else settings.secret_key
         self._tail = b"\r\nVary: Origin\r\n\r\n" if settings.cors_origins else b"\r\n\r\n"
         self._answers: dict[tuple[str, str | None], _Hot] = {}
-        self.bodies = _Bodies(thumbnailer.removals, HOT_MEMORY)
+        self.bodies = KeptThumbnails(thumbnailer.removals, HOT_MEMORY)
         self.answered = 0
         """GETs answered here (the tests tell the paths apart by these counts)."""
         self.answered_plain = 0
@@ -271,7 +271,7 @@ class HotThumbnails:
             self._answers[key] = hot
         if hot.expires is not None and hot.expires <= time.time():
             return None  # the route's 403
-        body = self.bodies.get(hot)
+        body = self.bodies.get(hot.path, hot.thumbnail.size)
         if body is None:  # removed from the disk (another worker's delete): the catalog says
             self._thumbnailer.forget(hot.file_key)
             del self._answers[key]
@@ -287,6 +287,8 @@ class HotThumbnails:
                 fd, body = body, b""
         request_id = request_id_for(offered_id)
         data = b"".join((head, http_date(), _SERVER, request_id.encode(), self._tail, body))
+        if status == 304:
+            size = len(data)  # what aiohttp logs as the length of an answer without a body
         self._metrics.count("GET", ROUTE, status, time.perf_counter() - started)
         self.answered += 1
         return QuickAnswer(data, fd, size, status, request_id, "GET", target, end)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import socket
 from collections.abc import Iterator
@@ -17,9 +18,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from clustr_aio.catalog.changes import ChangeCounter
 from clustr_aio.images.thumbnails import Thumbnailer
 from clustr_aio.runtime.protocol import GuardedServer
-from clustr_aio.web.hot_thumbnails import HotThumbnails
+from clustr_aio.web.hot_thumbnails import KEPT_BODY, HotThumbnails, KeptThumbnails
 from clustr_aio.web.keys import CATALOG, QUICK_RESPONDER, STORAGE
 from clustr_aio.web.quick import QUICK_BACKLOG
 from tests.conftest import AiohttpClient, Client, serve_production
@@ -327,6 +329,61 @@ async def test_a_client_that_reads_nothing_gets_no_more_quick_answers(hot: Clien
     writer.close()
 
 
+async def test_timeouts_after_quick_answers(
+    aiohttp_client: AiohttpClient, upload_dir: Path
+) -> None:
+    client = await serve_production(
+        aiohttp_client, upload_dir, keepalive_timeout=0.8, request_header_timeout=0.3
+    )
+    _item, url = await served(client)
+    assert client.server.port is not None
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    before = responder(client).answered_plain
+    # Each answer starts the keep-alive time again: 3 s of requests 0.5 s apart, one connection.
+    for _ in range(7):
+        await asyncio.sleep(0.5)
+        writer.write(get(url))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = re.search(rb"\r\nContent-Length: (\d+)", head)
+        assert length is not None
+        await reader.readexactly(int(length[1]))
+    assert responder(client).answered_plain == before + 7
+    # Then a head that never ends: the head timeout's 408 (the parser holds its start).
+    writer.write(get(url)[:20])
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert b" 408 Request Timeout\r\n" in head
+    writer.close()
+    # And an idle connection after an answer is closed by the keep-alive time.
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(get(url))
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert await asyncio.wait_for(reader.read(), 10)  # the body, then the end
+    assert reader.at_eof()
+    writer.close()
+
+
+async def test_the_access_log_line_is_the_routes(
+    aiohttp_client: AiohttpClient, upload_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await serve_production(aiohttp_client, upload_dir, access_log=True)
+    _item, url = await served(client)
+    etag = (await client.get(url)).headers["Etag"]
+    caplog.set_level(logging.INFO, logger="clustr_aio.access")
+    requests = [get(url + "?size=256", "X-Request-ID: logged-1\r\n")]
+    requests.append(get(url, f"If-None-Match: {etag}\r\nX-Request-ID: logged-2\r\n"))
+    for split in (0, 20):  # from the bytes, then parsed
+        caplog.clear()
+        await assert_same_as_the_route(client, requests, quick=2, split=split, pause=0.05)
+        lines = [
+            re.sub(r" [0-9.]+ms ", " ...ms ", r.getMessage())
+            for r in caplog.records
+            if r.name == "clustr_aio.access"
+        ]
+        assert len(lines) == 4, lines
+        assert lines[:2] == lines[2:]  # the route's, then the quick answers'
+        assert '"GET ' + url + '?size=256" 200 ' in lines[0]
+
+
 async def test_a_file_deleted_here_is_a_404_at_once(hot: Client) -> None:
     item, url = await served(hot)
     assert (await hot.delete(f"/api/files/{item['id']}")).status == 204
@@ -424,3 +481,46 @@ async def test_a_failing_responder_leaves_the_request_to_the_route(
     assert response.status == 200
     assert (await response.read())[:4] == b"RIFF"
     assert caplog.text.count("the quick responder failed") == 2  # from the bytes, then parsed
+
+
+def test_kept_thumbnails_are_bounded_and_dropped_by_a_removal(tmp_path: Path) -> None:
+    counter = ChangeCounter(tmp_path / "removals")
+    other = ChangeCounter(tmp_path / "removals")  # another process's, on the same file
+    kept = KeptThumbnails(counter, 25_000)
+    paths = []
+    for name in "abcde":
+        (tmp_path / name).write_bytes(name.encode() * 10_000)
+        paths.append(str(tmp_path / name))
+    a, b, c, d, e = paths
+    first = kept.get(a, 10_000)
+    assert first == b"a" * 10_000
+    assert kept.get(a, 10_000) is first  # from memory
+    kept.get(b, 10_000)
+    kept.get(a, 10_000)  # a is the most recently sent now
+    kept.get(c, 10_000)  # over 25,000 bytes: b goes
+    assert kept.kept == 20_000
+    assert kept.get(a, 10_000) is first
+    for path in paths:
+        kept.get(path, 10_000)
+        assert kept.kept <= 25_000
+    assert kept.get(c, 9_999) is None  # not the size it had: not answered from here
+    (tmp_path / "large").write_bytes(b"x" * (KEPT_BODY + 1))
+    fd = kept.get(str(tmp_path / "large"), KEPT_BODY + 1)
+    assert isinstance(fd, int)  # sent from its file
+    os.close(fd)
+    assert kept.kept <= 25_000
+    # Another process removes thumbnails: what was kept goes, and nothing is kept meanwhile.
+    before = kept.get(e, 10_000)
+    with other.changing():
+        os.unlink(d)
+        fd = kept.get(e, 10_000)
+        assert isinstance(fd, int)
+        os.close(fd)
+        assert kept.kept == 0
+    assert kept.get(d, 10_000) is None
+    again = kept.get(e, 10_000)
+    assert again == before
+    assert again is not before  # read afresh
+    assert kept.kept == 10_000
+    counter.close()
+    other.close()
