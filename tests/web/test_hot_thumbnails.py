@@ -28,6 +28,8 @@ from tests.conftest import AiohttpClient, Client, serve_production
 from tests.http.helpers import expect_error, read_head, upload_ok
 from tests.images.photos import encode, picture
 
+pytestmark = pytest.mark.both_loops  # the connection's own code, on both event loops
+
 SECRET = "h" * 32
 VARYING = {"Date", "X-Request-ID"}
 
