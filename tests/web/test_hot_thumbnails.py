@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from clustr_aio.auth.signing import sign_path
 from clustr_aio.catalog.changes import ChangeCounter
 from clustr_aio.images.thumbnails import Thumbnailer
 from clustr_aio.runtime.protocol import GuardedServer
@@ -455,6 +457,24 @@ async def test_signed_urls_verified_here_and_refused_by_the_route(
         response = await client.get(tampered)
         assert response.status == 403, tampered
     assert responder(client).answered == 1
+
+
+async def test_a_signed_url_kept_ready_expires_as_the_routes_does(
+    aiohttp_client: AiohttpClient, upload_dir: Path
+) -> None:
+    client = await serve_production(
+        aiohttp_client, upload_dir, public_files=False, secret_key=(SECRET,)
+    )
+    _item, url = await served(client)
+    path = url.partition("?")[0]
+    # Signed until the next second but one: answered here, then refused by the route.
+    short = f"{path}?{sign_path(path, (SECRET,), 2, now=float(int(time.time())))}"
+    before = responder(client).answered
+    assert (await client.get(short)).status == 200
+    assert responder(client).answered == before + 1
+    await asyncio.sleep(2.1)
+    assert await expect_error(await client.get(short), 403)
+    assert responder(client).answered == before + 1
 
 
 async def test_not_with_keys_nor_rate_limits(
