@@ -17,10 +17,10 @@
   processes (``WORKERS=N``) an ``flock`` on the thumbnail's lock file makes the others wait and
   then find the file.
 - **Removals seen by every process**: removing a file's thumbnails (:meth:`Thumbnailer.remove`,
-  :meth:`Thumbnailer.prune`) moves the host's removals counter (:attr:`Thumbnailer.removals`,
-  a :class:`~clustr_aio.catalog.changes.ChangeCounter` beside the cache folder), so that a
-  worker keeping thumbnails' bytes in memory (:mod:`clustr_aio.web.hot_thumbnails`) drops them
-  when another worker deleted a file.
+  :meth:`Thumbnailer.prune`) moves the host's removals counter (:meth:`Thumbnailer.removals`,
+  a :class:`~clustr_aio.catalog.changes.ChangeCounter` in the cache folder, made with it), so
+  that a worker keeping thumbnails' bytes in memory (:mod:`clustr_aio.web.hot_thumbnails`)
+  drops them when another worker deleted a file.
 - **Corrupt images**: a file libvips cannot decode gets an ``<size>.<format>.error`` file beside,
   and every later request is the same :class:`ThumbnailUnavailable` (422) without a render.
 - **Shared**: with a store every instance shares (``shared``, the storage's
@@ -73,8 +73,8 @@ __all__ = [
 
 THUMBNAIL_DIR: Final = ".thumbnails"
 """The cache's directory in the upload folder (a dot-name: never served)."""
-REMOVALS_SUFFIX: Final = ".removals"
-"""The removals counter is the cache directory's name and this (a dot-name beside it)."""
+REMOVALS_FILE: Final = ".removals"
+"""The removals counter's file in the cache directory (no thumbnails' folder: a dot-name)."""
 
 THUMBNAIL_TYPES: Final = frozenset(
     {"image/jpeg", "image/png", "image/webp", "image/gif", "image/avif", "image/heic"}
@@ -264,11 +264,7 @@ class Thumbnailer:
         self._removals: ChangeCounter | None = None
 
     async def start(self) -> None:
-        """Start the render threads and open the removals counter (in each process: after
-        any fork); the cache directory is made by the first render."""
-        self._removals = ChangeCounter(
-            self.cache_dir.with_name(self.cache_dir.name + REMOVALS_SUFFIX)
-        )
+        """Start the render threads; the cache directory is made by the first render."""
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="thumbnail")
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
 
@@ -282,13 +278,15 @@ class Thumbnailer:
             self._removals.close()
             self._removals = None
 
-    @property
-    def removals(self) -> ChangeCounter:
-        """The host's count of thumbnail removals (by any process on this cache folder): what
-        was read from the folder under one stable value may be kept while the value stays
-        the same (see :meth:`ChangeCounter.stable`). Open between :meth:`start` and
-        :meth:`close`."""
-        assert self._removals is not None, "the thumbnailer is not started"
+    def removals(self) -> ChangeCounter | None:
+        """The host's count of thumbnail removals (by any process on this cache folder):
+        what was read from the folder under one stable value may be kept while the value
+        stays the same (see :meth:`ChangeCounter.stable`). Opened on first use, in each
+        process (after any fork); None while the cache folder does not exist (nothing can
+        have been read from it)."""
+        if self._removals is None:
+            with contextlib.suppress(FileNotFoundError):
+                self._removals = ChangeCounter(self.cache_dir / REMOVALS_FILE)
         return self._removals
 
     @staticmethod
@@ -427,8 +425,13 @@ class Thumbnailer:
         await asyncio.to_thread(self._remove_sync, self.cache_dir / file_key)
 
     def _remove_sync(self, folder: Path) -> None:
-        with self.removals.changing():
+        with self._removing():
             shutil.rmtree(folder, True)
+
+    def _removing(self) -> contextlib.AbstractContextManager[None]:
+        """Around a removal: the removals counter moves on once it is done."""
+        removals = self.removals()
+        return removals.changing() if removals is not None else contextlib.nullcontext()
 
     async def prune(self, known: Collection[str], *, before: float) -> int:
         """Remove the thumbnails of files not in ``known`` (a crash between a delete's unlink
@@ -449,7 +452,7 @@ class Thumbnailer:
             with contextlib.suppress(FileNotFoundError):
                 if entry.stat(follow_symlinks=False).st_mtime >= before:
                     continue
-                with self.removals.changing():
+                with self._removing():
                     shutil.rmtree(entry.path)
                 pruned += 1
         return pruned

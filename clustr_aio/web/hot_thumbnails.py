@@ -43,6 +43,7 @@ import functools
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl
@@ -147,8 +148,9 @@ class KeptThumbnails:
     """Thumbnails' bytes kept in memory under one value of the removals counter (see the
     module documentation), at most ``limit`` bytes in all, the least recently sent dropped."""
 
-    def __init__(self, removals: ChangeCounter, limit: int) -> None:
-        self._removals = removals
+    def __init__(self, removals: Callable[[], ChangeCounter | None], limit: int) -> None:
+        self._open_removals = removals
+        self._removals: ChangeCounter | None = None
         self._limit = limit
         self._kept: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._bytes = 0
@@ -159,7 +161,10 @@ class KeptThumbnails:
         """The ``size`` bytes of the thumbnail at ``path``; or, when they are not kept (too
         large, a removal under way), its file, open; None when it is not on the disk any more
         (or not of that size)."""
-        now = self._removals.stable()
+        removals = self._removals
+        if removals is None:  # no cache folder yet, or not looked for: none kept so far
+            removals = self._removals = self._open_removals()
+        now = None if removals is None else removals.stable()
         if now != self._under:
             self._kept.clear()
             self._bytes = 0

@@ -508,7 +508,7 @@ async def test_a_failing_responder_leaves_the_request_to_the_route(
 def test_kept_thumbnails_are_bounded_and_dropped_by_a_removal(tmp_path: Path) -> None:
     counter = ChangeCounter(tmp_path / "removals")
     other = ChangeCounter(tmp_path / "removals")  # another process's, on the same file
-    kept = KeptThumbnails(counter, 25_000)
+    kept = KeptThumbnails(lambda: counter, 25_000)
     paths = []
     for name in "abcde":
         (tmp_path / name).write_bytes(name.encode() * 10_000)
