@@ -443,12 +443,16 @@ async def test_counted_in_metrics_and_logged(
     assert f'"GET {url}" 200 ' in quick[0]
 
 
-async def test_signed_urls_verified_here_and_refused_by_the_route(
-    aiohttp_client: AiohttpClient, upload_dir: Path
-) -> None:
-    client = await serve_production(
+@pytest.fixture
+async def signing(aiohttp_client: AiohttpClient, upload_dir: Path) -> Client:
+    """A server whose files are not public: their thumbnails' URLs are signed."""
+    return await serve_production(
         aiohttp_client, upload_dir, public_files=False, secret_key=(SECRET,)
     )
+
+
+async def test_signed_urls_verified_here_and_refused_by_the_route(signing: Client) -> None:
+    client = signing
     _item, url = await served(client)
     assert "signature=" in url
     assert (await client.get(url)).status == 200
@@ -459,12 +463,8 @@ async def test_signed_urls_verified_here_and_refused_by_the_route(
     assert responder(client).answered == 1
 
 
-async def test_a_signed_url_kept_ready_expires_as_the_routes_does(
-    aiohttp_client: AiohttpClient, upload_dir: Path
-) -> None:
-    client = await serve_production(
-        aiohttp_client, upload_dir, public_files=False, secret_key=(SECRET,)
-    )
+async def test_a_signed_url_kept_ready_expires_as_the_routes_does(signing: Client) -> None:
+    client = signing
     _item, url = await served(client)
     path = url.partition("?")[0]
     # Signed until the next second but one: answered here, then refused by the route.
