@@ -39,8 +39,10 @@ aiohttp
     3.0): which parser error it was, for a detail that does not echo the request.
   - :data:`GUARDED_HANDLER_ATTRIBUTES` of ``RequestHandler`` (its queue of parsed requests,
     its waiter, the request being handled, its lingering time, flow-control and close flags;
-    for the quick answers, its parser, whose slot a request answered there frees, and its
-    keep-alive timeout and deadline, which such an answer moves as aiohttp's own do)
+    for the quick answers, its parser, whose slot a request answered there frees, its
+    keep-alive timeout and deadline, which such an answer moves as aiohttp's own do, and
+    its upgraded flag and queue limit, without which the parser holds nothing after a
+    bodiless request's head)
     and :data:`GUARDED_SERVER_ATTRIBUTES` of ``Server`` (its loop, handler options and
     connections, as its own ``__call__`` uses them), plus ``BaseRunner._make_server`` (3.0),
     overridden by ``DrainingRunner`` to swap the ``Server``'s class.
@@ -172,6 +174,7 @@ GUARDED_HANDLER_ATTRIBUTES: Final = (
     "_keepalive_timeout",
     "_next_keepalive_close_time",
     "_upgraded",
+    "_max_msg_queue_size",
 )
 """``RequestHandler`` attributes that ``runtime/protocol.py``'s subclass reads or sets."""
 GUARDED_SERVER_ATTRIBUTES: Final = ("_loop", "_kwargs", "_connections")
