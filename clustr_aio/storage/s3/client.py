@@ -88,6 +88,9 @@ async def open_client(config: S3Config) -> AsyncIterator[S3Client]:
             session.create_client(
                 "s3",
                 endpoint_url=config.endpoint_url,
+                # A plain-HTTP endpoint has no TLS to verify; left to verify, aiobotocore would
+                # still load certifi's certificates into a context no connection uses (1 MiB).
+                verify=False if (config.endpoint_url or "").startswith("http:") else None,
                 region_name=region,
                 aws_access_key_id=config.access_key_id,
                 aws_secret_access_key=config.secret_access_key,
