@@ -171,7 +171,7 @@ def test_a_bucket_server_holds_at_most_its_stated_memory(
         raise AssertionError(f"{error.code} {error.read()!r} {server.logs[-3000:]}") from None
     peak = status_kib(server.pid, "VmHWM")
     bound = memory_bound(part) // 1024  # 64 MiB + 8 MiB x 7 parts in flight = 120 MiB
-    print(f"STORAGE=s3 RSS idle {idle / 1024:.1f} MiB, peak {peak / 1024:.1f} of {bound} KiB")
+    print(f"STORAGE=s3 RSS idle {idle / 1024:.1f} MiB, peak {peak / 1024:.1f} of {bound >> 10} MiB")
     assert peak <= bound, f"idle {idle} KiB, peak {peak} KiB"
     keys = seaweedfs_server.keys(bucket)
     assert len(keys) == 201
