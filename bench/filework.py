@@ -36,6 +36,12 @@ class NullHasher:
     async def hexdigest(self) -> str:
         return _NO_DIGEST
 
+    def finish(self) -> None:
+        pass
+
+    def result(self) -> str:
+        return _NO_DIGEST
+
     def release(self) -> None:
         pass
 

@@ -11,23 +11,11 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from bench.filework import NullHasher
+
 __all__ = ["PRELUDE", "disable"]
 
 PRELUDE = "import bench.no_catalog; bench.no_catalog.disable()"
-
-
-class _NoHash:
-    def __init__(self) -> None:
-        pass
-
-    async def update(self, chunk: Any) -> None:
-        pass
-
-    async def hexdigest(self) -> str:
-        return "0" * 64
-
-    def release(self) -> None:
-        pass
 
 
 class _NoCatalog:
@@ -48,5 +36,5 @@ def disable() -> None:
     from clustr_aio.ingest import pipeline
     from clustr_aio.web import app
 
-    pipeline.StreamHasher = _NoHash  # type: ignore[attr-defined,assignment]
+    vars(pipeline)["StreamHasher"] = NullHasher
     app.open_catalog = _open_no_catalog  # type: ignore[attr-defined]

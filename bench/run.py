@@ -80,6 +80,7 @@ def main() -> int:
     synced = ClustrServer(work / "synced", fsync=True, extra_env={})
     multi = ClustrServer(work / "multi", fsync=False, workers=2, extra_env={})
     thumbnails = ClustrServer(work / "thumbnails", fsync=False, workers=2, extra_env={})
+    gallery = ClustrServer(work / "gallery", fsync=False, extra_env={})
     # M's two sides alike but for the setting, with the same history (sharing the plain server
     # with B and C made its side of M measurably slower).
     stripped = ClustrServer(
@@ -93,7 +94,18 @@ def main() -> int:
     key = keyed.create_key("bench", "upload")
     uncatalogued = Variant("no catalog", work / "uncatalogued", no_catalog.PRELUDE, {})
     uncatalogued.label += ", catalog disabled"
-    servers = [plain, bare, synced, multi, thumbnails, stripped, unstripped, keyed, uncatalogued]
+    servers = [
+        plain,
+        bare,
+        synced,
+        multi,
+        thumbnails,
+        gallery,
+        stripped,
+        unstripped,
+        keyed,
+        uncatalogued,
+    ]
     reference = TusReference(work / "tus-reference") if TusReference.available() else None
     try:
         nginx.start()
@@ -116,6 +128,7 @@ def main() -> int:
             multi=multi if has_workers else None,
             photos=photos,
             thumbnails=thumbnails,
+            gallery=gallery,
             stripped=stripped,
             unstripped=unstripped,
             uncatalogued=uncatalogued,

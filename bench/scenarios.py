@@ -97,6 +97,9 @@ class Setup:
     """12-megapixel JPEGs with EXIF and GPS, for T, T2 and M (bench/images.py)."""
     thumbnails: ClustrServer
     """FSYNC=false, WORKERS=2, its own folder (nothing else clears it): side A of T and T2."""
+    gallery: ClustrServer
+    """FSYNC=false, one worker: side A of H. Rendering its thumbnail loads libvips, whose
+    memory ``plain`` would otherwise carry into every later round of L, B, C and S."""
     stripped: ClustrServer
     """FSYNC=false, STRIP_METADATA=location (the default, said): side A of M."""
     unstripped: ClustrServer
@@ -405,14 +408,14 @@ def _image_scenarios(setup: Setup) -> list[Scenario]:
         return Side(label, lambda tag: Measurement(measure(tag)), lambda: None, lambda: [])
 
     what = f"256-px WebP of {len(photos)} 12-MP JPEGs, CPU ms per image"
-    plain, nginx = setup.plain, setup.nginx
+    gallery, nginx = setup.gallery, setup.nginx
     hot: dict[str, str] = {}
 
     def render_hot() -> None:
         # Rendered once on the 1-worker server, then the same file copied for nginx.
         if not hot:
-            hot["path"] = images.thumbnail_url_path(plain, STATIC_NAME)
-            shutil.copyfile(images.cached_thumbnail(plain), nginx.static_dir / "thumb.webp")
+            hot["path"] = images.thumbnail_url_path(gallery, STATIC_NAME)
+            shutil.copyfile(images.cached_thumbnail(gallery), nginx.static_dir / "thumb.webp")
 
     def hot_path() -> str:
         render_hot()
@@ -455,13 +458,13 @@ def _image_scenarios(setup: Setup) -> list[Scenario]:
             "req/s",
             Target(0.6, higher_is_better=True),
             Side(
-                f"clustr_aio {plain.label}",
+                f"clustr_aio {gallery.label}",
                 lambda tag: _rate(
-                    wrk(plain.base_url + hot_path(), connections=conns, seconds=secs)
+                    wrk(gallery.base_url + hot_path(), connections=conns, seconds=secs)
                 ),
                 render_hot,
-                plain.processes,
-                (plain,),
+                gallery.processes,
+                (gallery,),
             ),
             Side(
                 "nginx static",

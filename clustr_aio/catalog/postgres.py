@@ -11,18 +11,21 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Final
 
 import asyncpg
 
-from clustr_aio.catalog.base import KEY_DIGITS, FileRecord, KeyRecord, Order, digest_key
+from clustr_aio.catalog.base import KEY_DIGITS, FileRecord, KeyRecord, Order
 from clustr_aio.domain.errors import CatalogUnavailable
 
 __all__ = ["MIGRATIONS", "PostgresCatalog"]
 
 log = logging.getLogger("clustr_aio.catalog")
+
+_KEY_OF: Final = f"('x' || substr({{}}, 1, {KEY_DIGITS}))::bit({4 * KEY_DIGITS})::bigint"
+"""A digest's key (:func:`~clustr_aio.catalog.base.digest_key`) in SQL, of the text ``{}``."""
 
 MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: the files.
@@ -100,7 +103,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     # digest of the few records it finds.
     f"""
     ALTER TABLE files ADD COLUMN sha256_key bigint GENERATED ALWAYS AS
-        (('x' || substr(sha256, 1, {KEY_DIGITS}))::bit({4 * KEY_DIGITS})::bigint) STORED;
+        ({_KEY_OF.format("sha256")}) STORED;
     CREATE INDEX files_by_sha256_key ON files (sha256_key, id);
     DROP INDEX files_by_sha256_id;
     """,
@@ -172,21 +175,23 @@ def _key_record(row: asyncpg.Record) -> KeyRecord:
 
 
 def _oldest_by_sha256(owner: str | None) -> str:
-    """Each digest's oldest record (of ``owner``'s, when given: parameter $3): the digests
-    ($1) and their keys ($2, :func:`_keys`)."""
+    """Each digest's oldest record (of ``owner``'s, when given: parameter $2): the digests
+    ($1, :func:`_in_key_order`), each probed by its key, which PostgreSQL computes as it does
+    the column's (as many ``int()`` calls in Python and a second array cost the client more
+    than the probes: 10,000 digests, 65-80 ms of CPU against 20-35)."""
     return (
-        "SELECT f.* FROM unnest($1::text[], $2::bigint[]) AS d (digest, key) CROSS JOIN LATERAL ("
-        f"SELECT {_COLUMNS} FROM files WHERE sha256_key = d.key AND sha256 = d.digest "
-        f"{_owned(owner, 3)} ORDER BY id LIMIT 1) AS f"
+        "SELECT f.* FROM unnest($1::text[]) AS d (digest) CROSS JOIN LATERAL ("
+        f"SELECT {_COLUMNS} FROM files WHERE sha256_key = {_KEY_OF.format('d.digest')} "
+        f"AND sha256 = d.digest {_owned(owner, 2)} ORDER BY id LIMIT 1) AS f"
     )
 
 
-def _keys(digests: Sequence[str]) -> tuple[list[str], list[int]]:
-    """The parameters of :func:`_oldest_by_sha256`, in key order: one probe after the other
-    walks the index forward, mostly through pages the previous probes just read (for 10,000
-    digests, about a quarter less time than in the order asked)."""
-    pairs = sorted((digest_key(d), d) for d in digests)
-    return [d for _, d in pairs], [k for k, _ in pairs]
+def _in_key_order(digests: Iterable[str]) -> list[str]:
+    """The digests sorted as their keys are (lower-case hex of one length sorts as its
+    leading bits do): one probe after the other walks the index forward, mostly through pages
+    the previous probes just read (for 10,000 digests, about a quarter less time than in the
+    order asked)."""
+    return sorted(digests)
 
 
 def _owned(owner: str | None, number: int) -> str:
@@ -295,7 +300,7 @@ class PostgresCatalog:
             taken = {
                 row["sha256"]: _record(row)
                 for row in await connection.fetch(
-                    _oldest_by_sha256(owner), *_keys(digests), *_owner_parameter(owner)
+                    _oldest_by_sha256(owner), _in_key_order(digests), *_owner_parameter(owner)
                 )
             }
             fresh = [r for r in records if r.sha256 not in taken]
@@ -354,7 +359,9 @@ class PostgresCatalog:
         # One index probe per digest for its oldest record (faster here than DISTINCT ON over
         # "= ANY": no sort of every match).
         rows = await self.pool.fetch(
-            _oldest_by_sha256(owner), *_keys(list(dict.fromkeys(digests))), *_owner_parameter(owner)
+            _oldest_by_sha256(owner),
+            _in_key_order(set(digests)),
+            *_owner_parameter(owner),
         )
         return {row["sha256"]: _record(row) for row in rows}
 

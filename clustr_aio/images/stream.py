@@ -89,9 +89,13 @@ SubParser = Generator[Request, Any, bytes]
 
 class Parser:
     """Runs one parser generator over a stream of chunks; ``written`` counts output bytes,
-    ``dropped_tail`` the bytes a ``Rest(keep=False)`` dropped."""
+    ``dropped_tail`` the bytes a ``Rest(keep=False)`` dropped, ``verbatim_until`` (None while
+    the output is the input byte for byte) how many of the first output bytes are the input's
+    (a file whose output is its input need not be written again: see
+    :mod:`clustr_aio.ingest.in_place`)."""
 
     __slots__ = (
+        "_echo",
         "_gen",
         "_last",
         "_out",
@@ -100,6 +104,7 @@ class Parser:
         "_request",
         "_truncated",
         "dropped_tail",
+        "verbatim_until",
         "written",
     )
 
@@ -112,6 +117,9 @@ class Parser:
         self._last = -1  # the last byte passed by PassUntil, for a pattern split across chunks
         self.written = 0
         self.dropped_tail = 0
+        self.verbatim_until: int | None = None
+        self._echo = bytearray()
+        """Bytes read (:class:`Read`) while the output is verbatim, not yet emitted again."""
         self._request: Request = next(gen)
 
     def feed(self, chunk: Buffer) -> list[Buffer]:
@@ -130,8 +138,22 @@ class Parser:
     def finish(self) -> list[Buffer]:
         """The last output; raises if the parser was still waiting for bytes."""
         self._advance(eof=True)
+        if self._echo:
+            self._diverge()  # bytes read and never emitted
         out, self._out = self._out, []
         return out
+
+    def _diverge(self) -> None:
+        """The output stops being the input from here (what was emitted so far still is)."""
+        if self.verbatim_until is None:
+            self.verbatim_until = self.written
+            self._echo = bytearray()
+
+    def _passing(self) -> None:
+        """Input bytes go to the output untouched: still verbatim only if every byte read
+        before them was emitted again."""
+        if self._echo:
+            self._diverge()
 
     def _emit(self, data: Buffer) -> None:
         self._out.append(data)
@@ -171,7 +193,14 @@ class Parser:
                 else:
                     self._queued -= request.n
                     answer = self._take(request.n)
+                    if self.verbatim_until is None:
+                        self._echo += answer
             elif isinstance(request, Pass):
+                if request.n and self._queue:
+                    if request.keep:
+                        self._passing()
+                    else:
+                        self._diverge()  # bytes skipped
                 while request.n and self._queue:
                     piece = self._pop(request.n)
                     request.n -= len(piece)
@@ -186,13 +215,25 @@ class Parser:
                     raise self._truncated(request.what)
                 answer = request.crc
             elif isinstance(request, Emit):
+                if self.verbatim_until is None:
+                    data, echo = request.data, self._echo
+                    if echo[: len(data)] == data:
+                        del echo[: len(data)]  # what was read, emitted again as it was
+                    else:
+                        self._diverge()
                 self._emit(request.data)
             elif isinstance(request, PassUntil):
+                if self._queue:
+                    self._passing()
                 if not self._pass_until(request.pattern):
                     if not eof:
                         return
                     raise self._truncated(request.what)
             else:  # Rest: the end
+                if self._queue and request.keep:
+                    self._passing()
+                elif self._queue:
+                    self._diverge()  # a tail dropped
                 while self._queue:
                     piece = self._queue.popleft()
                     if request.keep:

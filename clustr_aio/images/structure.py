@@ -135,6 +135,12 @@ class ImageCheck:
     def written(self) -> int:
         return self._parser.written
 
+    @property
+    def verbatim_until(self) -> int | None:
+        """None while the output is the input byte for byte; then how many of its first bytes
+        are (a metadata segment removed, a tail dropped: see :class:`~.stream.Parser`)."""
+        return self._parser.verbatim_until
+
 
 def image_check(
     content_type: str, filename: str, *, max_pixels: int, strip: StripMode

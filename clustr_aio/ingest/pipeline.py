@@ -27,8 +27,16 @@ from clustr_aio.domain.names import extension_of, safe_name
 from clustr_aio.domain.sniff import SNIFF_BYTES, verify_content
 from clustr_aio.images.metadata import StripMode
 from clustr_aio.images.structure import ImageInfo, image_check
-from clustr_aio.ingest.hashing import StreamHasher
-from clustr_aio.storage.base import BatchScope, Buffer, FileWriter, HeadPatching, Storage
+from clustr_aio.ingest.hashing import StreamHasher, all_hashed
+from clustr_aio.ingest.in_place import InPlaceWriter
+from clustr_aio.storage.base import (
+    Adopting,
+    BatchScope,
+    Buffer,
+    FileWriter,
+    HeadPatching,
+    Storage,
+)
 
 __all__ = [
     "Dedupe",
@@ -69,6 +77,10 @@ class IncomingFile:
 
     filename: str
     chunks: AsyncIterator[Buffer]
+    source: str | None = None
+    """A local file that holds exactly these bytes once ``chunks`` has ended (a resumable
+    upload's data): a storage that can adopt it writes only what the checks change
+    (:mod:`.in_place`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,25 +186,29 @@ async def _ingest(
     atomic: bool,
     owner: str | None,
 ) -> list[StoredFile | RefusedFile]:
-    received: list[ReceivedFile | RefusedFile] = []
+    receiving: list[_Hashing | RefusedFile] = []
     left_out: list[int] = []  # slots received in part (then refused): never published
     async with BatchScope(storage.batch()) as batch:
         async for incoming in files:
-            index = len(received)
+            index = len(receiving)
             slots = batch.files
             try:
                 policy.limits.check_file_count(index + 1)
-                received.append(await ingest_file(incoming, batch, policy))
+                receiving.append(await _receive_file(incoming, batch, policy))
             except ClustrError as error:
                 error.about(incoming.filename, index)
                 if atomic or not error.per_file:
                     raise
-                received.append(RefusedFile(incoming.filename, error))
+                receiving.append(RefusedFile(incoming.filename, error))
                 left_out.extend(range(slots, batch.files))
-        if not received:
+        if not receiving:
             raise NoFilesUploaded(
                 f"no files were uploaded: send them as multipart parts named {policy.field_name!r}"
             )
+        # The files' digests were computed while the next files arrived: wait for the last
+        # ones once, here, before anything (DEDUPE's check first) reads them.
+        await all_hashed()
+        received = [r.received() if isinstance(r, _Hashing) else r for r in receiving]
         outcomes = await _deduplicate(received, policy.dedupe, catalog, atomic=atomic, owner=owner)
         # Duplicates (reused or refused) were received into the batch too: leave them out.
         kept = {o.slot for o in outcomes if isinstance(o, ReceivedFile)}
@@ -374,6 +390,33 @@ async def ingest_file(file: IncomingFile, batch: BatchScope, policy: IngestPolic
     image's structure, pixel count and metadata as its bytes pass
     (:mod:`clustr_aio.images.structure`: one pass, no decode). The sha256 is that of the bytes
     as sent, computed as they pass (:mod:`.hashing`); what is written is the filtered image."""
+    hashing = await _receive_file(file, batch, policy)
+    await hashing.hasher.hexdigest()
+    return hashing.received()
+
+
+@dataclass(frozen=True, slots=True)
+class _Hashing:
+    """A file received into the batch and checked, whose sha256 the hashing thread may still be
+    computing (every chunk handed over: :meth:`StreamHasher.finish`)."""
+
+    original_filename: str
+    file_size: int
+    content_type: str
+    slot: int
+    image: ImageInfo | None
+    hasher: StreamHasher
+
+    def received(self) -> ReceivedFile:
+        """Once its chunks are hashed (:func:`all_hashed`, or the hasher's ``hexdigest``)."""
+        sha256 = self.hasher.result()
+        return ReceivedFile(
+            self.original_filename, self.file_size, self.content_type, sha256, self.slot, self.image
+        )
+
+
+async def _receive_file(file: IncomingFile, batch: BatchScope, policy: IngestPolicy) -> _Hashing:
+    """:func:`ingest_file` without waiting for the digest."""
     filename = file.filename
     extension = allowed_extension(filename, policy.allowed_extensions)  # a nameless file fails
     head_chunks = await _read_head(file.chunks)
@@ -386,7 +429,13 @@ async def ingest_file(file: IncomingFile, batch: BatchScope, policy: IngestPolic
 
     slot = batch.files
     writer: FileWriter = batch.add_file(safe_name(filename))
-    if check is not None and not isinstance(writer, HeadPatching):
+    if (
+        file.source is not None
+        and isinstance(writer, Adopting)
+        and isinstance(writer, HeadPatching)
+    ):
+        writer = InPlaceWriter(writer, file.source, check)
+    elif check is not None and not isinstance(writer, HeadPatching):
         writer = _HeldUntilClose(writer)
     hasher = StreamHasher()
     size = 0
@@ -410,18 +459,18 @@ async def ingest_file(file: IncomingFile, batch: BatchScope, policy: IngestPolic
                 assert isinstance(writer, HeadPatching)  # made one above
                 for offset, data in check.patches:
                     writer.patch(offset, data)
-        sha256 = await hasher.hexdigest()
+        hasher.finish()
     except ClustrError as error:
         if error.per_file:  # the batch goes on: close the file, which it leaves out
             with contextlib.suppress(Exception):
                 await writer.close()
         raise
     finally:
-        hasher.release()  # after the digest, nothing; else what it held counts no more
+        hasher.release()  # after finish(), nothing; else the thread skips what is left of it
     await writer.close()
     if check is None:
-        return ReceivedFile(filename, size, content_type, sha256, slot)
-    return ReceivedFile(filename, check.written, content_type, sha256, slot, check.info)
+        return _Hashing(filename, size, content_type, slot, None, hasher)
+    return _Hashing(filename, check.written, content_type, slot, check.info, hasher)
 
 
 async def _write(writer: FileWriter, pieces: Sequence[Buffer]) -> None:

@@ -46,6 +46,11 @@ lingering read that outlives the client. :class:`GuardedRequestHandler` changes 
   (:func:`~clustr_aio.web.sendfile.send_head_and_file_now`), the handler's task is not woken,
   the keep-alive deadline moves as after any answer, and the access log gets its line. What
   the responder declines, and everything behind it, goes the ordinary way, in order.
+- **Trailers**: aiohttp drops a chunked body's trailer fields (and its C parser carries the
+  last one into the next request's headers); the connection's
+  :class:`~clustr_aio.web.trailers.TrailerReader` reads them from the bytes just before the
+  parser does, for the routes that ask (tus's ``checksum-trailer``), and hands the parser the
+  bodies without them.
 
 aiohttp has no public hooks for any of it. The private names used, all reached through
 :mod:`clustr_aio.compat` (whose tests touch each one), are: of ``RequestHandler`` or its module,
@@ -88,6 +93,7 @@ from clustr_aio.web.middlewares import REQUEST_ID_HEADER, ensure_request_id
 from clustr_aio.web.quick import QuickResponder
 from clustr_aio.web.responses import error_response
 from clustr_aio.web.sendfile import send_head_and_file_now
+from clustr_aio.web.trailers import TrailerReader
 
 __all__ = [
     "ConnectionGuard",
@@ -323,6 +329,7 @@ class GuardedRequestHandler(RequestHandler):
         "_window_bytes",
         "_window_start",
         "last_active",
+        "trailer_reader",
     )
 
     def __init__(self, manager: GuardedServer, **kwargs: Any) -> None:
@@ -337,6 +344,7 @@ class GuardedRequestHandler(RequestHandler):
         self.last_active = self._loop.time()
         self._window_start = self.last_active  # the minimum body rate's current window
         self._window_bytes = 0
+        self.trailer_reader = TrailerReader()
 
     @property
     def evictable(self) -> bool:
@@ -374,7 +382,8 @@ class GuardedRequestHandler(RequestHandler):
         if held:
             self._waiter = None
         try:
-            super().data_received(data)
+            with self.trailer_reader.following(data, self._messages) as parsed:
+                super().data_received(parsed)
         finally:
             if held:
                 self._waiter = waiter

@@ -41,6 +41,18 @@ class HeadPatching(Protocol):
         closed; call before :meth:`FileWriter.close`."""
 
 
+@runtime_checkable
+class Adopting(Protocol):
+    """Optional capability of a :class:`FileWriter`: the file's first bytes are another local
+    file's, which already holds them (a resumable upload's data), so they need not be written
+    again. Only the bytes after them are written; a file that is that other file whole (nothing
+    written, nothing patched) becomes a hard link of it."""
+
+    def adopt(self, source: str, length: int) -> None:
+        """The file's first ``length`` bytes are ``source``'s, complete by the time the file is
+        closed; call before any write. ``source`` is never changed through this file."""
+
+
 class UploadBatch(Protocol):
     """The files of one upload. Nothing of it is visible to readers until :meth:`publish`, and
     nothing of it survives a crash until :meth:`seal`."""

@@ -551,6 +551,13 @@ class LocalFile:
         self.held_buffers: list[Buffer] = []
         """The deferred file's bytes, taken by the publish (see :meth:`close`)."""
         self._patches: list[tuple[int, bytes]] = []
+        self._adopted: tuple[str, int] | None = None
+
+    def adopt(self, source: str, length: int) -> None:
+        """Its first ``length`` bytes are ``source``'s (:class:`Adopting`): the bytes written go
+        after them, and the last write copies them in (in the kernel), or, when they are the
+        whole file, makes the file a hard link of ``source``."""
+        self._adopted = (source, length)
 
     def patch(self, offset: int, data: bytes) -> None:
         """Applied by the last write, before its fsync (:class:`HeadPatching`)."""
@@ -648,11 +655,23 @@ class LocalFile:
         self._storage.release(size)
 
     def write_sync(self, buffers: list[Buffer], last: bool) -> None:
+        adopted = self._adopted
         try:
             if self._fd is None:
+                if adopted is not None and last and self._is_whole(adopted, buffers):
+                    try:
+                        self._link_sync(adopted[0])
+                        return
+                    except OSError as error:  # no hard links here (EXDEV, EPERM…): a copy
+                        if error.errno in _NO_SPACE or error.errno in _NO_DESCRIPTORS:
+                            raise
                 self._fd = _create(self.path)
+                if adopted is not None:
+                    os.lseek(self._fd, adopted[1], os.SEEK_SET)
             write_all(self._fd, buffers)
             if last:
+                if adopted is not None:
+                    _copy_start(adopted[0], self._fd, adopted[1])
                 for offset, data in self._patches:
                     os.pwrite(self._fd, data, offset)
                 if self._storage.fsync:
@@ -666,6 +685,21 @@ class LocalFile:
             raise
         self._storage.count_written(sum(len(b) for b in buffers))
 
+    def _is_whole(self, adopted: tuple[str, int], buffers: list[Buffer]) -> bool:
+        source, length = adopted
+        written = any(len(b) for b in buffers)
+        return not written and not self._patches and os.stat(source).st_size == length
+
+    def _link_sync(self, source: str) -> None:
+        """The file is ``source`` itself: a second name (its bytes flushed first, with FSYNC)."""
+        if self._storage.fsync:
+            fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.link(source, self.path)
+
     def close_fd(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
@@ -676,6 +710,25 @@ def _create(path: Path) -> int:
     # No mkdir: if the upload folder is gone (an unmounted volume), fail rather than recreate it
     # on the disk underneath.
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+
+
+def _copy_start(source: str, fd: int, length: int) -> None:
+    src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        copy_start(src, fd, length)
+    finally:
+        os.close(src)
+
+
+def copy_start(source: int, target: int, length: int) -> None:
+    """The first ``length`` bytes of ``source`` to the start of ``target`` (copy_file_range:
+    in the kernel, without passing through this process); file positions are not moved."""
+    done = 0
+    while done < length:
+        copied = os.copy_file_range(source, target, length - done, done, done)
+        if not copied:
+            raise OSError(errno.EIO, f"the file is shorter than {length} bytes")
+        done += copied
 
 
 def write_all(fd: int, buffers: Sequence[Buffer]) -> None:

@@ -17,6 +17,11 @@ A commit is: the data file's bytes flushed (``fsync``, with FSYNC), then ``info.
 to a temporary file, flushed, renamed over the old one and the directory flushed. Bytes after
 the committed offset (a request killed midway, a chunk whose checksum failed) are cut off the
 next time the upload is held, so the file never holds what the offset does not vouch for.
+
+A finished upload's stored file may be its ``data`` itself, a second name of the same inode
+(:class:`~clustr_aio.storage.resumable.LocalData`: nothing written twice). So the store never
+cuts or empties a ``data`` that has another name: it puts a copy of what it keeps (the
+committed bytes, or nothing once the upload is published) in its place instead.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import Any, TypeVar
 from clustr_aio.domain.errors import InsufficientStorage, NotFound, UploadLocked
 from clustr_aio.storage.base import Buffer
 from clustr_aio.storage.journal import fsync_directory
-from clustr_aio.storage.local import write_all
+from clustr_aio.storage.local import copy_start, write_all
 from clustr_aio.storage.resumable import Digest, UploadInfo
 
 __all__ = ["TUS_DIR", "LocalResumableStore"]
@@ -96,6 +101,9 @@ class LocalResumableStore:
             return None
         return await self._call(_read_info, directory)
 
+    def data_path(self, upload_id: str) -> str:
+        return str(self._dir(upload_id) / _DATA)
+
     def hold(self, upload_id: str) -> contextlib.AbstractAsyncContextManager[LocalHeldUpload]:
         return self._hold(upload_id)
 
@@ -123,7 +131,7 @@ class LocalResumableStore:
             if info is None:
                 raise NotFound("no upload has this id")
             if info.file_id is None and os.fstat(fd).st_size > info.offset:
-                os.ftruncate(fd, info.offset)  # bytes no commit vouched for
+                fd = _cut(directory, fd, info.offset)  # bytes no commit vouched for
             os.lseek(fd, info.offset, os.SEEK_SET)
         except BaseException:
             os.close(fd)
@@ -243,28 +251,33 @@ class LocalHeldUpload:
             for buffer in buffers:
                 digest.update(buffer)  # hashlib lets go of the GIL for large buffers
 
-    async def commit(self, info: UploadInfo) -> None:
-        await asyncio.shield(self._store._call(self._commit_sync, info))
+    async def commit(self, info: UploadInfo, *, release_data: bool = False) -> None:
+        await asyncio.shield(self._store._call(self._commit_sync, info, release_data))
 
-    def _commit_sync(self, info: UploadInfo) -> None:
+    def _commit_sync(self, info: UploadInfo, release_data: bool = False) -> None:
         assert self._fd is not None
         if self._store.fsync and self.written:
             os.fsync(self._fd)
         _write_info(self._dir, info, durable=self._store.fsync)
         self.info, self.written = info, 0
+        if release_data:
+            self._release_data_sync()
 
     async def rollback(self) -> None:
         await self._store._call(self._rollback_sync)
 
     def _rollback_sync(self) -> None:
         assert self._fd is not None
-        os.ftruncate(self._fd, self.info.offset)
+        self._fd = _cut(self._dir, self._fd, self.info.offset)
         os.lseek(self._fd, self.info.offset, os.SEEK_SET)
         self.written = 0
 
     async def release_data(self) -> None:
+        await self._store._call(self._release_data_sync)
+
+    def _release_data_sync(self) -> None:
         assert self._fd is not None
-        await self._store._call(os.ftruncate, self._fd, 0)
+        self._fd = _cut(self._dir, self._fd, 0)
 
     async def remove(self) -> None:
         await asyncio.shield(self._store._call(self._remove_sync))
@@ -282,6 +295,28 @@ class LocalHeldUpload:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)  # releases the flock
+
+
+def _cut(directory: Path, fd: int, size: int) -> int:
+    """``data`` (open as ``fd``, locked) cut to its first ``size`` bytes; the descriptor of the
+    ``data`` that is then in place. One that is also a stored file's (a second link) is left
+    as it is: a new file with those bytes, locked before anyone can open it, replaces it."""
+    if os.fstat(fd).st_nlink <= 1:
+        os.ftruncate(fd, size)
+        return fd
+    temporary = directory / f".{_DATA}.{os.getpid()}.{time.monotonic_ns()}"
+    new = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(new, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        copy_start(fd, new, size)
+        os.rename(temporary, directory / _DATA)
+    except BaseException:
+        os.close(new)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    os.close(fd)
+    return new
 
 
 def _read_info(directory: Path) -> UploadInfo | None:

@@ -93,8 +93,9 @@ class HeldUpload(Protocol):
         stream fails midway, what it delivered is written (and counted) before the error is
         raised again, so the caller may still commit it."""
 
-    async def commit(self, info: UploadInfo) -> None:
-        """Make the appended bytes, then ``info``, durable (the new offset among them)."""
+    async def commit(self, info: UploadInfo, *, release_data: bool = False) -> None:
+        """Make the appended bytes, then ``info``, durable (the new offset among them); with
+        ``release_data``, then :meth:`release_data` (in the same trip to the disk)."""
 
     async def rollback(self) -> None:
         """Forget the bytes appended since the last commit (a checksum that did not match)."""
@@ -137,6 +138,16 @@ class ResumableStore(Protocol):
 
     async def sweep_orphans(self, older_than: float) -> int:
         """Remove data left without state (a crash during a creation) before that Unix time."""
+
+
+@runtime_checkable
+class LocalData(Protocol):
+    """Optional capability of a :class:`ResumableStore`: an upload's bytes are a regular file
+    on this machine, which a finished upload's stored file can be made of (adopted, see
+    :class:`~clustr_aio.storage.base.Adopting`) instead of being written again. The store
+    never changes the bytes of a data file that has another name (it copies what it keeps)."""
+
+    def data_path(self, upload_id: str) -> str: ...
 
 
 @runtime_checkable

@@ -62,14 +62,17 @@ from clustr_aio.ingest.pipeline import (
     ingest_batch,
 )
 from clustr_aio.storage.base import Buffer, Storage
-from clustr_aio.storage.resumable import HeldUpload, ResumableStore, UploadInfo
+from clustr_aio.storage.resumable import HeldUpload, LocalData, ResumableStore, UploadInfo
 from clustr_aio.tus.headers import (
     CHECKSUM_ALGORITHMS,
+    CHECKSUM_TRAILER,
     EXTENSIONS,
     OFFSET_OCTET_STREAM,
     PARTIAL_UPLOAD,
     TUS_VERSION,
     Checksum,
+    EveryDigest,
+    announces_checksum_trailer,
     check_version,
     encode_metadata,
     http_date,
@@ -109,6 +112,10 @@ class TusRequest:
     principal: Principal = OPEN
     """Who asks (AUTH=keys): an upload is its creator's owner's, found by that owner only (and
     admins); its bytes count toward the creating key's quota."""
+    trailers: Callable[[], Mapping[str, str] | None] | None = None
+    """The body's trailer fields (lower-case names), called once the body has ended: None when
+    they could not be read. None itself: the request announced none, its body is not chunked,
+    or its connection cannot read them."""
 
     @property
     def draft(self) -> bool:
@@ -162,12 +169,14 @@ class TusHandler:
 
     # -- OPTIONS ---------------------------------------------------------------------------
 
-    def options(self) -> TusAnswer:
+    def options(self, *, trailers: bool) -> TusAnswer:
+        """``trailers``: whether the connection reads trailers (``checksum-trailer``)."""
+        extensions = [e for e in EXTENSIONS if trailers or e != CHECKSUM_TRAILER]
         return TusAnswer(
             204,
             {
                 "Tus-Version": TUS_VERSION,
-                "Tus-Extension": ",".join(EXTENSIONS),
+                "Tus-Extension": ",".join(extensions),
                 "Tus-Max-Size": str(self.max_size),
                 "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS),
             },
@@ -329,7 +338,9 @@ class TusHandler:
         return headers
 
     async def _live(self, upload_id: str, principal: Principal) -> UploadInfo:
-        info = await self.store.get(upload_id)
+        return self._visible(await self.store.get(upload_id), principal)
+
+    def _visible(self, info: UploadInfo | None, principal: Principal) -> UploadInfo:
         if info is None or not _sees(principal, info):
             raise NotFound("no upload has this id")
         if info.expires_at <= self._clock():
@@ -346,10 +357,18 @@ class TusHandler:
         offset = parse_size(headers, "Upload-Offset")
         if offset is None:
             raise BadRequest("Upload-Offset is required")
-        info = await self._live(upload_id, request.principal)
-        if info.final:
-            raise FinalUploadPatched("a final upload's bytes are its parts': PATCH those")
-        async with self.store.hold(upload_id) as held:
+        # The lock first, and the state read under it (one trip to the store, not two); only
+        # a locked upload is looked up beside it, so that another owner's is still a 404.
+        holding = self.store.hold(upload_id)
+        try:
+            held = await holding.__aenter__()
+        except UploadLocked:
+            await self._live(upload_id, request.principal)
+            raise
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_exit(holding)
+            if self._visible(held.info, request.principal).final:
+                raise FinalUploadPatched("a final upload's bytes are its parts': PATCH those")
             answer = await self._receive(held, request, offset)
         if held.info.partial and held.info.received_all:
             await self._finish_finals_of(upload_id, answer.published)  # concatenation-unfinished
@@ -368,6 +387,7 @@ class TusHandler:
                 raise OffsetMismatch("the upload is complete: nothing more can be appended")
             return TusAnswer(204, self._upload_headers(info, request))
         checksum = parse_checksum(request.headers.get("Upload-Checksum"))
+        trailed = self._trailed_checksum(request, checksum)
         completes = parse_complete(request.headers)
         room = (info.length if info.length is not None else self.max_size) - offset
         if request.content_length is not None and request.content_length > room:
@@ -383,7 +403,7 @@ class TusHandler:
             body = live.tee(body)
         published: list[StoredFile] = []
         try:
-            info = await self._append(held, info, body, checksum)
+            info = await self._append(held, info, body, checksum, trailed)
             if info.length is None and completes:
                 self._check_length(info.offset)
                 info = info.with_changes(length=info.offset)  # the draft: the length, at last
@@ -405,9 +425,13 @@ class TusHandler:
         info: UploadInfo,
         body: AsyncIterator[Buffer],
         checksum: Checksum | None,
+        trailed: Callable[[], Mapping[str, str] | None] | None,
     ) -> UploadInfo:
-        """The body appended, checked against its checksum; the upload's state after it."""
-        digest = checksum.digest() if checksum is not None else None
+        """The body appended, checked against its checksum (``trailed``: the trailer's, which
+        names its algorithm only after the bytes, so all are computed); the upload's state
+        after it."""
+        every = EveryDigest() if trailed is not None else None
+        digest = checksum.digest() if checksum is not None else every
         try:
             await held.append(body, digest=digest)
         except UnsupportedFile:  # not what its name says: the upload is refused whole
@@ -423,12 +447,48 @@ class TusHandler:
             # The client's connection broke, its body idled out, or the server is stopping:
             # keep what arrived (tus: store as much as possible), unless a checksum was to
             # vouch for the whole chunk.
-            if checksum is None and held.written:
+            if digest is None and held.written:
                 await held.commit(self._advanced(info, held.written))
             raise
-        if checksum is not None and digest is not None:
+        if every is not None and trailed is not None:
+            checksum = await self._trailer_checksum(held, trailed)
+            await self._verify(held, checksum, every.of(checksum.algorithm))
+        elif checksum is not None and digest is not None:
             await self._verify(held, checksum, digest.digest())
         return self._advanced(info, held.written)
+
+    def _trailed_checksum(
+        self, request: TusRequest, checksum: Checksum | None
+    ) -> Callable[[], Mapping[str, str] | None] | None:
+        """checksum-trailer: where the body's trailers will be, if ``Trailer`` announces an
+        ``Upload-Checksum``; refused (400, before any byte is kept) when it cannot come."""
+        if not announces_checksum_trailer(request.headers):
+            return None
+        if checksum is not None:
+            raise BadRequest("Upload-Checksum is sent either as a header or as a trailer")
+        if request.trailers is None:
+            raise BadRequest(
+                "Trailer: Upload-Checksum needs a chunked body (Transfer-Encoding: chunked)"
+                " on a connection that reads trailers"
+            )
+        return request.trailers
+
+    async def _trailer_checksum(
+        self, held: HeldUpload, trailers: Callable[[], Mapping[str, str] | None]
+    ) -> Checksum:
+        """The checksum the body's trailer section gave; 400 (the chunk discarded) when it is
+        missing, unreadable or unsupported."""
+        fields = trailers()
+        try:
+            if fields is None:
+                raise BadRequest("the body's trailer section could not be read")
+            checksum = parse_checksum(fields.get("upload-checksum"))
+            if checksum is None:
+                raise BadRequest("Trailer: Upload-Checksum was announced, but not sent")
+        except BadRequest as error:
+            await held.rollback()
+            raise BadRequest(f"{error.detail}; the chunk was discarded") from None
+        return checksum
 
     def _with_length(self, info: UploadInfo, headers: Mapping[str, str]) -> UploadInfo:
         """creation-defer-length: the first PATCH that knows the length says it, once."""
@@ -448,6 +508,8 @@ class TusHandler:
         """What was received of the file's first bytes, while they are still to check."""
         if info.partial or info.offset >= SNIFF_BYTES:
             return None
+        if info.offset == 0:
+            return b""  # nothing received yet: no trip to the store
         return await self.store.head(info.id, info.offset)
 
     def _checked(
@@ -505,7 +567,7 @@ class TusHandler:
             self._runs.pop(info.id, None)
             ingested = live.finish()
         else:
-            ingested = self._ingest(info, self.store.read(info.id, info.offset))
+            ingested = self._ingest(info, self.store.read(info.id, info.offset), whole=True)
         try:
             stored = await ingested
         except ClustrError as error:
@@ -528,16 +590,21 @@ class TusHandler:
             file_id=stored.id,
             expires_at=self._clock() + self.expiry,
         )
-        await held.commit(done)
-        await held.release_data()
+        await held.commit(done, release_data=True)  # its bytes are the stored file's now
         await self._release(info)  # its file is catalogued: it counts as such now
         return done
 
-    async def _ingest(self, info: UploadInfo, chunks: AsyncIterator[Buffer]) -> StoredFile:
-        """The upload's file through the pipeline, as its owner's (DEDUPE among theirs)."""
+    async def _ingest(
+        self, info: UploadInfo, chunks: AsyncIterator[Buffer], *, whole: bool
+    ) -> StoredFile:
+        """The upload's file through the pipeline, as its owner's (DEDUPE among theirs).
+        ``whole``: ``chunks`` are the upload's data file, all of it (a live run's are, once
+        they end), which the stored file is then made of where the checks leave it as it is."""
+        store = self.store
+        source = store.data_path(info.id) if whole and isinstance(store, LocalData) else None
 
         async def one_file() -> AsyncIterator[IncomingFile]:
-            yield IncomingFile(info.metadata["filename"], chunks)
+            yield IncomingFile(info.metadata["filename"], chunks, source)
 
         [stored] = await ingest_batch(
             one_file(), self._storage, self._policy, self._catalog, owner=info.owner
@@ -569,7 +636,7 @@ class TusHandler:
                     self._check_length(total)
                     info = info.with_changes(length=total)
                 try:
-                    stored = await self._ingest(info, self._concat(complete))
+                    stored = await self._ingest(info, self._concat(complete), whole=False)
                 except ClustrError as error:
                     if error.per_file:
                         await held.remove()
@@ -641,7 +708,7 @@ class TusHandler:
             await self._drop_live(info.id)
             live = None
         if live is None and start and info.offset == 0 and len(self._runs) < _LIVE_RUNS:
-            live = LiveIngest(functools.partial(self._ingest, info))
+            live = LiveIngest(functools.partial(self._ingest, info, whole=True))
             self._runs[info.id] = live
         return live
 

@@ -17,6 +17,7 @@ from email.utils import formatdate
 from typing import Final
 
 from clustr_aio.domain.errors import BadRequest, UnsupportedProtocolVersion
+from clustr_aio.storage.base import Buffer
 from clustr_aio.storage.resumable import Digest
 
 TUS_VERSION: Final = "1.0.0"
@@ -26,10 +27,13 @@ EXTENSIONS: Final = (
     "creation-defer-length",
     "expiration",
     "checksum",
+    "checksum-trailer",
     "termination",
     "concatenation",
     "concatenation-unfinished",
 )
+CHECKSUM_TRAILER: Final = "checksum-trailer"
+"""Offered only where the connection reads trailers (see :mod:`clustr_aio.web.trailers`)."""
 CHECKSUM_ALGORITHMS: Final = ("sha1", "sha256", "md5")
 OFFSET_OCTET_STREAM: Final = "application/offset+octet-stream"
 DRAFT_INTEROP_VERSION: Final = "6"
@@ -128,6 +132,31 @@ class Checksum:
 
     def digest(self) -> Digest:
         return hashlib.new(self.algorithm)
+
+
+class EveryDigest:
+    """Every supported algorithm's running hash of the same bytes: a checksum sent as a trailer
+    names its algorithm only after them. :meth:`digest` is theirs concatenated, in
+    :data:`CHECKSUM_ALGORITHMS`' order; :meth:`of` one of them."""
+
+    def __init__(self) -> None:
+        self._digests = {name: hashlib.new(name) for name in CHECKSUM_ALGORITHMS}
+
+    def update(self, data: Buffer, /) -> None:
+        for running in self._digests.values():
+            running.update(data)
+
+    def digest(self) -> bytes:
+        return b"".join(running.digest() for running in self._digests.values())
+
+    def of(self, algorithm: str) -> bytes:
+        return self._digests[algorithm].digest()
+
+
+def announces_checksum_trailer(headers: Mapping[str, str]) -> bool:
+    """``Trailer: Upload-Checksum``: the request's checksum comes after its body."""
+    announced = headers.get("Trailer", "")
+    return any(name.strip().lower() == "upload-checksum" for name in announced.split(","))
 
 
 def parse_checksum(text: str | None) -> Checksum | None:

@@ -77,6 +77,11 @@ class LiveIngest:
         less than the run saw."""
         if self._run.done():
             return False
+        if not self._queue.full():  # room: queued without a task and a wait of its own
+            self._queue.put_nowait(chunk)
+            if chunk is not None:
+                self.offset += len(chunk)
+            return True
         put = asyncio.ensure_future(self._queue.put(chunk))
         try:
             await asyncio.wait((put, self._run), return_when=asyncio.FIRST_COMPLETED)

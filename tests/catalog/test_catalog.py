@@ -245,7 +245,7 @@ async def test_postgresql_finds_a_digests_oldest_record_by_index_without_statist
         async with catalog.pool.acquire() as connection:
             await connection.execute("SET plan_cache_mode = force_generic_plan")
             plan = await connection.fetch(
-                f"EXPLAIN {postgres._oldest_by_sha256(None)}", *postgres._keys(digests)
+                f"EXPLAIN {postgres._oldest_by_sha256(None)}", postgres._in_key_order(digests)
             )
     text = "\n".join(row[0] for row in plan)
     assert "files_by_sha256_key" in text, text

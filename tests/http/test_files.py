@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +318,33 @@ async def test_dedupe_reject_refuses_the_upload_naming_the_file(
     assert "'again.jpg' is stored already, as 'a.jpg'" in body["detail"]
     assert stored_files(upload_dir) == ["a.jpg"]  # all or nothing, as any refusal
     assert len(await list_all(client)) == 1
+
+
+@pytest.mark.parametrize("dedupe", ["reuse", "reject"])
+async def test_dedupe_finds_large_files_hashed_while_the_next_ones_arrive(
+    catalogued: MakeClient, upload_dir: Path, dedupe: str
+) -> None:
+    """Photos of several reads each, hashed on the hashing thread as they arrive and waited
+    for only once the last is in: DEDUPE still decides on their digests."""
+    client = await catalogued(dedupe=dedupe)
+    photos = [JPEG + os.urandom(300 * KIB + n) for n in range(3)]
+    [stored] = await upload_ok(client, ("a.jpg", photos[0]))
+    files = [("b.jpg", photos[1]), ("c.jpg", photos[2]), ("again.jpg", photos[0])]
+    files.append(("twin.jpg", photos[2]))
+    response = await upload_each(client, files)
+    items = (await response.json())["data"]
+    assert [i.get("sha256") for i in items[:2]] == [
+        hashlib.sha256(p).hexdigest() for p in photos[1:]
+    ]
+    if dedupe == "reuse":
+        assert items[2] == {**stored, "duplicate": True}
+        assert items[3] == {**items[1], "duplicate": True}
+    else:
+        assert [i["error"]["status"] for i in items[2:]] == [409, 409]
+        assert "as 'a.jpg'" in items[2]["error"]["detail"]
+        assert "earlier in this upload" in items[3]["error"]["detail"]
+    assert stored_files(upload_dir) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert len(await list_all(client)) == 3
 
 
 # ----------------------------------------------------------------------------- per-file

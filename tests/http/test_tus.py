@@ -22,7 +22,7 @@ from tests.conftest import JPEG, PNG, Client, stored_files, temp_files
 from tests.http.conftest import MakeClient
 from tests.http.test_metrics import scrape, value
 from tests.http.test_thumbnails import local, rendered
-from tests.images.photos import encode, picture, png_chunk
+from tests.images.photos import encode, exif_bytes, picture, png_chunk
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = {**TUS, "Content-Type": "application/offset+octet-stream"}
@@ -711,8 +711,10 @@ async def test_a_structure_broken_midway_is_refused_before_the_end(
 async def test_a_chunk_taken_back_ends_the_live_run_and_the_upload_is_read_back(
     tus: Client, upload_dir: Path
 ) -> None:
-    url = await created(tus, len(PHOTO))
-    assert (await patch(tus, url, 0, PHOTO[:30_000])).status == 204
+    # GPS to remove: the live run writes its file (one left as sent is never written again).
+    photo = encode("jpg", picture(), exif=exif_bytes()) + bytes(70_000)
+    url = await created(tus, len(photo))
+    assert (await patch(tus, url, 0, photo[:30_000])).status == 204
     for _ in range(100):  # the live run's copy, written out once idle
         if temp_files(upload_dir):
             break
@@ -720,13 +722,15 @@ async def test_a_chunk_taken_back_ends_the_live_run_and_the_upload_is_read_back(
     assert len(temp_files(upload_dir)) == 1
     # A chunk whose checksum fails was fed to the live run already: the run is dropped...
     bad = base64.b64encode(hashlib.sha1(b"other").digest()).decode()
-    refused = await patch(tus, url, 30_000, PHOTO[30_000:], Upload_Checksum=f"sha1 {bad}")
+    refused = await patch(tus, url, 30_000, photo[30_000:], Upload_Checksum=f"sha1 {bad}")
     assert refused.status == 460
     assert temp_files(upload_dir) == []  # its batch discarded
     # ...and the finished upload is read back from its data instead.
-    done = await patch(tus, url, 30_000, PHOTO[30_000:])
+    done = await patch(tus, url, 30_000, photo[30_000:])
     assert done.status == 204, await done.text()
-    assert (upload_dir / "photo.jpg").read_bytes() == PHOTO
+    stored = (upload_dir / "photo.jpg").read_bytes()
+    assert stored != photo  # its GPS removed
+    assert stored.endswith(bytes(70_000))
     record = await (await tus.get(f"/api/files/{done.headers['Clustr-File-Id']}")).json()
-    assert record["sha256"] == hashlib.sha256(PHOTO).hexdigest()
+    assert record["sha256"] == hashlib.sha256(photo).hexdigest()
     assert temp_files(upload_dir) == []

@@ -230,3 +230,31 @@ def test_png_raw_profiles_and_xmp_text_go_under_location() -> None:
     assert b"GPSLatitude" not in stored
     assert b'dc:title="t"' in stored
     assert pixels(stored) == pixels(png)
+
+
+def test_verbatim_until_says_where_the_output_stops_being_the_input() -> None:
+    """What ingest/in_place.py relies on: None while every output byte is the input's."""
+    from clustr_aio.images.structure import ImageCheck
+    from tests.images.photos import encode, exif_bytes, picture
+
+    plain = encode("jpg", picture()) + b"after"
+    with_gps = encode("jpg", picture(), exif=exif_bytes())
+    cases: tuple[tuple[bytes, StripMode, bool], ...] = (
+        (plain, "location", True),
+        (plain, "all", False),  # the bytes after its end dropped
+        (with_gps, "location", False),
+        (with_gps, "none", True),
+    )
+    for data, strip, verbatim in cases:
+        check = ImageCheck("image/jpeg", "a.jpg", max_pixels=10**8, strip=strip)
+        out = b"".join(
+            bytes(piece)
+            for at in range(0, len(data), 100)
+            for piece in check.feed(data[at : at + 100])
+        )
+        out += b"".join(bytes(piece) for piece in check.finish())
+        until = check.verbatim_until
+        assert (until is None) == verbatim, (strip, until)
+        assert (out == data) == verbatim
+        if until is not None:  # at or before the first byte that differs
+            assert out[:until] == data[:until]

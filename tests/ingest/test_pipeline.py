@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,11 +21,13 @@ from clustr_aio.domain.errors import (
 )
 from clustr_aio.domain.limits import UploadLimits
 from clustr_aio.images.structure import ImageInfo
+from clustr_aio.ingest.hashing import BATCH_BYTES, StreamHasher
 from clustr_aio.ingest.multipart import MultipartStream, file_parts
 from clustr_aio.ingest.pipeline import IngestPolicy, StoredFile, ingest_batch
 from clustr_aio.storage.local import LocalStorage
 from tests.conftest import JPEG, PNG, WEBP, assert_nothing_stored, stored_files, temp_files
 from tests.http.helpers import BOUNDARY, Part, files_body, multipart_body
+from tests.ingest.test_hashing import watched
 
 POLICY = IngestPolicy(
     allowed_extensions=frozenset({"jpg", "jpeg", "png", "webp", "bin"}),
@@ -229,3 +233,33 @@ async def test_cancelled_mid_file_stores_nothing(storage: LocalStorage, upload_d
     with pytest.raises(asyncio.CancelledError):
         await task
     assert_nothing_stored(upload_dir)
+
+
+async def test_the_next_file_is_received_while_the_last_is_hashed(storage: LocalStorage) -> None:
+    """A batch does not wait for a file's sha256 before it reads the next: with the hashing
+    thread held up, the whole body is read, and the digests (right ones) come once it is free
+    again."""
+    files = [(f"{n}.bin", os.urandom(100_000 + 1000 * n)) for n in range(3)]
+    body = Body(files_body(*files), 16 * 1024)
+    policy = IngestPolicy(
+        allowed_extensions=frozenset({"bin"}),
+        limits=UploadLimits(max_file_size=1 << 20, max_request_size=8 << 20, max_files=5),
+    )
+    gate = threading.Event()
+    stuck = StreamHasher()
+    watched(stuck, gate=gate)
+    await stuck.update(bytes(BATCH_BYTES))  # a batch: the hashing thread now waits on the gate
+    try:
+        task = asyncio.create_task(ingest(storage, body, policy))
+        for _ in range(500):
+            if body.pos == len(body.data):
+                break
+            await asyncio.sleep(0.01)
+        assert body.pos == len(body.data), "the batch waited for a digest before reading on"
+        await asyncio.sleep(0.05)
+        assert not task.done()
+    finally:
+        gate.set()
+    stored = await task
+    assert [s.sha256 for s in stored] == [hashlib.sha256(data).hexdigest() for _, data in files]
+    stuck.release()

@@ -290,18 +290,37 @@ async def test_at_the_connection_limit_the_longest_idle_makes_room(connect: Conn
 
 
 async def test_when_every_connection_is_busy_a_new_one_gets_a_503(
-    connect: Connect,
+    aiohttp_client: AiohttpClient, upload_dir: Path
 ) -> None:
+    # Timeouts that cannot fire while a loaded machine gets the eight bodies going: with
+    # SHORT ones a body that went idle (or a head not yet parsed) made a connection evictable,
+    # the newcomer was let in, and it saw nothing but its own header timeout's close.
+    server = await serve_production(
+        aiohttp_client, upload_dir, body_idle_timeout=30, max_connections=8
+    )
+    assert server.server.port is not None
+    assert server.server.runner is not None
+    guard = server.server.runner.server.guard  # type: ignore[union-attr]
+    writers = []
     for n in range(8):
-        _, writer = await connect()
+        _, writer = await asyncio.open_connection("127.0.0.1", server.server.port)
+        writers.append(writer)
         head = request_head(
             "POST", "/api/upload", {"Content-Length": "1000000", **multipart_headers()}
         )
         writer.write(head + part_head(f"{n}.jpg") + JPEG)
-    await asyncio.sleep(0.1)
-    reader, _ = await connect()
+    for _ in range(500):  # until every one is handling its upload (none evictable)
+        if guard.open == 8 and not guard.idle:
+            break
+        await asyncio.sleep(0.01)
+    assert guard.open == 8
+    assert not guard.idle
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.server.port)
+    writers.append(writer)
     response = await read_response(reader)
     assert_json_error_canned(response)
+    for writer in writers:
+        writer.close()
 
 
 def assert_json_error_canned(response: RawResponse) -> None:

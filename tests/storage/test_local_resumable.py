@@ -4,6 +4,7 @@ uncommitted bytes cut off, removal, orphans."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -177,3 +178,37 @@ async def test_uploads_are_not_stored_files(tmp_path: Path) -> None:
         assert await storage.locate(TUS_DIR) is None  # never served
     finally:
         await storage.close()
+
+
+async def test_a_data_file_that_is_also_a_stored_file_is_never_cut(
+    store: LocalResumableStore, tmp_path: Path
+) -> None:
+    """A stored file made of an upload's data (a second link, see ingest/in_place.py): a crash
+    before the upload's state said so leaves bytes past its offset, which the next hold cuts
+    off, and a published upload's data is released; neither may touch the stored file."""
+    upload_id = "c" * 32
+    await store.create(info(upload_id))
+    async with store.hold(upload_id) as held:
+        await held.append(chunks(b"x" * 60))
+        await held.commit(held.info.with_changes(offset=60))
+        await held.append(chunks(b"y" * 40))  # received, never committed
+    stored = tmp_path / "stored.jpg"
+    os.link(store.data_path(upload_id), stored)
+    async with store.hold(upload_id) as held:  # cuts the 40 bytes: in a copy
+        assert _contents(store.data_path(upload_id)) == b"x" * 60
+        assert stored.read_bytes() == b"x" * 60 + b"y" * 40
+        await held.append(chunks(b"z" * 40))
+        await held.commit(held.info.with_changes(offset=100))
+    os.unlink(stored)
+    os.link(store.data_path(upload_id), stored)
+    async with store.hold(upload_id) as held:
+        await held.release_data()
+        assert _contents(store.data_path(upload_id)) == b""
+    assert stored.read_bytes() == b"x" * 60 + b"z" * 40
+    assert stored.stat().st_nlink == 1
+    assert await read_all(store, upload_id, 0) == b""
+
+
+def _contents(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.read()

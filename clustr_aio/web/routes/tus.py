@@ -11,7 +11,7 @@ to every answer under ``/api/tus/``, errors included, as the protocol asks.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Final
 
 from aiohttp import hdrs, web
@@ -36,6 +36,7 @@ from clustr_aio.web.openapi.registry import JSONObject
 from clustr_aio.web.openapi.schemas import error_response
 from clustr_aio.web.protection import body_errors, refuse_content_encoding
 from clustr_aio.web.routes.upload import render_ahead
+from clustr_aio.web.trailers import body_trailers, reads_trailers
 
 __all__ = ["PREFIX", "add_discovery", "routes", "tus_headers"]
 
@@ -74,7 +75,16 @@ async def _request(request: web.Request, body: _Body | None = None) -> TusReques
         endpoint=base + PREFIX.rstrip("/"),
         files_url=base + "/api/files",
         principal=await admitted(request),
+        trailers=_trailers(request),
     )
+
+
+def _trailers(request: web.Request) -> Callable[[], Mapping[str, str] | None] | None:
+    """The body's trailer fields, for checksum-trailer (see :mod:`clustr_aio.web.trailers`)."""
+    trailers = body_trailers(request)
+    if trailers is None:
+        return None
+    return lambda: trailers.fields
 
 
 Receive = Callable[[TusHandler, TusRequest], Awaitable[TusAnswer]]
@@ -296,9 +306,10 @@ async def head(request: web.Request) -> web.Response:
     summary="Append to a resumable upload (tus)",
     description=f"A chunk at `Upload-Offset`, as `{OFFSET_OCTET_STREAM}`. With "
     "`Upload-Checksum: <sha1|sha256|md5> <base64>` a chunk that does not match is discarded "
-    "(460). Bytes received before a connection broke are kept. Another PATCH of the same "
-    "upload in flight, in any worker: 423. The completing PATCH publishes the file through "
-    "the upload pipeline and answers with `Clustr-File-Id`.",
+    "(460); the checksum may instead come as a trailer of a chunked body, announced by "
+    "`Trailer: Upload-Checksum` (checksum-trailer). Bytes received before a connection broke "
+    "are kept. Another PATCH of the same upload in flight, in any worker: 423. The completing "
+    "PATCH publishes the file through the upload pipeline and answers with `Clustr-File-Id`.",
     tags=("upload",),
     parameters=(
         _ID,
@@ -308,6 +319,11 @@ async def head(request: web.Request) -> web.Response:
         ),
         _header("Upload-Length", "creation-defer-length: the size, once."),
         _header("Upload-Checksum", "`sha1 <base64 digest>` (or sha256, md5) of this chunk."),
+        _header(
+            "Trailer",
+            "`Upload-Checksum`: the checksum comes as a trailer field of the chunked body "
+            "(checksum-trailer), verified as the header's is.",
+        ),
         _DRAFT,
         _COMPLETE,
     ),
@@ -450,7 +466,7 @@ def _discovery_or(preflight: Handler, name: str) -> Handler:
     async def discovery(request: web.Request) -> web.StreamResponse:
         if hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers:
             return await preflight(request)
-        return _response(_tus(request).options())
+        return _response(_tus(request).options(trailers=reads_trailers(request)))
 
     discovery.__name__ = name  # its operationId
     return discovery
