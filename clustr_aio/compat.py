@@ -39,13 +39,20 @@ aiohttp
     3.0): which parser error it was, for a detail that does not echo the request.
   - :data:`GUARDED_HANDLER_ATTRIBUTES` of ``RequestHandler`` (its queue of parsed requests,
     its waiter, the request being handled, its lingering time, flow-control and close flags;
-    for the quick answers, its parser, whose slot a request answered there frees, and its
-    keep-alive timeout and deadline, which such an answer moves as aiohttp's own do)
+    for the quick answers, its parser, whose slot a request answered there frees, its
+    keep-alive timeout and deadline, which such an answer moves as aiohttp's own do, and
+    its upgraded flag and queue limit, without which the parser holds nothing after a
+    bodiless request's head)
     and :data:`GUARDED_SERVER_ATTRIBUTES` of ``Server`` (its loop, handler options and
     connections, as its own ``__call__`` uses them), plus ``BaseRunner._make_server`` (3.0),
     overridden by ``DrainingRunner`` to swap the ``Server``'s class.
   - asyncio's selector transport ``max_size`` (Python 3.7): the ``recv`` size, lowered for
     connections beyond the 64th.
+  - :func:`fresh_request_parser` (``RequestHandler.__init__``'s parser construction and
+    ``web_protocol.MAX_MSG_QUEUE_SIZE``, 3.14): the body reader (``runtime/body_reader.py``)
+    reads an upload's body around the connection's parser, which is left in the middle of it;
+    the connection gets a new parser, made as aiohttp makes its first, for what follows. There
+    is no public way to read a body other than through the parser.
 
 - Draining (``runtime/drain.py``): :func:`site_server` (``BaseSite._server``, 3.0): the
   listening ``asyncio.Server`` (None on uvloop, whose server needs no such step), to stop
@@ -102,9 +109,11 @@ asks the storage).
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import io
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any, Final, cast
 
@@ -112,6 +121,7 @@ import aiohttp_cors
 from aiohttp import StreamReader, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http import HttpRequestParser
 from aiohttp.http_exceptions import (
     BadHttpMessage,
     BadHttpMethod,
@@ -124,6 +134,7 @@ from aiohttp.http_exceptions import (
 )
 from aiohttp.http_writer import StreamWriter
 from aiohttp.web_fileresponse import _FileResponseResult as FileResponseResult
+from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE
 from aiohttp.web_protocol import _ErrInfo as ErrInfo
 from prometheus_client import values
 
@@ -145,6 +156,7 @@ __all__ = [
     "connection_is_idle",
     "cors_response_hook",
     "fed_stream_reader",
+    "fresh_request_parser",
     "is_cors_preflight",
     "pids_with_live_gauges",
     "plan_file_response",
@@ -172,6 +184,8 @@ GUARDED_HANDLER_ATTRIBUTES: Final = (
     "_parser",
     "_keepalive_timeout",
     "_next_keepalive_close_time",
+    "_upgraded",
+    "_max_msg_queue_size",
 )
 """``RequestHandler`` attributes that ``runtime/protocol.py``'s subclass reads or sets."""
 GUARDED_SERVER_ATTRIBUTES: Final = ("_loop", "_kwargs", "_connections")
@@ -248,6 +262,31 @@ def site_server(site: web.BaseSite) -> asyncio.Server | None:
     named-pipe site, which has none)."""
     server = site._server
     return server if isinstance(server, asyncio.Server) else None
+
+
+@functools.cache
+def _handler_defaults() -> Mapping[str, Any]:
+    parameters = inspect.signature(web.RequestHandler.__init__).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
+def fresh_request_parser(
+    connection: web.RequestHandler, options: Mapping[str, Any]
+) -> HttpRequestParser:
+    """A request parser for ``connection`` as ``RequestHandler.__init__`` makes its first, from
+    the keyword ``options`` the connection was made with (aiohttp's defaults for the others)."""
+    given = {**_handler_defaults(), **options}
+    return HttpRequestParser(
+        connection,
+        connection._loop,
+        given["read_bufsize"],
+        max_line_size=given["max_line_size"],
+        max_field_size=given["max_field_size"],
+        max_headers=given["max_headers"],
+        payload_exception=web.RequestPayloadError,
+        auto_decompress=given["auto_decompress"],
+        max_msg_queue_size=MAX_MSG_QUEUE_SIZE,
+    )
 
 
 def connection_is_idle(connection: web.RequestHandler) -> bool:

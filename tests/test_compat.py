@@ -324,6 +324,26 @@ async def test_guarded_connection_internals() -> None:
     assert isinstance(transport_class.max_size, int)
 
 
+async def test_fresh_request_parser() -> None:
+    """A parser made as aiohttp's RequestHandler makes its first: the same class, the options
+    given (a head over ``max_line_size`` is refused), aiohttp's defaults for the others."""
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response()
+
+    connection = web.Server(handler)()
+    parser: Any = compat.fresh_request_parser(connection, {"max_line_size": 100})
+    messages, upgraded, _ = parser.feed_data(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert not upgraded
+    assert [message.path for message, _ in messages] == ["/x"]
+    with pytest.raises(compat.LineTooLong):
+        parser.feed_data(b"GET /" + b"y" * 200 + b" HTTP/1.1\r\n\r\n")
+    defaults: Any = compat.fresh_request_parser(connection, {})
+    messages, _, _ = defaults.feed_data(b"GET /" + b"y" * 200 + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert len(messages) == 1
+    assert type(parser) is type(connection._parser)  # the C parser (or Python's) as aiohttp's
+
+
 # --------------------------------------------------------------------------- aiobotocore
 
 

@@ -5,6 +5,9 @@ read before looking them up (:class:`~clustr_aio.auth.keys.KeyRing`). So a key r
 process, the CLI included, is refused by every worker from its next request on, while a key
 in use costs no query per request.
 
+The thumbnail cache keeps one of its own for removals (:mod:`clustr_aio.images.thumbnails`),
+under which workers keep thumbnails' bytes in memory.
+
 It lives in a small memory-mapped file beside the catalog's own file: on the same host as
 every process that opens that catalog, as SQLite's WAL mode requires of them anyway. Like the
 catalog's file, it must not be deleted while processes have it open.

@@ -7,12 +7,15 @@ unbounded unless we count it ourselves, so every byte read from the request pass
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sized
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from clustr_aio.domain.errors import RequestTooLarge, UploadTooLarge
 
-ReadChunk = Callable[[], Awaitable[bytes]]
+_Chunk = TypeVar("_Chunk", bound=Sized)
+ReadChunk = Callable[[], Awaitable[_Chunk]]
+"""What a body is read by: the next chunk of it (bytes, or a window of a reused buffer)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -44,22 +47,24 @@ class UploadLimits:
             f"request body is larger than the limit of {self.max_request_size} bytes"
         )
 
-    def counting(self, read: ReadChunk) -> CountingReader:
+    def counting(self, read: ReadChunk[_Chunk]) -> CountingReader[_Chunk]:
         return CountingReader(read, limit=self.max_request_size, error=self._request_too_large)
 
 
-class CountingReader:
+class CountingReader(Generic[_Chunk]):
     """Wraps a ``read`` callable, counting bytes and raising once more than ``limit`` arrive."""
 
     __slots__ = ("_error", "_limit", "_read", "bytes_read")
 
-    def __init__(self, read: ReadChunk, *, limit: int, error: Callable[[], Exception]) -> None:
+    def __init__(
+        self, read: ReadChunk[_Chunk], *, limit: int, error: Callable[[], Exception]
+    ) -> None:
         self._read = read
         self._limit = limit
         self._error = error
         self.bytes_read = 0
 
-    async def __call__(self) -> bytes:
+    async def __call__(self) -> _Chunk:
         chunk = await self._read()
         self.bytes_read += len(chunk)
         if self.bytes_read > self._limit:

@@ -16,6 +16,11 @@
 - **Single-flight**: concurrent requests for one thumbnail in a process share one render; across
   processes (``WORKERS=N``) an ``flock`` on the thumbnail's lock file makes the others wait and
   then find the file.
+- **Removals seen by every process**: removing a file's thumbnails (:meth:`Thumbnailer.remove`,
+  :meth:`Thumbnailer.prune`) moves the host's removals counter (:meth:`Thumbnailer.removals`,
+  a :class:`~clustr_aio.catalog.changes.ChangeCounter` in the cache folder, made with it), so
+  that a worker keeping thumbnails' bytes in memory (:mod:`clustr_aio.web.hot_thumbnails`)
+  drops them when another worker deleted a file.
 - **Corrupt images**: a file libvips cannot decode gets an ``<size>.<format>.error`` file beside,
   and every later request is the same :class:`ThumbnailUnavailable` (422) without a render.
 - **Shared**: with a store every instance shares (``shared``, the storage's
@@ -46,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from clustr_aio.catalog.changes import ChangeCounter
 from clustr_aio.domain.errors import ClustrError, ThumbnailsBusy, ThumbnailUnavailable
 from clustr_aio.runtime.memory import malloc_trim
 from clustr_aio.storage.base import DerivedFile, DerivedStoring
@@ -67,6 +73,8 @@ __all__ = [
 
 THUMBNAIL_DIR: Final = ".thumbnails"
 """The cache's directory in the upload folder (a dot-name: never served)."""
+REMOVALS_FILE: Final = ".removals"
+"""The removals counter's file in the cache directory (no thumbnails' folder: a dot-name)."""
 
 THUMBNAIL_TYPES: Final = frozenset(
     {"image/jpeg", "image/png", "image/webp", "image/gif", "image/avif", "image/heic"}
@@ -253,6 +261,7 @@ class Thumbnailer:
         self._seen: collections.OrderedDict[str, _Seen] = collections.OrderedDict()
         """The last files asked for (LRU): a hot thumbnail is found without the catalog nor
         a look at the disk (see :meth:`cached`)."""
+        self._removals: ChangeCounter | None = None
 
     async def start(self) -> None:
         """Start the render threads; the cache directory is made by the first render."""
@@ -265,6 +274,20 @@ class Thumbnailer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._removals is not None:
+            self._removals.close()
+            self._removals = None
+
+    def removals(self) -> ChangeCounter | None:
+        """The host's count of thumbnail removals (by any process on this cache folder):
+        what was read from the folder under one stable value may be kept while the value
+        stays the same (see :meth:`ChangeCounter.stable`). Opened on first use, in each
+        process (after any fork); None while the cache folder does not exist (nothing can
+        have been read from it)."""
+        if self._removals is None:
+            with contextlib.suppress(FileNotFoundError):
+                self._removals = ChangeCounter(self.cache_dir / REMOVALS_FILE)
+        return self._removals
 
     @staticmethod
     def identity(content_hash: str, size: int, fmt: ThumbnailFormat) -> str:
@@ -396,9 +419,19 @@ class Thumbnailer:
         return job
 
     async def remove(self, file_key: str) -> None:
-        """Forget every thumbnail of a file (it was deleted)."""
+        """Forget every thumbnail of a file (it was deleted); the removals counter moves on
+        once they are gone."""
         self._seen.pop(file_key, None)
-        await asyncio.to_thread(shutil.rmtree, self.cache_dir / file_key, True)
+        await asyncio.to_thread(self._remove_sync, self.cache_dir / file_key)
+
+    def _remove_sync(self, folder: Path) -> None:
+        with self._removing():
+            shutil.rmtree(folder, True)
+
+    def _removing(self) -> contextlib.AbstractContextManager[None]:
+        """Around a removal: the removals counter moves on once it is done."""
+        removals = self.removals()
+        return removals.changing() if removals is not None else contextlib.nullcontext()
 
     async def prune(self, known: Collection[str], *, before: float) -> int:
         """Remove the thumbnails of files not in ``known`` (a crash between a delete's unlink
@@ -419,7 +452,8 @@ class Thumbnailer:
             with contextlib.suppress(FileNotFoundError):
                 if entry.stat(follow_symlinks=False).st_mtime >= before:
                     continue
-                shutil.rmtree(entry.path)
+                with self._removing():
+                    shutil.rmtree(entry.path)
                 pruned += 1
         return pruned
 

@@ -7,6 +7,12 @@ returned by ``read`` for the whole delimiter with one ``bytes.find`` and yields 
 slices of that very chunk (``bytes`` is immutable, so the slices stay valid). A delimiter that
 straddles two reads is caught by holding back only the chunk's tail that could start one.
 
+``read`` may also return a :class:`Window`: new bytes in a buffer that its producer reuses (the
+connection's body reader, :mod:`clustr_aio.runtime.body_reader`, reads them with
+``recv_into``). Pieces of a window are handed on as ``memoryview`` slices too; the producer
+keeps the window's contract so that they stay valid. A window that continues the last one in
+the same buffer extends it in place, so a delimiter held back at a read's end costs no copy.
+
 The scanner knows nothing of HTTP: it pulls from an async callable (in production
 ``request.content.readany``). Every malformed body raises
 :class:`~clustr_aio.domain.errors.MalformedUpload`; exceptions raised by ``read`` itself (client
@@ -33,10 +39,32 @@ from aiohttp import (
 from clustr_aio.domain.errors import MalformedUpload, NoFilesUploaded
 from clustr_aio.ingest.pipeline import IncomingFile
 
-__all__ = ["MultipartStream", "PartInfo", "ReadChunk", "file_parts", "parse_boundary"]
+__all__ = ["MultipartStream", "PartInfo", "ReadChunk", "Window", "file_parts", "parse_boundary"]
 
-ReadChunk = Callable[[], Awaitable[bytes]]
-"""Returns the next bytes available, ``b""`` at EOF (``request.content.readany`` in production)."""
+
+class Window:
+    """``buffer[start:stop]``: the bytes just received into a buffer its producer reuses.
+
+    The producer's promise, which makes slices of it as safe as slices of ``bytes``: it writes
+    into ``buffer[:stop]`` again only once no ``memoryview`` of the buffer exists (the scanner
+    hands its pieces on only as views) and a window of another buffer has been returned since.
+    The next window of the same buffer, if any, starts at ``stop``.
+    """
+
+    __slots__ = ("buffer", "start", "stop")
+
+    def __init__(self, buffer: bytearray, start: int, stop: int) -> None:
+        self.buffer = buffer
+        self.start = start
+        self.stop = stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+ReadChunk = Callable[[], Awaitable[bytes | Window]]
+"""Returns the next bytes available, ``b""`` (or an empty window) at EOF
+(``request.content.readany``, or the body reader's ``read``, in production)."""
 
 # RFC 2046 §5.1.1: boundary := 0*69<bchars> bcharsnospace. CR and LF are not bchars, which the
 # scanner relies on: the delimiter CRLF "--" boundary then holds exactly one CR, at its start.
@@ -179,7 +207,7 @@ class MultipartStream:
     (plus, at most, one header block), whatever the part sizes.
     """
 
-    __slots__ = ("_buf", "_delim", "_max_header_bytes", "_pos", "_read", "_state")
+    __slots__ = ("_buf", "_delim", "_end", "_max_header_bytes", "_pos", "_read", "_state")
 
     def __init__(
         self, read: ReadChunk, boundary: bytes, *, max_header_bytes: int = 16 * 1024
@@ -192,8 +220,9 @@ class MultipartStream:
         self._max_header_bytes = max_header_bytes
         # The stream is scanned as if it began with CRLF, so a body that opens directly with
         # "--boundary" (the usual case: no preamble) is found by the same delimiter search.
-        self._buf = b"\r\n"
-        self._pos = 0  # self._buf[self._pos:] is the data not yet consumed
+        self._buf: bytes | bytearray = b"\r\n"
+        self._pos = 0  # self._buf[self._pos:self._end] is the data not yet consumed
+        self._end = 2  # len(self._buf) for bytes; a window's stop for a reused buffer
         self._state: int = _PREAMBLE
 
     async def next_part(self) -> PartInfo | None:
@@ -207,12 +236,12 @@ class MultipartStream:
         if self._state == _DONE:
             return None
         self._pos += len(self._delim)
-        while len(self._buf) - self._pos < 2:
+        while self._end - self._pos < 2:
             await self._more(_TRUNCATED)
-        if self._buf.startswith(b"--", self._pos):
+        if self._buf.startswith(b"--", self._pos, self._end):
             # Closing delimiter: whatever follows is epilogue, to be ignored.
             self._state = _DONE
-            self._buf, self._pos = b"", 0
+            self._buf, self._pos, self._end = b"", 0, 0
             while await self._read():
                 pass
             return None
@@ -234,21 +263,22 @@ class MultipartStream:
         """Return the data before the next delimiter, or ``b""`` (and enter _DELIM) at one."""
         delim = self._delim
         while True:
-            buf, pos = self._buf, self._pos
-            at = buf.find(delim, pos)
+            buf, pos, end = self._buf, self._pos, self._end
+            at = buf.find(delim, pos, end)
             if at >= 0:
                 self._pos, self._state = at, _DELIM
                 return memoryview(buf)[pos:at] if at > pos else b""
             # No whole delimiter; but one may start in the last len(delim) - 1 bytes and end in
             # the next read. The delimiter holds a single CR, at its start, so only the last CR
             # in that window can begin it: hold back from there if what follows matches so far.
-            end = len(buf)
-            cr = buf.rfind(b"\r", max(pos, end - len(delim) + 1))
-            if cr >= 0 and buf.startswith(delim[: end - cr], cr):
+            cr = buf.rfind(b"\r", max(pos, end - len(delim) + 1), end)
+            if cr >= 0 and buf.startswith(delim[: end - cr], cr, end):
                 end = cr
             if end > pos:
                 self._pos = end
-                return buf if pos == 0 and end == len(buf) else memoryview(buf)[pos:end]
+                if pos == 0 and end == len(buf) and type(buf) is bytes:
+                    return buf
+                return memoryview(buf)[pos:end]  # a reused buffer: never handed on itself
             # Nothing but a possible delimiter start is left: it needs the next read.
             await self._more(_TRUNCATED if self._state == _BODY else _NO_BOUNDARY)
 
@@ -261,9 +291,11 @@ class MultipartStream:
         aiohttp reads it the same way.
         """
         delim = self._delim
-        while len(self._buf) - self._pos < len(delim) and delim.startswith(self._buf[self._pos :]):
+        while self._end - self._pos < len(delim) and delim.startswith(
+            self._buf[self._pos : self._end]
+        ):
             await self._more(_TRUNCATED)
-        if self._buf.startswith(delim, self._pos):
+        if self._buf.startswith(delim, self._pos, self._end):
             self._state = _DELIM
         else:
             self._pos += 2
@@ -273,21 +305,35 @@ class MultipartStream:
         """Append the next read to the unconsumed data, or raise ``eof_message`` at EOF.
 
         This copies the new chunk only when unconsumed data is left over, i.e. a possible
-        delimiter start (< len(delimiter) bytes) or an unfinished boundary line / header block:
-        at most once per chunk, and rarely at all in the body of a part.
+        delimiter start (< len(delimiter) bytes) or an unfinished boundary line / header block,
+        and the new bytes do not continue it in the same buffer: at most once per chunk, and
+        rarely at all in the body of a part.
         """
-        buf, pos = self._buf, self._pos
-        if pos:
+        buf, pos, end = self._buf, self._pos, self._end
+        if pos and type(buf) is bytes:
             # Let go of what was consumed before waiting: the pieces returned are slices of the
             # last read, which a stalled upload would otherwise keep alive whole for as long
-            # as it stalls (300 of them: 30 MiB).
-            self._buf, self._pos = buf[pos:], 0
+            # as it stalls (300 of them: 30 MiB). (A reused buffer is its producer's to keep.)
+            self._buf, self._pos, self._end = buf[pos:end], 0, end - pos
         chunk = await self._read()
         if not chunk:
             raise MalformedUpload(eof_message)
-        self._buf = self._buf + chunk if self._buf else chunk
+        new: bytes | bytearray
+        if type(chunk) is Window:
+            new, start, stop = chunk.buffer, chunk.start, chunk.stop
+            if new is self._buf and start == self._end:  # more of the same buffer: no copy
+                self._end = stop
+                return
+        else:
+            assert isinstance(chunk, bytes)
+            new, start, stop = chunk, 0, len(chunk)
+        if self._pos == self._end:
+            self._buf, self._pos, self._end = new, start, stop
+            return
+        joined = self._buf[self._pos : self._end] + memoryview(new)[start:stop]
+        self._buf, self._pos, self._end = joined, 0, len(joined)
 
-    async def _read_head(self) -> bytes:
+    async def _read_head(self) -> bytes | bytearray:
         """Consume the rest of the boundary line and the part's header block; return them.
 
         The returned bytes are the transport padding, CRLF, then each header line with its CRLF;
@@ -297,7 +343,7 @@ class MultipartStream:
         searched = 0  # bytes after self._pos known to hold no CRLFCRLF start
         while True:
             buf, pos = self._buf, self._pos
-            stop = min(len(buf), pos + limit)
+            stop = min(self._end, pos + limit)
             end = buf.find(b"\r\n\r\n", pos + searched, stop)
             if end >= 0:
                 self._pos = end + 2  # at the CRLF that ends the header block
@@ -308,7 +354,7 @@ class MultipartStream:
             await self._more("multipart body ended inside part headers")
 
 
-def _parse_head(head: bytes) -> PartInfo:
+def _parse_head(head: bytes | bytearray) -> PartInfo:
     """Validate a boundary-line tail plus header block (see _read_head) and extract PartInfo."""
     eol = head.index(b"\r\n")
     if head[:eol].strip(b" \t"):  # RFC 2046 allows only transport padding after a boundary

@@ -42,8 +42,10 @@ lingering read that outlives the client. :class:`GuardedRequestHandler` changes 
 
 - **Quick answers** (:mod:`clustr_aio.web.quick`): when a request arrives on a connection with
   nothing else waiting or being handled, the server's responder (hot thumbnails) may answer it
-  from its parsed head, here in ``data_received``: the head and the file go out at once
-  (:func:`~clustr_aio.web.sendfile.send_head_and_file_now`), the handler's task is not woken,
+  here in ``data_received``: from the raw bytes while the parser holds nothing (the connection
+  is new, or the bytes fed to the parser last ended with a bodiless request's head), else from
+  its parsed head. The answer goes out at once (its bytes, or its head and file:
+  :func:`~clustr_aio.web.sendfile.send_head_and_file_now`), the handler's task is not woken,
   the keep-alive deadline moves as after any answer, and the access log gets its line. What
   the responder declines, and everything behind it, goes the ordinary way, in order.
 - **Trailers**: aiohttp drops a chunked body's trailer fields (and its C parser carries the
@@ -70,7 +72,7 @@ import socket
 import weakref
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import EMPTY_PAYLOAD, HttpVersion10, hdrs, web
 from aiohttp.web import BaseRequest, RequestHandler, RequestPayloadError
@@ -85,15 +87,19 @@ from clustr_aio.compat import (
     InvalidHeader,
     LineTooLong,
     TransferEncodingError,
+    fresh_request_parser,
 )
 from clustr_aio.domain.errors import RequestTimeout
 from clustr_aio.observability.access_log import AccessLogger
 from clustr_aio.runtime.memory import TrimAfterLoad
 from clustr_aio.web.middlewares import REQUEST_ID_HEADER, ensure_request_id
-from clustr_aio.web.quick import QuickResponder
+from clustr_aio.web.quick import QUICK_BACKLOG, QuickAnswer, QuickResponder
 from clustr_aio.web.responses import error_response
 from clustr_aio.web.sendfile import send_head_and_file_now
 from clustr_aio.web.trailers import TrailerReader
+
+if TYPE_CHECKING:
+    from clustr_aio.runtime.body_reader import BodyReader
 
 __all__ = [
     "ConnectionGuard",
@@ -323,17 +329,24 @@ class GuardedRequestHandler(RequestHandler):
         "_guard",
         "_head_bytes",
         "_lingering_payload",
+        "_options",
         "_phase",
+        "_plain",
         "_server",
         "_timer",
         "_window_bytes",
         "_window_start",
+        "body_taker",
         "last_active",
         "trailer_reader",
     )
 
     def __init__(self, manager: GuardedServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        self._options = kwargs
+        self.body_taker: BodyReader | None = None
+        """The reader that has this connection's transport while a body arrives, if any
+        (:mod:`clustr_aio.runtime.body_reader`)."""
         self._server = manager
         self._guard = manager.guard
         self._phase = _IDLE
@@ -344,6 +357,8 @@ class GuardedRequestHandler(RequestHandler):
         self.last_active = self._loop.time()
         self._window_start = self.last_active  # the minimum body rate's current window
         self._window_bytes = 0
+        self._plain = True
+        """Whether the parser holds nothing of a request (see :meth:`_answer_plain`)."""
         self.trailer_reader = TrailerReader()
 
     @property
@@ -364,6 +379,15 @@ class GuardedRequestHandler(RequestHandler):
             return
         now = self._loop.time()
         self.last_active = now
+        if self._plain and self._phase == _IDLE and data:
+            # What is answered here reaches neither the parser nor the trailer reader: whole
+            # bodiless requests, where both stand between two requests, as if never sent.
+            answered = self._answer_plain(data, now)
+            if answered:
+                self._guard.active(self, evictable=self.evictable)
+                if answered == len(data):
+                    return
+                data = data[answered:]
         if self._phase == _IDLE and data:
             self._phase = _HEAD
             self._head_bytes = 0
@@ -387,6 +411,8 @@ class GuardedRequestHandler(RequestHandler):
         finally:
             if held:
                 self._waiter = waiter
+        if data:
+            self._plain = self._request_count != count and self._ends_a_bodiless_head(data)
         if self._request_count != count:
             self._check_new_messages(self._request_count - count)
             if held:
@@ -407,12 +433,64 @@ class GuardedRequestHandler(RequestHandler):
             self._queue_error(431, BadHttpMessage(_HEAD_TOO_LARGE))
         self._guard.active(self, evictable=self.evictable)
 
+    def _ends_a_bodiless_head(self, data: bytes) -> bool:
+        """After ``data`` went to the parser and made messages: whether the parser holds
+        nothing now. It does not if the last message has a body (being read) or is an error;
+        if it paused with a full queue (it keeps the rest); if the connection is upgraded; and
+        if anything follows the last head, which could only be the start of the next one,
+        since no complete head comes after the last message's: then ``data`` does not end
+        with that head's blank line."""
+        if self._upgraded or not self._messages:
+            return False
+        if len(self._messages) >= self._max_msg_queue_size:
+            return False
+        message, payload = self._messages[-1]
+        return (
+            payload is EMPTY_PAYLOAD
+            and not isinstance(message, ErrInfo)
+            and data.endswith(b"\r\n\r\n")
+        )
+
+    def _answer_plain(self, data: bytes, started: float) -> int:
+        """Answer the requests at the start of ``data`` that the responder can from their raw
+        heads, while the parser holds nothing and no request of the connection waits or is
+        being handled; how many bytes of ``data`` their heads took (the rest is the parser's)."""
+        quick = self._server.quick
+        waiter = self._waiter
+        transport = self.transport
+        if quick is None or self._messages:
+            return 0
+        # The handler's task waits for a request; or, on a new connection, it has not run
+        # yet (uvloop reads what came with the connection before it does).
+        if (waiter is None or waiter.done()) and (waiter is not None or self._request_count):
+            return 0
+        answered = 0
+        while (
+            answered < len(data)
+            and not self._force_close
+            and transport is not None
+            and transport.get_write_buffer_size() <= QUICK_BACKLOG
+        ):
+            try:
+                answer = quick.answer_plain(data, answered)
+            except Exception:  # a bug of the responder's must not cost the connection
+                log.exception("the quick responder failed; the route answers")
+                break
+            if answer is None:
+                break
+            answered = answer.end
+            self._request_count += 1
+            self._send_quick(transport, answer, started)
+        return answered
+
     def _answer_quickly(self, quick: QuickResponder, started: float) -> None:
         """Answer the queued requests ``quick`` can, from the first, while it can."""
         while self._messages and not self._force_close:
             message, payload = self._messages[0]
             transport = self.transport
             if isinstance(message, ErrInfo) or payload is not EMPTY_PAYLOAD or transport is None:
+                return
+            if transport.get_write_buffer_size() > QUICK_BACKLOG:
                 return
             try:
                 answer = quick(message)
@@ -424,31 +502,40 @@ class GuardedRequestHandler(RequestHandler):
             self._messages.popleft()
             if self._parser is not None:
                 self._parser.message_consumed()
-            self._server.requests_count += 1
-            try:
-                send_head_and_file_now(transport, answer.head, answer.fd, answer.size)
-            except OSError:  # the client has gone (or the file shrank: nothing sane to send)
-                self.force_close()
-                return
-            finally:
+            self._send_quick(transport, answer, started)
+
+    def _send_quick(
+        self, transport: asyncio.Transport, answer: QuickAnswer, started: float
+    ) -> None:
+        self._server.requests_count += 1
+        try:
+            if answer.fd is None:
+                transport.write(answer.data)
+            else:
+                send_head_and_file_now(transport, answer.data, answer.fd, answer.size)
+        except OSError:  # the client has gone (or the file shrank: nothing sane to send)
+            self.force_close()
+            return
+        finally:
+            if answer.fd is not None:
                 os.close(answer.fd)
-            if self._server.served is not None:
-                self._server.served.add(transport)
-            now = self._loop.time()
-            # As aiohttp does after each response: the keep-alive time starts again.
-            self._next_keepalive_close_time = now + self._keepalive_timeout
-            self.last_active = now
-            logger = self.access_logger
-            if logger is not None and logger.enabled and isinstance(logger, AccessLogger):
-                logger.log_line(
-                    _peer(transport),
-                    message.method,
-                    message.path,
-                    answer.status,
-                    answer.size,
-                    now - started,
-                    answer.request_id,
-                )
+        if self._server.served is not None:
+            self._server.served.add(transport)
+        now = self._loop.time()
+        # As aiohttp does after each response: the keep-alive time starts again.
+        self._next_keepalive_close_time = now + self._keepalive_timeout
+        self.last_active = now
+        logger = self.access_logger
+        if logger is not None and logger.enabled and isinstance(logger, AccessLogger):
+            logger.log_line(
+                _peer(transport),
+                answer.method,
+                answer.target,
+                answer.status,
+                answer.size,
+                now - started,
+                answer.request_id,
+            )
 
     def _check_new_messages(self, new: int) -> None:
         queued = list(self._messages)
@@ -504,7 +591,37 @@ class GuardedRequestHandler(RequestHandler):
 
     def _fail_body(self, payload: Any, error: BaseException) -> None:
         payload.set_exception(error)
+        if self.body_taker is not None:
+            self.body_taker.fail(error)
         self._lingering_time = 0.0  # nothing more to read of it: close after the answer
+
+    # -- a body read around the parser (runtime/body_reader.py) -------------------------------
+
+    def may_take_body(self) -> bool:
+        """Whether the request being handled may have the rest of its body read by a
+        :class:`~clustr_aio.runtime.body_reader.BodyReader`: nothing else queued or arriving,
+        not closing, no crowd (whose small reads bound memory)."""
+        return (
+            self.body_taker is None
+            and self._phase == _BODY
+            and not self._messages
+            and not self._upgraded
+            and not self._force_close
+            and not self._close
+            and self._guard.open <= CROWD
+        )
+
+    def body_bytes_arrived(self, size: int) -> None:
+        """What :meth:`data_received` notes of body bytes: the body timers, the framing the
+        trailer reader follows."""
+        self.last_active = self._loop.time()
+        self._window_bytes += size
+        self.trailer_reader.skipped(size)
+
+    def reset_parser(self) -> None:
+        """A new parser, as the connection's first: the body the old one was in the middle of
+        has been read around it, and what follows is the next request."""
+        self._parser = fresh_request_parser(self, self._options)
 
     # -- timers ------------------------------------------------------------------------------
 

@@ -5,40 +5,61 @@ response object and its hooks cost several times the sending (0.19 ms of Python 
 against nginx's 0.03 ms for the whole request, measured with wrk on 2 cores).
 
 A :data:`QuickResponder` looks at the head and answers with a :class:`QuickAnswer` (the
-response head, ready to send, and the open file of its body) or None, and then the request
-goes the ordinary way. It must answer None for anything it would answer differently from the
-route: the ordinary path is the reference, and a test compares the two.
-:class:`~clustr_aio.runtime.protocol.GuardedRequestHandler` asks it only when no other
-request of the connection is waiting or being handled, so answers keep their order.
+response, ready to send: its head and, when it keeps them in memory, the body's bytes; else
+the open file of its body) or None, and then the request goes the ordinary way. It must answer
+None for anything it would answer differently from the route: the ordinary path is the
+reference, and a test compares the two. It is asked in one of two ways:
+
+- with the raw bytes, before aiohttp's parser sees them (:meth:`QuickResponder.answer_plain`,
+  which reads a head with :func:`~clustr_aio.web.plain_head.plain_head`), when the connection's
+  parser holds nothing: the parser's message objects cost more than the whole answer;
+- with aiohttp's parsed head, when the bytes had to go to the parser (the connection's first
+  request came before its handler waited, or the previous bytes ended inside a request).
+
+:class:`~clustr_aio.runtime.protocol.GuardedRequestHandler` asks it only when no other request
+of the connection is waiting or being handled, so answers keep their order, and only while
+the transport holds little unsent (:data:`QUICK_BACKLOG`), so that a client pipelining
+requests without reading their answers meets the ordinary path's flow control.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
-__all__ = ["QuickAnswer", "QuickResponder", "http_date"]
+__all__ = ["QUICK_BACKLOG", "QuickAnswer", "QuickResponder", "http_date"]
+
+QUICK_BACKLOG: Final = 64 * 1024
+"""Unsent bytes in the transport above which no more requests are answered quickly: the rest
+go to aiohttp's handler, whose writes wait for the client."""
 
 
-@dataclass(frozen=True, slots=True)
-class QuickAnswer:
-    head: bytes
-    """Status line and headers, the blank line included."""
-    fd: int
-    """The body's file, open; the connection closes it once sent."""
+class QuickAnswer(NamedTuple):
+    data: bytes
+    """Status line and headers, the blank line included; with ``fd`` None, the body too."""
+    fd: int | None
+    """The body's file, open (the connection closes it once sent); None: it is in ``data``."""
     size: int
-    """Bytes of the file to send (from its start)."""
+    """Bytes of the body (of the file: from its start)."""
     status: int
     request_id: str
-    """For the access log."""
+    """For the access log, with the method and target."""
+    method: str
+    target: str
+    end: int = 0
+    """After :meth:`QuickResponder.answer_plain`: where the request's head ended."""
 
 
 class QuickResponder(Protocol):
     def __call__(self, message: Any) -> QuickAnswer | None:
         """Called with aiohttp's parsed request head (a ``RawRequestMessage``: method, path,
         version, headers, should_close …)."""
+
+    def answer_plain(self, data: bytes, start: int) -> QuickAnswer | None:
+        """Called with a connection's raw bytes when its parser holds nothing: the answer to
+        the request whose head starts at ``data[start]`` (complete, of the plainest shape:
+        :func:`~clustr_aio.web.plain_head.plain_head`), ``end`` saying where it ended."""
 
 
 _date: list[Any] = [0, b""]

@@ -124,6 +124,16 @@ class TrailerReader:
         if len(queue) > before and self._state != _LOST:
             self._pair(islice(queue, before, None))
 
+    def skipped(self, size: int) -> None:
+        """``size`` bytes of a body of known length went around the parser, and here
+        (``runtime/body_reader.py`` reads large upload bodies itself): followed as if read."""
+        if self._state == _FIXED and size <= self._remaining:
+            self._remaining -= size
+            if not self._remaining:
+                self._state = _HEAD
+        elif self._state != _LOST:
+            self._lose()
+
     def take(self, body: object) -> BodyTrailers | None:
         """The trailers announced for the request whose body stream is ``body`` (once)."""
         for at, (kept_body, trailers) in enumerate(self._kept):

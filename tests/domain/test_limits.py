@@ -12,7 +12,7 @@ from clustr_aio.domain.limits import CountingReader, UploadLimits
 LIMITS = UploadLimits(max_file_size=100, max_request_size=1000, max_files=3)
 
 
-def reader_of(*chunks: bytes) -> tuple[CountingReader, list[bytes]]:
+def reader_of(*chunks: bytes) -> tuple[CountingReader[bytes], list[bytes]]:
     """A CountingReader over ``chunks`` (then b""), and the list of chunks not yet read."""
     pending = list(chunks)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,9 +23,11 @@ from clustr_aio.domain.errors import ClientDisconnected, MalformedUpload, NoFile
 from clustr_aio.ingest.multipart import (
     MultipartStream,
     PartInfo,
+    Window,
     _disposition_names,
     parse_boundary,
 )
+from clustr_aio.runtime.body_reader import BlockPool
 
 BOUNDARY = b"----WebKitFormBoundary7MA4YWxkTrZu0gW"
 DELIM = b"\r\n--" + BOUNDARY
@@ -665,3 +668,66 @@ async def test_agrees_with_aiohttp(
 async def test_tricky_data_agrees_with_aiohttp(data: bytes) -> None:
     body = encode(form_part(data, filename="caf\u00e9.jpg"), form_part(b"", name="note"))
     assert await collect(Feed(body, [5])) == await aiohttp_parse(body, BOUNDARY, 64)
+
+
+# ----------------------------------------------------------------- windows of reused buffers
+
+
+class WindowFeed(Feed):
+    """A fake ``read`` as the body reader serves a body: windows of small reused blocks, each
+    filled piece by piece (contiguous windows) before the next is taken. A block is taken again
+    only as the :class:`Window` contract allows, and then first filled with delimiters, as is
+    every block past its last window: a scanner reading stale bytes, or past a window's end,
+    finds parts that are not there."""
+
+    def __init__(self, body: bytes, sizes: Iterable[int], block: int) -> None:
+        super().__init__(body, sizes)
+        self.pool = BlockPool(size=block)
+        self.block: bytearray | None = None
+        self.filled = 0
+        self.retired: list[bytearray] = []
+
+    def _new_block(self) -> bytearray:
+        block = self.pool.take()
+        block[:] = (DELIM * (len(block) // len(DELIM) + 1))[: len(block)]
+        return block
+
+    async def __call__(self) -> Window | bytes:  # type: ignore[override]
+        size = len(self.block) if self.block is not None else self.pool.size
+        data = self.body[self.pos : self.pos + min(next(self.sizes), size)]
+        self.pos += len(data)
+        if not data:
+            return b""
+        if self.block is None or self.filled + len(data) > len(self.block):
+            if self.block is not None:
+                self.retired.append(self.block)
+            self.block, self.filled = self._new_block(), 0
+        for block in self.retired:  # a window of another block is returned now
+            self.pool.give(block)
+        self.retired.clear()
+        start, self.filled = self.filled, self.filled + len(data)
+        self.block[start : self.filled] = data
+        return Window(self.block, start, self.filled)
+
+
+async def outcome(read: Feed) -> list[tuple[PartInfo, bytes]] | str:
+    try:
+        return await collect(read)
+    except MalformedUpload as error:
+        return f"MalformedUpload: {error.detail}"
+
+
+@pytest.mark.parametrize("seed", range(300))
+async def test_windows_of_reused_buffers_read_as_bytes_do(seed: int) -> None:
+    rng = random.Random(seed)
+    pieces = [b"\r", b"\r\n", b"\r\n-", DELIM[:-1], DELIM[: rng.randrange(len(DELIM))], b"x" * 50]
+    parts = [
+        form_part(b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 30))))
+        for _ in range(rng.randrange(0, 5))
+    ]
+    body = encode(*parts, preamble=rng.choice([b"", b"pre"]), epilogue=rng.choice([b"", b"\r\n"]))
+    if rng.random() < 0.3:
+        body = body[: rng.randrange(len(body) + 1)]  # truncated: the same error both ways
+    sizes = [rng.randrange(1, 120) for _ in range(7)]
+    expected = await outcome(Feed(body, sizes))
+    assert await outcome(WindowFeed(body, sizes, block=rng.choice([40, 64, 200]))) == expected

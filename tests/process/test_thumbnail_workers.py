@@ -40,11 +40,24 @@ async def test_two_workers_render_a_thumbnail_once(
         answers = await asyncio.gather(*(fetch() for _ in range(100)))
         async with session.get(f"{server.url}/metrics") as response:
             metrics = await response.text()
-        # Deleted through one worker: the other, which served it from its cache, knows too.
-        async with session.delete(f"{server.url}/api/files/{item['id']}") as response:
-            assert response.status == 204
-        gone = await asyncio.gather(*(session.get(url) for _ in range(50)))
-        assert {response.status for response in gone} == {404}
+        # Hot now in both workers, which answer it from the connection (kept alive, without
+        # aiohttp's client's "Connection: close") with the bytes they keep in memory.
+        async with aiohttp.ClientSession(timeout=timeout) as kept_alive:
+
+            async def fetch_hot() -> tuple[int, bytes]:
+                async with kept_alive.get(url) as response:
+                    return response.status, await response.read()
+
+            logged = len(server.logs)
+            hot = await asyncio.gather(*(fetch_hot() for _ in range(50)))
+            hot_logs = server.logs[logged:]
+            # Deleted through one worker: the other, which answered it from its memory,
+            # knows too (the host's thumbnail removals counter moved).
+            async with session.delete(f"{server.url}/api/files/{item['id']}") as response:
+                assert response.status == 204
+            gone = await asyncio.gather(*(fetch_hot() for _ in range(50)))
+            assert {status for status, _ in gone} == {404}
+    assert set(hot) == {answers[0][:2]}
     assert {status for status, _, _ in answers} == {200}
     assert len({body for _, body, _ in answers}) == 1
     assert len({etag for _, _, etag in answers}) == 1
@@ -54,4 +67,6 @@ async def test_two_workers_render_a_thumbnail_once(
     answered = set(re.findall(pattern, server.logs))
     workers = {str(pid) for pid in server.worker_pids()}
     assert {pid for pid, status in answered if status == "200"} == workers, server.logs[-2000:]
+    hot_answered = set(re.findall(pattern, hot_logs))
+    assert {pid for pid, status in hot_answered if status == "200"} == workers, hot_logs
     assert {pid for pid, status in answered if status == "404"} == workers, server.logs[-2000:]

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 from yarl import URL
 
+from clustr_aio.web.hot_thumbnails import HotThumbnails
+from clustr_aio.web.keys import QUICK_RESPONDER
+from clustr_aio.web.trailers import TrailerReader
 from tests.conftest import JPEG, AiohttpClient, Client, serve_production, stored_files
 from tests.http.helpers import RawResponse, read_head, read_response, request_head
 
@@ -313,3 +316,54 @@ async def test_aiohttp_alone_still_carries_a_trailer_into_the_next_request(
         assert (await connection.response()).status == 400  # the GET's: a "duplicate Host"
     finally:
         writer.close()
+
+
+def test_a_body_read_around_the_parser_is_followed_as_skipped() -> None:
+    """runtime/body_reader.py reads a large upload's body without data_received: what it
+    reports as skipped keeps the framing; more than the body, or outside one, loses it."""
+    reader = TrailerReader()
+    head = b"POST /api/upload HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n"
+    assert reader.feed(head + b"abc") == head + b"abc"
+    reader.skipped(7)
+    next_head = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    assert reader.feed(next_head) == next_head
+    assert not reader.lost
+    reader.skipped(1)  # no body of known length is being received
+    assert reader.lost
+
+
+async def test_thumbnails_answered_from_the_raw_bytes_keep_the_framing_followed(
+    server: Client, connect: Connection
+) -> None:
+    """Hot thumbnail GETs answered before the parser (clustr_aio/web/hot_thumbnails.py) reach
+    neither it nor the trailer reader; PATCHes around them keep their trailers read."""
+    path = await connect.create()
+    await connect.send(
+        patch(path, 0, chunked_with_trailers(PHOTO, f"Upload-Checksum: {digest(PHOTO)}"))
+    )
+    done = await connect.response()
+    assert done.status == 204
+    thumbnail = f"/api/files/{done.headers['Clustr-File-Id']}/thumbnail"
+    await connect.send(request_head("GET", thumbnail))
+    assert (await connect.response()).status == 200  # rendered by the route: hot from now on
+    quick = server.app[QUICK_RESPONDER]
+    assert isinstance(quick, HotThumbnails)
+    before = quick.answered_plain
+    other = await connect.create()
+    half = PHOTO[:40]
+    pipeline = (
+        request_head("GET", thumbnail)
+        + patch(other, 0, chunked_with_trailers(half, f"Upload-Checksum: {digest(b'x')}"))
+        + patch(other, 0, chunked_with_trailers(half, f"Upload-Checksum: {digest(half)}"))
+    )
+    await connect.send(pipeline)
+    statuses = [(await connect.response()).status for _ in range(3)]
+    assert statuses == [200, 460, 204]  # the wrong checksum was read from its trailer
+    assert quick.answered_plain == before + 1  # the GET, ahead of the PATCHes
+    # After a body the connection cannot tell that the parser holds nothing: the next GET is
+    # parsed (and answered quickly from its parsed head); the one after it, from the bytes.
+    for _ in range(2):
+        await connect.send(request_head("GET", thumbnail))
+        assert (await connect.response()).status == 200
+    assert quick.answered_plain == before + 2
+    assert await connect.offset(other) == 40

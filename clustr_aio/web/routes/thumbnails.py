@@ -38,7 +38,7 @@ from clustr_aio.web.openapi.schemas import error_response
 from clustr_aio.web.openapi.spec import ENUM_SETTING
 from clustr_aio.web.routes.files import ID_PARAMETER, ID_SEGMENT, requested_record, visible_owner
 
-__all__ = ["CACHE_CONTROL", "negotiate_format", "routes"]
+__all__ = ["CACHE_CONTROL", "names_etag", "negotiate_format", "routes"]
 
 routes = web.RouteTableDef()
 
@@ -189,7 +189,7 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
         hot = thumbnailer.cached(file_key, size, fmt, sees=await visible_owner(request))
         if hot is not None:
             path = str(hot.path)
-            if _matches(if_none_match, hot.etag):
+            if names_etag(if_none_match, hot.etag):
                 if _still_there(path):  # deleted by another worker: ask the catalog
                     return _not_modified(headers, hot.etag)
             else:
@@ -199,7 +199,7 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
             thumbnailer.forget(file_key)
     record = await _record(request)
     etag = f'"{Thumbnailer.identity(record.sha256, size, fmt)}"'
-    if _matches(if_none_match, etag):
+    if names_etag(if_none_match, etag):
         return _not_modified(headers, etag)  # a client has it: no need to render it now
     found = None if local else thumbnailer.cached(file_key, size, fmt)  # no bucket download
     if found is None:
@@ -231,7 +231,7 @@ def _not_modified(headers: dict[str, str], etag: str) -> web.Response:
     return response
 
 
-def _matches(if_none_match: str | None, etag: str) -> bool:
+def names_etag(if_none_match: str | None, etag: str) -> bool:
     """``If-None-Match`` names the (quoted) ``etag``: the weak comparison RFC 9110 asks for."""
     if not if_none_match:
         return False

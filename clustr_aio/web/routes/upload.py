@@ -23,6 +23,7 @@ from clustr_aio.images.sources import render_source
 from clustr_aio.images.thumbnails import DEFAULT_FORMAT, FORMATS, THUMBNAIL_TYPES
 from clustr_aio.ingest.multipart import MultipartStream, file_parts, parse_boundary
 from clustr_aio.ingest.pipeline import RefusedFile, StoredFile, ingest_batch, ingest_each
+from clustr_aio.runtime.body_reader import body_chunks
 from clustr_aio.web.base_url import client_address
 from clustr_aio.web.guard import requires
 from clustr_aio.web.keys import (
@@ -181,29 +182,30 @@ async def upload(request: web.Request) -> web.Response:
         boundary = await _check_request(request, principal, meter)
         policy = request.app[INGEST_POLICY]
         atomic = _atomic(request)
-        body = policy.limits.counting(request.content.readany)
-        files = file_parts(MultipartStream(body, boundary), policy.field_name)
-        if meter is not None:
-            files = meter.metered(files)
-        storage, catalog = request.app[STORAGE], request.app[CATALOG]
-        owner = principal.owner
-        try:
-            with body_errors():
-                if atomic:
-                    results: list[StoredFile | RefusedFile] = [
-                        *await ingest_batch(files, storage, policy, catalog, owner=owner)
-                    ]
-                else:
-                    results = await ingest_each(files, storage, policy, catalog, owner=owner)
-        except QuotaExceeded as error:
-            _refused(request, principal, error)
-            raise
-        finally:
-            tracked.received(body.bytes_read)
-            if request.content_length is None:  # charged now what it could not be before
-                _charge_upload(request, principal, body.bytes_read - 1, debt=True)
-            if meter is not None:  # the records are committed (or there are none): let go
-                await asyncio.shield(asyncio.ensure_future(meter.release()))
+        with body_chunks(request) as read:  # the connection's, around aiohttp's copies
+            body = policy.limits.counting(read)
+            files = file_parts(MultipartStream(body, boundary), policy.field_name)
+            if meter is not None:
+                files = meter.metered(files)
+            storage, catalog = request.app[STORAGE], request.app[CATALOG]
+            owner = principal.owner
+            try:
+                with body_errors():
+                    if atomic:
+                        results: list[StoredFile | RefusedFile] = [
+                            *await ingest_batch(files, storage, policy, catalog, owner=owner)
+                        ]
+                    else:
+                        results = await ingest_each(files, storage, policy, catalog, owner=owner)
+            except QuotaExceeded as error:
+                _refused(request, principal, error)
+                raise
+            finally:
+                tracked.received(body.bytes_read)
+                if request.content_length is None:  # charged now what it could not be before
+                    _charge_upload(request, principal, body.bytes_read - 1, debt=True)
+                if meter is not None:  # the records are committed (or there are none): let go
+                    await asyncio.shield(asyncio.ensure_future(meter.release()))
         stored = [r for r in results if isinstance(r, StoredFile)]
         tracked.stored([r for r in stored if not r.duplicate])
     await render_ahead(request, stored)
