@@ -84,6 +84,16 @@ prometheus-client
   processes' live gauges are on disk, for ``multiprocess.mark_process_dead``, which needs the
   pids; nothing lists them.
 
+aiobotocore (botocore)
+----------------------
+- :func:`signing_credentials` (``BaseClient._request_signer._credentials``, botocore 1.0):
+  the credentials a client signs with, for the small PUTs ``storage/s3/put.py`` signs with
+  botocore's own signer. Taking the client's (the settings' keys, or what the standard chain
+  found for it, refreshed by botocore) spares a second session and a second credential
+  chain; the public way, ``Session.get_credentials``, needs the session the client was made
+  from, which aiobotocore does not keep. botocore is not imported here: only ``STORAGE=s3``
+  loads it.
+
 Gone, for a public equivalent: pydantic-settings' ``TomlConfigSettingsSource.toml_data`` and
 ``DotEnvSettingsSource.env_vars`` (the settings read their files with ``tomllib`` and
 python-dotenv themselves, :mod:`clustr_aio.settings.loading`);
@@ -153,6 +163,7 @@ __all__ = [
     "prepare_keeping_head",
     "replace_route_handler",
     "send_open_file",
+    "signing_credentials",
     "site_server",
     "use_multiprocess_values",
 ]
@@ -355,3 +366,12 @@ def replace_route_handler(route: web.AbstractRoute, handler: Handler) -> None:
     OPTIONS routes aiohttp-cors adds are the only OPTIONS a resource may have, so tus discovery
     wraps the preflight handler rather than adding a route of its own."""
     route._handler = cast(Any, handler)
+
+
+# --------------------------------------------------------------------------- aiobotocore
+
+
+def signing_credentials(client: Any) -> Any:
+    """The credentials object ``client`` (an aiobotocore client) signs its requests with:
+    an ``AioCredentials`` (or a refreshable one), None when none were found."""
+    return client._request_signer._credentials

@@ -342,3 +342,20 @@ async def test_fresh_request_parser() -> None:
     messages, _, _ = defaults.feed_data(b"GET /" + b"y" * 200 + b" HTTP/1.1\r\nHost: h\r\n\r\n")
     assert len(messages) == 1
     assert type(parser) is type(connection._parser)  # the C parser (or Python's) as aiohttp's
+
+
+# --------------------------------------------------------------------------- aiobotocore
+
+
+async def test_signing_credentials_are_the_clients_own() -> None:
+    """What storage/s3/put.py signs its small PUTs with: the client's credentials, whichever
+    way they were found."""
+    from clustr_aio.storage.s3.client import S3Config, open_client
+
+    config = S3Config(
+        bucket="b", endpoint_url="http://127.0.0.1:9", access_key_id="id", secret_access_key="k"
+    )
+    async with open_client(config) as client:
+        credentials = compat.signing_credentials(client)
+        frozen = await credentials.get_frozen_credentials()
+    assert (frozen.access_key, frozen.secret_key) == ("id", "k")

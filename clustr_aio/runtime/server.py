@@ -25,6 +25,7 @@ from clustr_aio.runtime.protocol import NO_LIMIT, ConnectionGuard, limit_accept_
 from clustr_aio.runtime.systemd import Notifier, SystemdNotifier
 from clustr_aio.runtime.workers import Supervisor, WorkerNotifier
 from clustr_aio.settings import Settings
+from clustr_aio.storage.factory import preload_storage
 from clustr_aio.storage.local import sweep_stale_incoming
 from clustr_aio.web.app import create_app
 from clustr_aio.web.openapi.assets import AssetsNotInstalled, docs_assets
@@ -73,6 +74,7 @@ def run(settings: Settings) -> int:
         )
         return 0
 
+    preload_storage(settings)  # shared by the workers, not imported by each
     supervisor = Supervisor(
         workers=settings.workers,
         listeners=listeners,

@@ -17,11 +17,19 @@ which the worker writes ``R`` once it serves and ``W`` every heartbeat, and on s
   that a new worker would hit again): the supervisor stops the others and exits 1;
 - on SIGTERM or SIGINT it closes its copies of the listening sockets, forwards SIGTERM so
   that every worker drains, waits for them, and exits 0 if they all exited 0.
+
+What the supervisor imported before forking, its workers share, page for page, as long as
+neither writes to it: the supervisor freezes its objects (``gc.freeze``) before the first
+fork, so that a worker's garbage collector never writes into the pages of the objects it
+inherited (it leaves frozen objects alone). Without it, a ``STORAGE=s3`` worker, whose import
+of botocore runs the collector hundreds of times, shared 8.8 MiB with the supervisor instead
+of 19.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import selectors
@@ -125,6 +133,7 @@ class Supervisor:
     def run(self) -> int:
         """Supervise until every worker has stopped; the exit status."""
         self._install_signals()
+        gc.freeze()  # see the module's docstring: what is inherited stays shared
         try:
             for number in range(1, self._count + 1):
                 self._spawn(number)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from clustr_aio.storage.s3 import S3Storage
     from clustr_aio.storage.s3.client import S3Config
 
-__all__ = ["open_storage", "s3_config"]
+__all__ = ["open_storage", "preload_storage", "s3_config"]
 
 
 @asynccontextmanager
@@ -31,7 +31,7 @@ async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
         from clustr_aio.storage.s3 import S3Storage
 
         # Parts and bodies of a MiB and more are mapped and unmapped, so that what was sent is
-        # given back: the stated memory bound holds (storage/s3/upload.py: upload_memory).
+        # given back: the stated memory bound holds (storage/s3/upload.py: memory_bound).
         fix_mmap_threshold(1024 * 1024)
         storage = S3Storage(s3_config(settings))
     else:
@@ -43,6 +43,14 @@ async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
         yield storage
     finally:
         await storage.close()
+
+
+def preload_storage(settings: Settings) -> None:
+    """Import the backend's modules now, in a supervisor about to fork its workers
+    (``WORKERS`` > 1): they inherit them and share their pages, rather than each worker
+    importing a copy of its own (aiobotocore and botocore: 10 MiB a process)."""
+    if settings.storage == "s3":
+        import clustr_aio.storage.s3  # noqa: F401
 
 
 def s3_config(settings: Settings) -> S3Config:

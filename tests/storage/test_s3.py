@@ -97,6 +97,26 @@ async def test_small_and_large_files_are_stored_whole_and_served(
     assert "clustr-pending" not in head["Metadata"]  # the placeholder was replaced
 
 
+async def test_keys_from_the_aws_chain_sign_small_puts_and_parts_alike(
+    aiohttp_client: AiohttpClient,
+    upload_dir: Path,
+    seaweedfs_server: SeaweedServer,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No S3_ACCESS_KEY_ID: the standard chain's keys (here AWS_* variables), found once by
+    the botocore client, also sign the small PUTs sent outside it."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    settings = seaweedfs_server.settings(bucket, S3_PART_SIZE="5MiB")
+    del settings["S3_ACCESS_KEY_ID"], settings["S3_SECRET_ACCESS_KEY"]
+    client = await aiohttp_client(create_app(make_settings(upload_dir, **_attributes(settings))))
+    large = big_png(PART + 1)
+    await upload_ok(client, ("small.png", PNG), ("large.png", large))
+    assert object_bytes(seaweedfs_server, bucket, "small.png") == PNG
+    assert object_bytes(seaweedfs_server, bucket, "large.png") == large
+
+
 def weed_head(weed: SeaweedServer, bucket: str, key: str) -> dict[str, Any]:
     return dict(weed.client().head_object(Bucket=bucket, Key=key))
 

@@ -22,6 +22,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from clustr_aio.domain.errors import StorageUnavailable
+from clustr_aio.storage.s3.lean_data import lean_loader
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -66,6 +67,8 @@ async def open_client(config: S3Config) -> AsyncIterator[S3Client]:
     """An S3 client signing with SigV4, with keys from the settings or the standard AWS chain
     (environment, profiles, instance roles)."""
     session = get_session()
+    # botocore's data read lean (storage/s3/lean_data.py): 11 MiB less in every process.
+    session.register_component("data_loader", lean_loader(session.get_config_variable("data_path")))
     region = config.region or session.get_config_variable("region") or _DEFAULT_REGION
     options = AioConfig(
         signature_version="s3v4",
@@ -85,6 +88,9 @@ async def open_client(config: S3Config) -> AsyncIterator[S3Client]:
             session.create_client(
                 "s3",
                 endpoint_url=config.endpoint_url,
+                # A plain-HTTP endpoint has no TLS to verify; left to verify, aiobotocore would
+                # still load certifi's certificates into a context no connection uses (1 MiB).
+                verify=False if (config.endpoint_url or "").startswith("http:") else None,
                 region_name=region,
                 aws_access_key_id=config.access_key_id,
                 aws_secret_access_key=config.secret_access_key,

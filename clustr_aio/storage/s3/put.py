@@ -26,10 +26,11 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 from aiobotocore.credentials import AioCredentials
-from aiobotocore.session import get_session
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
+
+from clustr_aio.compat import signing_credentials
 
 if TYPE_CHECKING:
     from clustr_aio.storage.s3.client import S3Client, S3Config
@@ -54,7 +55,6 @@ class SmallPuts:
         self._base = ""
         self._region = ""
         self._credentials: AioCredentials | None = None
-        self._credentials_lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self, client: S3Client) -> None:
@@ -67,10 +67,8 @@ class SmallPuts:
         assert parts.path.endswith("/k"), presigned
         self._base = urlunsplit((parts.scheme, parts.netloc, parts.path[:-1], "", ""))
         self._region = client.meta.region_name or "us-east-1"
-        if self._config.access_key_id and self._config.secret_access_key:
-            self._credentials = AioCredentials(
-                self._config.access_key_id, self._config.secret_access_key
-            )
+        # The client's own: no second session, no second look through the credential chain.
+        self._credentials = signing_credentials(client)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._config.connections),
             timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=60),
@@ -120,14 +118,9 @@ class SmallPuts:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _frozen(self) -> ReadOnlyCredentials:
-        """The credentials to sign with now: the settings' keys, else the standard AWS chain
-        (looked up once, refreshed by botocore when they expire)."""
+        """The credentials to sign with now: the botocore client's (the settings' keys, else
+        what the standard AWS chain found, refreshed by botocore when they expire)."""
         if self._credentials is None:
-            async with self._credentials_lock:
-                if self._credentials is None:
-                    found = await get_session().get_credentials()
-                    if found is None:
-                        raise StoreAnswered("no AWS credentials were found")
-                    self._credentials = found
+            raise StoreAnswered("no AWS credentials were found")
         frozen: ReadOnlyCredentials = await self._credentials.get_frozen_credentials()
         return frozen

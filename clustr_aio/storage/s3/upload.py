@@ -28,12 +28,16 @@ come). A send starts only when that budget has room for it; until then the uploa
 body is not read, and TCP holds the client back: a slow store slows the client, it never fills
 the server's memory. A body is built once, each chunk let go as it is copied in (never two
 copies of a part), and read out by the HTTP client in 64 KiB pieces, so no second copy waits in
-a socket buffer. :func:`upload_memory` states the bound per upload: peak RSS ≤ the idle
-process's own (about 80 MiB, botocore's S3 model included) + ``max(32 MiB, S3_PART_SIZE) +
-S3_PART_SIZE + 17 MiB`` per upload in flight (``MAX_CONCURRENT_UPLOADS`` at most): with 16 MiB
-parts, 65 MiB an upload; bench/s3.py and tests/process/test_bounds.py hold the peak to it.
-That takes glibc returning what was sent (:func:`~clustr_aio.runtime.memory.fix_mmap_threshold`:
-else a freed part's memory stays resident for reuse, a part more).
+a socket buffer. The stated bound (:func:`memory_bound`):
+
+    peak RSS ≤ 64 MiB + S3_PART_SIZE x parts in flight
+
+where 64 MiB is the process itself (:data:`PROCESS_MEMORY`) and each upload in flight
+(``MAX_CONCURRENT_UPLOADS`` at most) counts :func:`parts_in_flight` parts: 5 with 16 MiB
+parts, so 144 MiB for one upload. bench/s3.py and tests/process/test_bounds.py hold the peak
+to it. That takes glibc returning what was sent
+(:func:`~clustr_aio.runtime.memory.fix_mmap_threshold`: else a freed part's memory stays
+resident for reuse, a part more).
 """
 
 from __future__ import annotations
@@ -54,7 +58,13 @@ from clustr_aio.storage.s3.client import is_missing, store_errors
 if TYPE_CHECKING:
     from clustr_aio.storage.s3.storage import S3Storage
 
-__all__ = ["S3Batch", "S3File", "upload_memory"]
+__all__ = [
+    "PROCESS_MEMORY",
+    "S3Batch",
+    "S3File",
+    "memory_bound",
+    "parts_in_flight",
+]
 
 log = logging.getLogger("clustr_aio.storage")
 
@@ -67,19 +77,27 @@ side (a store takes parallel parts faster than one stream: two of 16 MiB, four o
 small files many at a time."""
 _SENDS_IN_FLIGHT: Final = 16
 """Most requests to the store one upload has under way (as many as boto3's transfer threads)."""
-_SLACK: Final = 12 * 1024 * 1024
-"""What else an upload holds for a moment: the chunk being copied into a part's body, the
-HTTP client's and the request reader's buffers, the hasher's blocks (2 MiB), SigV4's 1 MiB
-reads of each body in flight, the allocator's rounding. (Measured with 16 MiB parts: a 1 GiB
-upload peaked 56-61 MiB over the idle process, against the 65 MiB stated.)"""
+PROCESS_MEMORY: Final = 64 * 1024 * 1024
+"""The bound's base: what a ``STORAGE=s3`` process holds with no upload in flight, once it
+has answered ``/readyz`` (61-63 MiB measured against a plain-HTTP SeaweedFS, about 1 MiB more
+with TLS; 13 of them aiobotocore and botocore: their modules, and their S3 model and endpoint
+rules read lean, see :mod:`.lean_data`)."""
 
 
-def upload_memory(part_size: int) -> int:
-    """The most memory one upload holds, in bytes, with ``S3_PART_SIZE`` = ``part_size``: the
-    sends in flight (their budget, a part at least), the part being received, a large file's
-    head held back, and :data:`_SLACK`. A process's peak RSS is at most its own (what it
-    holds idle, botocore's S3 model included) plus this per upload in flight."""
-    return max(part_size, _BYTES_IN_FLIGHT) + part_size + HEAD_PART_SIZE + _SLACK
+def parts_in_flight(part_size: int) -> int:
+    """The parts' worth one upload holds at most with ``S3_PART_SIZE`` = ``part_size``:
+    those on their way to the store (:data:`_BYTES_IN_FLIGHT`'s worth, one at least: two of
+    16 MiB), the part being received, a large file's first part held back (5 MiB, S3's
+    smallest part), and one for the buffers around them: the chunk being copied into a part,
+    the request reader's and the HTTP client's buffers, the hasher's blocks (2 MiB), the
+    signer's 1 MiB reads of a body (3-4 MiB measured in all, under S3's smallest part)."""
+    return max(1, _BYTES_IN_FLIGHT // part_size) + 3
+
+
+def memory_bound(part_size: int, uploads: int = 1) -> int:
+    """The stated bound on a process's peak RSS, in bytes, with ``uploads`` uploads in flight:
+    64 MiB + ``S3_PART_SIZE`` x parts in flight."""
+    return PROCESS_MEMORY + part_size * parts_in_flight(part_size) * uploads
 
 
 PENDING_METADATA: Final = "clustr-pending"
