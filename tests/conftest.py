@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -133,10 +134,16 @@ def stored_files(folder: Path) -> list[str]:
 
 def temp_files(folder: Path) -> list[Path]:
     """Every temporary file left under .incoming (the live process's lock file excepted)."""
-    incoming = folder / INCOMING_DIR
-    if not incoming.exists():
-        return []
-    return sorted(p for p in incoming.rglob("*") if p.is_file() and p.name != ".lock")
+    # os.walk, not rglob: the server empties and removes batch folders in the background
+    # (a withdrawn batch's trash), and rglob fails on a folder gone between listing and
+    # scanning, where walk skips it.
+    found = (
+        Path(parent, name)
+        for parent, _, names in os.walk(folder / INCOMING_DIR)
+        for name in names
+        if name != ".lock"
+    )
+    return sorted(p for p in found if p.is_file())
 
 
 def assert_nothing_stored(folder: Path) -> None:
