@@ -9,6 +9,7 @@ in production: the handler sees the read fail instead). The two take different c
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
 from collections.abc import Iterator
@@ -37,7 +38,13 @@ def leftovers(upload_dir: Path) -> list[Path]:
     incoming = upload_dir / INCOMING_DIR
     own_dirs = [d for d in incoming.iterdir() if (d / ".lock").exists()]
     assert len(own_dirs) == 1, own_dirs
-    return sorted(p for p in own_dirs[0].rglob("*") if p.name != ".lock")
+    # os.walk, not rglob: a batch folder the server removes meanwhile is skipped, not an error.
+    return sorted(
+        Path(parent, name)
+        for parent, folders, names in os.walk(own_dirs[0])
+        for name in (*folders, *names)
+        if name != ".lock"
+    )
 
 
 async def vanish_mid_upload(host: str, port: int, upload_dir: Path, how: str) -> None:
