@@ -7,7 +7,8 @@ metadata units (at most :data:`MAX_METADATA_UNIT` bytes each) are read whole, im
 passed through as slices of the received chunks, never decoded nor copied.
 
 - JPEG: markers and segments up to the first SOS (SOF gives the size), then the entropy-coded
-  data is passed through up to EOI, which must be there.
+  data is passed through up to EOI, which must be there (searched for only where the file does
+  not end with it, when what follows is kept: :class:`~clustr_aio.images.stream.RestHolding`).
 - PNG: every chunk's CRC, IHDR first (the size), IEND last; APNG frames (fcTL) add up.
 - GIF: the screen descriptor (the size), colour tables, every block's sub-blocks to the
   trailer; frames after the first add up. Its comments and XMP are dropped (not filtered).
@@ -44,6 +45,7 @@ from clustr_aio.images.stream import (
     Read,
     ReadOrEnd,
     Rest,
+    RestHolding,
     SubParser,
 )
 from clustr_aio.storage.base import Buffer
@@ -205,8 +207,12 @@ def _jpeg(filter_: MetadataFilter, found: _Found, broken: Broken) -> ParserGener
         if code == 0xDA:  # SOS: the entropy-coded data, and then more scans, to EOI
             if not found.width:
                 raise broken("its image data comes before any SOF segment")
-            yield PassUntil(b"\xff\xd9", "its image data, before the EOI marker")
-            yield Rest(keep=filter_.mode != "all")
+            what = "its image data, before the EOI marker"
+            if filter_.mode != "all":  # what follows the EOI is kept: only whether there is one
+                yield RestHolding(b"\xff\xd9", what)
+            else:  # where the image ends matters: what follows goes
+                yield PassUntil(b"\xff\xd9", what)
+                yield Rest(keep=False)
 
 
 def _jpeg_segment(filter_: MetadataFilter, code: int, payload: bytes) -> bytes | None:

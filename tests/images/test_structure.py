@@ -19,6 +19,7 @@ from clustr_aio.domain.errors import BrokenImage, ImageTooLarge
 from clustr_aio.domain.limits import UploadLimits
 from clustr_aio.images.exif import orientation_exif, read_orientation, strip_gps, tiff_of
 from clustr_aio.images.metadata import StripMode
+from clustr_aio.images.stream import HOLD_BYTES
 from clustr_aio.images.structure import ImageCheck, image_check
 from clustr_aio.ingest.pipeline import IncomingFile, IngestPolicy, ingest_file
 from clustr_aio.storage.base import BatchScope, Buffer, FileWriter, UploadBatch
@@ -73,6 +74,40 @@ def test_an_eoi_split_across_two_reads_is_found() -> None:
     assert check is not None
     out = check.feed(jpeg[:cut]) + check.feed(jpeg[cut:]) + check.finish()
     assert b"".join(bytes(p) for p in out) == jpeg
+
+
+@pytest.mark.parametrize("mode", ["location", "all", "none"])
+@pytest.mark.parametrize("after", [b"", b"trailer", bytes(HOLD_BYTES + 4321)])
+def test_a_jpeg_without_an_eoi_is_refused_whatever_follows_and_however_cut(
+    mode: StripMode, after: bytes
+) -> None:
+    """RestHolding looks at the file's end first, then at the bytes it held back (more than
+    HOLD_BYTES of them searched on the way): an EOI found anywhere passes, none anywhere is
+    a 415, whatever the reads."""
+    jpeg = encode("jpg", picture())
+    assert jpeg.endswith(b"\xff\xd9")
+    pieces = (1, 2, 1000, len(jpeg) - 1) if len(after) < 1000 else (4096, HOLD_BYTES)
+    for piece in pieces:
+        assert checked("jpg", jpeg + after, mode, piece) == jpeg + (b"" if mode == "all" else after)
+        with pytest.raises(BrokenImage, match="before the EOI marker"):
+            checked("jpg", jpeg[:-2] + after, mode, piece)
+        with pytest.raises(BrokenImage, match="before the EOI marker"):
+            checked("jpg", jpeg[:-1] + after, mode, piece)  # FF then no D9
+
+
+def test_an_eoi_split_across_what_is_held_and_what_comes_next_is_found() -> None:
+    """The EOI's FF as the last byte of what RestHolding searched on the way (over
+    HOLD_BYTES), its D9 the first that comes next, then more that is no EOI."""
+    jpeg = encode("jpg", picture())
+    image_start = jpeg.rindex(b"\xff\xda")
+    padding = bytes(HOLD_BYTES)  # zeros: no EOI in them
+    data = jpeg[:-2] + padding + b"\xff\xd9" + b"after"
+    cut = len(data) - len(b"after") - 1  # ...FF | D9 after
+    assert cut - image_start > HOLD_BYTES
+    check = image_check("image/jpeg", "x.jpg", max_pixels=10**8, strip="location")
+    assert check is not None
+    out = check.feed(data[:cut]) + check.feed(data[cut:]) + check.finish()
+    assert b"".join(bytes(p) for p in out) == data
 
 
 def test_the_image_data_is_passed_on_without_copies() -> None:
