@@ -188,6 +188,10 @@ class Parser:
         self.written += len(data)
 
     def _take(self, n: int) -> bytes:
+        head = self._queue[0]
+        if len(head) > n:  # the usual case: a header inside one chunk
+            self._queue[0] = head[n:]
+            return bytes(head[:n])
         parts = []
         while n:
             head = self._queue[0]
@@ -208,14 +212,17 @@ class Parser:
         return head[:limit]
 
     def _advance(self, *, eof: bool) -> None:
+        # Requests are told apart by their exact type (none is subclassed): a chain of
+        # isinstance() calls was a third of a photo's header parsing.
         while True:
-            request = self._request
+            request: Any = self._request  # of the type ``kind``
+            kind = type(request)
             answer: object = None
-            if isinstance(request, Read | ReadOrEnd):
+            if kind is Read or kind is ReadOrEnd:
                 if self._queued < request.n:
                     if not eof:
                         return
-                    if not (isinstance(request, ReadOrEnd) and self._queued == 0):
+                    if not (kind is ReadOrEnd and self._queued == 0):
                         raise self._truncated(request.what)
                     answer = b""
                 else:
@@ -223,7 +230,7 @@ class Parser:
                     answer = self._take(request.n)
                     if self.verbatim_until is None:
                         self._echo += answer
-            elif isinstance(request, Pass):
+            elif kind is Pass:
                 if request.n and self._queue:
                     if request.keep:
                         self._passing()
@@ -242,7 +249,7 @@ class Parser:
                         return
                     raise self._truncated(request.what)
                 answer = request.crc
-            elif isinstance(request, Emit):
+            elif kind is Emit:
                 if self.verbatim_until is None:
                     data, echo = request.data, self._echo
                     if echo[: len(data)] == data:
@@ -250,14 +257,14 @@ class Parser:
                     else:
                         self._diverge()
                 self._emit(request.data)
-            elif isinstance(request, PassUntil):
+            elif kind is PassUntil:
                 if self._queue:
                     self._passing()
                 if not self._pass_until(request.pattern):
                     if not eof:
                         return
                     raise self._truncated(request.what)
-            elif isinstance(request, RestHolding):
+            elif kind is RestHolding:
                 if self._queue:
                     self._passing()
                 while self._queue:
@@ -343,5 +350,5 @@ def _last_bytes(pieces: list[Buffer], n: int) -> bytes:
 
 
 @functools.cache
-def _searcher(pattern: bytes) -> Callable[[memoryview], re.Match[bytes] | None]:
+def _searcher(pattern: bytes) -> Callable[[Buffer], re.Match[bytes] | None]:
     return re.compile(re.escape(pattern)).search
