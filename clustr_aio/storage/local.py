@@ -32,8 +32,9 @@ closed with the batch's next such files, a block's worth of them in one pool cal
 170 round trips, not 500), and the batch's last ones by the publish's own pool call: a small
 upload costs one thread round trip for its bytes and its link, none for its seal (without
 FSYNC), and none for the free-space check before its body, answered from a reading under a
-second old (:meth:`LocalStorage.ensure_room`). The publish stays on the pool even for one small
-file: on the loop, its create (ext4's inode allocation) cost the loop more than the round trip saved.
+second old
+(:meth:`LocalStorage.ensure_room`). The publish stays on the pool even for one small file: on
+the loop, its create (ext4's inode allocation) cost the loop more than the round trip saved.
 Memory: 300 uploads that sent 1 MB each and stalled held 300 MB of RAM, a block each. So the
 bytes received and not yet written, by all uploads together, are kept under ``memory_budget``:
 a write that finds it exceeded first hands its own file's bytes to the pool, then waits until
