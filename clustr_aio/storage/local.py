@@ -27,12 +27,10 @@ discarded after its publish.
 All blocking calls run on a dedicated thread pool, so the event loop never waits on the disk.
 File data is handed to the pool in blocks of ``write_block`` bytes (``os.writev`` of the received
 chunks, no joining), and one block per file may be in flight while the next one is received.
-A file none of whose bytes went to the pool (one smaller than a block) is created, written and
-closed with the batch's next such files, a block's worth of them in one pool call (500 photos:
-170 round trips, not 500), and the batch's last ones by the publish's own pool call: a small
-upload costs one thread round trip for its bytes and its link, none for its seal (without
-FSYNC), and none for the free-space check before its body, answered from a reading under a
-second old
+A batch's last file, if none of its bytes went to the pool (a file smaller than a block), is
+created, written and closed by the publish's own pool call: a small upload costs one thread
+round trip for its bytes and its link, none for its seal (without FSYNC), and none for the
+free-space check before its body, answered from a reading under a second old
 (:meth:`LocalStorage.ensure_room`). The publish stays on the pool even for one small file: on
 the loop, its create (ext4's inode allocation) cost the loop more than the round trip saved.
 Memory: 300 uploads that sent 1 MB each and stalled held 300 MB of RAM, a block each. So the
@@ -96,8 +94,6 @@ _RESERVE_REACHED = "not enough storage space left for this upload; try again lat
 # half of this is refreshed in the background. The reserve itself is held by the pool's
 # checks as bytes are written and before every publish, which never use the reading.
 _SPACE_READING_SECONDS = 1.0
-_DEFERRED_FILES = 64
-"""The most small files a batch writes in one thread hop (see :attr:`LocalBatch.deferred`)."""
 _T = TypeVar("_T")
 
 
@@ -385,57 +381,16 @@ class LocalBatch:
         self._sealed = False
         self._trash_count = itertools.count()
         self._withdrawn = False  # set on the loop, read by the publishing thread before commit
-        self.deferred: list[LocalFile] = []
-        """Closed files none of whose bytes were handed to the pool yet, in order: handed to
-        it together, in one thread hop, once they hold a ``write_block`` (or are
-        :data:`_DEFERRED_FILES`, or the storage is over its memory budget), ``idle_flush``
-        seconds after the first, or by the publish, in its own hop (see
-        :meth:`LocalFile.close`)."""
-        self._deferred_bytes = 0
-        self._deferred_timer: asyncio.TimerHandle | None = None
+        self.deferred: LocalFile | None = None
+        """A closed file none of whose bytes were handed to the pool yet: the publish writes
+        it, in the same thread hop (see :meth:`LocalFile.close`)."""
 
     def add_file(self, desired_name: str) -> LocalFile:
-        slot = len(self._files)
-        file = LocalFile(self, self._dir / f"{self._id}.{slot}", desired_name, slot)
+        if self.deferred is not None:
+            self.deferred.write_deferred()  # only the batch's last file waits for the publish
+        file = LocalFile(self, self._dir / f"{self._id}.{len(self._files)}", desired_name)
         self._files.append(file)
         return file
-
-    def defer(self, file: LocalFile, size: int) -> None:
-        """``file`` is closed with ``size`` bytes, none handed to the pool yet."""
-        self.deferred.append(file)
-        self._deferred_bytes += size
-        storage = self._storage
-        if (
-            self._deferred_bytes >= storage.write_block
-            or len(self.deferred) >= _DEFERRED_FILES
-            or storage.over_budget
-        ):
-            self.write_deferred()  # as much as a large file's block: written now
-        elif self._deferred_timer is None:
-            self._deferred_timer = asyncio.get_running_loop().call_later(
-                self._storage.idle_flush, self.write_deferred
-            )
-
-    def _take_deferred(self) -> list[LocalFile]:
-        files, self.deferred, self._deferred_bytes = self.deferred, [], 0
-        if self._deferred_timer is not None:
-            self._deferred_timer.cancel()
-            self._deferred_timer = None
-        return files
-
-    def write_deferred(self) -> None:
-        """Hand the deferred files to the pool, in one hop (on the loop, without waiting)."""
-        files = self._take_deferred()
-        if not files:
-            return
-        held = [(file, file.take_buffers()) for file in files]
-        size = sum(n for _, n in held)
-        loop = asyncio.get_running_loop()
-        written = loop.run_in_executor(self._storage._executor, _write_files, held)
-        written.add_done_callback(lambda _: self._storage.release(size))
-        for file in files:
-            file.in_flight = written
-        self._closing.append(written)  # the publish waits for it
 
     async def _closed(self, last_write: asyncio.Future[None]) -> None:
         """Let a file's last write and fsync finish in the background while the next file is
@@ -459,19 +414,19 @@ class LocalBatch:
         self._storage.remove_later([trash, *(self._files[n].path for n in names)])
 
     async def publish(self) -> list[str]:
-        last = []
-        for file in self._take_deferred():
-            if file.slot in self._left_out:
-                file.drop_buffers()  # never written: nothing to remove either
-            else:
-                last.append(file)
+        last = self.deferred
+        if last is not None:
+            last.stop_flushing()
+            self.deferred = None
+            if len(self._files) - 1 in self._left_out:  # the deferred file is the last one
+                last.drop_buffers()  # never written: nothing to remove either
+                last = None
         while self._closing:
             await self._closing.popleft()
         # A future of its own, so that a discard() after a cancelled publish can wait for the
         # links the pool thread is still making, and take them back.
-        deferred = [(file, file.take_buffers()) for file in last]  # no await until submitted
-        held = sum(n for _, n in deferred)
-        self._publishing = asyncio.ensure_future(self._storage.run(self._publish_sync, deferred))
+        held = last.take_buffers() if last is not None else 0  # no await until submitted
+        self._publishing = asyncio.ensure_future(self._storage.run(self._publish_sync, last))
         if held:
             self._publishing.add_done_callback(lambda _: self._storage.release(held))
         # Shielded: cancelling the caller must not cancel this future while the thread links on,
@@ -485,15 +440,17 @@ class LocalBatch:
             self._storage.remove_later([self._files[n].path for n in sorted(self._left_out)])
         return names
 
-    def _publish_sync(self, deferred: list[tuple[LocalFile, int]]) -> list[str]:
-        """Write the deferred last files, if any; then journal, link, flush (see
+    def _publish_sync(self, last: LocalFile | None) -> list[str]:
+        """Write the deferred last file, if any; then journal, link, flush (see
         :mod:`clustr_aio.storage.journal`); the seal comes once the caller has committed. A
         batch of one file needs no journal: its temporary file, still linked, is one."""
         storage = self._storage
         pause = storage.pause
         published: list[str] = []
         journal_file: Path | None = None
-        _write_files(deferred)
+        if last is not None:
+            buffers, last.held_buffers = last.held_buffers, []
+            last.write_sync(buffers, last=True)
         slots = [n for n in range(len(self._files)) if n not in self._left_out]
         try:
             if storage.min_free_space > 0:
@@ -571,7 +528,7 @@ class LocalBatch:
     async def discard(self) -> None:
         if self._sealed:
             return  # final: the caller committed it
-        self._take_deferred()
+        self.deferred = None
         for file in self._files:
             file.stop_flushing()  # no write may start after the files are removed
         # Threads cannot be cancelled: wait until every write, and a publish whose caller was
@@ -623,10 +580,9 @@ class LocalBatch:
 class LocalFile:
     """One temporary file. Data is collected into blocks and written by the thread pool."""
 
-    def __init__(self, batch: LocalBatch, path: Path, desired_name: str, slot: int) -> None:
+    def __init__(self, batch: LocalBatch, path: Path, desired_name: str) -> None:
         self.path = path
         self.desired_name = desired_name
-        self.slot = slot
         self.in_flight: asyncio.Future[None] | None = None
         self._batch = batch
         self._storage = batch._storage
@@ -667,18 +623,31 @@ class LocalFile:
         self.stop_flushing()
         storage = self._storage
         if self.in_flight is None and not storage.over_budget:
-            # Nothing handed to the pool yet (a file smaller than a block): created, written
-            # and closed with the next ones in one thread hop, the last ones by the publish's
-            # own (one round trip instead of two for a small upload).
-            self._batch.defer(self, self._buffered)
+            # Nothing handed to the pool yet (a file smaller than a block): let the publish
+            # create, write and close it in its own thread hop, one round trip instead of
+            # two, unless another file follows or it waits longer than a partial block would.
+            self._batch.deferred = self
+            self._flush_timer = asyncio.get_running_loop().call_later(
+                storage.idle_flush, self.write_deferred
+            )
             return
         await self._submit(last=True)
         assert self.in_flight is not None
         await self._batch._closed(self.in_flight)
 
+    def write_deferred(self) -> None:
+        """Hand the deferred file to the pool after all (on the loop, without waiting)."""
+        self.stop_flushing()
+        if self._batch.deferred is not self:
+            return
+        self._batch.deferred = None
+        self._start_write(last=True)
+        assert self.in_flight is not None
+        self._batch._closing.append(self.in_flight)  # the publish waits for it
+
     def take_buffers(self) -> int:
-        """Move the deferred bytes to :attr:`held_buffers` for a pool thread
-        (:func:`_write_files`); returns their size, to release once it is done."""
+        """Move the deferred bytes to :attr:`held_buffers` for the publishing thread; returns
+        their size, to release once it is done."""
         self.held_buffers, self._buffers = self._buffers, []
         size, self._buffered = self._buffered, 0
         return size
@@ -778,13 +747,6 @@ class LocalFile:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
-
-
-def _write_files(deferred: list[tuple[LocalFile, int]]) -> None:
-    """Create, write and close deferred files (see :meth:`LocalBatch.defer`), in order."""
-    for file, _ in deferred:
-        buffers, file.held_buffers = file.held_buffers, []
-        file.write_sync(buffers, last=True)
 
 
 def _create(path: Path) -> int:

@@ -494,29 +494,21 @@ async def test_a_small_last_file_is_written_by_the_publish_itself(upload_dir: Pa
         await storage.close()
 
 
-async def test_small_files_wait_for_a_block_s_worth_or_the_publish(upload_dir: Path) -> None:
-    """Small files are handed to the pool together once they hold a write block (one thread
-    hop for several: memory stays a block's), and files whose publish does not come are
-    written after idle_flush anyway."""
-    storage = LocalStorage(upload_dir, write_block=len(JPEG) + len(PNG), idle_flush=0.05)
+async def test_only_the_last_file_waits_for_the_publish(upload_dir: Path) -> None:
+    """A deferred file is handed to the pool as soon as another file starts (memory stays one
+    file's), and one whose publish does not come is written after idle_flush anyway."""
+    storage = LocalStorage(upload_dir, write_block=1024 * 1024, idle_flush=0.05)
     await storage.open()
     try:
         batch = storage.batch()
         await store(batch, "first.jpg", JPEG)
-        await asyncio.sleep(0.01)
-        assert temp_files(upload_dir) == []  # waits for more
         await store(batch, "second.png", PNG)
         await asyncio.sleep(0.01)
-        assert len(temp_files(upload_dir)) == 2  # a block's worth: both on disk, in one hop
-        await store(batch, "third.png", PNG)
-        await asyncio.sleep(0.01)
-        assert len(temp_files(upload_dir)) == 2  # the third waits
+        assert len(temp_files(upload_dir)) == 1  # the first one, on disk; the second waits
         await asyncio.sleep(0.3)
-        assert len(temp_files(upload_dir)) == 3  # idle_flush: the third one too
-        await store(batch, "fourth.jpg", JPEG)  # and this one is written by the publish
-        assert await batch.publish() == ["first.jpg", "second.png", "third.png", "fourth.jpg"]
+        assert len(temp_files(upload_dir)) == 2  # idle_flush: the second one too
+        assert await batch.publish() == ["first.jpg", "second.png"]
         assert (upload_dir / "second.png").read_bytes() == PNG
-        assert (upload_dir / "fourth.jpg").read_bytes() == JPEG
         assert storage._held == 0
     finally:
         await storage.close()
