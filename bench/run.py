@@ -161,6 +161,8 @@ def main() -> int:
     print(text)
     for line in report.file_work(results):
         print(line)
+    for line in filework.step_lines({r.key for r in results}, data):
+        print(line)
     for note in meta["notes"]:
         print(f"- {note}")
     report.write_json(out / "latest.json", results, meta)
