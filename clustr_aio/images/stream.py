@@ -43,6 +43,7 @@ __all__ = [
     "Rest",
     "RestHolding",
     "SubParser",
+    "held_bytes",
 ]
 
 
@@ -88,9 +89,11 @@ class RestHolding:
     it is kept anyway), the bytes are passed on as they come and not searched as they pass:
     the end is looked at first (a JPEG's last two bytes are its EOI, unless something follows
     it), and only if the pattern is not there are the bytes kept back searched. They are kept
-    back (views of the chunks, no copies) up to :data:`HOLD_BYTES`; more than that are searched
-    then, and let go of. Searching each byte as it passes was 1.1 ns a byte (``re``;
-    ``bytes.find`` 3 ns): half of a 500 KB photo's check."""
+    back (views of the chunks, no copies) up to :data:`HOLD_BYTES` per file and
+    :data:`HELD_BUDGET` for every file of the process together; past either, the file that
+    is given a chunk has what it holds searched then, and let go of (so uploads that stall,
+    hundreds at a time, hold no more than the budget between them). Searching each byte as it
+    passes was 1.1 ns a byte (``re``; ``bytes.find`` 3 ns): half of a 500 KB photo's check."""
 
     pattern: bytes
     what: str
@@ -100,6 +103,21 @@ Request = Read | ReadOrEnd | Pass | Emit | PassUntil | Rest | RestHolding
 
 HOLD_BYTES: Final = 1024 * 1024
 """The most bytes :class:`RestHolding` keeps back unsearched, per file."""
+HELD_BUDGET: Final = 4 * 1024 * 1024
+"""The most bytes :class:`RestHolding` keeps back unsearched, every file of the process
+together (give or take the chunk that crosses it)."""
+
+
+class _Held:
+    """What every parser holds back together (parsers run on event loop threads only)."""
+
+    total = 0
+
+
+def held_bytes() -> int:
+    """Bytes that :class:`RestHolding` parsers keep back unsearched now, together."""
+    return _Held.total
+
 _COPY_LEFTOVER = 4096
 ParserGenerator = Generator[Request, Any, None]
 """A parser: yields requests, is sent their answers (``Any``: each request's own type)."""
@@ -295,8 +313,13 @@ class Parser:
     def _hold(self, piece: Buffer, pattern: bytes) -> None:
         self._held.append(piece)
         self._held_bytes += len(piece)
-        if self._held_bytes > HOLD_BYTES:
+        _Held.total += len(piece)
+        if self._held_bytes > HOLD_BYTES or _Held.total > HELD_BUDGET:
             self._search_held(pattern)
+
+    def __del__(self) -> None:
+        # A file given up on (refused, its client gone). (getattr: __init__ may have failed.)
+        _Held.total -= getattr(self, "_held_bytes", 0)
 
     def _search_held(self, pattern: bytes) -> bool:
         """Whether the bytes held (and so the bytes passed) hold ``pattern``; keeps the last
@@ -313,6 +336,7 @@ class Parser:
                     break
                 seam = (seam + bytes(piece[-(m - 1) :]))[-(m - 1) :]
         self._held = [] if self._found else [_last_bytes(held, m - 1)]
+        _Held.total -= self._held_bytes
         self._held_bytes = 0
         return self._found
 

@@ -19,7 +19,7 @@ from clustr_aio.domain.errors import BrokenImage, ImageTooLarge
 from clustr_aio.domain.limits import UploadLimits
 from clustr_aio.images.exif import orientation_exif, read_orientation, strip_gps, tiff_of
 from clustr_aio.images.metadata import StripMode
-from clustr_aio.images.stream import HOLD_BYTES
+from clustr_aio.images.stream import HELD_BUDGET, HOLD_BYTES, held_bytes
 from clustr_aio.images.structure import ImageCheck, image_check
 from clustr_aio.ingest.pipeline import IncomingFile, IngestPolicy, ingest_file
 from clustr_aio.storage.base import BatchScope, Buffer, FileWriter, UploadBatch
@@ -108,6 +108,27 @@ def test_an_eoi_split_across_what_is_held_and_what_comes_next_is_found() -> None
     assert check is not None
     out = check.feed(data[:cut]) + check.feed(data[cut:]) + check.finish()
     assert b"".join(bytes(p) for p in out) == data
+
+
+def test_what_stalled_jpegs_hold_back_together_stays_within_the_budget() -> None:
+    """Hundreds of uploads that stop inside their image data (RestHolding keeps what passed,
+    unsearched, for the end) hold no more than HELD_BUDGET between them, and nothing once
+    they are dropped."""
+    jpeg = encode("jpg", picture())
+    image_data = jpeg.rindex(b"\xff\xda") + 64  # inside the entropy-coded data
+    before = held_bytes()
+    checks = []
+    for _ in range(300):
+        check = image_check("image/jpeg", "x.jpg", max_pixels=10**8, strip="location")
+        assert check is not None
+        check.feed(jpeg[:image_data])
+        for _ in range(4):
+            check.feed(bytes(16 * 1024))  # zeros: no EOI in them
+            assert held_bytes() - before <= HELD_BUDGET + 16 * 1024
+        checks.append(check)
+    assert held_bytes() - before > HELD_BUDGET // 2  # they do hold some
+    del checks, check
+    assert held_bytes() == before
 
 
 def test_the_image_data_is_passed_on_without_copies() -> None:
