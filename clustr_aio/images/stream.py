@@ -118,6 +118,7 @@ def held_bytes() -> int:
     """Bytes that :class:`RestHolding` parsers keep back unsearched now, together."""
     return _Held.total
 
+
 _COPY_LEFTOVER = 4096
 ParserGenerator = Generator[Request, Any, None]
 """A parser: yields requests, is sent their answers (``Any``: each request's own type)."""
