@@ -18,7 +18,7 @@ from typing import Any, Final
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from clustr_aio.catalog.base import KEY_DIGITS, FileRecord, KeyRecord, Order
+from clustr_aio.catalog.base import KEY_DIGITS, FileRecord, KeyRecord, Order, row_record
 from clustr_aio.domain.errors import CatalogUnavailable
 
 __all__ = ["MIGRATIONS", "PostgresCatalog"]
@@ -146,22 +146,9 @@ start-up reconciliation may have adopted the file between its link and this comm
 
 
 def _record(row: asyncpg.Record) -> FileRecord:
-    """A row of ``SELECT {_COLUMNS}``, read by position: by name, each field is a lookup in the
-    row's name map first (a page of 100 reads 1,200)."""
-    return FileRecord(
-        id=str(row[0]),
-        stored_name=row[1],
-        original_name=row[2],
-        size=row[3],
-        content_type=row[4],
-        sha256=row[5],
-        created_at=row[6],
-        width=row[7],
-        height=row[8],
-        owner=row[9],
-        orientation=row[10],
-        metadata_removed=row[11],
-    )
+    """A row of ``SELECT {_COLUMNS}`` (by position: by name, each field is a lookup in the
+    row's name map first)."""
+    return row_record(row, record_id=str(row[0]), created_at=row[6], metadata_removed=row[11])
 
 
 def _key_record(row: asyncpg.Record) -> KeyRecord:
