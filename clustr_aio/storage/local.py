@@ -143,6 +143,7 @@ class LocalStorage:
         # Where to start probing for a free numbered name, per desired name. Only a hint: the
         # atomic os.link decides, so a stale hint can cost a few probes but never a collision.
         self._next_number: dict[str, int] = {}
+        self._numbers_lock = threading.Lock()  # the pool threads take numbers at once
         # Batch ids: unique within this process's own directory, which is unique itself.
         self._batch_numbers = itertools.count()
         self.pause: journal.PausePoint | None = None  # tests only: see journal.pause_points
@@ -180,7 +181,8 @@ class LocalStorage:
             return False
         if self.fsync:
             fsync_directory(self.folder)
-        self._next_number.clear()  # a freed name is the first to be taken again
+        with self._numbers_lock:
+            self._next_number.clear()  # a freed name is the first to be taken again
         return True
 
     def resumable_uploads(self) -> LocalResumableStore:
@@ -345,16 +347,24 @@ class LocalStorage:
         return self._place_unique(os.link, os.fspath(source), desired)
 
     def _place_unique(self, place: Callable[[str, str], None], source: str, desired: str) -> str:
-        first = self._next_number.get(desired, 0)
-        for n in range(first, first + _MAX_NAME_ATTEMPTS):
-            candidate = numbered(desired, n)
+        for _ in range(_MAX_NAME_ATTEMPTS):
+            candidate = numbered(desired, self._take_number(desired))
             try:
                 place(source, os.path.join(self._folder_text, candidate))
             except FileExistsError:
                 continue
-            self._next_number[desired] = n + 1
             return candidate
         raise FileExistsError(errno.EEXIST, f"no free name found for {desired!r}")
+
+    def _take_number(self, desired: str) -> int:
+        """The number to try next for ``desired``, taken before its link is tried: publishes
+        of the same name on other pool threads at the same time try the numbers after it,
+        instead of colliding with it (C's 16 uploads of one name at a time: a failed link
+        and an exception per upload). A number whose link fails otherwise is skipped."""
+        with self._numbers_lock:
+            n = self._next_number.get(desired, 0)
+            self._next_number[desired] = n + 1
+        return n
 
 
 class _Withdrawn(Exception):
