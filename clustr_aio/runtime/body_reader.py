@@ -119,7 +119,8 @@ POOL: Final = BlockPool()
 def body_chunks(request: web.Request) -> Iterator[ReadChunk]:
     """How to read ``request``'s body, from the route that has accepted its head: a
     :class:`BodyReader`'s ``read`` where it may take the connection, else aiohttp's stream,
-    a piece at a time (:func:`_parsed_pieces`). Leaving gives the connection back (:meth:`BodyReader.release`)."""
+    a piece at a time (:func:`_parsed_pieces`). Leaving gives the connection back
+    (:meth:`BodyReader.release`)."""
     reader = BodyReader.take(request, POOL)
     if reader is None:
         yield _parsed_pieces(request)
