@@ -71,6 +71,7 @@ _COMPACT_AT = 64 * 1024
 """Bytes of ``info.json`` past which a commit writes it anew (a 2 GB upload in 5 MB chunks
 appends 400 lines, which every ``HEAD`` would read)."""
 _T = TypeVar("_T")
+_A = TypeVar("_A")
 Run = Callable[..., Awaitable[Any]]
 
 
@@ -98,16 +99,37 @@ class LocalResumableStore:
     async def create(self, info: UploadInfo) -> None:
         await self._call(self._create_sync, info)
 
+    def create_held(
+        self, info: UploadInfo
+    ) -> contextlib.AbstractAsyncContextManager[LocalHeldUpload]:
+        return self._holding(self._create_held_sync, info)
+
     def _create_sync(self, info: UploadInfo) -> None:
+        os.close(self._make_sync(info))
+
+    def _create_held_sync(self, info: UploadInfo) -> LocalHeldUpload:
+        fd = self._make_sync(info)
+        return LocalHeldUpload(self, self._dir(info.id), fd, info)
+
+    def _make_sync(self, info: UploadInfo) -> int:
+        """The upload's folder, data and first state; the data's descriptor, locked."""
         directory = self._dir(info.id)
         self.folder.mkdir(exist_ok=True)
         directory.mkdir()
-        os.close(os.open(directory / _DATA, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        # Its first state, written in place: no reader knows the id yet, and a crash that cuts
-        # it short leaves a folder without a state, which the orphans' sweep removes.
-        _write_info(directory, info, durable=self.fsync, new=True)
-        if self.fsync:
-            fsync_directory(self.folder)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        fd = os.open(directory / _DATA, flags, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no one else knows the id yet
+            # Its first state, written in place: no reader knows the id yet either, and a
+            # crash that cuts it short leaves a folder without a state, which the orphans'
+            # sweep removes.
+            _write_info(directory, info, durable=self.fsync, new=True)
+            if self.fsync:
+                fsync_directory(self.folder)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     async def get(self, upload_id: str) -> UploadInfo | None:
         try:
@@ -120,11 +142,13 @@ class LocalResumableStore:
         return str(self._dir(upload_id) / _DATA)
 
     def hold(self, upload_id: str) -> contextlib.AbstractAsyncContextManager[LocalHeldUpload]:
-        return self._hold(upload_id)
+        return self._holding(self._lock_sync, upload_id)
 
     @contextlib.asynccontextmanager
-    async def _hold(self, upload_id: str) -> AsyncIterator[LocalHeldUpload]:
-        held = await self._call(self._lock_sync, self._dir(upload_id))
+    async def _holding(
+        self, take: Callable[[_A], LocalHeldUpload], argument: _A
+    ) -> AsyncIterator[LocalHeldUpload]:
+        held = await self._call(take, argument)
         try:
             yield held
         finally:
@@ -133,7 +157,8 @@ class LocalResumableStore:
             # it), so closing it frees nothing; the flock goes with it.
             held.close_sync()
 
-    def _lock_sync(self, directory: Path) -> LocalHeldUpload:
+    def _lock_sync(self, upload_id: str) -> LocalHeldUpload:
+        directory = self._dir(upload_id)
         try:
             fd = os.open(directory / _DATA, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:

@@ -112,6 +112,23 @@ async def test_one_holder_at_a_time(store: LocalResumableStore) -> None:
         pass
 
 
+async def test_an_upload_created_held_is_held_from_its_creation(
+    store: LocalResumableStore,
+) -> None:
+    """creation-with-upload: made and locked in one trip; its first chunk committed as any."""
+    upload = info()
+    async with store.create_held(upload) as held:
+        assert await store.get(upload.id) == upload
+        with pytest.raises(UploadLocked):
+            async with store.hold(upload.id):
+                pass
+        await held.append(chunks(b"first"))
+        await held.commit(held.info.with_changes(offset=5))
+    async with store.hold(upload.id) as again:  # released with the block
+        assert again.info.offset == 5
+    assert await read_all(store, upload.id, 5) == b"first"
+
+
 async def test_the_lock_holds_across_processes_and_dies_with_its_holder(
     store: LocalResumableStore,
 ) -> None:

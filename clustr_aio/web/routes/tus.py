@@ -95,7 +95,11 @@ async def _request(request: web.Request, body: _Body | None = None) -> TusReques
 
 
 def _trailers(request: web.Request) -> Callable[[], Mapping[str, str] | None] | None:
-    """The body's trailer fields, for checksum-trailer (see :mod:`clustr_aio.web.trailers`)."""
+    """The body's trailer fields, for checksum-trailer (see :mod:`clustr_aio.web.trailers`):
+    none without a ``Trailer`` field (the connection keeps none then; asking is a runtime
+    protocol's ``isinstance``, which TB's profile showed)."""
+    if hdrs.TRAILER not in request.headers:
+        return None
     trailers = body_trailers(request)
     if trailers is None:
         return None
