@@ -320,7 +320,8 @@ TUS_PARALLEL = 8
 
 
 def _tus_scenarios(setup: Setup) -> list[Scenario]:
-    """TL, TL2, TB: resumable uploads (bench/tus_client.py, the same client for every side)."""
+    """TL, TL2, TB, TB1: resumable uploads (bench/tus_client.py, the same client for every
+    side)."""
     data, plain, reference = setup.data, setup.plain, setup.tus_reference
     endpoint = plain.base_url + "/api/tus/"
     large = Side(
@@ -330,15 +331,19 @@ def _tus_scenarios(setup: Setup) -> list[Scenario]:
         plain.processes,
         (plain,),
     )
+
     # The server CPU of the whole run, as TL's (a timed scenario's unit is the run: per
     # request, the report printed 3 ms as "0.00 s").
-    photos = Side(
-        f"clustr_aio tus {plain.label}",
-        lambda tag: Measurement(upload_many(endpoint, data.jpegs, parallel=TUS_PARALLEL, tag=tag)),
-        _clear_uploads(setup, plain),
-        plain.processes,
-        (plain,),
-    )
+    def photos_side(with_upload: bool) -> Side:
+        return Side(
+            f"clustr_aio tus {plain.label}",
+            lambda tag: Measurement(_photos_by_tus(endpoint, data, tag, with_upload)),
+            _clear_uploads(setup, plain),
+            plain.processes,
+            (plain,),
+        )
+
+    photos, photos_in_one = photos_side(False), photos_side(True)
     scenarios = [
         Scenario(
             "TL2",
@@ -375,14 +380,31 @@ def _tus_scenarios(setup: Setup) -> list[Scenario]:
             photos,
             Side(
                 "@tus/server",
-                lambda tag: Measurement(
-                    upload_many(reference.endpoint, data.jpegs, parallel=TUS_PARALLEL, tag=tag)
-                ),
+                lambda tag: Measurement(_photos_by_tus(reference.endpoint, data, tag, False)),
+                clear_reference,
+                reference.processes,
+            ),
+        ),
+        Scenario(
+            "TB1",
+            "TB with creation-with-upload: each JPEG one POST that carries it, both sides",
+            "s",
+            Target(1.0, higher_is_better=False),
+            photos_in_one,
+            Side(
+                "@tus/server",
+                lambda tag: Measurement(_photos_by_tus(reference.endpoint, data, tag, True)),
                 clear_reference,
                 reference.processes,
             ),
         ),
     ]
+
+
+def _photos_by_tus(endpoint: str, data: DataSet, tag: str, with_upload: bool) -> float:
+    return upload_many(
+        endpoint, data.jpegs, parallel=TUS_PARALLEL, tag=tag, with_upload=with_upload
+    )
 
 
 T_RSS_LIMIT_MIB: Final = 256.0
