@@ -18,9 +18,13 @@ from clustr_aio.storage.local_resumable import TUS_DIR, LocalResumableStore
 from clustr_aio.storage.resumable import Resumable, UploadInfo
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[LocalResumableStore]:
-    storage = LocalStorage(tmp_path, fsync=True)
+@pytest.fixture(params=[True, False], ids=["fsync", "no-fsync"])
+async def store(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[LocalResumableStore]:
+    """Both ways: with FSYNC every step is on a thread; without, a hold and a commit that
+    frees no inode are made on the loop."""
+    storage = LocalStorage(tmp_path, fsync=request.param)
     await storage.open()
     assert isinstance(storage, Resumable)
     yield storage.resumable_uploads()
