@@ -63,10 +63,20 @@ from clustr_aio.web.plain_head import MAX_PLAIN_HEAD, plain_head
 from clustr_aio.web.quick import QuickAnswer, http_date
 from clustr_aio.web.routes.thumbnails import CACHE_CONTROL, names_etag, negotiate_format
 
-__all__ = ["ANSWERABLE", "HOT_MEMORY", "KEPT_BODY", "ROUTE", "HotThumbnails", "KeptThumbnails"]
+__all__ = [
+    "ANSWERABLE",
+    "HOT_MEMORY",
+    "KEPT_BODY",
+    "PREFIX",
+    "ROUTE",
+    "HotThumbnails",
+    "KeptThumbnails",
+]
 
 ROUTE: Final = "/api/files/{id}/thumbnail"
 """The route's template, as ``/metrics`` labels it."""
+PREFIX: Final = "/api/files/"
+"""What the targets this answers start with."""
 HOT_MEMORY: Final = 4 * 1024 * 1024
 """Bytes of thumbnails kept in memory per process: a gallery's worth of 256-px WebPs (5-15 KB
 each)."""

@@ -25,10 +25,11 @@ requests without reading their answers meets the ordinary path's flow control.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from email.utils import formatdate
-from typing import Any, Final, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
-__all__ = ["QUICK_BACKLOG", "QuickAnswer", "QuickResponder", "http_date"]
+__all__ = ["QUICK_BACKLOG", "QuickAnswer", "QuickResponder", "QuickResponders", "http_date"]
 
 QUICK_BACKLOG: Final = 64 * 1024
 """Unsent bytes in the transport above which no more requests are answered quickly: the rest
@@ -60,6 +61,40 @@ class QuickResponder(Protocol):
         """Called with a connection's raw bytes when its parser holds nothing: the answer to
         the request whose head starts at ``data[start]`` (complete, of the plainest shape:
         :func:`~clustr_aio.web.plain_head.plain_head`), ``end`` saying where it ended."""
+
+
+_R = TypeVar("_R")
+
+
+class QuickResponders:
+    """Several responders as one, each asked only for the targets under its path prefix (the
+    first whose prefix matches answers or declines)."""
+
+    __slots__ = ("_plain", "_responders")
+
+    def __init__(self, responders: Sequence[tuple[str, QuickResponder]]) -> None:
+        self._responders = tuple(responders)
+        self._plain = tuple((b"GET " + p.encode(), r) for p, r in self._responders)
+
+    def of(self, kind: type[_R]) -> _R | None:
+        """The responder of that class, if it is one of these."""
+        for _prefix, responder in self._responders:
+            if isinstance(responder, kind):
+                return responder
+        return None
+
+    def __call__(self, message: Any) -> QuickAnswer | None:
+        path: str = message.path
+        for prefix, responder in self._responders:
+            if path.startswith(prefix):
+                return responder(message)
+        return None
+
+    def answer_plain(self, data: bytes, start: int) -> QuickAnswer | None:
+        for prefix, responder in self._plain:
+            if data.startswith(prefix, start):
+                return responder.answer_plain(data, start)
+        return None
 
 
 _date: list[Any] = [0, b""]

@@ -25,8 +25,8 @@ from clustr_aio.images.thumbnails import Thumbnailer
 from clustr_aio.runtime.protocol import GuardedServer
 from clustr_aio.web.hot_thumbnails import KEPT_BODY, HotThumbnails, KeptThumbnails
 from clustr_aio.web.keys import CATALOG, QUICK_RESPONDER, STORAGE
-from clustr_aio.web.quick import QUICK_BACKLOG
-from tests.conftest import AiohttpClient, Client, serve_production
+from clustr_aio.web.quick import QUICK_BACKLOG, QuickResponders
+from tests.conftest import AiohttpClient, Client, quick_responder, serve_production
 from tests.http.helpers import expect_error, read_head, upload_ok
 from tests.images.photos import encode, picture
 
@@ -42,9 +42,7 @@ def target(url: str) -> str:
 
 
 def responder(client: Client) -> HotThumbnails:
-    quick = client.app[QUICK_RESPONDER]
-    assert isinstance(quick, HotThumbnails)
-    return quick
+    return quick_responder(client.app, HotThumbnails)
 
 
 async def served(client: Client, **overrides: Any) -> tuple[dict[str, Any], str]:
@@ -482,7 +480,9 @@ async def test_not_with_keys_nor_rate_limits(
 ) -> None:
     for overrides in ({"auth": "keys"}, {"rate_limit_requests": (600, 60)}):
         client = await serve_production(aiohttp_client, upload_dir, **overrides)
-        assert QUICK_RESPONDER not in client.app
+        quick = client.app[QUICK_RESPONDER]  # stored files are still answered quickly
+        assert isinstance(quick, QuickResponders)
+        assert quick.of(HotThumbnails) is None
         await client.close()
 
 
