@@ -41,13 +41,13 @@ lingering read that outlives the client. :class:`GuardedRequestHandler` changes 
   that body at once (a 400 from the upload) instead of leaving its handler waiting.
 
 - **Quick answers** (:mod:`clustr_aio.web.quick`): when a request arrives on a connection with
-  nothing else waiting or being handled, the server's responder (hot thumbnails) may answer it
-  here in ``data_received``: from the raw bytes while the parser holds nothing (the connection
-  is new, or the bytes fed to the parser last ended with a bodiless request's head), else from
-  its parsed head. The answer goes out at once (its bytes, or its head and file:
-  :func:`~clustr_aio.web.sendfile.send_head_and_file_now`), the handler's task is not woken,
-  the keep-alive deadline moves as after any answer, and the access log gets its line. What
-  the responder declines, and everything behind it, goes the ordinary way, in order.
+  nothing else waiting or being handled, the server's responders (hot thumbnails, stored
+  files) may answer it here in ``data_received``: from the raw bytes while the parser holds
+  nothing (the connection is new, or the bytes fed to the parser last ended with a bodiless
+  request's head), else from its parsed head. The answer goes out at once (its bytes, or its
+  head and file: :func:`~clustr_aio.web.sendfile.send_head_and_file_now`), the handler's task
+  is not woken, the keep-alive deadline moves as after any answer, and the access log gets its
+  line. What the responder declines, and everything behind it, goes the ordinary way, in order.
 - **Trailers**: aiohttp drops a chunked body's trailer fields (and its C parser carries the
   last one into the next request's headers); the connection's
   :class:`~clustr_aio.web.trailers.TrailerReader` reads them from the bytes just before the

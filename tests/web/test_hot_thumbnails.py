@@ -23,6 +23,7 @@ from clustr_aio.auth.signing import sign_path
 from clustr_aio.catalog.changes import ChangeCounter
 from clustr_aio.images.thumbnails import Thumbnailer
 from clustr_aio.runtime.protocol import GuardedServer
+from clustr_aio.web.hot_files import HotFiles
 from clustr_aio.web.hot_thumbnails import KEPT_BODY, HotThumbnails, KeptThumbnails
 from clustr_aio.web.keys import CATALOG, QUICK_RESPONDER, STORAGE
 from clustr_aio.web.quick import QUICK_BACKLOG, QuickResponders
@@ -136,19 +137,21 @@ async def assert_same_as_the_route(
     *,
     quick: int | None = None,
     plain: int | None = None,
+    kind: type[HotThumbnails | HotFiles] = HotThumbnails,
     **how: Any,
 ) -> list[tuple[bytes, bytes]]:
     """Each request's answer (on one connection) equals the route's byte for byte but the
-    date and request id; ``quick`` of them were answered from the connection, ``plain`` of
-    those from the raw bytes (None: any number)."""
+    date and request id; ``quick`` of them were answered from the connection by the responder
+    of class ``kind``, ``plain`` of those from the raw bytes (None: any number)."""
     with route_only(client):
         routed = await exchange(client, requests, **how)
-    before, before_plain = responder(client).answered, responder(client).answered_plain
+    counted = quick_responder(client.app, kind)
+    before, before_plain = counted.answered, counted.answered_plain
     answered = await exchange(client, requests, **how)
     if quick is not None:
-        assert responder(client).answered == before + quick, requests
+        assert counted.answered == before + quick, requests
     if plain is not None:
-        assert responder(client).answered_plain == before_plain + plain, requests
+        assert counted.answered_plain == before_plain + plain, requests
     for request, (head, body), (route_head, route_body) in zip(
         requests, answered, routed, strict=True
     ):
