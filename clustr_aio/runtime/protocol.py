@@ -93,7 +93,7 @@ from clustr_aio.domain.errors import RequestTimeout
 from clustr_aio.observability.access_log import AccessLogger
 from clustr_aio.runtime.memory import TrimAfterLoad
 from clustr_aio.web.middlewares import REQUEST_ID_HEADER, ensure_request_id
-from clustr_aio.web.quick import QUICK_BACKLOG, QuickAnswer, QuickResponder
+from clustr_aio.web.quick import QUICK_BACKLOG, QuickAnswer, QuickBacklogs, QuickResponder
 from clustr_aio.web.responses import error_response
 from clustr_aio.web.sendfile import send_head_and_file_now
 from clustr_aio.web.trailers import TrailerReader
@@ -217,6 +217,8 @@ class GuardedServer(web.Server):
     draining, or when the application has none."""
     served: weakref.WeakSet[asyncio.BaseTransport] | None
     """Where a connection that got a quick answer is noted, as the drain's ``used``."""
+    backlogs: QuickBacklogs
+    """What quick answers left unsent, in all connections: above a bound, none are given."""
 
     def __call__(self) -> RequestHandler:
         if self.guard.open >= CROWD:
@@ -318,6 +320,7 @@ def guard_server(
     server.trim = TrimAfterLoad(asyncio.get_running_loop())
     server.quick = quick
     server.served = served
+    server.backlogs = QuickBacklogs()
     return server
 
 
@@ -470,6 +473,7 @@ class GuardedRequestHandler(RequestHandler):
             and not self._force_close
             and transport is not None
             and transport.get_write_buffer_size() <= QUICK_BACKLOG
+            and not self._server.backlogs.full()
         ):
             try:
                 answer = quick.answer_plain(data, answered)
@@ -490,7 +494,7 @@ class GuardedRequestHandler(RequestHandler):
             transport = self.transport
             if isinstance(message, ErrInfo) or payload is not EMPTY_PAYLOAD or transport is None:
                 return
-            if transport.get_write_buffer_size() > QUICK_BACKLOG:
+            if transport.get_write_buffer_size() > QUICK_BACKLOG or self._server.backlogs.full():
                 return
             try:
                 answer = quick(message)
@@ -519,6 +523,7 @@ class GuardedRequestHandler(RequestHandler):
         finally:
             if answer.fd is not None:
                 os.close(answer.fd)
+        self._server.backlogs.note(transport)
         if self._server.served is not None:
             self._server.served.add(transport)
         now = self._loop.time()

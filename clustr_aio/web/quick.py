@@ -19,21 +19,38 @@ reference, and a test compares the two. It is asked in one of two ways:
 :class:`~clustr_aio.runtime.protocol.GuardedRequestHandler` asks it only when no other request
 of the connection is waiting or being handled, so answers keep their order, and only while
 the transport holds little unsent (:data:`QUICK_BACKLOG`), so that a client pipelining
-requests without reading their answers meets the ordinary path's flow control.
+requests without reading their answers meets the ordinary path's flow control, and while all
+the process's transports together hold less than :data:`QUICK_BACKLOG_TOTAL` of quick answers
+(:class:`QuickBacklogs`), so that many slow clients do too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from collections.abc import Sequence
 from email.utils import formatdate
 from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
-__all__ = ["QUICK_BACKLOG", "QuickAnswer", "QuickResponder", "QuickResponders", "http_date"]
+__all__ = [
+    "QUICK_BACKLOG",
+    "QUICK_BACKLOG_TOTAL",
+    "QuickAnswer",
+    "QuickBacklogs",
+    "QuickResponder",
+    "QuickResponders",
+    "http_date",
+]
 
 QUICK_BACKLOG: Final = 64 * 1024
 """Unsent bytes in the transport above which no more requests are answered quickly: the rest
 go to aiohttp's handler, whose writes wait for the client."""
+QUICK_BACKLOG_TOTAL: Final = 4 * 1024 * 1024
+"""Unsent bytes quick answers left in all of a process's transports above which none are
+answered quickly: a file the socket does not take at once is read into its transport's buffer
+(:func:`~clustr_aio.web.sendfile.send_head_and_file_now`), and many slow clients would
+otherwise hold a photo each in memory; the route's answers wait for them instead."""
 
 
 class QuickAnswer(NamedTuple):
@@ -61,6 +78,34 @@ class QuickResponder(Protocol):
         """Called with a connection's raw bytes when its parser holds nothing: the answer to
         the request whose head starts at ``data[start]`` (complete, of the plainest shape:
         :func:`~clustr_aio.web.plain_head.plain_head`), ``end`` saying where it ended."""
+
+
+class QuickBacklogs:
+    """The transports quick answers left bytes unsent in, while they hold any."""
+
+    __slots__ = ("_transports",)
+
+    def __init__(self) -> None:
+        self._transports: weakref.WeakSet[asyncio.WriteTransport] = weakref.WeakSet()
+
+    def note(self, transport: asyncio.WriteTransport) -> None:
+        """After a quick answer was written to ``transport``."""
+        if transport.get_write_buffer_size():
+            self._transports.add(transport)
+
+    def unsent(self) -> int:
+        """Bytes those transports hold now (those that hold none are forgotten)."""
+        total = 0
+        for transport in list(self._transports):
+            size = transport.get_write_buffer_size()
+            if not size:
+                self._transports.discard(transport)
+            total += size
+        return total
+
+    def full(self) -> bool:
+        """Whether they hold more than :data:`QUICK_BACKLOG_TOTAL` (cheap while none do)."""
+        return bool(self._transports) and self.unsent() > QUICK_BACKLOG_TOTAL
 
 
 _R = TypeVar("_R")

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 
 from clustr_aio.auth.signing import sign_path
 from clustr_aio.web.hot_files import LARGEST, HotFiles
+from clustr_aio.web.quick import QUICK_BACKLOG_TOTAL
 from tests.conftest import AiohttpClient, Client, quick_responder, serve_production
 from tests.http.helpers import expect_error, read_head, upload_ok
 from tests.images.photos import encode, picture
@@ -25,6 +27,7 @@ from tests.web.test_hot_thumbnails import (
     SECRET,
     assert_same_as_the_route,
     get,
+    guarded,
     target,
 )
 
@@ -225,3 +228,36 @@ async def test_with_keys_and_rate_limits_too(
     name = "kept.jpg"
     (upload_dir / name).write_bytes(PHOTO)  # as if uploaded (the route serves what is there)
     await same(client, [get(f"/uploads/{name}")], quick=1)
+
+
+async def test_slow_clients_hold_a_bounded_backlog(hot: Client, upload_dir: Path) -> None:
+    """Clients that read nothing: what the socket does not take of a quick answer waits in its
+    transport, but in all of them together only up to QUICK_BACKLOG_TOTAL (and one answer
+    more); the rest are the route's, which waits for each client to read."""
+    size = LARGEST
+    (upload_dir / "large.jpg").write_bytes(os.urandom(size))
+    assert hot.server.port is not None
+    loop = asyncio.get_running_loop()
+    writers = []
+    for _ in range(24):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before the handshake
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (hot.server.host, hot.server.port))
+        _reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(get("/uploads/large.jpg") * 3)
+        writers.append(writer)
+    answered = -1
+    while answered != responder(hot).answered:  # until the server stops answering
+        answered = responder(hot).answered
+        await asyncio.sleep(0.5)
+    buffered = [
+        connection.transport.get_write_buffer_size()
+        for connection in guarded(hot).connections
+        if connection.transport is not None
+    ]
+    assert answered > 0
+    # The route's answers hold a block of the file each (web/sendfile.py's, on uvloop).
+    assert sum(buffered) <= QUICK_BACKLOG_TOTAL + size + len(writers) * 320 * 1024, buffered
+    for writer in writers:
+        writer.close()
