@@ -43,7 +43,7 @@ import time
 from typing import Any, Final, NamedTuple
 from urllib.parse import parse_qsl
 
-from aiohttp import HttpVersion11, hdrs
+from aiohttp import hdrs
 from aiohttp.http import SERVER_SOFTWARE
 
 from clustr_aio.auth.signing import EXPIRES, SIGNATURE, verify_path
@@ -54,8 +54,8 @@ from clustr_aio.storage.local import LocalStorage
 from clustr_aio.web.file_response import served_headers
 from clustr_aio.web.hot_thumbnails import ANSWERABLE as THUMBNAIL_ANSWERABLE
 from clustr_aio.web.middlewares import REQUEST_ID_HEADER, request_id_for
-from clustr_aio.web.plain_head import MAX_PLAIN_HEAD, plain_head
-from clustr_aio.web.quick import QuickAnswer, http_date
+from clustr_aio.web.plain_head import ReadHeads, keep_alive_head
+from clustr_aio.web.quick import QuickAnswer, http_date, plain_message
 
 __all__ = ["ANSWERABLE", "LARGEST", "HotFiles"]
 
@@ -76,10 +76,6 @@ _SERVER: Final = (
 """What follows the date, up to the request id's value."""
 _HEADS: Final = 4096
 """Names whose heads are kept, about 300 bytes each."""
-_PLAIN: Final = 1024
-_PLAIN_SIZE: Final = 1024
-"""Raw heads of at most this many bytes are remembered as read, :data:`_PLAIN` of them."""
-_BLANK_LINE: Final = b"\r\n\r\n"
 
 _Read = tuple[str, str | None]
 """Of a plain head: its target and ``X-Request-ID``."""
@@ -104,7 +100,7 @@ class HotFiles:
         self._secrets = () if settings.public_files else settings.secret_key
         self._tail = b"\r\nVary: Origin\r\n\r\n" if settings.cors_origins else b"\r\n\r\n"
         self._heads: dict[str, _Head] = {}
-        self._plain: dict[bytes, _Read] = {}
+        self._plain = ReadHeads(_read_plain)
         """Plain heads as sent (a client sends the same bytes for the same file), read."""
         self.answered = 0
         """GETs answered here (the tests tell the paths apart by these counts)."""
@@ -122,33 +118,21 @@ class HotFiles:
 
     def __call__(self, message: Any) -> QuickAnswer | None:
         started = time.perf_counter()
-        if message.method != "GET" or message.version != HttpVersion11 or message.should_close:
+        if not plain_message(message, ANSWERABLE):
             return None
         headers = message.headers
-        for name in headers:
-            if name.lower() not in ANSWERABLE:
-                return None
         return self._answer(message.path, headers.get(REQUEST_ID_HEADER), started, 0)
 
     def answer_plain(self, data: bytes, start: int) -> QuickAnswer | None:
         started = time.perf_counter()
         if not data.startswith(self._prefix_bytes, start):
             return None
-        end = data.find(_BLANK_LINE, start, start + MAX_PLAIN_HEAD)
-        if end < 0:
+        found = self._plain.get(data, start)
+        if found is None:
             return None
-        raw = data[start:end]
-        read = self._plain.get(raw)
-        if read is None:
-            read = _read_plain(data, start)
-            if read is None:
-                return None
-            if len(raw) <= _PLAIN_SIZE:
-                if len(self._plain) >= _PLAIN:
-                    self._plain.clear()
-                self._plain[raw] = read
+        read, end = found
         target, offered_id = read
-        answer = self._answer(target, offered_id, started, end + len(_BLANK_LINE))
+        answer = self._answer(target, offered_id, started, end)
         if answer is not None:
             self.answered_plain += 1
         return answer
@@ -223,14 +207,10 @@ def _http_time(seconds: float) -> str:
 
 def _read_plain(data: bytes, start: int) -> _Read | None:
     """What the answer depends on, of the plain head at ``data[start]``, if this may answer."""
-    head = plain_head(data, start, _ANSWERABLE_BYTES)
+    head = keep_alive_head(data, start, _ANSWERABLE_BYTES)
     if head is None:
         return None
-    headers = head.headers
-    connection = headers.get(b"connection")
-    if connection is not None and connection.lower() != b"keep-alive":
-        return None
-    offered = headers.get(b"x-request-id")
+    offered = head.headers.get(b"x-request-id")
     return head.target, None if offered is None else offered.decode("ascii")
 
 

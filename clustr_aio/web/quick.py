@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from email.utils import formatdate
 from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
+from aiohttp import HttpVersion11
+
 __all__ = [
     "QUICK_BACKLOG",
     "QUICK_BACKLOG_TOTAL",
@@ -41,6 +43,7 @@ __all__ = [
     "QuickResponder",
     "QuickResponders",
     "http_date",
+    "plain_message",
 ]
 
 QUICK_BACKLOG: Final = 64 * 1024
@@ -140,6 +143,14 @@ class QuickResponders:
             if data.startswith(prefix, start):
                 return responder.answer_plain(data, start)
         return None
+
+
+def plain_message(message: Any, names: frozenset[str]) -> bool:
+    """Whether aiohttp's parsed head ``message`` is a ``GET`` over HTTP/1.1 that leaves its
+    connection open, with only headers whose lower-case names are in ``names``."""
+    if message.method != "GET" or message.version != HttpVersion11 or message.should_close:
+        return False
+    return all(name.lower() in names for name in message.headers)
 
 
 _date: list[Any] = [0, b""]

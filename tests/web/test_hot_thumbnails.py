@@ -467,15 +467,21 @@ async def test_signed_urls_verified_here_and_refused_by_the_route(signing: Clien
 async def test_a_signed_url_kept_ready_expires_as_the_routes_does(signing: Client) -> None:
     client = signing
     _item, url = await served(client)
-    path = url.partition("?")[0]
-    # Signed until the next second but one: answered here, then refused by the route.
+    await assert_a_short_signature_expires(client, url.partition("?")[0], responder(client))
+
+
+async def assert_a_short_signature_expires(
+    client: Client, path: str, counted: HotThumbnails | HotFiles
+) -> None:
+    """``path`` signed until the next second but one: answered by ``counted``, then refused
+    by the route."""
     short = f"{path}?{sign_path(path, (SECRET,), 2, now=float(int(time.time())))}"
-    before = responder(client).answered
+    before = counted.answered
     assert (await client.get(short)).status == 200
-    assert responder(client).answered == before + 1
+    assert counted.answered == before + 1
     await asyncio.sleep(2.1)
     assert await expect_error(await client.get(short), 403)
-    assert responder(client).answered == before + 1
+    assert counted.answered == before + 1
 
 
 async def test_not_with_keys_nor_rate_limits(
