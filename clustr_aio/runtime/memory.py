@@ -8,10 +8,11 @@ milliseconds for a heap that size, so it is called only a second after the last 
 
 - a fall of the open connections to half a peak of at least :data:`TRIM_AFTER_PEAK`, once per
   fall;
-- the last open connection, when glibc holds at least :data:`TRIM_FREE_BYTES` free
-  (``mallinfo2``): 16 uploads of a 500 KB photo at a time (bench C) left the main heap 9 MiB
-  larger than before, and every later burst started from there (``make bench``'s later
-  scenarios on the same server peaked at 65-67 MiB); trimmed, it went back to 10 MiB.
+- the last open connection, when the process has grown by :data:`TRIM_GROWTH` since it last
+  trimmed: 16 uploads of a 500 KB photo at a time (bench C) left the main heap 9 MiB larger
+  than before, and every later burst started from there (``make bench``'s later scenarios on
+  the same server peaked at 65-67 MiB); trimmed, it went back to 10 MiB. (glibc's own count of
+  free bytes, ``mallinfo2``, cannot tell: it counts what a trim gave back as free still.)
 """
 
 from __future__ import annotations
@@ -21,23 +22,25 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import os
 from collections.abc import Callable
 from typing import Final
 
 __all__ = [
     "TRIM_AFTER_PEAK",
-    "TRIM_FREE_BYTES",
+    "TRIM_GROWTH",
     "TrimAfterLoad",
     "fix_mmap_threshold",
-    "free_heap_bytes",
     "malloc_trim",
+    "resident_bytes",
 ]
 
 log = logging.getLogger("clustr_aio")
 
 TRIM_AFTER_PEAK: Final = 64
-TRIM_FREE_BYTES: Final = 2 * 1024 * 1024
-"""Free bytes in glibc's heaps above which a server left without connections trims."""
+TRIM_GROWTH: Final = 2 * 1024 * 1024
+"""Growth of the resident set since the last trim above which a server left without
+connections trims."""
 _DELAY_SECONDS: Final = 1.0
 
 
@@ -60,44 +63,17 @@ def malloc_trim() -> bool:
     return True
 
 
-class _MallInfo2(ctypes.Structure):
-    """glibc's ``struct mallinfo2`` (malloc.h, glibc 2.33 and later)."""
-
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
-@functools.cache
-def _mallinfo2_function() -> Callable[[], _MallInfo2] | None:
-    name = ctypes.util.find_library("c")
+def resident_bytes() -> int | None:
+    """The process's resident set (``/proc/self/statm``); None where there is none."""
     try:
-        function = ctypes.CDLL(name).mallinfo2
-    except (OSError, AttributeError, TypeError):  # not glibc, or older than 2.33
+        with open("/proc/self/statm", "rb") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
         return None
-    function.restype = _MallInfo2
-    function.argtypes = []
-    info: Callable[[], _MallInfo2] = function
-    return info
+    return pages * _PAGE_SIZE
 
 
-def free_heap_bytes() -> int | None:
-    """Bytes glibc holds free in its heaps (``mallinfo2().fordblks``, every arena's), which
-    ``malloc_trim`` could give back; None where the C library cannot tell."""
-    info = _mallinfo2_function()
-    return None if info is None else int(info().fordblks)
+_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
 
 
 _M_MMAP_THRESHOLD: Final = -3
@@ -127,13 +103,15 @@ class TrimAfterLoad:
     """Told the number of open connections as it changes; trims after a fall (see above), a
     second after the last close of the fall, when what those connections held is freed."""
 
-    __slots__ = ("_count", "_handle", "_loop", "_peak")
+    __slots__ = ("_count", "_handle", "_loop", "_peak", "_trimmed_at")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._peak = 0
         self._count = 0
         self._handle: asyncio.TimerHandle | None = None
+        self._trimmed_at: int | None = None
+        """The resident set right after the last trim."""
 
     def opened(self, count: int) -> None:
         self._count = count
@@ -151,9 +129,10 @@ class TrimAfterLoad:
     def _trim(self, fell: bool) -> None:
         self._handle = None
         self._peak = self._count
-        if not fell:  # quiet after work: only if there is enough to give back
-            free = free_heap_bytes()
-            if free is None or free < TRIM_FREE_BYTES:
+        if not fell and self._trimmed_at is not None:  # quiet: only if it grew since
+            resident = resident_bytes()
+            if resident is not None and resident < self._trimmed_at + TRIM_GROWTH:
                 return
         if malloc_trim():
+            self._trimmed_at = resident_bytes()
             log.debug("returned free memory to the system (malloc_trim)")
