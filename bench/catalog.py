@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import random
 import statistics
@@ -28,8 +27,8 @@ from pathlib import Path
 from clustr_aio.catalog.base import Catalog, FileRecord, Order
 from clustr_aio.catalog.postgres import PostgresCatalog
 from clustr_aio.catalog.sqlite import SqliteCatalog
-from clustr_aio.ingest.pipeline import StoredFile
 from clustr_aio.web.links import FileLinks
+from clustr_aio.web.responses import json_bytes
 from clustr_aio.web.routes.files import check_answer, encode_cursor
 from clustr_aio.web.routes.upload import ItemUrls, file_item
 
@@ -100,10 +99,10 @@ async def _page(catalog: Catalog, after: str | None, order: Order, content_type:
     rows = await catalog.page(limit=101, after=after, order=order, content_type=content_type)
     page = rows[:100]
     body = {
-        "data": [file_item(_URLS, StoredFile.of(r)) for r in page],
+        "data": [file_item(_URLS, r) for r in page],
         "next_cursor": encode_cursor(order, page[-1].id) if len(rows) > 100 else None,
     }
-    return len(json.dumps(body))
+    return len(json_bytes(body))
 
 
 async def _check(catalog: Catalog, digests: list[str]) -> int:

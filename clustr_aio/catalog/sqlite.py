@@ -29,7 +29,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from clustr_aio.catalog.base import KEY_DIGITS, FileRecord, KeyRecord, Order, digest_key
+from clustr_aio.catalog.base import (
+    KEY_DIGITS,
+    FileRecord,
+    KeyRecord,
+    Order,
+    digest_key,
+    row_record,
+)
 from clustr_aio.catalog.changes import ChangeCounter
 from clustr_aio.domain.errors import CatalogUnavailable
 
@@ -167,18 +174,10 @@ def _row(record: FileRecord) -> tuple[object, ...]:
 
 
 def _record(row: Sequence[Any]) -> FileRecord:
-    return FileRecord(
-        id=row[0],
-        stored_name=row[1],
-        original_name=row[2],
-        size=row[3],
-        content_type=row[4],
-        sha256=row[5],
+    return row_record(
+        row,
+        record_id=row[0],
         created_at=datetime.fromtimestamp(row[6] / 1_000_000, UTC),
-        width=row[7],
-        height=row[8],
-        owner=row[9],
-        orientation=row[10],
         metadata_removed=bool(row[11]),
     )
 

@@ -99,38 +99,63 @@ class ReceivedFile:
     """What the structure check read, for the known image types."""
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(frozen=True, slots=True)
 class StoredFile:
-    stored_filename: str
-    original_filename: str
-    file_size: int
-    content_type: str
-    id: str
-    sha256: str
-    created_at: datetime
+    """A file this upload stored (or, with ``duplicate``, found stored): its record, as
+    committed. The record itself, not a copy of its fields: an answer of 500 items builds 500
+    of these, and a frozen dataclass's every field costs a call to ``object.__setattr__``."""
+
+    record: FileRecord
     duplicate: bool = False
     """DEDUPE=reuse: these bytes were stored already, and this is that file."""
-    width: int | None = None
-    height: int | None = None
-    orientation: int | None = None
-    metadata_removed: bool = False
 
     @classmethod
     def of(cls, record: FileRecord, *, duplicate: bool = False) -> StoredFile:
-        return cls(
-            stored_filename=record.stored_name,
-            original_filename=record.original_name,
-            file_size=record.size,
-            content_type=record.content_type,
-            id=record.id,
-            sha256=record.sha256,
-            created_at=record.created_at,
-            duplicate=duplicate,
-            width=record.width,
-            height=record.height,
-            orientation=record.orientation,
-            metadata_removed=record.metadata_removed,
-        )
+        return cls(record, duplicate)
+
+    @property
+    def stored_filename(self) -> str:
+        return self.record.stored_name
+
+    @property
+    def original_filename(self) -> str:
+        return self.record.original_name
+
+    @property
+    def file_size(self) -> int:
+        return self.record.size
+
+    @property
+    def content_type(self) -> str:
+        return self.record.content_type
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def sha256(self) -> str:
+        return self.record.sha256
+
+    @property
+    def created_at(self) -> datetime:
+        return self.record.created_at
+
+    @property
+    def width(self) -> int | None:
+        return self.record.width
+
+    @property
+    def height(self) -> int | None:
+        return self.record.height
+
+    @property
+    def orientation(self) -> int | None:
+        return self.record.orientation
+
+    @property
+    def metadata_removed(self) -> bool:
+        return self.record.metadata_removed
 
 
 @dataclass(frozen=True, slots=True)

@@ -409,8 +409,10 @@ class GuardedRequestHandler(RequestHandler):
         if held:
             self._waiter = None
         try:
-            with self.trailer_reader.following(data, self._messages) as parsed:
-                super().data_received(parsed)
+            trailers, messages = self.trailer_reader, self._messages
+            before = len(messages)
+            super().data_received(trailers.to_parse(data))
+            trailers.pair_parsed(messages, before)
         finally:
             if held:
                 self._waiter = waiter

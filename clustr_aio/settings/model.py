@@ -3,6 +3,7 @@ description; ``SETTINGS`` and the README table derive from them."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -362,7 +363,7 @@ class Settings(DeclaredSettings):
         if not self.public_files and not self.secret_key:
             raise ValueError("SECRET_KEY: required when PUBLIC_FILES is false")
 
-    @property
+    @functools.cached_property  # every upload's answer asks (its links): parsed once
     def base_url(self) -> str:
         """Where clients reach this server: ``public_base_url`` if set, else ``http://HOST:PORT``.
 

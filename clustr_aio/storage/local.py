@@ -143,6 +143,7 @@ class LocalStorage:
         # Where to start probing for a free numbered name, per desired name. Only a hint: the
         # atomic os.link decides, so a stale hint can cost a few probes but never a collision.
         self._next_number: dict[str, int] = {}
+        self._numbers_lock = threading.Lock()  # the pool threads take numbers at once
         # Batch ids: unique within this process's own directory, which is unique itself.
         self._batch_numbers = itertools.count()
         self.pause: journal.PausePoint | None = None  # tests only: see journal.pause_points
@@ -186,7 +187,8 @@ class LocalStorage:
             return False
         if self.fsync:
             fsync_directory(self.folder)
-        self._next_number.clear()  # a freed name is the first to be taken again
+        with self._numbers_lock:
+            self._next_number.clear()  # a freed name is the first to be taken again
         return True
 
     def resumable_uploads(self) -> LocalResumableStore:
@@ -236,8 +238,13 @@ class LocalStorage:
 
     async def run(self, fn: Callable[..., _T], *args: object) -> _T:
         """Run a blocking call on the storage's thread pool."""
+        return await self.start(fn, *args)
+
+    def start(self, fn: Callable[..., _T], *args: object) -> asyncio.Future[_T]:
+        """Start a blocking call on the pool: its future, with no task around it (one task
+        fewer per upload than ``ensure_future(run(...))``)."""
         assert self._executor is not None, "LocalStorage used before open()"
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # -- Storage ---------------------------------------------------------------------------
 
@@ -351,16 +358,24 @@ class LocalStorage:
         return self._place_unique(os.link, os.fspath(source), desired)
 
     def _place_unique(self, place: Callable[[str, str], None], source: str, desired: str) -> str:
-        first = self._next_number.get(desired, 0)
-        for n in range(first, first + _MAX_NAME_ATTEMPTS):
-            candidate = numbered(desired, n)
+        for _ in range(_MAX_NAME_ATTEMPTS):
+            candidate = numbered(desired, self._take_number(desired))
             try:
                 place(source, os.path.join(self._folder_text, candidate))
             except FileExistsError:
                 continue
-            self._next_number[desired] = n + 1
             return candidate
         raise FileExistsError(errno.EEXIST, f"no free name found for {desired!r}")
+
+    def _take_number(self, desired: str) -> int:
+        """The number to try next for ``desired``, taken before its link is tried: publishes
+        of the same name on other pool threads at the same time try the numbers after it,
+        instead of colliding with it (C's 16 uploads of one name at a time: a failed link
+        and an exception per upload). A number whose link fails otherwise is skipped."""
+        with self._numbers_lock:
+            n = self._next_number.get(desired, 0)
+            self._next_number[desired] = n + 1
+        return n
 
 
 class _Withdrawn(Exception):
@@ -432,7 +447,7 @@ class LocalBatch:
         # A future of its own, so that a discard() after a cancelled publish can wait for the
         # links the pool thread is still making, and take them back.
         held = last.take_buffers() if last is not None else 0  # no await until submitted
-        self._publishing = asyncio.ensure_future(self._storage.run(self._publish_sync, last))
+        self._publishing = self._storage.start(self._publish_sync, last)
         if held:
             self._publishing.add_done_callback(lambda _: self._storage.release(held))
         # Shielded: cancelling the caller must not cancel this future while the thread links on,

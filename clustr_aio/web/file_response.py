@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import os
 import stat
 from collections.abc import Mapping
@@ -53,7 +52,7 @@ from aiohttp.abc import AbstractStreamWriter
 from clustr_aio import compat
 from clustr_aio.compat import FileResponseResult
 from clustr_aio.domain.sniff import OCTET_STREAM, type_for_extension
-from clustr_aio.web.responses import error_response
+from clustr_aio.web.responses import error_response, json_bytes
 from clustr_aio.web.sendfile import send_head_and_file
 
 __all__ = ["file_response", "immutable_file_response", "served_headers"]
@@ -188,7 +187,7 @@ class InlineFileResponse(compat.FileResponseBodySender):
     ) -> AbstractStreamWriter | None:
         """A ``{"detail"}`` answer from within ``prepare`` (the JSON middleware is behind us)."""
         self.set_status(status)
-        body = json.dumps({"detail": detail or self.reason}).encode()  # an ErrorBody
+        body = json_bytes({"detail": detail or self.reason})  # an ErrorBody
         self.headers.popall(hdrs.CONTENT_DISPOSITION, None)
         self.content_type = "application/json"
         self.content_length = len(body)

@@ -205,6 +205,34 @@ async def test_one_process_at_a_time_holds_the_maintenance_lock(
             assert held_now
 
 
+async def test_the_maintenance_lock_is_let_go_when_its_holder_is_cancelled_letting_go(
+    catalog_settings: Settings,
+) -> None:
+    """Cancelled once in the lock's scope, then again while it lets go: the lock is free for
+    the next process all the same (PostgreSQL's pool does not reset a connection given
+    back, so the session that may hold it is ended instead)."""
+    inside = asyncio.Event()
+
+    async def hold(catalog: Catalog) -> None:
+        async with catalog.exclusive() as held:
+            assert held
+            inside.set()
+            await asyncio.Event().wait()
+
+    async with open_catalog(catalog_settings) as one, open_catalog(catalog_settings) as two:
+        holder = asyncio.ensure_future(hold(one))
+        await inside.wait()
+        holder.cancel()
+        await asyncio.sleep(0)  # the holder is letting go now: its unlock is on its way
+        holder.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await holder
+        async with two.exclusive() as held_now:
+            assert held_now
+        async with one.exclusive() as held_again:  # its pool works on, with a new session
+            assert held_again
+
+
 async def test_several_processes_migrating_at_once_all_open_the_one_schema(
     catalog_settings: Settings, upload_dir: Path
 ) -> None:

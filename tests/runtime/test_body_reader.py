@@ -266,3 +266,43 @@ def test_a_block_is_reused_only_when_no_view_of_it_is_left() -> None:
     assert not _exported(block)
     assert pool.take() is block
     assert len(block) == 1024  # the test left its size as it was
+
+
+async def test_a_small_body_is_read_as_the_parser_handed_it_on_not_joined(
+    server: Client, upload_dir: Path, taken: list[BodyReader], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below MIN_BODY the body takes aiohttp's path: the scanner reads each piece the parser
+    handed on, however many wait, never one new ``bytes`` of all of them (a copy more)."""
+    reads: list[int] = []
+    original = body_reader._parsed_pieces
+
+    def spy(request: Any) -> Any:
+        read = original(request)
+
+        async def late_read() -> Any:
+            if not reads:
+                await asyncio.sleep(0.3)  # every piece has arrived, and waits
+            data = await read()
+            reads.append(len(data))
+            return data
+
+        return late_read
+
+    monkeypatch.setattr(body_reader, "_parsed_pieces", spy)
+    piece = 100_000
+    data = photo(4 * piece, 9)
+    body = files_body(("pieces.jpg", data))
+    reader, writer = await open_connection(server)
+    writer.write(upload_request(body, server.server.port or 0))
+    for at in range(0, len(body), piece):
+        writer.write(body[at : at + piece])
+        await writer.drain()
+        await asyncio.sleep(0.03)  # one read of the server's each
+    response = await read_response(reader)
+    writer.close()
+    assert response.status == 200, response.body
+    assert (upload_dir / "pieces.jpg").read_bytes() == data
+    assert taken == []
+    assert sum(reads) == len(body)
+    assert len(reads) > 4, reads
+    assert max(reads) <= piece, reads  # joined: one read of 400 KB

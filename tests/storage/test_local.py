@@ -131,6 +131,37 @@ async def test_two_processes_publishing_the_same_names_never_collide(upload_dir:
         assert (upload_dir / name).read_bytes()[-1] == i
 
 
+async def test_publishes_of_one_name_at_once_take_distinct_numbers_without_colliding(
+    storage: LocalStorage, upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sixteen uploads of one name published at the same time, on the pool's threads: each
+    tries a number of its own, so no link fails on another's name (each failure a system
+    call and an exception)."""
+    collisions: list[str] = []
+    real_link = os.link
+
+    def slow_link(source: str, target: str) -> None:
+        time.sleep(0.01)  # the others take their numbers meanwhile
+        try:
+            real_link(source, target)
+        except FileExistsError:
+            collisions.append(target)
+            raise
+
+    monkeypatch.setattr(os, "link", slow_link)
+    batches: list[LocalBatch] = []
+    for i in range(16):
+        batch = storage.batch()
+        await store(batch, "same.jpg", JPEG + bytes([i]) * 3)
+        batches.append(batch)
+    results = await asyncio.gather(*(batch.publish() for batch in batches))
+    names = [name for result in results for name in result]
+    assert sorted(names) == sorted(["same.jpg"] + [f"same-{n}.jpg" for n in range(1, 16)])
+    for i, name in enumerate(names):
+        assert (upload_dir / name).read_bytes() == JPEG + bytes([i]) * 3
+    assert collisions == []
+
+
 async def test_failed_publish_takes_back_what_it_linked(
     storage: LocalStorage, upload_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,6 +14,7 @@ from clustr_aio.web.file_response import InlineFileResponse
 from clustr_aio.web.openapi import build_openapi, operation
 from clustr_aio.web.openapi.assets import MEDIA_TYPES, PAGES_DIR, docs_assets
 from clustr_aio.web.openapi.schemas import FILE_REQUEST_HEADERS, file_responses, json_response
+from clustr_aio.web.responses import json_answer
 
 routes = web.RouteTableDef()
 
@@ -51,7 +52,7 @@ def _html_page(title: str, description: str) -> Callable[[_PageHandler], _PageHa
 )
 async def openapi_document(request: web.Request) -> web.Response:
     document = build_openapi(request.app, server_url=request_base_url(request))
-    return web.json_response(document, headers=_NO_CACHE)
+    return json_answer(document, headers=_NO_CACHE)
 
 
 @routes.get("/docs")

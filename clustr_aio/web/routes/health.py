@@ -24,7 +24,7 @@ from clustr_aio.web.keys import CATALOG, GUARD, METRICS, SETTINGS, STORAGE
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import error_response as documented_error
 from clustr_aio.web.openapi.schemas import json_response
-from clustr_aio.web.responses import error_response
+from clustr_aio.web.responses import error_response, json_answer
 
 routes = web.RouteTableDef()
 
@@ -46,7 +46,7 @@ def _status(value: str) -> dict[str, object]:
     responses={200: json_response("Alive.", _status("ok"))},
 )
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_answer({"status": "ok"})
 
 
 @routes.get("/readyz")
@@ -86,7 +86,7 @@ async def readyz(request: web.Request) -> web.Response:
         await request.app[CATALOG].check()
     except CatalogUnavailable as error:
         return error_response(503, f"not ready: {error.detail}")
-    return web.json_response({"status": "ready"})
+    return json_answer({"status": "ready"})
 
 
 @routes.get("/metrics")

@@ -18,6 +18,7 @@ from clustr_aio.web.guard import requires
 from clustr_aio.web.keys import CATALOG
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.schemas import JSON, error_response, json_response, ref
+from clustr_aio.web.responses import json_answer
 from clustr_aio.web.routes.upload import rfc3339
 
 __all__ = ["key_item", "routes"]
@@ -64,7 +65,7 @@ def key_item(record: KeyRecord) -> KeyItem:
 async def list_keys(request: web.Request) -> web.Response:
     records = await request.app[CATALOG].keys()
     answer: KeyList = {"data": [key_item(record) for record in records]}
-    return web.json_response(answer)
+    return json_answer(answer)
 
 
 @routes.post("/api/keys")
@@ -99,7 +100,7 @@ async def create(request: web.Request) -> web.Response:
         quota=quota,
     )
     created: KeyCreated = {**key_item(record), "key": key}
-    return web.json_response(created, status=201)
+    return json_answer(created, status=201)
 
 
 @routes.delete("/api/keys/{name}")

@@ -24,4 +24,6 @@ routes = web.RouteTableDef()
 )
 async def hello(request: web.Request) -> web.Response:
     greeting: Greeting = {"message": "Hello World"}
+    # Not web/responses.py's json_answer: this greeting keeps json.dumps's bytes, spaces
+    # included, as it always had (clients and tests compare them, as a liveness check).
     return web.json_response(greeting)

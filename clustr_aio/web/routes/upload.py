@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from aiohttp import HttpVersion11, hdrs, web
 
 from clustr_aio.auth.keys import Principal
 from clustr_aio.auth.quota import QuotaMeter
+from clustr_aio.catalog.base import FileRecord
 from clustr_aio.domain.errors import (
     BadRequest,
     ClustrError,
@@ -45,7 +46,7 @@ from clustr_aio.web.openapi.registry import JSONObject
 from clustr_aio.web.openapi.schemas import error_response as documented_error
 from clustr_aio.web.openapi.schemas import json_response, ref
 from clustr_aio.web.protection import body_errors, refuse_content_encoding
-from clustr_aio.web.responses import clustr_error_response
+from clustr_aio.web.responses import clustr_error_response, json_answer
 
 if TYPE_CHECKING:  # types only: the models module imports pydantic (see web/bodies.py)
     from clustr_aio.domain.models import (
@@ -215,14 +216,14 @@ async def upload(request: web.Request) -> web.Response:
             "message": f"Successfully uploaded {len(stored)} files",
             "data": [upload_item(urls, item) for item in stored],
         }
-        return web.json_response(answer)
+        return json_answer(answer)
     results_answer: UploadResults = {
         "message": f"Uploaded {len(stored)} of {len(results)} files",
         "data": [
             upload_item(urls, r) if isinstance(r, StoredFile) else _refused_item(r) for r in results
         ],
     }
-    return web.json_response(results_answer)
+    return json_answer(results_answer)
 
 
 def _atomic(request: web.Request) -> bool:
@@ -278,24 +279,40 @@ def _refused(request: web.Request, principal: Principal, error: QuotaExceeded) -
     request.app[GUARD].refused(error, principal, client_address(request))
 
 
-@dataclass(frozen=True, slots=True)
 class ItemUrls:
     """Where a file item's links point. The one place they are built: a preview URL, and a
-    thumbnail URL per size, each signed with PUBLIC_FILES=false (:class:`FileLinks`)."""
+    thumbnail URL per size, each signed with PUBLIC_FILES=false (:class:`FileLinks`).
 
-    links: FileLinks
-    thumbnail_sizes: tuple[int, ...]
-    """THUMBNAIL_SIZES: the first is the default, whose URL has no ``size``."""
+    Unsigned URLs are a fixed prefix and the file's name or id: the prefixes are joined once
+    per answer here, not once per item (a page of 100 asks for 400 URLs)."""
 
-    def preview_url(self, item: StoredFile) -> str:
-        return self.links.stored_file(item.stored_filename)
+    __slots__ = ("_files", "_files_prefix", "_sizes", "_thumbnail_prefix", "links")
 
-    def thumbnail_url(self, item: StoredFile, size: int | None = None) -> str:
-        query = "" if size is None else f"size={size}"
-        return self.links.url(f"/api/files/{item.id}/thumbnail", query)
+    def __init__(self, links: FileLinks, thumbnail_sizes: tuple[int, ...]) -> None:
+        self.links = links
+        self._sizes = tuple((str(size), f"size={size}") for size in thumbnail_sizes)
+        """THUMBNAIL_SIZES, the first the default (whose URL has no ``size``): each one's key
+        in ``thumbnails`` and its query."""
+        signed = bool(links.secrets)
+        self._files_prefix = None if signed else f"{links.base_url}{links.files_path}/"
+        self._thumbnail_prefix = None if signed else f"{links.base_url}/api/files/"
 
-    def thumbnails(self, item: StoredFile) -> dict[str, str]:
-        return {str(size): self.thumbnail_url(item, size) for size in self.thumbnail_sizes}
+    def preview_url(self, record: FileRecord) -> str:
+        if self._files_prefix is None:
+            return self.links.stored_file(record.stored_name)
+        return self._files_prefix + quote(record.stored_name)
+
+    def thumbnail_url(self, record: FileRecord, size: int | None = None) -> str:
+        return self._thumbnail_url(record.id, "" if size is None else f"size={size}")
+
+    def thumbnails(self, record: FileRecord) -> dict[str, str]:
+        return {key: self._thumbnail_url(record.id, query) for key, query in self._sizes}
+
+    def _thumbnail_url(self, record_id: str, query: str) -> str:
+        if self._thumbnail_prefix is None:
+            return self.links.url(f"/api/files/{record_id}/thumbnail", query)
+        url = f"{self._thumbnail_prefix}{record_id}/thumbnail"
+        return f"{url}?{query}" if query else url
 
 
 def item_urls(request: web.Request) -> ItemUrls:
@@ -304,35 +321,47 @@ def item_urls(request: web.Request) -> ItemUrls:
     return ItemUrls(file_links(request), request.app[SETTINGS].thumbnail_sizes)
 
 
-def file_item(urls: ItemUrls, item: StoredFile) -> FileItem:
-    """A stored file as the API shows it (``GET /api/files/{id}``, and in upload answers)."""
-    image = item.content_type in THUMBNAIL_TYPES
+def file_item(urls: ItemUrls, record: FileRecord) -> FileItem:
+    """A stored file as the API shows it (``GET /api/files/{id}``, listings, and in upload
+    answers): straight from its record, as every answer has one."""
+    image = record.content_type in THUMBNAIL_TYPES
     return {
-        "stored_filename": item.stored_filename,
-        "preview_url": urls.preview_url(item),
-        "original_filename": item.original_filename,
-        "file_size": item.file_size,
-        "content_type": item.content_type,
-        "id": item.id,
-        "sha256": item.sha256,
-        "created_at": rfc3339(item.created_at),
-        "width": item.width,
-        "height": item.height,
-        "orientation": item.orientation,
-        "metadata_removed": item.metadata_removed,
-        "thumbnail_url": urls.thumbnail_url(item) if image else None,
-        "thumbnails": urls.thumbnails(item) if image else {},
+        "stored_filename": record.stored_name,
+        "preview_url": urls.preview_url(record),
+        "original_filename": record.original_name,
+        "file_size": record.size,
+        "content_type": record.content_type,
+        "id": record.id,
+        "sha256": record.sha256,
+        "created_at": rfc3339(record.created_at),
+        "width": record.width,
+        "height": record.height,
+        "orientation": record.orientation,
+        "metadata_removed": record.metadata_removed,
+        "thumbnail_url": urls.thumbnail_url(record) if image else None,
+        "thumbnails": urls.thumbnails(record) if image else {},
     }
 
 
 def upload_item(urls: ItemUrls, item: StoredFile) -> UploadedFile:
-    return {**file_item(urls, item), "duplicate": item.duplicate}
+    return {**file_item(urls, item.record), "duplicate": item.duplicate}
 
 
 def rfc3339(moment: datetime) -> str:
     """``2026-12-01T09:30:23.123Z``: UTC, milliseconds (the precision of the ids)."""
-    # isoformat, not strftime: a third of the time, and this runs once per item of an answer.
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
+    # %-formatting of the fields, not isoformat (which formats the offset, to cut it off
+    # again) nor strftime: a third of their time, and this runs once per item of an answer.
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031 (faster than {:02d})
+        moment.year,
+        moment.month,
+        moment.day,
+        moment.hour,
+        moment.minute,
+        moment.second,
+        moment.microsecond // 1000,
+    )
 
 
 def _refused_item(refused: RefusedFile) -> RefusedItem:
