@@ -59,17 +59,21 @@ class TusConnection:
             self._reader.read(length)
         return status, answer
 
-    def upload(self, file: Path, *, chunk: int, filename: str) -> str:
-        """Create an upload of ``file`` and send it in PATCHes of ``chunk`` bytes; its URL."""
+    def upload(self, file: Path, *, chunk: int, filename: str, with_upload: bool = False) -> str:
+        """Create an upload of ``file`` and send it in PATCHes of ``chunk`` bytes; its URL.
+        ``with_upload``: the first chunk is the creation's body (creation-with-upload, what
+        tus-js-client's ``uploadDataDuringCreation`` sends), so a small file is one request."""
         size = file.stat().st_size
         meta = f"filename {base64.b64encode(filename.encode()).decode()}"
-        status, answer = self._exchange(
-            "POST", self.path, {"Upload-Length": str(size), "Upload-Metadata": meta}
-        )
+        headers = {"Upload-Length": str(size), "Upload-Metadata": meta}
+        first = min(chunk, size) if with_upload else 0
+        if first:
+            headers["Content-Type"] = "application/offset+octet-stream"
+        status, answer = self._exchange("POST", self.path, headers, file, 0, first)
         if status != 201:
             raise BenchError(f"tus creation answered {status}")
         url = urlsplit(answer["location"]).path
-        offset = 0
+        offset = int(answer["upload-offset"]) if first else 0
         while offset < size:
             count = min(chunk, size - offset)
             headers = {
@@ -94,9 +98,12 @@ def upload_one(endpoint: str, file: Path, *, chunk: int) -> float:
         connection.close()
 
 
-def upload_many(endpoint: str, files: Sequence[Path], *, parallel: int, tag: str) -> float:
+def upload_many(
+    endpoint: str, files: Sequence[Path], *, parallel: int, tag: str, with_upload: bool = False
+) -> float:
     """Seconds to upload every file, ``parallel`` at a time (one connection each), each as one
-    creation and one PATCH (what tus-js-client and Uppy send for a photo)."""
+    creation and one PATCH (what tus-js-client and Uppy send for a photo by default), or, with
+    ``with_upload``, as one creation that carries it (creation-with-upload)."""
     pending: queue.SimpleQueue[Path] = queue.SimpleQueue()
     for file in files:
         pending.put(file)
@@ -110,7 +117,8 @@ def upload_many(endpoint: str, files: Sequence[Path], *, parallel: int, tag: str
                     file = pending.get_nowait()
                 except queue.Empty:
                     return
-                connection.upload(file, chunk=1 << 40, filename=f"{tag}-{file.name}")
+                name = f"{tag}-{file.name}"
+                connection.upload(file, chunk=1 << 40, filename=name, with_upload=with_upload)
         except BaseException as error:  # reported below, from the measuring thread
             failures.append(error)
         finally:

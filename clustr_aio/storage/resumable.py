@@ -113,6 +113,10 @@ class ResumableStore(Protocol):
 
     async def create(self, info: UploadInfo) -> None: ...
 
+    def create_held(self, info: UploadInfo) -> AbstractAsyncContextManager[HeldUpload]:
+        """:meth:`create`, the new upload held for the block (creation-with-upload: its first
+        chunk follows), in one trip to the store."""
+
     async def get(self, upload_id: str) -> UploadInfo | None:
         """Its committed state; None for an id no upload has (or had: removed ones)."""
 

@@ -7,6 +7,7 @@ aiohttp's way."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import random
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from yarl import URL
 
 from clustr_aio.runtime import body_reader
 from clustr_aio.runtime.body_reader import BlockPool, BodyReader, _exported
@@ -168,6 +170,34 @@ async def test_the_connection_serves_what_is_pipelined_behind_the_body(
     assert (upload_dir / "two.jpg").read_bytes() == second
     assert len(taken) >= 1  # the second body may all have been parsed with the first
     assert not taken[0]._connection.trailer_reader.lost  # it followed the bodies read around it
+
+
+async def test_a_tus_patch_is_read_around_the_parser_too(
+    server: Client, upload_dir: Path, taken: list[BodyReader]
+) -> None:
+    """A large tus PATCH (TL's 64 MiB) takes the reader a multipart body does: sent in pieces,
+    it is stored byte for byte, and the connection serves what follows it."""
+    port = server.server.port or 0
+    data = photo(3 * MIB, 4)
+    reader, writer = await open_connection(server)
+    filename = base64.b64encode(b"big.jpg").decode()
+    creation = {"Tus-Resumable": "1.0.0", "Upload-Length": str(len(data))}
+    creation |= {"Upload-Metadata": f"filename {filename}", "Content-Length": "0"}
+    writer.write(request_head("POST", "/api/tus/", creation, port=port))
+    created = await read_response(reader)
+    assert created.status == 201, created.body
+    path = URL(created.headers["Location"]).path
+    patch = {"Tus-Resumable": "1.0.0", "Content-Type": "application/offset+octet-stream"}
+    patch |= {"Upload-Offset": "0", "Content-Length": str(len(data))}
+    head = request_head("PATCH", path, patch, port=port)
+    await send_in_pieces(writer, head + data + request_head("GET", "/", port=port), 5)
+    patched, home = await read_response(reader), await read_response(reader)
+    writer.close()
+    assert patched.status == 204, patched.body
+    assert patched.headers["Upload-Offset"] == str(len(data))
+    assert home.status == 200
+    assert len(taken) == 1
+    assert (upload_dir / "big.jpg").read_bytes() == data
 
 
 async def test_a_body_sent_after_100_continue(

@@ -18,9 +18,13 @@ from clustr_aio.storage.local_resumable import TUS_DIR, LocalResumableStore
 from clustr_aio.storage.resumable import Resumable, UploadInfo
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[LocalResumableStore]:
-    storage = LocalStorage(tmp_path, fsync=True)
+@pytest.fixture(params=[True, False], ids=["fsync", "no-fsync"])
+async def store(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[LocalResumableStore]:
+    """Both ways: with FSYNC every step is on a thread; without, a hold and a commit that
+    frees no inode are made on the loop."""
+    storage = LocalStorage(tmp_path, fsync=request.param)
     await storage.open()
     assert isinstance(storage, Resumable)
     yield storage.resumable_uploads()
@@ -112,6 +116,23 @@ async def test_one_holder_at_a_time(store: LocalResumableStore) -> None:
         pass
 
 
+async def test_an_upload_created_held_is_held_from_its_creation(
+    store: LocalResumableStore,
+) -> None:
+    """creation-with-upload: made and locked in one trip; its first chunk committed as any."""
+    upload = info()
+    async with store.create_held(upload) as held:
+        assert await store.get(upload.id) == upload
+        with pytest.raises(UploadLocked):
+            async with store.hold(upload.id):
+                pass
+        await held.append(chunks(b"first"))
+        await held.commit(held.info.with_changes(offset=5))
+    async with store.hold(upload.id) as again:  # released with the block
+        assert again.info.offset == 5
+    assert await read_all(store, upload.id, 5) == b"first"
+
+
 async def test_the_lock_holds_across_processes_and_dies_with_its_holder(
     store: LocalResumableStore,
 ) -> None:
@@ -163,9 +184,13 @@ async def test_orphans_are_swept_after_their_time(store: LocalResumableStore) ->
     orphan = store.folder / ("e" * 32)
     orphan.mkdir(parents=True)
     (orphan / "data").write_bytes(b"left by a crash between mkdir and info.json")
+    torn = store.folder / ("f" * 32)  # a crash in the middle of its first state
+    torn.mkdir()
+    (torn / "info.json").write_bytes(b'{"id": "fff')
     assert await store.sweep_orphans(time.time() - 60) == 0  # young: maybe being created
-    assert await store.sweep_orphans(time.time() + 1) == 1
+    assert await store.sweep_orphans(time.time() + 1) == 2
     assert not orphan.exists()
+    assert not torn.exists()
 
 
 async def test_uploads_are_not_stored_files(tmp_path: Path) -> None:
@@ -202,13 +227,69 @@ async def test_a_data_file_that_is_also_a_stored_file_is_never_cut(
     os.unlink(stored)
     os.link(store.data_path(upload_id), stored)
     async with store.hold(upload_id) as held:
-        await held.release_data()
-        assert _contents(store.data_path(upload_id)) == b""
+        await held.commit(held.info.with_changes(file_id="f" * 32), release_data=True)
+        assert not _exists(store.data_path(upload_id))  # its name only: the bytes stay
     assert stored.read_bytes() == b"x" * 60 + b"z" * 40
     assert stored.stat().st_nlink == 1
-    assert await read_all(store, upload_id, 0) == b""
+    # Published, it changes no more: held without a lock, by any number of requests at once.
+    async with store.hold(upload_id) as first, store.hold(upload_id) as second:
+        assert first.info.file_id == second.info.file_id == "f" * 32
+        await second.remove()
+    assert await store.get(upload_id) is None
+    assert stored.read_bytes() == b"x" * 60 + b"z" * 40
+
+
+async def test_a_commit_is_a_line_appended_and_a_torn_line_never_counts(
+    store: LocalResumableStore,
+) -> None:
+    """A commit appends the state as one line (no temporary file, no rename: the same inode);
+    a line a crash cut short, or left as garbage, is skipped: the commit before it stands, and
+    the next commit still counts."""
+    upload = info()
+    await store.create(upload)
+    state = store.folder / upload.id / "info.json"
+    inode = state.stat().st_ino
+    async with store.hold(upload.id) as held:
+        await held.append(chunks(b"x" * 10))
+        await held.commit(held.info.with_changes(offset=10))
+    assert state.stat().st_ino == inode
+    assert len(state.read_bytes().splitlines()) == 2
+    whole = state.read_bytes()
+    for torn in (b'{"id": "a', b"\0" * 40 + b"\n"):  # cut short; a torn page
+        state.write_bytes(whole + torn)
+        again = await store.get(upload.id)
+        assert again is not None
+        assert again.offset == 10
+    async with store.hold(upload.id) as held:  # after the torn line, one that counts
+        await held.append(chunks(b"y" * 5))
+        await held.commit(held.info.with_changes(offset=15))
+    last = await store.get(upload.id)
+    assert last is not None
+    assert last.offset == 15
+    state.write_bytes(upload.with_changes(offset=0).to_json())  # an earlier version's state
+    legacy = await store.get(upload.id)
+    assert legacy is not None
+    assert legacy.offset == 0
+
+
+async def test_a_long_state_file_is_written_anew(store: LocalResumableStore) -> None:
+    upload = info(length=None)
+    await store.create(upload)
+    state = store.folder / upload.id / "info.json"
+    async with store.hold(upload.id) as held:
+        for offset in range(1, 400):
+            await held.append(chunks(b"z"))
+            await held.commit(held.info.with_changes(offset=offset))
+    assert state.stat().st_size < 64 * 1024 + 1024  # compacted once past its bound
+    again = await store.get(upload.id)
+    assert again is not None
+    assert again.offset == 399
 
 
 def _contents(path: str) -> bytes:
     with open(path, "rb") as file:
         return file.read()
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)

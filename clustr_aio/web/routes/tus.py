@@ -18,6 +18,8 @@ from aiohttp import hdrs, web
 
 from clustr_aio.compat import replace_route_handler
 from clustr_aio.domain.errors import NotFound, QuotaExceeded
+from clustr_aio.ingest.multipart import ReadChunk, Window
+from clustr_aio.runtime.body_reader import body_chunks
 from clustr_aio.storage.base import Buffer
 from clustr_aio.tus.handler import TusAnswer, TusHandler, TusRequest
 from clustr_aio.tus.headers import (
@@ -53,24 +55,37 @@ def _tus(request: web.Request) -> TusHandler:
 
 
 class _Body:
-    """The request's body as the handler reads it, its bytes counted (the upload metrics)."""
+    """The request's body as the handler reads it, its bytes counted (the upload metrics).
 
-    def __init__(self, request: web.Request) -> None:
-        self._request = request
+    ``read`` is the connection's body reader where it took the body (a large ``PATCH``:
+    :func:`~clustr_aio.runtime.body_reader.body_chunks`, the multipart route's reader, whose
+    blocks the kernel copies into once), else aiohttp's ``readany``. A window of a reused block
+    is handed on as a ``memoryview`` of it, which keeps the block out of use for as long as
+    anything (the pending write, the hasher, the live run) holds it."""
+
+    def __init__(self, read: ReadChunk) -> None:
+        self._read = read
         self.bytes_read = 0
 
     async def chunks(self) -> AsyncIterator[Buffer]:
+        read = self._read
         with body_errors():
-            async for chunk in self._request.content.iter_any():
+            while True:
+                chunk = await read()
+                if not len(chunk):
+                    return
                 self.bytes_read += len(chunk)
-                yield chunk
+                if isinstance(chunk, Window):
+                    yield memoryview(chunk.buffer)[chunk.start : chunk.stop]
+                else:
+                    yield chunk
 
 
 async def _request(request: web.Request, body: _Body | None = None) -> TusRequest:
     base = request_base_url(request)
     return TusRequest(
         headers=request.headers,
-        body=(body or _Body(request)).chunks(),
+        body=(body or _Body(request.content.readany)).chunks(),
         content_length=request.content_length,
         endpoint=base + PREFIX.rstrip("/"),
         files_url=base + "/api/files",
@@ -80,7 +95,11 @@ async def _request(request: web.Request, body: _Body | None = None) -> TusReques
 
 
 def _trailers(request: web.Request) -> Callable[[], Mapping[str, str] | None] | None:
-    """The body's trailer fields, for checksum-trailer (see :mod:`clustr_aio.web.trailers`)."""
+    """The body's trailer fields, for checksum-trailer (see :mod:`clustr_aio.web.trailers`):
+    none without a ``Trailer`` field (the connection keeps none then; asking is a runtime
+    protocol's ``isinstance``, which TB's profile showed)."""
+    if hdrs.TRAILER not in request.headers:
+        return None
     trailers = body_trailers(request)
     if trailers is None:
         return None
@@ -98,16 +117,17 @@ async def _receiving(request: web.Request, receive: Receive) -> web.Response:
     metrics = request.app[METRICS]
     with metrics.track_upload() as tracked, request.app[UPLOAD_SLOTS].take():
         refuse_content_encoding(request.headers)
-        body = _Body(request)
-        tus_request = await _request(request, body)
-        try:
-            answer = await receive(tus, tus_request)
-        except QuotaExceeded as error:
-            address = client_address(request)
-            request.app[GUARD].refused(error, tus_request.principal, address)
-            raise
-        finally:
-            tracked.received(body.bytes_read)
+        with body_chunks(request) as read:  # the connection's, around aiohttp's copies
+            body = _Body(read)
+            tus_request = await _request(request, body)
+            try:
+                answer = await receive(tus, tus_request)
+            except QuotaExceeded as error:
+                address = client_address(request)
+                request.app[GUARD].refused(error, tus_request.principal, address)
+                raise
+            finally:
+                tracked.received(body.bytes_read)
         tracked.stored([f for f in answer.published if not f.duplicate])
     await render_ahead(request, answer.published)
     return _response(answer)
