@@ -66,6 +66,8 @@ class ClustrServer:
             "RELOAD": "false",
             # No developer .env: an empty one, so only the repository's config.toml and the above.
             "ENV_FILE": os.devnull,
+            # As deploy/clustr-aio.service runs it.
+            "MALLOC_ARENA_MAX": "2",
             **({"WORKERS": str(workers)} if workers > 1 else {}),
             **extra_env,
         }

@@ -8,7 +8,7 @@ import io
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import uvloop
@@ -20,6 +20,8 @@ from clustr_aio.runtime.server import make_runner
 from clustr_aio.settings import Settings, load_settings
 from clustr_aio.storage.local import INCOMING_DIR
 from clustr_aio.web.app import create_app
+from clustr_aio.web.keys import QUICK_RESPONDER
+from clustr_aio.web.quick import QuickResponders
 from tests.postgres import PostgresServer, postgres_server
 from tests.seaweedfs import seaweedfs_server
 
@@ -119,6 +121,18 @@ async def serve_production(
     """A client of ``create_app`` with these settings, served by :class:`ProductionServer`."""
     settings = make_settings(upload_dir, **overrides)
     return await aiohttp_client(ProductionServer(create_app(settings), settings))
+
+
+_R = TypeVar("_R")
+
+
+def quick_responder(app: web.Application, kind: type[_R]) -> _R:
+    """The app's quick responder of that class (hot thumbnails, hot stored files)."""
+    quick = app[QUICK_RESPONDER]
+    assert isinstance(quick, QuickResponders)
+    found = quick.of(kind)
+    assert found is not None, f"no {kind.__name__} among the quick responders"
+    return found
 
 
 @pytest.fixture

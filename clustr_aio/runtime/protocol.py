@@ -41,13 +41,13 @@ lingering read that outlives the client. :class:`GuardedRequestHandler` changes 
   that body at once (a 400 from the upload) instead of leaving its handler waiting.
 
 - **Quick answers** (:mod:`clustr_aio.web.quick`): when a request arrives on a connection with
-  nothing else waiting or being handled, the server's responder (hot thumbnails) may answer it
-  here in ``data_received``: from the raw bytes while the parser holds nothing (the connection
-  is new, or the bytes fed to the parser last ended with a bodiless request's head), else from
-  its parsed head. The answer goes out at once (its bytes, or its head and file:
-  :func:`~clustr_aio.web.sendfile.send_head_and_file_now`), the handler's task is not woken,
-  the keep-alive deadline moves as after any answer, and the access log gets its line. What
-  the responder declines, and everything behind it, goes the ordinary way, in order.
+  nothing else waiting or being handled, the server's responders (hot thumbnails, stored
+  files) may answer it here in ``data_received``: from the raw bytes while the parser holds
+  nothing (the connection is new, or the bytes fed to the parser last ended with a bodiless
+  request's head), else from its parsed head. The answer goes out at once (its bytes, or its
+  head and file: :func:`~clustr_aio.web.sendfile.send_head_and_file_now`), the handler's task
+  is not woken, the keep-alive deadline moves as after any answer, and the access log gets its
+  line. What the responder declines, and everything behind it, goes the ordinary way, in order.
 - **Trailers**: aiohttp drops a chunked body's trailer fields (and its C parser carries the
   last one into the next request's headers); the connection's
   :class:`~clustr_aio.web.trailers.TrailerReader` reads them from the bytes just before the
@@ -93,7 +93,7 @@ from clustr_aio.domain.errors import RequestTimeout
 from clustr_aio.observability.access_log import AccessLogger
 from clustr_aio.runtime.memory import TrimAfterLoad
 from clustr_aio.web.middlewares import REQUEST_ID_HEADER, ensure_request_id
-from clustr_aio.web.quick import QUICK_BACKLOG, QuickAnswer, QuickResponder
+from clustr_aio.web.quick import QUICK_BACKLOG, QuickAnswer, QuickBacklogs, QuickResponder
 from clustr_aio.web.responses import error_response
 from clustr_aio.web.sendfile import send_head_and_file_now
 from clustr_aio.web.trailers import TrailerReader
@@ -217,6 +217,8 @@ class GuardedServer(web.Server):
     draining, or when the application has none."""
     served: weakref.WeakSet[asyncio.BaseTransport] | None
     """Where a connection that got a quick answer is noted, as the drain's ``used``."""
+    backlogs: QuickBacklogs
+    """What quick answers left unsent, in all connections: above a bound, none are given."""
 
     def __call__(self) -> RequestHandler:
         if self.guard.open >= CROWD:
@@ -318,6 +320,7 @@ def guard_server(
     server.trim = TrimAfterLoad(asyncio.get_running_loop())
     server.quick = quick
     server.served = served
+    server.backlogs = QuickBacklogs()
     return server
 
 
@@ -472,6 +475,7 @@ class GuardedRequestHandler(RequestHandler):
             and not self._force_close
             and transport is not None
             and transport.get_write_buffer_size() <= QUICK_BACKLOG
+            and not self._server.backlogs.full()
         ):
             try:
                 answer = quick.answer_plain(data, answered)
@@ -492,7 +496,7 @@ class GuardedRequestHandler(RequestHandler):
             transport = self.transport
             if isinstance(message, ErrInfo) or payload is not EMPTY_PAYLOAD or transport is None:
                 return
-            if transport.get_write_buffer_size() > QUICK_BACKLOG:
+            if transport.get_write_buffer_size() > QUICK_BACKLOG or self._server.backlogs.full():
                 return
             try:
                 answer = quick(message)
@@ -521,6 +525,7 @@ class GuardedRequestHandler(RequestHandler):
         finally:
             if answer.fd is not None:
                 os.close(answer.fd)
+        self._server.backlogs.note(transport)
         if self._server.served is not None:
             self._server.served.add(transport)
         now = self._loop.time()

@@ -154,9 +154,15 @@ class LocalStorage:
     async def locate(self, name: str) -> OnDisk | None:
         """The published file ``name``: one path segment right in the folder. Dot-names are
         never stored (temporary files live in ``.incoming``), so they are never located."""
+        path = self.path_of(name)
+        return None if path is None else OnDisk(path)
+
+    def path_of(self, name: str) -> str | None:
+        """:meth:`locate`'s answer, from the loop without awaiting (for
+        :mod:`clustr_aio.web.hot_files`): where the published file ``name`` would be."""
         if not name or name[0] == "." or "/" in name or "\0" in name:
             return None
-        return OnDisk(os.path.join(self._folder_text, name))
+        return os.path.join(self._folder_text, name)
 
     async def names(self) -> list[str]:
         """Every published file: the folder's regular files but dot-names."""

@@ -31,11 +31,14 @@ from clustr_aio.storage.base import (
     Storage,
 )
 from clustr_aio.storage.factory import open_storage
+from clustr_aio.storage.local import LocalStorage
 from clustr_aio.storage.resumable import Resumable
 from clustr_aio.tus.handler import TusHandler
 from clustr_aio.tus.sweeper import sweep_forever
 from clustr_aio.web import middlewares
 from clustr_aio.web.guard import Guard
+from clustr_aio.web.hot_files import HotFiles
+from clustr_aio.web.hot_thumbnails import PREFIX as THUMBNAILS_PREFIX
 from clustr_aio.web.hot_thumbnails import HotThumbnails
 from clustr_aio.web.keys import (
     CATALOG,
@@ -52,6 +55,7 @@ from clustr_aio.web.keys import (
     UPLOAD_SLOTS,
 )
 from clustr_aio.web.protection import UploadSlots
+from clustr_aio.web.quick import QuickResponder, QuickResponders
 from clustr_aio.web.routes import (
     docs,
     files,
@@ -196,11 +200,25 @@ async def _thumbnailer(app: web.Application) -> AsyncIterator[None]:
     )
     await thumbnailer.start()
     app[THUMBNAILER] = thumbnailer
-    if HotThumbnails.applies(settings):
-        app[QUICK_RESPONDER] = HotThumbnails(settings, thumbnailer, app[METRICS])
+    quick = _quick_responders(app, thumbnailer)
+    if quick is not None:
+        app[QUICK_RESPONDER] = quick
     await _prune_thumbnails(app[CATALOG], thumbnailer)
     yield
     await thumbnailer.close()
+
+
+def _quick_responders(app: web.Application, thumbnailer: Thumbnailer) -> QuickResponders | None:
+    """What the connections answer themselves, as far as the settings allow (None: nothing)."""
+    settings, metrics = app[SETTINGS], app[METRICS]
+    responders: list[tuple[str, QuickResponder]] = []
+    if HotThumbnails.applies(settings):
+        responders.append((THUMBNAILS_PREFIX, HotThumbnails(settings, thumbnailer, metrics)))
+    storage = app[STORAGE]
+    if HotFiles.applies(settings) and isinstance(storage, LocalStorage):
+        files = HotFiles(settings, storage, metrics)
+        responders.append((files.prefix, files))
+    return QuickResponders(responders) if responders else None
 
 
 def render_threads(cores: int, workers: int) -> int:

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
-from aiohttp import HttpVersion11, hdrs
+from aiohttp import hdrs
 from aiohttp.http import SERVER_SOFTWARE
 
 from clustr_aio.auth.signing import EXPIRES, SIGNATURE, verify_path
@@ -59,14 +59,24 @@ from clustr_aio.observability.metrics import Metrics
 from clustr_aio.settings import Settings
 from clustr_aio.web.file_response import CONTENT_SECURITY_POLICY
 from clustr_aio.web.middlewares import REQUEST_ID_HEADER, request_id_for
-from clustr_aio.web.plain_head import MAX_PLAIN_HEAD, plain_head
-from clustr_aio.web.quick import QuickAnswer, http_date
+from clustr_aio.web.plain_head import ReadHeads, keep_alive_head
+from clustr_aio.web.quick import QuickAnswer, http_date, plain_message
 from clustr_aio.web.routes.thumbnails import CACHE_CONTROL, names_etag, negotiate_format
 
-__all__ = ["ANSWERABLE", "HOT_MEMORY", "KEPT_BODY", "ROUTE", "HotThumbnails", "KeptThumbnails"]
+__all__ = [
+    "ANSWERABLE",
+    "HOT_MEMORY",
+    "KEPT_BODY",
+    "PREFIX",
+    "ROUTE",
+    "HotThumbnails",
+    "KeptThumbnails",
+]
 
 ROUTE: Final = "/api/files/{id}/thumbnail"
 """The route's template, as ``/metrics`` labels it."""
+PREFIX: Final = "/api/files/"
+"""What the targets this answers start with."""
 HOT_MEMORY: Final = 4 * 1024 * 1024
 """Bytes of thumbnails kept in memory per process: a gallery's worth of 256-px WebPs (5-15 KB
 each)."""
@@ -117,10 +127,6 @@ _SERVER: Final = (
 """What follows the date, up to the request id's value."""
 _ANSWERS: Final = 2048
 """Request targets (with their Accept) whose answers are kept ready, about 1 KB each."""
-_PLAIN: Final = 1024
-_PLAIN_SIZE: Final = 1024
-"""Heads of at most this many bytes are remembered as read, :data:`_PLAIN` of them."""
-_BLANK_LINE: Final = b"\r\n\r\n"
 
 _Read = tuple[str, str | None, str | None, str | None]
 """Of a plain head: its target, ``Accept``, ``If-None-Match`` and ``X-Request-ID``."""
@@ -210,7 +216,7 @@ class HotThumbnails:
         self._secrets = () if settings.public_files else settings.secret_key
         self._tail = b"\r\nVary: Origin\r\n\r\n" if settings.cors_origins else b"\r\n\r\n"
         self._answers: dict[tuple[str, str | None], _Hot] = {}
-        self._plain: dict[bytes, _Read] = {}
+        self._plain = ReadHeads(_read_plain)
         """Plain heads as sent (a client sends the same bytes for the same thumbnail), read."""
         self.bodies = KeptThumbnails(thumbnailer.removals, HOT_MEMORY)
         self.answered = 0
@@ -226,12 +232,9 @@ class HotThumbnails:
 
     def __call__(self, message: Any) -> QuickAnswer | None:
         started = time.perf_counter()
-        if message.method != "GET" or message.version != HttpVersion11 or message.should_close:
+        if not plain_message(message, ANSWERABLE):
             return None
         headers = message.headers
-        for name in headers:
-            if name.lower() not in ANSWERABLE:
-                return None
         return self._answer(
             message.path,
             headers.get(hdrs.ACCEPT),
@@ -243,23 +246,12 @@ class HotThumbnails:
 
     def answer_plain(self, data: bytes, start: int) -> QuickAnswer | None:
         started = time.perf_counter()
-        end = data.find(_BLANK_LINE, start, start + MAX_PLAIN_HEAD)
-        if end < 0:
+        found = self._plain.get(data, start)
+        if found is None:
             return None
-        raw = data[start:end]
-        read = self._plain.get(raw)
-        if read is None:
-            read = _read_plain(data, start)
-            if read is None:
-                return None
-            if len(raw) <= _PLAIN_SIZE:
-                if len(self._plain) >= _PLAIN:
-                    self._plain.clear()
-                self._plain[raw] = read
+        read, end = found
         target, accept, if_none_match, offered_id = read
-        answer = self._answer(
-            target, accept, if_none_match, offered_id, started, end + len(_BLANK_LINE)
-        )
+        answer = self._answer(target, accept, if_none_match, offered_id, started, end)
         if answer is not None:
             self.answered_plain += 1
         return answer
@@ -379,13 +371,10 @@ class HotThumbnails:
 
 def _read_plain(data: bytes, start: int) -> _Read | None:
     """What the answer depends on, of the plain head at ``data[start]``, if this may answer."""
-    head = plain_head(data, start, _ANSWERABLE_BYTES)
+    head = keep_alive_head(data, start, _ANSWERABLE_BYTES)
     if head is None:
         return None
     headers = head.headers
-    connection = headers.get(b"connection")
-    if connection is not None and connection.lower() != b"keep-alive":
-        return None
     return (
         head.target,
         _text(headers.get(b"accept")),

@@ -31,7 +31,8 @@ THUMBNAILER = web.AppKey("thumbnailer", Thumbnailer)
 UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
 GUARD = web.AppKey("guard", Guard)
 QUICK_RESPONDER = web.AppKey("quick_responder", QuickResponder)
-"""What the connections answer themselves (hot thumbnails), when the settings allow; else unset."""
+"""What the connections answer themselves (a :class:`~clustr_aio.web.quick.QuickResponders` of hot
+thumbnails and stored files), when the settings allow any; else unset."""
 
 REQUEST_ID = web.RequestKey("request_id", str)
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -25,9 +25,10 @@ which answers a malformed head with its 400: recognising less only costs speed.
 from __future__ import annotations
 
 import re
-from typing import Final, NamedTuple
+from collections.abc import Callable
+from typing import Final, Generic, NamedTuple, TypeVar
 
-__all__ = ["PlainHead", "plain_head"]
+__all__ = ["PlainHead", "ReadHeads", "keep_alive_head", "plain_head"]
 
 MAX_PLAIN_HEAD: Final = 8190
 """aiohttp's ``max_line_size``: a whole plain head fits in what it allows one line."""
@@ -67,3 +68,52 @@ def plain_head(data: bytes, start: int, names: frozenset[bytes]) -> PlainHead | 
             return None  # a control character (CR, LF, NUL…) or a byte that is not ASCII
         headers[name] = value
     return PlainHead(request_line.group(1).decode("ascii"), headers, end + len(_BLANK_LINE))
+
+
+def keep_alive_head(data: bytes, start: int, names: frozenset[bytes]) -> PlainHead | None:
+    """:func:`plain_head`, of a request that leaves its connection open (no ``Connection``
+    header, or ``keep-alive``: HTTP/1.1's default), the only kind answered from the bytes."""
+    head = plain_head(data, start, names)
+    if head is None:
+        return None
+    connection = head.headers.get(b"connection")
+    if connection is not None and connection.lower() != b"keep-alive":
+        return None
+    return head
+
+
+_T = TypeVar("_T")
+
+
+class ReadHeads(Generic[_T]):
+    """What a responder reads of plain heads, kept by their bytes as sent: a client sends the
+    same bytes for the same resource, so each is read once. ``read`` is given the bytes and
+    where the head starts (a complete one), and answers None for a head not to be answered."""
+
+    __slots__ = ("_kept", "_limit", "_read")
+
+    LARGEST: Final = 1024
+    """Heads of at most this many bytes are kept, :attr:`_limit` of them (then all dropped)."""
+
+    def __init__(self, read: Callable[[bytes, int], _T | None], limit: int = 1024) -> None:
+        self._read = read
+        self._limit = limit
+        self._kept: dict[bytes, _T] = {}
+
+    def get(self, data: bytes, start: int) -> tuple[_T, int] | None:
+        """What ``read`` made of the complete head at ``data[start]``, and where it ends (after
+        its blank line); None without a complete head, or when ``read`` declined."""
+        end = data.find(_BLANK_LINE, start, start + MAX_PLAIN_HEAD)
+        if end < 0:
+            return None
+        raw = data[start:end]
+        read = self._kept.get(raw)
+        if read is None:
+            read = self._read(data, start)
+            if read is None:
+                return None
+            if len(raw) <= self.LARGEST:
+                if len(self._kept) >= self._limit:
+                    self._kept.clear()
+                self._kept[raw] = read
+        return read, end + len(_BLANK_LINE)

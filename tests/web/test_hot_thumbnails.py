@@ -23,10 +23,11 @@ from clustr_aio.auth.signing import sign_path
 from clustr_aio.catalog.changes import ChangeCounter
 from clustr_aio.images.thumbnails import Thumbnailer
 from clustr_aio.runtime.protocol import GuardedServer
+from clustr_aio.web.hot_files import HotFiles
 from clustr_aio.web.hot_thumbnails import KEPT_BODY, HotThumbnails, KeptThumbnails
 from clustr_aio.web.keys import CATALOG, QUICK_RESPONDER, STORAGE
-from clustr_aio.web.quick import QUICK_BACKLOG
-from tests.conftest import AiohttpClient, Client, serve_production
+from clustr_aio.web.quick import QUICK_BACKLOG, QuickResponders
+from tests.conftest import AiohttpClient, Client, quick_responder, serve_production
 from tests.http.helpers import expect_error, read_head, upload_ok
 from tests.images.photos import encode, picture
 
@@ -42,9 +43,7 @@ def target(url: str) -> str:
 
 
 def responder(client: Client) -> HotThumbnails:
-    quick = client.app[QUICK_RESPONDER]
-    assert isinstance(quick, HotThumbnails)
-    return quick
+    return quick_responder(client.app, HotThumbnails)
 
 
 async def served(client: Client, **overrides: Any) -> tuple[dict[str, Any], str]:
@@ -138,19 +137,21 @@ async def assert_same_as_the_route(
     *,
     quick: int | None = None,
     plain: int | None = None,
+    kind: type[HotThumbnails | HotFiles] = HotThumbnails,
     **how: Any,
 ) -> list[tuple[bytes, bytes]]:
     """Each request's answer (on one connection) equals the route's byte for byte but the
-    date and request id; ``quick`` of them were answered from the connection, ``plain`` of
-    those from the raw bytes (None: any number)."""
+    date and request id; ``quick`` of them were answered from the connection by the responder
+    of class ``kind``, ``plain`` of those from the raw bytes (None: any number)."""
     with route_only(client):
         routed = await exchange(client, requests, **how)
-    before, before_plain = responder(client).answered, responder(client).answered_plain
+    counted = quick_responder(client.app, kind)
+    before, before_plain = counted.answered, counted.answered_plain
     answered = await exchange(client, requests, **how)
     if quick is not None:
-        assert responder(client).answered == before + quick, requests
+        assert counted.answered == before + quick, requests
     if plain is not None:
-        assert responder(client).answered_plain == before_plain + plain, requests
+        assert counted.answered_plain == before_plain + plain, requests
     for request, (head, body), (route_head, route_body) in zip(
         requests, answered, routed, strict=True
     ):
@@ -466,15 +467,21 @@ async def test_signed_urls_verified_here_and_refused_by_the_route(signing: Clien
 async def test_a_signed_url_kept_ready_expires_as_the_routes_does(signing: Client) -> None:
     client = signing
     _item, url = await served(client)
-    path = url.partition("?")[0]
-    # Signed until the next second but one: answered here, then refused by the route.
+    await assert_a_short_signature_expires(client, url.partition("?")[0], responder(client))
+
+
+async def assert_a_short_signature_expires(
+    client: Client, path: str, counted: HotThumbnails | HotFiles
+) -> None:
+    """``path`` signed until the next second but one: answered by ``counted``, then refused
+    by the route."""
     short = f"{path}?{sign_path(path, (SECRET,), 2, now=float(int(time.time())))}"
-    before = responder(client).answered
+    before = counted.answered
     assert (await client.get(short)).status == 200
-    assert responder(client).answered == before + 1
+    assert counted.answered == before + 1
     await asyncio.sleep(2.1)
     assert await expect_error(await client.get(short), 403)
-    assert responder(client).answered == before + 1
+    assert counted.answered == before + 1
 
 
 async def test_not_with_keys_nor_rate_limits(
@@ -482,7 +489,9 @@ async def test_not_with_keys_nor_rate_limits(
 ) -> None:
     for overrides in ({"auth": "keys"}, {"rate_limit_requests": (600, 60)}):
         client = await serve_production(aiohttp_client, upload_dir, **overrides)
-        assert QUICK_RESPONDER not in client.app
+        quick = client.app[QUICK_RESPONDER]  # stored files are still answered quickly
+        assert isinstance(quick, QuickResponders)
+        assert quick.of(HotThumbnails) is None
         await client.close()
 
 

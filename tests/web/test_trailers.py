@@ -14,9 +14,15 @@ import pytest
 from yarl import URL
 
 from clustr_aio.web.hot_thumbnails import HotThumbnails
-from clustr_aio.web.keys import QUICK_RESPONDER
 from clustr_aio.web.trailers import TrailerReader
-from tests.conftest import JPEG, AiohttpClient, Client, serve_production, stored_files
+from tests.conftest import (
+    JPEG,
+    AiohttpClient,
+    Client,
+    quick_responder,
+    serve_production,
+    stored_files,
+)
 from tests.http.helpers import RawResponse, read_head, read_response, request_head
 
 pytestmark = pytest.mark.both_loops  # they touch transports: asyncio's and uvloop's differ
@@ -346,8 +352,7 @@ async def test_thumbnails_answered_from_the_raw_bytes_keep_the_framing_followed(
     thumbnail = f"/api/files/{done.headers['Clustr-File-Id']}/thumbnail"
     await connect.send(request_head("GET", thumbnail))
     assert (await connect.response()).status == 200  # rendered by the route: hot from now on
-    quick = server.app[QUICK_RESPONDER]
-    assert isinstance(quick, HotThumbnails)
+    quick = quick_responder(server.app, HotThumbnails)
     before = quick.answered_plain
     other = await connect.create()
     half = PHOTO[:40]
