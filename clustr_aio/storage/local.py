@@ -819,7 +819,11 @@ def sweep_stale_incoming(folder: Path) -> list[Path]:
             fd = os.open(entry / _LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             # Between its mkdir and its flock a live process has no lock yet: leave young ones.
-            if time.time() - entry.stat().st_mtime < _LOCKLESS_GRACE_SECONDS:
+            # Another worker starting at the same time may have swept the folder meanwhile.
+            try:
+                if time.time() - entry.stat().st_mtime < _LOCKLESS_GRACE_SECONDS:
+                    continue
+            except FileNotFoundError:
                 continue
             fd = None
         try:
@@ -828,6 +832,8 @@ def sweep_stale_incoming(folder: Path) -> list[Path]:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # its owner is alive
+                if not entry.is_dir():
+                    continue  # another starting worker held this lock and swept the folder
             try:
                 journal.roll_back(entry, folder)
             except OSError as error:  # keep the evidence; the next start tries again

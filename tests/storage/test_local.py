@@ -444,6 +444,38 @@ async def test_a_sweep_at_the_worst_moment_spares_a_starting_process(
         await storage.close()
 
 
+def test_workers_sweeping_at_once_each_dead_folder_goes_once_and_none_fails(
+    upload_dir: Path,
+) -> None:
+    """WORKERS=N start together and each sweeps: a folder another one removed meanwhile (its
+    lock gone before this one opens it, or unlinked while this one waited for it) is skipped,
+    not an exception that stops the worker from starting."""
+    for round_ in range(5):
+        locked = [dead_process_dir(upload_dir, f"d{round_}-{i}", lock=True) for i in range(60)]
+        for i in range(60):
+            dead_process_dir(upload_dir, f"o{round_}-{i}", lock=False, age=3600)
+        results: list[list[Path]] = []
+        errors: list[BaseException] = []
+
+        def sweep(
+            results: list[list[Path]] = results, errors: list[BaseException] = errors
+        ) -> None:
+            try:
+                results.append(sweep_stale_incoming(upload_dir))
+            except BaseException as error:  # the test's finding
+                errors.append(error)
+
+        sweepers = [threading.Thread(target=sweep) for _ in range(4)]
+        for thread in sweepers:
+            thread.start()
+        for thread in sweepers:
+            thread.join()
+        assert errors == []
+        assert list((upload_dir / INCOMING_DIR).iterdir()) == []
+        removed_locked = [path for swept in results for path in swept if path in set(locked)]
+        assert sorted(removed_locked) == sorted(locked)  # each once: no duplicates
+
+
 async def test_the_local_storage_locates_only_plain_names(upload_dir: Path) -> None:
     storage = LocalStorage(upload_dir)
     assert await storage.locate("a.jpg") == OnDisk(str(upload_dir / "a.jpg"))
