@@ -591,13 +591,49 @@ async def test_a_discarded_deferred_file_leaves_nothing(upload_dir: Path) -> Non
         await storage.close()
 
 
-async def test_a_deferred_write_that_fails_publishes_nothing(
+async def test_without_fsync_a_one_small_file_batch_is_published_on_the_loop(
     upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FSYNC=false: the batch's one deferred file is created, written and linked by the loop's
+    own thread, no pool round trip at all (issue 16's C0); with two files, on the pool."""
+    linked_on: list[threading.Thread] = []
+    link = os.link
+
+    def noting_link(source: str, target: str) -> None:
+        linked_on.append(threading.current_thread())
+        link(source, target)
+
+    monkeypatch.setattr(os, "link", noting_link)
+    storage = LocalStorage(upload_dir, fsync=False, write_block=1024 * 1024, idle_flush=30)
+    await storage.open()
+    try:
+        batch = storage.batch()
+        await store(batch, "small.jpg", JPEG * 10)
+        assert temp_files(upload_dir) == []  # deferred until the publish
+        assert await publish_and_seal(batch) == ["small.jpg"]
+        assert linked_on == [threading.main_thread()]
+        assert (upload_dir / "small.jpg").read_bytes() == JPEG * 10
+        assert temp_files(upload_dir) == []
+        assert storage._held == 0
+        linked_on.clear()
+        batch = storage.batch()
+        await store(batch, "one.jpg", JPEG)
+        await store(batch, "two.png", PNG)
+        assert await publish_and_seal(batch) == ["one.jpg", "two.png"]
+        assert len(linked_on) == 2
+        assert threading.main_thread() not in linked_on
+    finally:
+        await storage.close()
+
+
+@pytest.mark.parametrize("fsync", [True, False], ids=["fsync", "no-fsync"])
+async def test_a_deferred_write_that_fails_publishes_nothing(
+    upload_dir: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool
 ) -> None:
     def full_disk(fd: int, buffers: Sequence[Buffer], /) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    storage = LocalStorage(upload_dir, write_block=1024 * 1024, idle_flush=30)
+    storage = LocalStorage(upload_dir, fsync=fsync, write_block=1024 * 1024, idle_flush=30)
     await storage.open()
     try:
         async with BatchScope(storage.batch()) as batch:
