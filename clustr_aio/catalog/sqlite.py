@@ -38,6 +38,7 @@ from clustr_aio.catalog.base import (
     row_record,
 )
 from clustr_aio.catalog.changes import ChangeCounter
+from clustr_aio.catalog.grouped import GroupedCommits
 from clustr_aio.domain.errors import CatalogUnavailable
 
 __all__ = ["KEY_CHANGES_SUFFIX", "MIGRATIONS", "SqliteCatalog"]
@@ -308,6 +309,11 @@ class SqliteCatalog:
         self._loop_commits = 0
         self._checkpointing = False  # set on the loop, cleared by the writer thread
         self._key_changes: ChangeCounter | None = None
+        self._grouped = GroupedCommits(
+            self._upsert_on_loop,
+            self._upsert_on_writer,
+            row_errors=(sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError),
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -403,8 +409,15 @@ class SqliteCatalog:
 
     async def add(self, records: Sequence[FileRecord]) -> None:
         rows = [_row(r) for r in records]
-        if len(rows) == 1 and self._commit_on_loop(_UPSERT, rows):
+        if len(rows) == 1:  # an upload of one file: with the others of this loop turn's
+            await self._grouped.commit(rows)
             return
+        await self._write(self._transaction, _UPSERT, rows)
+
+    def _upsert_on_loop(self, rows: Sequence[Sequence[object]]) -> bool:
+        return self._commit_on_loop(_UPSERT, rows)
+
+    async def _upsert_on_writer(self, rows: Sequence[Sequence[object]]) -> None:
         await self._write(self._transaction, _UPSERT, rows)
 
     def _commit_on_loop(self, statement: str, rows: Sequence[Sequence[object]]) -> bool:
