@@ -58,12 +58,13 @@ __all__ = ["MAX_READERS", "MIN_BODY", "BlockPool", "BodyReader", "body_chunks"]
 
 BLOCK: Final = 256 * 1024
 """The size of each block the body is received into."""
-MIN_BODY: Final = 1024 * 1024
-"""Bodies still to come below this take aiohttp's path: the hand-over is not worth it (one
-500 KB photo per request, bench C: 2.3 ms of CPU per request by aiohttp's path, 2.8 by this
-reader's, whose two protocol switches and blocks cost more than the copies they save; again
-once aiohttp's path no longer joined its pieces, :func:`_parsed_pieces`: 2.89 against 2.85 ms
-with a MIN_BODY of 256 KiB, bench.ab C0, 6 rounds, a shared machine)."""
+MIN_BODY: Final = 128 * 1024
+"""Bodies still to come below this take aiohttp's path: the hand-over (two protocol switches,
+a block) is not worth it for a few pieces. C's 500 KB photos are worth it, now that a small
+upload makes no thread round trip: C0 beside nginx, 6 interleaved rounds on a shared machine,
+server CPU ÷ nginx's 2.45 with a MIN_BODY of 1 MiB, 2.21 with 128 KiB, 2.22 with 16 KiB
+(rate 0.59, 0.73, 0.66). (With the round trips, 1 MiB and 256 KiB had measured alike: 2.89
+against 2.85 ms.)"""
 MAX_READERS: Final = 4
 """Bodies read this way at a time, per process (each holds up to two blocks of its own)."""
 _KEPT: Final = 4
