@@ -173,10 +173,10 @@ def _oldest_by_sha256(columns: str, owner: str | None) -> str:
     splits, and their keys, computed as the generated column's, are looked up in one index
     scan (``= ANY``; the btree sorts the keys and walks them in order).
 
-    What this costs for 10,000 digests among 1,000,000 records (a tenth stored; loaded
-    machine, medians; bench/catalog_steps.py): one text instead of a text[] of 10,000 items,
-    and no sort in Python, 5-7 ms less of the client's CPU; one index scan instead of 10,000
-    ``LATERAL ... LIMIT 1`` probes, 8-10 ms less of PostgreSQL's. The array is a subquery's,
+    For 10,000 digests among 1,000,000 records (a tenth stored), against the text[] of 10,000
+    items sorted in Python and 10,000 ``LATERAL ... LIMIT 1`` probes before (one connection,
+    the shapes interleaved, loaded machine, medians): one text and no sort, 5-10 ms less of
+    the client's CPU; one index scan, 8-10 ms less of PostgreSQL's. The array is a subquery's,
     so the planner never sees its length: it plans the index scan for a few keys, as it does
     for the table just filled and never analyzed (a bitmap scan of the same index), never the
     parallel sequential scan (350-650 ms) it chose for a known array of 10,000 keys.
