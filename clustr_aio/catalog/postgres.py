@@ -182,9 +182,9 @@ def _oldest_by_sha256(columns: str, owner: str | None) -> str:
     parallel sequential scan (350-650 ms) it chose for a known array of 10,000 keys.
     ``DISTINCT ON`` keeps one row per digest however many records share it (DEDUPE=off)."""
     return (
-        f"SELECT DISTINCT ON (sha256) {columns} FROM files WHERE sha256_key = ANY(ARRAY("
+        f"SELECT DISTINCT ON (files.sha256) {columns} FROM files WHERE sha256_key = ANY(ARRAY("
         f"SELECT {_KEY_OF.format('d')} FROM unnest(string_to_array($1, ',')) AS d)) "
-        f"{_owned(owner, 2)} ORDER BY sha256, id"
+        f"{_owned(owner, 2)} ORDER BY files.sha256, files.id"  # the uuid, not an id::text column
     )
 
 
