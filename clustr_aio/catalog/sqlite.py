@@ -23,7 +23,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -139,6 +139,8 @@ _COLUMNS: Final = (
     " orientation, metadata_removed"
 )
 _JOINED_COLUMNS: Final = ", ".join(f"f.{c}" for c in _COLUMNS.split(", "))
+_ID_COLUMNS: Final = "f.sha256, f.id"
+"""What the check reads of each record it finds (:meth:`SqliteCatalog.ids_by_sha256`)."""
 _PLACEHOLDERS: Final = ", ".join("?" * 12)
 _LOOP_COMMITS_PER_CHECKPOINT: Final = 100
 """A one-row commit adds a few pages to the WAL; SQLite's own autocheckpoint is 1,000 pages."""
@@ -183,31 +185,37 @@ def _record(row: Sequence[Any]) -> FileRecord:
     )
 
 
-def _oldest_by_sha256_query(owner: str | None) -> str:
-    """Each digest's records, oldest first (of ``owner``'s, when given), looked up by key.
+def _oldest_by_sha256_query(owner: str | None, columns: str = _JOINED_COLUMNS) -> str:
+    """``columns`` of each digest's records, oldest first (of ``owner``'s, when given), looked
+    up by key.
 
     CROSS JOIN keeps the keys the outer loop, INDEXED BY the index: SQLite's planner would
     otherwise look among an owner's records (files_by_owner) for each key, a scan of all of
     them per digest."""
     return (
-        f"SELECT {_JOINED_COLUMNS} FROM json_each(?) AS k CROSS JOIN files AS f "
+        f"SELECT {columns} FROM json_each(?) AS k CROSS JOIN files AS f "
         f"INDEXED BY files_by_sha256_key ON f.sha256_key = k.value {_owned(owner, 'f.')} "
         "ORDER BY f.id"
     )
 
 
-def _oldest_by_sha256(
-    connection: sqlite3.Connection, digests: list[str], owner: str | None
-) -> dict[str, FileRecord]:
+def _by_key(
+    connection: sqlite3.Connection, query: str, digests: Iterable[str], owner: str | None
+) -> sqlite3.Cursor:
     # One query for them all: the digests' keys, sorted, as one JSON array parameter, looked
     # up in the key's index in that order (neighbouring keys share their index pages, so a
     # page is read once for all the keys it holds); the oldest record per digest is the first
-    # in id order. A record whose digest only shares the key is skipped.
+    # in id order. A record whose digest only shares the key is the caller's to skip.
     keys = sorted({digest_key(d) for d in digests})
-    parameters = (json.dumps(keys), *_owner_parameter(owner))
+    return connection.execute(query, (json.dumps(keys), *_owner_parameter(owner)))
+
+
+def _oldest_by_sha256(
+    connection: sqlite3.Connection, digests: list[str], owner: str | None
+) -> dict[str, FileRecord]:
     wanted = set(digests)
     found: dict[str, FileRecord] = {}
-    for row in connection.execute(_oldest_by_sha256_query(owner), parameters):
+    for row in _by_key(connection, _oldest_by_sha256_query(owner), wanted, owner):
         if row[5] in wanted and row[5] not in found:
             found[row[5]] = _record(row)
     return found
@@ -571,6 +579,20 @@ class SqliteCatalog:
 
     def _by_sha256_sync(self, digests: list[str], owner: str | None) -> dict[str, FileRecord]:
         return _oldest_by_sha256(self._reader(), digests, owner)
+
+    async def ids_by_sha256(
+        self, digests: Sequence[str], *, owner: str | None = None
+    ) -> dict[str, str]:
+        return await self._read(self._ids_by_sha256_sync, digests, owner)
+
+    def _ids_by_sha256_sync(self, digests: Sequence[str], owner: str | None) -> dict[str, str]:
+        wanted = set(digests)
+        query = _oldest_by_sha256_query(owner, _ID_COLUMNS)
+        found: dict[str, str] = {}
+        for digest, record_id in _by_key(self._reader(), query, wanted, owner):
+            if digest in wanted and digest not in found:
+                found[digest] = record_id
+        return found
 
     async def check(self) -> None:
         await self._read(self._check_sync)

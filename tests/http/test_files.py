@@ -162,6 +162,17 @@ async def test_check_answers_in_request_order(catalogued: MakeClient) -> None:
     results = (await response.json())["results"]
     assert [r["sha256"] for r in results] == many
     assert all(r["id"] is None for r in results)
+    # 10,000 of them, the stored ones among them (first, last, twice, in capitals), as one
+    # upload's client would ask: the answer's JSON is written out by hand, piece by piece.
+    many[0], many[5000], many[-1] = a["sha256"], b["sha256"].upper(), a["sha256"]
+    many[7] = many[9] = many[8].upper()
+    response = await client.post("/api/files/check", json={"sha256": many})
+    assert response.status == 200
+    assert response.content_type == "application/json"
+    stored = {a["sha256"]: a["id"], b["sha256"]: b["id"]}
+    assert (await response.json())["results"] == [
+        {"sha256": digest, "id": stored.get(digest.lower())} for digest in many
+    ]
 
 
 @pytest.mark.parametrize(

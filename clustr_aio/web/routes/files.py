@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Final
 from aiohttp import web
 
 from clustr_aio.auth.keys import parse_key_name
-from clustr_aio.catalog.base import FileRecord, Order
+from clustr_aio.catalog.base import Catalog, FileRecord, Order
 from clustr_aio.catalog.ids import is_id
 from clustr_aio.domain.errors import BadRequest, Forbidden, NotFound
 from clustr_aio.domain.patterns import ID_PATTERN
@@ -22,11 +22,11 @@ from clustr_aio.web.middlewares import admitted
 from clustr_aio.web.openapi import operation
 from clustr_aio.web.openapi.registry import JSONObject
 from clustr_aio.web.openapi.schemas import JSON, error_response, json_response, ref
-from clustr_aio.web.responses import json_answer, json_bytes
+from clustr_aio.web.responses import json_answer
 from clustr_aio.web.routes.upload import file_item, item_urls
 
 if TYPE_CHECKING:  # types only: the models module imports pydantic (see web/bodies.py)
-    from clustr_aio.domain.models import CheckResponse, CheckResult, DeleteResponse, FileList
+    from clustr_aio.domain.models import DeleteResponse, FileList
 
 routes = web.RouteTableDef()
 
@@ -306,26 +306,55 @@ async def check_files(request: web.Request) -> web.Response:
     digests = (await bodies.json_body(request, bodies.CHECK_REQUEST))["sha256"]
     # The owner the key uploads as, like DEDUPE: what an upload with this key would find.
     owner = (await admitted(request)).owner
-    stored = await request.app[CATALOG].by_sha256([d.lower() for d in digests], owner=owner)
-    return web.Response(body=check_answer(digests, stored), content_type=JSON)
+    answer = await check_digests(request.app[CATALOG], digests, owner=owner)
+    return web.Response(body=answer, content_type=JSON)
 
 
-def check_answer(digests: Sequence[str], stored: Mapping[str, FileRecord]) -> bytes:
-    """The ``CheckResponse`` to ``digests`` (as sent, in order), ``stored`` being what the
-    catalog found of them (by lower-case digest), encoded (10,000 results: 3 ms by orjson,
-    where ``json.dumps`` took 10, a tenth of the check's budget)."""
-    results: list[CheckResult] = []
-    for digest in digests:
-        record = stored.get(digest.lower())
-        results.append({"sha256": digest, "id": record.id if record else None})
-    answer: CheckResponse = {"results": results}
-    return json_bytes(answer)
+async def check_digests(catalog: Catalog, digests: Sequence[str], *, owner: str | None) -> bytes:
+    """The encoded ``CheckResponse`` to ``digests`` (hex, as validated, as sent, in order):
+    the handler's work past the body's validation (bench/catalog.py times it)."""
+    lowered = _lowered(digests)
+    return check_answer(digests, lowered, await catalog.ids_by_sha256(lowered, owner=owner))
+
+
+def _lowered(digests: Sequence[str]) -> Sequence[str]:
+    """The (hex) digests in lower case, as the catalog keeps them: ``digests`` themselves when
+    they are already (as clients' mostly are), which a search of their join for each capital
+    tells (0.1 ms for 10,000, where ``str.islower`` took 5 and lowering them all 1-2). The
+    catalog's and the answer's lookups then hash the same strings, once."""
+    joined = "".join(digests)
+    if any(capital in joined for capital in "ABCDEF"):
+        return [digest.lower() for digest in digests]
+    return digests
+
+
+_RESULT: Final = '{"sha256":"'
+_NOT_STORED: Final = '","id":null},'
+
+
+def check_answer(digests: Sequence[str], lowered: Sequence[str], ids: Mapping[str, str]) -> bytes:
+    """The ``CheckResponse`` to ``digests`` (hex, as sent, in order), ``lowered`` being them
+    in lower case and ``ids`` the catalog's answer (by lower-case digest), encoded.
+
+    Written as one join of pieces, the digests' own strings among them: digests are hex and
+    ids UUIDs, so nothing needs escaping. For 10,000 results, digests fresh from a parsed body
+    as in a server, that took 4-6 ms of CPU where building 10,000 dicts for orjson took 15-24
+    (in process, interleaved, loaded machine), a sixth of the check's budget."""
+    pieces = ['{"results":[']
+    for sent, digest in zip(digests, lowered, strict=True):
+        record_id = ids.get(digest)
+        pieces += (_RESULT, sent, _NOT_STORED if record_id is None else f'","id":"{record_id}"}},')
+    if digests:  # the last result's comma cut from its piece, not from the joined megabyte
+        pieces[-1] = pieces[-1][:-1]
+    pieces.append("]}")
+    return "".join(pieces).encode()
 
 
 __all__ = [
     "ID_PARAMETER",
     "ID_SEGMENT",
     "check_answer",
+    "check_digests",
     "decode_cursor",
     "encode_cursor",
     "requested_record",
