@@ -720,15 +720,16 @@ async def test_files_left_out_before_the_publish_are_not_published_and_go_in_the
     batch = storage.batch()
     for n in range(6):
         await store(batch, f"p{n}.jpg", JPEG + bytes([n]))
-    handed: list[Path] = []
+    handed: list[str | Path] = []
     real_remove_later = storage.remove_later
     monkeypatch.setattr(storage, "remove_later", handed.extend)
     await batch.leave_out([1, 3, 4])
     await batch.leave_out([3])  # twice: harmless
     assert await publish_and_seal(batch) == ["p0.jpg", "p2.jpg", "p5.jpg"]
     assert stored_files(upload_dir) == ["p0.jpg", "p2.jpg", "p5.jpg"]
-    assert temp_files(upload_dir) == sorted(handed)  # the seal removed only the second names
-    assert sorted(p.name.rpartition(".")[2] for p in handed) == ["1", "3", "4"]
+    # The seal removed only the second names.
+    assert temp_files(upload_dir) == sorted(Path(p) for p in handed)
+    assert sorted(Path(p).name.rpartition(".")[2] for p in handed) == ["1", "3", "4"]
     real_remove_later(handed)
     await eventually(lambda: temp_files(upload_dir) == [])
     for n in (0, 2, 5):
