@@ -37,6 +37,8 @@ round trip for its bytes and its link, none for its seal (without FSYNC), and no
 free-space check before its body, answered from a reading under a second old
 (:meth:`LocalStorage.ensure_room`). The publish stays on the pool even for one small file: on
 the loop, its create (ext4's inode allocation) cost the loop more than the round trip saved.
+(The last file rides the publish's round trip, which the links need anyway; a file before it
+would need one of its own, which is what the loop's write saves.)
 Memory: 300 uploads that sent 1 MB each and stalled held 300 MB of RAM, a block each. So the
 bytes received and not yet written, by all uploads together, are kept under ``memory_budget``:
 a write that finds it exceeded first hands its own file's bytes to the pool, then waits until
