@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Final
 
 MIB = 1024 * 1024
 
@@ -107,6 +108,16 @@ def peak_rss(pids: Iterable[int]) -> list[int]:
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+CORES: Final = os.cpu_count() or 1
+
+
+def machine_idle_seconds() -> float:
+    """Core-seconds the whole machine has spent idle (or waiting for I/O) since boot: the room
+    that work on another core could have used (``/proc/stat``'s first line)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / _CLOCK_TICKS  # idle, iowait
 
 
 def cpu_seconds(pids: Iterable[int]) -> float:

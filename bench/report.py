@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from bench.proc import MIB
+from bench.proc import CORES, MIB
 from bench.scenarios import Target
 
 RSS_LIMIT_MIB = 64
@@ -38,6 +38,9 @@ class ScenarioResult:
     a_cpu: list[float] = field(default_factory=list)
     b_cpu: list[float] = field(default_factory=list)
     """Per round, the server's CPU seconds per request (or per run, for the timed scenarios)."""
+    a_idle: list[float] = field(default_factory=list)
+    b_idle: list[float] = field(default_factory=list)
+    """Per round, the core-seconds the whole machine was idle, per request (or per run)."""
     a_bad_responses: int = 0
     peak_rss: list[list[int]] = field(default_factory=list)
     """Per round, the peak RSS in bytes of each clustr_aio process involved."""
@@ -167,9 +170,48 @@ def file_work(results: list[ScenarioResult]) -> list[str]:
         amount = f"{extra:.2f} s" if full.unit == "s" else f"{extra * 1e3:.2f} ms per request"
         lines.append(
             f"per-file work in {full.key} (its CPU minus {bare.key}'s): {amount}, "
-            f"{share:.0%} of {full.key}'s server CPU"
+            f"{share:.0%} of {full.key}'s server CPU; "
+            + _added_wall(full, full.a_values, bare.a_values, bare.a_idle, extra)
+        )
+    catalog = by_key.get("BC")  # its sides are the servers with and without the catalog
+    if catalog is not None and catalog.b_idle:
+        extra = statistics.median(catalog.a_cpu) - statistics.median(catalog.b_cpu)
+        lines.append(
+            f"the catalog's work in BC (A's CPU minus B's): {extra:.2f} s; "
+            + _added_wall(catalog, catalog.a_values, catalog.b_values, catalog.b_idle, extra)
         )
     return lines
+
+
+def _added_wall(
+    result: ScenarioResult,
+    with_work: list[float],
+    without: list[float],
+    idle_without: list[float],
+    extra: float,
+) -> str:
+    """What ``extra`` seconds of CPU (per request) added to the wall time, beside the least
+    they could have added on this machine: fitted into the core-seconds it left idle in the
+    run without them, and what does not fit spread over every core. The bound says whether
+    "off the critical path, ≤ 10 % of wall time" can hold here at all: with the client on
+    the same cores, the idle room can be smaller than the work. (Only on a quiet machine:
+    anything else running takes idle time that the measured run would have had.)"""
+    if not idle_without:
+        return "no idle time measured"
+
+    def wall_per_request(values: list[float]) -> float:  # seconds, or 1 / rate for wrk's
+        value = statistics.median(values)
+        return value if result.unit == "s" else 1 / value
+
+    bare_wall = wall_per_request(without)
+    added = wall_per_request(with_work) / bare_wall - 1
+    idle = statistics.median(idle_without)
+    least = max(0.0, extra - idle) / CORES / bare_wall
+    per = "" if result.unit == "s" else " per request"
+    return (
+        f"it added {added:+.0%} to the wall time; the machine had {idle:.2f} core-s{per} idle "
+        f"without it: fitted into that, the rest spread over {CORES} cores, at best {least:+.0%}"
+    )
 
 
 def write_json(path: Path, results: list[ScenarioResult], meta: dict[str, Any]) -> None:

@@ -50,7 +50,7 @@ from bench.clustr import ClustrServer
 from bench.data import ensure_data
 from bench.images import ensure_photos
 from bench.nginx import Nginx
-from bench.proc import MIB, cpu_seconds, free_port
+from bench.proc import MIB, cpu_seconds, free_port, machine_idle_seconds
 from bench.scenarios import FILE_WORK, STATIC_NAME, Scenario, Setup, Side, build
 from bench.tus_reference import TusReference
 
@@ -196,6 +196,8 @@ class _Outcome:
     bad_responses: int
     cpu_per_request: float
     """Seconds of the server's CPU time (all processes and threads) per request."""
+    idle_per_request: float
+    """Core-seconds the whole machine was idle during the measurement, per request."""
     peaks: list[int]
 
 
@@ -205,12 +207,16 @@ def _measure(side: Side, tag: str) -> _Outcome:
     for server in side.servers:
         server.reset_peak()
     processes = side.processes()
-    cpu_before = cpu_seconds(processes)
+    cpu_before, idle_before = cpu_seconds(processes), machine_idle_seconds()
     measurement = side.measure(tag)
     cpu = cpu_seconds(processes) - cpu_before
+    idle = machine_idle_seconds() - idle_before
     peaks = [peak for server in side.servers for peak in server.peaks()]
     side.clear()
-    return _Outcome(measurement.value, measurement.bad_responses, cpu / measurement.requests, peaks)
+    requests = measurement.requests
+    return _Outcome(
+        measurement.value, measurement.bad_responses, cpu / requests, idle / requests, peaks
+    )
 
 
 def _run_rounds(scenarios: list[Scenario], rounds: int) -> list[report.ScenarioResult]:
@@ -242,6 +248,8 @@ def _run_rounds(scenarios: list[Scenario], rounds: int) -> list[report.ScenarioR
             result.b_values.append(b.value)
             result.a_cpu.append(a.cpu_per_request)
             result.b_cpu.append(b.cpu_per_request)
+            result.a_idle.append(a.idle_per_request)
+            result.b_idle.append(b.idle_per_request)
             result.a_bad_responses += a.bad_responses
             result.peak_rss.append(a.peaks)
             rss = ", ".join(f"{p / MIB:.0f}" for p in a.peaks)

@@ -8,11 +8,12 @@ milliseconds for a heap that size, so it is called only a second after the last 
 
 - a fall of the open connections to half a peak of at least :data:`TRIM_AFTER_PEAK`, once per
   fall;
-- the last open connection, when the process has grown by :data:`TRIM_GROWTH` since it last
-  trimmed: 16 uploads of a 500 KB photo at a time (bench C) left the main heap 9 MiB larger
-  than before, and every later burst started from there (``make bench``'s later scenarios on
-  the same server peaked at 65-67 MiB); trimmed, it went back to 10 MiB. (glibc's own count of
-  free bytes, ``mallinfo2``, cannot tell: it counts what a trim gave back as free still.)
+- the last open connection, when no connection has opened in the second since and the process
+  has grown by :data:`TRIM_GROWTH` since it last trimmed: 16 uploads of a 500 KB photo at a
+  time (bench C) left the main heap 9 MiB larger than before, and every later burst started
+  from there (``make bench``'s later scenarios on the same server peaked at 65-67 MiB);
+  trimmed, it went back to 10 MiB. (glibc's own count of free bytes, ``mallinfo2``, cannot
+  tell: it counts what a trim gave back as free still.)
 """
 
 from __future__ import annotations
@@ -129,6 +130,10 @@ class TrimAfterLoad:
     def _trim(self, fell: bool) -> None:
         self._handle = None
         self._peak = self._count
+        if not fell and self._count:
+            # Not quiet any more: a connection opened during the wait (its request may be on
+            # the loop now). Its close schedules the trim again.
+            return
         if not fell and self._trimmed_at is not None:  # quiet: only if it grew since
             resident = resident_bytes()
             if resident is not None and resident < self._trimmed_at + TRIM_GROWTH:

@@ -1,6 +1,6 @@
 """Giving memory back (clustr_aio/runtime/memory.py), measured on this process's own heap: what
 a burst left is handed back a second after the last connection closed, not while one is open,
-and again after the next burst."""
+and again after the next burst; not when a connection opened during that second."""
 
 from __future__ import annotations
 
@@ -48,3 +48,19 @@ async def test_the_last_close_gives_back_what_each_burst_left() -> None:
     await asyncio.sleep(1.3)
     assert rss() < held - 24 * MiB, (held // MiB, rss() // MiB)
     assert all(pins)
+
+
+async def test_a_connection_opened_during_the_wait_puts_the_trim_off() -> None:
+    trim = TrimAfterLoad(asyncio.get_running_loop())
+    trim.opened(1)
+    pin = burst(48 * MiB)
+    held = rss()
+    trim.closed(0)
+    await asyncio.sleep(0.5)
+    trim.opened(1)  # before the second is up: the server is not quiet, nothing happens
+    await asyncio.sleep(1.3)
+    assert rss() > held - 8 * MiB, (held // MiB, rss() // MiB)
+    trim.closed(0)  # quiet again: a second later, the free pages go back
+    await asyncio.sleep(1.3)
+    assert rss() < held - 24 * MiB, (held // MiB, rss() // MiB)
+    assert pin
