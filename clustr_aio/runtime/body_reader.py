@@ -66,13 +66,17 @@ server CPU ÷ nginx's 2.45 with a MIN_BODY of 1 MiB, 2.21 with 128 KiB, 2.22 wit
 (rate 0.59, 0.73, 0.66). (With the round trips, 1 MiB and 256 KiB had measured alike: 2.89
 against 2.85 ms.)"""
 MAX_READERS: Final = 4
-"""Bodies read this way at a time, per process (each holds up to two blocks of its own)."""
+"""Bodies read this way at a time, per process (each holds up to three blocks of its own)."""
 _KEPT: Final = 4
 """Free blocks kept for the next upload (a block made anew is zeroed first)."""
 _MIN_ROOM: Final = 16 * 1024
 """A block with less room than this left is retired: a read that small is not worth it."""
-_HIGH_WATER: Final = BLOCK
-"""Bytes received and not yet read by the scanner above which the socket is paused."""
+_HIGH_WATER: Final = 2 * BLOCK
+"""Bytes received and not yet read by the scanner above which the socket is paused. Two
+blocks, not one: a read fills a block at once, so with one every block paused and resumed the
+socket (aiohttp's protocol, its parser and the transport, an ``epoll_ctl`` each way), though
+the scanner would have read it in the same loop iteration: 950 pauses in bench B0's upload
+of 500 photos."""
 _SCRATCH: Final = 64 * 1024
 """What the rest of a body the handler no longer wants is read into, and dropped."""
 

@@ -82,12 +82,13 @@ def journal_path(directory: Path, batch_id: str) -> Path:
 
 
 def begin(
-    directory: Path, batch_id: str, files: Sequence[tuple[Path, str]], *, durable: bool
+    directory: Path, batch_id: str, files: Sequence[tuple[str | Path, str]], *, durable: bool
 ) -> Path:
     """Write the journal of a batch about to be published: (temporary file, desired name)
     pairs. ``durable``: flush its directory entry before returning. Blocking."""
     path = journal_path(directory, batch_id)
-    text = json.dumps({"batch": batch_id, "files": [[p.name, name] for p, name in files]})
+    listed = [[os.path.basename(p), name] for p, name in files]
+    text = json.dumps({"batch": batch_id, "files": listed})
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, text.encode())  # informational: the roll-back reads only the name

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from clustr_aio.domain import names
 from clustr_aio.domain.names import (
     FALLBACK_STEM,
     MAX_NAME_BYTES,
@@ -192,3 +193,21 @@ def test_allowed_extension_survives(stem: str) -> None:
         original = f"{stem}.{ext.upper()}"
         if extension_of(original) == ext:
             assert safe_name(original).endswith("." + ext)
+
+
+PRINTABLE_ASCII = "".join(map(chr, range(0x20, 0x7F)))
+
+
+@pytest.mark.parametrize("char", PRINTABLE_ASCII)
+def test_the_ascii_fast_path_cleans_every_printable_character_as_the_general_path(
+    char: str,
+) -> None:
+    for text in (char, f" a{char}b ", f"{char}{char}.", f"x{char}"):
+        assert names._clean(text) == names._clean_unicode(text)
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=60))
+@example("a\x7fb")  # DEL: ASCII, not printable, so the general path drops it
+@example(" \t a:b?.jpg ")
+def test_the_ascii_fast_path_agrees_with_the_general_path(text: str) -> None:
+    assert names._clean(text) == names._clean_unicode(text)

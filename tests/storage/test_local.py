@@ -577,6 +577,55 @@ async def test_only_the_last_file_waits_for_the_publish(upload_dir: Path) -> Non
         await storage.close()
 
 
+async def test_without_fsync_the_loop_writes_a_small_file_as_the_next_one_starts(
+    upload_dir: Path,
+) -> None:
+    """No thread hop for it: the file is whole on disk before add_file returns (the pool could
+    not have run while this test held the loop), and its bytes are released at once."""
+    storage = LocalStorage(upload_dir, fsync=False, write_block=1024 * 1024, idle_flush=30)
+    await storage.open()
+    try:
+        batch = storage.batch()
+        await store(batch, "first.jpg", JPEG * 10)
+        assert storage._held == len(JPEG) * 10
+        second = batch.add_file("second.png")
+        [written] = temp_files(upload_dir)
+        assert written.read_bytes() == JPEG * 10
+        assert storage._held == 0
+        await second.write(PNG)
+        await second.close()
+        assert await publish_and_seal(batch) == ["first.jpg", "second.png"]
+        assert (upload_dir / "first.jpg").read_bytes() == JPEG * 10
+        assert (upload_dir / "second.png").read_bytes() == PNG
+    finally:
+        await storage.close()
+
+
+async def test_without_fsync_a_small_file_the_loop_fails_to_write_publishes_nothing(
+    upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's write fails as the next file starts; the publish raises it, as it would a
+    pool write's failure, and nothing is left."""
+
+    def full_disk(fd: int, buffers: Sequence[Buffer], /) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    storage = LocalStorage(upload_dir, fsync=False, write_block=1024 * 1024, idle_flush=30)
+    await storage.open()
+    try:
+        async with BatchScope(storage.batch()) as batch:
+            await store(batch, "small.jpg", JPEG)  # type: ignore[arg-type]
+            monkeypatch.setattr(os, "writev", full_disk)
+            await store(batch, "next.png", PNG)  # type: ignore[arg-type]
+            monkeypatch.undo()
+            with pytest.raises(InsufficientStorage):
+                await batch.publish()
+        assert_nothing_stored(upload_dir)
+        assert storage._held == 0
+    finally:
+        await storage.close()
+
+
 async def test_a_discarded_deferred_file_leaves_nothing(upload_dir: Path) -> None:
     storage = LocalStorage(upload_dir, write_block=1024 * 1024, idle_flush=0.05)
     await storage.open()
@@ -707,15 +756,16 @@ async def test_files_left_out_before_the_publish_are_not_published_and_go_in_the
     batch = storage.batch()
     for n in range(6):
         await store(batch, f"p{n}.jpg", JPEG + bytes([n]))
-    handed: list[Path] = []
+    handed: list[str | Path] = []
     real_remove_later = storage.remove_later
     monkeypatch.setattr(storage, "remove_later", handed.extend)
     await batch.leave_out([1, 3, 4])
     await batch.leave_out([3])  # twice: harmless
     assert await publish_and_seal(batch) == ["p0.jpg", "p2.jpg", "p5.jpg"]
     assert stored_files(upload_dir) == ["p0.jpg", "p2.jpg", "p5.jpg"]
-    assert temp_files(upload_dir) == sorted(handed)  # the seal removed only the second names
-    assert sorted(p.name.rpartition(".")[2] for p in handed) == ["1", "3", "4"]
+    # The seal removed only the second names.
+    assert temp_files(upload_dir) == sorted(Path(p) for p in handed)
+    assert sorted(Path(p).name.rpartition(".")[2] for p in handed) == ["1", "3", "4"]
     real_remove_later(handed)
     await eventually(lambda: temp_files(upload_dir) == [])
     for n in (0, 2, 5):
