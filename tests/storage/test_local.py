@@ -675,6 +675,36 @@ async def test_without_fsync_a_one_small_file_batch_is_published_on_the_loop(
         await storage.close()
 
 
+async def test_without_fsync_an_adopted_file_is_still_published_on_the_pool(
+    upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An adopted file's last write copies the adopted bytes in (a tus upload's, of any size):
+    not on the loop, even when its batch is that one file."""
+    source = upload_dir / "data.bin"
+    source.write_bytes(JPEG * 10)
+    linked_on: list[threading.Thread] = []
+    link = os.link
+
+    def noting_link(source: str, target: str) -> None:
+        linked_on.append(threading.current_thread())
+        link(source, target)
+
+    monkeypatch.setattr(os, "link", noting_link)
+    storage = LocalStorage(upload_dir, fsync=False, write_block=1024 * 1024, idle_flush=30)
+    await storage.open()
+    try:
+        batch = storage.batch()
+        writer = batch.add_file("adopted.jpg")
+        writer.adopt(os.fspath(source), len(JPEG) * 10)
+        await writer.close()
+        assert await publish_and_seal(batch) == ["adopted.jpg"]
+        assert linked_on
+        assert threading.main_thread() not in linked_on
+        assert (upload_dir / "adopted.jpg").read_bytes() == JPEG * 10
+    finally:
+        await storage.close()
+
+
 @pytest.mark.parametrize("fsync", [True, False], ids=["fsync", "no-fsync"])
 async def test_a_deferred_write_that_fails_publishes_nothing(
     upload_dir: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool
