@@ -640,19 +640,25 @@ async def test_a_discarded_deferred_file_leaves_nothing(upload_dir: Path) -> Non
         await storage.close()
 
 
-async def test_without_fsync_a_one_small_file_batch_is_published_on_the_loop(
-    upload_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """FSYNC=false: the batch's one deferred file is created, written and linked by the loop's
-    own thread, no pool round trip at all (issue 16's C0); with two files, on the pool."""
-    linked_on: list[threading.Thread] = []
+@pytest.fixture
+def linked_on(monkeypatch: pytest.MonkeyPatch) -> list[threading.Thread]:
+    """The thread of each ``os.link`` the test's storage makes (a publish's links)."""
+    threads: list[threading.Thread] = []
     link = os.link
 
     def noting_link(source: str, target: str) -> None:
-        linked_on.append(threading.current_thread())
+        threads.append(threading.current_thread())
         link(source, target)
 
     monkeypatch.setattr(os, "link", noting_link)
+    return threads
+
+
+async def test_without_fsync_a_one_small_file_batch_is_published_on_the_loop(
+    upload_dir: Path, linked_on: list[threading.Thread]
+) -> None:
+    """FSYNC=false: the batch's one deferred file is created, written and linked by the loop's
+    own thread, no pool round trip at all (issue 16's C0); with two files, on the pool."""
     storage = LocalStorage(upload_dir, fsync=False, write_block=1024 * 1024, idle_flush=30)
     await storage.open()
     try:
@@ -676,20 +682,12 @@ async def test_without_fsync_a_one_small_file_batch_is_published_on_the_loop(
 
 
 async def test_without_fsync_an_adopted_file_is_still_published_on_the_pool(
-    upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+    upload_dir: Path, linked_on: list[threading.Thread]
 ) -> None:
     """An adopted file's last write copies the adopted bytes in (a tus upload's, of any size):
     not on the loop, even when its batch is that one file."""
     source = upload_dir / "data.bin"
     source.write_bytes(JPEG * 10)
-    linked_on: list[threading.Thread] = []
-    link = os.link
-
-    def noting_link(source: str, target: str) -> None:
-        linked_on.append(threading.current_thread())
-        link(source, target)
-
-    monkeypatch.setattr(os, "link", noting_link)
     storage = LocalStorage(upload_dir, fsync=False, write_block=1024 * 1024, idle_flush=30)
     await storage.open()
     try:
