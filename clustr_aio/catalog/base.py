@@ -15,6 +15,7 @@ from typing import Any, Final, Literal, Protocol
 
 __all__ = [
     "KEY_DIGITS",
+    "SHA256_AT",
     "Catalog",
     "FileRecord",
     "KeyRecord",
@@ -72,6 +73,10 @@ class Row(Protocol):
     def __getitem__(self, index: int, /) -> Any: ...
 
 
+SHA256_AT: Final = 5
+"""Where the digest is among the file columns (see :func:`row_record`)."""
+
+
 def row_record(
     row: Row, *, record_id: str, created_at: datetime, metadata_removed: bool
 ) -> FileRecord:
@@ -85,7 +90,7 @@ def row_record(
         original_name=row[2],
         size=row[3],
         content_type=row[4],
-        sha256=row[5],
+        sha256=row[SHA256_AT],
         created_at=created_at,
         width=row[7],
         height=row[8],

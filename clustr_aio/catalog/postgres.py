@@ -18,7 +18,14 @@ from typing import Any, Final
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from clustr_aio.catalog.base import KEY_DIGITS, FileRecord, KeyRecord, Order, row_record
+from clustr_aio.catalog.base import (
+    KEY_DIGITS,
+    SHA256_AT,
+    FileRecord,
+    KeyRecord,
+    Order,
+    row_record,
+)
 from clustr_aio.domain.errors import CatalogUnavailable
 
 __all__ = ["MIGRATIONS", "PostgresCatalog"]
@@ -311,7 +318,7 @@ class PostgresCatalog:
                 *_owner_parameter(owner),
             )
             wanted = set(digests)
-            taken = {row[5]: _record(row) for row in rows if row[5] in wanted}
+            taken = {row[SHA256_AT]: _record(row) for row in rows if row[SHA256_AT] in wanted}
             fresh = [r for r in records if r.sha256 not in taken]
             if fresh and not (taken and all_or_none):
                 await connection.execute(_UPSERT, *_columns(fresh))
@@ -369,7 +376,7 @@ class PostgresCatalog:
         rows = await self.pool.fetch(
             _oldest_by_sha256(_COLUMNS, owner), _digests_text(wanted), *_owner_parameter(owner)
         )
-        return {row[5]: _record(row) for row in rows if row[5] in wanted}
+        return {row[SHA256_AT]: _record(row) for row in rows if row[SHA256_AT] in wanted}
 
     async def ids_by_sha256(
         self, digests: Sequence[str], *, owner: str | None = None

@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import operator
 import os
 import sqlite3
 import threading
@@ -31,6 +32,7 @@ from typing import Any, Final, TypeVar
 
 from clustr_aio.catalog.base import (
     KEY_DIGITS,
+    SHA256_AT,
     FileRecord,
     KeyRecord,
     Order,
@@ -45,6 +47,7 @@ __all__ = ["KEY_CHANGES_SUFFIX", "MIGRATIONS", "SqliteCatalog"]
 
 log = logging.getLogger("clustr_aio.catalog")
 _T = TypeVar("_T")
+_V = TypeVar("_V")
 
 
 def _digest_key_sql(column: str) -> str:
@@ -214,10 +217,23 @@ def _oldest_by_sha256(
     connection: sqlite3.Connection, digests: list[str], owner: str | None
 ) -> dict[str, FileRecord]:
     wanted = set(digests)
-    found: dict[str, FileRecord] = {}
-    for row in _by_key(connection, _oldest_by_sha256_query(owner), wanted, owner):
-        if row[5] in wanted and row[5] not in found:
-            found[row[5]] = _record(row)
+    rows = _by_key(connection, _oldest_by_sha256_query(owner), wanted, owner)
+    return _first_per_digest(rows, wanted, SHA256_AT, _record)
+
+
+def _first_per_digest(
+    rows: Iterable[Sequence[Any]],
+    wanted: Collection[str],
+    digest_at: int,
+    value: Callable[[Sequence[Any]], _V],
+) -> dict[str, _V]:
+    """``value`` of the first row (the oldest record: rows come in id order) of each wanted
+    digest; a row whose digest only shares the key with a wanted one is skipped."""
+    found: dict[str, _V] = {}
+    for row in rows:
+        digest = row[digest_at]
+        if digest in wanted and digest not in found:
+            found[digest] = value(row)
     return found
 
 
@@ -588,11 +604,8 @@ class SqliteCatalog:
     def _ids_by_sha256_sync(self, digests: Sequence[str], owner: str | None) -> dict[str, str]:
         wanted = set(digests)
         query = _oldest_by_sha256_query(owner, _ID_COLUMNS)
-        found: dict[str, str] = {}
-        for digest, record_id in _by_key(self._reader(), query, wanted, owner):
-            if digest in wanted and digest not in found:
-                found[digest] = record_id
-        return found
+        rows = _by_key(self._reader(), query, wanted, owner)
+        return _first_per_digest(rows, wanted, 0, operator.itemgetter(1))
 
     async def check(self) -> None:
         await self._read(self._check_sync)

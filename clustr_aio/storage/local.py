@@ -474,17 +474,14 @@ class LocalBatch:
 
     def _publishes_on_loop(self, last: LocalFile) -> bool:
         """Whether the publish of a batch whose only file is deferred (``last``) runs on the
-        loop: without FSYNC, its create, one ``writev`` into the page cache and its link cost
-        less CPU than the round trip to the pool and back (C0, issue 16), and no flush can
-        hold the loop. Not for an adopted file, whose adopted bytes (a tus upload's, of any
-        size) may be copied in by the last write."""
-        storage = self._storage
+        loop: when that file's last write would (:attr:`LocalFile.writes_on_loop`), its
+        create, one ``writev`` into the page cache and its link cost less CPU than the round
+        trip to the pool and back (C0, issue 16), and no flush can hold the loop."""
         return (
             len(self._files) == 1
             and not self._left_out
-            and not storage.fsync
-            and storage.pause is None
-            and not last.adopted
+            and self._storage.pause is None
+            and last.writes_on_loop
         )
 
     def _publish_on_loop(self, last: LocalFile) -> list[str]:
@@ -653,9 +650,11 @@ class LocalFile:
         self._adopted: tuple[str, int] | None = None
 
     @property
-    def adopted(self) -> bool:
-        """Whether its first bytes are another file's (:meth:`adopt`)."""
-        return self._adopted is not None
+    def writes_on_loop(self) -> bool:
+        """Whether its last write, if the file is smaller than a block, is made on the loop's
+        own thread: without FSYNC (only the page cache to wait for), and not for an adopted
+        file, whose adopted bytes (a tus upload's, of any size) that write copies in."""
+        return not self._storage.fsync and self._adopted is None
 
     def adopt(self, source: str, length: int) -> None:
         """Its first ``length`` bytes are ``source``'s (:class:`Adopting`): the bytes written go
@@ -704,10 +703,10 @@ class LocalFile:
         if self._batch.deferred is not self:
             return
         self._batch.deferred = None
-        if self._storage.fsync or self._adopted is not None:
-            self._start_write(last=True)
-        else:
+        if self.writes_on_loop:
             self._write_here()
+        else:
+            self._start_write(last=True)
         assert self.in_flight is not None
         self._batch._closing.append(self.in_flight)  # the publish waits for it
 

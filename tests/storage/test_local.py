@@ -601,21 +601,21 @@ async def test_without_fsync_the_loop_writes_a_small_file_as_the_next_one_starts
         await storage.close()
 
 
+def _full_disk(fd: int, buffers: Sequence[Buffer], /) -> int:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
 async def test_without_fsync_a_small_file_the_loop_fails_to_write_publishes_nothing(
     upload_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The loop's write fails as the next file starts; the publish raises it, as it would a
     pool write's failure, and nothing is left."""
-
-    def full_disk(fd: int, buffers: Sequence[Buffer], /) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
     storage = LocalStorage(upload_dir, fsync=False, write_block=1024 * 1024, idle_flush=30)
     await storage.open()
     try:
         async with BatchScope(storage.batch()) as batch:
             await store(batch, "small.jpg", JPEG)  # type: ignore[arg-type]
-            monkeypatch.setattr(os, "writev", full_disk)
+            monkeypatch.setattr(os, "writev", _full_disk)
             await store(batch, "next.png", PNG)  # type: ignore[arg-type]
             monkeypatch.undo()
             with pytest.raises(InsufficientStorage):
@@ -707,15 +707,12 @@ async def test_without_fsync_an_adopted_file_is_still_published_on_the_pool(
 async def test_a_deferred_write_that_fails_publishes_nothing(
     upload_dir: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool
 ) -> None:
-    def full_disk(fd: int, buffers: Sequence[Buffer], /) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
     storage = LocalStorage(upload_dir, fsync=fsync, write_block=1024 * 1024, idle_flush=30)
     await storage.open()
     try:
         async with BatchScope(storage.batch()) as batch:
             await store(batch, "small.jpg", JPEG)  # type: ignore[arg-type]
-            monkeypatch.setattr(os, "writev", full_disk)
+            monkeypatch.setattr(os, "writev", _full_disk)
             with pytest.raises(InsufficientStorage):
                 await batch.publish()
         monkeypatch.undo()
