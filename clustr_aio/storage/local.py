@@ -68,7 +68,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -146,6 +146,7 @@ class LocalStorage:
         self._executor: ThreadPoolExecutor | None = None
         self._own_dir: Path | None = None
         self._lock_fd: int | None = None
+        self._restoring = threading.Lock()  # see _restore_own_dir_sync
         # Where to start probing for a free numbered name, per desired name. Only a hint: the
         # atomic os.link decides, so a stale hint can cost a few probes but never a collision.
         self._next_number: dict[str, int] = {}
@@ -224,16 +225,41 @@ class LocalStorage:
         incoming.mkdir(parents=True, exist_ok=True)
         own = incoming / uuid.uuid4().hex
         own.mkdir()
-        # Lock the file before moving it into place: a process sweeping at this very moment
-        # finds the directory either without a lock file (young: spared) or with a held one,
-        # never with a free lock it may take for a dead owner's. (The sweep skips plain files.)
-        pending = incoming / f"{own.name}{_LOCK_FILE}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        lock_fd = os.open(pending, flags, 0o600)
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.rename(pending, own / _LOCK_FILE)
+        lock_fd = _lock_own_dir(own)
         sweep_stale_incoming(self.folder)
         return own, lock_fd
+
+    def create_temporary(self, path: str) -> int:
+        """Create the temporary file ``path`` in the process's own directory, open for writing.
+
+        An operator who cleans up ``.incoming`` (or the own directory) under a running server
+        would otherwise fail every upload with ENOENT until a restart; the directory is made
+        again, locked as at :meth:`open`, and the file created there. The upload folder itself
+        is never made again (an unmounted volume must fail uploads, not fill the disk under
+        it). A batch whose earlier files went with the directory still fails, at its publish."""
+        try:
+            return _create(path)
+        except FileNotFoundError:
+            if not self._restore_own_dir_sync():
+                raise
+            return _create(path)
+
+    def _restore_own_dir_sync(self) -> bool:
+        """Make the own directory again if it is gone and the folder is there; whether the
+        caller may try again. Pool threads and the loop may get here at once."""
+        with self._restoring:
+            own = self._own_dir
+            if own is None or not self.folder.is_dir():
+                return False
+            if own.is_dir():
+                return True  # another thread was first
+            own.parent.mkdir(exist_ok=True)
+            own.mkdir()
+            old_lock, self._lock_fd = self._lock_fd, _lock_own_dir(own)
+            if old_lock is not None:
+                os.close(old_lock)  # its file went with the directory
+            log.warning("%s was removed while the server ran; made it again", own)
+            return True
 
     def _close_sync(self) -> None:
         if self._own_dir is not None:
@@ -345,7 +371,7 @@ class LocalStorage:
         assert self._own_dir is not None, "LocalStorage used before open()"
         name = f".ready-{uuid.uuid4().hex}"
         probe = self._own_dir / name
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        os.close(self.create_temporary(os.fspath(probe)))
         try:
             os.link(probe, self.folder / name)
             os.unlink(self.folder / name)
@@ -793,7 +819,7 @@ class LocalFile:
                     except OSError as error:  # no hard links here (EXDEV, EPERM…): a copy
                         if error.errno in _NO_SPACE or error.errno in _NO_DESCRIPTORS:
                             raise
-                self._fd = _create(self.path)
+                self._fd = self._storage.create_temporary(self.path)
                 if adopted is not None:
                     os.lseek(self._fd, adopted[1], os.SEEK_SET)
             write_all(self._fd, buffers)
@@ -835,9 +861,34 @@ class LocalFile:
 
 
 def _create(path: str) -> int:
-    # No mkdir: if the upload folder is gone (an unmounted volume), fail rather than recreate it
-    # on the disk underneath.
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+
+
+def _lock_own_dir(own: Path) -> int:
+    """Give the new directory ``own`` its held lock file; the lock's descriptor.
+
+    The file is locked before it is moved into place: a process sweeping at this very moment
+    finds the directory either without a lock file (young: spared) or with a held one, never
+    with a free lock it may take for a dead owner's. (The sweep skips plain files.)"""
+    with placed_locked(own.parent / f"{own.name}{_LOCK_FILE}", own / _LOCK_FILE) as lock_fd:
+        return lock_fd
+
+
+@contextlib.contextmanager
+def placed_locked(pending: Path, final: Path, *, flags: int = os.O_WRONLY) -> Iterator[int]:
+    """A new file made at ``pending`` and flock-ed, its descriptor for the body to fill, then
+    renamed to ``final``: whoever finds it at ``final`` finds it locked. On failure the
+    descriptor is closed and ``pending`` removed; on success it stays open (it holds the lock)."""
+    fd = os.open(pending, flags | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield fd
+        os.rename(pending, final)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pending)
+        raise
 
 
 def _copy_start(source: str, fd: int, length: int) -> None:

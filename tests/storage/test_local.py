@@ -268,6 +268,37 @@ async def test_a_vanished_upload_folder_is_not_recreated(
     assert not await asyncio.to_thread(upload_dir.exists)
 
 
+@pytest.mark.parametrize("fsync", [True, False], ids=["fsync", "no-fsync"])
+@pytest.mark.parametrize("size", [100, 3 * BLOCK], ids=["small", "blocks"])
+async def test_a_removed_incoming_folder_is_made_again_for_the_next_batch(
+    upload_dir: Path, fsync: bool, size: int
+) -> None:
+    """An operator's ``rm -r .incoming`` under a running server: the next upload makes the
+    process's directory again, with a held lock (a starting worker's sweep spares it), instead
+    of every upload failing until a restart."""
+    storage = LocalStorage(upload_dir, write_block=BLOCK, fsync=fsync)
+    await storage.open()
+    try:
+        [own] = own_dirs(upload_dir)
+        shutil.rmtree(upload_dir / INCOMING_DIR)
+        data = JPEG + bytes(size)
+        assert await publish_and_seal_one(storage, "a.jpg", data) == ["a.jpg"]
+        assert (upload_dir / "a.jpg").read_bytes() == data
+        assert own_dirs(upload_dir) == [own]
+        assert held_by_someone(own / ".lock")
+        assert sweep_stale_incoming(upload_dir) == []
+        await storage.check_writable()
+    finally:
+        await storage.close()
+    assert own_dirs(upload_dir) == []
+
+
+async def publish_and_seal_one(storage: LocalStorage, name: str, data: bytes) -> list[str]:
+    batch = storage.batch()
+    await store(batch, name, data)
+    return await publish_and_seal(batch)
+
+
 async def test_a_publish_cancelled_midway_is_taken_back(
     storage: LocalStorage, upload_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
