@@ -38,7 +38,9 @@ round trip to the pool and back cost more CPU than those calls (bench C0, issue 
 against 2.49 ms per request, measured beside nginx; an earlier measurement had found the
 loop's create dearer than the hop). So a small upload costs no thread round trip: none for
 its seal (without FSYNC), and none for the free-space check before its body, answered from a
-reading under a second old (:meth:`LocalStorage.ensure_room`).
+reading under a second old (:meth:`LocalStorage.ensure_room`). Those loop writes are timed: one
+the kernel held up (dirty pages ahead of the disk) sends the next ones to the pool for a while
+(:meth:`LocalStorage.loop_write_took`), where a stall holds one thread, not every connection.
 Memory: 300 uploads that sent 1 MB each and stalled held 300 MB of RAM, a block each. So the
 bytes received and not yet written, by all uploads together, are kept under ``memory_budget``:
 a write that finds it exceeded first hands its own file's bytes to the pool, then waits until
@@ -100,6 +102,13 @@ _RESERVE_REACHED = "not enough storage space left for this upload; try again lat
 # half of this is refreshed in the background. The reserve itself is held by the pool's
 # checks as bytes are written and before every publish, which never use the reading.
 _SPACE_READING_SECONDS = 1.0
+# Without FSYNC small files are written on the loop's own thread: a copy into the page cache,
+# well under a millisecond for a block. Until the disk falls behind and the kernel throttles
+# writers (balance_dirty_pages sleeps a writer up to 200 ms a call): on the loop that stalls
+# every connection, on the pool one thread. A loop write slower than this sends the writes of
+# the next _LOOP_WRITES_PAUSE seconds to the pool.
+_SLOW_LOOP_WRITE_SECONDS = 0.01
+_LOOP_WRITES_PAUSE = 10.0
 _T = TypeVar("_T")
 
 
@@ -147,6 +156,7 @@ class LocalStorage:
         self._own_dir: Path | None = None
         self._lock_fd: int | None = None
         self._restoring = threading.Lock()  # see _restore_own_dir_sync
+        self._loop_writes_resume_at = 0.0  # see loop_write_took
         # Where to start probing for a free numbered name, per desired name. Only a hint: the
         # atomic os.link decides, so a stale hint can cost a few probes but never a collision.
         self._next_number: dict[str, int] = {}
@@ -277,6 +287,25 @@ class LocalStorage:
         fewer per upload than ``ensure_future(run(...))``)."""
         assert self._executor is not None, "LocalStorage used before open()"
         return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @property
+    def writes_on_loop(self) -> bool:
+        """Whether a small file may be written on the loop's own thread now: without FSYNC
+        (only the page cache to wait for), unless such a write was slow lately."""
+        return not self.fsync and time.monotonic() >= self._loop_writes_resume_at
+
+    def loop_write_took(self, seconds: float) -> None:
+        """A write made on the loop took ``seconds``: a slow one (the kernel throttling a
+        writer whose dirty pages outran the disk) sends the next ones to the pool for a while."""
+        if seconds < _SLOW_LOOP_WRITE_SECONDS:
+            return
+        self._loop_writes_resume_at = time.monotonic() + _LOOP_WRITES_PAUSE
+        log.warning(
+            "a write on the event loop took %.0f ms (the disk is behind the page cache);"
+            " writes go to the I/O threads for %.0f s",
+            seconds * 1000,
+            _LOOP_WRITES_PAUSE,
+        )
 
     # -- Storage ---------------------------------------------------------------------------
 
@@ -514,9 +543,11 @@ class LocalBatch:
         """:meth:`_publish_sync` for a batch of one deferred file, on the loop: nothing to
         await, so nothing can cancel it half-way (``_withdrawn`` stays False)."""
         held = last.take_buffers()
+        started = time.perf_counter()
         try:
             return self._publish_sync(last)
         finally:
+            self._storage.loop_write_took(time.perf_counter() - started)
             self._storage.release(held)
 
     def _publish_sync(self, last: LocalFile | None) -> list[str]:
@@ -678,9 +709,9 @@ class LocalFile:
     @property
     def writes_on_loop(self) -> bool:
         """Whether its last write, if the file is smaller than a block, is made on the loop's
-        own thread: without FSYNC (only the page cache to wait for), and not for an adopted
-        file, whose adopted bytes (a tus upload's, of any size) that write copies in."""
-        return not self._storage.fsync and self._adopted is None
+        own thread: when the storage's are (:attr:`LocalStorage.writes_on_loop`), and not for
+        an adopted file, whose adopted bytes (a tus upload's, of any size) that write copies in."""
+        return self._storage.writes_on_loop and self._adopted is None
 
     def adopt(self, source: str, length: int) -> None:
         """Its first ``length`` bytes are ``source``'s (:class:`Adopting`): the bytes written go
@@ -746,6 +777,7 @@ class LocalFile:
         buffers, size = self._buffers, self._buffered
         self._buffers, self._buffered = [], 0
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        started = time.perf_counter()
         try:
             self.write_sync(buffers, True)
         except Exception as error:  # the publish, which awaits it, raises it
@@ -753,6 +785,7 @@ class LocalFile:
         else:
             done.set_result(None)
         finally:
+            self._storage.loop_write_took(time.perf_counter() - started)
             self._storage.release(size)
         self.in_flight = done
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from clustr_aio.domain.errors import InsufficientStorage
+from clustr_aio.storage import local
 from clustr_aio.storage.base import BatchScope, Buffer, OnDisk
 from clustr_aio.storage.local import (
     INCOMING_DIR,
@@ -708,6 +709,49 @@ async def test_without_fsync_a_one_small_file_batch_is_published_on_the_loop(
         assert await publish_and_seal(batch) == ["one.jpg", "two.png"]
         assert len(linked_on) == 2
         assert threading.main_thread() not in linked_on
+    finally:
+        await storage.close()
+
+
+async def test_without_fsync_a_slow_write_on_the_loop_sends_the_next_ones_to_the_pool(
+    upload_dir: Path, monkeypatch: pytest.MonkeyPatch, linked_on: list[threading.Thread]
+) -> None:
+    """A write the kernel throttles (dirty pages ahead of the disk) would stall every
+    connection on the loop: after one slow loop write, small files go to the pool for a
+    while, then back to the loop."""
+    monkeypatch.setattr(local, "_LOOP_WRITES_PAUSE", 0.3)
+    writev = os.writev
+    written_on: list[threading.Thread] = []
+
+    def throttled_writev(fd: int, buffers: Sequence[Buffer], /) -> int:
+        written_on.append(threading.current_thread())
+        time.sleep(0.02)  # as balance_dirty_pages would
+        return writev(fd, buffers)
+
+    storage = LocalStorage(upload_dir, fsync=False, write_block=1024 * 1024, idle_flush=30)
+    await storage.open()
+    try:
+        monkeypatch.setattr(os, "writev", throttled_writev)
+        for name in ("slow.jpg", "pooled.jpg"):
+            batch = storage.batch()
+            await store(batch, name, JPEG * 10)
+            await store(batch, f"next-{name}", JPEG)
+            assert await publish_and_seal(batch) == [name, f"next-{name}"]
+        main = threading.main_thread()
+        assert written_on[0] is main  # the first file of the first batch, on the loop
+        assert main not in written_on[1:]
+        await asyncio.sleep(0.3)
+        linked_on.clear()
+        monkeypatch.setattr(os, "writev", writev)
+        assert await publish_and_seal_one(storage, "fast.jpg", JPEG) == ["fast.jpg"]
+        assert linked_on == [main]  # the pause is over
+        assert stored_files(upload_dir) == [
+            "fast.jpg",
+            "next-pooled.jpg",
+            "next-slow.jpg",
+            "pooled.jpg",
+            "slow.jpg",
+        ]
     finally:
         await storage.close()
 
