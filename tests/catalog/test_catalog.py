@@ -429,7 +429,7 @@ async def test_sqlite_commits_one_record_on_the_loop_unless_the_write_lock_is_ta
     another connection holds it, the add waits for it on the writer thread, and the loop goes
     on meanwhile."""
     path = upload_dir / SQLITE_FILE
-    catalog = sqlite.SqliteCatalog(path)
+    catalog = sqlite.SqliteCatalog(path, durable=False)
     await catalog.open()
     try:
         first = record("first.jpg")
@@ -453,7 +453,7 @@ async def test_sqlite_one_record_commits_on_the_loop_are_checkpointed(upload_dir
     """The loop's connection never checkpoints (that flushes files); the writer thread does,
     every so many of its commits, so the WAL is reused instead of growing with every upload."""
     path = upload_dir / SQLITE_FILE
-    catalog = sqlite.SqliteCatalog(path)
+    catalog = sqlite.SqliteCatalog(path, durable=False)
     await catalog.open()
     try:
         for n in range(1000):
