@@ -561,6 +561,19 @@ class SqliteCatalog:
         row = _one(self._reader().execute(query, (record_id, *_owner_parameter(owner))))
         return None if row is None else _record(row)
 
+    async def get_many(
+        self, record_ids: Sequence[str], *, owner: str | None = None
+    ) -> list[FileRecord]:
+        return await self._read(self._get_many_sync, list(dict.fromkeys(record_ids)), owner)
+
+    def _get_many_sync(self, record_ids: list[str], owner: str | None) -> list[FileRecord]:
+        query = (
+            f"SELECT {_COLUMNS} FROM files WHERE id IN (SELECT value FROM json_each(?))"
+            f" {_owned(owner)}"
+        )
+        rows = self._reader().execute(query, (json.dumps(record_ids), *_owner_parameter(owner)))
+        return [_record(row) for row in rows.fetchall()]
+
     async def page(
         self,
         *,
