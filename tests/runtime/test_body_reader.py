@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from yarl import URL
 
+from clustr_aio.ingest.hashing import BUDGET_BYTES
 from clustr_aio.runtime import body_reader
-from clustr_aio.runtime.body_reader import BlockPool, BodyReader, _exported
+from clustr_aio.runtime.body_reader import BLOCK, BlockPool, BodyReader, _exported
 from clustr_aio.storage.local import LocalStorage
 from clustr_aio.web.keys import STORAGE
 from tests.conftest import (
@@ -280,6 +281,20 @@ async def test_a_client_gone_mid_body_leaves_nothing_and_the_server_serves(
     assert len(taken) == 1
     await upload_ok(server, ("next.jpg", JPEG))
     assert stored_files(upload_dir) == ["next.jpg"]
+
+
+def test_the_pool_keeps_every_block_the_hashing_thread_may_still_be_reading() -> None:
+    # The hasher holds views of up to BUDGET_BYTES of pieces after the reader gave their blocks
+    # back; once it lets go, the next upload takes those blocks, none made anew.
+    pool = BlockPool(size=1024)
+    count = BUDGET_BYTES // BLOCK
+    blocks = [pool.take() for _ in range(count)]
+    hashing = [memoryview(block)[:10] for block in blocks]
+    for block in blocks:
+        pool.give(block)
+    hashing.clear()
+    again = [pool.take() for _ in range(count)]
+    assert {id(block) for block in again} == {id(block) for block in blocks}
 
 
 def test_a_block_is_reused_only_when_no_view_of_it_is_left() -> None:
