@@ -147,6 +147,18 @@ async def test_a_block_reused_while_seen_would_change_the_files(
     assert any((upload_dir / name).read_bytes() != data for name, data in files)
 
 
+async def test_a_long_body_keeps_more_free_blocks_only_while_it_is_read(
+    server: Client, upload_dir: Path, taken: list[BodyReader]
+) -> None:
+    files = [(f"f{n}.jpg", photo(MIB, n)) for n in range(4)]  # 4 MiB: a long body
+    await upload_ok(server, *files)
+    assert len(taken) == 1
+    assert body_reader.POOL.long_readers == 0
+    assert len(body_reader.POOL._free) <= _KEPT  # more were kept while it was read (9 here)
+    for name, data in files:
+        assert (upload_dir / name).read_bytes() == data
+
+
 async def test_the_connection_serves_what_is_pipelined_behind_the_body(
     server: Client, upload_dir: Path, taken: list[BodyReader]
 ) -> None:
