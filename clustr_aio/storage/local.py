@@ -682,7 +682,12 @@ def _take_out(storage: LocalStorage, trash: Path, names: dict[int, str]) -> None
     the background; names already gone are passed over. Unlinking them would free their
     inodes, which costs this machine's ext4 0.7 ms a file: 10,000 files held the answer for
     7-14 s; a rename takes a file out for a fraction of that."""
-    trash.mkdir()
+    try:
+        trash.mkdir()
+    except FileNotFoundError:  # an operator removed .incoming (see create_temporary)
+        if not storage._restore_own_dir_sync():
+            raise
+        trash.mkdir()
     for n, name in names.items():
         with contextlib.suppress(FileNotFoundError):
             os.rename(storage.folder / name, trash / str(n))

@@ -58,12 +58,14 @@ async def test_uploads_and_readyz_recover_when_incoming_is_removed(
     """An operator cleaning up the temporary files under a running server (``rm -r .incoming``)
     does not break uploads until a restart: the next one makes the directory again."""
     client = await make_client()
-    assert (await upload(client, ("a.jpg", JPEG))).status == 200
+    [first] = (await (await upload(client, ("a.jpg", JPEG))).json())["data"]
+    shutil.rmtree(upload_dir / ".incoming")
+    assert (await client.delete(f"/api/files/{first['id']}")).status == 204
     shutil.rmtree(upload_dir / ".incoming")
     response = await upload(client, ("b.jpg", JPEG), ("c.jpg", JPEG + bytes(3 << 20)))
     assert response.status == 200, await response.text()
     assert (await client.get("/readyz")).status == 200
-    assert stored_files(upload_dir) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert stored_files(upload_dir) == ["b.jpg", "c.jpg"]
 
 
 async def test_readyz_is_503_on_a_read_only_filesystem(
