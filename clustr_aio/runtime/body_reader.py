@@ -81,7 +81,8 @@ block given back while the thread has yet to hash its pieces is not free for the
 its open batch and the one it hashes hold 8-10 blocks: with 4 kept, the reader made a block
 anew for every third it took in bench B (500 photos: about 270 of 930), each zeroed and
 faulted in on the loop (3,478 page faults per upload against 442 with these), the one it
-replaced freed by whoever let go of its last view, often the hashing thread, holding the GIL.
+replaced freed by whoever let go of its last view, often the hashing thread, holding the GIL
+(a few ms per upload in all: below what bench.ab tells apart on a shared machine).
 Once no long body is being read the pool goes back to :data:`_KEPT`: kept all the time, the
 blocks took heap that the short bodies' reads would have reused (bench C peaked at 68 MiB
 instead of 61)."""
