@@ -16,10 +16,11 @@ as for its next request: keep-alive and pipelining go on as before.
 once it is not the buffer of the scanner's last window and no ``memoryview`` of it exists (a
 ``bytearray`` with a view cannot change its size, :func:`_exported`): a piece still queued for
 the disk, the hasher or a deferred file keeps its block out of use. Up to :data:`_KEPT` free
-blocks are kept by the process for the next upload; at most :data:`MAX_READERS` bodies are read
-this way at a time (a stalled one holds its block), and none once the connection guard counts a
-crowd (:data:`~clustr_aio.runtime.protocol.CROWD`): those take aiohttp's path, whose reads are
-16 KiB there.
+blocks are kept by the process for the next upload, :data:`_KEPT_LONG` while a long body is
+read (those the hashing thread is behind on come back a little later); at most
+:data:`MAX_READERS` bodies are read this way at a time (a stalled one holds its block), and
+none once the connection guard counts a crowd (:data:`~clustr_aio.runtime.protocol.CROWD`):
+those take aiohttp's path, whose reads are 16 KiB there.
 
 **Everything else takes aiohttp's path, unchanged**: a body of unknown length (chunked), one
 smaller than :data:`MIN_BODY`, one aiohttp holds whole already (pipelined with what follows), a
@@ -51,10 +52,11 @@ from typing import Final
 
 from aiohttp import hdrs, web
 
+from clustr_aio.ingest.hashing import BATCH_BYTES, BUDGET_BYTES
 from clustr_aio.ingest.multipart import ReadChunk, Window
 from clustr_aio.runtime.protocol import GuardedRequestHandler
 
-__all__ = ["MAX_READERS", "MIN_BODY", "BlockPool", "BodyReader", "body_chunks"]
+__all__ = ["LONG_BODY", "MAX_READERS", "MIN_BODY", "BlockPool", "BodyReader", "body_chunks"]
 
 BLOCK: Final = 256 * 1024
 """The size of each block the body is received into."""
@@ -69,6 +71,21 @@ MAX_READERS: Final = 4
 """Bodies read this way at a time, per process (each holds up to three blocks of its own)."""
 _KEPT: Final = 4
 """Free blocks kept for the next upload (a block made anew is zeroed first)."""
+LONG_BODY: Final = 2 * BATCH_BYTES
+"""A body at least this long (still to come at the hand-over) outlasts the hashing thread's
+lag: while one is read, the pool keeps :data:`_KEPT_LONG` blocks."""
+_KEPT_LONG: Final = BUDGET_BYTES // BLOCK
+"""Free blocks kept while a long body is read: as many as the hashing thread may still be
+reading (:data:`~clustr_aio.ingest.hashing.BUDGET_BYTES` of pieces wait for it at most). A
+block given back while the thread has yet to hash its pieces is not free for the next take, and
+its open batch and the one it hashes hold 8-10 blocks: with 4 kept, the reader made a block
+anew for every third it took in bench B (500 photos: about 270 of 930), each zeroed and
+faulted in on the loop (3,478 page faults per upload against 442 with these), the one it
+replaced freed by whoever let go of its last view, often the hashing thread, holding the GIL
+(a few ms per upload in all: below what bench.ab tells apart on a shared machine).
+Once no long body is being read the pool goes back to :data:`_KEPT`: kept all the time, the
+blocks took heap that the short bodies' reads would have reused (bench C peaked at 68 MiB
+instead of 61)."""
 _MIN_ROOM: Final = 16 * 1024
 """A block with less room than this left is retired: a read that small is not worth it."""
 _HIGH_WATER: Final = 2 * BLOCK
@@ -95,13 +112,15 @@ def _exported(block: bytearray) -> bool:
 class BlockPool:
     """The process's free blocks (on the loop thread only)."""
 
-    __slots__ = ("_free", "readers", "size")
+    __slots__ = ("_free", "long_readers", "readers", "size")
 
     def __init__(self, size: int = BLOCK) -> None:
         self.size = size
         self._free: list[bytearray] = []
         self.readers = 0
         """Bodies being read through this pool now."""
+        self.long_readers = 0
+        """Those of them that were :data:`LONG_BODY` or longer."""
 
     def take(self) -> bytearray:
         """A block nothing sees: a kept one, or a new one."""
@@ -115,8 +134,20 @@ class BlockPool:
 
     def give(self, block: bytearray) -> None:
         """``block`` is no longer any reader's; views of it may live on (see :meth:`take`)."""
-        if len(self._free) < _KEPT:
+        if len(self._free) < (_KEPT_LONG if self.long_readers else _KEPT):
             self._free.append(block)
+
+    def started(self, *, long: bool) -> None:
+        """A body is read through the pool from now on (``long``: :data:`LONG_BODY` or more)."""
+        self.readers += 1
+        self.long_readers += long
+
+    def finished(self, *, long: bool) -> None:
+        """A body :meth:`started` is no longer read."""
+        self.readers -= 1
+        self.long_readers -= long
+        if not self.long_readers:
+            del self._free[_KEPT:]
 
 
 POOL: Final = BlockPool()
@@ -172,6 +203,7 @@ class BodyReader(asyncio.BufferedProtocol):
         self._pool = pool
         self._remaining = remaining
         """Body bytes still to come from the socket."""
+        self._long = remaining >= LONG_BODY
         self._first = b""
         """What aiohttp had received of the body before the hand-over."""
         self._block: bytearray | None = None
@@ -214,7 +246,7 @@ class BodyReader(asyncio.BufferedProtocol):
         if remaining < MIN_BODY:
             return None
         reader = cls(connection, request, transport, remaining, pool)
-        pool.readers += 1
+        pool.started(long=reader._long)
         connection.body_taker = reader
         transport.set_protocol(reader)
         # What aiohttp received already comes first. Reading it may resume the transport
@@ -360,5 +392,5 @@ class BodyReader(asyncio.BufferedProtocol):
     def _finish(self) -> None:
         if self._connection.body_taker is self:
             self._connection.body_taker = None
-            self._pool.readers -= 1
+            self._pool.finished(long=self._long)
         self._scratch = None

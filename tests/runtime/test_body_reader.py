@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from yarl import URL
 
+from clustr_aio.ingest.hashing import BUDGET_BYTES
 from clustr_aio.runtime import body_reader
-from clustr_aio.runtime.body_reader import BlockPool, BodyReader, _exported
+from clustr_aio.runtime.body_reader import _KEPT, BLOCK, BlockPool, BodyReader, _exported
 from clustr_aio.storage.local import LocalStorage
 from clustr_aio.web.keys import STORAGE
 from tests.conftest import (
@@ -144,6 +145,18 @@ async def test_a_block_reused_while_seen_would_change_the_files(
     await upload_in_pieces(server, files, 1)
     assert taken
     assert any((upload_dir / name).read_bytes() != data for name, data in files)
+
+
+async def test_a_long_body_keeps_more_free_blocks_only_while_it_is_read(
+    server: Client, upload_dir: Path, taken: list[BodyReader]
+) -> None:
+    files = [(f"f{n}.jpg", photo(MIB, n)) for n in range(4)]  # 4 MiB: a long body
+    await upload_ok(server, *files)
+    assert len(taken) == 1
+    assert body_reader.POOL.long_readers == 0
+    assert len(body_reader.POOL._free) <= _KEPT  # more were kept while it was read (9 here)
+    for name, data in files:
+        assert (upload_dir / name).read_bytes() == data
 
 
 async def test_the_connection_serves_what_is_pipelined_behind_the_body(
@@ -280,6 +293,41 @@ async def test_a_client_gone_mid_body_leaves_nothing_and_the_server_serves(
     assert len(taken) == 1
     await upload_ok(server, ("next.jpg", JPEG))
     assert stored_files(upload_dir) == ["next.jpg"]
+
+
+def test_while_a_long_body_is_read_the_pool_keeps_what_the_hashing_thread_may_still_read() -> None:
+    # The hasher holds views of up to BUDGET_BYTES of pieces after the reader gave their blocks
+    # back; once it lets go, the reader takes those blocks again, none made anew.
+    pool = BlockPool(size=1024)
+    pool.started(long=True)
+    count = BUDGET_BYTES // BLOCK
+    blocks = [pool.take() for _ in range(count)]
+    hashing = [memoryview(block)[:10] for block in blocks]
+    for block in blocks:
+        pool.give(block)
+    hashing.clear()
+    again = [pool.take() for _ in range(count)]
+    assert {id(block) for block in again} == {id(block) for block in blocks}
+    for block in again:
+        pool.give(block)
+    pool.started(long=False)
+    pool.finished(long=True)  # a short body goes on: the pool keeps what a short one needs
+    assert pool.long_readers == 0
+    taken = [pool.take() for _ in range(count)]  # held: no id is reused
+    assert len({id(block) for block in taken} & {id(block) for block in blocks}) == _KEPT
+    pool.finished(long=False)
+    assert pool.readers == 0
+
+
+def test_short_bodies_keep_a_few_blocks() -> None:
+    pool = BlockPool(size=1024)
+    pool.started(long=False)
+    blocks = [pool.take() for _ in range(8)]
+    for block in blocks:
+        pool.give(block)
+    again = [pool.take() for _ in range(8)]  # held: no id is reused
+    assert len({id(block) for block in again} & {id(block) for block in blocks}) == _KEPT
+    pool.finished(long=False)
 
 
 def test_a_block_is_reused_only_when_no_view_of_it_is_left() -> None:
