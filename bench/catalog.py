@@ -151,7 +151,11 @@ async def measure(catalog: Catalog, records: int, *, seed: int = 11) -> CatalogF
 
 
 async def figures(backend: str, where: str, records: int = RECORDS) -> CatalogFigures:
-    catalog = PostgresCatalog(where) if backend == "postgresql" else SqliteCatalog(Path(where))
+    catalog = (
+        PostgresCatalog(where)
+        if backend == "postgresql"
+        else SqliteCatalog(Path(where), durable=False)
+    )
     started = time.perf_counter()
     await open_filled(catalog, records)
     print(

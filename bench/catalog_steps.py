@@ -95,7 +95,7 @@ async def _backend_steps(backend: str, where: str) -> dict[str, float]:
     catalog = (
         PostgresCatalog(where, min_size=1, max_size=1)  # one backend: its CPU is the query's
         if backend == "postgresql"
-        else SqliteCatalog(Path(where))
+        else SqliteCatalog(Path(where), durable=False)
     )
     await open_filled(catalog, RECORDS)
     try:

@@ -140,6 +140,12 @@ class Catalog(Protocol):
 
     async def get(self, record_id: str, *, owner: str | None = None) -> FileRecord | None: ...
 
+    async def get_many(
+        self, record_ids: Sequence[str], *, owner: str | None = None
+    ) -> list[FileRecord]:
+        """The records of these ids that exist, in no particular order: one query, not one
+        per id (a bulk delete of 1,000)."""
+
     async def page(
         self,
         *,

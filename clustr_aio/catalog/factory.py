@@ -34,7 +34,7 @@ async def open_catalog(settings: Settings) -> AsyncIterator[Catalog]:
         path = settings.upload_folder / SQLITE_FILE
         if url is not None:
             path = Path(unquote(urlsplit(url).path))
-        sqlite = SqliteCatalog(path)
+        sqlite = SqliteCatalog(path, durable=settings.fsync)
         await sqlite.open()
         catalog = sqlite
     try:

@@ -339,6 +339,16 @@ class PostgresCatalog:
         )
         return None if row is None else _record(row)
 
+    async def get_many(
+        self, record_ids: Sequence[str], *, owner: str | None = None
+    ) -> list[FileRecord]:
+        rows = await self.pool.fetch(
+            f"SELECT {_COLUMNS} FROM files WHERE id = ANY($1::uuid[]) {_owned(owner, 2)}",
+            _uuids(record_ids),
+            *_owner_parameter(owner),
+        )
+        return [_record(row) for row in rows]
+
     async def page(
         self,
         *,

@@ -318,10 +318,18 @@ def _now_us() -> int:
 
 
 class SqliteCatalog:
-    """Open with :meth:`open`, release with :meth:`close`."""
+    """Open with :meth:`open`, release with :meth:`close`.
 
-    def __init__(self, path: Path) -> None:
+    ``durable`` (``FSYNC=true``): every commit flushes the WAL before it returns
+    (``synchronous = FULL``), so the records of an upload answered 200 survive a power cut as
+    its files do; and no commit is made on the loop, which would wait for that flush. Without
+    it (``synchronous = NORMAL``) a commit survives the process, not the machine: the WAL is
+    flushed at checkpoints only, and after a power cut the reconciliation would adopt the
+    stored file under a new id and without its owner."""
+
+    def __init__(self, path: Path, *, durable: bool) -> None:
         self.path = path
+        self.durable = durable
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="clustr-catalog-w")
         self._readers = ThreadPoolExecutor(_READERS, thread_name_prefix="clustr-catalog-r")
         self._write_connection: sqlite3.Connection | None = None
@@ -361,7 +369,7 @@ class SqliteCatalog:
         connection = _connect(self.path)
         self._write_connection = connection
         connection.execute("PRAGMA journal_mode = WAL")  # persistent; outside any transaction
-        connection.execute("PRAGMA synchronous = NORMAL")  # in WAL: durable at checkpoints
+        connection.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
         connection.execute("BEGIN IMMEDIATE")
         try:
             version: int = connection.execute("PRAGMA user_version").fetchone()[0]
@@ -455,8 +463,9 @@ class SqliteCatalog:
         the writer thread runs a passive one (it waits for no reader, as SQLite's own
         autocheckpoint), and until it is done the commits queue behind it there, so that it
         can copy every frame and the WAL is restarted, not grown. (A RESTART checkpoint waits
-        for readers: a long read in any process would have held every commit.)"""
-        if self._checkpointing:
+        for readers: a long read in any process would have held every commit.) Never when
+        :attr:`durable`: the commit's flush would hold the loop."""
+        if self._checkpointing or self.durable:
             return False
         connection = self._loop_writer
         if connection is None:
@@ -551,6 +560,19 @@ class SqliteCatalog:
         query = f"SELECT {_COLUMNS} FROM files WHERE id = ? {_owned(owner)}"
         row = _one(self._reader().execute(query, (record_id, *_owner_parameter(owner))))
         return None if row is None else _record(row)
+
+    async def get_many(
+        self, record_ids: Sequence[str], *, owner: str | None = None
+    ) -> list[FileRecord]:
+        return await self._read(self._get_many_sync, list(dict.fromkeys(record_ids)), owner)
+
+    def _get_many_sync(self, record_ids: list[str], owner: str | None) -> list[FileRecord]:
+        query = (
+            f"SELECT {_COLUMNS} FROM files WHERE id IN (SELECT value FROM json_each(?))"
+            f" {_owned(owner)}"
+        )
+        rows = self._reader().execute(query, (json.dumps(record_ids), *_owner_parameter(owner)))
+        return [_record(row) for row in rows.fetchall()]
 
     async def page(
         self,

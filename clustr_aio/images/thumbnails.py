@@ -44,7 +44,7 @@ import itertools
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -418,15 +418,19 @@ class Thumbnailer:
         self._queue.put_nowait((0 if request else 1, next(self._order), job))
         return job
 
-    async def remove(self, file_key: str) -> None:
-        """Forget every thumbnail of a file (it was deleted); the removals counter moves on
-        once they are gone."""
-        self._seen.pop(file_key, None)
-        await asyncio.to_thread(self._remove_sync, self.cache_dir / file_key)
+    async def remove(self, file_keys: Sequence[str]) -> None:
+        """Forget every thumbnail of these files (they were deleted), in one trip to a thread;
+        the removals counter moves on once they are gone."""
+        for file_key in file_keys:
+            self._seen.pop(file_key, None)
+        if file_keys:
+            folders = [self.cache_dir / file_key for file_key in file_keys]
+            await asyncio.to_thread(self._remove_sync, folders)
 
-    def _remove_sync(self, folder: Path) -> None:
+    def _remove_sync(self, folders: list[Path]) -> None:
         with self._removing():
-            shutil.rmtree(folder, True)
+            for folder in folders:
+                shutil.rmtree(folder, True)
 
     def _removing(self) -> contextlib.AbstractContextManager[None]:
         """Around a removal: the removals counter moves on once it is done."""

@@ -212,8 +212,9 @@ class Settings(DeclaredSettings):
     )
     fsync: _Boolean = _setting(
         "true",
-        "Flush each file and its directory to disk before answering 200; off is faster but a"
-        " crash can lose files already reported as stored.",
+        "Flush each file, its directory and the embedded catalog's commit to disk before"
+        " answering 200; off is faster but a crash of the machine can lose files and records"
+        " already reported as stored.",
     )
     cors_origins: _Origins = _setting(
         "*",

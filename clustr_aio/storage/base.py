@@ -223,10 +223,12 @@ class DerivedStoring(Protocol):
 
 @runtime_checkable
 class Deleting(Protocol):
-    """Optional capability: remove a published file."""
+    """Optional capability: remove published files."""
 
-    async def delete(self, name: str) -> bool:
-        """Remove the stored file ``name``; False if there was none."""
+    async def delete(self, names: Sequence[str]) -> None:
+        """Remove the stored files ``names`` that exist, and what was derived from them: gone
+        from the store (and from ``/uploads``) when this returns. All of them at once, as the
+        store allows (one flush of the folder; a request per 1,000 objects)."""
 
 
 @runtime_checkable

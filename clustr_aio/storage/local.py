@@ -38,7 +38,9 @@ round trip to the pool and back cost more CPU than those calls (bench C0, issue 
 against 2.49 ms per request, measured beside nginx; an earlier measurement had found the
 loop's create dearer than the hop). So a small upload costs no thread round trip: none for
 its seal (without FSYNC), and none for the free-space check before its body, answered from a
-reading under a second old (:meth:`LocalStorage.ensure_room`).
+reading under a second old (:meth:`LocalStorage.ensure_room`). Those loop writes are timed: one
+the kernel held up (dirty pages ahead of the disk) sends the next ones to the pool for a while
+(:meth:`LocalStorage.loop_write_took`), where a stall holds one thread, not every connection.
 Memory: 300 uploads that sent 1 MB each and stalled held 300 MB of RAM, a block each. So the
 bytes received and not yet written, by all uploads together, are kept under ``memory_budget``:
 a write that finds it exceeded first hands its own file's bytes to the pool, then waits until
@@ -68,7 +70,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -100,6 +102,13 @@ _RESERVE_REACHED = "not enough storage space left for this upload; try again lat
 # half of this is refreshed in the background. The reserve itself is held by the pool's
 # checks as bytes are written and before every publish, which never use the reading.
 _SPACE_READING_SECONDS = 1.0
+# Without FSYNC small files are written on the loop's own thread: a copy into the page cache,
+# well under a millisecond for a block. Until the disk falls behind and the kernel throttles
+# writers (balance_dirty_pages sleeps a writer up to 200 ms a call): on the loop that stalls
+# every connection, on the pool one thread. A loop write slower than this sends the writes of
+# the next _LOOP_WRITES_PAUSE seconds to the pool.
+_SLOW_LOOP_WRITE_SECONDS = 0.01
+_LOOP_WRITES_PAUSE = 10.0
 _T = TypeVar("_T")
 
 
@@ -146,6 +155,8 @@ class LocalStorage:
         self._executor: ThreadPoolExecutor | None = None
         self._own_dir: Path | None = None
         self._lock_fd: int | None = None
+        self._restoring = threading.Lock()  # see _restore_own_dir_sync
+        self._loop_writes_resume_at = 0.0  # see loop_write_took
         # Where to start probing for a free numbered name, per desired name. Only a hint: the
         # atomic os.link decides, so a stale hint can cost a few probes but never a collision.
         self._next_number: dict[str, int] = {}
@@ -180,22 +191,20 @@ class LocalStorage:
                 e.name for e in entries if e.name[0] != "." and e.is_file(follow_symlinks=False)
             ]
 
-    async def delete(self, name: str) -> bool:
-        """Unlink the published file ``name`` (and, with FSYNC, make that durable)."""
-        if await self.locate(name) is None:
-            return False
-        return await self.run(self._delete_sync, name)
+    async def delete(self, names: Sequence[str]) -> None:
+        """Take the published files ``names`` out of the folder, in one pool call and (with
+        FSYNC) one flush of it, and free them in the background (see :func:`_take_out`)."""
+        plain = [name for name in dict.fromkeys(names) if self.path_of(name) is not None]
+        if plain:
+            self.remove_later([await self.run(self._delete_sync, plain)])
 
-    def _delete_sync(self, name: str) -> bool:
-        try:
-            os.unlink(self.folder / name)
-        except FileNotFoundError:
-            return False
-        if self.fsync:
-            fsync_directory(self.folder)
+    def _delete_sync(self, names: list[str]) -> Path:
+        assert self._own_dir is not None, "LocalStorage used before open()"
+        trash = self._own_dir / f"{_TRASH_PREFIX}{next(self._batch_numbers):x}-deleted"
+        _take_out(self, trash, dict(enumerate(names)))
         with self._numbers_lock:
             self._next_number.clear()  # a freed name is the first to be taken again
-        return True
+        return trash
 
     def resumable_uploads(self) -> LocalResumableStore:
         """Resumable (tus) uploads, kept in ``.tus`` beside the stored files (never served)."""
@@ -224,16 +233,41 @@ class LocalStorage:
         incoming.mkdir(parents=True, exist_ok=True)
         own = incoming / uuid.uuid4().hex
         own.mkdir()
-        # Lock the file before moving it into place: a process sweeping at this very moment
-        # finds the directory either without a lock file (young: spared) or with a held one,
-        # never with a free lock it may take for a dead owner's. (The sweep skips plain files.)
-        pending = incoming / f"{own.name}{_LOCK_FILE}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        lock_fd = os.open(pending, flags, 0o600)
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.rename(pending, own / _LOCK_FILE)
+        lock_fd = _lock_own_dir(own)
         sweep_stale_incoming(self.folder)
         return own, lock_fd
+
+    def create_temporary(self, path: str) -> int:
+        """Create the temporary file ``path`` in the process's own directory, open for writing.
+
+        An operator who cleans up ``.incoming`` (or the own directory) under a running server
+        would otherwise fail every upload with ENOENT until a restart; the directory is made
+        again, locked as at :meth:`open`, and the file created there. The upload folder itself
+        is never made again (an unmounted volume must fail uploads, not fill the disk under
+        it). A batch whose earlier files went with the directory still fails, at its publish."""
+        try:
+            return _create(path)
+        except FileNotFoundError:
+            if not self._restore_own_dir_sync():
+                raise
+            return _create(path)
+
+    def _restore_own_dir_sync(self) -> bool:
+        """Make the own directory again if it is gone and the folder is there; whether the
+        caller may try again. Pool threads and the loop may get here at once."""
+        with self._restoring:
+            own = self._own_dir
+            if own is None or not self.folder.is_dir():
+                return False
+            if own.is_dir():
+                return True  # another thread was first
+            own.parent.mkdir(exist_ok=True)
+            own.mkdir()
+            old_lock, self._lock_fd = self._lock_fd, _lock_own_dir(own)
+            if old_lock is not None:
+                os.close(old_lock)  # its file went with the directory
+            log.warning("%s was removed while the server ran; made it again", own)
+            return True
 
     def _close_sync(self) -> None:
         if self._own_dir is not None:
@@ -251,6 +285,25 @@ class LocalStorage:
         fewer per upload than ``ensure_future(run(...))``)."""
         assert self._executor is not None, "LocalStorage used before open()"
         return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @property
+    def writes_on_loop(self) -> bool:
+        """Whether a small file may be written on the loop's own thread now: without FSYNC
+        (only the page cache to wait for), unless such a write was slow lately."""
+        return not self.fsync and time.monotonic() >= self._loop_writes_resume_at
+
+    def loop_write_took(self, seconds: float) -> None:
+        """A write made on the loop took ``seconds``: a slow one (the kernel throttling a
+        writer whose dirty pages outran the disk) sends the next ones to the pool for a while."""
+        if seconds < _SLOW_LOOP_WRITE_SECONDS:
+            return
+        self._loop_writes_resume_at = time.monotonic() + _LOOP_WRITES_PAUSE
+        log.warning(
+            "a write on the event loop took %.0f ms (the disk is behind the page cache);"
+            " writes go to the I/O threads for %.0f s",
+            seconds * 1000,
+            _LOOP_WRITES_PAUSE,
+        )
 
     # -- Storage ---------------------------------------------------------------------------
 
@@ -345,7 +398,7 @@ class LocalStorage:
         assert self._own_dir is not None, "LocalStorage used before open()"
         name = f".ready-{uuid.uuid4().hex}"
         probe = self._own_dir / name
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        os.close(self.create_temporary(os.fspath(probe)))
         try:
             os.link(probe, self.folder / name)
             os.unlink(self.folder / name)
@@ -488,9 +541,11 @@ class LocalBatch:
         """:meth:`_publish_sync` for a batch of one deferred file, on the loop: nothing to
         await, so nothing can cancel it half-way (``_withdrawn`` stays False)."""
         held = last.take_buffers()
+        started = time.perf_counter()
         try:
             return self._publish_sync(last)
         finally:
+            self._storage.loop_write_took(time.perf_counter() - started)
             self._storage.release(held)
 
     def _publish_sync(self, last: LocalFile | None) -> list[str]:
@@ -615,19 +670,29 @@ class LocalBatch:
         return trash
 
     def _withdraw_sync(self, names: dict[int, str]) -> Path:
-        """Take published files out of the folder, into a trash folder of their own; return
-        it. Unlinking them would free their inodes, which costs this machine's ext4 0.7 ms a
-        file: 10,000 files held the answer for 7-14 s. A rename into the process's own
-        directory (never served, swept after a crash) takes them out for a fraction of that."""
-        storage = self._storage
+        """Take published files out of the folder (:func:`_take_out`); their trash folder."""
         trash = self._dir / f"{_TRASH_PREFIX}{self._id}-{next(self._trash_count)}"
-        trash.mkdir()
-        for n, name in names.items():
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(storage.folder / name, trash / str(n))
-        if storage.fsync:
-            fsync_directory(storage.folder)
+        _take_out(self._storage, trash, names)
         return trash
+
+
+def _take_out(storage: LocalStorage, trash: Path, names: dict[int, str]) -> None:
+    """Move published files (slot: name) out of the folder into the new folder ``trash`` in the
+    process's own directory (never served, swept after a crash), for the caller to remove in
+    the background; names already gone are passed over. Unlinking them would free their
+    inodes, which costs this machine's ext4 0.7 ms a file: 10,000 files held the answer for
+    7-14 s; a rename takes a file out for a fraction of that."""
+    try:
+        trash.mkdir()
+    except FileNotFoundError:  # an operator removed .incoming (see create_temporary)
+        if not storage._restore_own_dir_sync():
+            raise
+        trash.mkdir()
+    for n, name in names.items():
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(storage.folder / name, trash / str(n))
+    if storage.fsync:
+        fsync_directory(storage.folder)
 
 
 class LocalFile:
@@ -652,9 +717,9 @@ class LocalFile:
     @property
     def writes_on_loop(self) -> bool:
         """Whether its last write, if the file is smaller than a block, is made on the loop's
-        own thread: without FSYNC (only the page cache to wait for), and not for an adopted
-        file, whose adopted bytes (a tus upload's, of any size) that write copies in."""
-        return not self._storage.fsync and self._adopted is None
+        own thread: when the storage's are (:attr:`LocalStorage.writes_on_loop`), and not for
+        an adopted file, whose adopted bytes (a tus upload's, of any size) that write copies in."""
+        return self._storage.writes_on_loop and self._adopted is None
 
     def adopt(self, source: str, length: int) -> None:
         """Its first ``length`` bytes are ``source``'s (:class:`Adopting`): the bytes written go
@@ -720,6 +785,7 @@ class LocalFile:
         buffers, size = self._buffers, self._buffered
         self._buffers, self._buffered = [], 0
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        started = time.perf_counter()
         try:
             self.write_sync(buffers, True)
         except Exception as error:  # the publish, which awaits it, raises it
@@ -727,6 +793,7 @@ class LocalFile:
         else:
             done.set_result(None)
         finally:
+            self._storage.loop_write_took(time.perf_counter() - started)
             self._storage.release(size)
         self.in_flight = done
 
@@ -793,7 +860,7 @@ class LocalFile:
                     except OSError as error:  # no hard links here (EXDEV, EPERM…): a copy
                         if error.errno in _NO_SPACE or error.errno in _NO_DESCRIPTORS:
                             raise
-                self._fd = _create(self.path)
+                self._fd = self._storage.create_temporary(self.path)
                 if adopted is not None:
                     os.lseek(self._fd, adopted[1], os.SEEK_SET)
             write_all(self._fd, buffers)
@@ -835,9 +902,34 @@ class LocalFile:
 
 
 def _create(path: str) -> int:
-    # No mkdir: if the upload folder is gone (an unmounted volume), fail rather than recreate it
-    # on the disk underneath.
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+
+
+def _lock_own_dir(own: Path) -> int:
+    """Give the new directory ``own`` its held lock file; the lock's descriptor.
+
+    The file is locked before it is moved into place: a process sweeping at this very moment
+    finds the directory either without a lock file (young: spared) or with a held one, never
+    with a free lock it may take for a dead owner's. (The sweep skips plain files.)"""
+    with placed_locked(own.parent / f"{own.name}{_LOCK_FILE}", own / _LOCK_FILE) as lock_fd:
+        return lock_fd
+
+
+@contextlib.contextmanager
+def placed_locked(pending: Path, final: Path, *, flags: int = os.O_WRONLY) -> Iterator[int]:
+    """A new file made at ``pending`` and flock-ed, its descriptor for the body to fill, then
+    renamed to ``final``: whoever finds it at ``final`` finds it locked. On failure the
+    descriptor is closed and ``pending`` removed; on success it stays open (it holds the lock)."""
+    fd = os.open(pending, flags | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield fd
+        os.rename(pending, final)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pending)
+        raise
 
 
 def _copy_start(source: str, fd: int, length: int) -> None:

@@ -50,7 +50,7 @@ from typing import Any, TypeVar
 from clustr_aio.domain.errors import InsufficientStorage, NotFound, UploadLocked
 from clustr_aio.storage.base import Buffer
 from clustr_aio.storage.journal import fsync_directory
-from clustr_aio.storage.local import copy_start, write_all
+from clustr_aio.storage.local import copy_start, placed_locked, write_all
 from clustr_aio.storage.resumable import Digest, UploadInfo
 
 __all__ = ["TUS_DIR", "LocalResumableStore"]
@@ -428,16 +428,8 @@ def _cut(directory: Path, fd: int, size: int) -> int:
         os.ftruncate(fd, size)
         return fd
     temporary = directory / f".{_DATA}.{os.getpid()}.{time.monotonic_ns()}"
-    new = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(new, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with placed_locked(temporary, directory / _DATA, flags=os.O_RDWR) as new:
         copy_start(fd, new, size)
-        os.rename(temporary, directory / _DATA)
-    except BaseException:
-        os.close(new)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
     os.close(fd)
     return new
 

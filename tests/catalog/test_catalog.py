@@ -229,6 +229,18 @@ async def test_add_unique_from_two_processes_at_once_stores_the_bytes_once(
         assert len(await one.stored_names()) == 20
 
 
+async def test_get_many_answers_what_exists_once_and_only_the_owners(catalog: Catalog) -> None:
+    a, b = record("a.jpg"), record("b.jpg")
+    theirs = dataclasses.replace(record("t.jpg"), owner="them")
+    await catalog.add([a, b, theirs])
+    found = await catalog.get_many([b.id, new_id(), a.id, b.id, theirs.id])
+    assert sorted(found, key=lambda r: r.id) == sorted([a, b, theirs], key=lambda r: r.id)
+    assert await catalog.get_many([a.id, theirs.id], owner="them") == [theirs]
+    assert await catalog.get_many([]) == []
+    many = [new_id() for _ in range(2000)] + [a.id]  # more than SQLite's parameters
+    assert await catalog.get_many(many) == [a]
+
+
 async def test_delete_answers_what_existed(catalog: Catalog) -> None:
     a, b = record("a.jpg"), record("b.jpg")
     await catalog.add([a, b])
@@ -429,7 +441,7 @@ async def test_sqlite_commits_one_record_on_the_loop_unless_the_write_lock_is_ta
     another connection holds it, the add waits for it on the writer thread, and the loop goes
     on meanwhile."""
     path = upload_dir / SQLITE_FILE
-    catalog = sqlite.SqliteCatalog(path)
+    catalog = sqlite.SqliteCatalog(path, durable=False)
     await catalog.open()
     try:
         first = record("first.jpg")
@@ -453,7 +465,7 @@ async def test_sqlite_one_record_commits_on_the_loop_are_checkpointed(upload_dir
     """The loop's connection never checkpoints (that flushes files); the writer thread does,
     every so many of its commits, so the WAL is reused instead of growing with every upload."""
     path = upload_dir / SQLITE_FILE
-    catalog = sqlite.SqliteCatalog(path)
+    catalog = sqlite.SqliteCatalog(path, durable=False)
     await catalog.open()
     try:
         for n in range(1000):

@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import dataclasses
 import sqlite3
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from tests.catalog.test_catalog import record
 
 @pytest.fixture
 async def catalog(upload_dir: Path) -> AsyncIterator[sqlite.SqliteCatalog]:
-    opened = sqlite.SqliteCatalog(upload_dir / SQLITE_FILE)
+    opened = sqlite.SqliteCatalog(upload_dir / SQLITE_FILE, durable=False)
     await opened.open()
     try:
         yield opened
@@ -68,3 +69,42 @@ async def test_a_turn_whose_write_lock_is_taken_waits_for_it_on_the_writer_threa
         await asyncio.wait_for(waiting, 10)
     assert catalog._loop_commits == 0
     assert sorted(await catalog.stored_names()) == sorted(r.stored_name for r in records)
+
+
+async def test_a_durable_catalog_commits_a_turns_adds_as_one_flushed_transaction_off_the_loop(
+    upload_dir: Path,
+) -> None:
+    """FSYNC=true: every commit flushes the WAL (``synchronous = FULL``: the records of a 200
+    survive a power cut), so none is made on the loop, which would wait for the flush; the
+    adds of one turn still share one transaction, and so one flush, on the writer thread."""
+    catalog = sqlite.SqliteCatalog(upload_dir / SQLITE_FILE, durable=True)
+    await catalog.open()
+    try:
+        transactions: list[tuple[str, int]] = []
+        transaction = catalog._transaction
+
+        def noting(statement: str, rows: Sequence[Sequence[object]]) -> int:
+            transactions.append((threading.current_thread().name, len(rows)))
+            return transaction(statement, rows)
+
+        catalog._transaction = noting  # type: ignore[method-assign]
+        records = [record(f"{n}.jpg") for n in range(8)]
+        await asyncio.gather(*(catalog.add([r]) for r in records))
+        assert catalog._loop_commits == 0
+        [(thread, rows)] = transactions
+        assert thread.startswith("clustr-catalog-w")
+        assert rows == 8
+        assert sorted(await catalog.stored_names()) == sorted(r.stored_name for r in records)
+        assert await catalog._write(_synchronous, catalog) == FULL
+    finally:
+        await catalog.close()
+
+
+FULL = 2
+"""``PRAGMA synchronous``'s answer for FULL (NORMAL is 1)."""
+
+
+def _synchronous(catalog: sqlite.SqliteCatalog) -> int:
+    assert catalog._write_connection is not None
+    value: int = catalog._write_connection.execute("PRAGMA synchronous").fetchone()[0]
+    return value

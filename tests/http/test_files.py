@@ -144,6 +144,32 @@ async def test_a_deleted_file_is_gone_from_the_catalog_the_disk_and_uploads(
     assert again["stored_filename"] == "a.jpg"
 
 
+@pytest.mark.parametrize("fsync", [True, False], ids=["fsync", "no-fsync"])
+async def test_a_bulk_delete_removes_every_file_at_once_and_leaves_nothing_behind(
+    catalogued: MakeClient, upload_dir: Path, fsync: bool
+) -> None:
+    """The files go in one step (a rename each into the process's directory, one flush of
+    the folder), then their records; the renamed files are freed in the background."""
+    client = await catalogued(fsync=fsync)
+    items = await upload_ok(client, *[(f"{n}.jpg", jpeg(n)) for n in range(40)])
+    doomed = [item["id"] for item in items[::2]]
+    unknown = new_id()
+    response = await client.post("/api/files/delete", json={"ids": [*doomed, unknown]})
+    assert await response.json() == {"deleted": doomed, "missing": [unknown]}
+    kept = [item["stored_filename"] for item in items[1::2]]
+    assert stored_files(upload_dir) == sorted(kept)
+    for item in items[:4]:
+        status = (await client.get(f"/uploads/{item['stored_filename']}")).status
+        assert status == (404 if item["id"] in doomed else 200)
+    assert [i["id"] for i in await list_all(client, order="oldest")] == [
+        item["id"] for item in items[1::2]
+    ]
+    await eventually(lambda: temp_files(upload_dir) == [])  # the trash is freed too
+    # Their names are free again, the lowest first.
+    [again] = await upload_ok(client, ("0.jpg", JPEG))
+    assert again["stored_filename"] == "0.jpg"
+
+
 async def test_check_answers_in_request_order(catalogued: MakeClient) -> None:
     client = await catalogued()
     [a, b] = await upload_ok(client, ("a.jpg", JPEG), ("b.png", PNG))

@@ -52,6 +52,22 @@ async def test_readyz_is_503_when_the_upload_folder_is_gone(
     assert "No such file or directory" in detail
 
 
+async def test_uploads_and_readyz_recover_when_incoming_is_removed(
+    make_client: MakeClient, upload_dir: Path
+) -> None:
+    """An operator cleaning up the temporary files under a running server (``rm -r .incoming``)
+    does not break uploads until a restart: the next one makes the directory again."""
+    client = await make_client()
+    [first] = (await (await upload(client, ("a.jpg", JPEG))).json())["data"]
+    shutil.rmtree(upload_dir / ".incoming")
+    assert (await client.delete(f"/api/files/{first['id']}")).status == 204
+    shutil.rmtree(upload_dir / ".incoming")
+    response = await upload(client, ("b.jpg", JPEG), ("c.jpg", JPEG + bytes(3 << 20)))
+    assert response.status == 200, await response.text()
+    assert (await client.get("/readyz")).status == 200
+    assert stored_files(upload_dir) == ["b.jpg", "c.jpg"]
+
+
 async def test_readyz_is_503_on_a_read_only_filesystem(
     aiohttp_client: AiohttpClient, tmp_path: Path
 ) -> None:

@@ -210,9 +210,13 @@ async def test_remove_forgets_every_size_and_format(
     source = image_file(tmp_path / "p.jpg", (300, 200))
     made = [await get(thumbnailer, source, size, fmt) for size in (64, 128) for fmt in FORMATS]
     assert all(t.path.exists() for t in made)
-    await thumbnailer.remove("f1")
+    kept = await thumbnailer.get(
+        source, file_key="f2", content_hash="b" * 64, size=64, fmt=FORMATS["webp"]
+    )
+    await thumbnailer.remove(["f1", "f3"])  # f3 has none
     assert not (cache / "f1").exists()
     assert not any(t.path.exists() for t in made)
+    assert kept.path.exists()
 
 
 def test_render_errors_name_no_path(tmp_path: Path) -> None:

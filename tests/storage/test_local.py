@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from clustr_aio.domain.errors import InsufficientStorage
+from clustr_aio.storage import local
 from clustr_aio.storage.base import BatchScope, Buffer, OnDisk
 from clustr_aio.storage.local import (
     INCOMING_DIR,
@@ -266,6 +267,37 @@ async def test_a_vanished_upload_folder_is_not_recreated(
         await store(batch, "a.jpg", JPEG + bytes(2 * BLOCK))
     await batch.discard()
     assert not await asyncio.to_thread(upload_dir.exists)
+
+
+@pytest.mark.parametrize("fsync", [True, False], ids=["fsync", "no-fsync"])
+@pytest.mark.parametrize("size", [100, 3 * BLOCK], ids=["small", "blocks"])
+async def test_a_removed_incoming_folder_is_made_again_for_the_next_batch(
+    upload_dir: Path, fsync: bool, size: int
+) -> None:
+    """An operator's ``rm -r .incoming`` under a running server: the next upload makes the
+    process's directory again, with a held lock (a starting worker's sweep spares it), instead
+    of every upload failing until a restart."""
+    storage = LocalStorage(upload_dir, write_block=BLOCK, fsync=fsync)
+    await storage.open()
+    try:
+        [own] = own_dirs(upload_dir)
+        shutil.rmtree(upload_dir / INCOMING_DIR)
+        data = JPEG + bytes(size)
+        assert await publish_and_seal_one(storage, "a.jpg", data) == ["a.jpg"]
+        assert (upload_dir / "a.jpg").read_bytes() == data
+        assert own_dirs(upload_dir) == [own]
+        assert held_by_someone(own / ".lock")
+        assert sweep_stale_incoming(upload_dir) == []
+        await storage.check_writable()
+    finally:
+        await storage.close()
+    assert own_dirs(upload_dir) == []
+
+
+async def publish_and_seal_one(storage: LocalStorage, name: str, data: bytes) -> list[str]:
+    batch = storage.batch()
+    await store(batch, name, data)
+    return await publish_and_seal(batch)
 
 
 async def test_a_publish_cancelled_midway_is_taken_back(
@@ -677,6 +709,49 @@ async def test_without_fsync_a_one_small_file_batch_is_published_on_the_loop(
         assert await publish_and_seal(batch) == ["one.jpg", "two.png"]
         assert len(linked_on) == 2
         assert threading.main_thread() not in linked_on
+    finally:
+        await storage.close()
+
+
+async def test_without_fsync_a_slow_write_on_the_loop_sends_the_next_ones_to_the_pool(
+    upload_dir: Path, monkeypatch: pytest.MonkeyPatch, linked_on: list[threading.Thread]
+) -> None:
+    """A write the kernel throttles (dirty pages ahead of the disk) would stall every
+    connection on the loop: after one slow loop write, small files go to the pool for a
+    while, then back to the loop."""
+    monkeypatch.setattr(local, "_LOOP_WRITES_PAUSE", 0.3)
+    writev = os.writev
+    written_on: list[threading.Thread] = []
+
+    def throttled_writev(fd: int, buffers: Sequence[Buffer], /) -> int:
+        written_on.append(threading.current_thread())
+        time.sleep(0.02)  # as balance_dirty_pages would
+        return writev(fd, buffers)
+
+    storage = LocalStorage(upload_dir, fsync=False, write_block=1024 * 1024, idle_flush=30)
+    await storage.open()
+    try:
+        monkeypatch.setattr(os, "writev", throttled_writev)
+        for name in ("slow.jpg", "pooled.jpg"):
+            batch = storage.batch()
+            await store(batch, name, JPEG * 10)
+            await store(batch, f"next-{name}", JPEG)
+            assert await publish_and_seal(batch) == [name, f"next-{name}"]
+        main = threading.main_thread()
+        assert written_on[0] is main  # the first file of the first batch, on the loop
+        assert main not in written_on[1:]
+        await asyncio.sleep(0.3)
+        linked_on.clear()
+        monkeypatch.setattr(os, "writev", writev)
+        assert await publish_and_seal_one(storage, "fast.jpg", JPEG) == ["fast.jpg"]
+        assert linked_on == [main]  # the pause is over
+        assert stored_files(upload_dir) == [
+            "fast.jpg",
+            "next-pooled.jpg",
+            "next-slow.jpg",
+            "pooled.jpg",
+            "slow.jpg",
+        ]
     finally:
         await storage.close()
 

@@ -247,6 +247,20 @@ async def test_delete_removes_the_object_and_what_was_derived_from_it(
     assert keep[0]["stored_filename"] == "dd.png"
 
 
+async def test_a_bulk_delete_removes_every_object_and_what_was_derived_from_each(
+    client: Client, seaweedfs_server: SeaweedServer, bucket: str
+) -> None:
+    items = await upload_ok(client, *[(f"{n}.png", PNG) for n in range(20)])
+    storage = client.app[__import__("clustr_aio.web.keys").web.keys.STORAGE]
+    assert isinstance(storage, S3Storage)
+    for item in items:
+        await storage.put_derived(item["stored_filename"], "320.webp", b"thumb", "image/webp")
+    doomed = items[:-1]
+    response = await client.post("/api/files/delete", json={"ids": [i["id"] for i in doomed]})
+    assert (await response.json())["missing"] == []
+    assert seaweedfs_server.keys(bucket) == [".derived/19.png/320.webp", "19.png"]
+
+
 async def test_proxy_mode_streams_with_ranges_and_preconditions(
     aiohttp_client: AiohttpClient, upload_dir: Path, seaweedfs_server: SeaweedServer, bucket: str
 ) -> None:

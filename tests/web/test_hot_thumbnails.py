@@ -409,8 +409,8 @@ async def test_a_file_deleted_by_another_worker_is_a_404_at_once(
     # the host's removals counter): the file, the thumbnails, then the record.
     other = Thumbnailer(upload_dir / ".thumbnails")
     await other.start()
-    await hot.app[STORAGE].delete(item["stored_filename"])  # type: ignore[attr-defined]
-    await other.remove(item["id"])
+    await hot.app[STORAGE].delete([item["stored_filename"]])  # type: ignore[attr-defined]
+    await other.remove([item["id"]])
     await other.close()
     await hot.app[CATALOG].delete([item["id"]])
     assert await expect_error(await hot.get(url), 404) == f"no stored file has id {item['id']!r}"

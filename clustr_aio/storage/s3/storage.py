@@ -25,7 +25,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -66,6 +66,8 @@ _MAX_NAME_ATTEMPTS: Final = 10_000
 _READ_CHUNK: Final = 256 * 1024
 _DOWNLOAD_CHUNK: Final = 1024 * 1024
 _IMMUTABLE: Final = "public, max-age=31536000, immutable"
+_LISTINGS_AT_ONCE: Final = 16
+"""A bulk delete lists the objects derived from this many files at once (a request each)."""
 
 
 class S3Storage:
@@ -220,17 +222,20 @@ class S3Storage:
 
     # -- Deleting ----------------------------------------------------------------------------
 
-    async def delete(self, name: str) -> bool:
-        """Delete the file's object and every object derived from it."""
-        if not is_stored_name(name):
-            return False
-        bucket = self.config.bucket
+    async def delete(self, names: Sequence[str]) -> None:
+        """Delete the files' objects and every object derived from them, up to 1,000 keys a
+        request; the derived ones are listed for :data:`_LISTINGS_AT_ONCE` files at a time."""
+        stored = [name for name in dict.fromkeys(names) if is_stored_name(name)]
+        keys = [self.keys.file(name) for name in stored]
         with store_errors("DELETE"):
-            derived = [key async for key in self._keys_under(self.keys.derived_prefix(name))]
-            existed = await self._head(name) is not None
-            await self.client.delete_object(Bucket=bucket, Key=self.keys.file(name))
-            await self._delete_keys(derived)
-        return existed
+            for start in range(0, len(stored), _LISTINGS_AT_ONCE):
+                some = stored[start : start + _LISTINGS_AT_ONCE]
+                listings = await asyncio.gather(*(self._derived_keys(name) for name in some))
+                keys += [key for listed in listings for key in listed]
+            await self._delete_keys(keys)
+
+    async def _derived_keys(self, name: str) -> list[str]:
+        return [key async for key in self._keys_under(self.keys.derived_prefix(name))]
 
     async def _delete_keys(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):
@@ -330,8 +335,7 @@ class S3Storage:
             if modified.timestamp() < cutoff:  # a probe whose delete never came
                 await self.client.delete_object(Bucket=self.config.bucket, Key=key)
         orphans = await _unrecorded(old, recorded)
-        for name in orphans:
-            await self.delete(name)
+        await self.delete(orphans)
         # Derived files (thumbnails) of a file deleted while another instance was making them.
         derived: dict[str, list[str]] = {}
         async for key, modified in self._objects(self.keys.prefix + DERIVED):

@@ -274,11 +274,10 @@ async def _delete(request: web.Request, record_ids: list[str]) -> list[str]:
     if not isinstance(storage, Deleting):
         raise web.HTTPMethodNotAllowed(request.method, [], text="this storage cannot delete")
     owner = await visible_owner(request)
-    found = [r for r in [await catalog.get(i, owner=owner) for i in record_ids] if r is not None]
-    for record in found:
-        await storage.delete(record.stored_name)
-        await request.app[THUMBNAILER].remove(record.id)
-    deleted = await catalog.delete([r.id for r in found], owner=owner)
+    found = await catalog.get_many(record_ids, owner=owner)
+    await storage.delete([record.stored_name for record in found])
+    await request.app[THUMBNAILER].remove([record.id for record in found])
+    deleted = await catalog.delete([record.id for record in found], owner=owner)
     return [record.id for record in deleted]
 
 
