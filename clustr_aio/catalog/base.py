@@ -217,8 +217,10 @@ class Catalog(Protocol):
     async def release(self, reservation: str) -> None:
         """Drop the reservation (its upload ended: its files, if any, are committed)."""
 
-    async def stored_names(self) -> dict[str, str]:
-        """Every record's stored name and id (for the start-up reconciliation)."""
+    async def stored_names_after(self, after: str | None, limit: int) -> list[tuple[str, str]]:
+        """Up to ``limit`` records' (stored name, id), in stored-name order, those after the
+        name ``after`` only (a keyset page): the start-up reconciliation walks the catalog
+        with it, a page at a time."""
 
     async def check(self) -> None:
         """Raise :class:`~clustr_aio.domain.errors.CatalogUnavailable` if the catalog cannot

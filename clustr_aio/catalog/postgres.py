@@ -496,9 +496,14 @@ class PostgresCatalog:
             "DELETE FROM quota_reservations WHERE id = $1 OR lease_until <= now()", reservation
         )
 
-    async def stored_names(self) -> dict[str, str]:
-        rows = await self.pool.fetch("SELECT stored_name, id FROM files")
-        return {row["stored_name"]: str(row["id"]) for row in rows}
+    async def stored_names_after(self, after: str | None, limit: int) -> list[tuple[str, str]]:
+        rows = await self.pool.fetch(
+            "SELECT stored_name, id FROM files WHERE stored_name > $1 ORDER BY stored_name"
+            " LIMIT $2",
+            "" if after is None else after,
+            limit,
+        )
+        return [(row["stored_name"], str(row["id"])) for row in rows]
 
     async def recorded(self, stored_names: Collection[str]) -> set[str]:
         rows = await self.pool.fetch(

@@ -23,7 +23,7 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from clustr_aio.catalog.base import Catalog, FileRecord
 from clustr_aio.catalog.ids import id_time, new_id
@@ -35,7 +35,8 @@ __all__ = ["Reconciled", "reconcile", "sweep_orphans"]
 
 log = logging.getLogger("clustr_aio.catalog")
 _READ_BLOCK: Final = 1024 * 1024
-_ADOPT_BATCH: Final = 1000
+_CHUNK: Final = 1000
+"""Records and files walked at a time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,29 +48,19 @@ class Reconciled:
 
 
 async def reconcile(catalog: Catalog, storage: Storage) -> Reconciled | None:
-    """Reconcile, unless another process is at it (None) or the storage cannot be listed."""
+    """Reconcile, unless another process is at it (None) or the storage cannot be listed.
+
+    Both sides are walked a chunk at a time, never held whole: a million records and files
+    held 400 MB at every start when they were (their names, twice, and the records' ids)."""
     if not isinstance(storage, Listing) or not isinstance(storage, Reading):
         return None
     async with catalog.exclusive() as held:
         if not held:
             log.info("catalog: another process is reconciling it with the stored files")
             return None
-        on_disk = set(await storage.names())
-        recorded = await catalog.stored_names()
-        gone = [name for name in recorded if name not in on_disk]
-        # Checked once more, one by one: a file published since the listing has its record.
-        still_gone = [name for name in gone if not await _exists(storage, name)]
-        forgotten = await catalog.delete([recorded[name] for name in still_gone])
-        adopted = 0
-        unrecorded = sorted(on_disk.difference(recorded))
-        for start in range(0, len(unrecorded), _ADOPT_BATCH):
-            described = [
-                record
-                for name in unrecorded[start : start + _ADOPT_BATCH]
-                if (record := await _describe(storage, name)) is not None
-            ]
-            adopted += await catalog.adopt(described)
-    result = Reconciled(adopted=adopted, forgotten=len(forgotten))
+        forgotten = await _forget_files_gone(catalog, storage)
+        adopted = await _adopt_files_unrecorded(catalog, storage)
+    result = Reconciled(adopted=adopted, forgotten=forgotten)
     log.info(
         "catalog reconciled with the stored files: %d files without a record adopted, "
         "%d records without a file removed",
@@ -77,6 +68,39 @@ async def reconcile(catalog: Catalog, storage: Storage) -> Reconciled | None:
         result.forgotten,
     )
     return result
+
+
+async def _forget_files_gone(catalog: Catalog, storage: Listing) -> int:
+    """Remove the records whose file is gone, a page of the catalog at a time. A record's
+    file was published before the record was committed, so a file missing now is gone."""
+    forgotten = 0
+    after = None
+    while page := await catalog.stored_names_after(after, _CHUNK):
+        after = page[-1][0]
+        there = await storage.existing([name for name, _ in page])
+        gone = [record_id for name, record_id in page if name not in there]
+        if gone:
+            forgotten += len(await catalog.delete(gone))
+    return forgotten
+
+
+class _Walkable(Listing, Reading, Protocol):
+    """A storage the reconciliation can walk: it lists its files and reads them."""
+
+
+async def _adopt_files_unrecorded(catalog: Catalog, storage: _Walkable) -> int:
+    """Record the files that have no record, a chunk of the folder at a time."""
+    adopted = 0
+    async for names in storage.names(_CHUNK):
+        recorded = await catalog.recorded(names)
+        described = [
+            record
+            for name in sorted(set(names).difference(recorded))
+            if (record := await _describe(storage, name)) is not None
+        ]
+        if described:
+            adopted += await catalog.adopt(described)
+    return adopted
 
 
 async def sweep_orphans(catalog: Catalog, storage: Storage) -> object | None:
@@ -94,13 +118,6 @@ async def sweep_orphans(catalog: Catalog, storage: Storage) -> object | None:
         return None
     log.info("catalog: swept the store: %s", swept)
     return swept
-
-
-async def _exists(storage: Reading, name: str) -> bool:
-    location = await storage.locate(name)
-    if not isinstance(location, OnDisk):
-        return True  # not ours to check: keep the record
-    return await asyncio.to_thread(os.path.isfile, location.path)
 
 
 async def _describe(storage: Reading, name: str) -> FileRecord | None:

@@ -638,12 +638,15 @@ class SqliteCatalog:
         except sqlite3.Error as error:
             raise CatalogUnavailable(f"the catalog cannot be read: {error}") from None
 
-    async def stored_names(self) -> dict[str, str]:
-        return await self._read(self._stored_names_sync)
+    async def stored_names_after(self, after: str | None, limit: int) -> list[tuple[str, str]]:
+        return await self._read(self._stored_names_after_sync, after, limit)
 
-    def _stored_names_sync(self) -> dict[str, str]:
-        rows = self._reader().execute("SELECT stored_name, id FROM files")
-        return dict(rows.fetchall())
+    def _stored_names_after_sync(self, after: str | None, limit: int) -> list[tuple[str, str]]:
+        rows = self._reader().execute(
+            "SELECT stored_name, id FROM files WHERE stored_name > ? ORDER BY stored_name LIMIT ?",
+            ("" if after is None else after, limit),
+        )
+        return [(name, record_id) for name, record_id in rows.fetchall()]
 
     async def recorded(self, stored_names: Collection[str]) -> set[str]:
         return await self._read(self._recorded_sync, list(stored_names))

@@ -44,7 +44,7 @@ import itertools
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -56,6 +56,7 @@ from clustr_aio.domain.errors import ClustrError, ThumbnailsBusy, ThumbnailUnava
 from clustr_aio.runtime.memory import malloc_trim
 from clustr_aio.storage.base import DerivedFile, DerivedStoring
 from clustr_aio.storage.local import write_all
+from clustr_aio.storage.scan import names_in_chunks
 
 __all__ = [
     "DEFAULT_FORMAT",
@@ -85,6 +86,7 @@ RENDERER_VERSION: Final = "vips2"
 """Part of every ETag and cache name: bump it when the rendering changes."""
 
 _REMEMBERED: Final = 10_000
+_PRUNE_CHUNK: Final = 1000
 """Files :class:`Thumbnailer` remembers, with their owner and the thumbnails of theirs found
 in the cache (a few MB)."""
 
@@ -437,27 +439,32 @@ class Thumbnailer:
         removals = self.removals()
         return removals.changing() if removals is not None else contextlib.nullcontext()
 
-    async def prune(self, known: Collection[str], *, before: float) -> int:
-        """Remove the thumbnails of files not in ``known`` (a crash between a delete's unlink
-        and its :meth:`remove`, a file an operator removed); how many files' were. A folder
-        changed since ``before`` (a Unix time: when ``known`` was read) is left alone, since
-        its file may have been stored since."""
-        return await asyncio.to_thread(self._prune_sync, known, before)
-
-    def _prune_sync(self, known: Collection[str], before: float) -> int:
+    async def prune(
+        self, recorded: Callable[[list[str]], Awaitable[set[str]]], *, before: float
+    ) -> int:
+        """Remove the thumbnails of files that have no record (a crash between a delete's
+        unlink and its :meth:`remove`, a file an operator removed); how many files' were.
+        ``recorded(names)`` answers which of the cache's folder names are a record's id,
+        asked :data:`_PRUNE_CHUNK` folders at a time. A folder changed since ``before`` (a
+        Unix time: when the prune began) is left alone, since its file may have been stored
+        since."""
         pruned = 0
-        try:
-            entries = list(os.scandir(self.cache_dir))
-        except FileNotFoundError:
-            return 0
-        for entry in entries:
-            if entry.name in known or not entry.is_dir(follow_symlinks=False):
-                continue
+        async for names in names_in_chunks(self.cache_dir, _PRUNE_CHUNK, _is_folder):
+            known = await recorded(names)
+            unknown = [name for name in names if name not in known]
+            if unknown:
+                pruned += await asyncio.to_thread(self._prune_sync, unknown, before)
+        return pruned
+
+    def _prune_sync(self, names: list[str], before: float) -> int:
+        pruned = 0
+        for name in names:
+            folder = self.cache_dir / name
             with contextlib.suppress(FileNotFoundError):
-                if entry.stat(follow_symlinks=False).st_mtime >= before:
+                if folder.lstat().st_mtime >= before:
                     continue
                 with self._removing():
-                    shutil.rmtree(entry.path)
+                    shutil.rmtree(folder)
                 pruned += 1
         return pruned
 
@@ -586,3 +593,7 @@ def _publish(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def _is_folder(entry: os.DirEntry[str]) -> bool:
+    return entry.is_dir(follow_symlinks=False)

@@ -182,10 +182,17 @@ class Reading(Protocol):
 
 @runtime_checkable
 class Listing(Protocol):
-    """Optional capability: the names of every published file (the catalog's start-up
-    reconciliation compares them with its records)."""
+    """Optional capability: the names of every published file, and which names are published
+    files (the catalog's start-up reconciliation compares them with its records a chunk at a
+    time: a million files cost it a chunk's memory, not a million names')."""
 
-    async def names(self) -> list[str]: ...
+    def names(self, chunk: int) -> AsyncIterator[list[str]]:
+        """Every published file's name, up to ``chunk`` at a time, in no particular order."""
+        ...
+
+    async def existing(self, names: Sequence[str]) -> set[str]:
+        """Which of ``names`` are published files."""
+        ...
 
 
 @runtime_checkable

@@ -66,11 +66,12 @@ import itertools
 import logging
 import os
 import shutil
+import stat
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -80,6 +81,7 @@ from clustr_aio.domain.names import numbered
 from clustr_aio.storage import journal
 from clustr_aio.storage.base import Buffer, OnDisk
 from clustr_aio.storage.journal import fsync_directory
+from clustr_aio.storage.scan import names_in_chunks
 
 if TYPE_CHECKING:
     from clustr_aio.storage.local_resumable import LocalResumableStore
@@ -181,15 +183,21 @@ class LocalStorage:
             return None
         return os.path.join(self._folder_text, name)
 
-    async def names(self) -> list[str]:
+    def names(self, chunk: int) -> AsyncIterator[list[str]]:
         """Every published file: the folder's regular files but dot-names."""
-        return await self.run(self._names_sync)
+        return names_in_chunks(self.folder, chunk, _is_published)
 
-    def _names_sync(self) -> list[str]:
-        with os.scandir(self.folder) as entries:
-            return [
-                e.name for e in entries if e.name[0] != "." and e.is_file(follow_symlinks=False)
-            ]
+    async def existing(self, names: Sequence[str]) -> set[str]:
+        return await self.run(self._existing_sync, names)
+
+    def _existing_sync(self, names: Sequence[str]) -> set[str]:
+        found = set()
+        for name in names:
+            path = self.path_of(name)
+            with contextlib.suppress(OSError):  # gone, or a name no file can have
+                if path is not None and stat.S_ISREG(os.lstat(path).st_mode):
+                    found.add(name)
+        return found
 
     async def delete(self, names: Sequence[str]) -> None:
         """Take the published files ``names`` out of the folder, in one pool call and (with
@@ -899,6 +907,10 @@ class LocalFile:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
+
+
+def _is_published(entry: os.DirEntry[str]) -> bool:
+    return entry.name[0] != "." and entry.is_file(follow_symlinks=False)
 
 
 def _create(path: str) -> int:

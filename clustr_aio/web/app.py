@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -16,6 +17,7 @@ from aiohttp import hdrs, web
 
 from clustr_aio.catalog.base import Catalog
 from clustr_aio.catalog.factory import open_catalog
+from clustr_aio.catalog.ids import is_id
 from clustr_aio.catalog.reconcile import reconcile, sweep_orphans
 from clustr_aio.compat import cors_response_hook
 from clustr_aio.domain.limits import UploadLimits
@@ -238,11 +240,15 @@ async def _prune_thumbnails(catalog: Catalog, thumbnailer: Thumbnailer) -> None:
     async with catalog.exclusive() as held:
         if not held:
             return
-        before = time.time()
-        known = set((await catalog.stored_names()).values())
-        pruned = await thumbnailer.prune(known, before=before)
+        recorded = functools.partial(_recorded_ids, catalog)
+        pruned = await thumbnailer.prune(recorded, before=time.time())
     if pruned:
         log.info("thumbnails of %d files without a record removed", pruned)
+
+
+async def _recorded_ids(catalog: Catalog, names: list[str]) -> set[str]:
+    """Which of ``names`` are the ids of records."""
+    return {record.id for record in await catalog.get_many([n for n in names if is_id(n)])}
 
 
 def _allow_cors(

@@ -25,6 +25,19 @@ from clustr_aio.settings import Settings
 from tests.conftest import make_settings
 
 
+async def stored_names(catalog: Catalog) -> dict[str, str]:
+    """Every record's stored name and id, walked as the reconciliation walks them (pages of
+    7 here: several pages in most tests)."""
+    names: dict[str, str] = {}
+    after = None
+    while page := await catalog.stored_names_after(after, 7):
+        assert [name for name, _ in page] == sorted(name for name, _ in page)
+        assert after is None or page[0][0] > after
+        names.update(page)
+        after = page[-1][0]
+    return names
+
+
 def record(name: str, data: bytes = b"", content_type: str = "image/jpeg") -> FileRecord:
     record_id = new_id()
     return FileRecord(
@@ -75,7 +88,7 @@ async def test_records_go_in_and_come_back(catalog: Catalog) -> None:
     assert oldest == [a, b]
     pngs = await catalog.page(limit=10, after=None, order="newest", content_type="image/png")
     assert pngs == [b]
-    assert await catalog.stored_names() == {"a.jpg": a.id, "b.png": b.id}
+    assert await stored_names(catalog) == {"a.jpg": a.id, "b.png": b.id}
 
 
 async def test_keyset_pages_neither_repeat_nor_skip_while_records_come_and_go(
@@ -108,7 +121,7 @@ async def test_add_replaces_an_adopted_record_and_adopt_never_replaces(catalog: 
     assert await catalog.adopt([adopted]) == 1
     uploaded = record("a.jpg")
     await catalog.add([uploaded])  # the upload's commit wins over the start-up adoption
-    assert await catalog.stored_names() == {"a.jpg": uploaded.id}
+    assert await stored_names(catalog) == {"a.jpg": uploaded.id}
     assert await catalog.adopt([record("a.jpg"), record("b.jpg")]) == 1
     assert (await catalog.get(uploaded.id)) == uploaded
 
@@ -120,7 +133,7 @@ async def test_a_failed_add_adds_nothing(catalog: Catalog) -> None:
     twin = dataclasses.replace(record("c.jpg"), id=clash.id)
     with pytest.raises((sqlite3.IntegrityError, asyncpg.UniqueViolationError)):
         await catalog.add([clash, twin])  # the same id twice: the transaction fails
-    assert await catalog.stored_names() == {"a.jpg": a.id}
+    assert await stored_names(catalog) == {"a.jpg": a.id}
 
 
 async def test_by_sha256_finds_the_oldest_record_of_each_digest(catalog: Catalog) -> None:
@@ -203,10 +216,10 @@ async def test_add_unique_inserts_only_bytes_not_stored_yet(catalog: Catalog) ->
     await catalog.add([stored])
     again, new = record("a-1.jpg", b"x"), record("b.jpg", b"y")
     assert await catalog.add_unique([again, new], all_or_none=False) == {stored.sha256: stored}
-    assert await catalog.stored_names() == {"a.jpg": stored.id, "b.jpg": new.id}
+    assert await stored_names(catalog) == {"a.jpg": stored.id, "b.jpg": new.id}
     late, other = record("b-1.jpg", b"y"), record("c.jpg", b"z")
     assert await catalog.add_unique([other, late], all_or_none=True) == {new.sha256: new}
-    assert "c.jpg" not in await catalog.stored_names()  # all or none: none
+    assert "c.jpg" not in await stored_names(catalog)  # all or none: none
 
 
 async def test_add_unique_from_two_processes_at_once_stores_the_bytes_once(
@@ -226,7 +239,7 @@ async def test_add_unique_from_two_processes_at_once_stores_the_bytes_once(
             winner = first if not raced[0] else second
             assert [r[winner.sha256] for r in raced if r] == [winner]
             assert await one.by_sha256([winner.sha256]) == {winner.sha256: winner}
-        assert len(await one.stored_names()) == 20
+        assert len(await stored_names(one)) == 20
 
 
 async def test_get_many_answers_what_exists_once_and_only_the_owners(catalog: Catalog) -> None:
@@ -246,7 +259,7 @@ async def test_delete_answers_what_existed(catalog: Catalog) -> None:
     await catalog.add([a, b])
     assert await catalog.delete([a.id, new_id()]) == [a]
     assert await catalog.delete([a.id]) == []
-    assert await catalog.stored_names() == {"b.jpg": b.id}
+    assert await stored_names(catalog) == {"b.jpg": b.id}
 
 
 async def test_one_process_at_a_time_holds_the_maintenance_lock(
@@ -297,7 +310,7 @@ async def test_several_processes_migrating_at_once_all_open_the_one_schema(
             *(stack.enter_async_context(open_catalog(catalog_settings)) for _ in range(6))
         )
         await opened[0].add([record("a.jpg")])
-        assert all([len(await c.stored_names()) == 1 for c in opened])
+        assert all([len(await stored_names(c)) == 1 for c in opened])
     if catalog_settings.database_url is None:
         with contextlib.closing(sqlite3.connect(upload_dir / SQLITE_FILE)) as connection:
             version = connection.execute("PRAGMA user_version").fetchone()[0]
@@ -456,7 +469,7 @@ async def test_sqlite_commits_one_record_on_the_loop_unless_the_write_lock_is_ta
             other.execute("COMMIT")
             await asyncio.wait_for(waiting, 10)
         assert catalog._loop_commits == 1  # that one took the writer thread
-        assert sorted(await catalog.stored_names()) == ["first.jpg", "second.jpg"]
+        assert sorted(await stored_names(catalog)) == ["first.jpg", "second.jpg"]
     finally:
         await catalog.close()
 
@@ -470,11 +483,11 @@ async def test_sqlite_one_record_commits_on_the_loop_are_checkpointed(upload_dir
     try:
         for n in range(1000):
             await catalog.add([record(f"{n}.jpg")])
-        await catalog.stored_names()  # a read after the last checkpoint was asked for
+        await stored_names(catalog)  # a read after the last checkpoint was asked for
         await asyncio.sleep(0.1)
         wal = await asyncio.to_thread(os.path.getsize, f"{path}-wal")
         assert catalog._loop_commits > 900  # those during a checkpoint took the writer thread
-        assert len(await catalog.stored_names()) == 1000
+        assert len(await stored_names(catalog)) == 1000
     finally:
         await catalog.close()
     # 1,000 commits of a few pages each, never checkpointed, made a WAL of 27 MB; checkpointed,

@@ -15,7 +15,7 @@ import pytest
 
 from clustr_aio.catalog import sqlite
 from clustr_aio.catalog.factory import SQLITE_FILE
-from tests.catalog.test_catalog import record
+from tests.catalog.test_catalog import record, stored_names
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ async def test_the_one_record_adds_of_one_loop_turn_are_one_transaction(
     records = [record(f"{n}.jpg") for n in range(8)]
     await asyncio.gather(*(catalog.add([r]) for r in records))
     assert catalog._loop_commits == 1
-    assert sorted(await catalog.stored_names()) == sorted(r.stored_name for r in records)
+    assert sorted(await stored_names(catalog)) == sorted(r.stored_name for r in records)
     await catalog.add([record("later.jpg")])  # a turn of its own: a transaction of its own
     assert catalog._loop_commits == 2
 
@@ -51,7 +51,7 @@ async def test_a_failing_record_fails_its_own_add_only(catalog: sqlite.SqliteCat
     assert outcomes[0] is None
     assert outcomes[2] is None
     assert isinstance(outcomes[1], sqlite3.IntegrityError)
-    assert sorted(await catalog.stored_names()) == ["a.jpg", "b.jpg"]
+    assert sorted(await stored_names(catalog)) == ["a.jpg", "b.jpg"]
 
 
 async def test_a_turn_whose_write_lock_is_taken_waits_for_it_on_the_writer_thread(
@@ -68,7 +68,7 @@ async def test_a_turn_whose_write_lock_is_taken_waits_for_it_on_the_writer_threa
         other.execute("COMMIT")
         await asyncio.wait_for(waiting, 10)
     assert catalog._loop_commits == 0
-    assert sorted(await catalog.stored_names()) == sorted(r.stored_name for r in records)
+    assert sorted(await stored_names(catalog)) == sorted(r.stored_name for r in records)
 
 
 async def test_a_durable_catalog_commits_a_turns_adds_as_one_flushed_transaction_off_the_loop(
@@ -94,7 +94,7 @@ async def test_a_durable_catalog_commits_a_turns_adds_as_one_flushed_transaction
         [(thread, rows)] = transactions
         assert thread.startswith("clustr-catalog-w")
         assert rows == 8
-        assert sorted(await catalog.stored_names()) == sorted(r.stored_name for r in records)
+        assert sorted(await stored_names(catalog)) == sorted(r.stored_name for r in records)
         assert await catalog._write(_synchronous, catalog) == FULL
     finally:
         await catalog.close()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 
+from clustr_aio.catalog import reconcile
 from clustr_aio.catalog.factory import SQLITE_FILE
 from clustr_aio.catalog.ids import new_id
 from clustr_aio.catalog.postgres import PostgresCatalog
@@ -314,6 +315,30 @@ async def test_the_next_start_adopts_planted_files_and_forgets_removed_ones(
     with caplog.at_level(logging.INFO, logger="clustr_aio.catalog"):
         await catalogued()  # nothing left to repair
     assert "0 files without a record adopted, 0 records without a file removed" in caplog.text
+
+
+async def test_the_reconciliation_walks_records_and_files_a_chunk_at_a_time(
+    catalogued: MakeClient, upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of 3 (a thousand in production) over 20 records and files: every record whose
+    file is gone and every planted file is found, whichever chunk it falls in."""
+    monkeypatch.setattr(reconcile, "_CHUNK", 3)
+    client = await catalogued()
+    items = await upload_ok(client, *[(f"{n:02}.jpg", jpeg(n)) for n in range(20)])
+    await client.close()
+    gone = items[::3]
+    for item in gone:
+        (upload_dir / item["stored_filename"]).unlink()
+    planted = [f"planted-{n}.png" for n in range(7)]
+    for name in planted:
+        (upload_dir / name).write_bytes(PNG)
+
+    client = await catalogued()
+    listed = sorted(item["stored_filename"] for item in await list_all(client))
+    kept = [item["stored_filename"] for item in items if item not in gone]
+    assert listed == sorted(kept + planted)
+    for item in gone:
+        await expect_error(await client.get(f"/api/files/{item['id']}"), 404)
 
 
 # ----------------------------------------------------------------------------- DEDUPE

@@ -15,10 +15,12 @@ import pytest
 from PIL import Image
 from yarl import URL
 
+from clustr_aio.catalog.ids import new_id
+from clustr_aio.images import thumbnails
 from clustr_aio.web.keys import SETTINGS
 from tests.conftest import Client
 from tests.http.conftest import MakeClient
-from tests.http.helpers import expect_error, upload_ok
+from tests.http.helpers import eventually, expect_error, upload_ok
 from tests.images.photos import encode, phone_photo, picture, png_chunk
 
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -270,6 +272,30 @@ async def test_the_cache_survives_a_restart_and_is_no_orphan(
     assert response.headers["ETag"] == etag
     assert await rendered(restarted) == 0  # served from the cache, not rendered again
     assert not orphan.exists()  # the thumbnails of a file without a record went
+
+
+async def test_the_prune_walks_the_cache_a_chunk_at_a_time(
+    make_client: MakeClient, upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of 2 folders (a thousand in production) over a cache of live files' thumbnails
+    and orphans, and a folder of no id at all: only the orphans go."""
+    monkeypatch.setattr(thumbnails, "_PRUNE_CHUNK", 2)
+    client = await make_client()
+    items = [
+        await upload_one(client, f"{n}.jpg", encode("jpg", picture((64, 48)))) for n in range(3)
+    ]
+    for item in items:
+        assert (await client.get(thumbnail_path(item))).status == 200
+    await client.close()
+    cache = upload_dir / ".thumbnails"
+    orphans = [cache / new_id() for _ in range(4)] + [cache / "not-an-id"]
+    for orphan in orphans:
+        orphan.mkdir()
+        (orphan / "256-0123.webp").write_bytes(b"RIFF")
+        os.utime(orphan, (1_000_000_000, 1_000_000_000))
+    await make_client()
+    live = sorted(item["id"] for item in items)
+    await eventually(lambda: sorted(p.name for p in cache.iterdir() if p.is_dir()) == live)
 
 
 async def test_the_cache_is_never_served(client: Client, upload_dir: Path) -> None:

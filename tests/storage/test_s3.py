@@ -15,6 +15,7 @@ import pytest
 import yarl
 
 from clustr_aio.storage.s3 import S3Storage
+from clustr_aio.storage.s3 import storage as s3_storage
 from clustr_aio.storage.s3.client import S3Config
 from clustr_aio.web.app import create_app
 from tests.conftest import PNG, AiohttpClient, Client, make_settings
@@ -377,6 +378,31 @@ async def test_orphans_older_than_the_grace_are_swept_recorded_files_never(
             seaweedfs_server.keys(bucket) == ["kept.png"] and seaweedfs_server.uploads(bucket) == []
         )
     )
+
+
+async def test_the_sweep_walks_the_bucket_a_chunk_at_a_time(
+    aiohttp_client: AiohttpClient,
+    upload_dir: Path,
+    seaweedfs_server: SeaweedServer,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Chunks of 2 names (1,000 in production), deleting as the listing goes on: every orphan
+    and orphaned thumbnail goes, whichever chunk it falls in, and no recorded file does."""
+    monkeypatch.setattr(s3_storage, "_SWEEP_CHUNK", 2)
+    client = await s3_client(
+        aiohttp_client, upload_dir, seaweedfs_server, bucket, S3_ORPHAN_GRACE="1"
+    )
+    kept = [
+        item["stored_filename"]
+        for item in await upload_ok(client, *[(f"k{n}.png", PNG) for n in range(3)])
+    ]
+    other = seaweedfs_server.client()
+    for n in range(5):
+        other.put_object(Bucket=bucket, Key=f"o{n}.png", Body=PNG)
+        other.put_object(Bucket=bucket, Key=f".derived/o{n}.png/320.webp", Body=b"t")
+        other.put_object(Bucket=bucket, Key=f".derived/gone{n}.png/256.webp", Body=b"t")
+    await eventually_async(lambda: seaweedfs_server.keys(bucket) == sorted(kept))
 
 
 async def test_images_whose_header_is_patched_stream_and_decode(

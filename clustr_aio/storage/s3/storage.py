@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from botocore.exceptions import ClientError
 
@@ -66,6 +66,9 @@ _MAX_NAME_ATTEMPTS: Final = 10_000
 _READ_CHUNK: Final = 256 * 1024
 _DOWNLOAD_CHUNK: Final = 1024 * 1024
 _IMMUTABLE: Final = "public, max-age=31536000, immutable"
+_T = TypeVar("_T")
+_SWEEP_CHUNK: Final = 1000
+"""The orphan sweep asks the catalog about this many names at a time."""
 _LISTINGS_AT_ONCE: Final = 16
 """A bulk delete lists the objects derived from this many files at once (a request each)."""
 
@@ -325,25 +328,26 @@ class S3Storage:
             return await self._sweep(recorded)
 
     async def _sweep(self, recorded: Callable[[Collection[str]], Awaitable[set[str]]]) -> Swept:
+        # The bucket is walked a chunk of keys at a time, never held whole: every instance
+        # sweeps, every half grace, and a million names were 90 MB each time.
         cutoff = time.time() - self.config.orphan_grace
-        old: list[str] = []
-        async for key, modified in self._objects(self.config.prefix, delimiter="/"):
-            name = self.keys.name_of(key)
-            if name is not None and modified.timestamp() < cutoff:
-                old.append(name)
+        orphans = 0
+        async for old in _chunks(self._names_older_than(cutoff), _SWEEP_CHUNK):
+            known = await recorded(old)
+            unrecorded = [name for name in old if name not in known]
+            await self.delete(unrecorded)
+            orphans += len(unrecorded)
         async for key, modified in self._objects(self.config.prefix + _READY_PREFIX):
             if modified.timestamp() < cutoff:  # a probe whose delete never came
                 await self.client.delete_object(Bucket=self.config.bucket, Key=key)
-        orphans = await _unrecorded(old, recorded)
-        await self.delete(orphans)
         # Derived files (thumbnails) of a file deleted while another instance was making them.
-        derived: dict[str, list[str]] = {}
-        async for key, modified in self._objects(self.keys.prefix + DERIVED):
-            made_from = self.keys.derived_from(key)
-            if made_from is not None and modified.timestamp() < cutoff:
+        async for pairs in _chunks(self._derived_older_than(cutoff), _SWEEP_CHUNK):
+            derived: dict[str, list[str]] = {}
+            for made_from, key in pairs:
                 derived.setdefault(made_from, []).append(key)
-        for name in await _unrecorded(list(derived), recorded):
-            await self._delete_keys(derived[name])
+            known = await recorded(list(derived))
+            unrecorded = [key for name in derived if name not in known for key in derived[name]]
+            await self._delete_keys(unrecorded)
         aborted = 0
         paginator = self.client.get_paginator("list_multipart_uploads")
         async for page in paginator.paginate(Bucket=self.config.bucket, Prefix=self.config.prefix):
@@ -356,19 +360,32 @@ class S3Storage:
                             UploadId=upload["UploadId"],
                         )
                     aborted += 1
-        return Swept(orphans=len(orphans), aborted_uploads=aborted)
+        return Swept(orphans=orphans, aborted_uploads=aborted)
+
+    async def _names_older_than(self, cutoff: float) -> AsyncIterator[str]:
+        """The stored files' names whose object is older than ``cutoff`` (a Unix time)."""
+        async for key, modified in self._objects(self.config.prefix, delimiter="/"):
+            name = self.keys.name_of(key)
+            if name is not None and modified.timestamp() < cutoff:
+                yield name
+
+    async def _derived_older_than(self, cutoff: float) -> AsyncIterator[tuple[str, str]]:
+        """(the stored file's name, the key) of each derived object older than ``cutoff``."""
+        async for key, modified in self._objects(self.keys.prefix + DERIVED):
+            made_from = self.keys.derived_from(key)
+            if made_from is not None and modified.timestamp() < cutoff:
+                yield made_from, key
 
 
-async def _unrecorded(
-    names: list[str], recorded: Callable[[Collection[str]], Awaitable[set[str]]]
-) -> list[str]:
-    """Which of ``names`` have no record, asked 1000 at a time."""
-    missing = []
-    for start in range(0, len(names), 1000):
-        chunk = names[start : start + 1000]
-        known = await recorded(chunk)
-        missing += [name for name in chunk if name not in known]
-    return missing
+async def _chunks(items: AsyncIterator[_T], size: int) -> AsyncIterator[list[_T]]:
+    chunk: list[_T] = []
+    async for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 @dataclass(frozen=True, slots=True)
