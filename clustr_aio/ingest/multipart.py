@@ -43,9 +43,7 @@ __all__ = ["MultipartStream", "PartInfo", "ReadChunk", "Window", "file_parts", "
 
 
 class Window:
-    """``buffer[start:stop]``: the bytes just received into a buffer its producer reuses, or
-    a part of a ``bytes`` read (the body's bytes after a request's head, or before the next
-    request's: :mod:`clustr_aio.runtime.direct_body`).
+    """``buffer[start:stop]``: the bytes just received into a buffer its producer reuses.
 
     The producer's promise, which makes slices of it as safe as slices of ``bytes``: it writes
     into ``buffer[:stop]`` again only once no ``memoryview`` of the buffer exists (the scanner
@@ -55,7 +53,7 @@ class Window:
 
     __slots__ = ("buffer", "start", "stop")
 
-    def __init__(self, buffer: bytes | bytearray, start: int, stop: int) -> None:
+    def __init__(self, buffer: bytearray, start: int, stop: int) -> None:
         self.buffer = buffer
         self.start = start
         self.stop = stop
@@ -331,18 +329,6 @@ class MultipartStream:
             new, start, stop = chunk, 0, len(chunk)
         if self._pos == self._end:
             self._buf, self._pos, self._end = new, start, stop
-            return
-        kept = self._end - self._pos
-        if (
-            type(new) is bytes
-            and kept <= start
-            and new.startswith(self._buf[self._pos : self._end], start - kept)
-        ):
-            # What is unconsumed comes right before the new bytes in their read: the CRLF
-            # that ends a request's head, which the scan starts with, before a body the
-            # connection received around the parser. No join: for C's photos the join
-            # copied the first read whole (256 KiB, issue 16).
-            self._buf, self._pos, self._end = new, start - kept, stop
             return
         joined = self._buf[self._pos : self._end] + memoryview(new)[start:stop]
         self._buf, self._pos, self._end = joined, 0, len(joined)

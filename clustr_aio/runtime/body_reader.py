@@ -54,7 +54,6 @@ from aiohttp import hdrs, web
 
 from clustr_aio.ingest.hashing import BATCH_BYTES, BUDGET_BYTES
 from clustr_aio.ingest.multipart import ReadChunk, Window
-from clustr_aio.runtime.direct_body import DirectBody
 from clustr_aio.runtime.protocol import GuardedRequestHandler
 
 __all__ = ["LONG_BODY", "MAX_READERS", "MIN_BODY", "BlockPool", "BodyReader", "body_chunks"]
@@ -161,30 +160,13 @@ def body_chunks(request: web.Request) -> Iterator[ReadChunk]:
     a piece at a time (:func:`_parsed_pieces`). Leaving gives the connection back
     (:meth:`BodyReader.release`)."""
     reader = BodyReader.take(request, POOL)
-    if reader is not None:
-        try:
-            yield reader.read
-        finally:
-            reader.release()
-        return
-    direct = _direct_body(request)
-    if direct is None:
+    if reader is None:
         yield _parsed_pieces(request)
         return
     try:
-        yield direct.read
+        yield reader.read
     finally:
-        direct.release()
-
-
-def _direct_body(request: web.Request) -> DirectBody | None:
-    """The body the connection receives around the parser for ``request``, if it does
-    (:mod:`clustr_aio.runtime.direct_body`)."""
-    connection = request.protocol
-    if not isinstance(connection, GuardedRequestHandler):
-        return None
-    direct = connection.direct
-    return direct if direct is not None and direct.payload is request.content else None
+        reader.release()
 
 
 def _parsed_pieces(request: web.Request) -> ReadChunk:
@@ -222,9 +204,8 @@ class BodyReader(asyncio.BufferedProtocol):
         self._remaining = remaining
         """Body bytes still to come from the socket."""
         self._long = remaining >= LONG_BODY
-        self._first: deque[bytes | Window] = deque()
-        """What had arrived of the body before the hand-over: what aiohttp's stream held, or
-        the pieces of the body the connection received around the parser."""
+        self._first = b""
+        """What aiohttp had received of the body before the hand-over."""
         self._block: bytearray | None = None
         self._view: memoryview | None = None
         self._filled = 0
@@ -258,30 +239,19 @@ class BodyReader(asyncio.BufferedProtocol):
             or hdrs.TRANSFER_ENCODING in request.headers
             or content.exception() is not None
             or content.is_eof()
+            or not connection.may_take_body()
         ):
             return None
-        direct = connection.direct
-        if direct is not None:  # the connection receives the body around the parser
-            if direct.payload is not content or direct.remaining < MIN_BODY:
-                return None
-            remaining = direct.remaining
-        else:
-            remaining = length - content.total_bytes
-        if remaining < MIN_BODY or not connection.may_take_body():
+        remaining = length - content.total_bytes
+        if remaining < MIN_BODY:
             return None
         reader = cls(connection, request, transport, remaining, pool)
         pool.started(long=reader._long)
         connection.body_taker = reader
         transport.set_protocol(reader)
-        if direct is not None:
-            connection.direct = None
-            reader._first = direct.hand_over()  # may resume the transport: into the blocks
-            return reader
         # What aiohttp received already comes first. Reading it may resume the transport
         # (the stream's low water mark), which now reads into this reader's blocks.
-        first = content.read_nowait(-1)
-        if first:
-            reader._first.append(first)
+        reader._first = content.read_nowait(-1)
         return reader
 
     # -- the scanner's side ----------------------------------------------------------------
@@ -289,7 +259,8 @@ class BodyReader(asyncio.BufferedProtocol):
     async def read(self) -> bytes | Window:
         """The next bytes of the body, ``b""`` after its last; raises what failed it."""
         if self._first:
-            return self._first.popleft()
+            first, self._first = self._first, b""
+            return first
         while True:
             if self._error is not None:
                 raise self._error
@@ -324,7 +295,7 @@ class BodyReader(asyncio.BufferedProtocol):
         failed body's connection is being closed, and what still comes is dropped meanwhile."""
         self._segments.clear()
         self._unread = 0
-        self._first.clear()
+        self._first = b""
         for block in self._retired:
             self._pool.give(block)
         self._retired.clear()

@@ -28,7 +28,7 @@ from aiohttp import hdrs, web
 
 from clustr_aio.compat import connection_is_idle, site_server
 from clustr_aio.runtime.protocol import ConnectionGuard, GuardedServer, guard_server
-from clustr_aio.web.keys import DIRECT_BODIES, QUICK_RESPONDER
+from clustr_aio.web.keys import QUICK_RESPONDER
 from clustr_aio.web.responses import error_response
 
 __all__ = ["DrainingRunner", "RequestTracker"]
@@ -127,10 +127,7 @@ class DrainingRunner(web.AppRunner):
         if self.guard is None:
             return server
         quick = self.app.get(QUICK_RESPONDER)
-        direct = self.app.get(DIRECT_BODIES)
-        return guard_server(
-            server, self.guard, quick=quick, served=self.requests.used, direct=direct
-        )
+        return guard_server(server, self.guard, quick=quick, served=self.requests.used)
 
     async def cleanup(self) -> None:
         if not self._drained and self.server is not None:

@@ -91,7 +91,6 @@ from clustr_aio.compat import (
 )
 from clustr_aio.domain.errors import RequestTimeout
 from clustr_aio.observability.access_log import AccessLogger
-from clustr_aio.runtime.direct_body import DirectBody, DirectTargets
 from clustr_aio.runtime.memory import TrimAfterLoad
 from clustr_aio.web.middlewares import REQUEST_ID_HEADER, ensure_request_id
 from clustr_aio.web.quick import QUICK_BACKLOG, QuickAnswer, QuickBacklogs, QuickResponder
@@ -151,8 +150,6 @@ _STATUS_DETAILS: Final = {
     504: "Gateway Timeout",
 }
 _HEAD_TIMEOUT: Final = "the request's headers did not arrive in time"
-_NOT_DIRECT: Final = (b"\ntransfer-encoding:", b"\ncontent-encoding:", b"\nupgrade:")
-"""Header fields of a request whose body is not received around the parser."""
 MAX_HEAD_BYTES: Final = 64 * 1024
 """The most a request line and headers may take together; more is a 431."""
 _HEAD_TOO_LARGE: Final = f"the request's headers are larger than {MAX_HEAD_BYTES} bytes"
@@ -222,9 +219,6 @@ class GuardedServer(web.Server):
     """Where a connection that got a quick answer is noted, as the drain's ``used``."""
     backlogs: QuickBacklogs
     """What quick answers left unsent, in all connections: above a bound, none are given."""
-    direct: DirectTargets | None
-    """The requests whose bodies are received around the parser (see
-    :mod:`clustr_aio.runtime.direct_body`); None: none."""
 
     def __call__(self) -> RequestHandler:
         if self.guard.open >= CROWD:
@@ -316,7 +310,6 @@ def guard_server(
     *,
     quick: QuickResponder | None = None,
     served: weakref.WeakSet[asyncio.BaseTransport] | None = None,
-    direct: DirectTargets | None = None,
 ) -> GuardedServer:
     """Make the runner's ``Server`` a :class:`GuardedServer`. aiohttp builds it inside the
     runner's private ``_make_server`` from the app's private handler; swapping the class of
@@ -328,7 +321,6 @@ def guard_server(
     server.quick = quick
     server.served = served
     server.backlogs = QuickBacklogs()
-    server.direct = direct
     return server
 
 
@@ -348,7 +340,6 @@ class GuardedRequestHandler(RequestHandler):
         "_window_bytes",
         "_window_start",
         "body_taker",
-        "direct",
         "last_active",
         "trailer_reader",
     )
@@ -359,9 +350,6 @@ class GuardedRequestHandler(RequestHandler):
         self.body_taker: BodyReader | None = None
         """The reader that has this connection's transport while a body arrives, if any
         (:mod:`clustr_aio.runtime.body_reader`)."""
-        self.direct: DirectBody | None = None
-        """The body of the request being received or handled, when it is received around
-        the parser (:mod:`clustr_aio.runtime.direct_body`)."""
         self._server = manager
         self._guard = manager.guard
         self._phase = _IDLE
@@ -392,16 +380,6 @@ class GuardedRequestHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._force_close or self._close:
             return
-        direct = self.direct
-        if direct is not None and direct.remaining:
-            # The body received around the parser; what follows its end is the next request's.
-            end = direct.received(data)
-            self.body_bytes_arrived(end)
-            if end == len(data):
-                if not direct.remaining:  # its new parser holds nothing
-                    self._plain = True
-                return
-            data = data[end:]
         now = self._loop.time()
         self.last_active = now
         if self._plain and self._phase == _IDLE and data:
@@ -430,20 +408,15 @@ class GuardedRequestHandler(RequestHandler):
         held = held and not self._messages
         if held:
             self._waiter = None
-        body_end = 0
         try:
-            if self._phase == _HEAD and self._direct_candidate(data):
-                body_end = self._parse_head_alone(data)
-            if not body_end:
-                self._parse(data)  # b"" too: aiohttp's resume_reading parses what it holds
-            elif body_end < len(data):
-                self._parse(data[body_end:])
+            trailers, messages = self.trailer_reader, self._messages
+            before = len(messages)
+            super().data_received(trailers.to_parse(data))
+            trailers.pair_parsed(messages, before)
         finally:
             if held:
                 self._waiter = waiter
-        if body_end and body_end == len(data):  # a head and its body's bytes: nothing parsed
-            self._plain = self.direct is not None and not self.direct.remaining
-        elif data:
+        if data:
             self._plain = self._request_count != count and self._ends_a_bodiless_head(data)
         if self._request_count != count:
             self._check_new_messages(self._request_count - count)
@@ -464,73 +437,6 @@ class GuardedRequestHandler(RequestHandler):
             # 1 MB, held by the parser while it waits for the rest (200 of them: 437 MiB).
             self._queue_error(431, BadHttpMessage(_HEAD_TOO_LARGE))
         self._guard.active(self, evictable=self.evictable)
-
-    def _parse(self, data: bytes) -> None:
-        trailers, messages = self.trailer_reader, self._messages
-        before = len(messages)
-        super().data_received(trailers.to_parse(data))
-        trailers.pair_parsed(messages, before)
-
-    def _direct_candidate(self, data: bytes) -> bool:
-        """Whether ``data``, which starts a request, may be the head of one whose body is to
-        be received around the parser (then the whole head must be in it, see
-        :meth:`_parse_head_alone`)."""
-        targets = self._server.direct
-        return (
-            targets is not None
-            and (self._plain or self.trailer_reader.between_messages)  # the parser holds nothing
-            and self.direct is None
-            and self.body_taker is None
-            and not self._messages
-            and not self._upgraded
-            and self._guard.open <= CROWD
-            and targets.starts(data)
-        )
-
-    def _parse_head_alone(self, data: bytes) -> int:
-        """Parse the head at the start of ``data`` alone, and receive its body here
-        (:class:`DirectBody`) if it is one to: returns where in ``data`` the parser is to go
-        on (after the body's bytes in it, or right after the head), or 0 (nothing parsed:
-        the head is not whole in ``data``)."""
-        head_end = data.find(b"\r\n\r\n") + 4
-        if head_end < 4:
-            return 0
-        head = data[:head_end]
-        fields = head.lower()
-        if b"\ncontent-length:" not in fields or any(name in fields for name in _NOT_DIRECT):
-            return 0  # not a body of known length as it is: all of it the parser's at once
-        messages = self._messages
-        self._parse(head)
-        if len(messages) != 1:
-            return head_end
-        message, payload = messages[0]
-        if isinstance(message, ErrInfo):
-            # As if parsed whole: the parser stops at its error, and reads nothing after it.
-            return len(data)
-        if (
-            payload is EMPTY_PAYLOAD
-            or payload.is_eof()
-            or message.chunked
-            or message.compression is not None
-            or message.upgrade
-            or self._upgraded
-        ):
-            return head_end
-        length = message.headers.get(hdrs.CONTENT_LENGTH)
-        if length is None or not length.isdigit():
-            return head_end
-        self.direct = direct = DirectBody(self, payload, int(length))
-        end = direct.received(data, head_end)
-        self.body_bytes_arrived(end - head_end)
-        return end
-
-    def direct_body_ended(self, body: DirectBody) -> None:
-        """The last byte of ``body`` has arrived: what follows is the next request, for a new
-        parser; the request's stream ends (aiohttp's lingering read waits for that)."""
-        self.reset_parser()
-        body.payload.feed_eof()
-        if body.released:  # the handler has answered: nothing will ask for it
-            self.direct = None
 
     def _ends_a_bodiless_head(self, data: bytes) -> bool:
         """After ``data`` went to the parser and made messages: whether the parser holds
@@ -694,8 +600,6 @@ class GuardedRequestHandler(RequestHandler):
         payload.set_exception(error)
         if self.body_taker is not None:
             self.body_taker.fail(error)
-        if self.direct is not None:
-            self.direct.fail(error)
         self._lingering_time = 0.0  # nothing more to read of it: close after the answer
 
     # -- a body read around the parser (runtime/body_reader.py) -------------------------------
@@ -725,7 +629,6 @@ class GuardedRequestHandler(RequestHandler):
         """A new parser, as the connection's first: the body the old one was in the middle of
         has been read around it, and what follows is the next request."""
         self._parser = fresh_request_parser(self, self._options)
-        self._plain = True
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -798,12 +701,6 @@ class GuardedRequestHandler(RequestHandler):
             resp = self._json_error(request, resp.status, resp.headers)
         if self._lingering_time == 0.0 or self._close:
             resp.force_close()
-        direct = self.direct
-        if direct is not None and direct.payload is request.content:
-            # The handler is done with its body (or never read it): the rest is dropped as it
-            # arrives, and the connection is the parser's again once it has.
-            direct.release()
-            self.direct = None if not direct.remaining else direct
         try:
             return await super().finish_response(request, resp, start_time)
         finally:
@@ -862,8 +759,6 @@ class GuardedRequestHandler(RequestHandler):
         payload, self._lingering_payload = self._lingering_payload, None
         if payload is not None and not payload.is_eof():
             payload.feed_eof()
-        if self.direct is not None:
-            self.direct.fail(ConnectionResetError("Connection lost"))
         super().connection_lost(exc)
 
 

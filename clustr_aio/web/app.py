@@ -24,7 +24,6 @@ from clustr_aio.domain.limits import UploadLimits
 from clustr_aio.images.thumbnails import THUMBNAIL_DIR, Thumbnailer
 from clustr_aio.ingest.pipeline import Dedupe, IngestPolicy
 from clustr_aio.observability.metrics import Metrics
-from clustr_aio.runtime.direct_body import DirectTargets
 from clustr_aio.settings import Settings
 from clustr_aio.storage.base import (
     DerivedStoring,
@@ -45,7 +44,6 @@ from clustr_aio.web.hot_thumbnails import PREFIX as THUMBNAILS_PREFIX
 from clustr_aio.web.hot_thumbnails import HotThumbnails
 from clustr_aio.web.keys import (
     CATALOG,
-    DIRECT_BODIES,
     FILE_READER,
     GUARD,
     INGEST_POLICY,
@@ -108,7 +106,6 @@ def create_app(settings: Settings) -> web.Application:
 
     app.router.add_routes(root.routes)
     app.router.add_routes(upload.routes)
-    app[DIRECT_BODIES] = DirectTargets(upload.UPLOAD_PATH)
     app.router.add_routes(files.routes)
     app.router.add_routes(tus.routes)
     app.router.add_routes(upload_page.routes)

@@ -9,7 +9,6 @@ from clustr_aio.catalog.base import Catalog
 from clustr_aio.images.thumbnails import Thumbnailer
 from clustr_aio.ingest.pipeline import IngestPolicy
 from clustr_aio.observability.metrics import Metrics
-from clustr_aio.runtime.direct_body import DirectTargets
 from clustr_aio.settings import Settings
 from clustr_aio.storage.base import Reading, SpaceReporting, Storage
 from clustr_aio.tus.handler import TusHandler
@@ -34,9 +33,6 @@ GUARD = web.AppKey("guard", Guard)
 QUICK_RESPONDER = web.AppKey("quick_responder", QuickResponder)
 """What the connections answer themselves (a :class:`~clustr_aio.web.quick.QuickResponders` of hot
 thumbnails and stored files), when the settings allow any; else unset."""
-DIRECT_BODIES = web.AppKey("direct_bodies", DirectTargets)
-"""The requests whose bodies the connections receive around aiohttp's parser
-(:mod:`clustr_aio.runtime.direct_body`): the routes that read them with ``body_chunks``."""
 
 REQUEST_ID = web.RequestKey("request_id", str)
 PRINCIPAL = web.RequestKey("principal", Principal)

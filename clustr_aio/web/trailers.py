@@ -112,12 +112,6 @@ class TrailerReader:
     def lost(self) -> bool:
         return self._state == _LOST
 
-    @property
-    def between_messages(self) -> bool:
-        """Whether every message it was given has ended and nothing of the next is held: the
-        parser, given the same bytes, holds nothing either (runtime/direct_body.py)."""
-        return self._state == _HEAD and not self._buffer
-
     # Around aiohttp's parsing of each read, two plain calls rather than a context manager:
     # the connection makes them for every read of every body (a generator's context manager
     # was a tenth of their Python calls per small upload, issue 16).

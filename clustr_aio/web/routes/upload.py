@@ -59,9 +59,6 @@ if TYPE_CHECKING:  # types only: the models module imports pydantic (see web/bod
 
 routes = web.RouteTableDef()
 
-UPLOAD_PATH = "/api/upload"
-"""Its bodies are received around aiohttp's parser (``DIRECT_BODIES``, web/app.py)."""
-
 
 def upload_error(description: str, *examples: str) -> JSONObject:
     return documented_error(description, *examples, schema="UploadError")
@@ -93,7 +90,7 @@ async def _continue(request: web.Request) -> None:
     request.writer.output_size = 0  # the interim answer is not part of the response's bytes
 
 
-@routes.post(UPLOAD_PATH, expect_handler=refuse_early)
+@routes.post("/api/upload", expect_handler=refuse_early)
 @requires("upload")
 @operation(
     summary="Upload images",
