@@ -251,20 +251,25 @@ class LocalStorage:
         sweep_stale_incoming(self.folder)
         return own, lock_fd
 
-    def create_temporary(self, path: str) -> int:
-        """Create the temporary file ``path`` in the process's own directory, open for writing.
+    def create_temporary(self, path: str | Path) -> int:
+        """Create the temporary file ``path`` in the process's own directory, open for writing
+        (see :meth:`in_own_dir`)."""
+        return self.in_own_dir(_create, path)
 
-        An operator who cleans up ``.incoming`` (or the own directory) under a running server
-        would otherwise fail every upload with ENOENT until a restart; the directory is made
-        again, locked as at :meth:`open`, and the file created there. The upload folder itself
-        is never made again (an unmounted volume must fail uploads, not fill the disk under
-        it). A batch whose earlier files went with the directory still fails, at its publish."""
+    def in_own_dir(self, make: Callable[[str | Path], _T], path: str | Path) -> _T:
+        """``make(path)``, which creates ``path`` in the process's own directory (a file, a
+        folder). An operator who cleans up ``.incoming`` (or the own directory) under a running
+        server would otherwise fail every upload and delete with ENOENT until a restart; the
+        directory is made again, locked as at :meth:`open`, and ``make`` tried once more. The
+        upload folder itself is never made again (an unmounted volume must fail uploads, not
+        fill the disk under it). A batch whose earlier files went with the directory still
+        fails, at its publish."""
         try:
-            return _create(path)
+            return make(path)
         except FileNotFoundError:
             if not self._restore_own_dir_sync():
                 raise
-            return _create(path)
+            return make(path)
 
     def _restore_own_dir_sync(self) -> bool:
         """Make the own directory again if it is gone and the folder is there; whether the
@@ -420,7 +425,7 @@ class LocalStorage:
         assert self._own_dir is not None, "LocalStorage used before open()"
         name = f".ready-{uuid.uuid4().hex}"
         probe = self._own_dir / name
-        os.close(self.create_temporary(os.fspath(probe)))
+        os.close(self.create_temporary(probe))
         try:
             os.link(probe, self.folder / name)
             os.unlink(self.folder / name)
@@ -704,12 +709,7 @@ def _take_out(storage: LocalStorage, trash: Path, names: dict[int, str]) -> None
     the background; names already gone are passed over. Unlinking them would free their
     inodes, which costs this machine's ext4 0.7 ms a file: 10,000 files held the answer for
     7-14 s; a rename takes a file out for a fraction of that."""
-    try:
-        trash.mkdir()
-    except FileNotFoundError:  # an operator removed .incoming (see create_temporary)
-        if not storage._restore_own_dir_sync():
-            raise
-        trash.mkdir()
+    storage.in_own_dir(os.mkdir, trash)
     for n, name in names.items():
         with contextlib.suppress(FileNotFoundError):
             os.rename(storage.folder / name, trash / str(n))
@@ -927,7 +927,7 @@ def _is_published(entry: os.DirEntry[str]) -> bool:
     return entry.name[0] != "." and entry.is_file(follow_symlinks=False)
 
 
-def _create(path: str) -> int:
+def _create(path: str | Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
 
 
